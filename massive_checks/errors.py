@@ -1,0 +1,32 @@
+"""Domain errors. Each carries enough context to be printed as-is, without a traceback."""
+
+from __future__ import annotations
+
+
+class MassiveChecksError(Exception):
+    """Base class: the message is meant for the user, not for a debugger."""
+
+
+class SpecError(MassiveChecksError):
+    """A spec file is malformed: names the file, line and key path."""
+
+    def __init__(self, path: str, line: int | None, key: str, message: str):
+        self.path, self.line, self.key = path, line, key
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class ModelUnavailable(MassiveChecksError):
+    """A requested model cannot be loaded here; says what to do about it."""
+
+
+class UnsupportedArchitecture(MassiveChecksError):
+    """No adapter maps this architecture's modules to canonical sites."""
+
+
+class DataError(MassiveChecksError):
+    """A dataset file is missing, empty or has the wrong format."""
+
+
+class GoldenError(MassiveChecksError):
+    """A golden snapshot is corrupt or cannot be compared."""

@@ -1,0 +1,166 @@
+"""Interventions as data: parsing (`attn:all`, `heads:5.1,6.1`, `dims:447@all#0=mean`) and a
+canonical form, so that identical configurations share one forward pass.
+
+Grammar: TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]
+  attn:all | attn:2,3          whole attention output of these layers
+  mlp:all | mlp:2-4            whole MLP output (down projection output)
+  heads:5.1,6.1 | heads:2.* | heads:all | heads:top3 | heads:bottom3
+                               heads (layer.head), applied to the output projection's *input*;
+                               top/bottom k rank heads by attention to position 0
+  dims:447@all | dims:507@2-10#0   residual dims after blocks @LAYERS, at tokens #TOKENS (default all)
+  neurons:11,12@1              MLP intermediate units (down projection input) of layers @LAYERS
+  MODE: zero (default) | mean (position-wise dataset mean) | bias (attn only: output = o_proj bias)
+        | value:X (dims only)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TARGETS = ("attn", "mlp", "heads", "dims", "neurons")
+MODES = ("zero", "mean", "bias", "value")
+_PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Ablation:
+    """One canonical intervention on one layer. `units` are heads, dims or neurons (empty for
+    attn/mlp). `tokens` None means every position."""
+
+    target: str
+    layer: int
+    units: tuple[int, ...] = ()
+    tokens: tuple[int, ...] | None = None
+    mode: str = "zero"
+    value: float = 0.0
+
+    def label(self) -> str:
+        units = ",".join(map(str, self.units))
+        text = f"{self.target}:{self.layer}" + (f"[{units}]" if units else "")
+        text += f"#{','.join(map(str, self.tokens))}" if self.tokens is not None else ""
+        return text + ("" if self.mode == "zero" else f"={self.mode}" + (f":{self.value:g}" if self.mode == "value" else ""))
+
+
+Intervention = tuple  # tuple[Ablation, ...], sorted and merged: the canonical, hashable key
+BASELINE: Intervention = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """A parsed but not yet resolved intervention string (`all`, `top3` need the model)."""
+
+    text: str
+    target: str
+    selection: str
+    layers: str | None
+    tokens: str | None
+    mode: str
+    value: float
+
+
+def parse(text: str) -> Request:
+    match = _PATTERN.match(text.strip().replace(" ", ""))
+    if not match:
+        raise ValueError(f"cannot parse intervention {text!r}: expected TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]")
+    target, mode_text = match["target"], match["mode"] or "zero"
+    if target not in TARGETS:
+        raise ValueError(f"intervention {text!r}: target {target!r} is not one of {', '.join(TARGETS)}")
+    mode, _, value = mode_text.partition(":")
+    if mode not in MODES:
+        raise ValueError(f"intervention {text!r}: mode {mode!r} is not one of {', '.join(MODES)}")
+    if (mode == "bias" and target != "attn") or (mode == "value" and target != "dims"):
+        raise ValueError(f"intervention {text!r}: mode {mode!r} does not apply to {target}")
+    if target in ("dims", "neurons") and not match["layers"]:
+        raise ValueError(f"intervention {text!r}: {target} need @LAYERS, e.g. {target}:{match['sel']}@all")
+    try:
+        number = float(value) if mode == "value" else 0.0
+    except ValueError:
+        raise ValueError(f"intervention {text!r}: value {value!r} is not a number") from None
+    return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number)
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """'all' | '5' | '2-10' | '2,3,7' (0-based, inclusive ranges) -> sorted layer list."""
+    if text == "all":
+        return list(range(n_layers))
+    layers: set[int] = set()
+    for part in str(text).split(","):
+        low, _, high = part.partition("-")
+        try:
+            layers.update(range(int(low), int(high or low) + 1))
+        except ValueError:
+            raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layers {text!r}: {bad} out of range for a model with {n_layers} blocks")
+    return sorted(layers)
+
+
+def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None) -> Intervention:
+    """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom."""
+    ablations: list[Ablation] = []
+    for request in requests:
+        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking))
+    return canonical(ablations)
+
+
+def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[Ablation]:
+    tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
+    make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
+    if request.target in ("attn", "mlp"):
+        return [make(layer) for layer in parse_layers(request.selection, n_layers)]
+    if request.target == "heads":
+        return [make(layer, [head]) for layer, head in _heads(request, n_layers, n_heads, head_ranking)]
+    layers = parse_layers(request.layers, n_layers)
+    return [make(layer, _ints(request.selection, request.text)) for layer in layers]
+
+
+def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[tuple[int, int]]:
+    selection = request.selection
+    ranked = re.fullmatch(r"(top|bottom)(\d+)", selection)
+    if ranked:
+        if head_ranking is None:
+            raise ValueError(f"intervention {request.text!r} needs head scores")
+        k = int(ranked[2])
+        return list(head_ranking[:k] if ranked[1] == "top" else head_ranking[-k:])
+    if selection == "all":
+        return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    pairs = []
+    for item in selection.split(","):
+        layer_text, _, head_text = item.partition(".")
+        heads = range(n_heads) if head_text == "*" else _ints(head_text, request.text)
+        for layer in parse_layers(layer_text, n_layers):
+            bad = [h for h in heads if not 0 <= h < n_heads]
+            if bad:
+                raise ValueError(f"intervention {request.text!r}: heads {bad} out of range (model has {n_heads})")
+            pairs.extend((layer, head) for head in heads)
+    return pairs
+
+
+def _ints(text: str, context: str) -> list[int]:
+    try:
+        return [int(part) for part in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"intervention {context!r}: {text!r} is not a comma list of integers") from None
+
+
+def canonical(ablations: list[Ablation]) -> Intervention:
+    """Merge ablations that differ only in units; sort. Equal configurations -> equal tuples."""
+    merged: dict[tuple, set[int]] = {}
+    for a in ablations:
+        merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value), set()).update(a.units)
+    return tuple(sorted(
+        Ablation(target, layer, tuple(sorted(units)), tokens, mode, value)
+        for (target, layer, tokens, mode, value), units in merged.items()
+    ))
+
+
+def describe(intervention: Intervention) -> str:
+    return "baseline" if not intervention else " + ".join(a.label() for a in intervention)
+
+
+def mean_sites(intervention: Intervention) -> set[str]:
+    """Sites whose baseline dataset mean a `mean`-mode ablation needs."""
+    where = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}
+    return {f"blocks.{a.layer}.{where[a.target]}" for a in intervention if a.mode == "mean"}

