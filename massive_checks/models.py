@@ -130,8 +130,11 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     """Load a model by user-facing name. Raises ModelUnavailable with advice when it cannot."""
     if dtype not in DTYPES:
         raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    from transformers.utils import logging as hf_logging
+
     from . import synthetic
 
+    hf_logging.disable_progress_bar()  # per-tensor progress bars would flood test output
     if name in synthetic.BUILDERS:
         model, tokenizer = synthetic.build(name)
         revision = "synthetic-" + _weights_hash(model)
@@ -163,6 +166,8 @@ def _load_pretrained(name: str, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_local = Path(name).is_dir()
+    if not is_local and not _in_hub_cache(name) and not _hub_reachable():
+        raise ModelUnavailable(_advice(name, "the Hugging Face hub is not reachable from this machine"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         # Eager attention: SDPA returns no attention weights, and head scores need them.
@@ -171,15 +176,46 @@ def _load_pretrained(name: str, trust_remote_code: bool):
         )
     except (OSError, ValueError) as exc:
         where = "the local directory" if is_local else "the Hugging Face hub"
-        raise ModelUnavailable(
-            f"model {name!r} could not be loaded from {where}: {_first_line(exc)}\n"
-            f"  To make it available: run where huggingface.co is reachable, or download it once "
-            f"(`huggingface-cli download {name}`) and set HF_HUB_OFFLINE=1, or pass a local "
-            f"directory with --model /path/to/{name.split('/')[-1]}. Built-in models: "
-            f"{BUNDLED} and the synthetic test models (massive-checks models)."
-        ) from None
+        raise ModelUnavailable(_advice(name, f"loading from {where} failed: {_first_line(exc)}")) from None
     revision = getattr(model.config, "_commit_hash", None) or _weights_hash(model)
     return model, tokenizer, revision
+
+
+def _advice(name: str, reason: str) -> str:
+    return (
+        f"model {name!r} could not be loaded: {reason}.\n"
+        f"  To make it available: run where huggingface.co is reachable, or download it once "
+        f"(`huggingface-cli download {name}`) and run with HF_HUB_OFFLINE=1, or pass a local "
+        f"directory with --model /path/to/{name.split('/')[-1]}. Built-in models: {BUNDLED} and the "
+        f"synthetic test models ({', '.join(_synthetic_names())})."
+    )
+
+
+def _synthetic_names() -> tuple[str, ...]:
+    from .synthetic import BUILDERS
+
+    return BUILDERS
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, instead of the hub client's minute of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _first_line(exc: Exception) -> str:

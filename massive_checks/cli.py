@@ -1,0 +1,96 @@
+"""`massive-checks` command line: quick profiles, head scores, checkpoint scans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import interventions, models
+from .data import BUILTIN, DataConfig
+from .errors import MassiveChecksError
+from .run import ModelSession
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
+    parser.add_argument("--dataset", default=BUILTIN, help=".txt (one passage per line) or .jsonl ('text')")
+    parser.add_argument("--samples", type=int, default=DataConfig.samples)
+    parser.add_argument("--seq-len", type=int, default=DataConfig.seq_len)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="massive-checks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    profile = commands.add_parser("profile", help="layer-wise top-1/2/3, median, ratio and massive activations")
+    _data_options(profile)
+    profile.add_argument("--ablate", action="append", default=[], metavar="X",
+                         help="intervention, repeatable: attn:all, mlp:2,3, heads:5.1,6.1, dims:447@all, ...")
+    profile.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
+    profile.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
+    heads = commands.add_parser("heads", help="per-head mean attention to position 0 (queries q >= 1)")
+    _data_options(heads)
+    commands.add_parser("models", help="list built-in model names")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (MassiveChecksError, ValueError) as exc:
+        print(f"massive-checks: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _session(args) -> tuple[ModelSession, DataConfig]:
+    lm = models.load(args.model, args.device, args.dtype)
+    return ModelSession(lm), DataConfig(args.dataset, args.samples, args.seq_len)
+
+
+def cmd_profile(args) -> int:
+    session, data = _session(args)
+    intervention = session.resolve(data, [interventions.parse(x) for x in args.ablate])
+    document = session.view(data, intervention, (args.min_value, args.min_ratio)).profile()
+    if args.json:
+        print(json.dumps(document, indent=1))
+        return 0
+    print(f"{document['model']}  ({document['intervention']})")
+    print(f"{'layer':>5}  {'top1':>10} {'dim':>5} {'tok':>4}  {'top2':>10}  {'top3':>10}  {'median':>8}  {'ratio':>9}")
+    for row in document["layers"]:
+        t = row["top"]
+        print(f"{row['layer']:>5}  {t[0]['value']:>10.4g} {t[0]['dim']:>5} {t[0]['token']:>4}  {t[1]['value']:>10.4g}  "
+              f"{t[2]['value']:>10.4g}  {row['median']:>8.4g}  {row['ratio']:>9.4g}")
+    dims = sorted({m["dim"] for m in document["massive"]})
+    print(f"massive dims: {dims or 'none'}; tokens: {sorted({m['token'] for m in document['massive']}) or 'none'}")
+    return 0
+
+
+def cmd_heads(args) -> int:
+    session, data = _session(args)
+    table = session.view(data).head_score_table("first")  # [L, H]
+    rows = [{"layer": L, "head": H, "score": float(table[L, H])}
+            for L in range(table.shape[0]) for H in range(table.shape[1])]
+    rows.sort(key=lambda r: (-r["score"], r["layer"], r["head"]))
+    if args.json:
+        print(json.dumps({"model": args.model, "heads": rows}, indent=1))
+    else:
+        for r in rows:
+            print(f"L{r['layer']}H{r['head']}  {r['score']:.4f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .synthetic import BUILDERS
+
+    print("\n".join([models.BUNDLED, *BUILDERS]))
+    return 0
+
+
+COMMANDS = {"profile": cmd_profile, "heads": cmd_heads, "models": cmd_models}
+
+if __name__ == "__main__":
+    sys.exit(main())

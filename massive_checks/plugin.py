@@ -1,0 +1,174 @@
+"""pytest glue (the only module that imports pytest): options, collection of YAML specs into
+items parametrized by model, shared model sessions, failure tables, results and summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import models, report
+from .data import DataConfig
+from .errors import MassiveChecksError, ModelUnavailable, SpecError
+from .run import Evaluator, ModelSession, Outcome, needs_of
+from .spec import Spec, load_file
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("massive_checks", "massive activation claim specs")
+    group.addoption("--model", action="append", default=None, metavar="NAME",
+                    help=f"model to run specs on (repeatable): a hub id, a local directory, {models.BUNDLED}, "
+                         f"or a synthetic test model. Default: {models.BUNDLED}")
+    group.addoption("--device", default="cpu", help="torch device (default cpu)")
+    group.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype")
+    group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
+    group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
+    group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
+    group.addoption("--batch-size", type=int, default=8, help="sequences per forward chunk")
+    group.addoption("--report-dir", default="reports", help="where results.json and reports go")
+    group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(MassiveChecks(config), "massive_checks_state")
+    config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
+
+
+def pytest_collect_file(file_path: Path, parent):
+    # Spec files are YAML files inside a directory called `specs` (not any YAML in the tree).
+    if file_path.suffix in (".yaml", ".yml") and "specs" in file_path.parts[:-1]:
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SpecFailed(Exception):
+    def __init__(self, outcome: Outcome):
+        self.outcome = outcome
+
+
+class SpecFile(pytest.File):
+    def collect(self):
+        state: MassiveChecks = self.config.pluginmanager.get_plugin("massive_checks_state")
+        for spec in load_file(self.path):
+            for model in state.model_names:
+                item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
+                item.add_marker(pytest.mark.massive_spec)
+                if spec.xfail:  # a known-false claim must fail; passing is reported as XPASS(strict)
+                    item.add_marker(pytest.mark.xfail(reason=spec.xfail, strict=True, raises=SpecFailed))
+                yield item
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, SpecError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class SpecItem(pytest.Item):
+    def __init__(self, *, spec: Spec, model: str, **kwargs):
+        super().__init__(**kwargs)
+        self.spec, self.model = spec, model
+        self.outcome: Outcome | None = None
+
+    def runtest(self):
+        state: MassiveChecks = self.config.pluginmanager.get_plugin("massive_checks_state")
+        session = state.session(self.model)
+        self.outcome = Evaluator(self.spec, session, state.data_for(self.spec)).evaluate()
+        state.record(self)
+        if not self.outcome.passed:
+            raise SpecFailed(self.outcome)
+
+    def repr_failure(self, excinfo, style=None):
+        error = excinfo.value
+        if isinstance(error, SpecFailed):
+            return report.failure_text(error.outcome)
+        if isinstance(error, MassiveChecksError):
+            return str(error)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, self.spec.line - 1, f"spec {self.spec.id} [{self.model}]"
+
+
+class MassiveChecks:
+    """Session state: model sessions (loaded once), planned needs, recorded outcomes."""
+
+    def __init__(self, config):
+        self.config = config
+        option = config.getoption
+        self.model_names: list[str] = option("--model") or [models.BUNDLED]
+        self.sessions: dict[str, ModelSession] = {}
+        self.unavailable: dict[str, str] = {}
+        self.planned: dict[str, list[Spec]] = {}
+        self.results: list[dict] = []
+
+    def data_for(self, spec: Spec) -> DataConfig:
+        option = self.config.getoption
+        return DataConfig(option("--dataset") or spec.data.dataset, option("--samples") or spec.data.samples,
+                          option("seq_len") or spec.data.seq_len)
+
+    def session(self, name: str) -> ModelSession:
+        if name in self.unavailable:
+            raise ModelUnavailable(f"model {name!r} is unavailable (see 'massive_checks: models' in the summary)")
+        if name not in self.sessions:
+            option = self.config.getoption
+            try:
+                lm = models.load(name, option("--device"), option("--dtype"), option("trust_remote_code"))
+            except MassiveChecksError as exc:
+                self.unavailable[name] = str(exc)
+                raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
+            session = ModelSession(lm, option("batch_size"))
+            for spec in self.planned.get(name, []):
+                session.plan(self.data_for(spec), needs_of(spec, lm))
+            self.sessions[name] = session
+        return self.sessions[name]
+
+    def record(self, item: SpecItem) -> None:
+        self.results.append(report.outcome_record(item.outcome, self.sessions[item.model].lm))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session, config, items):
+        selected, deselected = [], []
+        for item in items:
+            if isinstance(item, SpecItem) and not item.spec.applies_to(item.model):
+                deselected.append(item)
+                continue
+            selected.append(item)
+            if isinstance(item, SpecItem):
+                self.planned.setdefault(item.model, []).append(item.spec)
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = selected
+
+    def pytest_report_header(self, config):
+        return [f"massive_checks: models {', '.join(self.model_names)}; device {config.getoption('--device')}; "
+                f"dtype {config.getoption('--dtype')}"]
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        result = yield
+        test_report = result.get_result()
+        if isinstance(item, SpecItem) and test_report.when == "call":
+            for record in self.results:
+                if record["spec"] == item.spec.id and record["model"] == item.model:
+                    record["status"] = _status(test_report)
+
+    def pytest_sessionfinish(self, session):
+        if self.results or self.sessions:
+            headers = {name: s.lm.describe() for name, s in self.sessions.items()}
+            report.write_results(Path(self.config.getoption("report_dir")), self.results, headers, self.unavailable)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.sessions or self.unavailable:
+            terminalreporter.section("massive_checks: models")
+            for name, s in self.sessions.items():
+                d = s.lm.describe()
+                terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
+                                      f"{d['device']}; {s.forward_passes} forward passes")
+            for name, message in self.unavailable.items():
+                terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
+
+
+def _status(test_report) -> str:
+    if hasattr(test_report, "wasxfail"):
+        return "xfailed" if test_report.skipped else "xpassed"
+    return test_report.outcome

@@ -1,0 +1,411 @@
+"""Forward passes, shared: one pass per (model, data, intervention) per session, keyed by all of
+them; then measures on a configuration and checks against a spec's bounds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import hooks, interventions, measures
+from .data import Batch, DataConfig, tokenize
+from .interventions import BASELINE
+from .models import LoadedModel
+from .errors import SpecError
+from .spec import Bound, Check, Quantity, Spec
+
+MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out")  # checkpoint order inside an MLP
+
+
+@dataclass
+class Needs:
+    """What a forward pass must capture. Block outputs (with medians) are always captured."""
+
+    sites: set[str] = field(default_factory=set)
+    medians: set[str] = field(default_factory=set)
+    loss: bool = False
+
+    def covers(self, other: "Needs") -> bool:
+        return other.sites <= self.sites and other.medians <= self.medians and (self.loss or not other.loss)
+
+    def merge(self, other: "Needs") -> None:
+        self.sites |= other.sites
+        self.medians |= other.medians
+        self.loss = self.loss or other.loss
+
+
+@dataclass
+class PassResult:
+    stats: dict[str, hooks.SiteStats]
+    needs: Needs
+    loss: float | None  # mean next-token loss over real tokens
+
+
+class ModelSession:
+    """Everything computed on one loaded model; the cache key includes data and intervention."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int = 8):
+        self.lm, self.batch_size = lm, batch_size
+        self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
+        self._passes: dict[tuple, PassResult] = {}
+        self._planned: dict[DataConfig, Needs] = {}
+        self._batches: dict[DataConfig, Batch] = {}
+
+    def batch(self, data: DataConfig) -> Batch:
+        if data not in self._batches:
+            self._batches[data] = tokenize(self.lm.tokenizer, data)
+        return self._batches[data]
+
+    def plan(self, data: DataConfig, needs: Needs) -> None:
+        """Announce needs before running, so each pass captures everything once."""
+        self._planned.setdefault(data, Needs()).merge(needs)
+
+    def run(self, data: DataConfig, intervention=BASELINE, needs: Needs | None = None) -> PassResult:
+        needs = needs or Needs()
+        planned = self._planned.setdefault(data, Needs())
+        planned.merge(needs)
+        key = (data, intervention)
+        cached = self._passes.get(key)
+        if cached is None or not cached.needs.covers(needs):
+            self._passes[key] = self._forward(data, intervention, planned)
+        return self._passes[key]
+
+    def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
+        lm, batch = self.lm, self.batch(data)
+        blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
+        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss)
+        means = self._means(data, intervention)
+        losses: list[torch.Tensor] = []
+        with torch.no_grad(), hooks.intervene(lm, intervention, means), \
+                hooks.capture(lm, sorted(needs.sites), needs.medians) as recorder:
+            for start in range(0, batch.input_ids.shape[0], self.batch_size):
+                ids = batch.input_ids[start:start + self.batch_size]
+                mask = batch.attention_mask[start:start + self.batch_size]
+                width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
+                ids, mask = ids[:, :width].to(lm.device), mask[:, :width].to(lm.device)
+                recorder.mask = mask
+                output = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                if needs.loss:
+                    losses.append(_token_losses(output.logits, ids, mask))
+        self.forward_passes += 1
+        loss = float(torch.cat(losses).mean()) if losses else None
+        return PassResult(recorder.finish(), needs, loss)
+
+    def _means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
+        sites = interventions.mean_sites(intervention)
+        if not sites:
+            return {}
+        baseline = self.run(data, BASELINE, Needs(sites=sites))
+        return {name: baseline.stats[name].mean() for name in sites}
+
+    def resolve(self, data: DataConfig, requests: list) -> tuple:
+        """Intervention requests -> canonical intervention (ranking heads first if asked)."""
+        ranking = None
+        if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):
+            ranking = measures.rank_heads(self.view(data, BASELINE).head_score_table("first"))
+        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking)
+
+    def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0)) -> "ConfigView":
+        return ConfigView(self, data, intervention, massive)
+
+
+def needs_of(spec: Spec, lm: LoadedModel) -> Needs:
+    """The captures a spec's measures need beyond block outputs (used to plan shared passes)."""
+    needs, n_layers = Needs(), lm.n_layers
+    flow = [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
+    for check in spec.checks:
+        for q in filter(None, (check.quantity, check.versus)):
+            layers = interventions.parse_layers(q.layers or "all", n_layers)
+            if q.measure in ("head_score", "head_rank"):
+                needs.sites |= {hooks.site(L, "attn.probs") for L in range(n_layers)}
+            elif q.measure in ("mlp_max", "mlp_median"):
+                needs.sites |= {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers}
+                needs.medians |= {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers} if q.measure == "mlp_median" else set()
+            elif q.measure == "explosion_point":
+                needs.sites |= {hooks.site(q.layer, f"mlp.{c}") for c in flow}
+            elif q.measure == "top_neurons":
+                needs.sites |= {hooks.site(q.layer, "mlp.out"), hooks.site(q.layer, "mlp.down_in")}
+            elif q.measure == "max_rel_diff":
+                needs.sites |= {hooks.site(L, q.site) for L in layers}
+            needs.loss = needs.loss or q.measure == "loss"
+    return needs
+
+
+def _token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token losses at real positions only. logits [B, T, V] -> [n_real_targets]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    return nll[mask[:, 1:].bool()].cpu()
+
+
+# --------------------------------------------------------------------------- measures on a config
+
+
+class ConfigView:
+    """Measures of one (model, data, intervention), computed from its (shared) pass."""
+
+    def __init__(self, session: ModelSession, data: DataConfig, intervention, massive):
+        self.session, self.data, self.intervention = session, data, intervention
+        self.min_value, self.min_ratio = massive
+        self.lm = session.lm
+
+    def _pass(self, sites=(), medians=(), loss=False) -> PassResult:
+        return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss))
+
+    def stats(self, name: str, median: bool = False) -> hooks.SiteStats:
+        return self._pass([name], [name] if median else []).stats[name]
+
+    def block(self, layer: int) -> hooks.SiteStats:
+        return self.stats(hooks.site(layer, "out"), median=True)
+
+    # -- layer profile
+    def top(self, layer: int, k: int = 3) -> list[measures.Cell]:
+        return measures.top_cells(self.block(layer).cell_max, k)
+
+    def median(self, layer: int) -> float:
+        return float(self.block(layer).median().mean())
+
+    def ratio(self, layer: int) -> float:
+        return measures.ratio(self.top(layer, 1)[0].value, self.median(layer))
+
+    def massive(self, layer: int) -> list[measures.Cell]:
+        return measures.massive_cells(self.block(layer).cell_max, self.median(layer), self.min_value, self.min_ratio)
+
+    def emergence_layer(self, layers: list[int]) -> int | None:
+        return next((layer for layer in layers if self.massive(layer)), None)
+
+    def profile(self) -> dict:
+        """The `massive-checks profile --json` document."""
+        layers = []
+        for layer in range(self.lm.n_layers):
+            layers.append({"layer": layer, "top": [c.as_dict() for c in self.top(layer)],
+                           "median": self.median(layer), "ratio": self.ratio(layer)})
+        massive = [{"layer": layer, **cell.as_dict()} for layer in range(self.lm.n_layers) for cell in self.massive(layer)]
+        return {"model": self.lm.name, "intervention": interventions.describe(self.intervention),
+                "layers": layers, "massive": massive}
+
+    # -- heads
+    def head_score_table(self, to: str) -> torch.Tensor:  # [L, H]
+        names = [hooks.site(layer, "attn.probs") for layer in range(self.lm.n_layers)]
+        result = self._pass(names)
+        tokens = None
+        if to == "massive":  # per sequence: the token of its largest activation, at the peak layer
+            peak = max(range(self.lm.n_layers), key=lambda layer: self.top(layer, 1)[0].value)
+            tokens = self.block(peak).top()[2]
+        return torch.stack([measures.head_scores(result.stats[n].attention_to_keys(), tokens) for n in names])
+
+    # -- MLP internals
+    def mlp_checkpoints(self) -> list[str]:
+        return [c for c in MLP_FLOW if c != "gate" or self.lm.adapter.gate is not None]
+
+    def mlp_stat(self, layer: int, checkpoint: str, what: str) -> float:
+        stats = self.stats(hooks.site(layer, f"mlp.{checkpoint}"), median=(what == "median"))
+        return float(stats.cell_max.max()) if what == "max" else float(stats.median().mean())
+
+    def explosion_point(self, layer: int) -> str:
+        return measures.explosion_point({c: self.mlp_stat(layer, c, "max") for c in self.mlp_checkpoints()})
+
+    def neuron_contributions(self, layer: int, dim: int) -> torch.Tensor:
+        """[F] contribution of each unit to output `dim` at the token where that output peaks."""
+        token = int(self.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
+        down_in = self.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
+        down = hooks.resolve(self.lm, hooks.site(layer, "mlp.out"))[0]
+        return measures.neuron_contributions(down_in, down.weight, dim, self.lm.adapter.conv1d)
+
+    def loss(self) -> float:
+        return self._pass(loss=True).loss
+
+
+# --------------------------------------------------------------------------- checks
+
+
+@dataclass
+class Row:
+    key: str  # "layer 5", "L5H1", "value"
+    expected: str
+    observed: object
+    ok: bool
+
+
+@dataclass
+class CheckResult:
+    description: str
+    rows: list[Row]
+    line: int
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+
+@dataclass
+class Outcome:
+    spec: Spec
+    model: str
+    checks: list[CheckResult]
+    configs: dict[str, str]  # configuration name -> canonical description
+    observed: dict  # numbers per configuration and layer, for results.json / goldens / figures
+
+    @property
+    def passed(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+class Evaluator:
+    """Evaluates one spec on one model session."""
+
+    def __init__(self, spec: Spec, session: ModelSession, data: DataConfig):
+        self.spec, self.session, self.data, self.lm = spec, session, data, session.lm
+        self._views: dict[str, ConfigView] = {}
+
+    def view(self, config: str) -> ConfigView:
+        if config not in self._views:
+            requests = self.spec.interventions.get(config, [])
+            intervention = self.session.resolve(self.data, requests) if requests else BASELINE
+            self._views[config] = self.session.view(self.data, intervention, self.spec.massive)
+        return self._views[config]
+
+    def layers(self, q: Quantity) -> list[int]:
+        return interventions.parse_layers(q.layers or "all", self.lm.n_layers)
+
+    def evaluate(self) -> Outcome:
+        self.validate_against_model()
+        checks = [self.check(c) for c in self.spec.checks]
+        configs = {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs())}
+        return Outcome(self.spec, self.lm.name, checks, configs, self.observed())
+
+    def validate_against_model(self) -> None:
+        """Reject units the model does not have (e.g. LLaMA2-7B's dims 1415, 2533 on GPT-2)."""
+        width = self.lm.width
+        missing = sorted(d for d in self.spec.units()["dims"] if d >= width)
+        if missing:
+            raise SpecError(self.spec.path, self.spec.line, "dims",
+                            f"spec {self.spec.id!r} names dims {missing} that {self.lm.name} does not have: "
+                            f"its residual stream has {width} dims (0-{width - 1})")
+
+    def observed(self) -> dict:
+        """Per configuration: the per-layer profile numbers every spec carries in results.json."""
+        result = {}
+        for name in sorted(self.spec.configs()):
+            view = self.view(name)
+            result[name] = {
+                "top1": [view.top(layer, 1)[0].value for layer in range(self.lm.n_layers)],
+                "median": [view.median(layer) for layer in range(self.lm.n_layers)],
+            }
+        return result
+
+    # -- one quantity -> {key: value} (per layer) or a single value
+    def value(self, q: Quantity):
+        if q.change:
+            before, after = self._raw(q, q.change[0]), self._raw(q, q.change[1])
+            diff = (lambda a, b: measures.relative_change(a, b)) if q.change_kind == "relative" else (lambda a, b: b - a)
+            value = {k: diff(before[k], after[k]) for k in before} if isinstance(before, dict) else diff(before, after)
+        else:
+            value = self._raw(q, q.config)
+        if q.aggregate and isinstance(value, dict):
+            return _aggregate(q.aggregate, list(value.values()))
+        return value
+
+    def _raw(self, q: Quantity, config: str):
+        view, m = self.view(config), q.measure
+        per_layer = {
+            "top1": lambda L: view.top(L, 1)[0].value, "top2": lambda L: view.top(L, 2)[1].value,
+            "top3": lambda L: view.top(L, 3)[2].value, "median": view.median, "ratio": view.ratio,
+            "top1_dim": lambda L: view.top(L, 1)[0].dim, "top1_token": lambda L: view.top(L, 1)[0].token,
+            "dim_peak": lambda L: float(view.block(L).cell_max[:, q.dim].max()),
+            "mlp_max": lambda L: view.mlp_stat(L, q.checkpoint, "max"),
+            "mlp_median": lambda L: view.mlp_stat(L, q.checkpoint, "median"),
+            "max_rel_diff": lambda L: self._rel_diff(view, self.view(q.versus), hooks.site(L, q.site)),
+        }
+        if m in per_layer:
+            return {L: per_layer[m](L) for L in self.layers(q)}
+        if m in ("massive_dims", "massive_tokens"):
+            cells = [c for L in self.layers(q) for c in view.massive(L)]
+            return frozenset(c.dim if m == "massive_dims" else c.token for c in cells)
+        if m == "emergence_layer":
+            return view.emergence_layer(self.layers(q))
+        if m in ("head_score", "head_rank"):
+            table = view.head_score_table(q.to)
+            layer, head = q.head
+            if m == "head_score":
+                return float(table[layer, head])
+            return measures.rank_heads(table).index((layer, head)) + 1
+        if m == "explosion_point":
+            return view.explosion_point(q.layer)
+        if m == "top_neurons":
+            return [unit for unit, _ in measures.top_contributors(view.neuron_contributions(q.layer, q.dim), q.k)]
+        if m == "loss":
+            return view.loss()
+        raise AssertionError(f"unhandled measure {m}")
+
+    def _rel_diff(self, a: ConfigView, b: ConfigView, name: str) -> float:
+        sa, sb = a.stats(name), b.stats(name)
+        return max(measures.max_rel_diff(sa.cell_max, sb.cell_max), measures.max_rel_diff(sa.mean(), sb.mean()))
+
+    def check(self, check: Check) -> CheckResult:
+        observed = self.value(check.quantity)
+        description = _describe(check.quantity)
+        if check.versus is not None:
+            other = self.value(check.versus)
+            description += f"  vs  {_describe(check.versus)}"
+            pairs = observed.items() if isinstance(observed, dict) else [("value", observed)]
+            others = other if isinstance(other, dict) else {"value": other}
+            rows = [Row(_key(k), check.bound.text(), f"{_fmt(v)} vs {_fmt(others[k])}",
+                        abs(v) >= check.bound.value * abs(others[k])) for k, v in pairs]
+            return CheckResult(description, rows, check.line)
+        if isinstance(observed, dict):
+            rows = [Row(_key(k), check.bound.text(), v, _within(check.bound, v)) for k, v in observed.items()]
+        else:
+            rows = [Row("value", check.bound.text(), observed, _within(check.bound, observed))]
+        return CheckResult(description, rows, check.line)
+
+
+def _aggregate(how: str, values: list[float]) -> float:
+    absolute = [abs(v) for v in values]
+    return {"mean": lambda: sum(values) / len(values), "max": lambda: max(values), "min": lambda: min(values),
+            "mean_abs": lambda: sum(absolute) / len(values), "max_abs": lambda: max(absolute)}[how]()
+
+
+def _within(bound: Bound, value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    kind, target = bound.kind, bound.value
+    if kind == "between":
+        return target[0] <= value <= target[1]
+    if kind == "min":
+        return value >= target
+    if kind == "max":
+        return value <= target
+    if kind == "approx":
+        return abs(value - target) <= bound.rel * abs(target)
+    if kind == "equals":
+        return (frozenset(value) if isinstance(value, (list, set, frozenset)) else value) == target
+    items = frozenset(value) if isinstance(value, (list, set, frozenset)) else frozenset([value])
+    return {"subset_of": lambda: items <= target, "contains": lambda: target <= items,
+            "not_contains": lambda: not (target & items)}[kind]()
+
+
+def _describe(q: Quantity) -> str:
+    text = q.measure
+    details = [f"{k}={v}" for k, v in (("dim", q.dim), ("checkpoint", q.checkpoint if q.measure.startswith("mlp_") else None),
+                                       ("layer", q.layer), ("head", q.head and f"{q.head[0]}.{q.head[1]}"),
+                                       ("versus", q.versus)) if v is not None]
+    if q.measure.startswith("head_"):
+        details.append(f"to={q.to}")
+    text += f"({', '.join(details)})" if details else ""
+    text = f"{q.change_kind} change of {text} from {q.change[0]} to {q.change[1]}" if q.change else f"{text} [{q.config}]"
+    text += f", layers {q.layers}" if q.layers else ""
+    return f"{q.aggregate} of {text}" if q.aggregate else text
+
+
+def _key(k) -> str:
+    return f"layer {k}" if isinstance(k, int) else str(k)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(map(str, sorted(value))) + "}"
+    return str(value)
