@@ -74,6 +74,7 @@ def _attach(module: torch.nn.Module, which: str, fn: Callable[[torch.Tensor], to
         def pre_hook(_module, args):
             new = fn(args[0])
             return None if new is None else (new, *args[1:])
+        pre_hook.massive_checks = True
         return module.register_forward_pre_hook(pre_hook)
 
     def hook(_module, _args, output):
@@ -84,6 +85,7 @@ def _attach(module: torch.nn.Module, which: str, fn: Callable[[torch.Tensor], to
         if new is None:
             return None
         return (*output[:index], new, *output[index + 1:]) if is_tuple else new
+    hook.massive_checks = True
     return module.register_forward_hook(hook)
 
 
@@ -212,8 +214,10 @@ def _stat_hook(recorder: Recorder, name: str, with_median: bool):
 
 
 def hook_count(module: torch.nn.Module) -> int:
-    """Hooks still registered anywhere in the module tree (0 after every context exits)."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+    """massive_checks hooks still registered in the module tree (0 after every context exits).
+    Hooks that transformers installs itself are not counted."""
+    return sum(getattr(fn, "massive_checks", False)
+               for m in module.modules() for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
 
 
 # --------------------------------------------------------------------------- interventions

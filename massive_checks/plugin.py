@@ -100,6 +100,7 @@ class MassiveChecks:
         self.unavailable: dict[str, str] = {}
         self.planned: dict[str, list[Spec]] = {}
         self.results: list[dict] = []
+        self.deselected: dict[str, int] = {}
 
     def data_for(self, spec: Spec) -> DataConfig:
         option = self.config.getoption
@@ -131,6 +132,7 @@ class MassiveChecks:
         for item in items:
             if isinstance(item, SpecItem) and not item.spec.applies_to(item.model):
                 deselected.append(item)
+                self.deselected[item.model] = self.deselected.get(item.model, 0) + 1
                 continue
             selected.append(item)
             if isinstance(item, SpecItem):
@@ -158,8 +160,11 @@ class MassiveChecks:
             report.write_results(Path(self.config.getoption("report_dir")), self.results, headers, self.unavailable)
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.sessions or self.unavailable:
+        idle = [name for name in self.deselected if name not in self.planned]
+        if self.sessions or self.unavailable or idle:
             terminalreporter.section("massive_checks: models")
+            for name in idle:
+                terminalreporter.line(f"{name}: no spec applies ({self.deselected[name]} deselected)", yellow=True)
             for name, s in self.sessions.items():
                 d = s.lm.describe()
                 terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "

@@ -4,6 +4,7 @@ A file holds one or more specs (YAML documents separated by ---). See specs/READ
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,15 @@ def _construct_mapping(loader, node):
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which turns
+# a configuration named `off` into False.
+_LineLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _LineLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
 
 
 def load_file(path: str | Path) -> list[Spec]:
@@ -180,9 +190,9 @@ class _Ctx:
     def __init__(self, path: str):
         self.path = path
 
-    def fail(self, mapping, key: str, message: str, prefix: str = ""):
-        line = getattr(mapping, "key_lines", {}).get(key.split(".")[-1], getattr(mapping, "line", None))
-        raise SpecError(self.path, line, prefix + key, message)
+    def fail(self, mapping, key, message: str, prefix: str = ""):
+        line = getattr(mapping, "key_lines", {}).get(key, getattr(mapping, "line", None))
+        raise SpecError(self.path, line, prefix + str(key), message)
 
     def only(self, mapping, allowed: set[str], prefix: str = ""):
         if not isinstance(mapping, dict):
@@ -344,7 +354,7 @@ def _number(ctx: _Ctx, raw, key: str, prefix: str) -> float:
 
 def _bound(ctx: _Ctx, raw, prefix: str, quantity: Quantity) -> Bound:
     present = [k for k in ("between", "min", "max", "approx", "equals", "subset_of", "contains", "not_contains") if k in raw]
-    if "min" in present and "max" in present:  # min + max is the same as between
+    if sorted(present) == ["max", "min"]:  # min + max is the same as between
         present = ["between"]
         raw = {**raw, "between": [raw["min"], raw["max"]]}
     if len(present) != 1:

@@ -1,0 +1,68 @@
+"""Shared fixtures: models are loaded once per test session (they are read-only in tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from massive_checks import hooks, models
+from massive_checks.data import DataConfig
+from massive_checks.run import ModelSession
+
+pytest_plugins = ["pytester"]
+
+SMALL_DATA = DataConfig(samples=6, seq_len=40)  # tiny models: short, several padded rows
+
+
+_LOADED: dict[str, models.LoadedModel] = {}
+
+
+def _load(name: str) -> models.LoadedModel:
+    if name not in _LOADED:
+        _LOADED[name] = models.load(name)
+    return _LOADED[name]
+
+
+@pytest.fixture(scope="session")
+def load_model():
+    """load_model(name) -> LoadedModel, cached for the session."""
+    return _load
+
+
+@pytest.fixture
+def session_for(load_model):
+    """session_for(name) -> a fresh ModelSession (its own pass cache) on a cached model."""
+    return lambda name, **kw: ModelSession(load_model(name), **kw)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return _load(models.BUNDLED)
+
+
+@pytest.fixture(autouse=True)
+def no_hooks_leak(request):
+    """After every test, no model loaded in this session has a hook left."""
+    yield
+    for lm in _LOADED.values():
+        assert hooks.hook_count(lm.model) == 0, f"hooks left on {lm.name} after {request.node.name}"
+
+
+def reference_block_outputs(lm: models.LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Block outputs the plain-transformers way: output_hidden_states, with the final norm
+    swapped out so the last entry is the last block's raw output. Returns L tensors [B, T, D]."""
+    base = lm.model.base_model
+    norm_name = next(n for n in ("norm", "ln_f", "final_layer_norm", "final_layernorm") if hasattr(_decoder(base), n))
+    decoder = _decoder(base)
+    original = getattr(decoder, norm_name)
+    setattr(decoder, norm_name, torch.nn.Identity())
+    try:
+        with torch.no_grad():
+            out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    finally:
+        setattr(decoder, norm_name, original)
+    return list(out.hidden_states[1:])
+
+
+def _decoder(base):
+    return getattr(base, "decoder", base)  # OPT nests its layers in .decoder

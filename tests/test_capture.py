@@ -1,0 +1,103 @@
+"""Capture statistics equal a plain-transformers computation; padding never counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from massive_checks import hooks, measures, synthetic
+from massive_checks.data import DataConfig
+from massive_checks.run import ModelSession
+
+from conftest import SMALL_DATA, reference_block_outputs
+
+ARCHITECTURES = [name for name in synthetic.BUILDERS if name.startswith("tiny-")]
+
+
+def reference_profile(lm, batch, k=3):
+    """Profile numbers from full hidden states, no hooks: per layer (top-k cells, mean median)."""
+    mask = batch.attention_mask
+    outs = reference_block_outputs(lm, batch.input_ids, mask)
+    profile = []
+    for act in outs:
+        magnitude = act.abs() * mask[..., None]
+        top = measures.top_cells(magnitude.amax(dim=0), k)
+        medians = [act[b, : int(n)].abs().median() for b, n in enumerate(mask.sum(1))]
+        profile.append((top, float(torch.stack(medians).mean())))
+    return profile
+
+
+def assert_profile_matches(session: ModelSession, data: DataConfig, rtol: float):
+    view = session.view(data)
+    expected = reference_profile(session.lm, session.batch(data))
+    for layer, (top, median) in enumerate(expected):
+        observed = view.top(layer, 3)
+        assert [(c.dim, c.token) for c in observed] == [(c.dim, c.token) for c in top], f"layer {layer}"
+        torch.testing.assert_close(torch.tensor([c.value for c in observed]), torch.tensor([c.value for c in top]), rtol=rtol, atol=0)
+        assert view.median(layer) == pytest.approx(median, rel=rtol), f"median, layer {layer}"
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_profile_equals_plain_transformers_on_every_architecture(session_for, name):
+    assert_profile_matches(session_for(name, batch_size=4), SMALL_DATA, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_profile_equals_plain_transformers(smollm2):
+    assert_profile_matches(ModelSession(smollm2), DataConfig(samples=8, seq_len=64), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_padding_is_excluded(session_for, name):
+    """Each sequence's statistics are the same alone or in a padded batch with longer ones."""
+    session = session_for(name, batch_size=8)
+    batch = session.batch(SMALL_DATA)
+    shortest = int(batch.lengths.argmin())
+    stats = session.run(SMALL_DATA).stats[hooks.site(1, "out")]
+    n = int(batch.lengths[shortest])
+    with torch.no_grad():
+        alone = reference_block_outputs(session.lm, batch.input_ids[shortest:shortest + 1, :n],
+                                        batch.attention_mask[shortest:shortest + 1, :n])[1][0]
+    values, dims, tokens = stats.top()
+    assert float(values[shortest]) == pytest.approx(float(alone.abs().max()), rel=1e-5)
+    assert int(tokens[shortest]) < n
+    assert float(stats.median()[shortest]) == pytest.approx(float(alone.abs().median()), rel=1e-5)
+
+
+def test_batch_size_does_not_change_results(session_for):
+    one = session_for("tiny-llama", batch_size=1).view(SMALL_DATA)
+    all_at_once = session_for("tiny-llama", batch_size=6).view(SMALL_DATA)
+    for layer in range(one.lm.n_layers):
+        assert [c.value for c in one.top(layer, 3)] == pytest.approx([c.value for c in all_at_once.top(layer, 3)], rel=1e-5)
+        assert one.median(layer) == pytest.approx(all_at_once.median(layer), rel=1e-5)
+
+
+def test_one_forward_pass_per_data_and_intervention(session_for):
+    session = session_for("tiny-llama")
+    view = session.view(SMALL_DATA)
+    for layer in range(session.lm.n_layers):
+        view.top(layer), view.median(layer), view.massive(layer)
+    session.view(SMALL_DATA).profile()
+    assert session.forward_passes == 1
+    session.view(DataConfig(samples=3, seq_len=40)).profile()  # other data: its own pass
+    assert session.forward_passes == 2
+
+
+def test_hooks_are_removed_when_the_body_raises(load_model):
+    lm = load_model("tiny-gpt2")
+    sites = [hooks.site(0, "out"), hooks.site(0, "attn.probs")]
+    with pytest.raises(RuntimeError, match="boom"):
+        with hooks.capture(lm, sites):
+            assert hooks.hook_count(lm.model) == 2
+            raise RuntimeError("boom")
+    assert hooks.hook_count(lm.model) == 0
+
+
+def test_unknown_site_names_the_valid_ones(load_model):
+    lm = load_model("tiny-gpt2")
+    with pytest.raises(ValueError, match=r"valid: blocks.<L>"):
+        hooks.resolve(lm, "layer.3.resid")
+    with pytest.raises(ValueError, match="has 3 blocks"):
+        hooks.resolve(lm, "blocks.7.out")
+    with pytest.raises(ValueError, match="no gated MLP"):
+        hooks.resolve(lm, "blocks.0.mlp.gate")

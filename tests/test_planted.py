@@ -1,0 +1,58 @@
+"""The planted model is exact ground truth: detection and ablation must find what was planted."""
+
+from __future__ import annotations
+
+from massive_checks import interventions
+from massive_checks.synthetic import PLANT
+
+from conftest import SMALL_DATA
+
+
+def test_planted_dim_layer_and_token_are_found_exactly(session_for):
+    view = session_for("planted-llama").view(SMALL_DATA)
+    layers = list(range(view.lm.n_layers))
+    assert view.emergence_layer(layers) == PLANT["layer"]
+    for layer in layers:
+        cells = view.massive(layer)
+        if layer < PLANT["layer"]:
+            assert cells == []
+        else:
+            assert {(c.dim, c.token) for c in cells} == {(PLANT["dim"], PLANT["token"])}
+            assert view.top(layer, 1)[0].value > 500
+
+
+def test_massive_threshold_parameters_are_respected(session_for):
+    session = session_for("planted-llama")
+    layer = PLANT["layer"]
+    value = session.view(SMALL_DATA).top(layer, 1)[0].value
+    assert session.view(SMALL_DATA, massive=(value * 1.01, 1.0)).massive(layer) == []  # above every |a|
+    assert session.view(SMALL_DATA, massive=(value * 0.99, 1.0)).massive(layer) != []
+    ratio = session.view(SMALL_DATA).ratio(layer)
+    assert session.view(SMALL_DATA, massive=(1.0, ratio * 1.01)).massive(layer) == []
+
+
+def _ablated(session, text):
+    return session.view(SMALL_DATA, session.resolve(SMALL_DATA, [interventions.parse(text)]))
+
+
+def test_ablating_the_planted_mlp_removes_the_massive_activation(session_for):
+    session = session_for("planted-llama")
+    view = _ablated(session, f"mlp:{PLANT['layer']}")
+    assert all(view.massive(layer) == [] for layer in range(view.lm.n_layers))
+    assert float(view.block(PLANT["layer"]).cell_max[:, PLANT["dim"]].max()) < 5
+
+
+def test_ablating_attention_keeps_the_massive_activation(session_for):
+    session = session_for("planted-llama")
+    baseline = session.view(SMALL_DATA).top(PLANT["layer"], 1)[0]
+    view = _ablated(session, "attn:all")
+    top = view.top(PLANT["layer"], 1)[0]
+    assert (top.dim, top.token) == (PLANT["dim"], PLANT["token"])
+    assert abs(top.value - baseline.value) / baseline.value < 0.2
+
+
+def test_zeroing_the_planted_dim_at_its_token_removes_it_downstream(session_for):
+    session = session_for("planted-llama")
+    view = _ablated(session, f"dims:{PLANT['dim']}@{PLANT['layer']}#{PLANT['token']}")
+    for layer in range(PLANT["layer"], view.lm.n_layers):
+        assert float(view.block(layer).cell_max[PLANT["token"], PLANT["dim"]]) < 5

@@ -1,0 +1,113 @@
+"""The pytest plugin end to end, in a sandboxed pytest run (pytester)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from massive_checks.synthetic import PLANT
+
+PLANTED_SPECS = f"""
+id: planted-dim
+claim: The planted model's massive activation is dim {PLANT['dim']} from block {PLANT['layer']} on.
+models: [planted-llama]
+data: {{samples: 4, seq_len: 32}}
+checks:
+  - {{measure: top1_dim, layers: {PLANT['layer']}-3, equals: {PLANT['dim']}}}
+  - {{measure: emergence_layer, equals: {PLANT['layer']}}}
+---
+id: planted-wrong-bound
+claim: The planted activation is above one million (false).
+models: [planted-llama]
+data: {{samples: 4, seq_len: 32}}
+checks:
+  - {{measure: top1, layers: 2-3, min: 1000000}}
+---
+id: planted-known-false
+claim: The planted activation emerges at block 0 (false, kept as a reminder).
+models: [planted-llama]
+xfail: the plant is in block {PLANT['layer']}, not 0
+data: {{samples: 4, seq_len: 32}}
+checks:
+  - {{measure: emergence_layer, equals: 0}}
+---
+id: gpt2-only
+claim: Only for gpt2.
+models: [gpt2]
+checks:
+  - {{measure: top1, min: 1}}
+"""
+
+
+@pytest.fixture
+def planted_suite(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "planted.yaml").write_text(PLANTED_SPECS)
+    return pytester
+
+
+def test_specs_run_pass_fail_xfail_and_deselect(planted_suite):
+    result = planted_suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out")
+    result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)
+    result.stdout.fnmatch_lines([
+        "*claim not supported on planted-llama: The planted activation is above one million*",
+        "*where*expected*observed*",
+        "*FAIL*layer 2*>= 1e+06*",
+        "*planted-llama: llama, revision synthetic-*; 1 forward passes*",
+    ])
+    results = json.loads((planted_suite.path / "out" / "results.json").read_text())
+    by_id = {r["spec"]: r for r in results["results"]}
+    assert by_id["planted-dim"]["status"] == "passed"
+    assert by_id["planted-wrong-bound"]["status"] == "failed"
+    assert by_id["planted-known-false"]["status"] == "xfailed"
+    assert len(by_id["planted-dim"]["observed"]["baseline"]["top1"]) == 4  # numbers per layer
+    assert results["models"]["planted-llama"]["dtype"] == "float32"
+
+
+def test_a_known_false_claim_that_passes_is_reported(planted_suite):
+    spec = planted_suite.path / "specs" / "planted.yaml"
+    spec.write_text(spec.read_text().replace("equals: 0}", f"equals: {PLANT['layer']}}}"))
+    result = planted_suite.runpytest("specs", "--model", "planted-llama", "-k", "known")
+    result.assert_outcomes(failed=1, deselected=3)
+    result.stdout.fnmatch_lines(["*XPASS(strict)*"])
+
+
+GENERIC = """
+id: generic-{n}
+claim: Any model has a largest activation.
+checks:
+  - {{measure: top1, min: 0}}
+"""
+
+
+def test_unloadable_model_fails_with_one_clear_message(pytester, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "generic.yaml").write_text("---".join(GENERIC.format(n=n) for n in range(3)))
+    result = pytester.runpytest("specs", "--model", "no-such-org/no-such-model")
+    result.assert_outcomes(failed=3)
+    text = result.stdout.str()
+    assert text.count("no-such-org/no-such-model: NOT LOADED") == 1
+    assert "To make it available" in text and "Traceback" not in text
+
+
+def test_a_model_no_spec_applies_to_is_named(planted_suite):
+    result = planted_suite.runpytest("specs", "--model", "tiny-opt")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*tiny-opt: no spec applies (4 deselected)*"])
+
+
+def test_malformed_spec_is_a_collection_error_with_file_and_line(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "bad.yaml").write_text("id: x\nclaim: c\nchecks:\n  - {measure: top9, min: 1}\n")
+    result = pytester.runpytest("specs", "--model", "planted-llama")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*specs/bad.yaml:4: checks[[]0[]].measure: unknown measure 'top9'*"])
+
+
+def test_yaml_outside_a_specs_directory_is_not_collected(pytester):
+    (pytester.path / "config.yaml").write_text("anything: 1\n")
+    result = pytester.runpytest(".")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED

@@ -1,0 +1,82 @@
+"""Spec validation: every malformed spec names file, line and key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from massive_checks.errors import SpecError
+from massive_checks.run import Evaluator
+from massive_checks.spec import load_file
+
+from conftest import SMALL_DATA
+
+VALID = """
+id: ok
+claim: a claim
+models: any
+checks:
+  - {measure: top1, layers: 1-2, min: 10}
+"""
+
+
+def write(tmp_path, text, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
+    (spec,) = load_file(write(tmp_path, VALID))
+    assert spec.id == "ok" and spec.models is None and spec.checks[0].bound.value == 10
+    with pytest.raises(Exception):
+        spec.id = "other"
+
+
+@pytest.mark.parametrize("text, line, key, message", [
+    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, min: 1}\nmodel: [gpt2]\n", 5, "model", "unknown key; allowed"),
+    ("id: x\nclaim: c\nclaim: d\nchecks: []\n", 3, "claim", "duplicate key"),
+    ("id: x\nclaim: c\nchecks:\n  - measure: top5\n    min: 1\n", 4, "checks[0].measure", "unknown measure 'top5'"),
+    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    between: [5, 1]\n", 5, "checks[0].between", "low <= high"),
+    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    min: 1\n    max: 2\n    equals: 3\n", 4, "checks[0].measure", "exactly one bound"),
+    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, min: 1}\n", 4, "checks[0].config", "unknown configuration 'nope'"),
+    ("id: x\nclaim: c\ninterventions:\n  off: [\"atn:all\"]\nchecks:\n  - {measure: top1, min: 1}\n", 4, "interventions.off", "target 'atn'"),
+    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, min: 1}\n", 4, "data.samples", "positive integer"),
+    ("id: x\nchecks:\n  - {measure: top1, min: 1}\n", 1, "claim", "required key is missing"),
+    ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, min: 1}\n", 4, "checks[0].measure", "needs dim"),
+    ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),
+])
+def test_malformed_specs_name_file_line_and_key(tmp_path, text, line, key, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_file(path)
+    error = info.value
+    assert (error.path, error.line, error.key) == (str(path), line, key)
+    assert message in str(error) and f"{path}:{line}" in str(error)
+
+
+def test_duplicate_ids_in_one_file_are_rejected(tmp_path):
+    with pytest.raises(SpecError, match="duplicate spec id 'ok'"):
+        load_file(write(tmp_path, VALID + "---\n" + VALID))
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_file(write(tmp_path, "id: !!python/object/apply:os.system ['true']\nclaim: c\nchecks: []\n"))
+
+
+def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, session_for):
+    """Seed 002 put LLaMA2-7B's dims 2533 and 1415 on GPT-2 (768 dims): the suite must refuse."""
+    (spec,) = load_file(write(tmp_path, """
+        id: c3-bad
+        claim: layer-2 peaks are in dims 2533 and 1415
+        checks:
+          - {measure: massive_dims, layers: 2, contains: [2533, 1415]}
+    """))
+    session = session_for("tiny-gpt2")
+    with pytest.raises(SpecError) as info:
+        Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert "dims [1415, 2533] that tiny-gpt2 does not have" in str(info.value)
+    assert "its residual stream has 64 dims (0-63)" in str(info.value)
+    assert session.forward_passes == 0  # rejected before any compute
