@@ -68,8 +68,9 @@ def hooks_removed_on_exit() -> Iterator[list]:
             handle.remove()
 
 
-def _attach(module: torch.nn.Module, which: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+def _attach(lm: LoadedModel, module: torch.nn.Module, which: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Run fn on the chosen tensor; if fn returns a tensor, it replaces that tensor."""
+    fn = _as_batch_major(lm, fn)
     if which == "in":
         def pre_hook(_module, args):
             new = fn(args[0])
@@ -189,6 +190,16 @@ class Recorder:
         return self.stats
 
 
+def _as_batch_major(lm: LoadedModel, fn):
+    """Some MLPs (OPT) run on flattened tokens [B*T, F]: present them as [B, T, F]."""
+    def wrapped(tensor):
+        if tensor is None or tensor.dim() != 2:
+            return fn(tensor)
+        new = fn(tensor.view(*lm.batch_shape, tensor.shape[-1]))
+        return None if new is None else new.reshape(tensor.shape)
+    return wrapped
+
+
 @contextmanager
 def capture(lm: LoadedModel, sites: list[str], median_sites: set[str] = frozenset()) -> Iterator[Recorder]:
     """Capture statistics at `sites` during the forward passes run inside the block."""
@@ -196,7 +207,7 @@ def capture(lm: LoadedModel, sites: list[str], median_sites: set[str] = frozense
     with hooks_removed_on_exit() as handles:
         for name in sites:
             module, which = resolve(lm, name)
-            handles.append(_attach(module, which, _stat_hook(recorder, name, name in median_sites)))
+            handles.append(_attach(lm, module, which, _stat_hook(recorder, name, name in median_sites)))
         yield recorder
 
 
@@ -241,7 +252,7 @@ def intervene(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | No
                 if not means or name not in means:
                     raise ValueError(f"{ablation.label()} needs the baseline mean at {name}")
                 mean = means[name]
-            handles.append(_attach(module, which, _edit(lm, ablation, mean)))
+            handles.append(_attach(lm, module, which, _edit(lm, ablation, mean)))
         yield
 
 

@@ -88,7 +88,7 @@ class LoadedModel:
     revision: str  # hub revision or a hash of the weights: keys caches and goldens
     dtype: torch.dtype
     device: str
-    cache: dict = field(default_factory=dict)  # ForwardCache storage, per loaded model
+    batch_shape: tuple[int, int] | None = None  # (B, T) of the forward chunk running now
 
     @property
     def n_layers(self) -> int:

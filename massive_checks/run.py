@@ -84,7 +84,7 @@ class ModelSession:
                 mask = batch.attention_mask[start:start + self.batch_size]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
                 ids, mask = ids[:, :width].to(lm.device), mask[:, :width].to(lm.device)
-                recorder.mask = mask
+                recorder.mask, lm.batch_shape = mask, tuple(mask.shape)
                 output = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
                 if needs.loss:
                     losses.append(_token_losses(output.logits, ids, mask))
