@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .interventions import TARGET_SITE
 from .models import LoadedModel
 
 SITE_PATTERN = re.compile(
@@ -233,8 +234,6 @@ def hook_count(module: torch.nn.Module) -> int:
 
 # --------------------------------------------------------------------------- interventions
 
-# intervention target -> the site whose tensor it edits
-TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}
 
 
 @contextmanager
@@ -245,7 +244,7 @@ def intervene(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | No
     Register these hooks *before* capture hooks so captures see the edited tensors."""
     with hooks_removed_on_exit() as handles:
         for ablation in intervention:
-            name = site(ablation.layer, TARGET_SITE[ablation.target])
+            name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
             module, which = resolve(lm, name)
             mean = None
             if ablation.mode == "mean":

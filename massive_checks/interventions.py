@@ -160,7 +160,24 @@ def describe(intervention: Intervention) -> str:
     return "baseline" if not intervention else " + ".join(a.label() for a in intervention)
 
 
+TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}
+
+
 def mean_sites(intervention: Intervention) -> set[str]:
     """Sites whose baseline dataset mean a `mean`-mode ablation needs."""
-    where = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}
-    return {f"blocks.{a.layer}.{where[a.target]}" for a in intervention if a.mode == "mean"}
+    return {f"blocks.{a.layer}.{TARGET_SITE[a.target]}" for a in intervention if a.mode == "mean"}
+
+
+def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
+    """The same, before resolution (ranked heads are not known yet: all layers, to be safe)."""
+    sites = set()
+    for r in requests:
+        if r.mode != "mean":
+            continue
+        if r.target == "heads":
+            ranked = r.selection == "all" or r.selection.startswith(("top", "bottom"))
+            layers = range(n_layers) if ranked else {int(item.partition(".")[0]) for item in r.selection.split(",")}
+        else:
+            layers = parse_layers(r.selection if r.target in ("attn", "mlp") else r.layers, n_layers)
+        sites |= {f"blocks.{layer}.{TARGET_SITE[r.target]}" for layer in layers}
+    return sites

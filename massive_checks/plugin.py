@@ -10,7 +10,7 @@ import pytest
 from . import models, report
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable, SpecError
-from .run import Evaluator, ModelSession, Outcome, needs_of
+from .run import Evaluator, ModelSession, Outcome
 from .spec import Spec, load_file
 
 
@@ -119,7 +119,7 @@ class MassiveChecks:
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
             session = ModelSession(lm, option("batch_size"))
             for spec in self.planned.get(name, []):
-                session.plan(self.data_for(spec), needs_of(spec, lm))
+                session.plan_spec(spec, self.data_for(spec))
             self.sessions[name] = session
         return self.sessions[name]
 

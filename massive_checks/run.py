@@ -57,25 +57,27 @@ class ModelSession:
             self._batches[data] = tokenize(self.lm.tokenizer, data)
         return self._batches[data]
 
-    def plan(self, data: DataConfig, needs: Needs) -> None:
-        """Announce needs before running, so each pass captures everything once."""
-        self._planned.setdefault(data, Needs()).merge(needs)
+    def plan(self, data: DataConfig, plan_key: tuple, needs: Needs) -> None:
+        """Announce what a configuration (its intervention request texts) will need, before
+        its pass runs, so that each pass captures everything once."""
+        self._planned.setdefault((data, plan_key), Needs()).merge(needs)
 
-    def run(self, data: DataConfig, intervention=BASELINE, needs: Needs | None = None) -> PassResult:
-        needs = needs or Needs()
-        planned = self._planned.setdefault(data, Needs())
-        planned.merge(needs)
+    def run(self, data: DataConfig, intervention=BASELINE, needs: Needs | None = None, plan_key: tuple = ()) -> PassResult:
+        wanted = self._planned.setdefault((data, plan_key or _plan_key_of(intervention)), Needs())
+        wanted.merge(needs or Needs())
         key = (data, intervention)
         cached = self._passes.get(key)
-        if cached is None or not cached.needs.covers(needs):
-            self._passes[key] = self._forward(data, intervention, planned)
+        if cached is None or not cached.needs.covers(wanted):
+            if cached is not None:
+                wanted.merge(cached.needs)  # a recompute never loses earlier captures
+            self._passes[key] = self._forward(data, intervention, wanted)
         return self._passes[key]
 
     def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
+        means = self._means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
         needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss)
-        means = self._means(data, intervention)
         losses: list[torch.Tensor] = []
         with torch.no_grad(), hooks.intervene(lm, intervention, means), \
                 hooks.capture(lm, sorted(needs.sites), needs.medians) as recorder:
@@ -106,29 +108,54 @@ class ModelSession:
             ranking = measures.rank_heads(self.view(data, BASELINE).head_score_table("first"))
         return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking)
 
-    def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0)) -> "ConfigView":
-        return ConfigView(self, data, intervention, massive)
+    def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = ()) -> "ConfigView":
+        return ConfigView(self, data, intervention, massive, plan_key)
+
+    def plan_spec(self, spec: Spec, data: DataConfig) -> None:
+        for config, needs in needs_of(spec, self.lm).items():
+            requests = spec.interventions.get(config, [])
+            self.plan(data, plan_key(requests), needs)
+            mean = interventions.mean_sites_of_requests(requests, self.lm.n_layers)
+            if mean:
+                self.plan(data, (), Needs(sites=mean))
 
 
-def needs_of(spec: Spec, lm: LoadedModel) -> Needs:
-    """The captures a spec's measures need beyond block outputs (used to plan shared passes)."""
-    needs, n_layers = Needs(), lm.n_layers
-    flow = [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
+def plan_key(requests: list) -> tuple:
+    return tuple(sorted(r.text for r in requests))
+
+
+def _plan_key_of(intervention) -> tuple:
+    # Passes run directly with a canonical intervention (CLI, tests) plan under its label.
+    return (interventions.describe(intervention),) if intervention else ()
+
+
+def needs_of(spec: Spec, lm: LoadedModel) -> dict[str, Needs]:
+    """Per configuration name: the captures a spec's measures need beyond block outputs."""
+    per_config: dict[str, Needs] = {"baseline": Needs()}
     for check in spec.checks:
         for q in filter(None, (check.quantity, check.versus)):
-            layers = interventions.parse_layers(q.layers or "all", n_layers)
-            if q.measure in ("head_score", "head_rank"):
-                needs.sites |= {hooks.site(L, "attn.probs") for L in range(n_layers)}
-            elif q.measure in ("mlp_max", "mlp_median"):
-                needs.sites |= {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers}
-                needs.medians |= {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers} if q.measure == "mlp_median" else set()
-            elif q.measure == "explosion_point":
-                needs.sites |= {hooks.site(q.layer, f"mlp.{c}") for c in flow}
-            elif q.measure == "top_neurons":
-                needs.sites |= {hooks.site(q.layer, "mlp.out"), hooks.site(q.layer, "mlp.down_in")}
-            elif q.measure == "max_rel_diff":
-                needs.sites |= {hooks.site(L, q.site) for L in layers}
-            needs.loss = needs.loss or q.measure == "loss"
+            needs = _quantity_needs(q, lm)
+            for config in {q.config, *(q.change or ()), *([q.versus] if q.versus else [])}:
+                per_config.setdefault(config, Needs()).merge(needs)
+    return per_config
+
+
+def _quantity_needs(q: Quantity, lm: LoadedModel) -> Needs:
+    needs, n_layers = Needs(), lm.n_layers
+    layers = interventions.parse_layers(q.layers or "all", n_layers)
+    flow = [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
+    if q.measure in ("head_score", "head_rank"):
+        needs.sites = {hooks.site(L, "attn.probs") for L in range(n_layers)}
+    elif q.measure in ("mlp_max", "mlp_median"):
+        needs.sites = {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers}
+        needs.medians = set(needs.sites) if q.measure == "mlp_median" else set()
+    elif q.measure == "explosion_point":
+        needs.sites = {hooks.site(q.layer, f"mlp.{c}") for c in flow}
+    elif q.measure == "top_neurons":
+        needs.sites = {hooks.site(q.layer, "mlp.out"), hooks.site(q.layer, "mlp.down_in")}
+    elif q.measure == "max_rel_diff":
+        needs.sites = {hooks.site(L, q.site) for L in layers}
+    needs.loss = q.measure == "loss"
     return needs
 
 
@@ -145,13 +172,13 @@ def _token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -
 class ConfigView:
     """Measures of one (model, data, intervention), computed from its (shared) pass."""
 
-    def __init__(self, session: ModelSession, data: DataConfig, intervention, massive):
-        self.session, self.data, self.intervention = session, data, intervention
+    def __init__(self, session: ModelSession, data: DataConfig, intervention, massive, plan_key: tuple = ()):
+        self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
 
     def _pass(self, sites=(), medians=(), loss=False) -> PassResult:
-        return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss))
+        return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss), self.plan_key)
 
     def stats(self, name: str, median: bool = False) -> hooks.SiteStats:
         return self._pass([name], [name] if median else []).stats[name]
@@ -263,7 +290,7 @@ class Evaluator:
         if config not in self._views:
             requests = self.spec.interventions.get(config, [])
             intervention = self.session.resolve(self.data, requests) if requests else BASELINE
-            self._views[config] = self.session.view(self.data, intervention, self.spec.massive)
+            self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests))
         return self._views[config]
 
     def layers(self, q: Quantity) -> list[int]:
@@ -298,14 +325,18 @@ class Evaluator:
     # -- one quantity -> {key: value} (per layer) or a single value
     def value(self, q: Quantity):
         if q.change:
-            before, after = self._raw(q, q.change[0]), self._raw(q, q.change[1])
+            before, after = self._reduced(q, q.change[0]), self._reduced(q, q.change[1])
             diff = (lambda a, b: measures.relative_change(a, b)) if q.change_kind == "relative" else (lambda a, b: b - a)
             value = {k: diff(before[k], after[k]) for k in before} if isinstance(before, dict) else diff(before, after)
         else:
-            value = self._raw(q, q.config)
+            value = self._reduced(q, q.config)
         if q.aggregate and isinstance(value, dict):
             return _aggregate(q.aggregate, list(value.values()))
         return value
+
+    def _reduced(self, q: Quantity, config: str):
+        value = self._raw(q, config)
+        return _aggregate(q.reduce, list(value.values())) if q.reduce and isinstance(value, dict) else value
 
     def _raw(self, q: Quantity, config: str):
         view, m = self.view(config), q.measure
@@ -394,8 +425,9 @@ def _describe(q: Quantity) -> str:
     if q.measure.startswith("head_"):
         details.append(f"to={q.to}")
     text += f"({', '.join(details)})" if details else ""
+    text = f"{q.reduce} over layers {q.layers or 'all'} of {text}" if q.reduce else text
     text = f"{q.change_kind} change of {text} from {q.change[0]} to {q.change[1]}" if q.change else f"{text} [{q.config}]"
-    text += f", layers {q.layers}" if q.layers else ""
+    text += f", layers {q.layers}" if q.layers and not q.reduce else ""
     return f"{q.aggregate} of {text}" if q.aggregate else text
 
 

@@ -30,7 +30,7 @@ MEASURES = {
     "loss": set(),  # mean next-token loss over real tokens
     "max_rel_diff": {"versus", "site"},  # per layer max |x - y| / max |y| between two configs
 }
-COMMON = {"measure", "config", "layers", "change", "change_kind", "aggregate"}
+COMMON = {"measure", "config", "layers", "change", "change_kind", "aggregate", "reduce"}
 BOUNDS = {"between", "min", "max", "approx", "rel", "equals", "subset_of", "contains", "not_contains"}
 AGGREGATES = ("mean", "max", "min", "mean_abs", "max_abs")
 CHECKPOINTS = ("in", "up", "gate", "act", "down_in", "out")
@@ -46,7 +46,8 @@ class Quantity:
     layers: str | None = None  # None: every layer
     change: tuple[str, str] | None = None  # (from_config, to_config)
     change_kind: str = "relative"  # relative: (to - from) / |from|; absolute: to - from
-    aggregate: str | None = None
+    aggregate: str | None = None  # over layers, after the change
+    reduce: str | None = None  # over layers, per configuration, before the change ("the peak")
     dim: int | None = None
     head: tuple[int, int] | None = None
     to: str = "first"  # head scores: attention to position 0 ("first") or the massive token
@@ -303,8 +304,9 @@ def _quantity(ctx: _Ctx, raw, prefix: str, configs: set[str], bounds: bool = Fal
         if not (isinstance(change, list) and len(change) == 2 and all(c in configs for c in change)):
             ctx.fail(raw, "change", f"must be [from, to] with configurations from: {', '.join(sorted(configs))}", prefix)
         change = tuple(change)
-    if raw.get("aggregate") not in (None, *AGGREGATES):
-        ctx.fail(raw, "aggregate", f"must be one of {', '.join(AGGREGATES)}", prefix)
+    for key in ("aggregate", "reduce"):
+        if raw.get(key) not in (None, *AGGREGATES):
+            ctx.fail(raw, key, f"must be one of {', '.join(AGGREGATES)}", prefix)
     if raw.get("change_kind", "relative") not in ("relative", "absolute"):
         ctx.fail(raw, "change_kind", "must be relative or absolute", prefix)
     if raw.get("checkpoint", "out") not in CHECKPOINTS:
@@ -324,7 +326,7 @@ def _quantity(ctx: _Ctx, raw, prefix: str, configs: set[str], bounds: bool = Fal
         ctx.fail(raw, "layers", "must be 'all', an index, 'A-B' or 'A,B,C'", prefix)
     return Quantity(
         measure=measure, config=raw.get("config", "baseline"), layers=None if layers in (None, "all") else str(layers),
-        change=change, change_kind=raw.get("change_kind", "relative"), aggregate=raw.get("aggregate"),
+        change=change, change_kind=raw.get("change_kind", "relative"), aggregate=raw.get("aggregate"), reduce=raw.get("reduce"),
         dim=_opt_int(ctx, raw, "dim", prefix), head=_head(ctx, raw, prefix), to=raw.get("to", "first"),
         checkpoint=raw.get("checkpoint", "out"), layer=_opt_int(ctx, raw, "layer", prefix),
         k=_opt_int(ctx, raw, "k", prefix) or 5, versus=raw.get("versus"), site=str(raw.get("site", "out")),
