@@ -89,6 +89,48 @@ class SpecItem(pytest.Item):
         return self.path, self.spec.line - 1, f"spec {self.spec.id} [{self.model}]"
 
 
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def massive_session(request):
+    """massive_session(name) -> ModelSession for a model, loaded once per test session."""
+    state: MassiveChecks = request.config.pluginmanager.get_plugin("massive_checks_state")
+    return state.session
+
+
+@pytest.fixture
+def ablate(massive_session):
+    """Context manager applying interventions for the forward passes inside it:
+
+        with ablate(lm, "heads:5.1,6.1", "mlp:2"):
+            model(...)
+
+    Mean-mode ablations take their means from `data` (default: the built-in text)."""
+    from contextlib import contextmanager
+
+    from . import hooks, interventions
+
+    @contextmanager
+    def apply(lm, *texts: str, data: DataConfig | None = None):
+        session = ModelSession(lm)
+        data = data or DataConfig()
+        intervention = session.resolve(data, [interventions.parse(t) for t in texts])
+        means = session.means(data, intervention)
+        with hooks.intervene(lm, intervention, means):
+            yield intervention
+
+    return apply
+
+
+@pytest.fixture
+def capture_stats():
+    """capture_stats(lm, sites, median_sites=()) -> hooks.capture context (see hooks.py)."""
+    from . import hooks
+
+    return hooks.capture
+
+
 class MassiveChecks:
     """Session state: model sessions (loaded once), planned needs, recorded outcomes."""
 

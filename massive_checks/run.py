@@ -74,7 +74,7 @@ class ModelSession:
         return self._passes[key]
 
     def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
-        means = self._means(data, intervention)  # may run the baseline pass first
+        means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
         needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss)
@@ -94,7 +94,8 @@ class ModelSession:
         loss = float(torch.cat(losses).mean()) if losses else None
         return PassResult(recorder.finish(), needs, loss)
 
-    def _means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
+    def means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
+        """Baseline position-wise means [T, F] at the sites mean-mode ablations edit."""
         sites = interventions.mean_sites(intervention)
         if not sites:
             return {}
