@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from . import models, report
+from . import golden, models, report
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable, SpecError
 from .run import Evaluator, ModelSession, Outcome
@@ -27,6 +27,9 @@ def pytest_addoption(parser):
     group.addoption("--batch-size", type=int, default=8, help="sequences per forward chunk")
     group.addoption("--report-dir", default="reports", help="where results.json and reports go")
     group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
+    group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
+    group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
+                    help="rewrite missing and failing golden snapshots; =new: write missing ones only")
 
 
 def pytest_configure(config):
@@ -42,8 +45,8 @@ def pytest_collect_file(file_path: Path, parent):
 
 
 class SpecFailed(Exception):
-    def __init__(self, outcome: Outcome):
-        self.outcome = outcome
+    def __init__(self, outcome: Outcome, golden_lines: list[str] | None = None):
+        self.outcome, self.golden_lines = outcome, golden_lines or []
 
 
 class SpecFile(pytest.File):
@@ -72,15 +75,21 @@ class SpecItem(pytest.Item):
     def runtest(self):
         state: MassiveChecks = self.config.pluginmanager.get_plugin("massive_checks_state")
         session = state.session(self.model)
-        self.outcome = Evaluator(self.spec, session, state.data_for(self.spec)).evaluate()
-        state.record(self)
-        if not self.outcome.passed:
-            raise SpecFailed(self.outcome)
+        data = state.data_for(self.spec)
+        self.outcome = Evaluator(self.spec, session, data).evaluate()
+        golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail else None
+        state.record(self, golden_result)
+        golden_failed = golden_result is not None and not golden_result.ok
+        if not self.outcome.passed or golden_failed:
+            lines = golden.mismatch_lines(golden_result, state.update_command(self)) if golden_failed else []
+            raise SpecFailed(self.outcome, lines)
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value
         if isinstance(error, SpecFailed):
-            return report.failure_text(error.outcome)
+            parts = [report.failure_text(error.outcome)] if not error.outcome.passed else \
+                [f"claim holds on {self.model}, but its golden snapshot does not match: {self.spec.id}"]
+            return "\n".join(parts + error.golden_lines)
         if isinstance(error, MassiveChecksError):
             return str(error)
         return super().repr_failure(excinfo, style)
@@ -143,6 +152,7 @@ class MassiveChecks:
         self.planned: dict[str, list[Spec]] = {}
         self.results: list[dict] = []
         self.deselected: dict[str, int] = {}
+        self.collected_specs: list[Spec] = []
 
     def data_for(self, spec: Spec) -> DataConfig:
         option = self.config.getoption
@@ -165,12 +175,50 @@ class MassiveChecks:
             self.sessions[name] = session
         return self.sessions[name]
 
-    def record(self, item: SpecItem) -> None:
-        self.results.append(report.outcome_record(item.outcome, self.sessions[item.model].lm))
+    def record(self, item: SpecItem, golden_result=None) -> None:
+        record = report.outcome_record(item.outcome, self.sessions[item.model].lm)
+        if golden_result is not None:
+            record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
+        self.results.append(record)
+
+    # -- goldens
+    def golden_root(self) -> Path:
+        return self.config.rootpath / self.config.getoption("golden_dir")
+
+    def compare_golden(self, item: SpecItem, session: ModelSession, data: DataConfig):
+        spec = item.spec
+        meta = {**session.lm.describe(), "spec": spec.id, "spec_path": self._relative(spec.path), "claim": spec.claim,
+                "data": {"dataset": data.dataset, "samples": data.samples, "seq_len": data.seq_len,
+                         "ids_hash": session.batch(data).ids_hash}}
+        path = golden.golden_path(self.golden_root(), item.model, spec.id)
+        return golden.check(path, golden.snapshot(item.outcome.values(), meta), spec.golden,
+                            self.config.getoption("update_golden"))
+
+    def update_command(self, item: SpecItem) -> str:
+        return f"pytest {self._relative(item.spec.path)} --model {item.model} -k '{item.spec.id}' --update-golden"
+
+    def _relative(self, path: str) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.config.rootpath))
+        except ValueError:
+            return str(path)
+
+    def golden_orphans(self) -> list[Path]:
+        live = {(spec.id, self._relative(spec.path)) for spec in self.collected_specs}
+        files = {spec_file for _, spec_file in live}
+        by_key = {(spec.id, self._relative(spec.path)): spec for spec in self.collected_specs}
+
+        def applies(spec_file, spec_id, model):
+            spec = by_key.get((spec_id, spec_file))
+            return spec is not None and spec.applies_to(model)
+
+        root = self.golden_root()
+        return golden.orphans(root, files, live, applies, base=self.config.rootpath) if root.is_dir() else []
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items):
         selected, deselected = [], []
+        self.collected_specs = list({id(i.spec): i.spec for i in items if isinstance(i, SpecItem)}.values())
         for item in items:
             if isinstance(item, SpecItem) and not item.spec.applies_to(item.model):
                 deselected.append(item)
@@ -213,6 +261,11 @@ class MassiveChecks:
                                       f"{d['device']}; {s.forward_passes} forward passes")
             for name, message in self.unavailable.items():
                 terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
+        orphans = self.golden_orphans() if self.collected_specs else []
+        if orphans:
+            terminalreporter.section("massive_checks: golden snapshots with no spec or model")
+            for path in orphans:
+                terminalreporter.line(f"{self._relative(str(path))}  (delete it, or restore its spec)", yellow=True)
 
 
 def _status(test_report) -> str:

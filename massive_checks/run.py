@@ -279,6 +279,18 @@ class Outcome:
     def passed(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    def values(self) -> dict:
+        """Flat {key: value} of everything observed: what a golden snapshot stores."""
+        flat = {}
+        for index, check in enumerate(self.checks):
+            for row in check.rows:
+                flat[f"check {index}: {check.description} | {row.key}"] = row.observed
+        for config, measures_by_name in self.observed.items():
+            for name, per_layer in measures_by_name.items():
+                if isinstance(per_layer, list) and all(isinstance(v, float) for v in per_layer):
+                    flat.update({f"{config} {name} | layer {L}": v for L, v in enumerate(per_layer)})
+        return flat
+
 
 class Evaluator:
     """Evaluates one spec on one model session."""
@@ -383,7 +395,7 @@ class Evaluator:
             description += f"  vs  {_describe(check.versus)}"
             pairs = observed.items() if isinstance(observed, dict) else [("value", observed)]
             others = other if isinstance(other, dict) else {"value": other}
-            rows = [Row(_key(k), check.bound.text(), f"{_fmt(v)} vs {_fmt(others[k])}",
+            rows = [Row(_key(k), f"{check.bound.text()} (b = {_fmt(others[k])})", v,
                         abs(v) >= check.bound.value * abs(others[k])) for k, v in pairs]
             return CheckResult(description, rows, check.line)
         if isinstance(observed, dict):

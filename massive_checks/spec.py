@@ -95,7 +95,7 @@ class Spec:
     interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
     xfail: str | None = None
-    golden: bool = False
+    golden: object = None  # golden.GoldenConfig when the spec compares against a snapshot
     source: str = ""
 
     def applies_to(self, model: str) -> bool:
@@ -221,7 +221,7 @@ def _spec(path: str, doc, index: int) -> Spec:
     return Spec(
         id=spec_id, claim=str(doc["claim"]).strip(), path=path, line=doc.line, models=_models(ctx, doc),
         data=_data(ctx, doc), checks=parsed, interventions=configs, massive=massive,
-        xfail=doc.get("xfail"), golden=bool(doc.get("golden", False)), source=str(doc.get("source", "")),
+        xfail=doc.get("xfail"), golden=_golden(ctx, doc), source=str(doc.get("source", "")),
     )
 
 
@@ -245,6 +245,30 @@ def _data(ctx: _Ctx, doc) -> DataConfig:
     defaults = DataConfig()
     return DataConfig(str(data.get("dataset", BUILTIN)), data.get("samples", defaults.samples),
                       data.get("seq_len", defaults.seq_len))
+
+
+def _golden(ctx: _Ctx, doc):
+    """golden: true | {rtol: 1e-3, atol: 1e-6, keys: {"*median*": {rtol: 0.01}}}"""
+    from .golden import GoldenConfig, Tolerance
+
+    raw = doc.get("golden", False)
+    if raw is False or raw is None:
+        return None
+    if raw is True:
+        return GoldenConfig()
+    ctx.only(raw, {"rtol", "atol", "keys"}, "golden.")
+
+    def tolerance(mapping, prefix) -> Tolerance:
+        ctx.only(mapping, {"rtol", "atol"}, prefix)
+        for key in mapping:
+            if not isinstance(mapping[key], (int, float)) or mapping[key] < 0:
+                ctx.fail(mapping, key, "must be a non-negative number", prefix)
+        return Tolerance(float(mapping.get("rtol", Tolerance.rtol)), float(mapping.get("atol", Tolerance.atol)))
+
+    keys = raw.get("keys", {})
+    ctx.only(keys, set(keys), "golden.keys.")
+    return GoldenConfig(tolerance({k: v for k, v in raw.items() if k != "keys"}, "golden."),
+                        tuple((str(k), tolerance(v, f"golden.keys.{k}.")) for k, v in keys.items()))
 
 
 def _massive(ctx: _Ctx, doc) -> tuple[float, float]:

@@ -23,6 +23,16 @@ def _load(name: str) -> models.LoadedModel:
     return _LOADED[name]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _import_model_code_once():
+    """pytester's in-process runs restore sys.modules afterwards, which drops transformers
+    modules first imported inside them and breaks its lazy imports. Import them all up front."""
+    from massive_checks import synthetic
+
+    for name in synthetic.BUILDERS:
+        _load(name)
+
+
 @pytest.fixture(scope="session")
 def load_model():
     """load_model(name) -> LoadedModel, cached for the session."""

@@ -1,0 +1,194 @@
+"""Golden snapshots: the statistics a spec observes (never raw activations), as sorted, indented
+JSON under golden/<model>/<spec-id>.json so that changes read well in a git diff.
+
+Workflow (after pytest-regressions): a missing snapshot is written and the test fails saying so;
+a mismatch writes <name>.obtained.json beside it and fails with a table; --update-golden rewrites
+missing and failing snapshots, --update-golden=new only missing ones. A corrupt snapshot is an
+error and is only overwritten with the flag."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import GoldenError
+from .report import atomic_write
+
+FORMAT = 1
+IDENTITY = ("model", "revision", "dtype", "data")  # differences here make values incomparable
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float = 1e-3  # relative: massive values are 1e2-1e5, fp16/bf16 runs need more (set per spec)
+    atol: float = 1e-6
+
+
+@dataclass(frozen=True)
+class GoldenConfig:
+    default: Tolerance = Tolerance()
+    keys: tuple[tuple[str, Tolerance], ...] = ()  # (glob on the flat key, tolerance), first match wins
+
+    def tolerance(self, key: str) -> Tolerance:
+        return next((tol for pattern, tol in self.keys if fnmatch.fnmatchcase(key, pattern)), self.default)
+
+
+@dataclass
+class Mismatch:
+    key: str
+    expected: object
+    observed: object
+    tolerance: Tolerance | None  # None: compared exactly (sets, ints, strings)
+
+    @property
+    def abs_error(self) -> float | None:
+        return abs(self.observed - self.expected) if _is_number(self.observed) and _is_number(self.expected) else None
+
+    @property
+    def rel_error(self) -> float | None:
+        err = self.abs_error
+        return None if err is None else (err / abs(self.expected) if self.expected else math.inf)
+
+
+@dataclass
+class GoldenResult:
+    status: str  # match | missing | written | updated | mismatch | metadata | corrupt
+    path: Path
+    mismatches: list[Mismatch] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("match", "updated")
+
+
+def golden_path(root: Path, model: str, spec_id: str) -> Path:
+    return root / model.replace("/", "__") / f"{spec_id}.json"
+
+
+def obtained_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".obtained.json")
+
+
+def snapshot(values: dict, meta: dict) -> dict:
+    return {"format": FORMAT, "meta": meta, "values": values}
+
+
+def dumps(document: dict) -> str:
+    return json.dumps(document, indent=1, sort_keys=True, default=_plain) + "\n"
+
+
+def read(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GoldenError(f"golden {path} is corrupt ({exc}); fix it or rewrite it with --update-golden") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("values"), dict):
+        raise GoldenError(f"golden {path} is not a massive_checks snapshot (format {FORMAT}); "
+                          f"fix it or rewrite it with --update-golden")
+    return document
+
+
+def check(path: Path, obtained: dict, config: GoldenConfig, update: str | None) -> GoldenResult:
+    """Compare `obtained` (a snapshot()) with the file at `path`, following the workflow above.
+    update: None, "all" (rewrite missing and failing) or "new" (write missing only)."""
+    if not path.exists():
+        atomic_write(path, dumps(obtained))
+        return GoldenResult("updated" if update else "missing", path, message=f"golden {path} was missing and has been written")
+    try:
+        expected = read(path)
+    except GoldenError as exc:
+        if update == "all":
+            atomic_write(path, dumps(obtained))
+            return GoldenResult("updated", path, message=f"corrupt golden {path} rewritten")
+        return GoldenResult("corrupt", path, message=str(exc))
+    changed_identity = [k for k in IDENTITY if expected.get("meta", {}).get(k) != obtained["meta"].get(k)]
+    mismatches = compare(expected["values"], obtained["values"], config)
+    if not changed_identity and not mismatches:
+        obtained_path(path).unlink(missing_ok=True)
+        return GoldenResult("match", path)
+    if update == "all":
+        atomic_write(path, dumps(obtained))
+        obtained_path(path).unlink(missing_ok=True)
+        return GoldenResult("updated", path, message=f"golden {path} updated")
+    atomic_write(obtained_path(path), dumps(obtained))
+    if changed_identity:
+        details = "; ".join(f"{k}: golden {expected['meta'].get(k)!r}, now {obtained['meta'].get(k)!r}" for k in changed_identity)
+        return GoldenResult("metadata", path, mismatches, f"golden {path} was recorded on another setup: {details}")
+    return GoldenResult("mismatch", path, mismatches, f"{len(mismatches)} value(s) differ from golden {path}")
+
+
+def compare(expected: dict, observed: dict, config: GoldenConfig) -> list[Mismatch]:
+    mismatches = []
+    for key in sorted(set(expected) | set(observed)):
+        want, got = expected.get(key), observed.get(key)
+        if _is_number(want) and _is_number(got) and not isinstance(want, bool):
+            tol = config.tolerance(key)
+            if not abs(got - want) <= tol.atol + tol.rtol * abs(want):
+                mismatches.append(Mismatch(key, want, got, tol))
+        elif _plain(want) != _plain(got):
+            mismatches.append(Mismatch(key, want, got, None))
+    return mismatches
+
+
+def mismatch_lines(result: GoldenResult, update_command: str, limit: int = 30) -> list[str]:
+    lines = [result.message]
+    if result.mismatches:
+        header = ("key", "expected", "observed", "abs err", "rel err", "tolerance")
+        rows = [header] + [(m.key, _fmt(m.expected), _fmt(m.observed), _fmt(m.abs_error), _fmt(m.rel_error),
+                            f"rtol {m.tolerance.rtol:g}, atol {m.tolerance.atol:g}" if m.tolerance else "exact")
+                           for m in result.mismatches[:limit]]
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        if len(result.mismatches) > limit:
+            lines.append(f"  ... and {len(result.mismatches) - limit} more (see {obtained_path(result.path)})")
+    if result.status in ("mismatch", "metadata"):
+        lines.append(f"obtained values: {obtained_path(result.path)}")
+    if not result.ok:
+        lines.append(f"to accept the new values: {update_command}")
+    return lines
+
+
+def orphans(root: Path, collected_files: set[str], live: set[tuple[str, str]], applies, base: Path) -> list[Path]:
+    """Snapshots whose spec or model no longer exists. Only spec files collected in this run are
+    judged (a partial run says nothing of the others), plus snapshots whose spec file is gone.
+    live: (spec id, spec file) pairs collected; applies(spec_file, spec_id, model) -> bool."""
+    found = []
+    for path in sorted(root.glob("*/*.json")):
+        if path.name.endswith(".obtained.json"):
+            continue
+        try:
+            meta = read(path)["meta"]
+        except GoldenError:
+            continue
+        spec_file, spec_id, model = meta.get("spec_path", ""), meta.get("spec", path.stem), meta.get("model", "")
+        if not (base / spec_file).exists():
+            found.append(path)
+        elif spec_file in collected_files and ((spec_id, spec_file) not in live or not applies(spec_file, spec_id, model)):
+            found.append(path)
+    return found
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)
+    return value
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(_plain(value))
