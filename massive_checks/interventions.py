@@ -157,7 +157,30 @@ def canonical(ablations: list[Ablation]) -> Intervention:
 
 
 def describe(intervention: Intervention) -> str:
-    return "baseline" if not intervention else " + ".join(a.label() for a in intervention)
+    """Readable summary: ablations that differ only in layer are grouped, e.g. 'attn@0-29'."""
+    if not intervention:
+        return "baseline"
+    groups: dict[tuple, list[int]] = {}
+    for a in intervention:
+        groups.setdefault((a.target, a.units, a.tokens, a.mode, a.value), []).append(a.layer)
+    parts = []
+    for (target, units, tokens, mode, value), layers in groups.items():
+        text = f"{target}@{_ranges(layers)}" + (f"[{','.join(map(str, units))}]" if units else "")
+        text += f"#{','.join(map(str, tokens))}" if tokens is not None else ""
+        text += "" if mode == "zero" else f"={mode}" + (f":{value:g}" if mode == "value" else "")
+        parts.append(text)
+    return " + ".join(parts)
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'"""
+    values, spans = sorted(values), []
+    for v in values:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}

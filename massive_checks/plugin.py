@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from . import golden, models, report
+import json
+import uuid
+
+from . import figures, golden, models, report
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable, SpecError
 from .run import Evaluator, ModelSession, Outcome
@@ -56,6 +59,7 @@ class SpecFile(pytest.File):
             for model in state.model_names:
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
+                item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup: one worker per model
                 if spec.xfail:  # a known-false claim must fail; passing is reported as XPASS(strict)
                     item.add_marker(pytest.mark.xfail(reason=spec.xfail, strict=True, raises=SpecFailed))
                 yield item
@@ -78,7 +82,8 @@ class SpecItem(pytest.Item):
         data = state.data_for(self.spec)
         self.outcome = Evaluator(self.spec, session, data).evaluate()
         golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail else None
-        state.record(self, golden_result)
+        figure = state.render_figure(self)
+        state.record(self, golden_result, figure)
         golden_failed = golden_result is not None and not golden_result.ok
         if not self.outcome.passed or golden_failed:
             lines = golden.mismatch_lines(golden_result, state.update_command(self)) if golden_failed else []
@@ -153,6 +158,8 @@ class MassiveChecks:
         self.results: list[dict] = []
         self.deselected: dict[str, int] = {}
         self.collected_specs: list[Spec] = []
+        worker = getattr(config, "workerinput", None)
+        self.run_id = worker["massive_checks_run"] if worker and "massive_checks_run" in worker else uuid.uuid4().hex[:12]
 
     def data_for(self, spec: Spec) -> DataConfig:
         option = self.config.getoption
@@ -175,8 +182,17 @@ class MassiveChecks:
             self.sessions[name] = session
         return self.sessions[name]
 
-    def record(self, item: SpecItem, golden_result=None) -> None:
+    def report_dir(self) -> Path:
+        return self.config.rootpath / self.config.getoption("report_dir")
+
+    def render_figure(self, item: SpecItem) -> str:
+        relative = Path(item.model.replace("/", "__")) / f"{item.spec.id}.png"
+        figures.render(item.outcome, item.outcome.figure_data, self.report_dir() / relative)
+        return str(relative)
+
+    def record(self, item: SpecItem, golden_result=None, figure: str | None = None) -> None:
         record = report.outcome_record(item.outcome, self.sessions[item.model].lm)
+        record["figure"], record["path"] = figure, self._relative(item.spec.path)
         if golden_result is not None:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
         self.results.append(record)
@@ -244,10 +260,30 @@ class MassiveChecks:
                 if record["spec"] == item.spec.id and record["model"] == item.model:
                     record["status"] = _status(test_report)
 
+    # -- results, merged across pytest-xdist workers
+    def pytest_configure_node(self, node):  # controller -> each xdist worker
+        node.workerinput["massive_checks_run"] = self.run_id
+
     def pytest_sessionfinish(self, session):
-        if self.results or self.sessions:
-            headers = {name: s.lm.describe() for name, s in self.sessions.items()}
-            report.write_results(Path(self.config.getoption("report_dir")), self.results, headers, self.unavailable)
+        headers = {name: s.lm.describe() for name, s in self.sessions.items()}
+        parts = self.report_dir() / ".parts" / self.run_id
+        worker = getattr(self.config, "workerinput", None)
+        if worker is not None:  # an xdist worker: leave a part for the controller
+            if self.results or self.unavailable:
+                document = {"results": self.results, "models": headers, "unavailable": self.unavailable}
+                report.atomic_write(parts / f"{worker['workerid']}.json", json.dumps(document, default=report._jsonable))
+            return
+        results, unavailable = list(self.results), dict(self.unavailable)
+        for part in sorted(parts.glob("*.json")) if parts.is_dir() else []:
+            document = json.loads(part.read_text())
+            results += document["results"]
+            headers.update(document["models"])
+            unavailable.update(document["unavailable"])
+            part.unlink()
+        if parts.is_dir():
+            parts.rmdir()
+        if results or unavailable:
+            report.write_all(self.report_dir(), results, headers, unavailable)
 
     def pytest_terminal_summary(self, terminalreporter):
         idle = [name for name in self.deselected if name not in self.planned]

@@ -184,6 +184,11 @@ class ConfigView:
     def stats(self, name: str, median: bool = False) -> hooks.SiteStats:
         return self._pass([name], [name] if median else []).stats[name]
 
+    def captured(self, name: str) -> bool:
+        """Whether this configuration's pass already holds a site (asking never recomputes)."""
+        cached = self.session._passes.get((self.data, self.intervention))
+        return cached is not None and name in cached.stats
+
     def block(self, layer: int) -> hooks.SiteStats:
         return self.stats(hooks.site(layer, "out"), median=True)
 
@@ -274,6 +279,7 @@ class Outcome:
     checks: list[CheckResult]
     configs: dict[str, str]  # configuration name -> canonical description
     observed: dict  # numbers per configuration and layer, for results.json / goldens / figures
+    figure_data: dict = field(default_factory=dict)  # arrays only figures need (not serialized)
 
     @property
     def passed(self) -> bool:
@@ -313,7 +319,7 @@ class Evaluator:
         self.validate_against_model()
         checks = [self.check(c) for c in self.spec.checks]
         configs = {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs())}
-        return Outcome(self.spec, self.lm.name, checks, configs, self.observed())
+        return Outcome(self.spec, self.lm.name, checks, configs, self.observed(), self.figure_data())
 
     def validate_against_model(self) -> None:
         """Reject units the model does not have (e.g. LLaMA2-7B's dims 1415, 2533 on GPT-2)."""
@@ -329,11 +335,28 @@ class Evaluator:
         result = {}
         for name in sorted(self.spec.configs()):
             view = self.view(name)
-            result[name] = {
-                "top1": [view.top(layer, 1)[0].value for layer in range(self.lm.n_layers)],
-                "median": [view.median(layer) for layer in range(self.lm.n_layers)],
-            }
+            tops = [[c.value for c in view.top(layer, 3)] for layer in range(self.lm.n_layers)]
+            result[name] = {f"top{k + 1}": [t[k] for t in tops] for k in range(3)}
+            result[name]["median"] = [view.median(layer) for layer in range(self.lm.n_layers)]
         return result
+
+    def figure_data(self) -> dict:
+        """Arrays for this spec's figure, taken only from captures its passes already hold."""
+        base, data = self.view("baseline"), {}
+        quantities = [q for c in self.spec.checks for q in (c.quantity, c.versus) if q is not None]
+        measures = {q.measure for q in quantities}
+        if measures & {"head_score", "head_rank"}:
+            data["head_scores"] = base.head_score_table("first").tolist()
+        mlp_layers = sorted({L for q in quantities if q.measure.startswith(("mlp_", "explosion", "top_neurons"))
+                             for L in ([q.layer] if q.layer is not None else self.layers(q))})
+        if mlp_layers:
+            data["mlp"] = {L: {c: base.mlp_stat(L, c, "max") for c in base.mlp_checkpoints()
+                               if base.captured(hooks.site(L, f"mlp.{c}"))} for L in mlp_layers}
+        if measures & {"massive_dims", "massive_tokens", "top1_dim", "top1_token", "dim_peak"}:
+            peak = max(range(self.lm.n_layers), key=lambda L: base.top(L, 1)[0].value)
+            data["cells"] = base.block(peak).cell_max[:8].numpy()  # [tokens, dims]
+            data["cells_layer"], data["massive_dims"] = peak, sorted({c.dim for c in base.massive(peak)})
+        return data
 
     # -- one quantity -> {key: value} (per layer) or a single value
     def value(self, q: Quantity):

@@ -34,7 +34,7 @@ def test_profile_with_ablation_composes(capsys):
     doc = run_json(capsys, "profile", "planted-llama", "--samples", "4", "--json",
                    "--ablate", f"mlp:{PLANT['layer']}", "--ablate", "heads:0.1")
     assert doc["massive"] == []
-    assert doc["intervention"] == f"heads:0[1] + mlp:{PLANT['layer']}"
+    assert doc["intervention"] == f"heads@0[1] + mlp@{PLANT['layer']}"
 
 
 def test_heads_json_equals_plain_transformers(capsys, load_model):

@@ -1,0 +1,128 @@
+"""Figures, one per (spec, model): Agg backend, explicit Figure objects (no global pyplot state),
+closed after saving. Each plot_* draws on axes it is given; render() picks the views a spec needs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
+
+
+def plot_profile(ax, profile: dict, title: str = "") -> None:
+    """profile: {"top1": [L], "top2": [L], "top3": [L], "median": [L]} of one configuration."""
+    layers = np.arange(len(profile["top1"]))
+    for key, style in (("top1", "o-"), ("top2", "s-"), ("top3", "^-"), ("median", "x--")):
+        if key in profile:
+            ax.plot(layers, profile[key], style, label=key.replace("top", "top-"), markersize=4)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (block output, 0-based)")
+    ax.set_ylabel("|activation|")
+    ax.set_title(title or "layer-wise top-1/2/3 and median |a|")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_cells_3d(ax, cells: np.ndarray, layer: int, dims: list[int]) -> None:
+    """cells: [tokens, dims] max |a| over sequences at one layer (first few tokens)."""
+    tokens, width = cells.shape
+    t, d = np.meshgrid(np.arange(tokens), np.arange(width), indexing="ij")
+    ax.bar3d(d.ravel(), t.ravel(), 0, 1.0, 0.6, cells.ravel(), shade=False,
+             color=np.where(np.isin(d.ravel(), dims), "tab:red", "tab:blue"))
+    ax.set_xlabel("dim")
+    ax.set_ylabel("token position")
+    ax.set_zlabel("max |a| over sequences")
+    ax.set_title(f"|activation| at layer {layer}, massive dims {dims or 'none'} in red", fontsize=9)
+
+
+def plot_head_scores(ax, table: np.ndarray, fig) -> None:
+    """table: [layers, heads] mean attention to position 0."""
+    image = ax.imshow(table, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, float(table.max())))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("head score: mean attention to position 0 (queries q >= 1)")
+    fig.colorbar(image, ax=ax, label="attention weight")
+
+
+def plot_ablation(ax_lines, ax_heat, observed: dict, fig) -> None:
+    """observed: configuration -> {"top1": [L], ...}; lines per configuration, % change heatmap
+    against the baseline (or, for specs without one, the first configuration)."""
+    reference = "baseline" if "baseline" in observed else next(iter(observed))
+    base = np.asarray(observed[reference]["top1"])
+    layers = np.arange(len(base))
+    others = [name for name in observed if name != reference]
+    ax_lines.plot(layers, base, "k-o", label=reference, markersize=4)
+    for name in others:
+        ax_lines.plot(layers, observed[name]["top1"], "-o", label=name, markersize=3)
+    ax_lines.set_yscale("log")
+    ax_lines.set_xlabel("layer")
+    ax_lines.set_ylabel("top-1 |activation|")
+    ax_lines.set_title(f"top-1 per layer: {reference} vs the other configurations")
+    ax_lines.legend(fontsize=8)
+    ax_lines.grid(alpha=0.3)
+    change = np.array([100 * (np.asarray(observed[n]["top1"]) - base) / np.where(base == 0, 1, base) for n in others])
+    limit = max(1.0, float(np.abs(change).max())) if change.size else 1.0
+    image = ax_heat.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax_heat.set_yticks(range(len(others)), others)
+    ax_heat.set_xlabel("layer")
+    ax_heat.set_title(f"% change of top-1 vs {reference}")
+    fig.colorbar(image, ax=ax_heat, label="%")
+
+
+def plot_mlp_flow(ax, flows: dict) -> None:
+    """flows: layer -> {checkpoint: max |a|} in flow order."""
+    for layer, flow in flows.items():
+        names = list(flow)
+        ax.plot(names, [flow[n] for n in names], "o-", label=f"layer {layer}")
+    ax.set_yscale("log")
+    ax.set_xlabel("MLP checkpoint (in -> up/gate -> act -> down_in -> out)")
+    ax.set_ylabel("max |activation|")
+    ax.set_title("MLP checkpoint flow")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _figure(panels: int, three_d: bool = False):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5 * panels, 4.8))
+    axes = [fig.add_subplot(1, panels, i + 1, projection="3d" if three_d and i == panels - 1 else None)
+            for i in range(panels)]
+    return fig, axes
+
+
+def render(outcome, figure_data: dict, path: Path) -> Path:
+    """The figure for one spec on one model: the views its measures call for."""
+    measures = {c.quantity.measure for c in outcome.spec.checks} | {c.versus.measure for c in outcome.spec.checks if c.versus}
+    changes = any(c.quantity.change or (c.versus and c.versus.change) for c in outcome.spec.checks) or len(outcome.observed) > 1
+    if measures & {"head_score", "head_rank"} and "head_scores" in figure_data:
+        fig, (ax,) = _figure(1)
+        plot_head_scores(ax, np.asarray(figure_data["head_scores"]), fig)
+    elif changes:
+        fig, (a, b) = _figure(2)
+        plot_ablation(a, b, outcome.observed, fig)
+    elif "mlp" in figure_data:
+        fig, (a, b) = _figure(2)
+        plot_mlp_flow(a, figure_data["mlp"])
+        plot_profile(b, next(iter(outcome.observed.values())))
+    elif "cells" in figure_data:
+        fig, (a, b) = _figure(2, three_d=True)
+        plot_profile(a, outcome.observed["baseline"])
+        plot_cells_3d(b, np.asarray(figure_data["cells"]), figure_data["cells_layer"], figure_data["massive_dims"])
+    else:
+        fig, (ax,) = _figure(1)
+        plot_profile(ax, outcome.observed["baseline"])
+    verdict = "PASS" if outcome.passed else "FAIL"
+    claim = textwrap.fill(outcome.spec.claim, int(fig.get_figwidth() * 12))  # ~12 characters per inch at 9 pt
+    fig.suptitle(f"{outcome.model} - {outcome.spec.id} [{verdict}]\n{claim}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata=METADATA)
+    plt.close(fig)  # no-op for a bare Figure, kept for figures created through pyplot
+    return path
