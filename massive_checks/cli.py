@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
     heads = commands.add_parser("heads", help="per-head mean attention to position 0 (queries q >= 1)")
     _data_options(heads)
+    scan = commands.add_parser("scan", help="profile a checkpoint; write a report, a draft spec and its golden")
+    _data_options(scan)
+    scan.add_argument("--out", default=None, help="output directory (default reports/scan-<model>)")
+    diff = commands.add_parser("diff", help="compare two checkpoints' massive activations")
+    _data_options(diff)
+    diff.add_argument("other", help="the second model")
     commands.add_parser("models", help="list built-in model names")
     return parser
 
@@ -83,6 +89,43 @@ def cmd_heads(args) -> int:
     return 0
 
 
+def cmd_scan(args) -> int:
+    from pathlib import Path
+
+    from .scan import scan
+
+    lm = models.load(args.model, args.device, args.dtype)
+    out = Path(args.out or f"reports/scan-{args.model.replace('/', '__')}")
+    summary = scan(args.model, lm, DataConfig(args.dataset, args.samples, args.seq_len), out, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{args.model}: massive dims {summary['massive_dims'] or 'none'}, tokens {summary['massive_tokens']}, "
+              f"emerging at block {summary['emergence_layer']}; report {out / 'index.html'}; "
+              f"draft spec {out / 'specs'}; golden {out / 'golden'}")
+        print(f"check the draft: pytest {out / 'specs'} --model {args.model} --golden-dir {out / 'golden'}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .scan import diff, profile_summary
+
+    data = DataConfig(args.dataset, args.samples, args.seq_len)
+    summaries = [profile_summary(ModelSession(models.load(name, args.device, args.dtype)), data)
+                 for name in (args.model, args.other)]
+    result = diff(*summaries)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{'layer':>5}  {result['a'][:18]:>18}  {result['b'][:18]:>18}  {'change':>9}")
+    for row in result["layers"]:
+        print(f"{row['layer']:>5}  {row['top1_a']:>12.4g} d{row['dim_a']:<5}  {row['top1_b']:>12.4g} d{row['dim_b']:<5}  "
+              f"{row['change']:>+9.1%}")
+    for key in ("massive_dims", "massive_tokens", "emergence_layer"):
+        print(f"{key}: {result['a']} {result[key]['a']}  vs  {result['b']} {result[key]['b']}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .synthetic import BUILDERS
 
@@ -90,7 +133,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"profile": cmd_profile, "heads": cmd_heads, "models": cmd_models}
+COMMANDS = {"profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
 
 if __name__ == "__main__":
     sys.exit(main())

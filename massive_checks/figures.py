@@ -119,8 +119,13 @@ def render(outcome, figure_data: dict, path: Path) -> Path:
         fig, (ax,) = _figure(1)
         plot_profile(ax, outcome.observed["baseline"])
     verdict = "PASS" if outcome.passed else "FAIL"
-    claim = textwrap.fill(outcome.spec.claim, int(fig.get_figwidth() * 12))  # ~12 characters per inch at 9 pt
-    fig.suptitle(f"{outcome.model} - {outcome.spec.id} [{verdict}]\n{claim}", fontsize=9)
+    return save(fig, path, f"{outcome.model} - {outcome.spec.id} [{verdict}]\n{outcome.spec.claim}")
+
+
+def save(fig, path: Path, title: str) -> Path:
+    """Title (wrapped to the figure's width), save atomically-enough (one write), close."""
+    width = int(fig.get_figwidth() * 12)  # ~12 characters per inch at 9 pt
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata=METADATA)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,12 +74,26 @@ def obtained_path(path: Path) -> Path:
     return path.with_name(path.stem + ".obtained.json")
 
 
+def metadata(lm, spec, data, ids_hash: str, spec_path: str) -> dict:
+    """Everything a snapshot depends on; IDENTITY keys must match for values to be compared."""
+    return {**lm.describe(), "spec": spec.id, "spec_path": spec_path, "claim": spec.claim,
+            "data": {"dataset": data.dataset, "samples": data.samples, "seq_len": data.seq_len, "ids_hash": ids_hash}}
+
+
 def snapshot(values: dict, meta: dict) -> dict:
     return {"format": FORMAT, "meta": meta, "values": values}
 
 
 def dumps(document: dict) -> str:
-    return json.dumps(document, indent=1, sort_keys=True, default=_plain) + "\n"
+    """Indented JSON, keys in natural order ("layer 2" before "layer 10") for readable diffs."""
+    return json.dumps(_natural(document), indent=1, default=_plain) + "\n"
+
+
+def _natural(value):
+    if not isinstance(value, dict):
+        return value
+    order = lambda key: [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(key))]
+    return {key: _natural(value[key]) for key in sorted(value, key=order)}
 
 
 def read(path: Path) -> dict:

@@ -139,8 +139,7 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
         model, tokenizer = synthetic.build(name)
         revision = "synthetic-" + _weights_hash(model)
     elif name == BUNDLED:
-        model, tokenizer = _load_bundled_smollm2()
-        revision = "gguf-" + _bundled_gguf_path().stem.rsplit(".", 1)[-1]
+        model, tokenizer, revision = _load_bundled_smollm2()
     else:
         model, tokenizer, revision = _load_pretrained(name, trust_remote_code)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
@@ -250,14 +249,22 @@ def _load_bundled_smollm2():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _bundled_gguf_path()
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    key = _file_digest(gguf)
     target = cache_root() / f"{BUNDLED}-{key}"
     if not (target / "model.safetensors").is_file():
         _write_dequantized_cache(gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
-    return model, tokenizer
+    return model, tokenizer, f"gguf-{key}"
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the whole file (~90 MB, ~0.1 s): names the cache and the weights' revision."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def _write_dequantized_cache(gguf: Path, target: Path) -> None:

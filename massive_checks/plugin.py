@@ -203,9 +203,7 @@ class MassiveChecks:
 
     def compare_golden(self, item: SpecItem, session: ModelSession, data: DataConfig):
         spec = item.spec
-        meta = {**session.lm.describe(), "spec": spec.id, "spec_path": self._relative(spec.path), "claim": spec.claim,
-                "data": {"dataset": data.dataset, "samples": data.samples, "seq_len": data.seq_len,
-                         "ids_hash": session.batch(data).ids_hash}}
+        meta = golden.metadata(session.lm, spec, data, session.batch(data).ids_hash, self._relative(spec.path))
         path = golden.golden_path(self.golden_root(), item.model, spec.id)
         return golden.check(path, golden.snapshot(item.outcome.values(), meta), spec.golden,
                             self.config.getoption("update_golden"))

@@ -51,3 +51,14 @@ def test_profile_capture_overhead_target():
     if set(MEANS) != {"plain", "profile", "heads"}:
         pytest.skip("benchmarks disabled (--benchmark-disable) or not run in this session")
     assert MEANS["profile"] <= 1.5 * MEANS["plain"], MEANS
+
+
+@pytest.mark.slow
+def test_bundled_model_loads_from_cache_under_5_seconds(benchmark, smollm2):
+    """smollm2 was loaded (and its float32 cache written) by the fixture; reload from cache."""
+    from massive_checks import models
+
+    benchmark.group = "smollm2 load from cache"
+    benchmark.pedantic(models.load, args=(models.BUNDLED,), rounds=2, warmup_rounds=0)
+    if benchmark.stats is not None:
+        assert benchmark.stats.stats.mean < 5.0

@@ -1,0 +1,161 @@
+"""Checkpoint scans: profile a new checkpoint, write a report, and draft a spec + golden that pin
+what was found; and diffs of two checkpoints' massive activations."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import figures, golden, interventions, measures
+from .data import DataConfig
+from .report import _esc, atomic_write
+from .run import Evaluator, ModelSession
+from .spec import load_file
+
+
+def profile_summary(session: ModelSession, data: DataConfig) -> dict:
+    """Profile plus the derived facts a scan and a diff report."""
+    view = session.view(data)
+    doc = view.profile()
+    massive_layers = sorted({m["layer"] for m in doc["massive"]})
+    doc["massive_dims"] = sorted({m["dim"] for m in doc["massive"]})
+    doc["massive_tokens"] = sorted({m["token"] for m in doc["massive"]})
+    doc["emergence_layer"] = massive_layers[0] if massive_layers else None
+    doc["last_massive_layer"] = massive_layers[-1] if massive_layers else None
+    return doc
+
+
+def scan(model_name: str, lm, data: DataConfig, out: Path, progress: bool = True) -> dict:
+    session = ModelSession(lm)
+    steps = tqdm(total=6, desc=f"scan {model_name}", disable=not progress, unit="step")
+    summary = profile_summary(session, data)
+    steps.update()
+    base = session.view(data)
+    table = base.head_score_table("first")
+    ranking = measures.rank_heads(table)
+    summary["heads"] = {"top": [_head(table, lh) for lh in ranking[:5]], "bottom": [_head(table, lh) for lh in ranking[-5:]]}
+    steps.update()
+    ablated = {}
+    for name, text in (("no_attn", "attn:all"), ("no_mlp", "mlp:all")):
+        view = session.view(data, session.resolve(data, [interventions.parse(text)]))
+        ablated[name] = [view.top(L, 1)[0].value for L in range(lm.n_layers)]
+        steps.update()
+    base_top1 = [row["top"][0]["value"] for row in summary["layers"]]
+    summary["ablation"] = {name: {"intervention": text, "top1": values,
+                                  "change": [measures.relative_change(b, a) for b, a in zip(base_top1, values)]}
+                           for (name, values), text in zip(ablated.items(), ("attn:all", "mlp:all"))}
+    emergence = summary["emergence_layer"]
+    if emergence is not None:
+        summary["mlp_flow"] = {c: base.mlp_stat(emergence, c, "max") for c in base.mlp_checkpoints()}
+        summary["explosion_point"] = measures.explosion_point(summary["mlp_flow"])
+    steps.update()
+    out.mkdir(parents=True, exist_ok=True)
+    _write_figures(summary, base, table, out)
+    spec_path = write_draft_spec(summary, model_name, data, out)
+    _write_golden(spec_path, session, data, out)
+    atomic_write(out / "scan.json", json.dumps(summary, indent=1))
+    _write_page(summary, out, spec_path)
+    steps.update()
+    steps.close()
+    return summary
+
+
+def _head(table, layer_head) -> dict:
+    layer, head = layer_head
+    return {"layer": layer, "head": head, "score": float(table[layer, head])}
+
+
+def _write_figures(summary: dict, base, table, out: Path) -> None:
+    fig, (a, b) = figures._figure(2, three_d=True)
+    profile = {f"top{k + 1}": [row["top"][k]["value"] for row in summary["layers"]] for k in range(3)}
+    profile["median"] = [row["median"] for row in summary["layers"]]
+    figures.plot_profile(a, profile, f"{summary['model']}: layer-wise profile")
+    peak = max(range(len(profile["top1"])), key=profile["top1"].__getitem__)
+    cells = base.block(peak).cell_max[:8].numpy()
+    figures.plot_cells_3d(b, cells, peak, sorted({c.dim for c in base.massive(peak)}))
+    figures.save(fig, out / "profile.png", f"{summary['model']}: massive activation scan")
+    fig, (a,) = figures._figure(1)
+    figures.plot_head_scores(a, np.asarray(table), fig)
+    figures.save(fig, out / "heads.png", f"{summary['model']}: head scores")
+    fig, (a, b) = figures._figure(2)
+    observed = {"baseline": {"top1": profile["top1"]}, **{k: {"top1": v["top1"]} for k, v in summary["ablation"].items()}}
+    figures.plot_ablation(a, b, observed, fig)
+    figures.save(fig, out / "ablation.png", f"{summary['model']}: attention vs MLP ablation")
+    if "mlp_flow" in summary:
+        fig, (a,) = figures._figure(1)
+        figures.plot_mlp_flow(a, {summary["emergence_layer"]: summary["mlp_flow"]})
+        figures.save(fig, out / "mlp.png", f"{summary['model']}: MLP of block {summary['emergence_layer']}")
+
+
+def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path) -> Path:
+    """A spec pinning the scan's findings, with slack where values vary (top-1 at half)."""
+    spec_id = "scan-" + "".join(ch if ch.isalnum() else "-" for ch in model_name).strip("-")
+    header = [f"# Drafted by `massive-checks scan {model_name}` on {datetime.date.today()}: review before",
+              "# committing. Bounds pin what the scan found; top-1 gets 50% slack.",
+              f"id: {spec_id}", f"models: [{json.dumps(model_name)}]",
+              f"data: {{dataset: {json.dumps(data.dataset)}, samples: {data.samples}, seq_len: {data.seq_len}}}",
+              "golden: true"]
+    first, last, dims = summary["emergence_layer"], summary["last_massive_layer"], summary["massive_dims"]
+    if first is None:
+        claim = f"{model_name} has no massive activations (|a| > 100 and >= 1000x the median) on this data."
+        checks = ["  - {measure: massive_dims, equals: []}"]
+    else:
+        span = f"{first}-{last}"
+        floor = 0.5 * min(summary["layers"][L]["top"][0]["value"] for L in range(first, last + 1))
+        dominant = summary["layers"][first]["top"][0]["dim"]
+        claim = (f"{model_name} has massive activations in dims {dims} at tokens {summary['massive_tokens']}, "
+                 f"emerging at block {first} and lasting to block {last}.")
+        checks = [f"  - {{measure: emergence_layer, equals: {first}}}",
+                  f"  - {{measure: massive_dims, subset_of: {dims}}}",
+                  f"  - {{measure: massive_dims, layers: {first}, contains: [{dominant}]}}",
+                  f"  - {{measure: massive_tokens, subset_of: {summary['massive_tokens']}}}",
+                  f"  - {{measure: top1, layers: {span}, min: {floor:.6g}}}"]
+        if all(summary["layers"][L]["top"][0]["dim"] == dominant for L in range(first, last + 1)):
+            checks.append(f"  - {{measure: top1_dim, layers: {span}, equals: {dominant}}}")
+    text = "\n".join(header + [f"claim: {json.dumps(claim)}", "checks:"] + checks) + "\n"
+    path = out / "specs" / f"{spec_id}.yaml"
+    atomic_write(path, text)
+    return path
+
+
+def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out: Path) -> None:
+    (spec,) = load_file(spec_path)
+    outcome = Evaluator(spec, session, data).evaluate()
+    meta = golden.metadata(session.lm, spec, data, session.batch(data).ids_hash, str(spec_path))
+    path = golden.golden_path(out / "golden", session.lm.name, spec.id)
+    golden.check(path, golden.snapshot(outcome.values(), meta), spec.golden, update="all")
+
+
+def _write_page(summary: dict, out: Path, spec_path: Path) -> None:
+    rows = "".join(f"<tr><td>{r['layer']}</td><td>{r['top'][0]['value']:.4g}</td><td>{r['top'][0]['dim']}</td>"
+                   f"<td>{r['top'][0]['token']}</td><td>{r['median']:.4g}</td><td>{r['ratio']:.4g}</td></tr>"
+                   for r in summary["layers"])
+    images = "".join(f"<img src='{name}' style='max-width:100%'>" for name in ("profile.png", "heads.png", "ablation.png", "mlp.png")
+                     if (out / name).exists())
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>scan {_esc(summary['model'])}</title></head>"
+            f"<body style='font-family:sans-serif;margin:2em'><h1>Scan of {_esc(summary['model'])}</h1>"
+            f"<p>massive dims {summary['massive_dims']}, tokens {summary['massive_tokens']}, emerging at block "
+            f"{summary['emergence_layer']}; MLP explosion point {summary.get('explosion_point', '-')}.</p>"
+            f"<p>draft spec: {_esc(spec_path)}</p>{images}<table border=1 cellpadding=3><tr><th>layer</th><th>top-1</th>"
+            f"<th>dim</th><th>token</th><th>median</th><th>ratio</th></tr>{rows}</table></body></html>")
+    atomic_write(out / "index.html", page)
+
+
+def diff(a: dict, b: dict) -> dict:
+    """Compare two profile_summary() documents layer by layer."""
+    layers = []
+    for row_a, row_b in zip(a["layers"], b["layers"]):
+        ta, tb = row_a["top"][0], row_b["top"][0]
+        layers.append({"layer": row_a["layer"], "top1_a": ta["value"], "top1_b": tb["value"],
+                       "change": measures.relative_change(ta["value"], tb["value"]), "dim_a": ta["dim"], "dim_b": tb["dim"]})
+    return {"a": a["model"], "b": b["model"], "layers": layers,
+            "massive_dims": {"a": a["massive_dims"], "b": b["massive_dims"],
+                             "only_a": sorted(set(a["massive_dims"]) - set(b["massive_dims"])),
+                             "only_b": sorted(set(b["massive_dims"]) - set(a["massive_dims"]))},
+            "massive_tokens": {"a": a["massive_tokens"], "b": b["massive_tokens"]},
+            "emergence_layer": {"a": a["emergence_layer"], "b": b["emergence_layer"]},
+            "n_layers": {"a": len(a["layers"]), "b": len(b["layers"])}}
