@@ -1,0 +1,94 @@
+"""Reports: figures for every spec, the HTML page, claims tables, xdist merging; scans and diffs."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import pytest
+
+from massive_checks import cli
+from massive_checks.synthetic import PLANT
+
+from test_plugin import PLANTED_SPECS
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "planted.yaml").write_text(PLANTED_SPECS + f"""
+---
+id: planted-ablation
+claim: Removing block {PLANT['layer']}'s MLP removes the planted activation.
+models: [planted-llama]
+data: {{samples: 4, seq_len: 32}}
+interventions:
+  no_mlp: ["mlp:{PLANT['layer']}"]
+checks:
+  - {{measure: top1, change: [baseline, no_mlp], layers: {PLANT['layer']}-3, max: -0.9}}
+---
+id: planted-heads
+claim: Some head attends to position 0.
+models: [planted-llama]
+data: {{samples: 4, seq_len: 32}}
+checks:
+  - {{measure: head_rank, head: "0.0", min: 1}}
+""")
+    return pytester
+
+
+def test_report_has_a_figure_for_every_spec_and_tables(suite):
+    result = suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out")
+    result.assert_outcomes(passed=3, failed=1, xfailed=1, deselected=1)
+    out = suite.path / "out"
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 5
+    for record in results:
+        assert (out / record["figure"]).stat().st_size > 10_000, record["spec"]
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "show only failures" in page
+    assert "planted-wrong-bound" in page and "class='spec failing'" in page
+    markdown = (out / "claims.md").read_text()
+    assert markdown.startswith("| claim | model | observed | verdict |")
+    assert "| planted-llama |" in markdown and "does not hold" in markdown and "fails as expected" in markdown
+    latex = (out / "claims.tex").read_text()
+    assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex
+
+
+def test_xdist_workers_results_are_merged(suite):
+    result = suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out", "-n", "2", "--dist", "loadgroup", "-p", "no:benchmark")
+    result.assert_outcomes(passed=3, failed=1, xfailed=1)
+    results = json.loads((suite.path / "out" / "results.json").read_text())
+    assert sorted(r["spec"] for r in results["results"]) == [
+        "planted-ablation", "planted-dim", "planted-heads", "planted-known-false", "planted-wrong-bound"]
+    assert "planted-llama" in results["models"]
+    assert not (suite.path / "out" / ".parts").exists() or not any((suite.path / "out" / ".parts").iterdir())
+
+
+def test_figures_are_closed(suite):
+    before = len(plt.get_fignums())
+    suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out", "-k", "ablation")
+    assert len(plt.get_fignums()) == before
+
+
+def test_scan_finds_the_plant_and_its_draft_spec_passes(pytester, capsys):
+    out = pytester.path / "scan"
+    assert cli.main(["scan", "planted-llama", "--samples", "6", "--seq-len", "32", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["massive_dims"] == [PLANT["dim"]] and summary["emergence_layer"] == PLANT["layer"]
+    assert summary["explosion_point"] in ("down_in", "out")
+    assert summary["ablation"]["no_mlp"]["change"][PLANT["layer"]] < -0.9
+    for name in ("index.html", "scan.json", "profile.png", "heads.png", "ablation.png", "mlp.png"):
+        assert (out / name).is_file(), name
+    (spec_file,) = (out / "specs").glob("*.yaml")
+    assert (out / "golden" / "planted-llama" / f"{spec_file.stem}.json").is_file()
+    result = pytester.runpytest(str(out / "specs"), "--model", "planted-llama", "--golden-dir", str(out / "golden"))
+    result.assert_outcomes(passed=1)
+
+
+def test_diff_of_two_checkpoints(capsys):
+    assert cli.main(["diff", "planted-llama", "tiny-llama", "--samples", "4", "--seq-len", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["massive_dims"]["only_a"] == [PLANT["dim"]] and result["massive_dims"]["b"] == []
+    assert result["emergence_layer"] == {"a": PLANT["layer"], "b": None}
+    assert result["layers"][PLANT["layer"]]["change"] < -0.9
