@@ -64,6 +64,8 @@ ADAPTERS: dict[str, Adapter] = {
         name: Adapter(name, **_LLAMA_LIKE)
         for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
     },
+    # Gemma 3 4B+ are image-text models: the decoder sits under model.language_model.
+    "gemma3": Adapter("gemma3", **{k: v.replace("model.layers", "model.language_model.layers") for k, v in _LLAMA_LIKE.items()}),
 }
 
 

@@ -246,8 +246,14 @@ class MassiveChecks:
             items[:] = selected
 
     def pytest_report_header(self, config):
-        return [f"massive_checks: models {', '.join(self.model_names)}; device {config.getoption('--device')}; "
-                f"dtype {config.getoption('--dtype')}"]
+        import torch
+        import transformers
+
+        from . import __version__
+
+        return [f"massive_checks {__version__}: models {', '.join(self.model_names)}; device {config.getoption('device')}; "
+                f"dtype {config.getoption('dtype')}; torch {torch.__version__}; transformers {transformers.__version__}; "
+                f"golden dir {config.getoption('golden_dir')}"]
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):

@@ -46,12 +46,16 @@ def _configs():
                                       intermediate_size=F, max_position_embeddings=512, **common), True),
         "tiny-opt": (T.OPTConfig(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, ffn_dim=F,
                                  word_embed_proj_dim=D, max_position_embeddings=512, **common), True),
+        "tiny-gemma3-mm": (T.Gemma3Config(
+            text_config=T.Gemma3TextConfig(head_dim=D // H, **llama_like).to_dict(), mm_tokens_per_image=4,
+            vision_config=T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=28, patch_size=14).to_dict()), True),
         "planted-llama": (T.LlamaConfig(**{**llama_like, "num_hidden_layers": 4}), True),
     }
 
 
 BUILDERS = ("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma", "tiny-gemma2",
-            "tiny-gemma3", "tiny-neox", "tiny-opt", "planted-llama")
+            "tiny-gemma3", "tiny-gemma3-mm", "tiny-neox", "tiny-opt", "planted-llama")
 
 # Ground truth of planted-llama: block `layer`'s MLP writes ~1e3 into residual `dim` at the
 # first token (<s>, position 0). `trigger` is a residual dim that only <s> carries.

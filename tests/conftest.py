@@ -75,4 +75,5 @@ def reference_block_outputs(lm: models.LoadedModel, ids: torch.Tensor, mask: tor
 
 
 def _decoder(base):
-    return getattr(base, "decoder", base)  # OPT nests its layers in .decoder
+    # OPT nests its layers in .decoder; image-text Gemma 3 in .language_model
+    return getattr(base, "decoder", None) or getattr(base, "language_model", None) or base
