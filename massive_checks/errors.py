@@ -30,3 +30,7 @@ class DataError(MassiveChecksError):
 
 class GoldenError(MassiveChecksError):
     """A golden snapshot is corrupt or cannot be compared."""
+
+
+class ActivationOverflow(MassiveChecksError):
+    """An activation was inf/nan, e.g. a massive value past float16's 65504."""

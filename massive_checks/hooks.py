@@ -113,12 +113,14 @@ class SiteStats:
     seq_top: list = field(default_factory=list)  # [(values [B], features [B], tokens [B])]
     seq_median: list = field(default_factory=list)
     key_attn: list = field(default_factory=list)
+    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504)
 
     def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool) -> None:
         act = act.detach()
         valid = mask.to(act.dtype).unsqueeze(-1)  # [B, T, 1]
         magnitude = act.abs().float() * valid  # padding -> 0, never a maximum
         cell_max = magnitude.amax(dim=0)  # [T, F]
+        self.overflow = self.overflow or not bool(torch.isfinite(cell_max).all())
         total = (act.float() * valid).sum(dim=0)
         count = mask.sum(dim=0).float()  # [T]
         self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)

@@ -12,7 +12,7 @@ from . import hooks, interventions, measures
 from .data import Batch, DataConfig, tokenize
 from .interventions import BASELINE
 from .models import LoadedModel
-from .errors import SpecError
+from .errors import ActivationOverflow, SpecError
 from .spec import Bound, Check, Quantity, Spec
 
 MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out")  # checkpoint order inside an MLP
@@ -190,7 +190,13 @@ class ConfigView:
         return cached is not None and name in cached.stats
 
     def block(self, layer: int) -> hooks.SiteStats:
-        return self.stats(hooks.site(layer, "out"), median=True)
+        stats = self.stats(hooks.site(layer, "out"), median=True)
+        if stats.overflow:
+            raise ActivationOverflow(
+                f"{self.lm.name}: block {layer}'s output has inf/nan activations in {self.lm.dtype} "
+                f"({interventions.describe(self.intervention)}); float16 overflows at 65504 - run with "
+                f"--dtype float32 or bfloat16")
+        return stats
 
     # -- layer profile
     def top(self, layer: int, k: int = 3) -> list[measures.Cell]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from massive_checks import interventions
 from massive_checks.synthetic import PLANT
 
@@ -56,3 +58,18 @@ def test_zeroing_the_planted_dim_at_its_token_removes_it_downstream(session_for)
     view = _ablated(session, f"dims:{PLANT['dim']}@{PLANT['layer']}#{PLANT['token']}")
     for layer in range(PLANT["layer"], view.lm.n_layers):
         assert float(view.block(layer).cell_max[PLANT["token"], PLANT["dim"]]) < 5
+
+
+def test_float16_overflow_is_a_clear_error(load_model):
+    import torch
+
+    from massive_checks import models
+    from massive_checks.errors import ActivationOverflow
+    from massive_checks.run import ModelSession
+
+    lm = models.load("planted-llama", dtype="float16")
+    with torch.no_grad():  # grow the planted value (~908) past float16's 65504
+        lm.model.model.layers[PLANT["layer"]].mlp.down_proj.weight.mul_(100)
+    view = ModelSession(lm).view(SMALL_DATA)
+    with pytest.raises(ActivationOverflow, match="float16 overflows at 65504"):
+        view.top(PLANT["layer"], 1)
