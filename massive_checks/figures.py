@@ -88,7 +88,7 @@ def plot_mlp_flow(ax, flows: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def _figure(panels: int, three_d: bool = False):
+def new_figure(panels: int, three_d: bool = False):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5 * panels, 4.8))
@@ -102,21 +102,21 @@ def render(outcome, figure_data: dict, path: Path) -> Path:
     measures = {c.quantity.measure for c in outcome.spec.checks} | {c.versus.measure for c in outcome.spec.checks if c.versus}
     changes = any(c.quantity.change or (c.versus and c.versus.change) for c in outcome.spec.checks) or len(outcome.observed) > 1
     if measures & {"head_score", "head_rank"} and "head_scores" in figure_data:
-        fig, (ax,) = _figure(1)
+        fig, (ax,) = new_figure(1)
         plot_head_scores(ax, np.asarray(figure_data["head_scores"]), fig)
     elif changes:
-        fig, (a, b) = _figure(2)
+        fig, (a, b) = new_figure(2)
         plot_ablation(a, b, outcome.observed, fig)
     elif "mlp" in figure_data:
-        fig, (a, b) = _figure(2)
+        fig, (a, b) = new_figure(2)
         plot_mlp_flow(a, figure_data["mlp"])
         plot_profile(b, next(iter(outcome.observed.values())))
     elif "cells" in figure_data:
-        fig, (a, b) = _figure(2, three_d=True)
+        fig, (a, b) = new_figure(2, three_d=True)
         plot_profile(a, outcome.observed["baseline"])
         plot_cells_3d(b, np.asarray(figure_data["cells"]), figure_data["cells_layer"], figure_data["massive_dims"])
     else:
-        fig, (ax,) = _figure(1)
+        fig, (ax,) = new_figure(1)
         plot_profile(ax, outcome.observed["baseline"])
     verdict = "PASS" if outcome.passed else "FAIL"
     return save(fig, path, f"{outcome.model} - {outcome.spec.id} [{verdict}]\n{outcome.spec.claim}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GoldenError
+from .measures import format_value
 from .report import atomic_write
 
 FORMAT = 1
@@ -153,7 +154,7 @@ def mismatch_lines(result: GoldenResult, update_command: str, limit: int = 30) -
     lines = [result.message]
     if result.mismatches:
         header = ("key", "expected", "observed", "abs err", "rel err", "tolerance")
-        rows = [header] + [(m.key, _fmt(m.expected), _fmt(m.observed), _fmt(m.abs_error), _fmt(m.rel_error),
+        rows = [header] + [(m.key, format_value(m.expected), format_value(m.observed), format_value(m.abs_error), format_value(m.rel_error),
                             f"rtol {m.tolerance.rtol:g}, atol {m.tolerance.atol:g}" if m.tolerance else "exact")
                            for m in result.mismatches[:limit]]
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
@@ -199,11 +200,3 @@ def _plain(value):
     if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
         return str(value)
     return value
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(_plain(value))

@@ -3,6 +3,7 @@ claims are about. No hooks, no models: easy to test against hand computations.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,8 @@ def head_scores(key_attn: torch.Tensor, key_tokens: torch.Tensor | None = None) 
 def rank_heads(scores: torch.Tensor) -> list[tuple[int, int]]:
     """[L, H] scores -> (layer, head) pairs, best first (ties: lower layer, lower head first)."""
     L, H = scores.shape
-    order = sorted(range(L * H), key=lambda i: (-float(scores.flatten()[i]), i))
+    flat = scores.flatten().tolist()
+    order = sorted(range(L * H), key=lambda i: (-flat[i], i))
     return [(i // H, i % H) for i in order]
 
 
@@ -81,6 +83,17 @@ def neuron_contributions(down_in_mean: torch.Tensor, weight: torch.Tensor, dim: 
 def top_contributors(contributions: torch.Tensor, k: int) -> list[tuple[int, float]]:
     order = contributions.abs().argsort(descending=True)[:k]
     return [(int(i), float(contributions[i])) for i in order]
+
+
+def format_value(value) -> str:
+    """How observed values print in tables: 6 significant digits, sets sorted, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.6g}"
+    if isinstance(value, (set, frozenset, tuple)):
+        return "{" + ", ".join(map(str, sorted(value))) + "}" if not isinstance(value, tuple) else str(list(value))
+    return str(value)
 
 
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -75,6 +75,7 @@ class SpecItem(pytest.Item):
         super().__init__(**kwargs)
         self.spec, self.model = spec, model
         self.outcome: Outcome | None = None
+        self.record: dict | None = None  # its entry in results.json
 
     def runtest(self):
         state: MassiveChecks = self.config.pluginmanager.get_plugin("massive_checks_state")
@@ -83,7 +84,7 @@ class SpecItem(pytest.Item):
         self.outcome = Evaluator(self.spec, session, data).evaluate()
         golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail else None
         figure = state.render_figure(self)
-        state.record(self, golden_result, figure)
+        self.record = state.record(self, golden_result, figure)
         golden_failed = golden_result is not None and not golden_result.ok
         if not self.outcome.passed or golden_failed:
             lines = golden.mismatch_lines(golden_result, state.update_command(self)) if golden_failed else []
@@ -190,12 +191,13 @@ class MassiveChecks:
         figures.render(item.outcome, item.outcome.figure_data, self.report_dir() / relative)
         return str(relative)
 
-    def record(self, item: SpecItem, golden_result=None, figure: str | None = None) -> None:
+    def record(self, item: SpecItem, golden_result=None, figure: str | None = None) -> dict:
         record = report.outcome_record(item.outcome, self.sessions[item.model].lm)
         record["figure"], record["path"] = figure, self._relative(item.spec.path)
         if golden_result is not None:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
         self.results.append(record)
+        return record
 
     # -- goldens
     def golden_root(self) -> Path:
@@ -259,10 +261,8 @@ class MassiveChecks:
     def pytest_runtest_makereport(self, item, call):
         result = yield
         test_report = result.get_result()
-        if isinstance(item, SpecItem) and test_report.when == "call":
-            for record in self.results:
-                if record["spec"] == item.spec.id and record["model"] == item.model:
-                    record["status"] = _status(test_report)
+        if isinstance(item, SpecItem) and test_report.when == "call" and item.record is not None:
+            item.record["status"] = _status(test_report)
 
     # -- results, merged across pytest-xdist workers
     def pytest_configure_node(self, node):  # controller -> each xdist worker

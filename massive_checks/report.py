@@ -8,20 +8,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from .measures import format_value
 from .run import CheckResult, Outcome
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.6g}"
-    if isinstance(value, (set, frozenset)):
-        return "{" + ", ".join(map(str, sorted(value))) + "}"
-    return str(value)
 
 
 def check_table(check: CheckResult, only_failures: bool = False) -> list[str]:
     rows = [r for r in check.rows if not (only_failures and r.ok)]
-    cells = [("", "where", "expected", "observed")] + [("ok" if r.ok else "FAIL", r.key, r.expected, _fmt(r.observed)) for r in rows]
+    cells = [("", "where", "expected", "observed")] + [("ok" if r.ok else "FAIL", r.key, r.expected, format_value(r.observed)) for r in rows]
     widths = [max(len(str(row[i])) for row in cells) for i in range(4)]
     return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
 
@@ -141,7 +134,7 @@ function onlyFailures(box){document.querySelectorAll('.spec').forEach(function(e
 """
 
 
-def _esc(text) -> str:
+def escape(text) -> str:
     import html
 
     return html.escape(str(text))
@@ -149,10 +142,10 @@ def _esc(text) -> str:
 
 def _check_html(check: dict) -> str:
     rows = "".join(
-        f"<tr class='{'' if r['ok'] else 'bad'}'><td>{'ok' if r['ok'] else 'FAIL'}</td><td>{_esc(r['where'])}</td>"
-        f"<td>{_esc(r['expected'])}</td><td>{_esc(_fmt(r['observed']))}</td></tr>" for r in check["rows"])
+        f"<tr class='{'' if r['ok'] else 'bad'}'><td>{'ok' if r['ok'] else 'FAIL'}</td><td>{escape(r['where'])}</td>"
+        f"<td>{escape(r['expected'])}</td><td>{escape(format_value(r['observed']))}</td></tr>" for r in check["rows"])
     failed = sum(not r["ok"] for r in check["rows"])
-    return (f"<details {'open' if failed else ''}><summary>{_esc(check['description'])} - "
+    return (f"<details {'open' if failed else ''}><summary>{escape(check['description'])} - "
             f"{len(check['rows']) - failed}/{len(check['rows'])} rows hold</summary>"
             f"<table><tr><th></th><th>where</th><th>expected</th><th>observed</th></tr>{rows}</table></details>")
 
@@ -164,20 +157,20 @@ def _image_html(directory: Path, record: dict) -> str:
     if not figure or not (directory / figure).is_file():
         return "<p class='meta'>no figure</p>"
     data = base64.b64encode((directory / figure).read_bytes()).decode()
-    return f"<img alt='figure for {_esc(record['spec'])}' src='data:image/png;base64,{data}'>"
+    return f"<img alt='figure for {escape(record['spec'])}' src='data:image/png;base64,{data}'>"
 
 
 def _spec_html(directory: Path, record: dict) -> str:
     status = record.get("status", "failed")
     failing = status in ("failed", "xpassed")
-    notes = f"<p class='meta'>expected failure: {_esc(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
-    configs = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
+    notes = f"<p class='meta'>expected failure: {escape(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
+    configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
-    return (f"<div class='spec{' failing' if failing else ''}'><span class='badge {status}'>{_esc(status)}</span> "
-            f"<b>{_esc(record['spec'])}</b><p>On <b>{_esc(record['model'])}</b>: {_esc(record['claim'])} - "
-            f"<i>{_esc(verdict(record))}</i></p>{notes}"
-            f"<p class='meta'>source: {_esc(record.get('source') or '-')}; spec {_esc(record['path'])}:{record['line']}"
-            f"{'; golden ' + _esc(golden['status']) if golden else ''}</p>"
+    return (f"<div class='spec{' failing' if failing else ''}'><span class='badge {status}'>{escape(status)}</span> "
+            f"<b>{escape(record['spec'])}</b><p>On <b>{escape(record['model'])}</b>: {escape(record['claim'])} - "
+            f"<i>{escape(verdict(record))}</i></p>{notes}"
+            f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
+            f"{'; golden ' + escape(golden['status']) if golden else ''}</p>"
             f"{'<ul class=meta>' + configs + '</ul>' if configs else ''}"
             f"{''.join(_check_html(c) for c in record['checks'])}{_image_html(directory, record)}</div>")
 
@@ -189,8 +182,8 @@ def write_html(directory: Path, results: list[dict], models: dict, unavailable: 
         counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "xfailed", "xpassed")}
         header = models.get(model, {})
         meta = ", ".join(f"{k} {v}" for k, v in header.items() if k != "model")
-        problem = f"<p class='meta' style='color:#c62828'>not loaded: {_esc(unavailable[model])}</p>" if model in unavailable else ""
-        sections.append(f"<h2>{_esc(model)}</h2><p class='meta'>{_esc(meta)}</p>{problem}<p>"
+        problem = f"<p class='meta' style='color:#c62828'>not loaded: {escape(unavailable[model])}</p>" if model in unavailable else ""
+        sections.append(f"<h2>{escape(model)}</h2><p class='meta'>{escape(meta)}</p>{problem}<p>"
                         + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + "</p>"
                         + "".join(_spec_html(directory, r) for r in records))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>massive_checks report</title>"

@@ -73,6 +73,10 @@ class ModelSession:
             self._passes[key] = self._forward(data, intervention, wanted)
         return self._passes[key]
 
+    def holds(self, data: DataConfig, intervention, site_name: str) -> bool:
+        cached = self._passes.get((data, intervention))
+        return cached is not None and site_name in cached.stats
+
     def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
@@ -186,8 +190,7 @@ class ConfigView:
 
     def captured(self, name: str) -> bool:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""
-        cached = self.session._passes.get((self.data, self.intervention))
-        return cached is not None and name in cached.stats
+        return self.session.holds(self.data, self.intervention, name)
 
     def block(self, layer: int) -> hooks.SiteStats:
         stats = self.stats(hooks.site(layer, "out"), median=True)
@@ -329,12 +332,16 @@ class Evaluator:
 
     def validate_against_model(self) -> None:
         """Reject units the model does not have (e.g. LLaMA2-7B's dims 1415, 2533 on GPT-2)."""
-        width = self.lm.width
-        missing = sorted(d for d in self.spec.units()["dims"] if d >= width)
+        width, spec = self.lm.width, self.spec
+        missing = sorted(d for d in spec.named_dims() if d >= width)
         if missing:
-            raise SpecError(self.spec.path, self.spec.line, "dims",
-                            f"spec {self.spec.id!r} names dims {missing} that {self.lm.name} does not have: "
-                            f"its residual stream has {width} dims (0-{width - 1})")
+            raise SpecError(spec.path, spec.line, "dims", f"spec {spec.id!r} names dims {missing} that {self.lm.name} "
+                                                          f"does not have: its residual stream has {width} dims (0-{width - 1})")
+        L, H = self.lm.n_layers, self.lm.n_heads
+        bad_heads = sorted(f"{l}.{h}" for l, h in spec.named_heads() if l >= L or h >= H)
+        if bad_heads:
+            raise SpecError(spec.path, spec.line, "head", f"spec {spec.id!r} names heads {bad_heads} that {self.lm.name} "
+                                                          f"does not have: it has {L} layers x {H} heads")
 
     def observed(self) -> dict:
         """Per configuration: the per-layer profile numbers every spec carries in results.json."""
@@ -349,7 +356,7 @@ class Evaluator:
     def figure_data(self) -> dict:
         """Arrays for this spec's figure, taken only from captures its passes already hold."""
         base, data = self.view("baseline"), {}
-        quantities = [q for c in self.spec.checks for q in (c.quantity, c.versus) if q is not None]
+        quantities = self.spec.quantities()
         measures = {q.measure for q in quantities}
         if measures & {"head_score", "head_rank"}:
             data["head_scores"] = base.head_score_table("first").tolist()
@@ -424,7 +431,7 @@ class Evaluator:
             description += f"  vs  {_describe(check.versus)}"
             pairs = observed.items() if isinstance(observed, dict) else [("value", observed)]
             others = other if isinstance(other, dict) else {"value": other}
-            rows = [Row(_key(k), f"{check.bound.text()} (b = {_fmt(others[k])})", v,
+            rows = [Row(_key(k), f"{check.bound.text()} (b = {measures.format_value(others[k])})", v,
                         abs(v) >= check.bound.value * abs(others[k])) for k, v in pairs]
             return CheckResult(description, rows, check.line)
         if isinstance(observed, dict):
@@ -475,11 +482,3 @@ def _describe(q: Quantity) -> str:
 
 def _key(k) -> str:
     return f"layer {k}" if isinstance(k, int) else str(k)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (set, frozenset)):
-        return "{" + ", ".join(map(str, sorted(value))) + "}"
-    return str(value)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from . import figures, golden, interventions, measures
 from .data import DataConfig
-from .report import _esc, atomic_write
+from .report import atomic_write, escape
 from .run import Evaluator, ModelSession
 from .spec import load_file
 
@@ -70,7 +70,7 @@ def _head(table, layer_head) -> dict:
 
 
 def _write_figures(summary: dict, base, table, out: Path) -> None:
-    fig, (a, b) = figures._figure(2, three_d=True)
+    fig, (a, b) = figures.new_figure(2, three_d=True)
     profile = {f"top{k + 1}": [row["top"][k]["value"] for row in summary["layers"]] for k in range(3)}
     profile["median"] = [row["median"] for row in summary["layers"]]
     figures.plot_profile(a, profile, f"{summary['model']}: layer-wise profile")
@@ -78,15 +78,15 @@ def _write_figures(summary: dict, base, table, out: Path) -> None:
     cells = base.block(peak).cell_max[:8].numpy()
     figures.plot_cells_3d(b, cells, peak, sorted({c.dim for c in base.massive(peak)}))
     figures.save(fig, out / "profile.png", f"{summary['model']}: massive activation scan")
-    fig, (a,) = figures._figure(1)
+    fig, (a,) = figures.new_figure(1)
     figures.plot_head_scores(a, np.asarray(table), fig)
     figures.save(fig, out / "heads.png", f"{summary['model']}: head scores")
-    fig, (a, b) = figures._figure(2)
+    fig, (a, b) = figures.new_figure(2)
     observed = {"baseline": {"top1": profile["top1"]}, **{k: {"top1": v["top1"]} for k, v in summary["ablation"].items()}}
     figures.plot_ablation(a, b, observed, fig)
     figures.save(fig, out / "ablation.png", f"{summary['model']}: attention vs MLP ablation")
     if "mlp_flow" in summary:
-        fig, (a,) = figures._figure(1)
+        fig, (a,) = figures.new_figure(1)
         figures.plot_mlp_flow(a, {summary["emergence_layer"]: summary["mlp_flow"]})
         figures.save(fig, out / "mlp.png", f"{summary['model']}: MLP of block {summary['emergence_layer']}")
 
@@ -136,11 +136,11 @@ def _write_page(summary: dict, out: Path, spec_path: Path) -> None:
                    for r in summary["layers"])
     images = "".join(f"<img src='{name}' style='max-width:100%'>" for name in ("profile.png", "heads.png", "ablation.png", "mlp.png")
                      if (out / name).exists())
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>scan {_esc(summary['model'])}</title></head>"
-            f"<body style='font-family:sans-serif;margin:2em'><h1>Scan of {_esc(summary['model'])}</h1>"
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>scan {escape(summary['model'])}</title></head>"
+            f"<body style='font-family:sans-serif;margin:2em'><h1>Scan of {escape(summary['model'])}</h1>"
             f"<p>massive dims {summary['massive_dims']}, tokens {summary['massive_tokens']}, emerging at block "
             f"{summary['emergence_layer']}; MLP explosion point {summary.get('explosion_point', '-')}.</p>"
-            f"<p>draft spec: {_esc(spec_path)}</p>{images}<table border=1 cellpadding=3><tr><th>layer</th><th>top-1</th>"
+            f"<p>draft spec: {escape(spec_path)}</p>{images}<table border=1 cellpadding=3><tr><th>layer</th><th>top-1</th>"
             f"<th>dim</th><th>token</th><th>median</th><th>ratio</th></tr>{rows}</table></body></html>")
     atomic_write(out / "index.html", page)
 

@@ -103,22 +103,29 @@ class Spec:
 
     def configs(self) -> set[str]:
         names = set()
-        for check in self.checks:
-            for q in (check.quantity, check.versus):
-                if q is not None:
-                    names.update([q.config, *(q.change or ()), *([q.versus] if q.versus else [])])
+        for q in self.quantities():
+            names.update([q.config, *(q.change or ()), *([q.versus] if q.versus else [])])
         return names
 
-    def units(self) -> dict[str, set[int]]:
-        """Dims and heads the spec names, to check against a model's width before running."""
-        dims: set[int] = set()
+    def quantities(self) -> list[Quantity]:
+        return [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
+
+    def named_dims(self) -> set[int]:
+        """Residual dims the spec names (selectors, bounds on dim-valued measures, dim
+        interventions), to check against a model's width before running."""
+        dims = {q.dim for q in self.quantities() if q.dim is not None}
         for check in self.checks:
-            for q in (check.quantity, check.versus):
-                if q is not None and q.dim is not None:
-                    dims.add(q.dim)
-            if check.quantity.measure == "massive_dims" and check.bound.kind in ("subset_of", "contains", "equals"):
-                dims.update(check.bound.value if check.bound.kind != "equals" else check.bound.value)
-        return {"dims": dims}
+            if check.quantity.measure in ("massive_dims", "top1_dim"):
+                value = check.bound.value
+                dims.update(value if isinstance(value, frozenset) else [value] if isinstance(value, int) else [])
+        for requests in self.interventions.values():
+            for r in requests:
+                if r.target == "dims":
+                    dims.update(int(d) for d in r.selection.split(",") if d.strip().isdigit())
+        return dims
+
+    def named_heads(self) -> set[tuple[int, int]]:
+        return {q.head for q in self.quantities() if q.head is not None}
 
 
 # --------------------------------------------------------------------------- YAML with lines

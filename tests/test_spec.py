@@ -80,3 +80,17 @@ def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, se
     assert "dims [1415, 2533] that tiny-gpt2 does not have" in str(info.value)
     assert "its residual stream has 64 dims (0-63)" in str(info.value)
     assert session.forward_passes == 0  # rejected before any compute
+
+
+@pytest.mark.parametrize("check, interventions, message", [
+    ("{measure: top1_dim, layers: 2, equals: 2533}", "", "names dims [2533]"),
+    ("{measure: top1, config: off, min: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
+    ("{measure: head_score, head: '5.12', min: 0}", "", "names heads ['5.12']"),
+    ("{measure: head_rank, head: '40.1', max: 3}", "", "names heads ['40.1']"),
+])
+def test_units_the_model_lacks_are_rejected_before_running(tmp_path, session_for, check, interventions, message):
+    (spec,) = load_file(write(tmp_path, f"id: x\nclaim: c\n{interventions}checks:\n  - {check}\n"))
+    session = session_for("tiny-gpt2")
+    with pytest.raises(SpecError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert session.forward_passes == 0
