@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import GoldenError
 from .measures import format_value
-from .report import atomic_write
+from .report import atomic_write, jsonable
 
 FORMAT = 1
 IDENTITY = ("model", "revision", "dtype", "data")  # differences here make values incomparable
@@ -87,7 +87,7 @@ def snapshot(values: dict, meta: dict) -> dict:
 
 def dumps(document: dict) -> str:
     """Indented JSON, keys in natural order ("layer 2" before "layer 10") for readable diffs."""
-    return json.dumps(_natural(document), indent=1, default=_plain) + "\n"
+    return json.dumps(_natural(document), indent=1, default=jsonable) + "\n"
 
 
 def _natural(value):
@@ -145,7 +145,7 @@ def compare(expected: dict, observed: dict, config: GoldenConfig) -> list[Mismat
             tol = config.tolerance(key)
             if not abs(got - want) <= tol.atol + tol.rtol * abs(want):
                 mismatches.append(Mismatch(key, want, got, tol))
-        elif _plain(want) != _plain(got):
+        elif jsonable(want) != jsonable(got):
             mismatches.append(Mismatch(key, want, got, None))
     return mismatches
 
@@ -190,13 +190,3 @@ def orphans(root: Path, collected_files: set[str], live: set[tuple[str, str]], a
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _plain(value):
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-        return str(value)
-    return value

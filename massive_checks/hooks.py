@@ -259,16 +259,17 @@ def intervene(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | No
 
 def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None):
     """A function tensor -> edited copy, for one Ablation."""
+    # Resolved once here, not on every forward chunk: the output projection's bias ("bias" mode).
+    bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None) if ablation.mode == "bias" else None
 
     def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
         if ablation.mode == "mean":
             return mean[: x.shape[1]].to(x.device, x.dtype).expand_as(x)  # [T, F] -> [B, T, F]
         if ablation.mode == "value":
             return torch.full_like(x, ablation.value)
-        if ablation.mode == "bias":
-            bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None)
-            return torch.zeros_like(x) if bias is None else bias.to(x.dtype).expand_as(x)
-        return torch.zeros_like(x)
+        if bias is not None:
+            return bias.to(x.dtype).expand_as(x)
+        return torch.zeros_like(x)  # zero mode, or "bias" mode on a projection without bias
 
     def edit(x: torch.Tensor) -> torch.Tensor:  # x: [B, T, F]
         new = replacement(x)

@@ -275,7 +275,7 @@ class MassiveChecks:
         if worker is not None:  # an xdist worker: leave a part for the controller
             if self.results or self.unavailable:
                 document = {"results": self.results, "models": headers, "unavailable": self.unavailable}
-                report.atomic_write(parts / f"{worker['workerid']}.json", json.dumps(document, default=report._jsonable))
+                report.atomic_write(parts / f"{worker['workerid']}.json", json.dumps(document, default=report.jsonable))
             return
         results, unavailable = list(self.results), dict(self.unavailable)
         for part in sorted(parts.glob("*.json")) if parts.is_dir() else []:

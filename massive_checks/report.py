@@ -33,9 +33,12 @@ def failure_text(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """Sets -> sorted lists, tuples -> lists, inf/nan -> strings: JSON-safe and comparable."""
     if isinstance(value, (set, frozenset)):
         return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
     if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
         return str(value)
     return value
@@ -48,7 +51,7 @@ def outcome_record(outcome: Outcome, lm) -> dict:
         "path": spec.path, "line": spec.line, "status": "passed" if outcome.passed else "failed",
         "xfail_reason": spec.xfail, "configs": outcome.configs,
         "checks": [{"description": c.description, "line": c.line, "ok": c.ok,
-                    "rows": [{"where": r.key, "expected": r.expected, "observed": _jsonable(r.observed), "ok": r.ok}
+                    "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
                              for r in c.rows]} for c in outcome.checks],
         "observed": outcome.observed,
     }
@@ -70,7 +73,7 @@ def atomic_write(path: Path, text: str) -> None:
 def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
     document = {"models": models, "unavailable": unavailable, "results": results}
     path = directory / "results.json"
-    atomic_write(path, json.dumps(document, indent=1, default=_jsonable))
+    atomic_write(path, json.dumps(document, indent=1, default=jsonable))
     return path
 
 

@@ -11,8 +11,8 @@ import torch
 from . import hooks, interventions, measures
 from .data import Batch, DataConfig, tokenize
 from .interventions import BASELINE
-from .models import LoadedModel
 from .errors import ActivationOverflow, SpecError
+from .models import LoadedModel
 from .spec import Bound, Check, Quantity, Spec
 
 MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out")  # checkpoint order inside an MLP
@@ -49,7 +49,7 @@ class ModelSession:
         self.lm, self.batch_size = lm, batch_size
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
         self._passes: dict[tuple, PassResult] = {}
-        self._planned: dict[DataConfig, Needs] = {}
+        self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
         self._batches: dict[DataConfig, Batch] = {}
 
     def batch(self, data: DataConfig) -> Batch:
@@ -137,25 +137,28 @@ def _plan_key_of(intervention) -> tuple:
 def needs_of(spec: Spec, lm: LoadedModel) -> dict[str, Needs]:
     """Per configuration name: the captures a spec's measures need beyond block outputs."""
     per_config: dict[str, Needs] = {"baseline": Needs()}
-    for check in spec.checks:
-        for q in filter(None, (check.quantity, check.versus)):
-            needs = _quantity_needs(q, lm)
-            for config in {q.config, *(q.change or ()), *([q.versus] if q.versus else [])}:
-                per_config.setdefault(config, Needs()).merge(needs)
+    for q in spec.quantities():
+        needs = _quantity_needs(q, lm)
+        for config in q.configs():
+            per_config.setdefault(config, Needs()).merge(needs)
     return per_config
+
+
+def mlp_flow(lm: LoadedModel) -> list[str]:
+    """MLP checkpoints in flow order; `gate` only for gated MLPs."""
+    return [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
 
 
 def _quantity_needs(q: Quantity, lm: LoadedModel) -> Needs:
     needs, n_layers = Needs(), lm.n_layers
     layers = interventions.parse_layers(q.layers or "all", n_layers)
-    flow = [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
     if q.measure in ("head_score", "head_rank"):
         needs.sites = {hooks.site(L, "attn.probs") for L in range(n_layers)}
     elif q.measure in ("mlp_max", "mlp_median"):
         needs.sites = {hooks.site(L, f"mlp.{q.checkpoint}") for L in layers}
         needs.medians = set(needs.sites) if q.measure == "mlp_median" else set()
     elif q.measure == "explosion_point":
-        needs.sites = {hooks.site(q.layer, f"mlp.{c}") for c in flow}
+        needs.sites = {hooks.site(q.layer, f"mlp.{c}") for c in mlp_flow(lm)}
     elif q.measure == "top_neurons":
         needs.sites = {hooks.site(q.layer, "mlp.out"), hooks.site(q.layer, "mlp.down_in")}
     elif q.measure == "max_rel_diff":
@@ -239,7 +242,7 @@ class ConfigView:
 
     # -- MLP internals
     def mlp_checkpoints(self) -> list[str]:
-        return [c for c in MLP_FLOW if c != "gate" or self.lm.adapter.gate is not None]
+        return mlp_flow(self.lm)
 
     def mlp_stat(self, layer: int, checkpoint: str, what: str) -> float:
         stats = self.stats(hooks.site(layer, f"mlp.{checkpoint}"), median=(what == "median"))

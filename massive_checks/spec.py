@@ -57,6 +57,10 @@ class Quantity:
     versus: str | None = None
     site: str = "out"
 
+    def configs(self) -> set[str]:
+        """The configurations this quantity reads."""
+        return {self.config, *(self.change or ()), *([self.versus] if self.versus else [])}
+
 
 @dataclass(frozen=True)
 class Bound:
@@ -102,10 +106,7 @@ class Spec:
         return self.models is None or model in self.models
 
     def configs(self) -> set[str]:
-        names = set()
-        for q in self.quantities():
-            names.update([q.config, *(q.change or ()), *([q.versus] if q.versus else [])])
-        return names
+        return set().union(*(q.configs() for q in self.quantities()))
 
     def quantities(self) -> list[Quantity]:
         return [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
