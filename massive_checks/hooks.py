@@ -94,47 +94,61 @@ def _attach(lm: LoadedModel, module: torch.nn.Module, which: str, fn: Callable[[
 # --------------------------------------------------------------------------- capture
 
 
+SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
+
+
 @dataclass
 class SiteStats:
     """Statistics of |a| at one site, accumulated over forward chunks; padding excluded.
 
     Hidden-like sites ([B, T, F]):
-      cell_max [T, F]  max |a| over sequences at each (token, feature)
-      total    [T, F]  sum of a (signed) over sequences; count [T] sequences per position
-      seq_top  [B]x3   per sequence: top-1 |a|, its feature, its token
-      seq_median [B]   per sequence median |a| over its real tokens (only where requested)
+      cell_max [T, F]   max |a| over sequences at each (token, feature)
+      total    [T, F]   sum of a (signed) over sequences; count [T] sequences per position
+      seq_dim_max [S, F]  per sequence: max |a| of each feature over its real tokens
+      seq_token_max [S, T] per sequence: max |a| over features at each real token (0 at padding)
+      slices {f: [S, T]}  signed a of a few requested features at every token (0 at padding)
+      seq_cells  [S, K]x4 per sequence: its K largest cells of the flattened |a| (values,
+                 features, tokens, signed values), largest first
+      seq_median [S]    per sequence median of the flattened |a| of its real tokens (only where
+                        requested)
     Attention probability sites ([B, H, T, T]):
-      key_attn [B, H, T]  per sequence, mean attention paid to key k by queries q > k
+      key_attn [S, H, T]  per sequence, mean attention paid to key k by queries q > k
+    (S: every sequence of the dataset, in order.)
     """
 
     cell_max: torch.Tensor | None = None
     total: torch.Tensor | None = None
     count: torch.Tensor | None = None
-    seq_top: list = field(default_factory=list)  # [(values [B], features [B], tokens [B])]
+    seq_dim_max: list = field(default_factory=list)
+    seq_token_max: list = field(default_factory=list)
+    seq_slices: list = field(default_factory=list)  # [(features tuple, [B, T, n] signed)]
+    seq_cells: list = field(default_factory=list)  # [(values, features, tokens, signed) each [B, K]]
     seq_median: list = field(default_factory=list)
     key_attn: list = field(default_factory=list)
     overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504)
 
-    def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool) -> None:
+    def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool, slice_dims: tuple = ()) -> None:
         act = act.detach()
-        valid = mask.to(act.dtype).unsqueeze(-1)  # [B, T, 1]
-        magnitude = act.abs().float() * valid  # padding -> 0, never a maximum
+        valid = mask.bool().unsqueeze(-1)  # [B, T, 1]
+        magnitude = act.abs().float().masked_fill(~valid, 0.0)  # padding -> 0, never a maximum
         cell_max = magnitude.amax(dim=0)  # [T, F]
         self.overflow = self.overflow or not bool(torch.isfinite(cell_max).all())
-        total = (act.float() * valid).sum(dim=0)
+        total = act.float().masked_fill(~valid, 0.0).sum(dim=0)
         count = mask.sum(dim=0).float()  # [T]
         self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)
         self.total = total if self.total is None else _merge_sum(self.total, total)
         self.count = count if self.count is None else _merge_sum(self.count, count)
-        per_token_max, per_token_arg = magnitude.max(dim=-1)  # [B, T]
-        top_values, top_tokens = per_token_max.max(dim=-1)  # [B]
-        top_features = per_token_arg.gather(1, top_tokens[:, None]).squeeze(1)
-        self.seq_top.append((top_values.cpu(), top_features.cpu(), top_tokens.cpu()))
-        if with_median:  # the costly one: only at sites a measure needs
-            lengths = mask.sum(dim=1).tolist()
-            self.seq_median.append(torch.stack([
-                magnitude[b, :n].flatten().median() for b, n in enumerate(lengths)
-            ]).cpu())
+        self.seq_dim_max.append(magnitude.amax(dim=1).cpu())  # [B, F]
+        self.seq_token_max.append(magnitude.amax(dim=2).cpu())  # [B, T]
+        if slice_dims:
+            self.seq_slices.append((slice_dims, act[..., list(slice_dims)].float().masked_fill(~valid, 0.0).cpu()))
+        width = act.shape[-1]
+        values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
+        signed = act.float().flatten(1).gather(1, flat)
+        self.seq_cells.append(tuple(t.cpu() for t in (values, flat % width, flat // width, signed)))
+        if with_median:  # one batched call: padding is NaN, which nanmedian skips
+            flat_nan = act.abs().float().masked_fill(~valid, float("nan")).flatten(1)  # [B, T*F]
+            self.seq_median.append(flat_nan.nanmedian(dim=1).values.cpu())
 
     def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
         probs = probs.detach().float()  # [B, H, Tq, Tk]
@@ -150,15 +164,36 @@ class SiteStats:
     def mean(self) -> torch.Tensor:  # [T, F] position-wise mean over sequences
         return self.total / self.count.clamp(min=1)[:, None]
 
-    def top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(torch.cat(parts) for parts in zip(*self.seq_top))
+    def cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sequence, its K largest cells: (|a|, feature, token, signed a), each [S, K]."""
+        return tuple(torch.cat(parts) for parts in zip(*self.seq_cells))
 
-    def median(self) -> torch.Tensor:  # [B]
+    def top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sequence, its top-1 cell: (|a| [S], feature [S], token [S])."""
+        values, features, tokens, _ = self.cells()
+        return values[:, 0], features[:, 0], tokens[:, 0]
+
+    def dim_max(self) -> torch.Tensor:  # [S, F]
+        return torch.cat(self.seq_dim_max)
+
+    def token_max(self) -> torch.Tensor:  # [S, T] (T: the longest chunk; padding 0)
+        return _cat_padded([t for t in self.seq_token_max])
+
+    def slice(self, dim: int) -> torch.Tensor:  # [S, T] signed a of one captured feature
+        return _cat_padded([part[..., dims.index(dim)] for dims, part in self.seq_slices])
+
+    def median(self) -> torch.Tensor:  # [S]
         return torch.cat(self.seq_median)
 
-    def attention_to_keys(self) -> torch.Tensor:  # [B, H, T]
+    def attention_to_keys(self) -> torch.Tensor:  # [S, H, T]
         width = max(part.shape[-1] for part in self.key_attn)
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in self.key_attn])
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [B, T_i] chunks along B, padding each to the longest T with zeros."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
 
 
 def _merge_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -177,12 +212,30 @@ def _pad_to_same(a, b):  # chunks may differ in length T (dim 0)
     return pad(a), pad(b)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """The forward chunk running now, as hooks see it: its attention mask [B, T] (1 = real
+    token) and the dataset index of its first sequence (for per-sequence edits)."""
+
+    mask: torch.Tensor
+    start: int = 0
+
+
+@contextmanager
+def forward_chunk(lm: LoadedModel, mask: torch.Tensor, start: int = 0) -> Iterator[Chunk]:
+    """Tell the hooks which chunk the forward passes inside the block run on."""
+    lm.chunk = Chunk(mask, start)
+    try:
+        yield lm.chunk
+    finally:
+        lm.chunk = None
+
+
 class Recorder:
-    """Holds the statistics of one capture; `mask` is set before each forward chunk."""
+    """Holds the statistics of one capture."""
 
     def __init__(self, sites: list[str]):
         self.stats = {name: SiteStats() for name in sites}
-        self.mask: torch.Tensor | None = None  # [B, T]
 
     def finish(self) -> dict[str, SiteStats]:
         for stats in self.stats.values():
@@ -198,31 +251,34 @@ def _as_batch_major(lm: LoadedModel, fn):
     def wrapped(tensor):
         if tensor is None or tensor.dim() != 2:
             return fn(tensor)
-        new = fn(tensor.view(*lm.batch_shape, tensor.shape[-1]))
+        new = fn(tensor.view(*lm.chunk.mask.shape, tensor.shape[-1]))
         return None if new is None else new.reshape(tensor.shape)
     return wrapped
 
 
 @contextmanager
-def capture(lm: LoadedModel, sites: list[str], median_sites: set[str] = frozenset()) -> Iterator[Recorder]:
-    """Capture statistics at `sites` during the forward passes run inside the block."""
+def capture(lm: LoadedModel, sites: list[str], median_sites: set[str] = frozenset(),
+            slices: dict[str, tuple[int, ...]] | None = None) -> Iterator[Recorder]:
+    """Capture statistics at `sites` during the forward passes run inside the block.
+    median_sites: where per-sequence medians are needed; slices: site -> features kept whole."""
     recorder = Recorder(sites)
     with hooks_removed_on_exit() as handles:
         for name in sites:
             module, which = resolve(lm, name)
-            handles.append(_attach(lm, module, which, _stat_hook(recorder, name, name in median_sites)))
+            dims = tuple((slices or {}).get(name, ()))
+            handles.append(_attach(lm, module, which, _stat_hook(lm, recorder, name, name in median_sites, dims)))
         yield recorder
 
 
-def _stat_hook(recorder: Recorder, name: str, with_median: bool):
+def _stat_hook(lm: LoadedModel, recorder: Recorder, name: str, with_median: bool, slice_dims: tuple = ()):
     def on_tensor(tensor: torch.Tensor) -> None:
-        stats = recorder.stats[name]
+        stats, mask = recorder.stats[name], lm.chunk.mask.to(tensor.device if tensor is not None else "cpu")
         if name.endswith("attn.probs"):
             if tensor is None:
                 raise RuntimeError("attention weights are None: load the model with eager attention")
-            stats.add_probs(tensor, recorder.mask.to(tensor.device))
+            stats.add_probs(tensor, mask)
         else:
-            stats.add_hidden(tensor, recorder.mask.to(tensor.device), with_median)
+            stats.add_hidden(tensor, mask, with_median, slice_dims)
         return None
     return on_tensor
 
@@ -249,7 +305,7 @@ def intervene(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | No
             name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
             module, which = resolve(lm, name)
             mean = None
-            if ablation.mode == "mean":
+            if ablation.mode == "mean" and ablation.rows is None:  # #massive carries its own mean value
                 if not means or name not in means:
                     raise ValueError(f"{ablation.label()} needs the baseline mean at {name}")
                 mean = means[name]
@@ -263,9 +319,9 @@ def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None):
     bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None) if ablation.mode == "bias" else None
 
     def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
-        if ablation.mode == "mean":
+        if ablation.mode == "mean" and ablation.rows is None:
             return mean[: x.shape[1]].to(x.device, x.dtype).expand_as(x)  # [T, F] -> [B, T, F]
-        if ablation.mode == "value":
+        if ablation.mode in ("value", "mean"):  # #massive's mean is a value: the massive cells' mean
             return torch.full_like(x, ablation.value)
         if bias is not None:
             return bias.to(x.dtype).expand_as(x)
@@ -275,17 +331,27 @@ def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None):
         new = replacement(x)
         if ablation.target in ("attn", "mlp"):
             return new.clone()
-        selected = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)  # [T, F]
-        if ablation.target == "heads":  # F = H * head_dim, head h owns [h*hd, (h+1)*hd)
-            hd = lm.head_dim
-            for head in ablation.units:
-                selected[:, head * hd:(head + 1) * hd] = True
-        else:  # dims or neurons
-            selected[:, list(ablation.units)] = True
-        if ablation.tokens is not None:
-            keep_rows = torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
-            keep_rows[[t for t in ablation.tokens if t < x.shape[1]]] = False
-            selected[keep_rows] = False
-        return torch.where(selected, new, x)
+        return torch.where(_selected(lm, ablation, x), new, x)
 
     return edit
+
+
+def _selected(lm: LoadedModel, ablation, x: torch.Tensor) -> torch.Tensor:
+    """[B, T, F] (broadcastable) bool: the entries of x an ablation of heads, dims or neurons edits."""
+    B, T, F = x.shape
+    units = torch.zeros(F, dtype=torch.bool, device=x.device)
+    if ablation.target == "heads":  # F = H * head_dim, head h owns [h*hd, (h+1)*hd)
+        for head in ablation.units:
+            units[head * lm.head_dim:(head + 1) * lm.head_dim] = True
+    else:  # dims or neurons
+        units[list(ablation.units)] = True
+    positions = torch.ones(B, T, dtype=torch.bool, device=x.device)
+    if ablation.rows is not None:  # per dataset sequence: this chunk holds rows start..start+B
+        positions[:] = False
+        start = lm.chunk.start
+        for b, tokens in enumerate(ablation.rows[start:start + B]):
+            positions[b, [t for t in tokens if t < T]] = True
+    elif ablation.tokens is not None:
+        positions[:] = False
+        positions[:, [t for t in ablation.tokens if t < T]] = True
+    return positions[:, :, None] & units[None, None, :]

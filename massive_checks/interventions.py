@@ -8,6 +8,9 @@ Grammar: TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]
                                heads (layer.head), applied to the output projection's *input*;
                                top/bottom k rank heads by attention to position 0
   dims:447@all | dims:507@2-10#0   residual dims after blocks @LAYERS, at tokens #TOKENS (default all)
+  dims:507@11#massive          ... at the cells where that dim is massive in the baseline, found per
+                               sequence from the data (the paper's rule); =mean there is the mean of
+                               those massive values, not a position-wise mean
   neurons:11,12@1              MLP intermediate units (down projection input) of layers @LAYERS
   MODE: zero (default) | mean (position-wise dataset mean) | bias (attn only: output = o_proj bias)
         | value:X (dims only)
@@ -23,10 +26,11 @@ MODES = ("zero", "mean", "bias", "value")
 _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Ablation:
     """One canonical intervention on one layer. `units` are heads, dims or neurons (empty for
-    attn/mlp). `tokens` None means every position."""
+    attn/mlp). `tokens` None means every position. `rows`, for `#massive`, gives the positions per
+    dataset sequence instead (then `value` is what `mean` mode writes there)."""
 
     target: str
     layer: int
@@ -34,12 +38,12 @@ class Ablation:
     tokens: tuple[int, ...] | None = None
     mode: str = "zero"
     value: float = 0.0
+    rows: tuple[tuple[int, ...], ...] | None = None
 
     def label(self) -> str:
         units = ",".join(map(str, self.units))
         text = f"{self.target}:{self.layer}" + (f"[{units}]" if units else "")
-        text += f"#{','.join(map(str, self.tokens))}" if self.tokens is not None else ""
-        return text + ("" if self.mode == "zero" else f"={self.mode}" + (f":{self.value:g}" if self.mode == "value" else ""))
+        return text + _where_and_mode(self.tokens, self.rows, self.mode, self.value)
 
 
 Intervention = tuple  # tuple[Ablation, ...], sorted and merged: the canonical, hashable key
@@ -64,6 +68,8 @@ def parse(text: str) -> Request:
     if not match:
         raise ValueError(f"cannot parse intervention {text!r}: expected TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]")
     target, mode_text = match["target"], match["mode"] or "zero"
+    if match["tokens"] == "massive" and target != "dims":
+        raise ValueError(f"intervention {text!r}: #massive applies to dims only")
     if target not in TARGETS:
         raise ValueError(f"intervention {text!r}: target {target!r} is not one of {', '.join(TARGETS)}")
     mode, _, value = mode_text.partition(":")
@@ -97,15 +103,18 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None) -> Intervention:
-    """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom."""
+def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, massive_cells=None) -> Intervention:
+    """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom.
+    massive_cells(layer, dim) -> (positions per sequence, mean signed value there), for #massive."""
     ablations: list[Ablation] = []
     for request in requests:
-        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking))
+        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking, massive_cells))
     return canonical(ablations)
 
 
-def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[Ablation]:
+def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, massive_cells) -> list[Ablation]:
+    if request.tokens == "massive":
+        return _at_massive_cells(request, n_layers, massive_cells)
     tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
     make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
     if request.target in ("attn", "mlp"):
@@ -114,6 +123,19 @@ def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking) ->
         return [make(layer, [head]) for layer, head in _heads(request, n_layers, n_heads, head_ranking)]
     layers = parse_layers(request.layers, n_layers)
     return [make(layer, _ints(request.selection, request.text)) for layer in layers]
+
+
+def _at_massive_cells(request: Request, n_layers: int, massive_cells) -> list[Ablation]:
+    """One ablation per (layer, dim), at the positions where that dim is massive per sequence."""
+    if massive_cells is None:
+        raise ValueError(f"intervention {request.text!r} needs the baseline's massive cells")
+    ablations = []
+    for layer in parse_layers(request.layers, n_layers):
+        for dim in _ints(request.selection, request.text):
+            rows, mean = massive_cells(layer, dim)
+            value = mean if request.mode == "mean" else request.value
+            ablations.append(Ablation("dims", layer, (dim,), None, request.mode, value, rows))
+    return ablations
 
 
 def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[tuple[int, int]]:
@@ -149,10 +171,12 @@ def canonical(ablations: list[Ablation]) -> Intervention:
     """Merge ablations that differ only in units; sort. Equal configurations -> equal tuples."""
     merged: dict[tuple, set[int]] = {}
     for a in ablations:
-        merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value), set()).update(a.units)
+        key = (a.target, a.layer, a.tokens, a.mode, a.value, a.rows) if a.rows is None else (a.target, a.layer, a.units, a.mode, a.value, a.rows)
+        merged.setdefault(key, set()).update(a.units)
     return tuple(sorted(
-        Ablation(target, layer, tuple(sorted(units)), tokens, mode, value)
-        for (target, layer, tokens, mode, value), units in merged.items()
+        (Ablation(target, layer, tuple(sorted(units)), tokens if rows is None else None, mode, value, rows)
+         for (target, layer, tokens, mode, value, rows), units in merged.items()),
+        key=lambda a: (a.target, a.layer, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
     ))
 
 
@@ -161,15 +185,21 @@ def describe(intervention: Intervention) -> str:
     if not intervention:
         return "baseline"
     groups: dict[tuple, list[int]] = {}
-    for a in intervention:
-        groups.setdefault((a.target, a.units, a.tokens, a.mode, a.value), []).append(a.layer)
+    for a in intervention:  # #massive cells differ per layer: grouped by "massive", not by position
+        where = a.tokens if a.rows is None else "massive"
+        value = a.value if a.rows is None or a.mode != "mean" else None
+        groups.setdefault((a.target, a.units, where, a.mode, value), []).append(a.layer)
     parts = []
-    for (target, units, tokens, mode, value), layers in groups.items():
+    for (target, units, where, mode, value), layers in groups.items():
         text = f"{target}@{_ranges(layers)}" + (f"[{','.join(map(str, units))}]" if units else "")
-        text += f"#{','.join(map(str, tokens))}" if tokens is not None else ""
-        text += "" if mode == "zero" else f"={mode}" + (f":{value:g}" if mode == "value" else "")
-        parts.append(text)
+        rows = () if where == "massive" else None
+        parts.append(text + _where_and_mode(None if where == "massive" else where, rows, mode, value or 0.0))
     return " + ".join(parts)
+
+
+def _where_and_mode(tokens, rows, mode: str, value: float) -> str:
+    text = "#massive" if rows is not None else (f"#{','.join(map(str, tokens))}" if tokens is not None else "")
+    return text + ("" if mode == "zero" else f"={mode}" + (f":{value:g}" if mode == "value" else ""))
 
 
 def _ranges(values: list[int]) -> str:
@@ -188,14 +218,14 @@ TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims
 
 def mean_sites(intervention: Intervention) -> set[str]:
     """Sites whose baseline dataset mean a `mean`-mode ablation needs."""
-    return {f"blocks.{a.layer}.{TARGET_SITE[a.target]}" for a in intervention if a.mode == "mean"}
+    return {f"blocks.{a.layer}.{TARGET_SITE[a.target]}" for a in intervention if a.mode == "mean" and a.rows is None}
 
 
 def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
     """The same, before resolution (ranked heads are not known yet: all layers, to be safe)."""
     sites = set()
     for r in requests:
-        if r.mode != "mean":
+        if r.mode != "mean" or r.tokens == "massive":  # #massive carries its own mean
             continue
         if r.target == "heads":
             ranked = r.selection == "all" or r.selection.startswith(("top", "bottom"))
@@ -204,3 +234,10 @@ def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
             layers = parse_layers(r.selection if r.target in ("attn", "mlp") else r.layers, n_layers)
         sites |= {f"blocks.{layer}.{TARGET_SITE[r.target]}" for layer in layers}
     return sites
+
+
+def massive_slices_of_requests(requests: list[Request], n_layers: int) -> set[tuple[str, int]]:
+    """(block output site, dim) pairs whose every-token values `#massive` edits read from the
+    baseline, to find where each dim is massive per sequence."""
+    return {(f"blocks.{layer}.out", dim) for r in requests if r.tokens == "massive"
+            for layer in parse_layers(r.layers, n_layers) for dim in _ints(r.selection, r.text)}

@@ -9,14 +9,24 @@ from dataclasses import dataclass
 import torch
 
 
+
 @dataclass(frozen=True)
 class Cell:
     value: float  # |a|
     dim: int  # feature index
     token: int  # position in the sequence
+    sequence: int | None = None  # which sequence (None: a max over sequences)
 
     def as_dict(self) -> dict:
-        return {"value": self.value, "dim": self.dim, "token": self.token}
+        cell = {"value": self.value, "dim": self.dim, "token": self.token}
+        return cell if self.sequence is None else {**cell, "sequence": self.sequence}
+
+
+def is_massive(value, median, min_value: float, min_ratio: float):
+    """THE massive rule, the only place it is written (Sun et al. 2024, claims.md C11): an
+    activation is massive when |a| > min_value and |a| >= min_ratio x the median |a| of its hidden
+    state (its own sequence's block output). Works on floats and on tensors."""
+    return (value > min_value) & (value >= min_ratio * median)
 
 
 def top_cells(cell_max: torch.Tensor, k: int) -> list[Cell]:
@@ -26,12 +36,26 @@ def top_cells(cell_max: torch.Tensor, k: int) -> list[Cell]:
     return [Cell(float(v), int(i) % width, int(i) // width) for v, i in zip(values, flat)]
 
 
-def massive_cells(cell_max: torch.Tensor, median: float, min_value: float, min_ratio: float) -> list[Cell]:
-    """The paper's rule (Sun et al. 2024): |a| > min_value and |a| >= min_ratio x median |a|."""
-    threshold = max(min_value, min_ratio * median)
-    hits = (cell_max > threshold).nonzero().tolist()  # [(token, dim)]
-    cells = [Cell(float(cell_max[t, d]), d, t) for t, d in hits]
-    return sorted(cells, key=lambda c: -c.value)
+def massive_examples(cells: tuple, medians: torch.Tensor, min_value: float, min_ratio: float) -> tuple[list[Cell], bool]:
+    """Massive cells of each sequence among its K largest (cells: |a| [S, K], feature, token,
+    signed; medians [S]), by the rule above with that sequence's median, and whether a
+    sequence may have more than these (its K-th cell is massive too)."""
+    values, features, tokens, _ = cells
+    hits = is_massive(values, medians[:, None], min_value, min_ratio)  # [S, K]
+    found = sorted((Cell(float(values[s, j]), int(features[s, j]), int(tokens[s, j]), s) for s, j in hits.nonzero().tolist()),
+                   key=lambda c: (-c.value, c.sequence, c.token, c.dim))
+    return found, bool(hits[:, -1].any())
+
+
+def massive_indices(maxima: torch.Tensor, medians: torch.Tensor, min_value: float, min_ratio: float) -> set[int]:
+    """Exact: the features (or tokens) holding a massive cell in some sequence, from per-sequence
+    maxima [S, F] (or [S, T]): a feature holds one exactly when its maximum passes the rule."""
+    return {int(i) for i in is_massive(maxima, medians[:, None], min_value, min_ratio).any(dim=0).nonzero().flatten()}
+
+
+def paper_top(cells: tuple, k: int) -> float:
+    """The paper's top-k: each sequence's k-th largest |a| (flattened), averaged over sequences."""
+    return float(cells[0][:, k - 1].mean())
 
 
 def ratio(top1: float, median: float) -> float:
@@ -78,6 +102,14 @@ def neuron_contributions(down_in_mean: torch.Tensor, weight: torch.Tensor, dim: 
     Returns [F]: activation x weight (the bias is not a unit's contribution)."""
     column = weight[:, dim] if conv1d else weight[dim, :]
     return down_in_mean.float() * column.detach().float().cpu()
+
+
+def top_share(contributions: torch.Tensor, k: int) -> float:
+    """What the k largest |contributions| add up to, as a share of all contributions' sum (the
+    down projection's output in that dim, less its bias): 1.0 = they write it all."""
+    total = float(contributions.sum())
+    top = sum(value for _, value in top_contributors(contributions, k))
+    return top / total if total else float("inf")
 
 
 def top_contributors(contributions: torch.Tensor, k: int) -> list[tuple[int, float]]:

@@ -90,7 +90,7 @@ class LoadedModel:
     revision: str  # hub revision or a hash of the weights: keys caches and goldens
     dtype: torch.dtype
     device: str
-    batch_shape: tuple[int, int] | None = None  # (B, T) of the forward chunk running now
+    chunk: object = None  # hooks.Chunk: the forward chunk running now (set by hooks.forward_chunk)
 
     @property
     def n_layers(self) -> int:

@@ -36,7 +36,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.pluginmanager.register(MassiveChecks(config), "massive_checks_state")
+    state = MassiveChecks(config)
+    config.pluginmanager.register(state, "massive_checks_state")
+    if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
+        config.pluginmanager.register(XdistHooks(state), "massive_checks_xdist")
     config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
 
 
@@ -264,10 +267,6 @@ class MassiveChecks:
         if isinstance(item, SpecItem) and test_report.when == "call" and item.record is not None:
             item.record["status"] = _status(test_report)
 
-    # -- results, merged across pytest-xdist workers
-    def pytest_configure_node(self, node):  # controller -> each xdist worker
-        node.workerinput["massive_checks_run"] = self.run_id
-
     def pytest_sessionfinish(self, session):
         headers = {name: s.lm.describe() for name, s in self.sessions.items()}
         parts = self.report_dir() / ".parts" / self.run_id
@@ -306,6 +305,16 @@ class MassiveChecks:
             terminalreporter.section("massive_checks: golden snapshots with no spec or model")
             for path in orphans:
                 terminalreporter.line(f"{self._relative(str(path))}  (delete it, or restore its spec)", yellow=True)
+
+
+class XdistHooks:
+    """pytest-xdist hooks, registered only when xdist is present (pytest rejects unknown hooks)."""
+
+    def __init__(self, state: MassiveChecks):
+        self.state = state
+
+    def pytest_configure_node(self, node):  # controller -> each worker: one run id, one results file
+        node.workerinput["massive_checks_run"] = self.state.run_id
 
 
 def _status(test_report) -> str:

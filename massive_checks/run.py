@@ -16,6 +16,11 @@ from .models import LoadedModel
 from .spec import Bound, Check, Quantity, Spec
 
 MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out")  # checkpoint order inside an MLP
+STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
+    "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
+             "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
+    "max_over_sequences": "top-k cells of the per-(token, dim) maximum of |a| over sequences",
+}
 
 
 @dataclass
@@ -25,13 +30,16 @@ class Needs:
     sites: set[str] = field(default_factory=set)
     medians: set[str] = field(default_factory=set)
     loss: bool = False
+    slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
 
     def covers(self, other: "Needs") -> bool:
-        return other.sites <= self.sites and other.medians <= self.medians and (self.loss or not other.loss)
+        return (other.sites <= self.sites and other.medians <= self.medians and other.slices <= self.slices
+                and (self.loss or not other.loss))
 
     def merge(self, other: "Needs") -> None:
         self.sites |= other.sites
         self.medians |= other.medians
+        self.slices |= other.slices
         self.loss = self.loss or other.loss
 
 
@@ -81,17 +89,20 @@ class ModelSession:
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
-        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss)
+        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices))
+        slices: dict[str, tuple[int, ...]] = {}
+        for name, dim in sorted(needs.slices):
+            slices[name] = (*slices.get(name, ()), dim)
         losses: list[torch.Tensor] = []
         with torch.no_grad(), hooks.intervene(lm, intervention, means), \
-                hooks.capture(lm, sorted(needs.sites), needs.medians) as recorder:
+                hooks.capture(lm, sorted(needs.sites), needs.medians, slices) as recorder:
             for start in range(0, batch.input_ids.shape[0], self.batch_size):
                 ids = batch.input_ids[start:start + self.batch_size]
                 mask = batch.attention_mask[start:start + self.batch_size]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
                 ids, mask = ids[:, :width].to(lm.device), mask[:, :width].to(lm.device)
-                recorder.mask, lm.batch_shape = mask, tuple(mask.shape)
-                output = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                with hooks.forward_chunk(lm, mask, start):
+                    output = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
                 if needs.loss:
                     losses.append(_token_losses(output.logits, ids, mask))
         self.forward_passes += 1
@@ -106,12 +117,14 @@ class ModelSession:
         baseline = self.run(data, BASELINE, Needs(sites=sites))
         return {name: baseline.stats[name].mean() for name in sites}
 
-    def resolve(self, data: DataConfig, requests: list) -> tuple:
-        """Intervention requests -> canonical intervention (ranking heads first if asked)."""
+    def resolve(self, data: DataConfig, requests: list, massive=(100.0, 1000.0)) -> tuple:
+        """Intervention requests -> canonical intervention (ranking heads, or finding the massive
+        cells in the baseline, first if asked)."""
         ranking = None
         if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):
             ranking = measures.rank_heads(self.view(data, BASELINE).head_score_table("first"))
-        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking)
+        baseline = self.view(data, BASELINE, massive)
+        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, baseline.massive_cells_of)
 
     def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = ()) -> "ConfigView":
         return ConfigView(self, data, intervention, massive, plan_key)
@@ -121,8 +134,9 @@ class ModelSession:
             requests = spec.interventions.get(config, [])
             self.plan(data, plan_key(requests), needs)
             mean = interventions.mean_sites_of_requests(requests, self.lm.n_layers)
-            if mean:
-                self.plan(data, (), Needs(sites=mean))
+            slices = interventions.massive_slices_of_requests(requests, self.lm.n_layers)
+            if mean or slices:  # read from the baseline pass before this configuration's own
+                self.plan(data, (), Needs(sites=mean, slices=slices))
 
 
 def plan_key(requests: list) -> tuple:
@@ -159,7 +173,7 @@ def _quantity_needs(q: Quantity, lm: LoadedModel) -> Needs:
         needs.medians = set(needs.sites) if q.measure == "mlp_median" else set()
     elif q.measure == "explosion_point":
         needs.sites = {hooks.site(q.layer, f"mlp.{c}") for c in mlp_flow(lm)}
-    elif q.measure == "top_neurons":
+    elif q.measure in ("top_neurons", "top_neurons_share"):
         needs.sites = {hooks.site(q.layer, "mlp.out"), hooks.site(q.layer, "mlp.down_in")}
     elif q.measure == "max_rel_diff":
         needs.sites = {hooks.site(L, q.site) for L in layers}
@@ -185,8 +199,8 @@ class ConfigView:
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
 
-    def _pass(self, sites=(), medians=(), loss=False) -> PassResult:
-        return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss), self.plan_key)
+    def _pass(self, sites=(), medians=(), loss=False, slices=()) -> PassResult:
+        return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss, set(slices)), self.plan_key)
 
     def stats(self, name: str, median: bool = False) -> hooks.SiteStats:
         return self._pass([name], [name] if median else []).stats[name]
@@ -204,31 +218,84 @@ class ConfigView:
                 f"--dtype float32 or bfloat16")
         return stats
 
-    # -- layer profile
+    # -- layer profile. Two statistics (spec.STATISTICS): "paper" (per sequence, then averaged
+    # over sequences: Sun et al. and the seeds) and "max_over_sequences" (per-cell maxima).
     def top(self, layer: int, k: int = 3) -> list[measures.Cell]:
+        """The k largest cells of the per-(token, dim) max over sequences: where values sit."""
         return measures.top_cells(self.block(layer).cell_max, k)
 
+    def top_value(self, layer: int, k: int, statistic: str = "paper") -> float:
+        if statistic == "paper":
+            return measures.paper_top(self.block(layer).cells(), k)
+        return self.top(layer, k)[k - 1].value
+
     def median(self, layer: int) -> float:
+        """Each sequence's median |a| over its real tokens and dims, averaged over sequences."""
         return float(self.block(layer).median().mean())
 
-    def ratio(self, layer: int) -> float:
-        return measures.ratio(self.top(layer, 1)[0].value, self.median(layer))
+    def ratio(self, layer: int, statistic: str = "paper") -> float:
+        """top-1 / median, both averaged over sequences (the seeds' ratio column: 2475 / 0.84)."""
+        return measures.ratio(self.top_value(layer, 1, statistic), self.median(layer))
+
+    def dim_peak(self, layer: int, dim: int, statistic: str = "paper") -> float:
+        """max |a| of one dim over real tokens: per sequence then averaged, or over all."""
+        stats = self.block(layer)
+        return float(stats.dim_max()[:, dim].mean()) if statistic == "paper" else float(stats.cell_max[:, dim].max())
+
+    def top1_where(self, layer: int, what: str, statistic: str = "paper"):
+        """The dim (or token) of the top-1: the set over sequences of each one's top-1 ("paper"),
+        or the single top cell of the max over sequences."""
+        if statistic == "paper":
+            _, features, tokens = self.block(layer).top()
+            return frozenset((features if what == "dim" else tokens).tolist())
+        cell = self.top(layer, 1)[0]
+        return cell.dim if what == "dim" else cell.token
+
+    def massive_dims(self, layer: int) -> set[int]:
+        """Dims holding a massive cell in some sequence (measures.is_massive, that sequence's median)."""
+        stats = self.block(layer)
+        return measures.massive_indices(stats.dim_max(), stats.median(), self.min_value, self.min_ratio)
+
+    def massive_tokens(self, layer: int) -> set[int]:
+        stats = self.block(layer)
+        return measures.massive_indices(stats.token_max(), stats.median(), self.min_value, self.min_ratio)
 
     def massive(self, layer: int) -> list[measures.Cell]:
-        return measures.massive_cells(self.block(layer).cell_max, self.median(layer), self.min_value, self.min_ratio)
+        """Massive cells among each sequence's largest (all of them unless massive_truncated)."""
+        stats = self.block(layer)
+        return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)[0]
+
+    def massive_truncated(self, layer: int) -> bool:
+        stats = self.block(layer)
+        return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)[1]
+
+    def massive_cells_of(self, layer: int, dim: int) -> tuple[tuple[tuple[int, ...], ...], float]:
+        """Where `dim` is massive after block `layer`, per sequence, and the mean signed value there."""
+        name = hooks.site(layer, "out")
+        stats = self._pass([name], [name], slices=[(name, dim)]).stats[name]
+        signed = stats.slice(dim)  # [S, T]
+        hits = measures.is_massive(signed.abs(), stats.median()[:, None], self.min_value, self.min_ratio)
+        rows = tuple(tuple(int(t) for t in row.nonzero().flatten()) for row in hits)
+        return rows, (float(signed[hits].mean()) if bool(hits.any()) else 0.0)
 
     def emergence_layer(self, layers: list[int]) -> int | None:
-        return next((layer for layer in layers if self.massive(layer)), None)
+        return next((layer for layer in layers if self.massive_dims(layer)), None)
 
     def profile(self) -> dict:
-        """The `massive-checks profile --json` document."""
+        """The `massive-checks profile --json` document: per layer the max-over-sequences cells
+        ("top", "median", "ratio" of top-1 cell / median) and the paper's statistic ("paper")."""
         layers = []
         for layer in range(self.lm.n_layers):
-            layers.append({"layer": layer, "top": [c.as_dict() for c in self.top(layer)],
-                           "median": self.median(layer), "ratio": self.ratio(layer)})
+            paper = {"top": [self.top_value(layer, k) for k in (1, 2, 3)], "median": self.median(layer),
+                     "ratio": self.ratio(layer)}
+            layers.append({"layer": layer, "top": [c.as_dict() for c in self.top(layer)], "median": self.median(layer),
+                           "ratio": self.ratio(layer, "max_over_sequences"), "paper": paper})
         massive = [{"layer": layer, **cell.as_dict()} for layer in range(self.lm.n_layers) for cell in self.massive(layer)]
+        truncated = [layer for layer in range(self.lm.n_layers) if self.massive_truncated(layer)]
         return {"model": self.lm.name, "intervention": interventions.describe(self.intervention),
-                "layers": layers, "massive": massive}
+                "statistics": STATISTIC_TEXT, "layers": layers, "massive": massive, "massive_truncated_layers": truncated,
+                "massive_dims_per_layer": {layer: sorted(self.massive_dims(layer)) for layer in range(self.lm.n_layers)},
+                "massive_tokens_per_layer": {layer: sorted(self.massive_tokens(layer)) for layer in range(self.lm.n_layers)}}
 
     # -- heads
     def head_score_table(self, to: str) -> torch.Tensor:  # [L, H]
@@ -244,9 +311,12 @@ class ConfigView:
     def mlp_checkpoints(self) -> list[str]:
         return mlp_flow(self.lm)
 
-    def mlp_stat(self, layer: int, checkpoint: str, what: str) -> float:
+    def mlp_stat(self, layer: int, checkpoint: str, what: str, statistic: str = "paper") -> float:
+        """max |a| (per sequence then averaged, or over all) or median |a| inside an MLP."""
         stats = self.stats(hooks.site(layer, f"mlp.{checkpoint}"), median=(what == "median"))
-        return float(stats.cell_max.max()) if what == "max" else float(stats.median().mean())
+        if what == "median":
+            return float(stats.median().mean())
+        return float(stats.dim_max().amax(dim=1).mean()) if statistic == "paper" else float(stats.cell_max.max())
 
     def explosion_point(self, layer: int) -> str:
         return measures.explosion_point({c: self.mlp_stat(layer, c, "max") for c in self.mlp_checkpoints()})
@@ -278,6 +348,7 @@ class CheckResult:
     description: str
     rows: list[Row]
     line: int
+    key: str = ""  # Check.key(): stable across rewording and reordering
 
     @property
     def ok(self) -> bool:
@@ -300,13 +371,12 @@ class Outcome:
     def values(self) -> dict:
         """Flat {key: value} of everything observed: what a golden snapshot stores."""
         flat = {}
-        for index, check in enumerate(self.checks):
+        for check in self.checks:
             for row in check.rows:
-                flat[f"check {index}: {check.description} | {row.key}"] = row.observed
+                flat[f"check: {check.key} | {row.key}"] = row.observed
         for config, measures_by_name in self.observed.items():
             for name, per_layer in measures_by_name.items():
-                if isinstance(per_layer, list) and all(isinstance(v, float) for v in per_layer):
-                    flat.update({f"{config} {name} | layer {L}": v for L, v in enumerate(per_layer)})
+                flat.update({f"{config} {name} (paper statistic) | layer {L}": v for L, v in enumerate(per_layer)})
         return flat
 
 
@@ -320,7 +390,7 @@ class Evaluator:
     def view(self, config: str) -> ConfigView:
         if config not in self._views:
             requests = self.spec.interventions.get(config, [])
-            intervention = self.session.resolve(self.data, requests) if requests else BASELINE
+            intervention = self.session.resolve(self.data, requests, self.spec.massive) if requests else BASELINE
             self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests))
         return self._views[config]
 
@@ -347,13 +417,13 @@ class Evaluator:
                                                           f"does not have: it has {L} layers x {H} heads")
 
     def observed(self) -> dict:
-        """Per configuration: the per-layer profile numbers every spec carries in results.json."""
+        """Per configuration: the per-layer profile every spec carries in results.json, in the
+        paper's statistic (STATISTIC_TEXT["paper"])."""
         result = {}
         for name in sorted(self.spec.configs()):
-            view = self.view(name)
-            tops = [[c.value for c in view.top(layer, 3)] for layer in range(self.lm.n_layers)]
-            result[name] = {f"top{k + 1}": [t[k] for t in tops] for k in range(3)}
-            result[name]["median"] = [view.median(layer) for layer in range(self.lm.n_layers)]
+            view, layers = self.view(name), range(self.lm.n_layers)
+            result[name] = {f"top{k}": [view.top_value(L, k) for L in layers] for k in (1, 2, 3)}
+            result[name]["median"] = [view.median(L) for L in layers]
         return result
 
     def figure_data(self) -> dict:
@@ -371,41 +441,41 @@ class Evaluator:
         if measures & {"massive_dims", "massive_tokens", "top1_dim", "top1_token", "dim_peak"}:
             peak = max(range(self.lm.n_layers), key=lambda L: base.top(L, 1)[0].value)
             data["cells"] = base.block(peak).cell_max[:8].numpy()  # [tokens, dims]
-            data["cells_layer"], data["massive_dims"] = peak, sorted({c.dim for c in base.massive(peak)})
+            data["cells_layer"], data["massive_dims"] = peak, sorted(base.massive_dims(peak))
         return data
 
-    # -- one quantity -> {key: value} (per layer) or a single value
+    # -- one quantity -> {layer: value} (per layer) or a single value
     def value(self, q: Quantity):
         if q.change:
             before, after = self._reduced(q, q.change[0]), self._reduced(q, q.change[1])
-            diff = (lambda a, b: measures.relative_change(a, b)) if q.change_kind == "relative" else (lambda a, b: b - a)
+            diff = measures.relative_change if q.change_kind == "relative" else (lambda a, b: b - a)
             value = {k: diff(before[k], after[k]) for k in before} if isinstance(before, dict) else diff(before, after)
         else:
             value = self._reduced(q, q.config)
-        if q.aggregate and isinstance(value, dict):
+        if q.aggregate:  # validated at collection: only on numbers per layer, never silently dropped
             return _aggregate(q.aggregate, list(value.values()))
         return value
 
     def _reduced(self, q: Quantity, config: str):
         value = self._raw(q, config)
-        return _aggregate(q.reduce, list(value.values())) if q.reduce and isinstance(value, dict) else value
+        return _aggregate(q.reduce, list(value.values())) if q.reduce else value
 
     def _raw(self, q: Quantity, config: str):
-        view, m = self.view(config), q.measure
+        view, m, st = self.view(config), q.measure, q.statistic
         per_layer = {
-            "top1": lambda L: view.top(L, 1)[0].value, "top2": lambda L: view.top(L, 2)[1].value,
-            "top3": lambda L: view.top(L, 3)[2].value, "median": view.median, "ratio": view.ratio,
-            "top1_dim": lambda L: view.top(L, 1)[0].dim, "top1_token": lambda L: view.top(L, 1)[0].token,
-            "dim_peak": lambda L: float(view.block(L).cell_max[:, q.dim].max()),
-            "mlp_max": lambda L: view.mlp_stat(L, q.checkpoint, "max"),
+            "top1": lambda L: view.top_value(L, 1, st), "top2": lambda L: view.top_value(L, 2, st),
+            "top3": lambda L: view.top_value(L, 3, st), "median": view.median, "ratio": lambda L: view.ratio(L, st),
+            "top1_dim": lambda L: view.top1_where(L, "dim", st), "top1_token": lambda L: view.top1_where(L, "token", st),
+            "dim_peak": lambda L: view.dim_peak(L, q.dim, st),
+            "mlp_max": lambda L: view.mlp_stat(L, q.checkpoint, "max", st),
             "mlp_median": lambda L: view.mlp_stat(L, q.checkpoint, "median"),
             "max_rel_diff": lambda L: self._rel_diff(view, self.view(q.versus), hooks.site(L, q.site)),
         }
         if m in per_layer:
             return {L: per_layer[m](L) for L in self.layers(q)}
         if m in ("massive_dims", "massive_tokens"):
-            cells = [c for L in self.layers(q) for c in view.massive(L)]
-            return frozenset(c.dim if m == "massive_dims" else c.token for c in cells)
+            find = view.massive_dims if m == "massive_dims" else view.massive_tokens
+            return frozenset().union(*(find(L) for L in self.layers(q)))
         if m == "emergence_layer":
             return view.emergence_layer(self.layers(q))
         if m in ("head_score", "head_rank"):
@@ -418,6 +488,8 @@ class Evaluator:
             return view.explosion_point(q.layer)
         if m == "top_neurons":
             return [unit for unit, _ in measures.top_contributors(view.neuron_contributions(q.layer, q.dim), q.k)]
+        if m == "top_neurons_share":
+            return measures.top_share(view.neuron_contributions(q.layer, q.dim), q.k)
         if m == "loss":
             return view.loss()
         raise AssertionError(f"unhandled measure {m}")
@@ -429,19 +501,24 @@ class Evaluator:
     def check(self, check: Check) -> CheckResult:
         observed = self.value(check.quantity)
         description = _describe(check.quantity)
+        pairs = observed.items() if isinstance(observed, dict) else [("value", observed)]
         if check.versus is not None:
             other = self.value(check.versus)
             description += f"  vs  {_describe(check.versus)}"
-            pairs = observed.items() if isinstance(observed, dict) else [("value", observed)]
-            others = other if isinstance(other, dict) else {"value": other}
+            others = other if isinstance(other, dict) else {"value": other}  # same keys: checked at collection
             rows = [Row(_key(k), f"{check.bound.text()} (b = {measures.format_value(others[k])})", v,
-                        abs(v) >= check.bound.value * abs(others[k])) for k, v in pairs]
-            return CheckResult(description, rows, check.line)
-        if isinstance(observed, dict):
-            rows = [Row(_key(k), check.bound.text(), v, _within(check.bound, v)) for k, v in observed.items()]
+                        _ratio_holds(v, others[k], check.bound.value)) for k, v in pairs]
         else:
-            rows = [Row("value", check.bound.text(), observed, _within(check.bound, observed))]
-        return CheckResult(description, rows, check.line)
+            rows = [Row(_key(k), check.bound.text(), v, _within(check.bound, v)) for k, v in pairs]
+        if not rows:  # an empty layer range must not pass a check with nothing in it
+            rows = [Row("no layers", check.bound.text(), None, False)]
+        return CheckResult(description, rows, check.line, check.key())
+
+
+def _ratio_holds(a, b, ratio_min: float) -> bool:
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)):
+        return False
+    return abs(a) >= ratio_min * abs(b)
 
 
 def _aggregate(how: str, values: list[float]) -> float:
@@ -462,17 +539,19 @@ def _within(bound: Bound, value) -> bool:
         return value <= target
     if kind == "approx":
         return abs(value - target) <= bound.rel * abs(target)
-    if kind == "equals":
-        return (frozenset(value) if isinstance(value, (list, set, frozenset)) else value) == target
     items = frozenset(value) if isinstance(value, (list, set, frozenset)) else frozenset([value])
+    if kind == "equals":
+        if isinstance(value, (list, set, frozenset)):  # a set equals a set, or one element
+            return items == (target if isinstance(target, frozenset) else frozenset([target]))
+        return value == target
     return {"subset_of": lambda: items <= target, "contains": lambda: target <= items,
             "not_contains": lambda: not (target & items)}[kind]()
 
 
 def _describe(q: Quantity) -> str:
-    text = q.measure
+    text = q.measure if q.statistic == "paper" else f"{q.measure} (max over sequences)"
     details = [f"{k}={v}" for k, v in (("dim", q.dim), ("checkpoint", q.checkpoint if q.measure.startswith("mlp_") else None),
-                                       ("layer", q.layer), ("head", q.head and f"{q.head[0]}.{q.head[1]}"),
+                                       ("layer", q.layer), ("k", q.k if q.measure.startswith("top_neurons") else None), ("head", q.head and f"{q.head[0]}.{q.head[1]}"),
                                        ("versus", q.versus)) if v is not None]
     if q.measure.startswith("head_"):
         details.append(f"to={q.to}")

@@ -21,9 +21,9 @@ def profile_summary(session: ModelSession, data: DataConfig) -> dict:
     """Profile plus the derived facts a scan and a diff report."""
     view = session.view(data)
     doc = view.profile()
-    massive_layers = sorted({m["layer"] for m in doc["massive"]})
-    doc["massive_dims"] = sorted({m["dim"] for m in doc["massive"]})
-    doc["massive_tokens"] = sorted({m["token"] for m in doc["massive"]})
+    massive_layers = sorted(layer for layer, dims in doc["massive_dims_per_layer"].items() if dims)
+    doc["massive_dims"] = sorted({d for dims in doc["massive_dims_per_layer"].values() for d in dims})
+    doc["massive_tokens"] = sorted({t for tokens in doc["massive_tokens_per_layer"].values() for t in tokens})
     doc["emergence_layer"] = massive_layers[0] if massive_layers else None
     doc["last_massive_layer"] = massive_layers[-1] if massive_layers else None
     return doc
@@ -76,7 +76,7 @@ def _write_figures(summary: dict, base, table, out: Path) -> None:
     figures.plot_profile(a, profile, f"{summary['model']}: layer-wise profile")
     peak = max(range(len(profile["top1"])), key=profile["top1"].__getitem__)
     cells = base.block(peak).cell_max[:8].numpy()
-    figures.plot_cells_3d(b, cells, peak, sorted({c.dim for c in base.massive(peak)}))
+    figures.plot_cells_3d(b, cells, peak, sorted(base.massive_dims(peak)))
     figures.save(fig, out / "profile.png", f"{summary['model']}: massive activation scan")
     fig, (a,) = figures.new_figure(1)
     figures.plot_head_scores(a, np.asarray(table), fig)

@@ -4,6 +4,7 @@ A file holds one or more specs (YAML documents separated by ---). See specs/READ
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,27 +15,51 @@ from . import interventions
 from .data import BUILTIN, DataConfig
 from .errors import SpecError
 
-# measure -> extra keys it accepts (beyond the common ones)
-PER_LAYER = {"top1", "top2", "top3", "median", "ratio", "top1_dim", "top1_token", "dim_peak", "mlp_max",
-             "mlp_median", "max_rel_diff"}
-MEASURES = {
-    "top1": set(), "top2": set(), "top3": set(), "median": set(), "ratio": set(),
-    "top1_dim": set(), "top1_token": set(),
-    "dim_peak": {"dim"},  # max |a| of one residual dim over tokens, per layer
-    "massive_dims": set(), "massive_tokens": set(),  # union over the layer range
-    "emergence_layer": set(),  # first layer holding a massive activation
-    "head_score": {"head", "to"}, "head_rank": {"head", "to"},
-    "mlp_max": {"checkpoint"}, "mlp_median": {"checkpoint"},  # per layer, inside the MLP
-    "explosion_point": {"layer"},  # MLP checkpoint where max |a| grows the most
-    "top_neurons": {"layer", "dim", "k"},  # intermediate units contributing most to `dim`
-    "loss": set(),  # mean next-token loss over real tokens
-    "max_rel_diff": {"versus", "site"},  # per layer max |x - y| / max |y| between two configs
+# What each measure yields, which decides the keys and bounds that mean something on it:
+#   layers: a number per layer         label_per_layer: a dim/token set per layer
+#   value: one number                  set: one set of dims/tokens/units      label: one name
+SHAPES = {
+    "top1": "layers", "top2": "layers", "top3": "layers", "median": "layers", "ratio": "layers",
+    "top1_dim": "label_per_layer", "top1_token": "label_per_layer",
+    "dim_peak": "layers",  # max |a| of one residual dim over tokens, per layer
+    "massive_dims": "set", "massive_tokens": "set",  # union over the layer range
+    "emergence_layer": "value",  # first layer holding a massive activation
+    "head_score": "value", "head_rank": "value",
+    "mlp_max": "layers", "mlp_median": "layers",  # per layer, inside the MLP
+    "explosion_point": "label",  # MLP checkpoint where max |a| grows the most
+    "top_neurons": "set",  # intermediate units contributing most to `dim`
+    "top_neurons_share": "value",  # their contributions' share of the dim's output
+    "loss": "value",  # mean next-token loss over real tokens
+    "max_rel_diff": "layers",  # per layer max |x - y| / max |y| between two configs
 }
-COMMON = {"measure", "config", "layers", "change", "change_kind", "aggregate", "reduce"}
-BOUNDS = {"between", "min", "max", "approx", "rel", "equals", "subset_of", "contains", "not_contains"}
+# measure -> the keys it takes beyond measure/id/config (a key with no effect is an error)
+MEASURE_KEYS = {
+    "top1": {"statistic"}, "top2": {"statistic"}, "top3": {"statistic"}, "ratio": {"statistic"}, "median": set(),
+    "top1_dim": {"statistic"}, "top1_token": {"statistic"}, "dim_peak": {"dim", "statistic"},
+    "massive_dims": set(), "massive_tokens": set(), "emergence_layer": set(),
+    "head_score": {"head", "to"}, "head_rank": {"head", "to"},
+    "mlp_max": {"checkpoint", "statistic"}, "mlp_median": {"checkpoint"}, "explosion_point": {"layer"},
+    "top_neurons": {"layer", "dim", "k"}, "top_neurons_share": {"layer", "dim", "k"},
+    "loss": set(), "max_rel_diff": {"versus", "site"},
+}
+MEASURES = set(SHAPES)
+PER_LAYER = {m for m, shape in SHAPES.items() if shape in ("layers", "label_per_layer")}
+NUMERIC = {m for m, shape in SHAPES.items() if shape in ("layers", "value")}
+LAYERED = PER_LAYER | {"massive_dims", "massive_tokens", "emergence_layer"}  # measures that take `layers`
+USES_MASSIVE_RULE = {"massive_dims", "massive_tokens", "emergence_layer"}
+# Two statistics for the layer-wise numbers (claims.md, "The statistic behind the numbers"):
+#   paper: per sequence, the top-k of its flattened |a| (or its max in one dim), averaged over
+#          sequences (Sun et al. 2024 and the seeds); the default
+#   max_over_sequences: the k-th largest cell of the per-(token, dim) maximum over sequences
+STATISTICS = ("paper", "max_over_sequences")
+COMMON = {"id", "measure", "config", "layers", "change", "change_kind", "aggregate", "reduce"}
+NUMERIC_BOUNDS = ("between", "min", "max", "approx")
+SET_BOUNDS = ("subset_of", "contains", "not_contains")
+BOUNDS = {*NUMERIC_BOUNDS, *SET_BOUNDS, "equals"}
 AGGREGATES = ("mean", "max", "min", "mean_abs", "max_abs")
 CHECKPOINTS = ("in", "up", "gate", "act", "down_in", "out")
 TOP_KEYS = {"id", "claim", "source", "models", "data", "massive", "interventions", "checks", "xfail", "golden", "notes"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -56,10 +81,32 @@ class Quantity:
     k: int = 5
     versus: str | None = None
     site: str = "out"
+    statistic: str = "paper"
 
     def configs(self) -> set[str]:
         """The configurations this quantity reads."""
-        return {self.config, *(self.change or ()), *([self.versus] if self.versus else [])}
+        return {*(self.change or (self.config,)), *([self.versus] if self.versus else [])}
+
+    @property
+    def single(self) -> bool:
+        """One value (not one per layer): a single-valued measure, or per-layer ones aggregated."""
+        return self.measure not in PER_LAYER or bool(self.aggregate or self.reduce)
+
+    def key(self) -> str:
+        """A stable name built from what is measured (not from display text): golden keys."""
+        parts = [self.measure]
+        for name in ("statistic", "dim", "head", "to", "checkpoint", "layer", "k", "versus", "site"):
+            value, default = getattr(self, name), Quantity.__dataclass_fields__[name].default
+            if value != default and (name not in ("to", "k", "checkpoint", "site") or name in MEASURE_KEYS[self.measure]):
+                parts.append(f"{name}={'.'.join(map(str, value)) if isinstance(value, tuple) else value}")
+        if self.reduce:
+            parts.append(f"reduce={self.reduce}")
+        parts.append(f"{self.change_kind} change {self.change[0]}->{self.change[1]}" if self.change else f"[{self.config}]")
+        if self.measure in LAYERED:
+            parts.append(f"layers {self.layers or 'all'}")
+        if self.aggregate:
+            parts.append(f"aggregate={self.aggregate}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,11 @@ class Bound:
             "ratio_min": lambda: f"|a| >= {v:g} x |b|",
         }[self.kind]()
 
+    def sides(self) -> set[str]:
+        """Which ways this bound constrains the value: "low", "high" (numbers) or "set"."""
+        return {"between": {"low", "high"}, "approx": {"low", "high"}, "min": {"low"}, "max": {"high"},
+                "ratio_min": {"low"}}.get(self.kind, {"set"})
+
 
 @dataclass(frozen=True)
 class Check:
@@ -85,6 +137,13 @@ class Check:
     bound: Bound
     line: int
     versus: Quantity | None = None  # compare checks: |quantity| >= ratio x |versus|
+    id: str | None = None  # the spec's own name for it; else the key comes from the quantity
+
+    def key(self) -> str:
+        """Stable across rewording and reordering: what goldens and results key on."""
+        if self.id:
+            return self.id
+        return self.quantity.key() + (f" vs {self.versus.key()}" if self.versus is not None else "")
 
 
 @dataclass(frozen=True)
@@ -101,6 +160,7 @@ class Spec:
     xfail: str | None = None
     golden: object = None  # golden.GoldenConfig when the spec compares against a snapshot
     source: str = ""
+    notes: str = ""
 
     def applies_to(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -218,19 +278,43 @@ def _spec(path: str, doc, index: int) -> Spec:
         if key not in doc:
             raise SpecError(path, doc.line, key, "required key is missing")
     spec_id = doc.get("id") or Path(path).stem + (f"-{index}" if index else "")
-    if not isinstance(spec_id, str) or not spec_id.replace("-", "").replace("_", "").isalnum():
+    if not isinstance(spec_id, str) or not _NAME.match(spec_id):
         ctx.fail(doc, "id", "must be letters, digits, - and _")
     configs = _interventions(ctx, doc)
     checks = doc["checks"]
     if not isinstance(checks, list) or not checks:
         ctx.fail(doc, "checks", "must be a non-empty list")
     parsed = tuple(_check(ctx, c, i, set(configs) | {"baseline"}) for i, c in enumerate(checks))
-    massive = _massive(ctx, doc)
-    return Spec(
+    _unique_check_ids(ctx, checks, parsed)
+    for key in ("xfail", "notes", "source"):
+        if key in doc and not (isinstance(doc[key], str) and doc[key].strip()):
+            ctx.fail(doc, key, "must be a non-empty string" + (" (the reason the claim is known false)" if key == "xfail" else ""))
+    if doc.get("xfail") and doc.get("golden"):
+        ctx.fail(doc, "golden", "an expected failure (xfail) is not snapshotted: drop golden or xfail")
+    spec = Spec(
         id=spec_id, claim=str(doc["claim"]).strip(), path=path, line=doc.line, models=_models(ctx, doc),
-        data=_data(ctx, doc), checks=parsed, interventions=configs, massive=massive,
+        data=_data(ctx, doc), checks=parsed, interventions=configs, massive=_massive(ctx, doc),
         xfail=doc.get("xfail"), golden=_golden(ctx, doc), source=str(doc.get("source", "")),
+        notes=str(doc.get("notes", "")).strip(),
     )
+    if "massive" in doc and not _uses_massive_rule(spec):
+        ctx.fail(doc, "massive", "no check or intervention of this spec applies the massive rule "
+                                 f"({', '.join(sorted(USES_MASSIVE_RULE))}, dims:...#massive)")
+    return spec
+
+
+def _uses_massive_rule(spec: Spec) -> bool:
+    return any(q.measure in USES_MASSIVE_RULE for q in spec.quantities()) or any(
+        r.tokens == "massive" for requests in spec.interventions.values() for r in requests)
+
+
+def _unique_check_ids(ctx: _Ctx, raw_checks: list, parsed: tuple) -> None:
+    seen = set()
+    for raw, check in zip(raw_checks, parsed):
+        if check.id is not None:
+            if check.id in seen:
+                ctx.fail(raw, "id", f"duplicate check id {check.id!r}")
+            seen.add(check.id)
 
 
 def _models(ctx: _Ctx, doc) -> tuple[str, ...] | None:
@@ -308,105 +392,170 @@ def _interventions(ctx: _Ctx, doc) -> dict:
 
 def _check(ctx: _Ctx, raw, index: int, configs: set[str]) -> Check:
     prefix = f"checks[{index}]."
-    if isinstance(raw, dict) and "compare" in raw:
-        ctx.only(raw, {"compare", "ratio_min"}, prefix)
+    if not isinstance(raw, dict):
+        raise SpecError(ctx.path, None, prefix.rstrip("."), "a check must be a mapping")
+    check_id = raw.get("id")
+    if check_id is not None and not (isinstance(check_id, str) and _NAME.match(check_id)):
+        ctx.fail(raw, "id", "must be letters, digits, - and _", prefix)
+    if "compare" in raw:
+        ctx.only(raw, {"id", "compare", "ratio_min"}, prefix)
         pair = raw["compare"]
         ctx.only(pair, {"a", "b"}, prefix + "compare.")
         if "ratio_min" not in raw or set(pair) != {"a", "b"}:
             ctx.fail(raw, "compare", "needs compare: {a: ..., b: ...} and ratio_min", prefix)
         a = _quantity(ctx, pair["a"], prefix + "compare.a.", configs)
         b = _quantity(ctx, pair["b"], prefix + "compare.b.", configs)
-        return Check(a, Bound("ratio_min", _number(ctx, raw, "ratio_min", prefix)), raw.line, versus=b)
+        _comparable(ctx, pair, a, b, prefix + "compare.")
+        return Check(a, Bound("ratio_min", _number(ctx, raw, "ratio_min", prefix)), raw.line, versus=b, id=check_id)
     quantity = _quantity(ctx, raw, prefix, configs, bounds=True)
-    return Check(quantity, _bound(ctx, raw, prefix, quantity), raw.line)
+    return Check(quantity, _bound(ctx, raw, prefix, quantity), raw.line, id=check_id)
+
+
+def _comparable(ctx: _Ctx, pair, a: Quantity, b: Quantity, prefix: str) -> None:
+    """|a| >= r |b| needs numbers on both sides, and one value each or the same layers each."""
+    for side, q in (("a", a), ("b", b)):
+        if q.measure not in NUMERIC:
+            ctx.fail(pair, side, f"compare needs numbers; {q.measure} is not a number", prefix)
+    if a.single != b.single or (not a.single and (a.layers or "all") != (b.layers or "all")):
+        ctx.fail(pair, "a", "compare needs one value on each side (add aggregate over the layers) or the same "
+                            "layers on both sides (compared layer by layer)", prefix)
 
 
 def _quantity(ctx: _Ctx, raw, prefix: str, configs: set[str], bounds: bool = False) -> Quantity:
     if not isinstance(raw, dict) or "measure" not in raw:
         raise SpecError(ctx.path, getattr(raw, "line", None), prefix + "measure", "required key is missing")
     measure = raw["measure"]
-    if measure not in MEASURES:
+    if not isinstance(measure, str) or measure not in MEASURES:
         ctx.fail(raw, "measure", f"unknown measure {measure!r}; allowed: {', '.join(sorted(MEASURES))}", prefix)
-    ctx.only(raw, COMMON | MEASURES[measure] | (BOUNDS if bounds else set()), prefix)
+    ctx.only(raw, COMMON | MEASURE_KEYS[measure] | (BOUNDS | {"rel"} if bounds else set()), prefix)
+    _only_where_meaningful(ctx, raw, measure, prefix)
     for key in ("config", "versus"):
         if key in raw and raw[key] not in configs:
             ctx.fail(raw, key, f"unknown configuration {raw[key]!r}; defined: {', '.join(sorted(configs))}", prefix)
     change = raw.get("change")
     if change is not None:
-        if not (isinstance(change, list) and len(change) == 2 and all(c in configs for c in change)):
+        if not (isinstance(change, list) and len(change) == 2 and all(isinstance(c, str) and c in configs for c in change)):
             ctx.fail(raw, "change", f"must be [from, to] with configurations from: {', '.join(sorted(configs))}", prefix)
         change = tuple(change)
-    for key in ("aggregate", "reduce"):
-        if raw.get(key) not in (None, *AGGREGATES):
-            ctx.fail(raw, key, f"must be one of {', '.join(AGGREGATES)}", prefix)
-    if raw.get("change_kind", "relative") not in ("relative", "absolute"):
-        ctx.fail(raw, "change_kind", "must be relative or absolute", prefix)
-    if raw.get("checkpoint", "out") not in CHECKPOINTS:
-        ctx.fail(raw, "checkpoint", f"must be one of {', '.join(CHECKPOINTS)}", prefix)
-    if raw.get("to", "first") not in ("first", "massive"):
-        ctx.fail(raw, "to", "must be first (position 0) or massive (the detected massive token)", prefix)
-    if measure == "dim_peak" and "dim" not in raw or measure in ("top_neurons",) and not {"dim", "layer"} <= set(raw):
-        ctx.fail(raw, "measure", f"{measure} needs {'dim' if measure == 'dim_peak' else 'dim and layer'}", prefix)
-    if measure in ("head_score", "head_rank") and "head" not in raw:
-        ctx.fail(raw, "measure", f"{measure} needs head: 'L.H'", prefix)
-    if measure == "explosion_point" and "layer" not in raw:
-        ctx.fail(raw, "measure", "explosion_point needs layer", prefix)
-    if measure == "max_rel_diff" and "versus" not in raw:
-        ctx.fail(raw, "measure", "max_rel_diff needs versus: <configuration>", prefix)
+    choices = {"aggregate": AGGREGATES, "reduce": AGGREGATES, "change_kind": ("relative", "absolute"),
+               "checkpoint": CHECKPOINTS, "to": ("first", "massive"), "statistic": STATISTICS}
+    for key, allowed in choices.items():
+        if key in raw and raw[key] not in allowed:
+            ctx.fail(raw, key, f"must be one of {', '.join(allowed)}", prefix)
+    needed = {"dim_peak": ("dim",), "top_neurons": ("dim", "layer"), "top_neurons_share": ("dim", "layer"),
+              "head_score": ("head",), "head_rank": ("head",), "explosion_point": ("layer",), "max_rel_diff": ("versus",)}
+    missing = [key for key in needed.get(measure, ()) if key not in raw]
+    if missing:
+        ctx.fail(raw, "measure", f"{measure} needs {' and '.join(missing)}", prefix)
     layers = raw.get("layers")
-    if layers is not None and not isinstance(layers, (int, str)):
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, (int, str))):
         ctx.fail(raw, "layers", "must be 'all', an index, 'A-B' or 'A,B,C'", prefix)
+    k = _opt_int(ctx, raw, "k", prefix)
+    if k == 0:
+        ctx.fail(raw, "k", "must be at least 1", prefix)
     return Quantity(
         measure=measure, config=raw.get("config", "baseline"), layers=None if layers in (None, "all") else str(layers),
         change=change, change_kind=raw.get("change_kind", "relative"), aggregate=raw.get("aggregate"), reduce=raw.get("reduce"),
         dim=_opt_int(ctx, raw, "dim", prefix), head=_head(ctx, raw, prefix), to=raw.get("to", "first"),
         checkpoint=raw.get("checkpoint", "out"), layer=_opt_int(ctx, raw, "layer", prefix),
-        k=_opt_int(ctx, raw, "k", prefix) or 5, versus=raw.get("versus"), site=str(raw.get("site", "out")),
+        k=5 if k is None else k, versus=raw.get("versus"), site=str(raw.get("site", "out")),
+        statistic=raw.get("statistic", "paper"),
     )
+
+
+def _only_where_meaningful(ctx: _Ctx, raw, measure: str, prefix: str) -> None:
+    """Reject keys that would have no effect on this quantity, rather than drop them."""
+    shape = SHAPES[measure]
+    rules = [
+        ("layers", measure not in LAYERED, f"{measure} is not per layer (its layer comes from head/layer)"),
+        ("config", "change" in raw, "with change: [from, to], the configurations come from change"),
+        ("change", measure not in NUMERIC, f"{measure} is not a number; a change of it has no meaning"),
+        ("change_kind", "change" not in raw, "only applies with change: [from, to]"),
+        ("aggregate", shape != "layers", f"aggregates over layers; {measure} is not a number per layer"),
+        ("reduce", shape != "layers", f"reduces over layers; {measure} is not a number per layer"),
+        ("reduce", "aggregate" in raw, "after reduce there is one value per configuration: aggregate has nothing to do"),
+        ("reduce", "change" not in raw, "reduce (before a change) needs change: [from, to]; without one use aggregate"),
+    ]
+    for key, bad, why in rules:
+        if key in raw and bad:
+            ctx.fail(raw, key, f"has no effect here: {why}", prefix)
 
 
 def _head(ctx: _Ctx, raw, prefix: str) -> tuple[int, int] | None:
     if "head" not in raw:
         return None
-    layer, _, head = str(raw["head"]).partition(".")
+    if not isinstance(raw["head"], str):  # YAML reads 5.10 as the float 5.1: head 1, not 10
+        ctx.fail(raw, "head", "must be a quoted 'layer.head', e.g. \"5.10\"", prefix)
+    layer, _, head = raw["head"].partition(".")
     if not (layer.isdigit() and head.isdigit()):
         ctx.fail(raw, "head", "must be 'layer.head', e.g. '5.1'", prefix)
     return int(layer), int(head)
 
 
 def _opt_int(ctx: _Ctx, raw, key: str, prefix: str) -> int | None:
-    if key in raw and (not isinstance(raw[key], int) or raw[key] < 0):
+    if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 0):
         ctx.fail(raw, key, "must be a non-negative integer", prefix)
     return raw.get(key)
 
 
 def _number(ctx: _Ctx, raw, key: str, prefix: str) -> float:
-    if not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool):
-        ctx.fail(raw, key, "must be a number", prefix)
+    if not _is_number(raw[key]):
+        ctx.fail(raw, key, "must be a finite number", prefix)
     return float(raw[key])
 
 
 def _bound(ctx: _Ctx, raw, prefix: str, quantity: Quantity) -> Bound:
-    present = [k for k in ("between", "min", "max", "approx", "equals", "subset_of", "contains", "not_contains") if k in raw]
+    present = [k for k in (*NUMERIC_BOUNDS, "equals", *SET_BOUNDS) if k in raw]
     if sorted(present) == ["max", "min"]:  # min + max is the same as between
         present = ["between"]
-        raw = {**raw, "between": [raw["min"], raw["max"]]}
+        raw = _with_line(raw, {"between": [raw["min"], raw["max"]]})
     if len(present) != 1:
-        ctx.fail(raw, "measure", "needs exactly one bound: between, min, max, approx, equals, subset_of, contains or not_contains", prefix)
+        ctx.fail(raw, "measure", f"needs exactly one bound: {', '.join([*NUMERIC_BOUNDS, 'equals', *SET_BOUNDS])}", prefix)
     kind = present[0]
-    value = raw[kind]
-    if kind == "between" and not (isinstance(value, list) and len(value) == 2 and value[0] <= value[1]):
-        ctx.fail(raw, kind, "must be [low, high] with low <= high", prefix)
-    if kind in ("subset_of", "contains", "not_contains"):
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-            ctx.fail(raw, kind, "must be a list of integers", prefix)
-        value = frozenset(value)
-    if kind in ("min", "max", "approx"):
-        value = _number(ctx, raw, kind, prefix)
-    if kind == "between":
-        value = (float(value[0]), float(value[1]))
+    numeric = quantity.measure in NUMERIC
+    if kind in NUMERIC_BOUNDS and not numeric:
+        ctx.fail(raw, kind, f"{quantity.measure} is not a number; use equals or {', '.join(SET_BOUNDS)}", prefix)
+    if kind in SET_BOUNDS and numeric:
+        ctx.fail(raw, kind, f"{quantity.measure} is a number; use {', '.join(NUMERIC_BOUNDS)} or equals", prefix)
     if "rel" in raw and kind != "approx":
         ctx.fail(raw, "rel", "only applies to approx", prefix)
-    if kind == "equals" and isinstance(value, list):
+    value = raw[kind]
+    if kind == "between":
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value) and value[0] <= value[1]):
+            ctx.fail(raw, kind, "must be [low, high], two numbers with low <= high", prefix)
+        value = (float(value[0]), float(value[1]))
+    elif kind in ("min", "max", "approx"):
+        value = _number(ctx, raw, kind, prefix)
+    elif kind in SET_BOUNDS or (kind == "equals" and SHAPES[quantity.measure] == "set"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            ctx.fail(raw, kind, "must be a list of integers", prefix)
         value = frozenset(value)
-    return Bound(kind, value, float(raw.get("rel", 0.1)))
+    elif kind == "equals":
+        value = _equals_value(ctx, raw, quantity, prefix)
+    rel = _number(ctx, raw, "rel", prefix) if "rel" in raw else 0.1
+    return Bound(kind, value, rel)
+
+
+def _equals_value(ctx: _Ctx, raw, quantity: Quantity, prefix: str):
+    value, shape = raw["equals"], SHAPES[quantity.measure]
+    if shape == "label":
+        if not isinstance(value, str):
+            ctx.fail(raw, "equals", "must be a name", prefix)
+        return value
+    if shape == "label_per_layer" and isinstance(value, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            ctx.fail(raw, "equals", "must be an integer or a list of integers", prefix)
+        return frozenset(value)
+    if not _is_number(value):
+        ctx.fail(raw, "equals", "must be a number", prefix)
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _with_line(raw, extra: dict):
+    mapping = _Map({**raw, **extra})
+    mapping.line, mapping.key_lines = raw.line, {**raw.key_lines, **{k: raw.key_lines.get("min") for k in extra}}
+    return mapping

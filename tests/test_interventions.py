@@ -51,7 +51,7 @@ def raw(lm, *site_names):
 
 def forward(lm, batch, intervention=(), means=None, sites=()):
     with torch.no_grad(), hooks.intervene(lm, intervention, means), raw(lm, *sites) as seen:
-        lm.batch_shape = tuple(batch.input_ids.shape)
+        lm.chunk = hooks.Chunk(batch.attention_mask)
         lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     return seen
 
