@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
+PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (run.STATISTIC_TEXT)
 
 
 def plot_profile(ax, profile: dict, title: str = "") -> None:
@@ -23,7 +24,7 @@ def plot_profile(ax, profile: dict, title: str = "") -> None:
             ax.plot(layers, profile[key], style, label=key.replace("top", "top-"), markersize=4)
     ax.set_yscale("log")
     ax.set_xlabel("layer (block output, 0-based)")
-    ax.set_ylabel("|activation|")
+    ax.set_ylabel(f"|activation| ({PAPER_STATISTIC})")
     ax.set_title(title or "layer-wise top-1/2/3 and median |a|")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -62,7 +63,7 @@ def plot_ablation(ax_lines, ax_heat, observed: dict, fig) -> None:
         ax_lines.plot(layers, observed[name]["top1"], "-o", label=name, markersize=3)
     ax_lines.set_yscale("log")
     ax_lines.set_xlabel("layer")
-    ax_lines.set_ylabel("top-1 |activation|")
+    ax_lines.set_ylabel(f"top-1 |activation| ({PAPER_STATISTIC})")
     ax_lines.set_title(f"top-1 per layer: {reference} vs the other configurations")
     ax_lines.legend(fontsize=8)
     ax_lines.grid(alpha=0.3)
@@ -82,7 +83,7 @@ def plot_mlp_flow(ax, flows: dict) -> None:
         ax.plot(names, [flow[n] for n in names], "o-", label=f"layer {layer}")
     ax.set_yscale("log")
     ax.set_xlabel("MLP checkpoint (in -> up/gate -> act -> down_in -> out)")
-    ax.set_ylabel("max |activation|")
+    ax.set_ylabel("max |activation| (per sequence, mean over sequences)")
     ax.set_title("MLP checkpoint flow")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .measures import format_value
-from .run import CheckResult, Outcome
+from .run import STATISTIC_TEXT, CheckResult, Outcome
 
 
 def check_table(check: CheckResult, only_failures: bool = False) -> list[str]:
@@ -49,11 +49,11 @@ def outcome_record(outcome: Outcome, lm) -> dict:
     return {
         "spec": spec.id, "model": outcome.model, "claim": spec.claim, "source": spec.source,
         "path": spec.path, "line": spec.line, "status": "passed" if outcome.passed else "failed",
-        "xfail_reason": spec.xfail, "configs": outcome.configs,
+        "xfail_reason": spec.xfail, "notes": spec.notes, "configs": outcome.configs,
         "checks": [{"description": c.description, "line": c.line, "ok": c.ok,
                     "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
                              for r in c.rows]} for c in outcome.checks],
-        "observed": outcome.observed,
+        "observed": outcome.observed, "observed_statistic": "paper",
     }
 
 
@@ -71,7 +71,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
-    document = {"models": models, "unavailable": unavailable, "results": results}
+    document = {"statistics": STATISTIC_TEXT, "models": models, "unavailable": unavailable, "results": results}
     path = directory / "results.json"
     atomic_write(path, json.dumps(document, indent=1, default=jsonable))
     return path
@@ -167,6 +167,7 @@ def _spec_html(directory: Path, record: dict) -> str:
     status = record.get("status", "failed")
     failing = status in ("failed", "xpassed")
     notes = f"<p class='meta'>expected failure: {escape(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
+    notes += f"<p class='meta'>notes: {escape(record['notes'])}</p>" if record.get("notes") else ""
     configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
     return (f"<div class='spec{' failing' if failing else ''}'><span class='badge {status}'>{escape(status)}</span> "

@@ -22,12 +22,18 @@ def test_profile_json_schema_and_planted_truth(capsys):
     doc = run_json(capsys, "profile", "planted-llama", "--samples", "4", "--seq-len", "32", "--json")
     assert doc["model"] == "planted-llama" and len(doc["layers"]) == 4
     for layer, row in enumerate(doc["layers"]):
-        assert row["layer"] == layer and set(row) == {"layer", "top", "median", "ratio"}
+        assert row["layer"] == layer and set(row) == {"layer", "top", "median", "ratio", "paper"}
         assert [set(t) for t in row["top"]] == [{"value", "dim", "token"}] * 3
         assert row["top"][0]["value"] >= row["top"][1]["value"] >= row["top"][2]["value"]
         assert row["ratio"] == pytest.approx(row["top"][0]["value"] / row["median"])
+        paper = row["paper"]  # means over sequences: never above the max over sequences
+        assert set(paper) == {"top", "median", "ratio"} and len(paper["top"]) == 3
+        assert paper["top"][0] >= paper["top"][1] >= paper["top"][2] and paper["top"][0] <= row["top"][0]["value"]
+        assert paper["median"] == row["median"] and paper["ratio"] == pytest.approx(paper["top"][0] / paper["median"])
+    assert set(doc["statistics"]) == {"paper", "max_over_sequences"}
     assert {(m["layer"], m["dim"], m["token"]) for m in doc["massive"]} == {
         (layer, PLANT["dim"], PLANT["token"]) for layer in range(PLANT["layer"], 4)}
+    assert all(set(m) == {"layer", "value", "dim", "token", "sequence"} for m in doc["massive"])
 
 
 def test_profile_with_ablation_composes(capsys):

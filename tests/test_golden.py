@@ -50,7 +50,7 @@ def test_golden_workflow(suite):
     first.stdout.fnmatch_lines(["*golden*pinned.json was missing and has been written*"])
     snapshot = json.loads(path.read_text())
     assert snapshot["meta"]["dtype"] == "float32" and snapshot["meta"]["data"]["samples"] == 4
-    assert any(k.startswith("baseline top1 | layer") for k in snapshot["values"])
+    assert any(k.startswith("baseline top1 (paper statistic) | layer") for k in snapshot["values"])
 
     run(suite).assert_outcomes(passed=1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from massive_checks import interventions
+from massive_checks import measures, interventions
 from massive_checks.synthetic import PLANT
 
 from conftest import SMALL_DATA
@@ -29,8 +29,21 @@ def test_massive_threshold_parameters_are_respected(session_for):
     value = session.view(SMALL_DATA).top(layer, 1)[0].value
     assert session.view(SMALL_DATA, massive=(value * 1.01, 1.0)).massive(layer) == []  # above every |a|
     assert session.view(SMALL_DATA, massive=(value * 0.99, 1.0)).massive(layer) != []
-    ratio = session.view(SMALL_DATA).ratio(layer)
-    assert session.view(SMALL_DATA, massive=(1.0, ratio * 1.01)).massive(layer) == []
+    stats = session.view(SMALL_DATA).block(layer)  # the ratio is per sequence: its own median
+    ratios = stats.top()[0] / stats.median()
+    highest = float(ratios.max())
+    assert session.view(SMALL_DATA, massive=(1.0, highest * 1.01)).massive(layer) == []
+    assert session.view(SMALL_DATA, massive=(1.0, highest * 1.01)).massive_dims(layer) == set()
+    hits = session.view(SMALL_DATA, massive=(1.0, highest * 0.99)).massive(layer)
+    assert {c.sequence for c in hits} == {int(ratios.argmax())} | {s for s, r in enumerate(ratios.tolist()) if r >= highest * 0.99}
+
+
+def test_the_massive_rule_is_strict_on_value_and_inclusive_on_ratio():
+    """|a| > min_value and |a| >= min_ratio x median, as the README and specs/README state."""
+    assert not measures.is_massive(100.0, 0.01, 100.0, 1000.0)  # at the value floor: not massive
+    assert measures.is_massive(100.5, 0.01, 100.0, 1000.0)
+    assert measures.is_massive(2000.0, 2.0, 100.0, 1000.0)  # exactly 1000x the median: massive
+    assert not measures.is_massive(1999.0, 2.0, 100.0, 1000.0)
 
 
 def _ablated(session, text):

@@ -111,3 +111,11 @@ def test_yaml_outside_a_specs_directory_is_not_collected(pytester):
     (pytester.path / "config.yaml").write_text("anything: 1\n")
     result = pytester.runpytest(".")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_runs_without_pytest_xdist(planted_suite):
+    """A plain `pip install massive_checks` has no xdist: its hooks must not be registered then
+    (it used to end in INTERNALERROR: unknown hook 'pytest_configure_node')."""
+    result = planted_suite.runpytest_subprocess("specs", "--model", "planted-llama", "-p", "no:xdist")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)

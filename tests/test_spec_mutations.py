@@ -1,22 +1,32 @@
-"""Every committed SmolLM2 spec can fail: each check, with its bound moved past what is
-observed, must fail (a mutation test of the spec suite itself)."""
+"""Every committed SmolLM2 spec can fail (a mutation test of the spec suite itself).
+
+Two kinds of mutants per check:
+- bound mutants: the bound moved past what is observed;
+- observation mutants: what is observed is changed as a wrong analysis would change it (a change
+  negated or scaled, a value shifted, a set flipped, emptied or grown, a label swapped, the layer
+  range shifted). Each side a bound constrains (low, high, or the set) must be killed by at least
+  one observation mutant moving the observation that way. Expected failures must keep failing."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from massive_checks.run import Evaluator, ModelSession
-from massive_checks.spec import Bound, load_file
+from massive_checks import interventions
+from massive_checks.run import MLP_FLOW, Evaluator, ModelSession
+from massive_checks.spec import NUMERIC, Bound, load_file
 
 SPEC_FILES = sorted(Path(__file__).parent.parent.glob("specs/smollm2/*.yaml")) + [
     Path(__file__).parent.parent / "specs/any/consistency.yaml"]
 SPECS = [spec for path in SPEC_FILES for spec in load_file(path)]
+COUNTS: Counter = Counter()
+SCALES = (-1.0, 10.0, 1000.0, 0.1, 0.001, -10.0, -0.1)
 
 
-def mutants(bound: Bound, width: int):
+def bound_mutants(bound: Bound, width: int):
     v, kind = bound.value, bound.kind
     if kind == "between":
         span = (v[1] - v[0]) or abs(v[1]) or 1.0
@@ -38,6 +48,70 @@ def mutants(bound: Bound, width: int):
         yield Bound("contains", frozenset({width - 1}))
 
 
+def value_mutants(value, width: int):
+    """(how, mutated value) pairs for one observed value (a number, set, label or per-layer dict)."""
+    if isinstance(value, dict):
+        for how, _ in value_mutants(next(iter(value.values())), width):
+            yield how, {k: dict(value_mutants(v, width))[how] for k, v in value.items()}
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, (int, float)):
+        for scale in SCALES:
+            yield f"x{scale:g}", type(value)(value * scale) if isinstance(value, float) else value * scale
+        yield "+1", value + 1
+        yield "-1", value - 1
+    elif isinstance(value, (frozenset, list)):
+        items = frozenset(value)
+        yield "complement", frozenset(range(width)) - items
+        yield "empty", frozenset()
+        yield "grown", items | {width - 1}
+        yield "shifted", frozenset((i + 1) % width for i in items)
+    elif isinstance(value, str):
+        yield "other label", next(c for c in MLP_FLOW if c != value)
+
+
+def direction(before, after) -> str:
+    """Which way a mutant moved the observation: low, high, or set (not ordered)."""
+    pairs = list(zip(before.values(), after.values())) if isinstance(before, dict) else [(before, after)]
+    if not all(isinstance(b, (int, float)) and isinstance(a, (int, float)) for b, a in pairs):
+        return "set"
+    if all(a >= b for b, a in pairs) and any(a > b for b, a in pairs):
+        return "high"
+    if all(a <= b for b, a in pairs) and any(a < b for b, a in pairs):
+        return "low"
+    return "mixed"
+
+
+def sides(check) -> set[str]:
+    if check.bound.kind == "equals" and check.quantity.measure in NUMERIC:
+        return {"low", "high"}  # a number pinned exactly: both ways
+    return check.bound.sides()
+
+
+class Mutated(Evaluator):
+    """Evaluates with one quantity's observation replaced by a mutant."""
+
+    def __init__(self, spec, session, data, target, mutate):
+        super().__init__(spec, session, data)
+        self.target, self.mutate = target, mutate
+
+    def value(self, q):
+        value = super().value(q)
+        return self.mutate(value) if q is self.target else value
+
+
+def shifted_layers(q, n_layers: int):
+    """The same quantity read at other layers: the range moved to start at block 0 (or to end
+    at the last block), or its single `layer` moved by one."""
+    if q.layer is not None:
+        yield dataclasses.replace(q, layer=q.layer - 1 if q.layer else q.layer + 1)
+    elif q.layers is not None:
+        layers = interventions.parse_layers(q.layers, n_layers)
+        offset = -layers[0] if layers[0] else n_layers - 1 - layers[-1]
+        if offset:
+            yield dataclasses.replace(q, layers=",".join(str(L + offset) for L in layers))
+
+
 @pytest.fixture(scope="module")
 def session(smollm2):
     session = ModelSession(smollm2)
@@ -46,11 +120,52 @@ def session(smollm2):
     return session
 
 
+def killed(spec, check, session, evaluator) -> bool:
+    single = dataclasses.replace(spec, checks=(check,))
+    return not evaluator(single).evaluate().passed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=[s.id for s in SPECS])
-def test_moving_any_bound_past_the_observation_fails_the_spec(session, spec):
-    assert Evaluator(spec, session, spec.data).evaluate().passed, "the committed spec itself must pass"
+def test_every_check_fails_from_each_side_its_bound_constrains(session, spec):
+    plain = lambda s: Evaluator(s, session, spec.data)
+    outcome = plain(spec).evaluate()
+    if spec.xfail:
+        assert not outcome.passed, "an expected failure must keep failing"
+        return
+    assert outcome.passed, "the committed spec itself must pass"
+    width = session.lm.width
     for index, check in enumerate(spec.checks):
-        for bound in mutants(check.bound, session.lm.width):
-            mutated = dataclasses.replace(spec, checks=(dataclasses.replace(check, bound=bound),))
-            assert not Evaluator(mutated, session, spec.data).evaluate().passed, (index, check.bound, bound)
+        for bound in bound_mutants(check.bound, width):
+            COUNTS["bound mutants"] += 1
+            assert killed(spec, dataclasses.replace(check, bound=bound), session, plain), (index, bound)
+            COUNTS["bound mutants killed"] += 1
+        killed_sides = set()
+        targets = [check.quantity] + ([check.versus] if check.versus is not None else [])
+        for target in targets:
+            observed = plain(spec).value(target)
+            for how, mutant in value_mutants(observed, width):
+                COUNTS["observation mutants"] += 1
+                evaluator = lambda s, m=mutant, t=target: Mutated(s, session, spec.data, t, lambda _: m)
+                if killed(spec, check, session, evaluator):
+                    COUNTS["observation mutants killed"] += 1
+                    moved = direction(observed, mutant)
+                    # a smaller |b| in |a| >= r |b| fails nothing: only side a's direction counts
+                    killed_sides.add(moved if target is check.quantity else {"low": "high", "high": "low"}.get(moved, moved))
+        for shifted in shifted_layers(check.quantity, session.lm.n_layers):
+            COUNTS["layer-shift mutants"] += 1
+            moved_check = dataclasses.replace(check, quantity=shifted)
+            if killed(spec, moved_check, session, plain):
+                COUNTS["layer-shift mutants killed"] += 1
+        missing = sides(check) - killed_sides
+        assert not missing, f"check {index} ({check.key()}) survives every observation mutant moving it {missing}"
+
+
+@pytest.mark.slow
+def test_mutant_counts(request):
+    """Prints the totals (run with -s); fails if the mutation test did not run."""
+    if not COUNTS:
+        pytest.skip("run together with the mutation test")
+    print("\nspec mutation counts:", dict(COUNTS))
+    assert COUNTS["bound mutants killed"] == COUNTS["bound mutants"]
+    assert COUNTS["observation mutants killed"] > 0
