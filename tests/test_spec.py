@@ -94,3 +94,13 @@ def test_units_the_model_lacks_are_rejected_before_running(tmp_path, session_for
     with pytest.raises(SpecError, match=message.replace("[", "\\[").replace("]", "\\]")):
         Evaluator(spec, session, SMALL_DATA).evaluate()
     assert session.forward_passes == 0
+
+
+def test_the_readme_example_spec_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"```yaml\n(id: smollm2-massive-dims.*?)```", readme, re.S).group(1)
+    (spec,) = load_file(write(tmp_path, block))
+    assert spec.id == "smollm2-massive-dims" and len(spec.checks) == 4
