@@ -129,7 +129,7 @@ def cmd_diff(args) -> int:
 def cmd_models(args) -> int:
     from .synthetic import BUILDERS
 
-    print("\n".join([models.BUNDLED, *BUILDERS]))
+    print("\n".join([*models.BUNDLED_GGUF, *BUILDERS]))
     return 0
 
 

@@ -4,7 +4,9 @@ also when the body raises.
 
 Sites (L = 0-based block index):
   blocks.L.out           residual stream after block L            [B, T, D]
-  blocks.L.attn.out      attention output, before the residual add [B, T, D]
+  blocks.L.attn.out      attention output (the attention module's)  [B, T, D]
+  blocks.L.attn.resid    what attention adds to the residual stream [B, T, D]: attn.out, or for
+                         Gemma 2/3 its post_attention_layernorm (RMSNorm(attn.out) x weight)
   blocks.L.attn.o_in     input of the attention output projection  [B, T, H*hd] (heads side by side)
   blocks.L.attn.probs    attention weights (eager attention)       [B, H, T, T]
   blocks.L.mlp.in        MLP input (after the pre-MLP norm)        [B, T, D]
@@ -13,6 +15,8 @@ Sites (L = 0-based block index):
   blocks.L.mlp.act       activation function output                [B, T, F]
   blocks.L.mlp.down_in   input of the down projection              [B, T, F]
   blocks.L.mlp.out       down projection output = MLP output       [B, T, D]
+  blocks.L.mlp.resid     what the MLP adds to the residual stream  [B, T, D]: mlp.out, or for
+                         Gemma 2/3 its post_feedforward_layernorm
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from .interventions import TARGET_SITE
 from .models import LoadedModel
 
 SITE_PATTERN = re.compile(
-    r"^blocks\.(\d+)\.(out|attn\.out|attn\.o_in|attn\.probs|mlp\.in|mlp\.up|mlp\.gate|mlp\.act|mlp\.down_in|mlp\.out)$"
+    r"^blocks\.(\d+)\.(out|attn\.out|attn\.resid|attn\.o_in|attn\.probs|mlp\.in|mlp\.up|mlp\.gate|mlp\.act|mlp\.down_in"
+    r"|mlp\.out|mlp\.resid)$"
 )
 # site suffix -> (adapter field, which tensor of the hook call: "out", "out0", "out1" or "in")
 _WHERE = {
     "out": ("blocks", "out0"), "attn.out": ("attn", "out0"), "attn.probs": ("attn", "out1"),
     "attn.o_in": ("o_proj", "in"), "mlp.in": ("up", "in"), "mlp.up": ("up", "out"),
     "mlp.gate": ("gate", "out"), "mlp.act": ("act", "out"), "mlp.down_in": ("down", "in"),
-    "mlp.out": ("down", "out"),
+    "mlp.out": ("down", "out"), "attn.resid": ("attn_resid", "out0"), "mlp.resid": ("mlp_resid", "out"),
 }
+_RESID_FALLBACK = {"attn_resid": ("attn", "out0"), "mlp_resid": ("down", "out")}  # no post-norm: the output itself
 
 
 def site(layer: int, name: str) -> str:
@@ -52,6 +58,8 @@ def resolve(lm: LoadedModel, site_name: str) -> tuple[torch.nn.Module, str]:
     if layer >= lm.n_layers:
         raise ValueError(f"site {site_name!r}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
     field_name, which = _WHERE[suffix]
+    if field_name in _RESID_FALLBACK and getattr(lm.adapter, field_name) is None:
+        field_name, which = _RESID_FALLBACK[field_name]
     path = getattr(lm.adapter, field_name)
     if path is None:
         raise ValueError(f"site {site_name!r}: {lm.adapter.family} has no gated MLP")

@@ -213,7 +213,10 @@ def _ranges(values: list[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.out", "mlp": "mlp.out", "dims": "out", "neurons": "mlp.down_in"}
+# The tensor each intervention edits. attn/mlp edit what is added to the residual stream (for
+# Gemma 2/3, after the post-attention / post-feedforward norm: zero removes the whole contribution,
+# =mean puts back its position-wise dataset mean there); heads edit the output projection's input.
+TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.resid", "mlp": "mlp.resid", "dims": "out", "neurons": "mlp.down_in"}
 
 
 def mean_sites(intervention: Intervention) -> set[str]:

