@@ -12,6 +12,8 @@ Grammar: TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]
                                sequence from the data (the paper's rule); =mean there is the mean of
                                those massive values, not a position-wise mean
   neurons:11,12@1              MLP intermediate units (down projection input) of layers @LAYERS
+  massive:all@2-5              every massive cell the baseline has after blocks @LAYERS, whatever its
+                               dim (found per sequence by the rule; =mean: each dim's massive mean)
   MODE: zero (default) | mean (position-wise dataset mean) | bias (attn only: output = o_proj bias)
         | value:X (dims only)
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-TARGETS = ("attn", "mlp", "heads", "dims", "neurons")
+TARGETS = ("attn", "mlp", "heads", "dims", "neurons", "massive")
 MODES = ("zero", "mean", "bias", "value")
 _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
 
@@ -70,14 +72,16 @@ def parse(text: str) -> Request:
     target, mode_text = match["target"], match["mode"] or "zero"
     if match["tokens"] == "massive" and target != "dims":
         raise ValueError(f"intervention {text!r}: #massive applies to dims only")
+    if target == "massive" and (match["sel"] != "all" or match["tokens"]):
+        raise ValueError(f"intervention {text!r}: expected massive:all@LAYERS[=MODE]")
     if target not in TARGETS:
         raise ValueError(f"intervention {text!r}: target {target!r} is not one of {', '.join(TARGETS)}")
     mode, _, value = mode_text.partition(":")
     if mode not in MODES:
         raise ValueError(f"intervention {text!r}: mode {mode!r} is not one of {', '.join(MODES)}")
-    if (mode == "bias" and target != "attn") or (mode == "value" and target != "dims"):
+    if (mode == "bias" and target != "attn") or (mode == "value" and target not in ("dims", "massive")):
         raise ValueError(f"intervention {text!r}: mode {mode!r} does not apply to {target}")
-    if target in ("dims", "neurons") and not match["layers"]:
+    if target in ("dims", "neurons", "massive") and not match["layers"]:
         raise ValueError(f"intervention {text!r}: {target} need @LAYERS, e.g. {target}:{match['sel']}@all")
     try:
         number = float(value) if mode == "value" else 0.0
@@ -103,18 +107,19 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, massive_cells=None) -> Intervention:
+def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, baseline=None) -> Intervention:
     """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom.
-    massive_cells(layer, dim) -> (positions per sequence, mean signed value there), for #massive."""
+    baseline: where the massive cells are, for #massive and massive:all (run.ConfigView:
+    massive_cells(layers, dims) -> {(layer, dim): (positions per sequence, mean signed value there)})."""
     ablations: list[Ablation] = []
     for request in requests:
-        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking, massive_cells))
+        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking, baseline))
     return canonical(ablations)
 
 
-def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, massive_cells) -> list[Ablation]:
-    if request.tokens == "massive":
-        return _at_massive_cells(request, n_layers, massive_cells)
+def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, baseline) -> list[Ablation]:
+    if request.tokens == "massive" or request.target == "massive":
+        return _at_massive_cells(request, n_layers, baseline)
     tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
     make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
     if request.target in ("attn", "mlp"):
@@ -125,16 +130,16 @@ def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, ma
     return [make(layer, _ints(request.selection, request.text)) for layer in layers]
 
 
-def _at_massive_cells(request: Request, n_layers: int, massive_cells) -> list[Ablation]:
+def _at_massive_cells(request: Request, n_layers: int, baseline) -> list[Ablation]:
     """One ablation per (layer, dim), at the positions where that dim is massive per sequence."""
-    if massive_cells is None:
+    if baseline is None:
         raise ValueError(f"intervention {request.text!r} needs the baseline's massive cells")
+    layers = parse_layers(request.layers, n_layers)
+    dims = None if request.target == "massive" else _ints(request.selection, request.text)
     ablations = []
-    for layer in parse_layers(request.layers, n_layers):
-        for dim in _ints(request.selection, request.text):
-            rows, mean = massive_cells(layer, dim)
-            value = mean if request.mode == "mean" else request.value
-            ablations.append(Ablation("dims", layer, (dim,), None, request.mode, value, rows))
+    for (layer, dim), (rows, mean) in baseline.massive_cells(layers, dims).items():
+        value = mean if request.mode == "mean" else request.value
+        ablations.append(Ablation("dims", layer, (dim,), None, request.mode, value, rows))
     return ablations
 
 
@@ -191,7 +196,7 @@ def describe(intervention: Intervention) -> str:
         groups.setdefault((a.target, a.units, where, a.mode, value), []).append(a.layer)
     parts = []
     for (target, units, where, mode, value), layers in groups.items():
-        text = f"{target}@{_ranges(layers)}" + (f"[{','.join(map(str, units))}]" if units else "")
+        text = f"{target}@{ranges(layers)}" + (f"[{','.join(map(str, units))}]" if units else "")
         rows = () if where == "massive" else None
         parts.append(text + _where_and_mode(None if where == "massive" else where, rows, mode, value or 0.0))
     return " + ".join(parts)
@@ -202,7 +207,7 @@ def _where_and_mode(tokens, rows, mode: str, value: float) -> str:
     return text + ("" if mode == "zero" else f"={mode}" + (f":{value:g}" if mode == "value" else ""))
 
 
-def _ranges(values: list[int]) -> str:
+def ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'"""
     values, spans = sorted(values), []
     for v in values:
@@ -216,7 +221,8 @@ def _ranges(values: list[int]) -> str:
 # The tensor each intervention edits. attn/mlp edit what is added to the residual stream (for
 # Gemma 2/3, after the post-attention / post-feedforward norm: zero removes the whole contribution,
 # =mean puts back its position-wise dataset mean there); heads edit the output projection's input.
-TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.resid", "mlp": "mlp.resid", "dims": "out", "neurons": "mlp.down_in"}
+TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.resid", "mlp": "mlp.resid", "dims": "out", "neurons": "mlp.down_in",
+               "massive": "out"}
 
 
 def mean_sites(intervention: Intervention) -> set[str]:
@@ -228,7 +234,7 @@ def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
     """The same, before resolution (ranked heads are not known yet: all layers, to be safe)."""
     sites = set()
     for r in requests:
-        if r.mode != "mean" or r.tokens == "massive":  # #massive carries its own mean
+        if r.mode != "mean" or r.tokens == "massive" or r.target == "massive":  # these carry their own mean
             continue
         if r.target == "heads":
             ranked = r.selection == "all" or r.selection.startswith(("top", "bottom"))
@@ -244,3 +250,5 @@ def massive_slices_of_requests(requests: list[Request], n_layers: int) -> set[tu
     baseline, to find where each dim is massive per sequence."""
     return {(f"blocks.{layer}.out", dim) for r in requests if r.tokens == "massive"
             for layer in parse_layers(r.layers, n_layers) for dim in _ints(r.selection, r.text)}
+    # massive:all cannot be planned: its dims are known only once the baseline has run (one more
+    # baseline pass then reads their every-token values)

@@ -63,8 +63,9 @@ class SpecFile(pytest.File):
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
                 item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup: one worker per model
-                if spec.xfail:  # a known-false claim must fail; passing is reported as XPASS(strict)
-                    item.add_marker(pytest.mark.xfail(reason=spec.xfail, strict=True, raises=SpecFailed))
+                reason = spec.xfail_for(model)
+                if reason:  # a known-false claim must fail; passing is reported as XPASS(strict)
+                    item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=SpecFailed))
                 yield item
 
     def repr_failure(self, excinfo):
@@ -85,7 +86,7 @@ class SpecItem(pytest.Item):
         session = state.session(self.model)
         data = state.data_for(self.spec)
         self.outcome = Evaluator(self.spec, session, data).evaluate()
-        golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail else None
+        golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail_for(self.model) else None
         figure = state.render_figure(self)
         self.record = state.record(self, golden_result, figure)
         golden_failed = golden_result is not None and not golden_result.ok

@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .interventions import ranges
 from .measures import format_value
 from .run import STATISTIC_TEXT, CheckResult, Outcome
 
@@ -49,7 +50,7 @@ def outcome_record(outcome: Outcome, lm) -> dict:
     return {
         "spec": spec.id, "model": outcome.model, "claim": spec.claim, "source": spec.source,
         "path": spec.path, "line": spec.line, "status": "passed" if outcome.passed else "failed",
-        "xfail_reason": spec.xfail, "notes": spec.notes, "configs": outcome.configs,
+        "xfail_reason": spec.xfail_for(outcome.model), "notes": spec.notes, "configs": outcome.configs,
         "checks": [{"description": c.description, "line": c.line, "ok": c.ok,
                     "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
                              for r in c.rows]} for c in outcome.checks],
@@ -86,20 +87,56 @@ def verdict(record: dict) -> str:
 
 
 def summary_value(record: dict) -> str:
-    """One observed value that speaks for the spec: its first failing row, or its first row."""
-    rows = [r for c in record["checks"] for r in c["rows"]]
-    row = next((r for r in rows if not r["ok"]), rows[0] if rows else None)
-    if row is None:
+    """What a claims table shows for one spec on one model, written for a paper: its first failing
+    check (else its first), as a value or a min..max over its layers, percent for relative
+    changes, sets as {507}."""
+    checks = record["checks"]
+    check = next((c for c in checks if not c["ok"]), checks[0] if checks else None)
+    if check is None or not check["rows"]:
         return "-"
-    observed = row["observed"]
-    shown = f"{observed:.4g}" if isinstance(observed, float) else str(observed)
-    return f"{shown} ({row['where']}; expected {row['expected']})"
+    percent = "relative change" in check["description"]
+    values = [r["observed"] for r in check["rows"]]
+    layers = [int(r["where"].split()[1]) for r in check["rows"] if r["where"].startswith("layer ")]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if layers and len(layers) == len(values) > 1 and len(numbers) == len(values):
+        low, high = min(numbers), max(numbers)
+        shown = _paper_value(low, percent) if low == high else f"{_paper_value(low, percent)} to {_paper_value(high, percent)}"
+        shown += f" (layers {ranges(layers)})"
+    elif layers and len(layers) == len(values) > 1 and all(v == values[0] for v in values):  # e.g. {507} in every layer
+        shown = f"{_paper_value(values[0], percent)} (layers {ranges(layers)})"
+    else:
+        shown = _paper_value(values[0], percent) + (f" (layer {layers[0]})" if layers else "")
+    return f"{shown}; expected {check['rows'][0]['expected']}"
+
+
+def _paper_value(value, percent: bool = False) -> str:
+    if isinstance(value, list):  # sets arrive from JSON as sorted lists
+        return "{" + ", ".join(map(str, value)) + "}"
+    if value is None:
+        return "none"
+    if isinstance(value, float) and percent:
+        return f"{value:+.1%}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def claims_matrix(results: list[dict]) -> tuple[list[str], list[tuple[dict, dict]]]:
+    """Models (columns) and, per spec (rows, in order), {model: record}."""
+    models = sorted({r["model"] for r in results})
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        rows.setdefault((r["path"], r["line"], r["spec"]), {})[r["model"]] = r
+    return models, [(next(iter(by_model.values())), by_model) for by_model in rows.values()]
+
+
+def _cell(record: dict | None) -> str:
+    return "-" if record is None else f"{verdict(record)}: {summary_value(record)}"
 
 
 def claims_markdown(results: list[dict]) -> str:
-    lines = ["| claim | model | observed | verdict |", "|---|---|---|---|"]
-    for r in results:
-        cells = [r["claim"], r["model"], summary_value(r), verdict(r)]
+    models, rows = claims_matrix(results)
+    lines = ["| claim | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for first, by_model in rows:
+        cells = [first["claim"]] + [_cell(by_model.get(m)) for m in models]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -112,10 +149,13 @@ def _latex_escape(text: str) -> str:
 
 
 def claims_latex(results: list[dict]) -> str:
-    rows = [" & ".join(_latex_escape(c) for c in (r["claim"], r["model"], summary_value(r), verdict(r))) + r" \\"
-            for r in results]
-    return "\n".join([r"\begin{tabular}{p{7cm}lp{4cm}l}", r"\hline", r"Claim & Model & Observed & Verdict \\",
-                      r"\hline", *rows, r"\hline", r"\end{tabular}"]) + "\n"
+    models, rows = claims_matrix(results)
+    body = [" & ".join(_latex_escape(c) for c in [first["claim"]] + [_cell(by_model.get(m)) for m in models]) + r" \\"
+            for first, by_model in rows]
+    columns = "p{6cm}" + "p{4.5cm}" * len(models)
+    header = " & ".join(["Claim"] + [_latex_escape(m) for m in models]) + r" \\"
+    return "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline",
+                      r"\end{tabular}"]) + "\n"
 
 
 # --------------------------------------------------------------------------- HTML
@@ -128,7 +168,7 @@ h1{font-size:1.5em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em}
 .badge{display:inline-block;padding:.1em .6em;border-radius:4px;color:#fff;font-weight:600;font-size:.85em}
 .passed{background:#2e7d32}.failed{background:#c62828}.xfailed{background:#6a1b9a}.xpassed{background:#ef6c00}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ddd;padding:.15em .5em;text-align:left}
-tr.bad td{background:#ffebee} img{max-width:100%;border:1px solid #eee;margin-top:.5em}
+tr.bad td{background:#ffebee} table.matrix td{vertical-align:top;max-width:28em} img{max-width:100%;border:1px solid #eee;margin-top:.5em}
 .meta{color:#666;font-size:.85em} details{margin:.3em 0}
 """
 _SCRIPT = """
@@ -170,7 +210,7 @@ def _spec_html(directory: Path, record: dict) -> str:
     notes += f"<p class='meta'>notes: {escape(record['notes'])}</p>" if record.get("notes") else ""
     configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
-    return (f"<div class='spec{' failing' if failing else ''}'><span class='badge {status}'>{escape(status)}</span> "
+    return (f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {status}'>{escape(status)}</span> "
             f"<b>{escape(record['spec'])}</b><p>On <b>{escape(record['model'])}</b>: {escape(record['claim'])} - "
             f"<i>{escape(verdict(record))}</i></p>{notes}"
             f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
@@ -179,8 +219,30 @@ def _spec_html(directory: Path, record: dict) -> str:
             f"{''.join(_check_html(c) for c in record['checks'])}{_image_html(directory, record)}</div>")
 
 
+def _anchor(record: dict) -> str:
+    return f"{record['model']}--{record['spec']}"
+
+
+def _matrix_html(results: list[dict]) -> str:
+    """Claims x models: verdict and the key observed number per cell, linking to the details."""
+    models, rows = claims_matrix(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(m)}</th>" for m in models)
+    body = []
+    for first, by_model in rows:
+        cells = []
+        for m in models:
+            r = by_model.get(m)
+            cells.append("<td class='meta'>not run</td>" if r is None else
+                         f"<td><a href='#{escape(_anchor(r))}'><span class='badge {escape(r.get('status', 'failed'))}'>"
+                         f"{escape(verdict(r))}</span></a><br>{escape(summary_value(r))}</td>")
+        body.append(f"<tr><td><b>{escape(first['spec'])}</b><br>{escape(first['claim'])}</td>{''.join(cells)}</tr>")
+    return (f"<h2>Claims x models</h2><table class='matrix'><tr><th>claim</th>{head}</tr>{''.join(body)}</table>")
+
+
 def write_html(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
-    sections = []
+    sections = [_matrix_html(results)]
     for model in sorted({r["model"] for r in results} | set(unavailable)):
         records = [r for r in results if r["model"] == model]
         counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "xfailed", "xpassed")}

@@ -124,7 +124,7 @@ class ModelSession:
         if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):
             ranking = measures.rank_heads(self.view(data, BASELINE).head_score_table("first"))
         baseline = self.view(data, BASELINE, massive)
-        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, baseline.massive_cells_of)
+        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, baseline)
 
     def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = ()) -> "ConfigView":
         return ConfigView(self, data, intervention, massive, plan_key)
@@ -269,14 +269,47 @@ class ConfigView:
         stats = self.block(layer)
         return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)[1]
 
+    def massive_cells(self, layers: list[int], dims: list[int] | None = None) -> dict:
+        """{(layer, dim): (positions per sequence, mean signed value there)} for the cells where
+        each dim is massive after each block (dims None: every dim massive there). One pass reads
+        all the every-token values needed."""
+        wanted = [(hooks.site(L, "out"), d) for L in layers for d in (dims if dims is not None else sorted(self.massive_dims(L)))]
+        names = sorted({name for name, _ in wanted})
+        stats = self._pass(names, names, slices=wanted).stats
+        return {(int(name.split(".")[1]), d): self._massive_rows(stats[name], d) for name, d in wanted}
+
     def massive_cells_of(self, layer: int, dim: int) -> tuple[tuple[tuple[int, ...], ...], float]:
-        """Where `dim` is massive after block `layer`, per sequence, and the mean signed value there."""
-        name = hooks.site(layer, "out")
-        stats = self._pass([name], [name], slices=[(name, dim)]).stats[name]
+        return self.massive_cells([layer], [dim])[(layer, dim)]
+
+    def _massive_rows(self, stats: hooks.SiteStats, dim: int) -> tuple[tuple[tuple[int, ...], ...], float]:
         signed = stats.slice(dim)  # [S, T]
         hits = measures.is_massive(signed.abs(), stats.median()[:, None], self.min_value, self.min_ratio)
         rows = tuple(tuple(int(t) for t in row.nonzero().flatten()) for row in hits)
         return rows, (float(signed[hits].mean()) if bool(hits.any()) else 0.0)
+
+    def massive_elsewhere(self, layers: list[int]) -> float | None:
+        """Share of massive positions (sequence, token), over blocks, on neither the sequence's
+        first token nor its first delimiter ("." or a newline); None when nothing is massive."""
+        delimiters = self.first_delimiters()  # [S]
+        total = elsewhere = 0
+        for layer in layers:
+            stats = self.block(layer)
+            hits = measures.is_massive(stats.token_max(), stats.median()[:, None], self.min_value, self.min_ratio)
+            positions = torch.arange(hits.shape[1])[None, :]
+            allowed = (positions == 0) | (positions == delimiters[:, None])
+            total += int(hits.sum())
+            elsewhere += int((hits & ~allowed).sum())
+        return elsewhere / total if total else None
+
+    def first_delimiters(self) -> torch.Tensor:
+        """[S] position of each sequence's first delimiter token after position 0 (-1: none)."""
+        batch, tokenizer = self.session.batch(self.data), self.lm.tokenizer
+        vocab = {int(i): tokenizer.decode([int(i)]) for i in batch.input_ids.unique()}
+        delimiter = torch.tensor([[("." in vocab[int(i)] or "\n" in vocab[int(i)]) for i in row] for row in batch.input_ids])
+        delimiter[:, 0] = False
+        delimiter &= batch.attention_mask.bool()
+        first = delimiter.float().argmax(dim=1)
+        return torch.where(delimiter.any(dim=1), first, torch.full_like(first, -1))
 
     def emergence_layer(self, layers: list[int]) -> int | None:
         return next((layer for layer in layers if self.massive_dims(layer)), None)
@@ -478,6 +511,8 @@ class Evaluator:
             return frozenset().union(*(find(L) for L in self.layers(q)))
         if m == "emergence_layer":
             return view.emergence_layer(self.layers(q))
+        if m == "massive_elsewhere":
+            return view.massive_elsewhere(self.layers(q))
         if m in ("head_score", "head_rank"):
             table = view.head_score_table(q.to)
             layer, head = q.head

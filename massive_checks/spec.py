@@ -24,6 +24,7 @@ SHAPES = {
     "dim_peak": "layers",  # max |a| of one residual dim over tokens, per layer
     "massive_dims": "set", "massive_tokens": "set",  # union over the layer range
     "emergence_layer": "value",  # first layer holding a massive activation
+    "massive_elsewhere": "value",  # share of massive positions off the first token / first delimiter
     "head_score": "value", "head_rank": "value",
     "mlp_max": "layers", "mlp_median": "layers",  # per layer, inside the MLP
     "explosion_point": "label",  # MLP checkpoint where max |a| grows the most
@@ -36,7 +37,7 @@ SHAPES = {
 MEASURE_KEYS = {
     "top1": {"statistic"}, "top2": {"statistic"}, "top3": {"statistic"}, "ratio": {"statistic"}, "median": set(),
     "top1_dim": {"statistic"}, "top1_token": {"statistic"}, "dim_peak": {"dim", "statistic"},
-    "massive_dims": set(), "massive_tokens": set(), "emergence_layer": set(),
+    "massive_dims": set(), "massive_tokens": set(), "emergence_layer": set(), "massive_elsewhere": set(),
     "head_score": {"head", "to"}, "head_rank": {"head", "to"},
     "mlp_max": {"checkpoint", "statistic"}, "mlp_median": {"checkpoint"}, "explosion_point": {"layer"},
     "top_neurons": {"layer", "dim", "k"}, "top_neurons_share": {"layer", "dim", "k"},
@@ -45,8 +46,8 @@ MEASURE_KEYS = {
 MEASURES = set(SHAPES)
 PER_LAYER = {m for m, shape in SHAPES.items() if shape in ("layers", "label_per_layer")}
 NUMERIC = {m for m, shape in SHAPES.items() if shape in ("layers", "value")}
-LAYERED = PER_LAYER | {"massive_dims", "massive_tokens", "emergence_layer"}  # measures that take `layers`
-USES_MASSIVE_RULE = {"massive_dims", "massive_tokens", "emergence_layer"}
+LAYERED = PER_LAYER | {"massive_dims", "massive_tokens", "emergence_layer", "massive_elsewhere"}  # take `layers`
+USES_MASSIVE_RULE = {"massive_dims", "massive_tokens", "emergence_layer", "massive_elsewhere"}
 # Two statistics for the layer-wise numbers (claims.md, "The statistic behind the numbers"):
 #   paper: per sequence, the top-k of its flattened |a| (or its max in one dim), averaged over
 #          sequences (Sun et al. 2024 and the seeds); the default
@@ -157,10 +158,14 @@ class Spec:
     checks: tuple[Check, ...]
     interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
-    xfail: str | None = None
+    xfail: str | dict | None = None  # reason (every model), or {model: reason}
     golden: object = None  # golden.GoldenConfig when the spec compares against a snapshot
     source: str = ""
     notes: str = ""
+
+    def xfail_for(self, model: str) -> str | None:
+        """Why this claim is known false on `model`, if it is."""
+        return self.xfail.get(model) if isinstance(self.xfail, dict) else self.xfail
 
     def applies_to(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -286,15 +291,14 @@ def _spec(path: str, doc, index: int) -> Spec:
         ctx.fail(doc, "checks", "must be a non-empty list")
     parsed = tuple(_check(ctx, c, i, set(configs) | {"baseline"}) for i, c in enumerate(checks))
     _unique_check_ids(ctx, checks, parsed)
-    for key in ("xfail", "notes", "source"):
+    for key in ("notes", "source"):
         if key in doc and not (isinstance(doc[key], str) and doc[key].strip()):
-            ctx.fail(doc, key, "must be a non-empty string" + (" (the reason the claim is known false)" if key == "xfail" else ""))
-    if doc.get("xfail") and doc.get("golden"):
-        ctx.fail(doc, "golden", "an expected failure (xfail) is not snapshotted: drop golden or xfail")
+            ctx.fail(doc, key, "must be a non-empty string")
+    _xfail(ctx, doc)
     spec = Spec(
         id=spec_id, claim=str(doc["claim"]).strip(), path=path, line=doc.line, models=_models(ctx, doc),
         data=_data(ctx, doc), checks=parsed, interventions=configs, massive=_massive(ctx, doc),
-        xfail=doc.get("xfail"), golden=_golden(ctx, doc), source=str(doc.get("source", "")),
+        xfail=dict(doc["xfail"]) if isinstance(doc.get("xfail"), dict) else doc.get("xfail"), golden=_golden(ctx, doc), source=str(doc.get("source", "")),
         notes=str(doc.get("notes", "")).strip(),
     )
     if "massive" in doc and not _uses_massive_rule(spec):
@@ -303,9 +307,21 @@ def _spec(path: str, doc, index: int) -> Spec:
     return spec
 
 
+def _xfail(ctx: _Ctx, doc) -> None:
+    """xfail: a reason (the claim is known false on every model) or {model: reason}."""
+    if "xfail" not in doc:
+        return
+    raw = doc["xfail"]
+    reasons = raw.values() if isinstance(raw, dict) else [raw]
+    if not all(isinstance(r, str) and r.strip() for r in reasons) or (isinstance(raw, dict) and not raw):
+        ctx.fail(doc, "xfail", "must be the reason the claim is known false (a non-empty string), or {model: reason}")
+    if isinstance(raw, str) and doc.get("golden"):
+        ctx.fail(doc, "golden", "an expected failure (xfail on every model) is not snapshotted: drop golden or xfail")
+
+
 def _uses_massive_rule(spec: Spec) -> bool:
     return any(q.measure in USES_MASSIVE_RULE for q in spec.quantities()) or any(
-        r.tokens == "massive" for requests in spec.interventions.values() for r in requests)
+        r.tokens == "massive" or r.target == "massive" for requests in spec.interventions.values() for r in requests)
 
 
 def _unique_check_ids(ctx: _Ctx, raw_checks: list, parsed: tuple) -> None:

@@ -47,12 +47,30 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
         assert (out / record["figure"]).stat().st_size > 10_000, record["spec"]
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "show only failures" in page
-    assert "planted-wrong-bound" in page and "class='spec failing'" in page
+    assert "planted-wrong-bound" in page and "class='spec failing'" in page and "Claims x models" in page
     markdown = (out / "claims.md").read_text()
-    assert markdown.startswith("| claim | model | observed | verdict |")
-    assert "| planted-llama |" in markdown and "does not hold" in markdown and "fails as expected" in markdown
+    assert markdown.startswith("| claim | planted-llama |")  # a column per model
+    assert "does not hold" in markdown and "fails as expected" in markdown
+    assert "holds: {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
+    assert "-99.9% to -99.9% (layers 1-3)" in markdown or "-100.0%" in markdown  # relative changes in percent
     latex = (out / "claims.tex").read_text()
     assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex
+
+
+def test_claims_tables_have_a_column_per_model():
+    from massive_checks import report
+
+    def record(spec, model, status, observed):
+        return {"spec": spec, "model": model, "claim": f"claim {spec}", "path": "s.yaml", "line": 1 if spec == "a" else 9,
+                "status": status, "checks": [{"description": "top1 [baseline]", "ok": status == "passed",
+                                               "rows": [{"where": "layer 11", "expected": ">= 1", "observed": observed, "ok": True}]}]}
+
+    results = [record("a", "m1", "passed", 22695.9), record("a", "m2", "failed", 3.0), record("b", "m2", "passed", [163])]
+    markdown = report.claims_markdown(results)
+    assert markdown.splitlines()[0] == "| claim | m1 | m2 |"
+    assert "| claim a | holds: 2.27e+04 (layer 11); expected >= 1 | does not hold: 3 (layer 11); expected >= 1 |" in markdown
+    assert "| claim b | - | holds: {163} (layer 11); expected >= 1 |" in markdown
+    assert "m1 & m2" in report.claims_latex(results)
 
 
 def test_xdist_workers_results_are_merged(suite):
