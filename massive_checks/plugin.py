@@ -85,7 +85,11 @@ class SpecItem(pytest.Item):
         state: MassiveChecks = self.config.pluginmanager.get_plugin("massive_checks_state")
         session = state.session(self.model)
         data = state.data_for(self.spec)
-        self.outcome = Evaluator(self.spec, session, data).evaluate()
+        try:
+            self.outcome = Evaluator(self.spec, session, data).evaluate()
+        except MassiveChecksError as exc:  # numerics, model or spec problems: reported, never a verdict
+            state.results.append(report.error_record(self.spec, self.model, state._relative(self.spec.path), exc))
+            raise
         golden_result = state.compare_golden(self, session, data) if self.spec.golden and not self.spec.xfail_for(self.model) else None
         figure = state.render_figure(self)
         self.record = state.record(self, golden_result, figure)

@@ -58,6 +58,13 @@ def outcome_record(outcome: Outcome, lm) -> dict:
     }
 
 
+def error_record(spec, model: str, path: str, error: Exception) -> dict:
+    """A spec that could not be evaluated (numerics error, ...): in the report, never a verdict."""
+    return {"spec": spec.id, "model": model, "claim": spec.claim, "source": spec.source, "path": path, "line": spec.line,
+            "status": "error", "error": str(error), "xfail_reason": spec.xfail_for(model), "notes": spec.notes,
+            "configs": {}, "checks": [], "observed": {}}
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,7 @@ def write_results(directory: Path, results: list[dict], models: dict, unavailabl
 
 
 def verdict(record: dict) -> str:
-    return {"passed": "holds", "failed": "does not hold", "xfailed": "fails as expected (known false)",
+    return {"passed": "holds", "failed": "does not hold", "error": "not evaluated (error)", "xfailed": "fails as expected (known false)",
             "xpassed": "unexpectedly holds (known-false claim passed)"}.get(record.get("status", ""), record.get("status", "?"))
 
 
@@ -90,6 +97,8 @@ def summary_value(record: dict) -> str:
     """What a claims table shows for one spec on one model, written for a paper: its first failing
     check (else its first), as a value or a min..max over its layers, percent for relative
     changes, sets as {507}."""
+    if record.get("error"):
+        return record["error"].split(";")[0]
     checks = record["checks"]
     check = next((c for c in checks if not c["ok"]), checks[0] if checks else None)
     if check is None or not check["rows"]:
@@ -166,7 +175,7 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 h1{font-size:1.5em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em}
 .spec{border:1px solid #ddd;border-radius:6px;padding:.8em 1em;margin:1em 0}
 .badge{display:inline-block;padding:.1em .6em;border-radius:4px;color:#fff;font-weight:600;font-size:.85em}
-.passed{background:#2e7d32}.failed{background:#c62828}.xfailed{background:#6a1b9a}.xpassed{background:#ef6c00}
+.passed{background:#2e7d32}.failed{background:#c62828}.error{background:#37474f}.xfailed{background:#6a1b9a}.xpassed{background:#ef6c00}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ddd;padding:.15em .5em;text-align:left}
 tr.bad td{background:#ffebee} table.matrix td{vertical-align:top;max-width:28em} img{max-width:100%;border:1px solid #eee;margin-top:.5em}
 .meta{color:#666;font-size:.85em} details{margin:.3em 0}
@@ -205,9 +214,10 @@ def _image_html(directory: Path, record: dict) -> str:
 
 def _spec_html(directory: Path, record: dict) -> str:
     status = record.get("status", "failed")
-    failing = status in ("failed", "xpassed")
+    failing = status in ("failed", "xpassed", "error")
     notes = f"<p class='meta'>expected failure: {escape(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
     notes += f"<p class='meta'>notes: {escape(record['notes'])}</p>" if record.get("notes") else ""
+    notes += f"<p class='meta' style='color:#c62828'>{escape(record['error'])}</p>" if record.get("error") else ""
     configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
     return (f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {status}'>{escape(status)}</span> "
@@ -245,7 +255,7 @@ def write_html(directory: Path, results: list[dict], models: dict, unavailable: 
     sections = [_matrix_html(results)]
     for model in sorted({r["model"] for r in results} | set(unavailable)):
         records = [r for r in results if r["model"] == model]
-        counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "xfailed", "xpassed")}
+        counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "error", "xfailed", "xpassed")}
         header = models.get(model, {})
         meta = ", ".join(f"{k} {v}" for k, v in header.items() if k != "model")
         problem = f"<p class='meta' style='color:#c62828'>not loaded: {escape(unavailable[model])}</p>" if model in unavailable else ""

@@ -15,7 +15,7 @@ from .errors import ActivationOverflow, SpecError
 from .models import LoadedModel
 from .spec import Bound, Check, Quantity, Spec
 
-MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out")  # checkpoint order inside an MLP
+MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out", "resid")  # checkpoint order inside an MLP
 STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
     "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
              "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
@@ -139,6 +139,14 @@ class ModelSession:
                 self.plan(data, (), Needs(sites=mean, slices=slices))
 
 
+def numerics_message(lm: LoadedModel, site_name: str, config: str) -> str:
+    dtype = str(lm.dtype).removeprefix("torch.")
+    limit = {"float16": "float16 overflows at 65504", "bfloat16": "bfloat16 overflows at ~3.4e38"}.get(dtype, f"{dtype} overflowed")
+    advice = " - run with --dtype float32 or bfloat16" if dtype == "float16" else ""
+    return (f"numerics error on {lm.name}: inf/nan activations at {site_name} ({config}) in {dtype}; {limit}{advice}. "
+            f"Not a verdict on the claim.")
+
+
 def plan_key(requests: list) -> tuple:
     return tuple(sorted(r.text for r in requests))
 
@@ -159,8 +167,9 @@ def needs_of(spec: Spec, lm: LoadedModel) -> dict[str, Needs]:
 
 
 def mlp_flow(lm: LoadedModel) -> list[str]:
-    """MLP checkpoints in flow order; `gate` only for gated MLPs."""
-    return [c for c in MLP_FLOW if c != "gate" or lm.adapter.gate is not None]
+    """MLP checkpoints in flow order; `gate` only for gated MLPs, `resid` (the post-feedforward
+    norm's output, what is added to the residual stream) only where it differs from `out`."""
+    return [c for c in MLP_FLOW if (c != "gate" or lm.adapter.gate is not None) and (c != "resid" or lm.adapter.mlp_resid)]
 
 
 def _quantity_needs(q: Quantity, lm: LoadedModel) -> Needs:
@@ -203,20 +212,17 @@ class ConfigView:
         return self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), loss, set(slices)), self.plan_key)
 
     def stats(self, name: str, median: bool = False) -> hooks.SiteStats:
-        return self._pass([name], [name] if median else []).stats[name]
+        stats = self._pass([name], [name] if median else []).stats[name]
+        if stats.overflow:  # a numerics error, never a verdict on the claim
+            raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
+        return stats
 
     def captured(self, name: str) -> bool:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""
         return self.session.holds(self.data, self.intervention, name)
 
     def block(self, layer: int) -> hooks.SiteStats:
-        stats = self.stats(hooks.site(layer, "out"), median=True)
-        if stats.overflow:
-            raise ActivationOverflow(
-                f"{self.lm.name}: block {layer}'s output has inf/nan activations in {self.lm.dtype} "
-                f"({interventions.describe(self.intervention)}); float16 overflows at 65504 - run with "
-                f"--dtype float32 or bfloat16")
-        return stats
+        return self.stats(hooks.site(layer, "out"), median=True)
 
     # -- layer profile. Two statistics (spec.STATISTICS): "paper" (per sequence, then averaged
     # over sequences: Sun et al. and the seeds) and "max_over_sequences" (per-cell maxima).
@@ -453,7 +459,7 @@ class Evaluator:
         """Per configuration: the per-layer profile every spec carries in results.json, in the
         paper's statistic (STATISTIC_TEXT["paper"])."""
         result = {}
-        for name in sorted(self.spec.configs()):
+        for name in sorted(self.spec.configs() | {"baseline"}):  # the baseline always: figures compare with it
             view, layers = self.view(name), range(self.lm.n_layers)
             result[name] = {f"top{k}": [view.top_value(L, k) for L in layers] for k in (1, 2, 3)}
             result[name]["median"] = [view.median(L) for L in layers]

@@ -58,7 +58,7 @@ NUMERIC_BOUNDS = ("between", "min", "max", "approx")
 SET_BOUNDS = ("subset_of", "contains", "not_contains")
 BOUNDS = {*NUMERIC_BOUNDS, *SET_BOUNDS, "equals"}
 AGGREGATES = ("mean", "max", "min", "mean_abs", "max_abs")
-CHECKPOINTS = ("in", "up", "gate", "act", "down_in", "out")
+CHECKPOINTS = ("in", "up", "gate", "act", "down_in", "out", "resid")
 TOP_KEYS = {"id", "claim", "source", "models", "data", "massive", "interventions", "checks", "xfail", "golden", "notes"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
