@@ -20,8 +20,8 @@ from .spec import Spec, load_file
 def pytest_addoption(parser):
     group = parser.getgroup("massive_checks", "massive activation claim specs")
     group.addoption("--model", action="append", default=None, metavar="NAME",
-                    help=f"model to run specs on (repeatable): a hub id, a local directory, {models.BUNDLED}, "
-                         f"or a synthetic test model. Default: {models.BUNDLED}")
+                    help=f"model to run specs on (repeatable): a hub id, a local directory, a bundled model "
+                         f"({', '.join(models.BUNDLED_GGUF)}) or a synthetic test model. Default: the bundled ones")
     group.addoption("--device", default="cpu", help="torch device (default cpu)")
     group.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype")
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
@@ -160,7 +160,7 @@ class MassiveChecks:
     def __init__(self, config):
         self.config = config
         option = config.getoption
-        self.model_names: list[str] = option("--model") or [models.BUNDLED]
+        self.model_names: list[str] = option("--model") or list(models.BUNDLED_GGUF)
         self.sessions: dict[str, ModelSession] = {}
         self.unavailable: dict[str, str] = {}
         self.planned: dict[str, list[Spec]] = {}

@@ -1,4 +1,4 @@
-"""Every committed SmolLM2 spec can fail (a mutation test of the spec suite itself).
+"""Every committed spec on a bundled model can fail (a mutation test of the spec suite itself).
 
 Two kinds of mutants per check:
 - bound mutants: the bound moved past what is observed;
@@ -19,23 +19,27 @@ from massive_checks import interventions
 from massive_checks.run import MLP_FLOW, Evaluator, ModelSession
 from massive_checks.spec import NUMERIC, Bound, load_file
 
-SPEC_FILES = sorted(Path(__file__).parent.parent.glob("specs/smollm2/*.yaml")) + [
-    Path(__file__).parent.parent / "specs/any/consistency.yaml"]
-SPECS = [spec for path in SPEC_FILES for spec in load_file(path)]
+ROOT = Path(__file__).parent.parent
+SPECS = [(model, spec) for model, folder in (("smollm2-135m", "smollm2"), ("gemma3-270m", "gemma3"))
+         for path in sorted(ROOT.glob(f"specs/{folder}/*.yaml")) + sorted(ROOT.glob("specs/any/*.yaml"))
+         for spec in load_file(path) if spec.applies_to(model)]
+_SESSIONS: dict[str, ModelSession] = {}
 COUNTS: Counter = Counter()
 SCALES = (-1.0, 10.0, 1000.0, 0.1, 0.001, -10.0, -0.1)
 
 
-def bound_mutants(bound: Bound, width: int):
+def bound_mutants(bound: Bound, width: int, observed: list):
+    """The bound moved past every observed row (observed: the numbers the check saw)."""
     v, kind = bound.value, bound.kind
+    numbers = [o for o in observed if isinstance(o, (int, float)) and not isinstance(o, bool)] or [0.0]
+    low, high = min(numbers), max(numbers)
     if kind == "between":
-        span = (v[1] - v[0]) or abs(v[1]) or 1.0
-        yield Bound(kind, (v[1] + span, v[1] + 2 * span))
-        yield Bound(kind, (v[0] - 2 * span, v[0] - span))
+        yield Bound(kind, (high + abs(high) + 1, high + 2 * abs(high) + 2))
+        yield Bound(kind, (low - 2 * abs(low) - 2, low - abs(low) - 1))
     elif kind == "min":
-        yield Bound(kind, v + 10 * abs(v) + 1)
+        yield Bound(kind, high + abs(high) + 1)
     elif kind == "max":
-        yield Bound(kind, v - 10 * abs(v) - 1)
+        yield Bound(kind, low - abs(low) - 1)
     elif kind == "approx":
         yield Bound(kind, 3 * v if v else 1.0, bound.rel)
     elif kind == "ratio_min":
@@ -112,12 +116,14 @@ def shifted_layers(q, n_layers: int):
             yield dataclasses.replace(q, layers=",".join(str(L + offset) for L in layers))
 
 
-@pytest.fixture(scope="module")
-def session(smollm2):
-    session = ModelSession(smollm2)
-    for spec in SPECS:
-        session.plan_spec(spec, spec.data)
-    return session
+def session_of(load_model, model: str) -> ModelSession:
+    """One session per bundled model for the module, every spec planned (passes are shared)."""
+    if model not in _SESSIONS:
+        _SESSIONS[model] = ModelSession(load_model(model))
+        for name, spec in SPECS:
+            if name == model:
+                _SESSIONS[model].plan_spec(spec, spec.data)
+    return _SESSIONS[model]
 
 
 def killed(spec, check, session, evaluator) -> bool:
@@ -126,17 +132,18 @@ def killed(spec, check, session, evaluator) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", SPECS, ids=[s.id for s in SPECS])
-def test_every_check_fails_from_each_side_its_bound_constrains(session, spec):
+@pytest.mark.parametrize("model, spec", SPECS, ids=[f"{m}:{s.id}" for m, s in SPECS])
+def test_every_check_fails_from_each_side_its_bound_constrains(load_model, model, spec):
+    session = session_of(load_model, model)
     plain = lambda s: Evaluator(s, session, spec.data)
     outcome = plain(spec).evaluate()
-    if spec.xfail_for(session.lm.name):
+    if spec.xfail_for(model):
         assert not outcome.passed, "an expected failure must keep failing"
         return
     assert outcome.passed, "the committed spec itself must pass"
     width = session.lm.width
-    for index, check in enumerate(spec.checks):
-        for bound in bound_mutants(check.bound, width):
+    for index, (check, result) in enumerate(zip(spec.checks, outcome.checks)):
+        for bound in bound_mutants(check.bound, width, [row.observed for row in result.rows]):
             COUNTS["bound mutants"] += 1
             assert killed(spec, dataclasses.replace(check, bound=bound), session, plain), (index, bound)
             COUNTS["bound mutants killed"] += 1
@@ -162,7 +169,7 @@ def test_every_check_fails_from_each_side_its_bound_constrains(session, spec):
 
 
 @pytest.mark.slow
-def test_mutant_counts(request):
+def test_mutant_counts():
     """Prints the totals (run with -s); fails if the mutation test did not run."""
     if not COUNTS:
         pytest.skip("run together with the mutation test")
