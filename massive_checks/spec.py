@@ -121,8 +121,8 @@ class Bound:
         return {
             "between": lambda: f"in [{v[0]:g}, {v[1]:g}]", "min": lambda: f">= {v:g}",
             "max": lambda: f"<= {v:g}", "approx": lambda: f"{v:g} ± {self.rel:.0%}",
-            "equals": lambda: f"== {v}", "subset_of": lambda: f"⊆ {sorted(v)}",
-            "contains": lambda: f"⊇ {sorted(v)}", "not_contains": lambda: f"∌ {sorted(v)}",
+            "equals": lambda: f"== {_set_text(v) if isinstance(v, frozenset) else v}", "subset_of": lambda: f"⊆ {_set_text(v)}",
+            "contains": lambda: f"⊇ {_set_text(v)}", "not_contains": lambda: f"∌ {_set_text(v)}",
             "ratio_min": lambda: f"|a| >= {v:g} x |b|",
         }[self.kind]()
 
@@ -130,6 +130,10 @@ class Bound:
         """Which ways this bound constrains the value: "low", "high" (numbers) or "set"."""
         return {"between": {"low", "high"}, "approx": {"low", "high"}, "min": {"low"}, "max": {"high"},
                 "ratio_min": {"low"}}.get(self.kind, {"set"})
+
+
+def _set_text(values) -> str:
+    return "{" + ", ".join(map(str, sorted(values))) + "}"
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,13 @@ def test_tolerances_are_per_key():
     assert set(found) == {"a top1 | layer 1", "dims"}
     assert found["a top1 | layer 1"].rel_error == pytest.approx(2e-4)
     assert found["dims"].tolerance is None
+
+
+def test_atomic_writes_leave_readable_files(tmp_path):
+    import stat
+
+    from massive_checks.report import atomic_write
+
+    path = tmp_path / "a" / "b.json"
+    atomic_write(path, "{}")
+    assert path.read_text() == "{}" and stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044

@@ -104,3 +104,9 @@ def test_the_readme_example_spec_is_valid(tmp_path):
     block = re.search(r"```yaml\n(id: smollm2-massive-dims.*?)```", readme, re.S).group(1)
     (spec,) = load_file(write(tmp_path, block))
     assert spec.id == "smollm2-massive-dims" and len(spec.checks) == 4
+
+
+def test_bounds_read_as_math_not_python(tmp_path):
+    (spec,) = load_file(write(tmp_path, "id: x\nclaim: c\nchecks:\n  - {measure: massive_dims, equals: [507, 3]}\n"
+                                        "  - {measure: massive_tokens, subset_of: [1, 0]}\n"))
+    assert [c.bound.text() for c in spec.checks] == ["== {3, 507}", "⊆ {0, 1}"]
