@@ -251,7 +251,7 @@ def _matrix_html(results: list[dict]) -> str:
         cells = []
         for m in models:
             r = by_model.get(m)
-            cells.append("<td class='meta'>not run</td>" if r is None else
+            cells.append("<td class='meta'>n/a (for other models)</td>" if r is None else
                          f"<td><a href='#{escape(_anchor(r))}'><span class='badge {escape(r.get('status', 'failed'))}'>"
                          f"{escape(verdict(r))}</span></a><br>{escape(summary_value(r))}</td>")
         body.append(f"<tr><td><b>{escape(first['spec'])}</b><br>{escape(first['claim'])}</td>{''.join(cells)}</tr>")
