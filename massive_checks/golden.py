@@ -102,23 +102,36 @@ def read(path: Path) -> dict:
         document = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GoldenError(f"golden {path} is corrupt ({exc}); fix it or rewrite it with --update-golden") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("values"), dict):
-        raise GoldenError(f"golden {path} is not a massive_checks snapshot (format {FORMAT}); "
-                          f"fix it or rewrite it with --update-golden")
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("values"), dict) \
+            or not isinstance(document.get("meta"), dict):
+        raise GoldenError(f"golden {path} is not a massive_checks snapshot (format {FORMAT}, with meta and values "
+                          f"mappings); fix it or rewrite it with --update-golden")
     return document
+
+
+def _write(path: Path, document: dict) -> None:
+    """Atomic write; a file-system problem is a GoldenError saying so."""
+    if path.is_dir():
+        raise GoldenError(f"golden {path} is a directory: remove it (--update-golden cannot replace a directory)")
+    try:
+        atomic_write(path, dumps(document))
+    except OSError as exc:
+        raise GoldenError(f"cannot write golden {path}: {exc.strerror or exc}") from None
 
 
 def check(path: Path, obtained: dict, config: GoldenConfig, update: str | None) -> GoldenResult:
     """Compare `obtained` (a snapshot()) with the file at `path`, following the workflow above.
     update: None, "all" (rewrite missing and failing) or "new" (write missing only)."""
+    if path.is_dir():
+        raise GoldenError(f"golden {path} is a directory: remove it (--update-golden cannot replace a directory)")
     if not path.exists():
-        atomic_write(path, dumps(obtained))
+        _write(path, obtained)
         return GoldenResult("updated" if update else "missing", path, message=f"golden {path} was missing and has been written")
     try:
         expected = read(path)
     except GoldenError as exc:
         if update == "all":
-            atomic_write(path, dumps(obtained))
+            _write(path, obtained)
             return GoldenResult("updated", path, message=f"corrupt golden {path} rewritten")
         return GoldenResult("corrupt", path, message=str(exc))
     changed_identity = [k for k in IDENTITY if expected.get("meta", {}).get(k) != obtained["meta"].get(k)]
@@ -127,10 +140,10 @@ def check(path: Path, obtained: dict, config: GoldenConfig, update: str | None) 
         obtained_path(path).unlink(missing_ok=True)
         return GoldenResult("match", path)
     if update == "all":
-        atomic_write(path, dumps(obtained))
+        _write(path, obtained)
         obtained_path(path).unlink(missing_ok=True)
         return GoldenResult("updated", path, message=f"golden {path} updated")
-    atomic_write(obtained_path(path), dumps(obtained))
+    _write(obtained_path(path), obtained)
     if changed_identity:
         details = "; ".join(f"{k}: golden {expected['meta'].get(k)!r}, now {obtained['meta'].get(k)!r}" for k in changed_identity)
         return GoldenResult("metadata", path, mismatches, f"golden {path} was recorded on another setup: {details}")

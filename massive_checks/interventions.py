@@ -20,6 +20,7 @@ Grammar: TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -87,24 +88,38 @@ def parse(text: str) -> Request:
         number = float(value) if mode == "value" else 0.0
     except ValueError:
         raise ValueError(f"intervention {text!r}: value {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"intervention {text!r}: value {value!r} is not a finite number")
+    ranked = re.fullmatch(r"(top|bottom)(\d+)", match["sel"])
+    if target == "heads" and ranked and int(ranked[2]) < 1:
+        raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
+    for part, name in ((match["layers"], "layers"), (None if target in ("heads", "massive") else match["sel"], "selection")):
+        if part and part != "all" and (target in ("attn", "mlp") or name == "layers"):
+            parse_layers(part, None)
     return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number)
 
 
-def parse_layers(text: str, n_layers: int) -> list[int]:
-    """'all' | '5' | '2-10' | '2,3,7' (0-based, inclusive ranges) -> sorted layer list."""
+MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before it is built
+
+
+def parse_layers(text: str, n_layers: int | None) -> list[int]:
+    """'all' | '5' | '2-10' | '2,3,7' (0-based, inclusive ranges) -> sorted layer list.
+    n_layers None: check the syntax only (at collection, before any model is known)."""
     if text == "all":
-        return list(range(n_layers))
-    layers: set[int] = set()
+        return list(range(n_layers or 0))
+    spans = []
     for part in str(text).split(","):
-        low, _, high = part.partition("-")
-        try:
-            layers.update(range(int(low), int(high or low) + 1))
-        except ValueError:
-            raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list") from None
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ValueError(f"layers {text!r}: {bad} out of range for a model with {n_layers} blocks")
-    return sorted(layers)
+        low, _, high = part.strip().partition("-")
+        if not (low.isdigit() and (high.isdigit() or not high)):
+            raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list of those")
+        low, high = int(low), int(high or low)
+        if high < low:
+            raise ValueError(f"layers {text!r}: {low}-{high} is an empty range (write the lower block first)")
+        if high >= (n_layers if n_layers is not None else MAX_LAYERS):
+            limit = f"a model with {n_layers} blocks (0-{n_layers - 1})" if n_layers is not None else f"{MAX_LAYERS} blocks"
+            raise ValueError(f"layers {text!r}: block {high} is out of range for {limit}")
+        spans.append((low, high))
+    return sorted({layer for low, high in spans for layer in range(low, high + 1)})
 
 
 def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, baseline=None) -> Intervention:
@@ -141,6 +156,22 @@ def _at_massive_cells(request: Request, n_layers: int, baseline) -> list[Ablatio
         value = mean if request.mode == "mean" else request.value
         ablations.append(Ablation("dims", layer, (dim,), None, request.mode, value, rows))
     return ablations
+
+
+def check_against_model(requests: list[Request], n_layers: int, n_heads: int, mlp_width: int) -> None:
+    """ValueError naming what a model lacks (layers, heads, MLP units), before anything runs."""
+    every_head = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    for request in requests:
+        if request.target in ("attn", "mlp"):
+            parse_layers(request.selection, n_layers)
+        elif request.target == "heads":
+            _heads(request, n_layers, n_heads, every_head)
+        else:
+            parse_layers(request.layers, n_layers)
+        if request.target == "neurons":
+            bad = [u for u in _ints(request.selection, request.text) if u >= mlp_width]
+            if bad:
+                raise ValueError(f"intervention {request.text!r}: units {bad} out of range (the MLP has {mlp_width})")
 
 
 def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[tuple[int, int]]:

@@ -113,6 +113,11 @@ class LoadedModel:
     def head_dim(self) -> int:
         return self.module(self.adapter.o_proj.format(L=0)).weight.shape[0 if self.adapter.conv1d else 1] // self.n_heads
 
+    @property
+    def mlp_width(self) -> int:  # intermediate units: the down projection's inputs
+        weight = self.module(self.adapter.down.format(L=0)).weight
+        return weight.shape[0 if self.adapter.conv1d else 1]
+
     def module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
 
@@ -133,7 +138,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 BUNDLED = "smollm2-135m"
 
 
-def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+         allow_pickle: bool = False) -> LoadedModel:
     """Load a model by user-facing name. Raises ModelUnavailable with advice when it cannot."""
     if dtype not in DTYPES:
         raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -148,7 +154,7 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     elif name in BUNDLED_GGUF:
         model, tokenizer, revision = _load_bundled(name)
     else:
-        model, tokenizer, revision = _load_pretrained(name, trust_remote_code)
+        model, tokenizer, revision = _load_pretrained(name, trust_remote_code, allow_pickle)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     _ensure_pad_token(tokenizer)
     return LoadedModel(name, model, tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
@@ -168,21 +174,26 @@ def _weights_hash(model) -> str:
     return digest.hexdigest()[:12]
 
 
-def _load_pretrained(name: str, trust_remote_code: bool):
+def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_local = Path(name).is_dir()
+    if not is_local and (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and Path(name).suffix):
+        raise ModelUnavailable(f"model {name!r} could not be loaded: no such directory")
+    if is_local and not allow_pickle and not list(Path(name).glob("*.safetensors")) and list(Path(name).glob("*.bin")):
+        raise ModelUnavailable(f"model {name!r} has only pickle weights (*.bin), which can run code when loaded; convert "
+                               f"them to safetensors, or pass --allow-pickle if you trust the files")
     if not is_local and not _in_hub_cache(name) and not _hub_reachable():
         raise ModelUnavailable(_advice(name, "the Hugging Face hub is not reachable from this machine"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         # Eager attention: SDPA returns no attention weights, and head scores need them.
         model = AutoModelForCausalLM.from_pretrained(
-            name, attn_implementation="eager", trust_remote_code=trust_remote_code
+            name, attn_implementation="eager", trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a load boundary: corrupt or missing files are one clear error, not a traceback
         where = "the local directory" if is_local else "the Hugging Face hub"
-        raise ModelUnavailable(_advice(name, f"loading from {where} failed: {_first_line(exc)}")) from None
+        raise ModelUnavailable(_advice(name, f"loading from {where} failed: {type(exc).__name__}: {_first_line(exc)}")) from None
     revision = getattr(model.config, "_commit_hash", None) or _weights_hash(model)
     return model, tokenizer, revision
 

@@ -443,17 +443,33 @@ class Evaluator:
         return Outcome(self.spec, self.lm.name, checks, configs, self.observed(), self.figure_data())
 
     def validate_against_model(self) -> None:
-        """Reject units the model does not have (e.g. LLaMA2-7B's dims 1415, 2533 on GPT-2)."""
-        width, spec = self.lm.width, self.spec
+        """Reject what the model does not have, before any pass: layers past its depth, dims past
+        its width (e.g. LLaMA2-7B's dims 1415, 2533 on GPT-2), heads, MLP units. A SpecError for
+        this spec alone, naming file, line and key."""
+        width, spec, L, H = self.lm.width, self.spec, self.lm.n_layers, self.lm.n_heads
         missing = sorted(d for d in spec.named_dims() if d >= width)
         if missing:
             raise SpecError(spec.path, spec.line, "dims", f"spec {spec.id!r} names dims {missing} that {self.lm.name} "
                                                           f"does not have: its residual stream has {width} dims (0-{width - 1})")
-        L, H = self.lm.n_layers, self.lm.n_heads
         bad_heads = sorted(f"{l}.{h}" for l, h in spec.named_heads() if l >= L or h >= H)
         if bad_heads:
             raise SpecError(spec.path, spec.line, "head", f"spec {spec.id!r} names heads {bad_heads} that {self.lm.name} "
                                                           f"does not have: it has {L} layers x {H} heads")
+        for index, check in enumerate(spec.checks):
+            for q in (check.quantity, check.versus):
+                if q is None:
+                    continue
+                try:
+                    interventions.parse_layers(q.layers or "all", L)
+                    if q.layer is not None and q.layer >= L:
+                        raise ValueError(f"layer {q.layer}: {self.lm.name} has {L} blocks (0-{L - 1})")
+                except ValueError as exc:
+                    raise SpecError(spec.path, check.line, f"checks[{index}].layers", str(exc)) from None
+        for name, requests in spec.interventions.items():
+            try:
+                interventions.check_against_model(requests, L, H, self.lm.mlp_width)
+            except ValueError as exc:
+                raise SpecError(spec.path, spec.line, f"interventions.{name}", str(exc)) from None
 
     def observed(self) -> dict:
         """Per configuration: the per-layer profile every spec carries in results.json, in the

@@ -59,6 +59,7 @@ SET_BOUNDS = ("subset_of", "contains", "not_contains")
 BOUNDS = {*NUMERIC_BOUNDS, *SET_BOUNDS, "equals"}
 AGGREGATES = ("mean", "max", "min", "mean_abs", "max_abs")
 CHECKPOINTS = ("in", "up", "gate", "act", "down_in", "out", "resid")
+SITES = ("out", "attn.out", "attn.resid", "attn.o_in", *(f"mlp.{c}" for c in CHECKPOINTS))  # max_rel_diff sites
 TOP_KEYS = {"id", "claim", "source", "models", "data", "massive", "interventions", "checks", "xfail", "golden", "notes"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -208,15 +209,30 @@ class _Map(dict):
     key_lines: dict
 
 
+MAX_SPEC_CHARS = 1_000_000  # far above any spec; keeps hostile files from taking the run down
+MAX_KEYS = 1000
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """safe_load with line numbers; aliases (&a / *a) are refused: a spec never needs them and
+    they are how a few lines expand into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SpecError(self.name, event.start_mark.line + 1, "", "YAML aliases (*name) are not allowed in specs")
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader, node):
     mapping = _Map()
     mapping.line, mapping.key_lines = node.start_mark.line + 1, {}
+    if len(node.value) > MAX_KEYS:
+        raise SpecError(loader.name, node.start_mark.line + 1, "", f"a mapping with {len(node.value)} keys")
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise SpecError(loader.name, key_node.start_mark.line + 1, "", "a key must be a plain name, not a list or mapping")
         if key in mapping:
             raise SpecError(loader.name, key_node.start_mark.line + 1, str(key), "duplicate key")
         mapping[key] = loader.construct_object(value_node, deep=True)
@@ -239,7 +255,17 @@ for _first in "tTfF":
 def load_file(path: str | Path) -> list[Spec]:
     path = str(path)
     try:
-        text = Path(path).read_text("utf-8")
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(path, None, "", f"cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(path, line, "", f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(path, None, "", f"the file has {len(text)} characters; a spec file is at most {MAX_SPEC_CHARS}")
+    try:
         loader = _LineLoader(text)
         loader.name = path
         documents = []
@@ -251,6 +277,11 @@ def load_file(path: str | Path) -> list[Spec]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SpecError(path, mark.line + 1 if mark else None, "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise SpecError(path, None, "", "nested too deeply to be a spec") from None
+    for index, doc in enumerate(documents):
+        if doc is not None and not isinstance(doc, dict):
+            raise SpecError(path, None, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")
     specs = [_spec(path, doc, index) for index, doc in enumerate(documents) if doc is not None]
     ids = [s.id for s in specs]
     for spec in specs:
@@ -286,6 +317,8 @@ def _spec(path: str, doc, index: int) -> Spec:
     for key in ("claim", "checks"):
         if key not in doc:
             raise SpecError(path, doc.line, key, "required key is missing")
+    if not isinstance(doc["claim"], str) or not doc["claim"].strip():
+        ctx.fail(doc, "claim", "must be the claim as a sentence (a non-empty string)")
     spec_id = doc.get("id") or Path(path).stem + (f"-{index}" if index else "")
     if not isinstance(spec_id, str) or not _NAME.match(spec_id):
         ctx.fail(doc, "id", "must be letters, digits, - and _")
@@ -352,8 +385,10 @@ def _data(ctx: _Ctx, doc) -> DataConfig:
     data = doc.get("data", {})
     ctx.only(data, {"samples", "seq_len", "dataset"}, "data.")
     for key in ("samples", "seq_len"):
-        if key in data and (not isinstance(data[key], int) or data[key] < 1):
-            ctx.fail(data, key, "must be a positive integer", "data.")
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or not 1 <= data[key] <= 100_000):
+            ctx.fail(data, key, "must be an integer from 1 to 100000", "data.")
+    if "dataset" in data and not (isinstance(data["dataset"], str) and data["dataset"]):
+        ctx.fail(data, "dataset", "must be 'builtin' or a file path", "data.")
     defaults = DataConfig()
     return DataConfig(str(data.get("dataset", BUILTIN)), data.get("samples", defaults.samples),
                       data.get("seq_len", defaults.seq_len))
@@ -373,7 +408,7 @@ def _golden(ctx: _Ctx, doc):
     def tolerance(mapping, prefix) -> Tolerance:
         ctx.only(mapping, {"rtol", "atol"}, prefix)
         for key in mapping:
-            if not isinstance(mapping[key], (int, float)) or mapping[key] < 0:
+            if not _is_number(mapping[key]) or mapping[key] < 0:
                 ctx.fail(mapping, key, "must be a non-negative number", prefix)
         return Tolerance(float(mapping.get("rtol", Tolerance.rtol)), float(mapping.get("atol", Tolerance.atol)))
 
@@ -387,7 +422,7 @@ def _massive(ctx: _Ctx, doc) -> tuple[float, float]:
     massive = doc.get("massive", {})
     ctx.only(massive, {"min_value", "min_ratio"}, "massive.")
     for key in massive:
-        if not isinstance(massive[key], (int, float)) or massive[key] <= 0:
+        if not _is_number(massive[key]) or massive[key] <= 0:
             ctx.fail(massive, key, "must be a positive number", "massive.")
     return float(massive.get("min_value", 100.0)), float(massive.get("min_ratio", 1000.0))
 
@@ -398,13 +433,15 @@ def _interventions(ctx: _Ctx, doc) -> dict:
         ctx.fail(doc, "interventions", "must map a configuration name to a list of interventions")
     parsed = {}
     for name, items in configs.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            ctx.fail(configs, name, "a configuration name is letters, digits, - and _", "interventions.")
         if name == "baseline":
             ctx.fail(configs, name, "'baseline' is reserved for the unmodified model", "interventions.")
         items = [items] if isinstance(items, str) else items
-        if not isinstance(items, list) or not items:
+        if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
             ctx.fail(configs, name, "must be an intervention string or a list of them", "interventions.")
         try:
-            parsed[name] = [interventions.parse(str(item)) for item in items]
+            parsed[name] = [interventions.parse(item) for item in items]
         except ValueError as exc:
             ctx.fail(configs, name, str(exc), "interventions.")
     return parsed
@@ -450,7 +487,7 @@ def _quantity(ctx: _Ctx, raw, prefix: str, configs: set[str], bounds: bool = Fal
     ctx.only(raw, COMMON | MEASURE_KEYS[measure] | (BOUNDS | {"rel"} if bounds else set()), prefix)
     _only_where_meaningful(ctx, raw, measure, prefix)
     for key in ("config", "versus"):
-        if key in raw and raw[key] not in configs:
+        if key in raw and (not isinstance(raw[key], str) or raw[key] not in configs):
             ctx.fail(raw, key, f"unknown configuration {raw[key]!r}; defined: {', '.join(sorted(configs))}", prefix)
     change = raw.get("change")
     if change is not None:
@@ -468,8 +505,15 @@ def _quantity(ctx: _Ctx, raw, prefix: str, configs: set[str], bounds: bool = Fal
     if missing:
         ctx.fail(raw, "measure", f"{measure} needs {' and '.join(missing)}", prefix)
     layers = raw.get("layers")
-    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, (int, str))):
-        ctx.fail(raw, "layers", "must be 'all', an index, 'A-B' or 'A,B,C'", prefix)
+    if layers is not None:
+        try:
+            if isinstance(layers, bool) or not isinstance(layers, (int, str)):
+                raise ValueError("must be 'all', an index, 'A-B' or 'A,B,C'")
+            interventions.parse_layers(str(layers), None)  # syntax and order; the model's depth is checked later
+        except ValueError as exc:
+            ctx.fail(raw, "layers", str(exc), prefix)
+    if "site" in raw and not (isinstance(raw["site"], str) and raw["site"] in SITES):
+        ctx.fail(raw, "site", f"must be one of {', '.join(SITES)}", prefix)
     k = _opt_int(ctx, raw, "k", prefix)
     if k == 0:
         ctx.fail(raw, "k", "must be at least 1", prefix)
@@ -513,8 +557,8 @@ def _head(ctx: _Ctx, raw, prefix: str) -> tuple[int, int] | None:
 
 
 def _opt_int(ctx: _Ctx, raw, key: str, prefix: str) -> int | None:
-    if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 0):
-        ctx.fail(raw, key, "must be a non-negative integer", prefix)
+    if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or not 0 <= raw[key] < 10**9):
+        ctx.fail(raw, key, "must be a non-negative integer (below 1e9)", prefix)
     return raw.get(key)
 
 

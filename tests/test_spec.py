@@ -42,7 +42,7 @@ def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
     ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    min: 1\n    max: 2\n    equals: 3\n", 4, "checks[0].measure", "exactly one bound"),
     ("id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, min: 1}\n", 4, "checks[0].config", "unknown configuration 'nope'"),
     ("id: x\nclaim: c\ninterventions:\n  off: [\"atn:all\"]\nchecks:\n  - {measure: top1, min: 1}\n", 4, "interventions.off", "target 'atn'"),
-    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, min: 1}\n", 4, "data.samples", "positive integer"),
+    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, min: 1}\n", 4, "data.samples", "an integer from 1 to 100000"),
     ("id: x\nchecks:\n  - {measure: top1, min: 1}\n", 1, "claim", "required key is missing"),
     ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, min: 1}\n", 4, "checks[0].measure", "needs dim"),
     ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),

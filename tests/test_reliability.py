@@ -1,0 +1,233 @@
+"""The attacks listed in the reliability issue, each a test: a clear project error (file, line,
+key) or a failing check, never a traceback; one bad spec never breaks another."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from massive_checks import golden
+from massive_checks.errors import GoldenError, SpecError
+from massive_checks.run import Evaluator, ModelSession
+from massive_checks.spec import load_file
+
+from conftest import SMALL_DATA
+
+HEAD = "id: x\nclaim: c\nmodels: any\n"
+
+
+def spec_error(tmp_path, content) -> SpecError:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else textwrap.dedent(content).encode())
+    with pytest.raises(SpecError) as info:
+        load_file(path)
+    assert str(info.value).startswith(str(path))
+    return info.value
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"id: x\nclaim: \xff\xfe caf\xe9\n", "not UTF-8"),
+    (b"id: x\nclaim: c\nchecks: " + b"[" * 3000 + b"]" * 3000 + b"\n", "nested too deeply"),
+    (b"a: &a [x, x, x]\nb: &b [*a, *a, *a]\nclaim: *b\n", "aliases"),
+    (b"id: x\nclaim: c\n? [a, b]\n: 1\nchecks: []\n", "plain name"),
+    (b"- just\n- a list\n", "not a mapping"),
+    (HEAD.encode() + b"claim2: x\n", "unknown key"),
+    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, min: 0}\n", "claim"),
+])
+def test_hostile_files_are_spec_errors(tmp_path, content, message):
+    assert message in str(spec_error(tmp_path, content))
+
+
+@pytest.mark.parametrize("check, key", [
+    ("{measure: top1, config: [a], min: 0}", "config"),
+    ("{measure: top1, between: [a, b]}", "between"),
+    ("{measure: dim_peak, dim: 100000000000000000000000, min: 0}", "dim"),
+    ("{measure: top1, max: .inf}", "max"),
+    ("{measure: top1, layers: 2-0, min: 0}", "layers"),
+    ("{measure: top1, layers: 0-99999999999999, min: 0}", "layers"),
+    ("{measure: top_neurons, layer: 1, dim: 2, k: 0, equals: [1]}", "k"),
+    ("{measure: dim_peak, dim: true, min: 0}", "dim"),
+    ("{measure: massive_dims, max: 3}", "max"),
+    ("{measure: explosion_point, layer: 1, change: [baseline, baseline], equals: out}", "change"),
+    ("{measure: max_rel_diff, versus: baseline, site: blocks, max: 1}", "site"),
+])
+def test_bad_values_name_their_key(tmp_path, check, key):
+    error = spec_error(tmp_path, HEAD + f"checks:\n  - {check}\n")
+    assert error.key == f"checks[0].{key}" and error.line == 5
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("massive: {min_value: .nan}\nchecks:\n  - {measure: massive_dims, equals: []}\n", "massive.min_value"),
+    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, min: 0}\n", "golden.rtol"),
+    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
+    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
+    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
+    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
+])
+def test_bad_thresholds_tolerances_and_interventions(tmp_path, extra, key):
+    assert spec_error(tmp_path, HEAD + extra).key == key
+
+
+@pytest.mark.parametrize("extra, key, message", [
+    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a", r"units \[99999\] out of range"),
+    ("checks:\n  - {measure: top1, layers: 5-7, min: 0}\n", "checks[0].layers", "out of range"),
+    ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layers", "has 3 blocks"),
+    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a", "out of range"),
+])
+def test_what_the_model_lacks_is_a_spec_error_before_any_pass(tmp_path, session_for, extra, key, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + extra)
+    (spec,) = load_file(path)
+    session = session_for("tiny-llama")
+    with pytest.raises(SpecError, match=message) as info:
+        Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert info.value.key == key and session.forward_passes == 0
+
+
+def test_a_spec_using_only_a_non_baseline_configuration_gets_its_figure(tmp_path, session_for):
+    from massive_checks import figures
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "interventions:\n  a: ['mlp:all']\nchecks:\n  - {measure: massive_dims, config: a, equals: []}\n")
+    (spec,) = load_file(path)
+    outcome = Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate()
+    assert figures.render(outcome, outcome.figure_data, tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
+    """`layers:` past the model used to fail every spec on that model while the session was planned."""
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "a.yaml").write_text(textwrap.dedent("""
+        id: fine
+        claim: c
+        models: any
+        data: {samples: 2, seq_len: 12}
+        checks:
+          - {measure: top1, layers: 0-2, min: 0}
+        ---
+        id: too-deep
+        claim: c
+        models: any
+        data: {samples: 2, seq_len: 12}
+        interventions:
+          a: ['mlp:50']
+        checks:
+          - {measure: top1, layers: 40-41, min: 0}
+    """))
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*a.yaml:*: checks[[]0[]].layers: layers '40-41': block 41 is out of range*"])
+
+
+# --------------------------------------------------------------------------- goldens
+
+
+def snapshot(values=None):
+    return golden.snapshot(values or {"v": 1.0}, {"model": "m", "revision": "r", "dtype": "float32", "data": {}})
+
+
+@pytest.mark.parametrize("document", [
+    {"format": 1, "values": {"v": 1.0}},  # meta missing
+    {"format": 1, "meta": [1, 2], "values": {"v": 1.0}},  # meta a list
+    {"format": 1, "meta": {}, "values": [1.0]},
+    [1, 2, 3],
+])
+def test_malformed_goldens_are_golden_errors_and_the_update_flag_repairs_them(tmp_path, document):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(document))
+    result = golden.check(path, snapshot(), golden.GoldenConfig(), update=None)
+    assert result.status == "corrupt" and str(path) in result.message
+    assert json.loads(path.read_text()) == document  # never overwritten without the flag
+    assert golden.check(path, snapshot(), golden.GoldenConfig(), update="all").status == "updated"
+    assert golden.check(path, snapshot(), golden.GoldenConfig(), update=None).status == "match"
+
+
+def test_a_golden_path_that_is_a_directory_is_a_golden_error(tmp_path):
+    (tmp_path / "g.json").mkdir()
+    for update in (None, "all"):
+        with pytest.raises(GoldenError, match="is a directory"):
+            golden.check(tmp_path / "g.json", snapshot(), golden.GoldenConfig(), update=update)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_a_read_only_golden_directory_is_a_golden_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(GoldenError, match="cannot write golden"):
+            golden.check(folder / "g.json", snapshot(), golden.GoldenConfig(), update=None)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_write_failure_is_a_golden_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(golden, "atomic_write", refuse)
+    with pytest.raises(GoldenError, match="cannot write golden .*Permission denied"):
+        golden.check(tmp_path / "g.json", snapshot(), golden.GoldenConfig(), update=None)
+
+
+def test_the_overflow_message_names_the_real_dtype(session_for):
+    from massive_checks.run import numerics_message
+
+    lm = session_for("tiny-llama").lm
+    message = numerics_message(lm, "blocks.1.out", "baseline")
+    assert "float32" in message and "float16" not in message and "blocks.1.out" in message and lm.name in message
+
+
+# --------------------------------------------------------------------------- broken models
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, load_model):
+    folder = tmp_path_factory.mktemp("tiny")
+    lm = load_model("tiny-llama")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_corrupt_weights_are_one_clear_error(tmp_path, saved_model):
+    import shutil
+
+    from massive_checks import models
+    from massive_checks.errors import ModelUnavailable
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelUnavailable, match="loading from the local directory failed"):
+        models.load(str(broken))
+
+
+def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
+    import shutil
+
+    import torch
+
+    from massive_checks import models
+    from massive_checks.errors import ModelUnavailable
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(saved_model, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(load_model("tiny-llama").model.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailable, match="only pickle weights"):
+        models.load(str(pickled))
+    assert models.load(str(pickled), allow_pickle=True).n_layers == 3
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing/dir", "a/b/c"])
+def test_path_like_missing_names_say_so_at_once(name):
+    from massive_checks import models
+    from massive_checks.errors import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="no such directory"):
+        models.load(name)
