@@ -101,8 +101,11 @@ class ModelSession:
                 mask = batch.attention_mask[start:start + self.batch_size]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
                 ids, mask = ids[:, :width].to(lm.device), mask[:, :width].to(lm.device)
+                # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's
+                # 262k vocabulary, most of a pass's time and memory).
+                network = lm.model if needs.loss else lm.model.base_model
                 with hooks.forward_chunk(lm, mask, start):
-                    output = lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                    output = network(input_ids=ids, attention_mask=mask, use_cache=False)
                 if needs.loss:
                     losses.append(_token_losses(output.logits, ids, mask))
         self.forward_passes += 1

@@ -141,3 +141,36 @@ def test_unknown_site_names_the_valid_ones(load_model):
         hooks.resolve(lm, "blocks.7.out")
     with pytest.raises(ValueError, match="no gated MLP"):
         hooks.resolve(lm, "blocks.0.mlp.gate")
+
+
+def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for, tmp_path):
+    from massive_checks.run import Evaluator
+    from massive_checks.spec import load_file
+
+    path = tmp_path / "two.yaml"
+    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, min: 0}\n"
+                    "---\nid: two\nclaim: c\ninterventions:\n  y: ['mlp:1']\nchecks:\n"
+                    "  - {measure: median, change: [baseline, y], layers: 2, min: -10}\n")
+    session = session_for("tiny-llama")
+    specs = load_file(path)
+    for spec in specs:
+        session.plan_spec(spec, SMALL_DATA)
+    for spec in specs:
+        assert Evaluator(spec, session, SMALL_DATA).evaluate().passed
+    assert session.forward_passes == 2  # the baseline and mlp:1, once each
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3-mm"])
+def test_a_pass_without_a_loss_computes_no_logits(session_for, name):
+    from massive_checks.run import Needs
+
+    session = session_for(name)
+    calls = []
+    handle = session.lm.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    try:
+        session.run(SMALL_DATA)
+        assert calls == [] and session.forward_passes == 1
+        assert session.run(SMALL_DATA, needs=Needs(loss=True)).loss > 0
+        assert calls  # the loss pass runs the LM head
+    finally:
+        handle.remove()
