@@ -109,10 +109,14 @@ def read(path: Path) -> dict:
     return document
 
 
-def _write(path: Path, document: dict) -> None:
-    """Atomic write; a file-system problem is a GoldenError saying so."""
+def _not_a_directory(path: Path) -> None:
     if path.is_dir():
         raise GoldenError(f"golden {path} is a directory: remove it (--update-golden cannot replace a directory)")
+
+
+def _write(path: Path, document: dict) -> None:
+    """Atomic write; a file-system problem is a GoldenError saying so."""
+    _not_a_directory(path)
     try:
         atomic_write(path, dumps(document))
     except OSError as exc:
@@ -122,8 +126,7 @@ def _write(path: Path, document: dict) -> None:
 def check(path: Path, obtained: dict, config: GoldenConfig, update: str | None) -> GoldenResult:
     """Compare `obtained` (a snapshot()) with the file at `path`, following the workflow above.
     update: None, "all" (rewrite missing and failing) or "new" (write missing only)."""
-    if path.is_dir():
-        raise GoldenError(f"golden {path} is a directory: remove it (--update-golden cannot replace a directory)")
+    _not_a_directory(path)  # before reading: a directory is not a corrupt snapshot to rewrite
     if not path.exists():
         _write(path, obtained)
         return GoldenResult("updated" if update else "missing", path, message=f"golden {path} was missing and has been written")

@@ -185,7 +185,7 @@ class SiteStats:
         return torch.cat(self.seq_dim_max)
 
     def token_max(self) -> torch.Tensor:  # [S, T] (T: the longest chunk; padding 0)
-        return _cat_padded([t for t in self.seq_token_max])
+        return _cat_padded(self.seq_token_max)
 
     def slice(self, dim: int) -> torch.Tensor:  # [S, T] signed a of one captured feature
         return _cat_padded([part[..., dims.index(dim)] for dims, part in self.seq_slices])
@@ -353,13 +353,13 @@ def _selected(lm: LoadedModel, ablation, x: torch.Tensor) -> torch.Tensor:
             units[head * lm.head_dim:(head + 1) * lm.head_dim] = True
     else:  # dims or neurons
         units[list(ablation.units)] = True
-    positions = torch.ones(B, T, dtype=torch.bool, device=x.device)
+    if ablation.rows is None and ablation.tokens is None:  # every position
+        return units[None, None, :]
+    positions = torch.zeros(B, T, dtype=torch.bool, device=x.device)
     if ablation.rows is not None:  # per dataset sequence: this chunk holds rows start..start+B
-        positions[:] = False
         start = lm.chunk.start
         for b, tokens in enumerate(ablation.rows[start:start + B]):
             positions[b, [t for t in tokens if t < T]] = True
-    elif ablation.tokens is not None:
-        positions[:] = False
+    else:
         positions[:, [t for t in ablation.tokens if t < T]] = True
     return positions[:, :, None] & units[None, None, :]

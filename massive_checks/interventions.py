@@ -65,6 +65,11 @@ class Request:
     mode: str
     value: float
 
+    @property
+    def at_massive_cells(self) -> bool:
+        """`#massive` and `massive:all`: edits at the cells the baseline's massive rule finds."""
+        return self.tokens == "massive" or self.target == "massive"
+
 
 def parse(text: str) -> Request:
     match = _PATTERN.match(text.strip().replace(" ", ""))
@@ -93,9 +98,9 @@ def parse(text: str) -> Request:
     ranked = re.fullmatch(r"(top|bottom)(\d+)", match["sel"])
     if target == "heads" and ranked and int(ranked[2]) < 1:
         raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
-    for part, name in ((match["layers"], "layers"), (None if target in ("heads", "massive") else match["sel"], "selection")):
-        if part and part != "all" and (target in ("attn", "mlp") or name == "layers"):
-            parse_layers(part, None)
+    for layers in (match["layers"], match["sel"] if target in ("attn", "mlp") else None):
+        if layers and layers != "all":
+            parse_layers(layers, None)  # syntax and order; the model's depth is checked later
     return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number)
 
 
@@ -133,7 +138,7 @@ def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=N
 
 
 def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, baseline) -> list[Ablation]:
-    if request.tokens == "massive" or request.target == "massive":
+    if request.at_massive_cells:
         return _at_massive_cells(request, n_layers, baseline)
     tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
     make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
@@ -207,11 +212,11 @@ def canonical(ablations: list[Ablation]) -> Intervention:
     """Merge ablations that differ only in units; sort. Equal configurations -> equal tuples."""
     merged: dict[tuple, set[int]] = {}
     for a in ablations:
-        key = (a.target, a.layer, a.tokens, a.mode, a.value, a.rows) if a.rows is None else (a.target, a.layer, a.units, a.mode, a.value, a.rows)
-        merged.setdefault(key, set()).update(a.units)
+        own_units = a.units if a.rows is not None else None  # #massive: one dim per ablation, never merged
+        merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value, a.rows, own_units), set()).update(a.units)
     return tuple(sorted(
-        (Ablation(target, layer, tuple(sorted(units)), tokens if rows is None else None, mode, value, rows)
-         for (target, layer, tokens, mode, value, rows), units in merged.items()),
+        (Ablation(target, layer, tuple(sorted(units)), tokens, mode, value, rows)
+         for (target, layer, tokens, mode, value, rows, _), units in merged.items()),
         key=lambda a: (a.target, a.layer, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
     ))
 
@@ -265,7 +270,7 @@ def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
     """The same, before resolution (ranked heads are not known yet: all layers, to be safe)."""
     sites = set()
     for r in requests:
-        if r.mode != "mean" or r.tokens == "massive" or r.target == "massive":  # these carry their own mean
+        if r.mode != "mean" or r.at_massive_cells:  # these carry their own mean
             continue
         if r.target == "heads":
             ranked = r.selection == "all" or r.selection.startswith(("top", "bottom"))

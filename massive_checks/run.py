@@ -269,14 +269,13 @@ class ConfigView:
         stats = self.block(layer)
         return measures.massive_indices(stats.token_max(), stats.median(), self.min_value, self.min_ratio)
 
-    def massive(self, layer: int) -> list[measures.Cell]:
-        """Massive cells among each sequence's largest (all of them unless massive_truncated)."""
+    def massive_examples(self, layer: int) -> tuple[list[measures.Cell], bool]:
+        """Massive cells among each sequence's largest, and whether there may be more."""
         stats = self.block(layer)
-        return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)[0]
+        return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)
 
-    def massive_truncated(self, layer: int) -> bool:
-        stats = self.block(layer)
-        return measures.massive_examples(stats.cells(), stats.median(), self.min_value, self.min_ratio)[1]
+    def massive(self, layer: int) -> list[measures.Cell]:
+        return self.massive_examples(layer)[0]
 
     def massive_cells(self, layers: list[int], dims: list[int] | None = None) -> dict:
         """{(layer, dim): (positions per sequence, mean signed value there)} for the cells where
@@ -286,9 +285,6 @@ class ConfigView:
         names = sorted({name for name, _ in wanted})
         stats = self._pass(names, names, slices=wanted).stats
         return {(int(name.split(".")[1]), d): self._massive_rows(stats[name], d) for name, d in wanted}
-
-    def massive_cells_of(self, layer: int, dim: int) -> tuple[tuple[tuple[int, ...], ...], float]:
-        return self.massive_cells([layer], [dim])[(layer, dim)]
 
     def _massive_rows(self, stats: hooks.SiteStats, dim: int) -> tuple[tuple[tuple[int, ...], ...], float]:
         signed = stats.slice(dim)  # [S, T]
@@ -332,8 +328,9 @@ class ConfigView:
                      "ratio": self.ratio(layer)}
             layers.append({"layer": layer, "top": [c.as_dict() for c in self.top(layer)], "median": self.median(layer),
                            "ratio": self.ratio(layer, "max_over_sequences"), "paper": paper})
-        massive = [{"layer": layer, **cell.as_dict()} for layer in range(self.lm.n_layers) for cell in self.massive(layer)]
-        truncated = [layer for layer in range(self.lm.n_layers) if self.massive_truncated(layer)]
+        examples = [self.massive_examples(layer) for layer in range(self.lm.n_layers)]
+        massive = [{"layer": layer, **cell.as_dict()} for layer, (cells, _) in enumerate(examples) for cell in cells]
+        truncated = [layer for layer, (_, more) in enumerate(examples) if more]
         return {"model": self.lm.name, "intervention": interventions.describe(self.intervention),
                 "statistics": STATISTIC_TEXT, "layers": layers, "massive": massive, "massive_truncated_layers": truncated,
                 "massive_dims_per_layer": {layer: sorted(self.massive_dims(layer)) for layer in range(self.lm.n_layers)},

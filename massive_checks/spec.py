@@ -358,7 +358,7 @@ def _xfail(ctx: _Ctx, doc) -> None:
 
 def _uses_massive_rule(spec: Spec) -> bool:
     return any(q.measure in USES_MASSIVE_RULE for q in spec.quantities()) or any(
-        r.tokens == "massive" or r.target == "massive" for requests in spec.interventions.values() for r in requests)
+        r.at_massive_cells for requests in spec.interventions.values() for r in requests)
 
 
 def _unique_check_ids(ctx: _Ctx, raw_checks: list, parsed: tuple) -> None:
@@ -385,7 +385,7 @@ def _data(ctx: _Ctx, doc) -> DataConfig:
     data = doc.get("data", {})
     ctx.only(data, {"samples", "seq_len", "dataset"}, "data.")
     for key in ("samples", "seq_len"):
-        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or not 1 <= data[key] <= 100_000):
+        if key in data and not (_is_int(data[key]) and 1 <= data[key] <= 100_000):
             ctx.fail(data, key, "must be an integer from 1 to 100000", "data.")
     if "dataset" in data and not (isinstance(data["dataset"], str) and data["dataset"]):
         ctx.fail(data, "dataset", "must be 'builtin' or a file path", "data.")
@@ -557,7 +557,7 @@ def _head(ctx: _Ctx, raw, prefix: str) -> tuple[int, int] | None:
 
 
 def _opt_int(ctx: _Ctx, raw, key: str, prefix: str) -> int | None:
-    if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or not 0 <= raw[key] < 10**9):
+    if key in raw and not (_is_int(raw[key]) and 0 <= raw[key] < 10**9):
         ctx.fail(raw, key, "must be a non-negative integer (below 1e9)", prefix)
     return raw.get(key)
 
@@ -591,7 +591,7 @@ def _bound(ctx: _Ctx, raw, prefix: str, quantity: Quantity) -> Bound:
     elif kind in ("min", "max", "approx"):
         value = _number(ctx, raw, kind, prefix)
     elif kind in SET_BOUNDS or (kind == "equals" and SHAPES[quantity.measure] == "set"):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
             ctx.fail(raw, kind, "must be a list of integers", prefix)
         value = frozenset(value)
     elif kind == "equals":
@@ -607,12 +607,16 @@ def _equals_value(ctx: _Ctx, raw, quantity: Quantity, prefix: str):
             ctx.fail(raw, "equals", "must be a name", prefix)
         return value
     if shape == "label_per_layer" and isinstance(value, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not all(_is_int(v) for v in value):
             ctx.fail(raw, "equals", "must be an integer or a list of integers", prefix)
         return frozenset(value)
     if not _is_number(value):
         ctx.fail(raw, "equals", "must be a number", prefix)
     return value
+
+
+def _is_int(value) -> bool:  # YAML's true/false are ints to Python; never to a spec
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:

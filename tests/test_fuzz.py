@@ -223,7 +223,7 @@ def test_hooks_never_outlive_their_context_and_leave_logits_unchanged(load_model
     for kind, text, fail in steps:
         try:
             request = interventions.parse(text)
-            intervention = () if kind == "capture" or request.tokens == "massive" or request.target == "massive" \
+            intervention = () if kind == "capture" or request.at_massive_cells \
                 or request.mode == "mean" else interventions.resolve([request], lm.n_layers, lm.n_heads,
                                                                      [(0, 0), (1, 1), (2, 2)])
         except ValueError:

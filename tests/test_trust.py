@@ -173,7 +173,7 @@ def dim_after_block(session, data, texts):
 def test_massive_tokens_are_found_per_sequence_not_assumed(session_for, second_start_token):
     session, data = session_for("planted-llama"), second_start_token
     baseline = session.view(data)
-    rows, _ = baseline.massive_cells_of(PLANT["layer"], PLANT["dim"])
+    rows, _ = baseline.massive_cells([PLANT["layer"]], [PLANT["dim"]])[(PLANT["layer"], PLANT["dim"])]
     assert rows[2] == (0, 5) and all(r == (0,) for i, r in enumerate(rows) if i != 2)
     first_only = dim_after_block(session, data, [f"dims:{PLANT['dim']}@{PLANT['layer']}#0"])
     assert float(first_only[5]) > 500  # #0 misses the second massive token
