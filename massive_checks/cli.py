@@ -9,7 +9,9 @@ import sys
 from . import interventions, models
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError
-from .run import ModelSession
+from .measures.heads import head_score_table
+from .measures.profile import profile_document
+from .session import ModelSession
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(diff)
     diff.add_argument("other", help="the second model")
     commands.add_parser("models", help="list built-in model names")
+    schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
+    schema.add_argument("--defaults", action="store_true", help="the schema of _defaults.yaml files instead")
     return parser
 
 
@@ -60,7 +64,7 @@ def _session(args) -> tuple[ModelSession, DataConfig]:
 def cmd_profile(args) -> int:
     session, data = _session(args)
     intervention = session.resolve(data, [interventions.parse(x) for x in args.ablate])
-    document = session.view(data, intervention, (args.min_value, args.min_ratio)).profile()
+    document = profile_document(session.view(data, intervention, (args.min_value, args.min_ratio)))
     if args.json:
         print(json.dumps(document, indent=1))
         return 0
@@ -77,7 +81,7 @@ def cmd_profile(args) -> int:
 
 def cmd_heads(args) -> int:
     session, data = _session(args)
-    table = session.view(data).head_score_table("first")  # [L, H]
+    table = head_score_table(session.view(data), "first")  # [L, H]
     rows = [{"layer": L, "head": H, "score": float(table[L, H])}
             for L in range(table.shape[0]) for H in range(table.shape[1])]
     rows.sort(key=lambda r: (-r["score"], r["layer"], r["head"]))
@@ -133,7 +137,14 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
+def cmd_schema(args) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(defaults=args.defaults), indent=1, sort_keys=True))
+    return 0
+
+
+COMMANDS = {"schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
 
 if __name__ == "__main__":
     sys.exit(main())

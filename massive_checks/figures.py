@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
-PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (run.STATISTIC_TEXT)
+PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (records.STATISTIC_TEXT)
 
 
 def plot_profile(ax, profile: dict, title: str = "") -> None:
@@ -98,29 +98,29 @@ def new_figure(panels: int, three_d: bool = False):
     return fig, axes
 
 
-def render(outcome, figure_data: dict, path: Path) -> Path:
-    """The figure for one spec on one model: the views its measures call for."""
-    measures = {c.quantity.measure for c in outcome.spec.checks} | {c.versus.measure for c in outcome.spec.checks if c.versus}
-    changes = any(c.quantity.change or (c.versus and c.versus.change) for c in outcome.spec.checks) or len(outcome.observed) > 1
-    if measures & {"head_score", "head_rank"} and "head_scores" in figure_data:
+def render(observation, verdict, path: Path) -> Path:
+    """The figure for one spec on one model (records.Observation and Verdict): the panels its
+    measures asked for, or its layer profile (per configuration when it compares some)."""
+    panels, profiles = observation.figure, observation.profiles
+    if "head_scores" in panels:
         fig, (ax,) = new_figure(1)
-        plot_head_scores(ax, np.asarray(figure_data["head_scores"]), fig)
-    elif changes:
+        plot_head_scores(ax, np.asarray(panels["head_scores"]), fig)
+    elif observation.changes or len(profiles) > 1:
         fig, (a, b) = new_figure(2)
-        plot_ablation(a, b, outcome.observed, fig)
-    elif "mlp" in figure_data:
+        plot_ablation(a, b, profiles, fig)
+    elif "mlp" in panels:
         fig, (a, b) = new_figure(2)
-        plot_mlp_flow(a, figure_data["mlp"])
-        plot_profile(b, next(iter(outcome.observed.values())))
-    elif "cells" in figure_data:
+        plot_mlp_flow(a, panels["mlp"])
+        plot_profile(b, next(iter(profiles.values())))
+    elif "cells" in panels:
         fig, (a, b) = new_figure(2, three_d=True)
-        plot_profile(a, outcome.observed["baseline"])
-        plot_cells_3d(b, np.asarray(figure_data["cells"]), figure_data["cells_layer"], figure_data["massive_dims"])
+        plot_profile(a, profiles["baseline"])
+        plot_cells_3d(b, np.asarray(panels["cells"]), panels["cells_layer"], panels["massive_dims"])
     else:
         fig, (ax,) = new_figure(1)
-        plot_profile(ax, outcome.observed["baseline"])
-    verdict = "PASS" if outcome.passed else "FAIL"
-    return save(fig, path, f"{outcome.model} - {outcome.spec.id} [{verdict}]\n{outcome.spec.claim}")
+        plot_profile(ax, profiles["baseline"])
+    state = "PASS" if verdict.passed else "FAIL"
+    return save(fig, path, f"{observation.model} - {observation.spec_id} [{state}]\n{observation.claim}")
 
 
 def save(fig, path: Path, title: str) -> Path:

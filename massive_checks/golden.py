@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GoldenError
-from .measures import format_value
-from .report import atomic_write, jsonable
+from .files import atomic_write, jsonable
+from .records import format_value
 
 FORMAT = 1
 IDENTITY = ("model", "revision", "dtype", "data")  # differences here make values incomparable
@@ -75,10 +75,10 @@ def obtained_path(path: Path) -> Path:
     return path.with_name(path.stem + ".obtained.json")
 
 
-def metadata(lm, spec, data, ids_hash: str, spec_path: str) -> dict:
-    """Everything a snapshot depends on; IDENTITY keys must match for values to be compared."""
-    return {**lm.describe(), "spec": spec.id, "spec_path": spec_path, "claim": spec.claim,
-            "data": {"dataset": data.dataset, "samples": data.samples, "seq_len": data.seq_len, "ids_hash": ids_hash}}
+def metadata(observation) -> dict:
+    """Everything a snapshot depends on (records.Observation); IDENTITY keys must match for values
+    to be compared."""
+    return {**observation.setup, "spec": observation.spec_id, "spec_path": observation.path, "claim": observation.claim}
 
 
 def snapshot(values: dict, meta: dict) -> dict:

@@ -1,6 +1,10 @@
-"""The one place that touches modules: canonical site names, statistics captured inside forward
-hooks, and interventions. Every hook lives inside a context manager that removes it on exit,
-also when the body raises.
+"""The one place that touches modules: canonical site names and the one hook primitive, `attach`.
+
+Every hook lives inside `attach`'s context, which removes it on exit, also when the body raises.
+A hook function receives the tensor and a `HookContext` (the chunk's mask, its first sequence's
+index in the dataset, the decode step and positions, named vectors); it returns None to leave the
+tensor as it is, or a tensor to replace it. Captures (capture.py) and edits (edits.py) are both
+such functions.
 
 Sites (L = 0-based block index):
   blocks.L.out           residual stream after block L            [B, T, D]
@@ -24,11 +28,10 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 
-from .interventions import TARGET_SITE
 from .models import LoadedModel
 
 SITE_PATTERN = re.compile(
@@ -49,6 +52,10 @@ def site(layer: int, name: str) -> str:
     return f"blocks.{layer}.{name}"
 
 
+def layer_of(site_name: str) -> int:
+    return int(site_name.split(".")[1])
+
+
 def resolve(lm: LoadedModel, site_name: str) -> tuple[torch.nn.Module, str]:
     """Site name -> (module, which tensor). Raises ValueError naming valid sites."""
     match = SITE_PATTERN.match(site_name)
@@ -67,19 +74,77 @@ def resolve(lm: LoadedModel, site_name: str) -> tuple[torch.nn.Module, str]:
     return lm.module(path), which
 
 
+@dataclass(frozen=True)
+class HookContext:
+    """What a hook function knows about the forward call running now.
+
+    mask      [B, T] 1 = real token (padding excluded from every statistic)
+    start     dataset index of the chunk's first sequence (per-sequence edits)
+    step      decode step during generation (None: a whole-sequence forward)
+    positions [B, T] absolute position of each token (during generation, T = 1)
+    vectors   named vectors an edit may add (steering)"""
+
+    mask: torch.Tensor
+    start: int = 0
+    step: int | None = None
+    positions: torch.Tensor | None = None
+    vectors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
+
+
+class Attachment:
+    """Hooks attached by `attach`. `forward` runs a network with a context the hooks receive;
+    a forward run directly (e.g. inside `ablate`) gets an all-real-tokens context."""
+
+    def __init__(self, vectors: Mapping[str, torch.Tensor]):
+        self.vectors = vectors
+        self._context: HookContext | None = None
+
+    def forward(self, network: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, start: int = 0, **kwargs):
+        self._context = HookContext(mask, start, vectors=self.vectors)
+        try:
+            return network(input_ids=input_ids, attention_mask=mask, **kwargs)
+        finally:
+            self._context = None
+
+    def context_for(self, tensor: torch.Tensor) -> HookContext:
+        if self._context is not None:
+            return self._context
+        return HookContext(torch.ones(tensor.shape[:2], dtype=torch.long, device=tensor.device), vectors=self.vectors)
+
+
 @contextmanager
-def hooks_removed_on_exit() -> Iterator[list]:
-    handles: list = []
+def attach(lm: LoadedModel, pairs: list[tuple[str, HookFn]], vectors: Mapping[str, torch.Tensor] | None = None) -> Iterator[Attachment]:
+    """Attach (site, function) pairs, in order (edits before captures, so captures see edited
+    tensors); all are removed when the block exits, also on errors."""
+    attachment, handles = Attachment(vectors or {}), []
     try:
-        yield handles
+        for name, fn in pairs:
+            module, which = resolve(lm, name)
+            handles.append(_register(module, which, _with_context(attachment, fn)))
+        yield attachment
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _attach(lm: LoadedModel, module: torch.nn.Module, which: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-    """Run fn on the chosen tensor; if fn returns a tensor, it replaces that tensor."""
-    fn = _as_batch_major(lm, fn)
+def _with_context(attachment: Attachment, fn: HookFn) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    def call(tensor: torch.Tensor | None):
+        if tensor is None:  # attention weights of a non-eager implementation: the function says so
+            return fn(tensor, attachment._context)
+        context = attachment.context_for(tensor)
+        if tensor.dim() == 2 and context.mask.dim() == 2 and tensor.shape[0] == context.mask.numel():
+            # Some MLPs (OPT) run on flattened tokens [B*T, F]: present them as [B, T, F].
+            new = fn(tensor.view(*context.mask.shape, tensor.shape[-1]), context)
+            return None if new is None else new.reshape(tensor.shape)
+        return fn(tensor, context)
+    return call
+
+
+def _register(module: torch.nn.Module, which: str, fn):
+    """Run fn on the chosen tensor of the module's call; a tensor it returns replaces that one."""
     if which == "in":
         def pre_hook(_module, args):
             new = fn(args[0])
@@ -90,8 +155,7 @@ def _attach(lm: LoadedModel, module: torch.nn.Module, which: str, fn: Callable[[
     def hook(_module, _args, output):
         is_tuple = isinstance(output, tuple)
         index = 1 if which == "out1" else 0
-        tensor = output[index] if is_tuple else output
-        new = fn(tensor)
+        new = fn(output[index] if is_tuple else output)
         if new is None:
             return None
         return (*output[:index], new, *output[index + 1:]) if is_tuple else new
@@ -99,267 +163,8 @@ def _attach(lm: LoadedModel, module: torch.nn.Module, which: str, fn: Callable[[
     return module.register_forward_hook(hook)
 
 
-# --------------------------------------------------------------------------- capture
-
-
-SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
-
-
-@dataclass
-class SiteStats:
-    """Statistics of |a| at one site, accumulated over forward chunks; padding excluded.
-
-    Hidden-like sites ([B, T, F]):
-      cell_max [T, F]   max |a| over sequences at each (token, feature)
-      total    [T, F]   sum of a (signed) over sequences; count [T] sequences per position
-      seq_dim_max [S, F]  per sequence: max |a| of each feature over its real tokens
-      seq_token_max [S, T] per sequence: max |a| over features at each real token (0 at padding)
-      slices {f: [S, T]}  signed a of a few requested features at every token (0 at padding)
-      seq_cells  [S, K]x4 per sequence: its K largest cells of the flattened |a| (values,
-                 features, tokens, signed values), largest first
-      seq_median [S]    per sequence median of the flattened |a| of its real tokens (only where
-                        requested)
-    Attention probability sites ([B, H, T, T]):
-      key_attn [S, H, T]  per sequence, mean attention paid to key k by queries q > k
-    (S: every sequence of the dataset, in order.)
-    """
-
-    cell_max: torch.Tensor | None = None
-    total: torch.Tensor | None = None
-    count: torch.Tensor | None = None
-    seq_dim_max: list = field(default_factory=list)
-    seq_token_max: list = field(default_factory=list)
-    seq_slices: list = field(default_factory=list)  # [(features tuple, [B, T, n] signed)]
-    seq_cells: list = field(default_factory=list)  # [(values, features, tokens, signed) each [B, K]]
-    seq_median: list = field(default_factory=list)
-    key_attn: list = field(default_factory=list)
-    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504)
-
-    def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool, slice_dims: tuple = ()) -> None:
-        act = act.detach()
-        valid = mask.bool().unsqueeze(-1)  # [B, T, 1]
-        magnitude = act.abs().float().masked_fill(~valid, 0.0)  # padding -> 0, never a maximum
-        cell_max = magnitude.amax(dim=0)  # [T, F]
-        self.overflow = self.overflow or not bool(torch.isfinite(cell_max).all())
-        total = act.float().masked_fill(~valid, 0.0).sum(dim=0)
-        count = mask.sum(dim=0).float()  # [T]
-        self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)
-        self.total = total if self.total is None else _merge_sum(self.total, total)
-        self.count = count if self.count is None else _merge_sum(self.count, count)
-        self.seq_dim_max.append(magnitude.amax(dim=1).cpu())  # [B, F]
-        self.seq_token_max.append(magnitude.amax(dim=2).cpu())  # [B, T]
-        if slice_dims:
-            self.seq_slices.append((slice_dims, act[..., list(slice_dims)].float().masked_fill(~valid, 0.0).cpu()))
-        width = act.shape[-1]
-        values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
-        signed = act.float().flatten(1).gather(1, flat)
-        self.seq_cells.append(tuple(t.cpu() for t in (values, flat % width, flat // width, signed)))
-        if with_median:  # one batched call: padding is NaN, which nanmedian skips
-            flat_nan = act.abs().float().masked_fill(~valid, float("nan")).flatten(1)  # [B, T*F]
-            self.seq_median.append(flat_nan.nanmedian(dim=1).values.cpu())
-
-    def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
-        probs = probs.detach().float()  # [B, H, Tq, Tk]
-        T = probs.shape[-1]
-        later = torch.ones(T, T, device=probs.device).tril(diagonal=-1)  # [q, k]: q > k
-        valid_q = mask.float()[:, None, :, None]  # [B, 1, Tq, 1]
-        weight = later[None, None] * valid_q
-        sums = (probs * weight).sum(dim=2)  # [B, H, Tk]
-        n_queries = weight.sum(dim=2).clamp(min=1)  # [B, 1, Tk]
-        self.key_attn.append((sums / n_queries).cpu())
-
-    # -------- finished views (cpu tensors)
-    def mean(self) -> torch.Tensor:  # [T, F] position-wise mean over sequences
-        return self.total / self.count.clamp(min=1)[:, None]
-
-    def cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per sequence, its K largest cells: (|a|, feature, token, signed a), each [S, K]."""
-        return tuple(torch.cat(parts) for parts in zip(*self.seq_cells))
-
-    def top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per sequence, its top-1 cell: (|a| [S], feature [S], token [S])."""
-        values, features, tokens, _ = self.cells()
-        return values[:, 0], features[:, 0], tokens[:, 0]
-
-    def dim_max(self) -> torch.Tensor:  # [S, F]
-        return torch.cat(self.seq_dim_max)
-
-    def token_max(self) -> torch.Tensor:  # [S, T] (T: the longest chunk; padding 0)
-        return _cat_padded(self.seq_token_max)
-
-    def slice(self, dim: int) -> torch.Tensor:  # [S, T] signed a of one captured feature
-        return _cat_padded([part[..., dims.index(dim)] for dims, part in self.seq_slices])
-
-    def median(self) -> torch.Tensor:  # [S]
-        return torch.cat(self.seq_median)
-
-    def attention_to_keys(self) -> torch.Tensor:  # [S, H, T]
-        width = max(part.shape[-1] for part in self.key_attn)
-        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in self.key_attn])
-
-
-def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate [B, T_i] chunks along B, padding each to the longest T with zeros."""
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
-
-
-def _merge_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = _pad_to_same(a, b)
-    return torch.maximum(a, b)
-
-
-def _merge_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = _pad_to_same(a, b)
-    return a + b
-
-
-def _pad_to_same(a, b):  # chunks may differ in length T (dim 0)
-    T = max(a.shape[0], b.shape[0])
-    pad = lambda x: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, T - x.shape[0]))
-    return pad(a), pad(b)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """The forward chunk running now, as hooks see it: its attention mask [B, T] (1 = real
-    token) and the dataset index of its first sequence (for per-sequence edits)."""
-
-    mask: torch.Tensor
-    start: int = 0
-
-
-@contextmanager
-def forward_chunk(lm: LoadedModel, mask: torch.Tensor, start: int = 0) -> Iterator[Chunk]:
-    """Tell the hooks which chunk the forward passes inside the block run on."""
-    lm.chunk = Chunk(mask, start)
-    try:
-        yield lm.chunk
-    finally:
-        lm.chunk = None
-
-
-class Recorder:
-    """Holds the statistics of one capture."""
-
-    def __init__(self, sites: list[str]):
-        self.stats = {name: SiteStats() for name in sites}
-
-    def finish(self) -> dict[str, SiteStats]:
-        for stats in self.stats.values():
-            for name in ("cell_max", "total", "count"):
-                value = getattr(stats, name)
-                if value is not None:
-                    setattr(stats, name, value.cpu())
-        return self.stats
-
-
-def _as_batch_major(lm: LoadedModel, fn):
-    """Some MLPs (OPT) run on flattened tokens [B*T, F]: present them as [B, T, F]."""
-    def wrapped(tensor):
-        if tensor is None or tensor.dim() != 2:
-            return fn(tensor)
-        new = fn(tensor.view(*lm.chunk.mask.shape, tensor.shape[-1]))
-        return None if new is None else new.reshape(tensor.shape)
-    return wrapped
-
-
-@contextmanager
-def capture(lm: LoadedModel, sites: list[str], median_sites: set[str] = frozenset(),
-            slices: dict[str, tuple[int, ...]] | None = None) -> Iterator[Recorder]:
-    """Capture statistics at `sites` during the forward passes run inside the block.
-    median_sites: where per-sequence medians are needed; slices: site -> features kept whole."""
-    recorder = Recorder(sites)
-    with hooks_removed_on_exit() as handles:
-        for name in sites:
-            module, which = resolve(lm, name)
-            dims = tuple((slices or {}).get(name, ()))
-            handles.append(_attach(lm, module, which, _stat_hook(lm, recorder, name, name in median_sites, dims)))
-        yield recorder
-
-
-def _stat_hook(lm: LoadedModel, recorder: Recorder, name: str, with_median: bool, slice_dims: tuple = ()):
-    def on_tensor(tensor: torch.Tensor) -> None:
-        stats, mask = recorder.stats[name], lm.chunk.mask.to(tensor.device if tensor is not None else "cpu")
-        if name.endswith("attn.probs"):
-            if tensor is None:
-                raise RuntimeError("attention weights are None: load the model with eager attention")
-            stats.add_probs(tensor, mask)
-        else:
-            stats.add_hidden(tensor, mask, with_median, slice_dims)
-        return None
-    return on_tensor
-
-
 def hook_count(module: torch.nn.Module) -> int:
     """massive_checks hooks still registered in the module tree (0 after every context exits).
     Hooks that transformers installs itself are not counted."""
     return sum(getattr(fn, "massive_checks", False)
                for m in module.modules() for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
-
-
-# --------------------------------------------------------------------------- interventions
-
-
-
-@contextmanager
-def intervene(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """Apply a canonical intervention (tuple of Ablation) for the forward passes in the block.
-
-    means: site -> [T, F] position-wise baseline mean, required by `mean`-mode ablations.
-    Register these hooks *before* capture hooks so captures see the edited tensors."""
-    with hooks_removed_on_exit() as handles:
-        for ablation in intervention:
-            name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
-            module, which = resolve(lm, name)
-            mean = None
-            if ablation.mode == "mean" and ablation.rows is None:  # #massive carries its own mean value
-                if not means or name not in means:
-                    raise ValueError(f"{ablation.label()} needs the baseline mean at {name}")
-                mean = means[name]
-            handles.append(_attach(lm, module, which, _edit(lm, ablation, mean)))
-        yield
-
-
-def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None):
-    """A function tensor -> edited copy, for one Ablation."""
-    # Resolved once here, not on every forward chunk: the output projection's bias ("bias" mode).
-    bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None) if ablation.mode == "bias" else None
-
-    def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
-        if ablation.mode == "mean" and ablation.rows is None:
-            return mean[: x.shape[1]].to(x.device, x.dtype).expand_as(x)  # [T, F] -> [B, T, F]
-        if ablation.mode in ("value", "mean"):  # #massive's mean is a value: the massive cells' mean
-            return torch.full_like(x, ablation.value)
-        if bias is not None:
-            return bias.to(x.dtype).expand_as(x)
-        return torch.zeros_like(x)  # zero mode, or "bias" mode on a projection without bias
-
-    def edit(x: torch.Tensor) -> torch.Tensor:  # x: [B, T, F]
-        new = replacement(x)
-        if ablation.target in ("attn", "mlp"):
-            return new.clone()
-        return torch.where(_selected(lm, ablation, x), new, x)
-
-    return edit
-
-
-def _selected(lm: LoadedModel, ablation, x: torch.Tensor) -> torch.Tensor:
-    """[B, T, F] (broadcastable) bool: the entries of x an ablation of heads, dims or neurons edits."""
-    B, T, F = x.shape
-    units = torch.zeros(F, dtype=torch.bool, device=x.device)
-    if ablation.target == "heads":  # F = H * head_dim, head h owns [h*hd, (h+1)*hd)
-        for head in ablation.units:
-            units[head * lm.head_dim:(head + 1) * lm.head_dim] = True
-    else:  # dims or neurons
-        units[list(ablation.units)] = True
-    if ablation.rows is None and ablation.tokens is None:  # every position
-        return units[None, None, :]
-    positions = torch.zeros(B, T, dtype=torch.bool, device=x.device)
-    if ablation.rows is not None:  # per dataset sequence: this chunk holds rows start..start+B
-        start = lm.chunk.start
-        for b, tokens in enumerate(ablation.rows[start:start + B]):
-            positions[b, [t for t in tokens if t < T]] = True
-    else:
-        positions[:, [t for t in ablation.tokens if t < T]] = True
-    return positions[:, :, None] & units[None, None, :]

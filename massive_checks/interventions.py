@@ -127,19 +127,19 @@ def parse_layers(text: str, n_layers: int | None) -> list[int]:
     return sorted({layer for low, high in spans for layer in range(low, high + 1)})
 
 
-def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, baseline=None) -> Intervention:
+def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, massive_cells=None) -> Intervention:
     """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom.
-    baseline: where the massive cells are, for #massive and massive:all (run.ConfigView:
-    massive_cells(layers, dims) -> {(layer, dim): (positions per sequence, mean signed value there)})."""
+    massive_cells: where the massive cells are, for #massive and massive:all: (layers, dims) ->
+    {(layer, dim): (positions per sequence, mean signed value there)} in the baseline."""
     ablations: list[Ablation] = []
     for request in requests:
-        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking, baseline))
+        ablations.extend(_resolve_one(request, n_layers, n_heads, head_ranking, massive_cells))
     return canonical(ablations)
 
 
-def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, baseline) -> list[Ablation]:
+def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, massive_cells) -> list[Ablation]:
     if request.at_massive_cells:
-        return _at_massive_cells(request, n_layers, baseline)
+        return _at_massive_cells(request, n_layers, massive_cells)
     tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
     make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
     if request.target in ("attn", "mlp"):
@@ -150,14 +150,14 @@ def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, ba
     return [make(layer, _ints(request.selection, request.text)) for layer in layers]
 
 
-def _at_massive_cells(request: Request, n_layers: int, baseline) -> list[Ablation]:
+def _at_massive_cells(request: Request, n_layers: int, massive_cells) -> list[Ablation]:
     """One ablation per (layer, dim), at the positions where that dim is massive per sequence."""
-    if baseline is None:
+    if massive_cells is None:
         raise ValueError(f"intervention {request.text!r} needs the baseline's massive cells")
     layers = parse_layers(request.layers, n_layers)
     dims = None if request.target == "massive" else _ints(request.selection, request.text)
     ablations = []
-    for (layer, dim), (rows, mean) in baseline.massive_cells(layers, dims).items():
+    for (layer, dim), (rows, mean) in massive_cells(layers, dims).items():
         value = mean if request.mode == "mean" else request.value
         ablations.append(Ablation("dims", layer, (dim,), None, request.mode, value, rows))
     return ablations

@@ -95,7 +95,6 @@ class LoadedModel:
     revision: str  # hub revision or a hash of the weights: keys caches and goldens
     dtype: torch.dtype
     device: str
-    chunk: object = None  # hooks.Chunk: the forward chunk running now (set by hooks.forward_chunk)
 
     @property
     def n_layers(self) -> int:

@@ -1,32 +1,30 @@
-"""Text and machine-readable reports: the failure table, results.json records."""
+"""Text and machine-readable reports, from records only (records.Observation, records.Verdict):
+the failure table, results.json, claims tables, the HTML page."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
+from .files import atomic_write, jsonable
 from .interventions import ranges
-from .measures import format_value
-from .run import STATISTIC_TEXT, CheckResult, Outcome
+from .records import STATISTIC_TEXT, CheckVerdict, Observation, Verdict, format_value
 
 
-def check_table(check: CheckResult, only_failures: bool = False) -> list[str]:
+def check_table(check: CheckVerdict, only_failures: bool = False) -> list[str]:
     rows = [r for r in check.rows if not (only_failures and r.ok)]
     cells = [("", "where", "expected", "observed")] + [("ok" if r.ok else "FAIL", r.key, r.expected, format_value(r.observed)) for r in rows]
     widths = [max(len(str(row[i])) for row in cells) for i in range(4)]
     return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
 
 
-def failure_text(outcome: Outcome) -> str:
-    spec = outcome.spec
-    lines = [f"claim not supported on {outcome.model}: {spec.claim}", f"spec {spec.id} ({spec.path}:{spec.line})"]
-    for name, description in outcome.configs.items():
+def failure_text(observation: Observation, verdict: Verdict) -> str:
+    lines = [f"claim not supported on {observation.model}: {observation.claim}",
+             f"spec {observation.spec_id} ({observation.path}:{observation.line})"]
+    for name, description in observation.configs.items():
         if name != "baseline":
             lines.append(f"  configuration {name}: {description}")
-    for check in outcome.checks:
+    for check in verdict.checks:
         if not check.ok:
             failed = sum(not r.ok for r in check.rows)
             lines.append(f"check at line {check.line}: {check.description}  ({failed}/{len(check.rows)} rows fail)")
@@ -34,55 +32,25 @@ def failure_text(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def jsonable(value):
-    """Sets -> sorted lists, tuples -> lists, inf/nan -> strings: JSON-safe and comparable."""
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
-        return str(value)
-    return value
-
-
-def outcome_record(outcome: Outcome, lm) -> dict:
-    spec = outcome.spec
+def outcome_record(observation: Observation, verdict: Verdict) -> dict:
+    """The entry of one spec on one model in results.json."""
     return {
-        "spec": spec.id, "model": outcome.model, "claim": spec.claim, "source": spec.source,
-        "path": spec.path, "line": spec.line, "status": "passed" if outcome.passed else "failed",
-        "xfail_reason": spec.xfail_for(outcome.model), "notes": spec.notes, "configs": outcome.configs,
-        "checks": [{"description": c.description, "line": c.line, "ok": c.ok,
+        **_header(observation, verdict), "status": "passed" if verdict.passed else "failed", "configs": observation.configs,
+        "checks": [{"key": c.key, "description": c.description, "line": c.line, "ok": c.ok,
                     "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
-                             for r in c.rows]} for c in outcome.checks],
-        "observed": outcome.observed, "observed_statistic": "paper",
+                             for r in c.rows]} for c in verdict.checks],
+        "observed": observation.profiles, "observed_statistic": "paper",
     }
 
 
-def error_record(spec, model: str, path: str, error: Exception) -> dict:
+def error_record(observation: Observation, verdict: Verdict, error: Exception) -> dict:
     """A spec that could not be evaluated (numerics error, ...): in the report, never a verdict."""
-    return {"spec": spec.id, "model": model, "claim": spec.claim, "source": spec.source, "path": path, "line": spec.line,
-            "status": "error", "error": str(error), "xfail_reason": spec.xfail_for(model), "notes": spec.notes,
-            "configs": {}, "checks": [], "observed": {}}
+    return {**_header(observation, verdict), "status": "error", "error": str(error), "configs": {}, "checks": [], "observed": {}}
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report or golden is for everyone to read
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _header(observation: Observation, verdict: Verdict) -> dict:
+    return {"spec": observation.spec_id, "model": observation.model, "claim": observation.claim, "source": observation.source,
+            "path": observation.path, "line": observation.line, "xfail_reason": verdict.xfail_reason, "notes": observation.notes}
 
 
 def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
@@ -110,7 +78,7 @@ def summary_value(record: dict) -> str:
     check = next((c for c in checks if not c["ok"]), checks[0] if checks else None)
     if check is None or not check["rows"]:
         return "-"
-    percent = "relative change" in check["description"]
+    percent = ", then relative change " in check["description"] and not check["description"].startswith(("ratio of", "difference of"))
     values = [r["observed"] for r in check["rows"]]
     layers = [int(r["where"].split()[1]) for r in check["rows"] if r["where"].startswith("layer ")]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -10,17 +10,23 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import figures, golden, interventions, measures
+from . import figures, golden, interventions, stats
 from .data import DataConfig
-from .report import atomic_write, escape
-from .run import Evaluator, ModelSession
+from .evaluate import Evaluator
+from .files import atomic_write
+from .measures.heads import head_score_table
+from .measures.massive import cells_panel
+from .measures.mlp import mlp_flow, mlp_stat
+from .measures.profile import profile_document, top_cells
+from .report import escape
+from .session import ModelSession
 from .spec import load_file
 
 
 def profile_summary(session: ModelSession, data: DataConfig) -> dict:
     """Profile plus the derived facts a scan and a diff report."""
     view = session.view(data)
-    doc = view.profile()
+    doc = profile_document(view)
     massive_layers = sorted(layer for layer, dims in doc["massive_dims_per_layer"].items() if dims)
     doc["massive_dims"] = sorted({d for dims in doc["massive_dims_per_layer"].values() for d in dims})
     doc["massive_tokens"] = sorted({t for tokens in doc["massive_tokens_per_layer"].values() for t in tokens})
@@ -35,23 +41,23 @@ def scan(model_name: str, lm, data: DataConfig, out: Path, progress: bool = True
     summary = profile_summary(session, data)
     steps.update()
     base = session.view(data)
-    table = base.head_score_table("first")
-    ranking = measures.rank_heads(table)
+    table = head_score_table(base, "first")
+    ranking = stats.rank_heads(table)
     summary["heads"] = {"top": [_head(table, lh) for lh in ranking[:5]], "bottom": [_head(table, lh) for lh in ranking[-5:]]}
     steps.update()
     ablated = {}
     for name, text in (("no_attn", "attn:all"), ("no_mlp", "mlp:all")):
         view = session.view(data, session.resolve(data, [interventions.parse(text)]))
-        ablated[name] = [view.top(L, 1)[0].value for L in range(lm.n_layers)]
+        ablated[name] = [top_cells(view, L, 1)[0].value for L in range(lm.n_layers)]
         steps.update()
     base_top1 = [row["top"][0]["value"] for row in summary["layers"]]
     summary["ablation"] = {name: {"intervention": text, "top1": values,
-                                  "change": [measures.relative_change(b, a) for b, a in zip(base_top1, values)]}
+                                  "change": [stats.relative_change(b, a) for b, a in zip(base_top1, values)]}
                            for (name, values), text in zip(ablated.items(), ("attn:all", "mlp:all"))}
     emergence = summary["emergence_layer"]
     if emergence is not None:
-        summary["mlp_flow"] = {c: base.mlp_stat(emergence, c, "max") for c in base.mlp_checkpoints()}
-        summary["explosion_point"] = measures.explosion_point(summary["mlp_flow"])
+        summary["mlp_flow"] = {c: mlp_stat(base, emergence, c, "max") for c in mlp_flow(lm)}
+        summary["explosion_point"] = stats.explosion_point(summary["mlp_flow"])
     steps.update()
     out.mkdir(parents=True, exist_ok=True)
     _write_figures(summary, base, table, out)
@@ -74,9 +80,8 @@ def _write_figures(summary: dict, base, table, out: Path) -> None:
     profile = {f"top{k + 1}": [row["top"][k]["value"] for row in summary["layers"]] for k in range(3)}
     profile["median"] = [row["median"] for row in summary["layers"]]
     figures.plot_profile(a, profile, f"{summary['model']}: layer-wise profile")
-    peak = max(range(len(profile["top1"])), key=profile["top1"].__getitem__)
-    cells = base.block(peak).cell_max[:8].numpy()
-    figures.plot_cells_3d(b, cells, peak, sorted(base.massive_dims(peak)))
+    panel = cells_panel(base)
+    figures.plot_cells_3d(b, panel["cells"], panel["cells_layer"], panel["massive_dims"])
     figures.save(fig, out / "profile.png", f"{summary['model']}: massive activation scan")
     fig, (a,) = figures.new_figure(1)
     figures.plot_head_scores(a, np.asarray(table), fig)
@@ -113,7 +118,7 @@ def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path
                   f"  - {{measure: massive_dims, subset_of: {dims}}}",
                   f"  - {{measure: massive_dims, layers: {first}, contains: [{dominant}]}}",
                   f"  - {{measure: massive_tokens, subset_of: {summary['massive_tokens']}}}",
-                  f"  - {{measure: top1, layers: {span}, min: {floor:.6g}}}"]
+                  f"  - {{measure: top1, layers: {span}, at_least: {floor:.6g}}}"]
         if all(summary["layers"][L]["top"][0]["dim"] == dominant for L in range(first, last + 1)):
             checks.append(f"  - {{measure: top1_dim, layers: {span}, equals: {dominant}}}")
     text = "\n".join(header + [f"claim: {json.dumps(claim)}", "checks:"] + checks) + "\n"
@@ -124,10 +129,10 @@ def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path
 
 def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out: Path) -> None:
     (spec,) = load_file(spec_path)
-    outcome = Evaluator(spec, session, data).evaluate()
-    meta = golden.metadata(session.lm, spec, data, session.batch(data).ids_hash, str(spec_path))
+    observation, _ = Evaluator(spec, session, data).evaluate()
+    observation.path = str(spec_path)
     path = golden.golden_path(out / "golden", session.lm.name, spec.id)
-    golden.check(path, golden.snapshot(outcome.values(), meta), spec.golden, update="all")
+    golden.check(path, golden.snapshot(observation.values(), golden.metadata(observation)), spec.golden, update="all")
 
 
 def _write_page(summary: dict, out: Path, spec_path: Path) -> None:
@@ -151,7 +156,7 @@ def diff(a: dict, b: dict) -> dict:
     for row_a, row_b in zip(a["layers"], b["layers"]):
         ta, tb = row_a["top"][0], row_b["top"][0]
         layers.append({"layer": row_a["layer"], "top1_a": ta["value"], "top1_b": tb["value"],
-                       "change": measures.relative_change(ta["value"], tb["value"]), "dim_a": ta["dim"], "dim_b": tb["dim"]})
+                       "change": stats.relative_change(ta["value"], tb["value"]), "dim_a": ta["dim"], "dim_b": tb["dim"]})
     return {"a": a["model"], "b": b["model"], "layers": layers,
             "massive_dims": {"a": a["massive_dims"], "b": b["massive_dims"],
                              "only_a": sorted(set(a["massive_dims"]) - set(b["massive_dims"])),

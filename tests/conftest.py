@@ -7,7 +7,7 @@ import torch
 
 from massive_checks import hooks, models
 from massive_checks.data import DataConfig
-from massive_checks.run import ModelSession
+from massive_checks.session import ModelSession
 
 pytest_plugins = ["pytester"]
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from massive_checks import hooks, models, synthetic
+from massive_checks.measures import massive as M
 from massive_checks.errors import UnsupportedArchitecture
-from massive_checks.run import Needs
+from massive_checks.capture import Needs
 
 from conftest import SMALL_DATA
 

@@ -10,7 +10,7 @@ import torch
 
 from massive_checks import hooks
 from massive_checks.data import DataConfig
-from massive_checks.run import ModelSession, Needs
+from massive_checks.session import ModelSession, Needs
 
 DATA = DataConfig(samples=8, seq_len=128)
 MEANS: dict[str, float] = {}

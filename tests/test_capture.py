@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import hooks, measures, synthetic
+from massive_checks import hooks, stats, synthetic
+from massive_checks.apply import capture_stats
+from massive_checks.measures import massive as M
+from massive_checks.measures import profile as P
 from massive_checks.data import DataConfig
-from massive_checks.run import ModelSession
+from massive_checks.session import ModelSession
 
 from conftest import SMALL_DATA, reference_block_outputs
 
@@ -21,7 +24,7 @@ def reference_profile(lm, batch, k=3):
     profile = []
     for act in outs:
         magnitude = act.abs() * mask[..., None]
-        top = measures.top_cells(magnitude.amax(dim=0), k)
+        top = stats.top_cells(magnitude.amax(dim=0), k)
         medians = [act[b, : int(n)].abs().median() for b, n in enumerate(mask.sum(1))]
         profile.append((top, float(torch.stack(medians).mean())))
     return profile
@@ -42,10 +45,10 @@ def reference_paper_profile(lm, batch):
 def assert_paper_profile_matches(session: ModelSession, data: DataConfig, rtol: float):
     view = session.view(data)
     for layer, (tops, median) in enumerate(reference_paper_profile(session.lm, session.batch(data))):
-        observed = [view.top_value(layer, k) for k in (1, 2, 3)]
+        observed = [P.top_value(view, layer, k) for k in (1, 2, 3)]
         torch.testing.assert_close(torch.tensor(observed), torch.tensor(tops), rtol=rtol, atol=0)
-        assert view.median(layer) == pytest.approx(median, rel=rtol)
-        assert view.ratio(layer) == pytest.approx(tops[0] / median, rel=rtol)
+        assert P.median(view, layer) == pytest.approx(median, rel=rtol)
+        assert P.ratio(view, layer) == pytest.approx(tops[0] / median, rel=rtol)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -61,20 +64,20 @@ def test_smollm2_paper_statistic_differs_from_max_over_sequences_where_the_issue
     data = DataConfig(samples=16, seq_len=128)
     assert_paper_profile_matches(session, data, rtol=1e-4)
     view = session.view(data)
-    second_cell = view.top(11, 2)[1]
+    second_cell = P.top_cells(view, 11, 2)[1]
     assert second_cell.dim == 507 and second_cell.value > 2e4
-    assert view.top_value(11, 2, "max_over_sequences") == second_cell.value
-    assert view.top_value(11, 2) < 0.2 * second_cell.value
+    assert P.top_value(view, 11, 2, "max_over_sequences") == second_cell.value
+    assert P.top_value(view, 11, 2) < 0.2 * second_cell.value
 
 
 def assert_profile_matches(session: ModelSession, data: DataConfig, rtol: float):
     view = session.view(data)
     expected = reference_profile(session.lm, session.batch(data))
     for layer, (top, median) in enumerate(expected):
-        observed = view.top(layer, 3)
+        observed = P.top_cells(view, layer, 3)
         assert [(c.dim, c.token) for c in observed] == [(c.dim, c.token) for c in top], f"layer {layer}"
         torch.testing.assert_close(torch.tensor([c.value for c in observed]), torch.tensor([c.value for c in top]), rtol=rtol, atol=0)
-        assert view.median(layer) == pytest.approx(median, rel=rtol), f"median, layer {layer}"
+        assert P.median(view, layer) == pytest.approx(median, rel=rtol), f"median, layer {layer}"
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -108,18 +111,18 @@ def test_batch_size_does_not_change_results(session_for):
     one = session_for("tiny-llama", batch_size=1).view(SMALL_DATA)
     all_at_once = session_for("tiny-llama", batch_size=6).view(SMALL_DATA)
     for layer in range(one.lm.n_layers):
-        assert [c.value for c in one.top(layer, 3)] == pytest.approx([c.value for c in all_at_once.top(layer, 3)], rel=1e-5)
-        assert one.median(layer) == pytest.approx(all_at_once.median(layer), rel=1e-5)
+        assert [c.value for c in P.top_cells(one, layer, 3)] == pytest.approx([c.value for c in P.top_cells(all_at_once, layer, 3)], rel=1e-5)
+        assert P.median(one, layer) == pytest.approx(P.median(all_at_once, layer), rel=1e-5)
 
 
 def test_one_forward_pass_per_data_and_intervention(session_for):
     session = session_for("tiny-llama")
     view = session.view(SMALL_DATA)
     for layer in range(session.lm.n_layers):
-        view.top(layer), view.median(layer), view.massive(layer)
-    session.view(SMALL_DATA).profile()
+        P.top_cells(view, layer), P.median(view, layer), M.massive_examples(view, layer)[0]
+    P.profile_document(session.view(SMALL_DATA))
     assert session.forward_passes == 1
-    session.view(DataConfig(samples=3, seq_len=40)).profile()  # other data: its own pass
+    P.profile_document(session.view(DataConfig(samples=3, seq_len=40)))  # other data: its own pass
     assert session.forward_passes == 2
 
 
@@ -127,7 +130,7 @@ def test_hooks_are_removed_when_the_body_raises(load_model):
     lm = load_model("tiny-gpt2")
     sites = [hooks.site(0, "out"), hooks.site(0, "attn.probs")]
     with pytest.raises(RuntimeError, match="boom"):
-        with hooks.capture(lm, sites):
+        with capture_stats(lm, sites):
             assert hooks.hook_count(lm.model) == 2
             raise RuntimeError("boom")
     assert hooks.hook_count(lm.model) == 0
@@ -144,17 +147,17 @@ def test_unknown_site_names_the_valid_ones(load_model):
 
 
 def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for, tmp_path):
-    from massive_checks.run import Evaluator
+    from massive_checks.evaluate import Evaluator, plan
     from massive_checks.spec import load_file
 
     path = tmp_path / "two.yaml"
-    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, min: 0}\n"
+    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, at_least: 0}\n"
                     "---\nid: two\nclaim: c\ninterventions:\n  y: ['mlp:1']\nchecks:\n"
-                    "  - {measure: median, change: [baseline, y], layers: 2, min: -10}\n")
+                    "  - {measure: median, change: [baseline, y], layers: 2, at_least: -10}\n")
     session = session_for("tiny-llama")
     specs = load_file(path)
     for spec in specs:
-        session.plan_spec(spec, SMALL_DATA)
+        plan(spec, session, SMALL_DATA)
     for spec in specs:
         assert Evaluator(spec, session, SMALL_DATA).evaluate().passed
     assert session.forward_passes == 2  # the baseline and mlp:1, once each
@@ -162,7 +165,7 @@ def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for,
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3-mm"])
 def test_a_pass_without_a_loss_computes_no_logits(session_for, name):
-    from massive_checks.run import Needs
+    from massive_checks.capture import Needs
 
     session = session_for(name)
     calls = []

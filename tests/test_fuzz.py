@@ -20,10 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from massive_checks import hooks, interventions
+from massive_checks.apply import capture_stats
 from massive_checks.data import DataConfig
 from massive_checks.errors import MassiveChecksError, SpecError
-from massive_checks.run import Evaluator, ModelSession
-from massive_checks.spec import CHECKPOINTS, LAYERED, MEASURE_KEYS, MEASURES, SHAPES, load_file
+from massive_checks.evaluate import Evaluator
+from massive_checks.session import ModelSession
+from massive_checks.measures import REGISTRY
+from massive_checks.measures.mlp import MLP_FLOW
+from massive_checks.spec import CHECK_MODELS, load_file
 
 ROOT = Path(__file__).parent.parent
 COMMITTED = [p.read_bytes() for p in sorted(ROOT.glob("specs/**/*.yaml"))]
@@ -43,51 +47,53 @@ INTERVENTION_TEXTS = ["attn:all", "mlp:0", "mlp:1-2", "heads:0.1", "heads:all", 
                       "massive:all@all", "massive:all@1=mean", "attn:5-1", "dims:1@0=value:nan", "attn:all=bias",
                       "heads:9.9", "mlp:0=mean", "dims:2@0#0,1=mean"]
 VALID_INTERVENTIONS = [t for t in INTERVENTION_TEXTS if t not in ("heads:bottom0", "attn:5-1", "dims:1@0=value:nan")]
-KEYS = ["measure", "config", "layers", "change", "change_kind", "aggregate", "reduce", "statistic", "dim", "head", "to",
-        "checkpoint", "layer", "k", "versus", "site", "between", "min", "max", "approx", "rel", "equals", "subset_of",
-        "contains", "not_contains", "id"]
+KEYS = ["measure", "config", "layers", "change", "difference", "over_layers", "steps", "statistic", "dim", "head", "to",
+        "checkpoint", "layer", "k", "versus", "site", "between", "at_least", "at_most", "approx", "rel", "equals", "subset_of",
+        "contains", "excludes", "id"]
 GOOD_VALUES = {
-    "measure": st.sampled_from(sorted(MEASURES)), "config": st.sampled_from(["baseline", "a", "b"]),
+    "config": st.sampled_from(["baseline", "a", "b"]),
     "layers": st.sampled_from(["all", "0", "1-2", "0,2", 2, "9"]),  # 9: past tiny-llama's 3 blocks
     "change": st.sampled_from([["baseline", "a"], ["a", "b"], ["b", "baseline"]]),
-    "change_kind": st.sampled_from(["relative", "absolute"]), "aggregate": st.sampled_from(["mean", "max", "min", "max_abs"]),
-    "reduce": st.sampled_from(["max", "mean"]), "statistic": st.sampled_from(["paper", "max_over_sequences"]),
+    "over_layers": st.sampled_from(["mean", "max", "min", "max_abs"]), "statistic": st.sampled_from(["paper", "max_over_sequences"]),
     "dim": st.integers(0, 70), "head": st.sampled_from(["0.0", "1.1", "2.3", "2.9"]), "to": st.sampled_from(["first", "massive"]),
-    "checkpoint": st.sampled_from(CHECKPOINTS), "layer": st.integers(0, 3), "k": st.integers(1, 4),
+    "checkpoint": st.sampled_from(MLP_FLOW), "layer": st.integers(0, 3), "k": st.integers(1, 4),
     "versus": st.sampled_from(["a", "b"]), "site": st.sampled_from(["out", "attn.resid", "mlp.out"]),
-    "between": st.sampled_from([[0, 1e9], [-1, 1], [5, 6]]), "min": st.floats(-10, 1e4), "max": st.floats(-10, 1e4),
+    "between": st.sampled_from([[0, 1e9], [-1, 1], [5, 6]]), "at_least": st.floats(-10, 1e4), "at_most": st.floats(-10, 1e4),
     "approx": st.floats(0.1, 1e4), "rel": st.floats(0.01, 1), "equals": st.sampled_from([0, 3, [1, 2], [], "out"]),
-    "subset_of": st.sampled_from([[0], [0, 1, 2]]), "contains": st.sampled_from([[0], []]), "not_contains": st.sampled_from([[5]]),
+    "subset_of": st.sampled_from([[0], [0, 1, 2]]), "contains": st.sampled_from([[0], []]), "excludes": st.sampled_from([[5]]),
     "id": st.sampled_from(["c1", "c2"]),
 }
 
 
-NEEDS = {"dim_peak": ["dim"], "top_neurons": ["layer", "dim"], "top_neurons_share": ["layer", "dim"], "head_score": ["head"],
-         "head_rank": ["head"], "explosion_point": ["layer"], "max_rel_diff": ["versus"]}
-
-
 def plausible_check(draw) -> dict:
-    """A check built for its measure (required keys, a bound of the right kind), with optional
-    keys drawn from what the measure takes and, now and then, one that does not belong."""
-    measure = draw(st.sampled_from(sorted(MEASURES)))
-    check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in NEEDS.get(measure, [])}}
-    shape = SHAPES[measure]
-    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site") if k in MEASURE_KEYS[measure] | ({"layers"} if measure in LAYERED else set())]
+    """A check built for its measure from its schema (required parameters, a bound of the right
+    kind), with optional keys drawn from what the measure takes and, now and then, one that does
+    not belong."""
+    measure = draw(st.sampled_from(sorted(REGISTRY)))
+    cls, fields = REGISTRY[measure], CHECK_MODELS[measure].model_fields
+    params = [name for name in cls.model_fields if name != "measure"]
+    check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
+    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site") if k in fields and k not in check]
     for key in draw(st.lists(st.sampled_from(optional), unique=True, max_size=2)) if optional else []:
         check[key] = draw(GOOD_VALUES[key])
-    if shape in ("layers", "value") and draw(st.booleans()):
+    change = "change" in fields and draw(st.booleans())
+    over = "over_layers" in fields and draw(st.booleans())
+    if change and over:
+        order = [{"change": draw(GOOD_VALUES["change"])}, {"over_layers": draw(GOOD_VALUES["over_layers"])}]
+        check["steps"] = order if draw(st.booleans()) else order[::-1]
+    elif change:
         check["change"] = draw(GOOD_VALUES["change"])
-    if shape == "layers" and draw(st.booleans()):
-        check["aggregate"] = draw(GOOD_VALUES["aggregate"])
-    if shape in ("layers", "value"):
-        bound = draw(st.sampled_from(["min", "max", "between", "approx"]))
-    elif shape == "label":
+    elif over:
+        check["over_layers"] = draw(GOOD_VALUES["over_layers"])
+    if cls.shape in ("layers", "value"):
+        bound = draw(st.sampled_from(["at_least", "at_most", "between", "approx"]))
+    elif cls.shape == "label":
         bound = "equals"
     else:
-        bound = draw(st.sampled_from(["equals", "subset_of", "contains", "not_contains"]))
-    check[bound] = draw(GOOD_VALUES[bound]) if shape != "set" or bound != "equals" else draw(st.sampled_from([[], [1, 3]]))
-    if shape == "label":
-        check[bound] = draw(st.sampled_from(list(CHECKPOINTS)))
+        bound = draw(st.sampled_from(["equals", "subset_of", "contains", "excludes"]))
+    check[bound] = draw(GOOD_VALUES[bound]) if cls.shape != "set" or bound != "equals" else draw(st.sampled_from([[], [1, 3]]))
+    if cls.shape == "label":
+        check[bound] = draw(st.sampled_from(list(MLP_FLOW)))
     if draw(st.integers(0, 19)) == 0:  # a key that does not belong here
         check[draw(st.sampled_from(KEYS))] = draw(values)
     return check
@@ -107,7 +113,10 @@ def spec_documents(draw, plausible: bool):
                              for name in ("a", "b")},
            "checks": [check() for _ in range(draw(st.integers(1, 3)))]}
     if draw(st.integers(0, 3)) == 0:
-        doc["checks"].append({"compare": {"a": check(), "b": check()}, "ratio_min": draw(st.floats(allow_nan=True))})
+        not_on_a_side = {"between", "at_least", "at_most", "approx", "rel", "equals", "subset_of", "contains", "excludes", "id"}
+        sides = {side: {k: v for k, v in check().items() if k not in not_on_a_side} for side in ("a", "b")}
+        doc["checks"].append({"compare": {**sides, "by": draw(st.sampled_from(["ratio", "difference"]))},
+                              "at_least": draw(st.floats(allow_nan=True))})
     for _ in range(draw(st.integers(0, 2 if not plausible else 0))):  # drop, replace or add a top-level key
         key = draw(st.sampled_from(["id", "claim", "models", "data", "interventions", "checks", "massive", "golden",
                                     "xfail", "notes", "source", "extra"]))
@@ -136,7 +145,7 @@ def mutated_files(draw):
         elif kind == "dup":
             lines.insert(index, lines[index])
         else:
-            lines.insert(index, draw(st.sampled_from([b"  - {measure: top1, min: .nan}", b"  *alias", b"&a [1]",
+            lines.insert(index, draw(st.sampled_from([b"  - {measure: top1, at_least: .nan}", b"  *alias", b"&a [1]",
                                                       b"checks: []", b"  - compare: {a: {measure: top1}}", b"\t- x: 1",
                                                       b"? [a, b]\n: 1", b"[" * 3000 + b"]" * 3000])))
         text = bytearray(b"\n".join(lines))
@@ -190,12 +199,12 @@ def test_loaded_specs_evaluate_or_fail_with_a_project_error(tmp_path, tiny, doc)
     for spec in specs:
         COUNTS["evaluated"] += 1
         try:
-            outcome = Evaluator(spec, tiny, spec.data).evaluate()
+            _, verdict = Evaluator(spec, tiny, spec.data).evaluate()
         except MassiveChecksError:  # e.g. a layer, dim or head tiny-llama does not have
             COUNTS["project errors"] += 1
             continue
         COUNTS["verdicts"] += 1
-        assert all(check.rows for check in outcome.checks), "a check with no rows"
+        assert all(check.rows for check in verdict.checks), "a check with no rows"
 
 
 def test_fuzz_counts():
@@ -229,12 +238,11 @@ def test_hooks_never_outlive_their_context_and_leave_logits_unchanged(load_model
         except ValueError:
             intervention = ()
         with pytest.raises(RuntimeError) if fail else _nothing():
-            with torch.no_grad(), hooks.intervene(lm, intervention), hooks.capture(lm, SITES if kind != "intervene" else []), \
-                    hooks.forward_chunk(lm, batch.attention_mask):
-                lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            with torch.no_grad(), capture_stats(lm, SITES if kind != "intervene" else [], intervention=intervention) as captured:
+                captured.forward(lm.model, batch.input_ids, batch.attention_mask)
                 if fail:
                     raise RuntimeError("boom inside the hooks")
-        assert hooks.hook_count(lm.model) == 0 and lm.chunk is None
+        assert hooks.hook_count(lm.model) == 0
     with torch.no_grad():
         after = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.equal(before, after)

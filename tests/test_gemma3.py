@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from massive_checks import cli, hooks, interventions, models
+from massive_checks.apply import intervene
 from massive_checks.data import DataConfig
 from massive_checks.errors import ModelUnavailable
-from massive_checks.run import ModelSession
+from massive_checks.session import ModelSession
 
 from conftest import reference_block_outputs
 
@@ -93,7 +94,7 @@ def test_each_ablation_equals_a_hand_written_hook(gemma, text):
     batch = session.batch(DATA)
     expected = _block_outputs(gemma, batch, HAND_WRITTEN[text])
     intervention = session.resolve(DATA, [interventions.parse(text)])
-    with torch.no_grad(), hooks.intervene(gemma, intervention), hooks.forward_chunk(gemma, batch.attention_mask):
+    with torch.no_grad(), intervene(gemma, intervention):
         observed = reference_block_outputs(gemma, batch.input_ids, batch.attention_mask)[-1]
     baseline = _block_outputs(gemma, batch, lambda layers: [])
     mask = batch.attention_mask.bool()
@@ -107,7 +108,7 @@ claim: c
 models: [gemma3-270m]
 data: {samples: 2, seq_len: 16}
 checks:
-  - {measure: top1, layers: 12, min: 1}
+  - {measure: top1, layers: 12, at_least: 1}
 ---
 id: g-known-false
 claim: c
@@ -115,7 +116,7 @@ models: [gemma3-270m]
 xfail: known false
 data: {samples: 2, seq_len: 16}
 checks:
-  - {measure: top1, layers: 12, max: 1}
+  - {measure: top1, layers: 12, at_most: 1}
 """
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from massive_checks import models, synthetic
-from massive_checks.run import Evaluator, ModelSession
+from massive_checks.measures import massive as M
+from massive_checks.evaluate import Evaluator
+from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
 
 SPECS = [spec for path in sorted(Path(__file__).parent.parent.glob("specs/gpt2/*.yaml")) for spec in load_file(path)]

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from massive_checks import hooks, interventions, models, synthetic
+from massive_checks.apply import intervene
 from massive_checks.data import DataConfig, tokenize
-from massive_checks.run import Evaluator
+from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
 
 from conftest import SMALL_DATA
@@ -50,9 +51,8 @@ def raw(lm, *site_names):
 
 
 def forward(lm, batch, intervention=(), means=None, sites=()):
-    with torch.no_grad(), hooks.intervene(lm, intervention, means), raw(lm, *sites) as seen:
-        lm.chunk = hooks.Chunk(batch.attention_mask)
-        lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    with torch.no_grad(), intervene(lm, intervention, means) as attached, raw(lm, *sites) as seen:
+        attached.forward(lm.model, batch.input_ids, batch.attention_mask)
     return seen
 
 
@@ -135,7 +135,7 @@ def test_knocked_out_neurons_are_zero_at_the_down_projection_input(two_layer):
 def test_hooks_are_removed_when_the_body_raises(two_layer):
     lm, _ = two_layer
     with pytest.raises(KeyError):
-        with hooks.intervene(lm, resolve(lm, "heads:all", "mlp:all", "dims:1@all")):
+        with intervene(lm, resolve(lm, "heads:all", "mlp:all", "dims:1@all")):
             assert hooks.hook_count(lm.model) > 0
             raise KeyError("inside")
     assert hooks.hook_count(lm.model) == 0
@@ -144,7 +144,7 @@ def test_hooks_are_removed_when_the_body_raises(two_layer):
 def test_mean_ablation_without_means_is_an_error(two_layer):
     lm, _ = two_layer
     with pytest.raises(ValueError, match="needs the baseline mean"):
-        with hooks.intervene(lm, resolve(lm, "mlp:0=mean")):
+        with intervene(lm, resolve(lm, "mlp:0=mean")):
             pass
     assert hooks.hook_count(lm.model) == 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from massive_checks import measures, interventions
+from massive_checks import stats, interventions
+from massive_checks.measures import massive as M
+from massive_checks.measures import profile as P
 from massive_checks.synthetic import PLANT
 
 from conftest import SMALL_DATA
@@ -13,37 +15,37 @@ from conftest import SMALL_DATA
 def test_planted_dim_layer_and_token_are_found_exactly(session_for):
     view = session_for("planted-llama").view(SMALL_DATA)
     layers = list(range(view.lm.n_layers))
-    assert view.emergence_layer(layers) == PLANT["layer"]
+    assert M.EmergenceLayer().compute(view, layers) == PLANT["layer"]
     for layer in layers:
-        cells = view.massive(layer)
+        cells = M.massive_examples(view, layer)[0]
         if layer < PLANT["layer"]:
             assert cells == []
         else:
             assert {(c.dim, c.token) for c in cells} == {(PLANT["dim"], PLANT["token"])}
-            assert view.top(layer, 1)[0].value > 500
+            assert P.top_cells(view, layer, 1)[0].value > 500
 
 
 def test_massive_threshold_parameters_are_respected(session_for):
     session = session_for("planted-llama")
     layer = PLANT["layer"]
-    value = session.view(SMALL_DATA).top(layer, 1)[0].value
-    assert session.view(SMALL_DATA, massive=(value * 1.01, 1.0)).massive(layer) == []  # above every |a|
-    assert session.view(SMALL_DATA, massive=(value * 0.99, 1.0)).massive(layer) != []
+    value = P.top_cells(session.view(SMALL_DATA), layer, 1)[0].value
+    assert M.massive_examples(session.view(SMALL_DATA, massive=(value * 1.01, 1.0)), layer)[0] == []  # above every |a|
+    assert M.massive_examples(session.view(SMALL_DATA, massive=(value * 0.99, 1.0)), layer)[0] != []
     stats = session.view(SMALL_DATA).block(layer)  # the ratio is per sequence: its own median
     ratios = stats.top()[0] / stats.median()
     highest = float(ratios.max())
-    assert session.view(SMALL_DATA, massive=(1.0, highest * 1.01)).massive(layer) == []
-    assert session.view(SMALL_DATA, massive=(1.0, highest * 1.01)).massive_dims(layer) == set()
-    hits = session.view(SMALL_DATA, massive=(1.0, highest * 0.99)).massive(layer)
+    assert M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer)[0] == []
+    assert M.massive_dims(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer) == set()
+    hits = M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 0.99)), layer)[0]
     assert {c.sequence for c in hits} == {int(ratios.argmax())} | {s for s, r in enumerate(ratios.tolist()) if r >= highest * 0.99}
 
 
 def test_the_massive_rule_is_strict_on_value_and_inclusive_on_ratio():
     """|a| > min_value and |a| >= min_ratio x median, as the README and specs/README state."""
-    assert not measures.is_massive(100.0, 0.01, 100.0, 1000.0)  # at the value floor: not massive
-    assert measures.is_massive(100.5, 0.01, 100.0, 1000.0)
-    assert measures.is_massive(2000.0, 2.0, 100.0, 1000.0)  # exactly 1000x the median: massive
-    assert not measures.is_massive(1999.0, 2.0, 100.0, 1000.0)
+    assert not stats.is_massive(100.0, 0.01, 100.0, 1000.0)  # at the value floor: not massive
+    assert stats.is_massive(100.5, 0.01, 100.0, 1000.0)
+    assert stats.is_massive(2000.0, 2.0, 100.0, 1000.0)  # exactly 1000x the median: massive
+    assert not stats.is_massive(1999.0, 2.0, 100.0, 1000.0)
 
 
 def _ablated(session, text):
@@ -53,15 +55,15 @@ def _ablated(session, text):
 def test_ablating_the_planted_mlp_removes_the_massive_activation(session_for):
     session = session_for("planted-llama")
     view = _ablated(session, f"mlp:{PLANT['layer']}")
-    assert all(view.massive(layer) == [] for layer in range(view.lm.n_layers))
+    assert all(M.massive_examples(view, layer)[0] == [] for layer in range(view.lm.n_layers))
     assert float(view.block(PLANT["layer"]).cell_max[:, PLANT["dim"]].max()) < 5
 
 
 def test_ablating_attention_keeps_the_massive_activation(session_for):
     session = session_for("planted-llama")
-    baseline = session.view(SMALL_DATA).top(PLANT["layer"], 1)[0]
+    baseline = P.top_cells(session.view(SMALL_DATA), PLANT["layer"], 1)[0]
     view = _ablated(session, "attn:all")
-    top = view.top(PLANT["layer"], 1)[0]
+    top = P.top_cells(view, PLANT["layer"], 1)[0]
     assert (top.dim, top.token) == (PLANT["dim"], PLANT["token"])
     assert abs(top.value - baseline.value) / baseline.value < 0.2
 
@@ -78,11 +80,11 @@ def test_float16_overflow_is_a_clear_error(load_model):
 
     from massive_checks import models
     from massive_checks.errors import ActivationOverflow
-    from massive_checks.run import ModelSession
+    from massive_checks.session import ModelSession
 
     lm = models.load("planted-llama", dtype="float16")
     with torch.no_grad():  # grow the planted value (~908) past float16's 65504
         lm.model.model.layers[PLANT["layer"]].mlp.down_proj.weight.mul_(100)
     view = ModelSession(lm).view(SMALL_DATA)
     with pytest.raises(ActivationOverflow, match="float16 overflows at 65504"):
-        view.top(PLANT["layer"], 1)
+        P.top_cells(view, PLANT["layer"], 1)

@@ -23,7 +23,7 @@ claim: The planted activation is above one million (false).
 models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 checks:
-  - {{measure: top1, layers: 2-3, min: 1000000}}
+  - {{measure: top1, layers: 2-3, at_least: 1000000}}
 ---
 id: planted-known-false
 claim: The planted activation emerges at block 0 (false, kept as a reminder).
@@ -37,7 +37,7 @@ id: gpt2-only
 claim: Only for gpt2.
 models: [gpt2]
 checks:
-  - {{measure: top1, min: 1}}
+  - {{measure: top1, at_least: 1}}
 """
 
 
@@ -78,7 +78,7 @@ GENERIC = """
 id: generic-{n}
 claim: Any model has a largest activation.
 checks:
-  - {{measure: top1, min: 0}}
+  - {{measure: top1, at_least: 0}}
 """
 
 
@@ -101,7 +101,7 @@ def test_a_model_no_spec_applies_to_is_named(planted_suite):
 
 def test_malformed_spec_is_a_collection_error_with_file_and_line(pytester):
     pytester.mkdir("specs")
-    (pytester.path / "specs" / "bad.yaml").write_text("id: x\nclaim: c\nchecks:\n  - {measure: top9, min: 1}\n")
+    (pytester.path / "specs" / "bad.yaml").write_text("id: x\nclaim: c\nchecks:\n  - {measure: top9, at_least: 1}\n")
     result = pytester.runpytest("specs", "--model", "planted-llama")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*specs/bad.yaml:4: checks[[]0[]].measure: unknown measure 'top9'*"])

@@ -11,7 +11,8 @@ import pytest
 
 from massive_checks import golden
 from massive_checks.errors import GoldenError, SpecError
-from massive_checks.run import Evaluator, ModelSession
+from massive_checks.evaluate import Evaluator
+from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
 
 from conftest import SMALL_DATA
@@ -35,24 +36,24 @@ def spec_error(tmp_path, content) -> SpecError:
     (b"id: x\nclaim: c\n? [a, b]\n: 1\nchecks: []\n", "plain name"),
     (b"- just\n- a list\n", "not a mapping"),
     (HEAD.encode() + b"claim2: x\n", "unknown key"),
-    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, min: 0}\n", "claim"),
+    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, at_least: 0}\n", "claim"),
 ])
 def test_hostile_files_are_spec_errors(tmp_path, content, message):
     assert message in str(spec_error(tmp_path, content))
 
 
 @pytest.mark.parametrize("check, key", [
-    ("{measure: top1, config: [a], min: 0}", "config"),
-    ("{measure: top1, between: [a, b]}", "between"),
-    ("{measure: dim_peak, dim: 100000000000000000000000, min: 0}", "dim"),
-    ("{measure: top1, max: .inf}", "max"),
-    ("{measure: top1, layers: 2-0, min: 0}", "layers"),
-    ("{measure: top1, layers: 0-99999999999999, min: 0}", "layers"),
+    ("{measure: top1, config: [a], at_least: 0}", "config"),
+    ("{measure: top1, between: [a, b]}", "between[0]"),
+    ("{measure: dim_peak, dim: 100000000000000000000000, at_least: 0}", "dim"),
+    ("{measure: top1, at_most: .inf}", "at_most"),
+    ("{measure: top1, layers: 2-0, at_least: 0}", "layers"),
+    ("{measure: top1, layers: 0-99999999999999, at_least: 0}", "layers"),
     ("{measure: top_neurons, layer: 1, dim: 2, k: 0, equals: [1]}", "k"),
-    ("{measure: dim_peak, dim: true, min: 0}", "dim"),
-    ("{measure: massive_dims, max: 3}", "max"),
+    ("{measure: dim_peak, dim: true, at_least: 0}", "dim"),
+    ("{measure: massive_dims, at_most: 3}", "at_most"),
     ("{measure: explosion_point, layer: 1, change: [baseline, baseline], equals: out}", "change"),
-    ("{measure: max_rel_diff, versus: baseline, site: blocks, max: 1}", "site"),
+    ("{measure: max_rel_diff, versus: baseline, site: blocks, at_most: 1}", "site"),
 ])
 def test_bad_values_name_their_key(tmp_path, check, key):
     error = spec_error(tmp_path, HEAD + f"checks:\n  - {check}\n")
@@ -61,21 +62,21 @@ def test_bad_values_name_their_key(tmp_path, check, key):
 
 @pytest.mark.parametrize("extra, key", [
     ("massive: {min_value: .nan}\nchecks:\n  - {measure: massive_dims, equals: []}\n", "massive.min_value"),
-    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, min: 0}\n", "golden.rtol"),
-    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
-    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
-    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
-    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a"),
+    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, at_least: 0}\n", "golden.rtol"),
+    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
+    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
+    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
+    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a[0]"),
 ])
 def test_bad_thresholds_tolerances_and_interventions(tmp_path, extra, key):
     assert spec_error(tmp_path, HEAD + extra).key == key
 
 
 @pytest.mark.parametrize("extra, key, message", [
-    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a", r"units \[99999\] out of range"),
-    ("checks:\n  - {measure: top1, layers: 5-7, min: 0}\n", "checks[0].layers", "out of range"),
-    ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layers", "has 3 blocks"),
-    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, min: 0}\n", "interventions.a", "out of range"),
+    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a", r"units \[99999\] out of range"),
+    ("checks:\n  - {measure: top1, layers: 5-7, at_least: 0}\n", "checks[0].layers", "out of range"),
+    ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layer", "has 3 blocks"),
+    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a", "out of range"),
 ])
 def test_what_the_model_lacks_is_a_spec_error_before_any_pass(tmp_path, session_for, extra, key, message):
     path = tmp_path / "spec.yaml"
@@ -94,7 +95,7 @@ def test_a_spec_using_only_a_non_baseline_configuration_gets_its_figure(tmp_path
     path.write_text(HEAD + "interventions:\n  a: ['mlp:all']\nchecks:\n  - {measure: massive_dims, config: a, equals: []}\n")
     (spec,) = load_file(path)
     outcome = Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate()
-    assert figures.render(outcome, outcome.figure_data, tmp_path / "f.png").stat().st_size > 1000
+    assert figures.render(*outcome, tmp_path / "f.png").stat().st_size > 1000
 
 
 def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
@@ -106,7 +107,7 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
         models: any
         data: {samples: 2, seq_len: 12}
         checks:
-          - {measure: top1, layers: 0-2, min: 0}
+          - {measure: top1, layers: 0-2, at_least: 0}
         ---
         id: too-deep
         claim: c
@@ -115,7 +116,7 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
         interventions:
           a: ['mlp:50']
         checks:
-          - {measure: top1, layers: 40-41, min: 0}
+          - {measure: top1, layers: 40-41, at_least: 0}
     """))
     result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
@@ -175,7 +176,7 @@ def test_a_write_failure_is_a_golden_error(tmp_path, monkeypatch):
 
 
 def test_the_overflow_message_names_the_real_dtype(session_for):
-    from massive_checks.run import numerics_message
+    from massive_checks.session import numerics_message
 
     lm = session_for("tiny-llama").lm
     message = numerics_message(lm, "blocks.1.out", "baseline")

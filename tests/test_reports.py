@@ -25,14 +25,14 @@ data: {{samples: 4, seq_len: 32}}
 interventions:
   no_mlp: ["mlp:{PLANT['layer']}"]
 checks:
-  - {{measure: top1, change: [baseline, no_mlp], layers: {PLANT['layer']}-3, max: -0.9}}
+  - {{measure: top1, change: [baseline, no_mlp], layers: {PLANT['layer']}-3, at_most: -0.9}}
 ---
 id: planted-heads
 claim: Some head attends to position 0.
 models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 checks:
-  - {{measure: head_rank, head: "0.0", min: 1}}
+  - {{measure: head_rank, head: "0.0", at_least: 1}}
 """)
     return pytester
 

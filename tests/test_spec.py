@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from massive_checks.errors import SpecError
-from massive_checks.run import Evaluator
+from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
 
 from conftest import SMALL_DATA
@@ -17,7 +17,7 @@ id: ok
 claim: a claim
 models: any
 checks:
-  - {measure: top1, layers: 1-2, min: 10}
+  - {measure: top1, layers: 1-2, at_least: 10}
 """
 
 
@@ -35,16 +35,16 @@ def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
 
 
 @pytest.mark.parametrize("text, line, key, message", [
-    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, min: 1}\nmodel: [gpt2]\n", 5, "model", "unknown key; allowed"),
+    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1}\nmodel: [gpt2]\n", 5, "model", "unknown key; allowed"),
     ("id: x\nclaim: c\nclaim: d\nchecks: []\n", 3, "claim", "duplicate key"),
-    ("id: x\nclaim: c\nchecks:\n  - measure: top5\n    min: 1\n", 4, "checks[0].measure", "unknown measure 'top5'"),
+    ("id: x\nclaim: c\nchecks:\n  - measure: top5\n    at_least: 1\n", 4, "checks[0].measure", "unknown measure 'top5'"),
     ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    between: [5, 1]\n", 5, "checks[0].between", "low <= high"),
-    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    min: 1\n    max: 2\n    equals: 3\n", 4, "checks[0].measure", "exactly one bound"),
-    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, min: 1}\n", 4, "checks[0].config", "unknown configuration 'nope'"),
-    ("id: x\nclaim: c\ninterventions:\n  off: [\"atn:all\"]\nchecks:\n  - {measure: top1, min: 1}\n", 4, "interventions.off", "target 'atn'"),
-    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, min: 1}\n", 4, "data.samples", "an integer from 1 to 100000"),
-    ("id: x\nchecks:\n  - {measure: top1, min: 1}\n", 1, "claim", "required key is missing"),
-    ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, min: 1}\n", 4, "checks[0].measure", "needs dim"),
+    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    at_least: 1\n    at_most: 2\n    equals: 3\n", 6, "checks[0].at_most", "exactly one bound"),
+    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, at_least: 1}\n", 4, "checks[0].config", "unknown configuration 'nope'"),
+    ("id: x\nclaim: c\ninterventions:\n  off: [\"atn:all\"]\nchecks:\n  - {measure: top1, at_least: 1}\n", 4, "interventions.off", "target 'atn'"),
+    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, at_least: 1}\n", 4, "data.samples", "greater than or equal to 1"),
+    ("id: x\nchecks:\n  - {measure: top1, at_least: 1}\n", 1, "claim", "required key is missing"),
+    ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, at_least: 1}\n", 4, "checks[0].dim", "dim_peak needs dim"),
     ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),
 ])
 def test_malformed_specs_name_file_line_and_key(tmp_path, text, line, key, message):
@@ -84,9 +84,9 @@ def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, se
 
 @pytest.mark.parametrize("check, interventions, message", [
     ("{measure: top1_dim, layers: 2, equals: 2533}", "", "names dims [2533]"),
-    ("{measure: top1, config: off, min: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
-    ("{measure: head_score, head: '5.12', min: 0}", "", "names heads ['5.12']"),
-    ("{measure: head_rank, head: '40.1', max: 3}", "", "names heads ['40.1']"),
+    ("{measure: top1, config: off, at_least: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
+    ("{measure: head_score, head: '5.12', at_least: 0}", "", "head 5.12: tiny-gpt2 has 3 layers x 4 heads"),
+    ("{measure: head_rank, head: '40.1', at_most: 3}", "", "head 40.1: tiny-gpt2 has 3 layers x 4 heads"),
 ])
 def test_units_the_model_lacks_are_rejected_before_running(tmp_path, session_for, check, interventions, message):
     (spec,) = load_file(write(tmp_path, f"id: x\nclaim: c\n{interventions}checks:\n  - {check}\n"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from massive_checks import hooks
-from massive_checks.run import Evaluator
+from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
 
 from conftest import SMALL_DATA
@@ -33,7 +33,7 @@ def observed(tmp_path, session, measure: str, k: int = K):
         id: units
         claim: c
         checks:
-          - {{measure: {measure}, layer: {LAYER}, dim: {DIM}, k: {k}, {"equals: [0]" if measure == "top_neurons" else "min: 0"}}}
+          - {{measure: {measure}, layer: {LAYER}, dim: {DIM}, k: {k}, {"equals: [0]" if measure == "top_neurons" else "at_least: 0"}}}
     """))
     (spec,) = load_file(path)
     return Evaluator(spec, session, SMALL_DATA).evaluate().checks[0].rows[0].observed

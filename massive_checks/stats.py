@@ -1,5 +1,6 @@
-"""Pure functions from captured statistics (hooks.SiteStats, cpu tensors) to the numbers that
-claims are about. No hooks, no models: easy to test against hand computations."""
+"""Pure functions from captured statistics (capture.SiteStats, cpu tensors) to the numbers that
+claims are about. No hooks, no models: easy to test against hand computations. The measures
+(measures/) are built from these."""
 
 from __future__ import annotations
 
@@ -115,17 +116,6 @@ def top_share(contributions: torch.Tensor, k: int) -> float:
 def top_contributors(contributions: torch.Tensor, k: int) -> list[tuple[int, float]]:
     order = contributions.abs().argsort(descending=True)[:k]
     return [(int(i), float(contributions[i])) for i in order]
-
-
-def format_value(value) -> str:
-    """How observed values print in tables: 6 significant digits, sets sorted, None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.6g}"
-    if isinstance(value, (set, frozenset, tuple)):
-        return "{" + ", ".join(map(str, sorted(value))) + "}" if not isinstance(value, tuple) else str(list(value))
-    return str(value)
 
 
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

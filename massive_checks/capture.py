@@ -1,0 +1,193 @@
+"""Captures: pluggable accumulators fed by hook functions (hooks.attach), and `Needs`, what a
+forward pass must capture. An accumulator keeps statistics, never whole activations.
+
+Accumulators:
+  SiteStats   statistics of |a| at one site (hidden-like [B, T, F] or attention [B, H, T, T])
+  (pooled per-example vectors for steering plug in the same way: a class with `add(tensor, ctx)`)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .hooks import HookContext, HookFn
+
+
+@dataclass
+class Needs:
+    """What a forward pass must capture. Block outputs (with medians) are always captured."""
+
+    sites: set[str] = field(default_factory=set)
+    medians: set[str] = field(default_factory=set)
+    loss: bool = False
+    slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
+
+    def covers(self, other: "Needs") -> bool:
+        return (other.sites <= self.sites and other.medians <= self.medians and other.slices <= self.slices
+                and (self.loss or not other.loss))
+
+    def merge(self, other: "Needs") -> "Needs":
+        self.sites |= other.sites
+        self.medians |= other.medians
+        self.slices |= other.slices
+        self.loss = self.loss or other.loss
+        return self
+
+
+SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
+
+
+@dataclass
+class SiteStats:
+    """Statistics of |a| at one site, accumulated over forward chunks; padding excluded.
+
+    Hidden-like sites ([B, T, F]):
+      cell_max [T, F]   max |a| over sequences at each (token, feature)
+      total    [T, F]   sum of a (signed) over sequences; count [T] sequences per position
+      seq_dim_max [S, F]  per sequence: max |a| of each feature over its real tokens
+      seq_token_max [S, T] per sequence: max |a| over features at each real token (0 at padding)
+      slices {f: [S, T]}  signed a of a few requested features at every token (0 at padding)
+      seq_cells  [S, K]x4 per sequence: its K largest cells of the flattened |a| (values,
+                 features, tokens, signed values), largest first
+      seq_median [S]    per sequence median of the flattened |a| of its real tokens (only where
+                        requested)
+    Attention probability sites ([B, H, T, T]):
+      key_attn [S, H, T]  per sequence, mean attention paid to key k by queries q > k
+    (S: every sequence of the dataset, in order.)
+    """
+
+    cell_max: torch.Tensor | None = None
+    total: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    seq_dim_max: list = field(default_factory=list)
+    seq_token_max: list = field(default_factory=list)
+    seq_slices: list = field(default_factory=list)  # [(features tuple, [B, T, n] signed)]
+    seq_cells: list = field(default_factory=list)  # [(values, features, tokens, signed) each [B, K]]
+    seq_median: list = field(default_factory=list)
+    key_attn: list = field(default_factory=list)
+    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504)
+
+    with_median: bool = False  # keep per-sequence medians (one batched nanmedian per chunk)
+    slice_dims: tuple = ()  # features kept at every token
+
+    def add(self, tensor: torch.Tensor | None, context: HookContext) -> None:
+        """The hook function: statistics of one chunk's tensor at this site; never edits it."""
+        if tensor is None:
+            raise RuntimeError("attention weights are None: load the model with eager attention")
+        mask = context.mask.to(tensor.device)
+        if tensor.dim() == 4:  # attention probabilities [B, H, T, T]
+            self.add_probs(tensor, mask)
+        else:
+            self.add_hidden(tensor, mask, self.with_median, self.slice_dims)
+
+    def finish(self) -> "SiteStats":
+        for name in ("cell_max", "total", "count"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.cpu())
+        return self
+
+    def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool, slice_dims: tuple = ()) -> None:
+        act = act.detach()
+        valid = mask.bool().unsqueeze(-1)  # [B, T, 1]
+        magnitude = act.abs().float().masked_fill(~valid, 0.0)  # padding -> 0, never a maximum
+        cell_max = magnitude.amax(dim=0)  # [T, F]
+        self.overflow = self.overflow or not bool(torch.isfinite(cell_max).all())
+        total = act.float().masked_fill(~valid, 0.0).sum(dim=0)
+        count = mask.sum(dim=0).float()  # [T]
+        self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)
+        self.total = total if self.total is None else _merge_sum(self.total, total)
+        self.count = count if self.count is None else _merge_sum(self.count, count)
+        self.seq_dim_max.append(magnitude.amax(dim=1).cpu())  # [B, F]
+        self.seq_token_max.append(magnitude.amax(dim=2).cpu())  # [B, T]
+        if slice_dims:
+            self.seq_slices.append((slice_dims, act[..., list(slice_dims)].float().masked_fill(~valid, 0.0).cpu()))
+        width = act.shape[-1]
+        values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
+        signed = act.float().flatten(1).gather(1, flat)
+        self.seq_cells.append(tuple(t.cpu() for t in (values, flat % width, flat // width, signed)))
+        if with_median:  # one batched call: padding is NaN, which nanmedian skips
+            flat_nan = act.abs().float().masked_fill(~valid, float("nan")).flatten(1)  # [B, T*F]
+            self.seq_median.append(flat_nan.nanmedian(dim=1).values.cpu())
+
+    def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
+        probs = probs.detach().float()  # [B, H, Tq, Tk]
+        T = probs.shape[-1]
+        later = torch.ones(T, T, device=probs.device).tril(diagonal=-1)  # [q, k]: q > k
+        valid_q = mask.float()[:, None, :, None]  # [B, 1, Tq, 1]
+        weight = later[None, None] * valid_q
+        sums = (probs * weight).sum(dim=2)  # [B, H, Tk]
+        n_queries = weight.sum(dim=2).clamp(min=1)  # [B, 1, Tk]
+        self.key_attn.append((sums / n_queries).cpu())
+
+    # -------- finished views (cpu tensors)
+    def mean(self) -> torch.Tensor:  # [T, F] position-wise mean over sequences
+        return self.total / self.count.clamp(min=1)[:, None]
+
+    def cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sequence, its K largest cells: (|a|, feature, token, signed a), each [S, K]."""
+        return tuple(torch.cat(parts) for parts in zip(*self.seq_cells))
+
+    def top(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sequence, its top-1 cell: (|a| [S], feature [S], token [S])."""
+        values, features, tokens, _ = self.cells()
+        return values[:, 0], features[:, 0], tokens[:, 0]
+
+    def dim_max(self) -> torch.Tensor:  # [S, F]
+        return torch.cat(self.seq_dim_max)
+
+    def token_max(self) -> torch.Tensor:  # [S, T] (T: the longest chunk; padding 0)
+        return _cat_padded(self.seq_token_max)
+
+    def slice(self, dim: int) -> torch.Tensor:  # [S, T] signed a of one captured feature
+        return _cat_padded([part[..., dims.index(dim)] for dims, part in self.seq_slices])
+
+    def median(self) -> torch.Tensor:  # [S]
+        return torch.cat(self.seq_median)
+
+    def attention_to_keys(self) -> torch.Tensor:  # [S, H, T]
+        width = max(part.shape[-1] for part in self.key_attn)
+        return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in self.key_attn])
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [B, T_i] chunks along B, padding each to the longest T with zeros."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
+def _merge_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = _pad_to_same(a, b)
+    return torch.maximum(a, b)
+
+
+def _merge_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = _pad_to_same(a, b)
+    return a + b
+
+
+def _pad_to_same(a, b):  # chunks may differ in length T (dim 0)
+    T = max(a.shape[0], b.shape[0])
+    pad = lambda x: torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, T - x.shape[0]))
+    return pad(a), pad(b)
+
+
+
+
+def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteStats]]:
+    """(site, hook function) pairs capturing what `needs` asks for, and the accumulators they fill."""
+    slices: dict[str, tuple[int, ...]] = {}
+    for name, dim in sorted(needs.slices):
+        slices[name] = (*slices.get(name, ()), dim)
+    accumulators = {name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ()))
+                    for name in sorted(needs.sites)}
+    return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
+
+
+def _adder(accumulator) -> HookFn:
+    def add(tensor, context):
+        accumulator.add(tensor, context)
+        return None  # a capture never replaces the tensor
+    return add

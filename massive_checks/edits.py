@@ -1,0 +1,78 @@
+"""Interventions as hook functions (hooks.attach): each canonical Ablation becomes one (site,
+function) pair that returns an edited copy of the tensor. Also `add_vector`, an edit that adds a
+named vector (HookContext.vectors) to the residual stream: what steering builds on."""
+
+from __future__ import annotations
+
+import torch
+
+from .hooks import HookContext, HookFn, resolve, site
+from .interventions import TARGET_SITE
+from .models import LoadedModel
+
+
+def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> list[tuple[str, HookFn]]:
+    """A canonical intervention (tuple of Ablation) -> (site, edit) pairs.
+
+    means: site -> [T, F] position-wise baseline mean, required by `mean`-mode ablations."""
+    pairs = []
+    for ablation in intervention:
+        name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
+        mean = None
+        if ablation.mode == "mean" and ablation.rows is None:  # #massive carries its own mean value
+            if not means or name not in means:
+                raise ValueError(f"{ablation.label()} needs the baseline mean at {name}")
+            mean = means[name]
+        pairs.append((name, _edit(lm, ablation, mean)))
+    return pairs
+
+
+def add_vector(name: str, coefficient: float) -> HookFn:
+    """x + coefficient x vectors[name] at every real token (x: [B, T, D], vector [D])."""
+    def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:
+        vector = context.vectors[name].to(x.device, x.dtype)
+        return x + coefficient * vector * context.mask.to(x.device, x.dtype)[..., None]
+    return edit
+
+
+def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None) -> HookFn:
+    """A function (tensor, context) -> edited copy, for one Ablation."""
+    # Resolved once here, not on every forward chunk: the output projection's bias ("bias" mode).
+    bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None) if ablation.mode == "bias" else None
+
+    def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
+        if ablation.mode == "mean" and ablation.rows is None:
+            return mean[: x.shape[1]].to(x.device, x.dtype).expand_as(x)  # [T, F] -> [B, T, F]
+        if ablation.mode in ("value", "mean"):  # #massive's mean is a value: the massive cells' mean
+            return torch.full_like(x, ablation.value)
+        if bias is not None:
+            return bias.to(x.dtype).expand_as(x)
+        return torch.zeros_like(x)  # zero mode, or "bias" mode on a projection without bias
+
+    def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:  # x: [B, T, F]
+        new = replacement(x)
+        if ablation.target in ("attn", "mlp"):
+            return new.clone()
+        return torch.where(_selected(lm, ablation, x, context), new, x)
+
+    return edit
+
+
+def _selected(lm: LoadedModel, ablation, x: torch.Tensor, context: HookContext) -> torch.Tensor:
+    """[B, T, F] (broadcastable) bool: the entries of x an ablation of heads, dims or neurons edits."""
+    B, T, F = x.shape
+    units = torch.zeros(F, dtype=torch.bool, device=x.device)
+    if ablation.target == "heads":  # F = H * head_dim, head h owns [h*hd, (h+1)*hd)
+        for head in ablation.units:
+            units[head * lm.head_dim:(head + 1) * lm.head_dim] = True
+    else:  # dims or neurons
+        units[list(ablation.units)] = True
+    if ablation.rows is None and ablation.tokens is None:  # every position
+        return units[None, None, :]
+    positions = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+    if ablation.rows is not None:  # per dataset sequence: this chunk holds rows start..start+B
+        for b, tokens in enumerate(ablation.rows[context.start:context.start + B]):
+            positions[b, [t for t in tokens if t < T]] = True
+    else:
+        positions[:, [t for t in ablation.tokens if t < T]] = True
+    return positions[:, :, None] & units[None, None, :]

@@ -1,0 +1,21 @@
+"""The model's mean next-token loss over real tokens: the only measure that needs logits."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from ..capture import Needs
+from .base import Measure, register
+
+
+@register
+class Loss(Measure):
+    """Mean next-token cross-entropy over real tokens (nats)."""
+    measure: Literal["loss"] = "loss"
+    shape: ClassVar[str] = "value"
+
+    def needs(self, lm, layers):
+        return Needs(loss=True)
+
+    def compute(self, view, layers):
+        return view.loss()

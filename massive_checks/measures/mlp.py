@@ -1,0 +1,145 @@
+"""Inside the MLP: |a| at its checkpoints, where it explodes, and which intermediate units write a
+residual dim."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from .. import hooks, stats
+from ..capture import Needs
+from .base import Measure, PerLayer, Statistic, register
+
+MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out", "resid")  # checkpoint order inside an MLP
+Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
+
+
+def mlp_flow(lm) -> list[str]:
+    """MLP checkpoints in flow order; `gate` only for gated MLPs, `resid` (the post-feedforward
+    norm's output, what is added to the residual stream) only where it differs from `out`."""
+    return [c for c in MLP_FLOW if (c != "gate" or lm.adapter.gate is not None) and (c != "resid" or lm.adapter.mlp_resid)]
+
+
+def mlp_stat(view, layer: int, checkpoint: str, what: str, statistic: str = "paper") -> float:
+    """max |a| (per sequence then averaged, or over all) or median |a| inside an MLP."""
+    site_stats = view.stats(hooks.site(layer, f"mlp.{checkpoint}"), median=(what == "median"))
+    if what == "median":
+        return float(site_stats.median().mean())
+    return float(site_stats.dim_max().amax(dim=1).mean()) if statistic == "paper" else float(site_stats.cell_max.max())
+
+
+def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
+    """[F] contribution of each unit to output `dim` at the token where that output peaks."""
+    token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
+    down_in = view.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
+    down = hooks.resolve(view.lm, hooks.site(layer, "mlp.out"))[0]
+    return stats.neuron_contributions(down_in, down.weight, dim, view.lm.adapter.conv1d)
+
+
+def flow_panel(view, layers: list[int]) -> dict:
+    """Max |a| at each checkpoint the pass captured, per layer."""
+    return {"mlp": {L: {c: mlp_stat(view, L, c, "max") for c in mlp_flow(view.lm)
+                        if view.captured(hooks.site(L, f"mlp.{c}"))} for L in layers}}
+
+
+class _Checkpoint(PerLayer):
+    checkpoint: Checkpoint = "out"
+
+    def check_model(self, lm, layers):
+        if self.checkpoint not in mlp_flow(lm):
+            raise ValueError(f"checkpoint {self.checkpoint!r}: {lm.name}'s MLP has {', '.join(mlp_flow(lm))}")
+
+    def figure(self, view, layers):
+        return flow_panel(view, layers)
+
+
+@register
+class MlpMax(_Checkpoint):
+    """max |a| at an MLP checkpoint."""
+    measure: Literal["mlp_max"] = "mlp_max"
+    statistic: Statistic = "paper"
+
+    def needs(self, lm, layers):
+        return Needs(sites={hooks.site(L, f"mlp.{self.checkpoint}") for L in layers})
+
+    def at(self, view, layer):
+        return mlp_stat(view, layer, self.checkpoint, "max", self.statistic)
+
+
+@register
+class MlpMedian(_Checkpoint):
+    """median |a| at an MLP checkpoint (per sequence, averaged)."""
+    measure: Literal["mlp_median"] = "mlp_median"
+
+    def needs(self, lm, layers):
+        sites = {hooks.site(L, f"mlp.{self.checkpoint}") for L in layers}
+        return Needs(sites=sites, medians=set(sites))
+
+    def at(self, view, layer):
+        return mlp_stat(view, layer, self.checkpoint, "median")
+
+
+@register
+class ExplosionPoint(Measure):
+    """The MLP checkpoint (in flow order) whose max |a| grows most over the previous one."""
+    measure: Literal["explosion_point"] = "explosion_point"
+    layer: int = Field(ge=0, lt=10**9)
+    shape: ClassVar[str] = "label"
+    labels: ClassVar[tuple[str, ...]] = MLP_FLOW
+
+    def needs(self, lm, layers):
+        return Needs(sites={hooks.site(self.layer, f"mlp.{c}") for c in mlp_flow(lm)})
+
+    def compute(self, view, layers):
+        return stats.explosion_point({c: mlp_stat(view, self.layer, c, "max") for c in mlp_flow(view.lm)})
+
+    def check_model(self, lm, layers):
+        _layer_exists(lm, self.layer)
+
+    def figure(self, view, layers):
+        return flow_panel(view, [self.layer])
+
+
+class _Units(Measure):
+    layer: int = Field(ge=0, lt=10**9)
+    dim: int = Field(ge=0, lt=10**9)
+    k: int = Field(5, ge=1, lt=10**9)
+
+    def needs(self, lm, layers):
+        return Needs(sites={hooks.site(self.layer, "mlp.out"), hooks.site(self.layer, "mlp.down_in")})
+
+    def check_model(self, lm, layers):
+        _layer_exists(lm, self.layer)
+        if self.dim >= lm.width:
+            raise ValueError(f"dim {self.dim}: {lm.name}'s residual stream has {lm.width} dims (0-{lm.width - 1})")
+
+    def figure(self, view, layers):
+        return flow_panel(view, [self.layer])
+
+
+@register
+class TopNeurons(_Units):
+    """The k intermediate units contributing most (|activation x weight|) to output `dim` at the
+    token where it peaks."""
+    measure: Literal["top_neurons"] = "top_neurons"
+    shape: ClassVar[str] = "set"
+
+    def compute(self, view, layers):
+        return [unit for unit, _ in stats.top_contributors(neuron_contributions(view, self.layer, self.dim), self.k)]
+
+
+@register
+class TopNeuronsShare(_Units):
+    """What those k units' contributions add up to, as a share of the dim's output (less bias)."""
+    measure: Literal["top_neurons_share"] = "top_neurons_share"
+    shape: ClassVar[str] = "value"
+
+    def compute(self, view, layers):
+        return stats.top_share(neuron_contributions(view, self.layer, self.dim), self.k)
+
+
+def _layer_exists(lm, layer: int) -> None:
+    if layer >= lm.n_layers:
+        raise ValueError(f"layer {layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")

@@ -1,0 +1,175 @@
+"""The layer profile: top-k |a| of the block output, its median and ratio, where the top-1 sits,
+and one dim's peak. Two statistics (claims.md, "The statistic behind the numbers"):
+  paper               per sequence, the top-k of its flattened |a| (or its max in one dim),
+                      averaged over sequences (Sun et al. 2024 and the seeds); the default
+  max_over_sequences  the k-th largest cell of the per-(token, dim) maximum over sequences"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from .. import stats
+from .base import Measure, PerLayer, Statistic, register
+from .massive import cells_panel
+
+
+def top_value(view, layer: int, k: int, statistic: str = "paper") -> float:
+    if statistic == "paper":
+        return stats.paper_top(view.block(layer).cells(), k)
+    return top_cells(view, layer, k)[k - 1].value
+
+
+def top_cells(view, layer: int, k: int = 3) -> list[stats.Cell]:
+    """The k largest cells of the per-(token, dim) max over sequences: where values sit."""
+    return stats.top_cells(view.block(layer).cell_max, k)
+
+
+def median(view, layer: int) -> float:
+    """Each sequence's median |a| over its real tokens and dims, averaged over sequences."""
+    return float(view.block(layer).median().mean())
+
+
+def ratio(view, layer: int, statistic: str = "paper") -> float:
+    """top-1 / median, both averaged over sequences (the seeds' ratio column: 2475 / 0.84)."""
+    return stats.ratio(top_value(view, layer, 1, statistic), median(view, layer))
+
+
+def profile_of(view) -> dict:
+    """{"top1": [per layer], "top2", "top3", "median"} in the paper's statistic: what every spec
+    carries for each configuration it reads."""
+    layers = range(view.lm.n_layers)
+    result = {f"top{k}": [top_value(view, L, k) for L in layers] for k in (1, 2, 3)}
+    result["median"] = [median(view, L) for L in layers]
+    return result
+
+
+class _Top(PerLayer):
+    statistic: Statistic = "paper"
+    rank: ClassVar[int]
+
+    def at(self, view, layer):
+        return top_value(view, layer, self.rank, self.statistic)
+
+
+@register
+class Top1(_Top):
+    """The largest |a| of the block output."""
+    measure: Literal["top1"] = "top1"
+    rank: ClassVar[int] = 1
+
+
+@register
+class Top2(_Top):
+    """The second largest |a| of the block output."""
+    measure: Literal["top2"] = "top2"
+    rank: ClassVar[int] = 2
+
+
+@register
+class Top3(_Top):
+    """The third largest |a| of the block output."""
+    measure: Literal["top3"] = "top3"
+    rank: ClassVar[int] = 3
+
+
+@register
+class Median(PerLayer):
+    """Median |a| of the block output (per sequence, averaged)."""
+    measure: Literal["median"] = "median"
+
+    def at(self, view, layer):
+        return median(view, layer)
+
+
+@register
+class Ratio(PerLayer):
+    """top-1 / median of the block output."""
+    measure: Literal["ratio"] = "ratio"
+    statistic: Statistic = "paper"
+
+    def at(self, view, layer):
+        return ratio(view, layer, self.statistic)
+
+
+class _TopWhere(Measure):
+    """The dim (or token) of the top-1: the set over sequences of each one's top-1 ("paper"), or
+    the single top cell of the max over sequences."""
+    shape: ClassVar[str] = "label_per_layer"
+    layered: ClassVar[bool] = True
+    statistic: Statistic = "paper"
+    axis: ClassVar[str]
+
+    def compute(self, view, layers):
+        return {L: self._at(view, L) for L in layers}
+
+    def _at(self, view, layer):
+        if self.statistic == "paper":
+            _, features, tokens = view.block(layer).top()
+            return frozenset((features if self.axis == "dim" else tokens).tolist())
+        cell = top_cells(view, layer, 1)[0]
+        return cell.dim if self.axis == "dim" else cell.token
+
+    def figure(self, view, layers):
+        return cells_panel(view)
+
+
+@register
+class Top1Dim(_TopWhere):
+    """The residual dim of the top-1 activation."""
+    measure: Literal["top1_dim"] = "top1_dim"
+    axis: ClassVar[str] = "dim"
+    dims_in_bound: ClassVar[bool] = True
+
+
+@register
+class Top1Token(_TopWhere):
+    """The token position of the top-1 activation."""
+    measure: Literal["top1_token"] = "top1_token"
+    axis: ClassVar[str] = "token"
+
+
+@register
+class DimPeak(PerLayer):
+    """max |a| of one residual dim over real tokens."""
+    measure: Literal["dim_peak"] = "dim_peak"
+    dim: int = Field(ge=0, lt=10**9)
+    statistic: Statistic = "paper"
+
+    def at(self, view, layer):
+        block = view.block(layer)
+        if self.statistic == "paper":
+            return float(block.dim_max()[:, self.dim].mean())
+        return float(block.cell_max[:, self.dim].max())
+
+    def check_model(self, lm, layers):
+        if self.dim >= lm.width:
+            raise ValueError(f"dim {self.dim}: {lm.name}'s residual stream has {lm.width} dims (0-{lm.width - 1})")
+
+    def figure(self, view, layers):
+        return cells_panel(view)
+
+
+def profile_document(view) -> dict:
+    """The `massive-checks profile --json` document: per layer the max-over-sequences cells
+    ("top", "median", "ratio" of top-1 cell / median) and the paper's statistic ("paper")."""
+    from .. import interventions
+    from ..records import STATISTIC_TEXT
+    from .massive import massive_dims, massive_examples, massive_tokens
+
+    layers, n = [], view.lm.n_layers
+    for layer in range(n):
+        paper = {"top": [top_value(view, layer, k) for k in (1, 2, 3)], "median": median(view, layer), "ratio": ratio(view, layer)}
+        layers.append({"layer": layer, "top": [c.as_dict() for c in top_cells(view, layer)], "median": median(view, layer),
+                       "ratio": ratio(view, layer, "max_over_sequences"), "paper": paper})
+    examples = [massive_examples(view, layer) for layer in range(n)]
+    massive = [{"layer": layer, **cell.as_dict()} for layer, (cells, _) in enumerate(examples) for cell in cells]
+    return {"model": view.lm.name, "intervention": interventions.describe(view.intervention),
+            "statistics": STATISTIC_TEXT, "layers": layers, "massive": massive,
+            "massive_truncated_layers": [layer for layer, (_, more) in enumerate(examples) if more],
+            "massive_dims_per_layer": {layer: sorted(massive_dims(view, layer)) for layer in range(n)},
+            "massive_tokens_per_layer": {layer: sorted(massive_tokens(view, layer)) for layer in range(n)}}
+
+
+__all__ = ["Measure", "profile_of", "profile_document", "top_value", "top_cells", "median", "ratio"]

@@ -1,0 +1,32 @@
+"""Agreement of two configurations at a site: 0 when their captures are identical."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .. import hooks, stats
+from ..capture import Needs
+from .base import PerLayer, register
+
+Site = Literal["out", "attn.out", "attn.resid", "attn.o_in", "mlp.in", "mlp.up", "mlp.gate", "mlp.act", "mlp.down_in",
+               "mlp.out", "mlp.resid"]
+
+
+@register
+class MaxRelDiff(PerLayer):
+    """max |x - y| / max |y| between this configuration and `versus` at a site (per-cell maxima
+    and position-wise means, whichever differs more)."""
+    measure: Literal["max_rel_diff"] = "max_rel_diff"
+    versus: str  # a configuration name (checked against the spec's at collection)
+    site: Site = "out"
+
+    def needs(self, lm, layers):
+        return Needs(sites={hooks.site(L, self.site) for L in layers})
+
+    def configs(self) -> set[str]:
+        return {self.versus}
+
+    def at(self, view, layer):
+        name = hooks.site(layer, self.site)
+        a, b = view.stats(name), view.sibling(self.versus).stats(name)
+        return max(stats.max_rel_diff(a.cell_max, b.cell_max), stats.max_rel_diff(a.mean(), b.mean()))

@@ -1,0 +1,169 @@
+"""Forward passes on one model, shared: one pass per (data, intervention) per session, capturing
+everything every planned spec needs from it; and ConfigView, what measures read a configuration's
+captures through."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import hooks, interventions
+from .capture import Needs, SiteStats, stat_pairs
+from .data import Batch, DataConfig, tokenize
+from .edits import edit_pairs
+from .errors import ActivationOverflow
+from .interventions import BASELINE
+from .models import LoadedModel
+
+
+class PassResult:
+    def __init__(self, stats: dict[str, SiteStats], needs: Needs, loss: float | None):
+        self.stats, self.needs, self.loss = stats, needs, loss  # loss: mean next-token loss over real tokens
+
+
+class ModelSession:
+    """Everything computed on one loaded model; the cache key includes data and intervention."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int = 8):
+        self.lm, self.batch_size = lm, batch_size
+        self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
+        self._passes: dict[tuple, PassResult] = {}
+        self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
+        self._batches: dict[DataConfig, Batch] = {}
+
+    def batch(self, data: DataConfig) -> Batch:
+        if data not in self._batches:
+            self._batches[data] = tokenize(self.lm.tokenizer, data)
+        return self._batches[data]
+
+    def plan(self, data: DataConfig, plan_key: tuple, needs: Needs) -> None:
+        """Announce what a configuration (keyed by its intervention request texts) will need,
+        before its pass runs, so that each pass captures everything once."""
+        self._planned.setdefault((data, plan_key), Needs()).merge(needs)
+
+    def run(self, data: DataConfig, intervention=BASELINE, needs: Needs | None = None, plan_key: tuple = ()) -> PassResult:
+        wanted = self._planned.setdefault((data, plan_key or _plan_key_of(intervention)), Needs())
+        wanted.merge(needs or Needs())
+        key = (data, intervention)
+        cached = self._passes.get(key)
+        if cached is None or not cached.needs.covers(wanted):
+            if cached is not None:
+                wanted.merge(cached.needs)  # a recompute never loses earlier captures
+            self._passes[key] = self._forward(data, intervention, wanted)
+        return self._passes[key]
+
+    def holds(self, data: DataConfig, intervention, site_name: str) -> bool:
+        cached = self._passes.get((data, intervention))
+        return cached is not None and site_name in cached.stats
+
+    def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
+        means = self.means(data, intervention)  # may run the baseline pass first
+        lm, batch = self.lm, self.batch(data)
+        blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
+        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices))
+        captures, accumulators = stat_pairs(needs)
+        # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's 262k
+        # vocabulary, most of a pass's time and memory).
+        network = lm.model if needs.loss else lm.model.base_model
+        losses: list[torch.Tensor] = []
+        with torch.no_grad(), hooks.attach(lm, edit_pairs(lm, intervention, means) + captures) as attached:
+            for start in range(0, batch.input_ids.shape[0], self.batch_size):
+                mask = batch.attention_mask[start:start + self.batch_size]
+                width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
+                ids = batch.input_ids[start:start + self.batch_size, :width].to(lm.device)
+                mask = mask[:, :width].to(lm.device)
+                output = attached.forward(network, ids, mask, start, use_cache=False)
+                if needs.loss:
+                    losses.append(token_losses(output.logits, ids, mask))
+        self.forward_passes += 1
+        loss = float(torch.cat(losses).mean()) if losses else None
+        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss)
+
+    def means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
+        """Baseline position-wise means [T, F] at the sites mean-mode ablations edit."""
+        sites = interventions.mean_sites(intervention)
+        if not sites:
+            return {}
+        baseline = self.run(data, BASELINE, Needs(sites=sites))
+        return {name: baseline.stats[name].mean() for name in sites}
+
+    def resolve(self, data: DataConfig, requests: list, massive=(100.0, 1000.0)) -> tuple:
+        """Intervention requests -> canonical intervention (ranking heads, or finding the massive
+        cells in the baseline, first if asked)."""
+        from .measures.heads import head_score_table
+        from .measures.massive import massive_cells
+        from .stats import rank_heads
+
+        baseline = self.view(data, BASELINE, massive)
+        ranking = None
+        if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):
+            ranking = rank_heads(head_score_table(baseline, "first"))
+        cells = lambda layers, dims: massive_cells(baseline, layers, dims)
+        return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, cells)
+
+    def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = (),
+             sibling: Callable[[str], "ConfigView"] | None = None) -> "ConfigView":
+        return ConfigView(self, data, intervention, massive, plan_key, sibling)
+
+
+def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token losses at real positions only. logits [B, T, V] -> [n_real_targets]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    return nll[mask[:, 1:].bool()].cpu()
+
+
+def numerics_message(lm: LoadedModel, site_name: str, config: str) -> str:
+    dtype = str(lm.dtype).removeprefix("torch.")
+    limit = {"float16": "float16 overflows at 65504", "bfloat16": "bfloat16 overflows at ~3.4e38"}.get(dtype, f"{dtype} overflowed")
+    advice = " - run with --dtype float32 or bfloat16" if dtype == "float16" else ""
+    return (f"numerics error on {lm.name}: inf/nan activations at {site_name} ({config}) in {dtype}; {limit}{advice}. "
+            f"Not a verdict on the claim.")
+
+
+def _plan_key_of(intervention) -> tuple:
+    # Passes run directly with a canonical intervention (CLI, tests) plan under its label.
+    return (interventions.describe(intervention),) if intervention else ()
+
+
+class ConfigView:
+    """One (model, data, intervention) as measures see it: its captures, read from its shared
+    pass (asking for a capture the pass lacks reruns it once with everything planned)."""
+
+    def __init__(self, session: ModelSession, data: DataConfig, intervention, massive, plan_key: tuple = (),
+                 sibling: Callable[[str], "ConfigView"] | None = None):
+        self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
+        self.min_value, self.min_ratio = massive
+        self.lm = session.lm
+        self._sibling = sibling
+
+    @property
+    def batch(self) -> Batch:
+        return self.session.batch(self.data)
+
+    def sibling(self, config: str) -> "ConfigView":
+        """Another configuration of the same spec (max_rel_diff's `versus`)."""
+        if self._sibling is None:
+            raise ValueError(f"configuration {config!r} is not known outside a spec")
+        return self._sibling(config)
+
+    def captures(self, sites=(), medians=(), slices=()) -> dict[str, SiteStats]:
+        result = self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), False, set(slices)), self.plan_key)
+        for name in sites:
+            if result.stats[name].overflow:  # a numerics error, never a verdict on the claim
+                raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
+        return result.stats
+
+    def stats(self, name: str, median: bool = False) -> SiteStats:
+        return self.captures([name], [name] if median else [])[name]
+
+    def block(self, layer: int) -> SiteStats:
+        return self.stats(hooks.site(layer, "out"), median=True)
+
+    def captured(self, name: str) -> bool:
+        """Whether this configuration's pass already holds a site (asking never recomputes)."""
+        return self.session.holds(self.data, self.intervention, name)
+
+    def loss(self) -> float:
+        return self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).loss

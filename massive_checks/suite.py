@@ -1,0 +1,170 @@
+"""The session logic of a spec run, without pytest: models loaded once, every spec planned before
+any pass, each spec evaluated into records, goldens compared, figures drawn, reports written.
+The pytest plugin is glue around a Suite; the CLI and Python code can use one directly:
+
+    suite = Suite(Options(models=["smollm2-135m"]))
+    for spec in load_file("specs/smollm2/profile.yaml"):
+        suite.plan(spec, "smollm2-135m")
+    result = suite.run(spec, "smollm2-135m")   # SpecRun: observation, verdict, golden, record
+    suite.finish()                              # reports/ (results.json, index.html, claims.md/tex)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import figures, golden, models, report
+from .data import DataConfig
+from .errors import MassiveChecksError, ModelUnavailable
+from .evaluate import Evaluator, plan
+from .records import Observation, Verdict
+from .session import ModelSession
+from .spec import Spec
+
+
+@dataclass
+class Options:
+    models: list[str] = field(default_factory=lambda: list(models.BUNDLED_GGUF))
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    batch_size: int = 8
+    dataset: str | None = None  # overrides every spec's data when set
+    samples: int | None = None
+    seq_len: int | None = None
+    root: Path = Path(".")
+    report_dir: str = "reports"
+    golden_dir: str = "golden"
+    update_golden: str | None = None  # None | "all" | "new"
+
+
+@dataclass
+class SpecRun:
+    observation: Observation
+    verdict: Verdict
+    golden: golden.GoldenResult | None
+    record: dict  # its entry in results.json
+
+    @property
+    def golden_failed(self) -> bool:
+        return self.golden is not None and not self.golden.ok
+
+
+class Suite:
+    def __init__(self, options: Options):
+        self.options = options
+        self.sessions: dict[str, ModelSession] = {}
+        self.unavailable: dict[str, str] = {}
+        self.planned: dict[str, list[Spec]] = {}
+        self.records: list[dict] = []
+        self.headers: dict[str, dict] = {}
+
+    # -- models and plans
+    def data_for(self, spec: Spec) -> DataConfig:
+        o = self.options
+        return DataConfig(o.dataset or spec.data.dataset, o.samples or spec.data.samples, o.seq_len or spec.data.seq_len)
+
+    def plan(self, spec: Spec, model: str) -> None:
+        """Announce a spec before its model's passes run (all specs, before the first)."""
+        self.planned.setdefault(model, []).append(spec)
+        if model in self.sessions:
+            self._plan_one(self.sessions[model], spec)
+
+    def session(self, name: str) -> ModelSession:
+        if name in self.unavailable:
+            raise ModelUnavailable(f"model {name!r} is unavailable (see 'massive_checks: models' in the summary)")
+        if name not in self.sessions:
+            o = self.options
+            try:
+                lm = models.load(name, o.device, o.dtype, o.trust_remote_code, o.allow_pickle)
+            except MassiveChecksError as exc:
+                self.unavailable[name] = str(exc)
+                raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
+            session = ModelSession(lm, o.batch_size)
+            for spec in self.planned.get(name, []):
+                self._plan_one(session, spec)
+            self.sessions[name] = session
+            self.headers[name] = lm.describe()
+        return self.sessions[name]
+
+    def _plan_one(self, session: ModelSession, spec: Spec) -> None:
+        try:
+            plan(spec, session, self.data_for(spec))
+        except (MassiveChecksError, ValueError):
+            pass  # this spec's own run reports it (validate_against_model); the others run
+
+    # -- one spec on one model
+    def run(self, spec: Spec, model: str) -> SpecRun:
+        """Observe, judge, compare with the golden, draw and record. Errors (numerics, model,
+        spec) are recorded as such, never as a verdict, and raised."""
+        xfail = spec.xfail_for(model)
+        try:
+            session = self.session(model)
+            observation, verdict = Evaluator(spec, session, self.data_for(spec)).evaluate()
+        except MassiveChecksError as exc:
+            self.records.append(report.error_record(self._header(spec, model), Verdict([], xfail), exc))
+            raise
+        observation.path = self.relative(spec.path)
+        golden_result = self._golden(spec, observation) if spec.golden and not xfail else None
+        record = report.outcome_record(observation, verdict)
+        record["figure"] = self._figure(observation, verdict)
+        if golden_result is not None:
+            record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
+        self.records.append(record)
+        return SpecRun(observation, verdict, golden_result, record)
+
+    def _header(self, spec: Spec, model: str) -> Observation:
+        return Observation(spec.id, spec.claim, model, self.relative(spec.path), spec.line, spec.source, spec.notes, {}, [], {})
+
+    def _golden(self, spec: Spec, observation: Observation) -> golden.GoldenResult:
+        path = golden.golden_path(self.golden_root(), observation.model, spec.id)
+        document = golden.snapshot(observation.values(), golden.metadata(observation))
+        return golden.check(path, document, spec.golden, self.options.update_golden)
+
+    def _figure(self, observation: Observation, verdict: Verdict) -> str:
+        relative = Path(observation.model.replace("/", "__")) / f"{observation.spec_id}.png"
+        figures.render(observation, verdict, self.report_dir() / relative)
+        return str(relative)
+
+    def update_command(self, spec: Spec, model: str) -> str:
+        return f"pytest {self.relative(spec.path)} --model {model} -k '{spec.id}' --update-golden"
+
+    # -- places
+    def report_dir(self) -> Path:
+        return self.options.root / self.options.report_dir
+
+    def golden_root(self) -> Path:
+        return self.options.root / self.options.golden_dir
+
+    def relative(self, path: str) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.options.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def golden_orphans(self, specs: list[Spec]) -> list[Path]:
+        by_key = {(spec.id, self.relative(spec.path)): spec for spec in specs}
+        files = {spec_file for _, spec_file in by_key}
+
+        def applies(spec_file, spec_id, model):
+            spec = by_key.get((spec_id, spec_file))
+            return spec is not None and spec.applies_to(model)
+
+        root = self.golden_root()
+        return golden.orphans(root, files, set(by_key), applies, base=self.options.root) if root.is_dir() else []
+
+    # -- records across processes (pytest-xdist workers) and the reports
+    def export(self) -> dict:
+        """Plain data: what a worker sends its controller."""
+        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable}
+
+    def merge(self, exported: dict) -> None:
+        self.records += exported.get("results", [])
+        self.headers.update(exported.get("models", {}))
+        self.unavailable.update(exported.get("unavailable", {}))
+
+    def finish(self) -> None:
+        if self.records or self.unavailable:
+            report.write_all(self.report_dir(), self.records, self.headers, self.unavailable)
