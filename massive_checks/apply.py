@@ -51,8 +51,7 @@ def capture_stats(lm: LoadedModel, sites: list[str], median_sites=frozenset(), s
     needs = Needs(set(sites), set(median_sites), False, {(s, d) for s, dims in (slices or {}).items() for d in dims})
     pairs, accumulators = stat_pairs(needs)
     with attach(lm, edit_pairs(lm, intervention) + pairs) as attached:
-        accumulators_view = _Captured(accumulators, attached)
-        yield accumulators_view
+        yield _Captured(accumulators, attached)
     for acc in accumulators.values():
         acc.finish()
 

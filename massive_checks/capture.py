@@ -8,7 +8,7 @@ Accumulators:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+
 
 import torch
 

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(diff)
     diff.add_argument("other", help="the second model")
     commands.add_parser("models", help="list built-in model names")
+    check = commands.add_parser("check", help="run spec files without pytest (exit 1 if a claim fails)")
+    check.add_argument("paths", nargs="+", help="spec files or directories")
+    check.add_argument("--model", action="append", required=True, help="model (repeatable)")
+    check.add_argument("--device", default="cpu")
+    check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    check.add_argument("--report-dir", default="reports")
     schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
     schema.add_argument("--defaults", action="store_true", help="the schema of _defaults.yaml files instead")
     return parser
@@ -137,6 +143,40 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """The suite without pytest: every spec on every model it applies to, reports written."""
+    from pathlib import Path
+
+    from .report import failure_text
+    from .spec import DEFAULTS_FILE, load_file
+    from .suite import Options, Suite
+
+    files = [f for p in map(Path, args.paths) for f in (sorted(p.rglob("*.y*ml")) if p.is_dir() else [p])
+             if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE]
+    suite = Suite(Options(models=args.model, device=args.device, dtype=args.dtype, report_dir=args.report_dir))
+    pairs = [(spec, model) for f in files for spec in load_file(f) for model in args.model if spec.applies_to(model)]
+    for spec, model in pairs:
+        suite.plan(spec, model)
+    false_claims = 0
+    for spec, model in pairs:
+        try:
+            result = suite.run(spec, model)
+        except MassiveChecksError as exc:
+            print(f"ERROR  {spec.id} [{model}]: {exc}")
+            false_claims += 1
+            continue
+        expected_false = spec.xfail_for(model) is not None
+        ok = result.verdict.passed != expected_false and not result.golden_failed
+        label = {(True, False): "PASS", (False, True): "XFAIL"}.get((result.verdict.passed, expected_false), "FAIL")
+        print(f"{label:5}  {spec.id} [{model}]")
+        if not ok and not result.verdict.passed:
+            print(failure_text(result.observation, result.verdict))
+        false_claims += not ok
+    suite.finish()
+    print(f"{len(pairs) - false_claims}/{len(pairs)} as expected; reports in {suite.report_dir()}")
+    return 1 if false_claims else 0
+
+
 def cmd_schema(args) -> int:
     from .spec import json_schema
 
@@ -144,7 +184,7 @@ def cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
+COMMANDS = {"check": cmd_check, "schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,10 @@ from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
 from .errors import ActivationOverflow
 from .interventions import BASELINE
+from .measures.heads import head_score_table
+from .measures.massive import massive_cells
 from .models import LoadedModel
+from .stats import rank_heads
 
 
 class PassResult:
@@ -91,10 +94,6 @@ class ModelSession:
     def resolve(self, data: DataConfig, requests: list, massive=(100.0, 1000.0)) -> tuple:
         """Intervention requests -> canonical intervention (ranking heads, or finding the massive
         cells in the baseline, first if asked)."""
-        from .measures.heads import head_score_table
-        from .measures.massive import massive_cells
-        from .stats import rank_heads
-
         baseline = self.view(data, BASELINE, massive)
         ranking = None
         if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):

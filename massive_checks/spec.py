@@ -99,19 +99,44 @@ def _bound_fields(cls: type[Measure]) -> dict:
     return {"equals": (Optional[equals], None), **{kind: (Optional[ints], None) for kind in SET_BOUNDS}}
 
 
-def _schema_models() -> tuple[dict, dict]:
-    """Per measure: the flat model of a check (measure parameters, quantity keys, bounds) and of a
-    compare side (no bounds)."""
+@dataclass(frozen=True)
+class Schema:
+    """The spec schema for the measures registered now: per measure, the flat model of a check
+    (parameters, quantity keys, bounds) and of a compare side (no bounds); the spec model."""
+    checks: dict
+    sides: dict
+    compare: type
+    spec: type
+
+
+_SCHEMAS: dict[tuple, Schema] = {}
+
+
+def schema() -> Schema:
+    """Built from REGISTRY once per set of registered measures (a measure registered later, e.g.
+    by a plugin or a test, is in the next schema)."""
+    key = tuple(REGISTRY.items())
+    if key not in _SCHEMAS:
+        _SCHEMAS.clear()
+        _SCHEMAS[key] = _build_schema()
+    return _SCHEMAS[key]
+
+
+def _build_schema() -> Schema:
     checks, sides = {}, {}
     for name, cls in REGISTRY.items():
         base = _quantity_fields(cls)
         sides[name] = create_model(f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, **base)
         checks[name] = create_model(f"{cls.__name__}Check", __base__=cls, __doc__=cls.__doc__,
                                     id=(Optional[Name], None), **base, **_bound_fields(cls))
-    return checks, sides
-
-
-CHECK_MODELS, SIDE_MODELS = _schema_models()
+    side_field = _union(sides)
+    pair = create_model("ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...),
+                        by=(Literal["ratio", "difference"], "ratio"))  # |a| / |b|, or a - b
+    compare = create_model("CompareCheck", __base__=_CompareBounds, __doc__=_CompareBounds.__doc__, compare=(pair, ...))
+    check_field = _union(checks, {"compare": compare})
+    spec = create_model("SpecModel", __base__=_SpecBase, __doc__=_SpecBase.__doc__,
+                        checks=(Annotated[list[check_field], Field(min_length=1)], ...))
+    return Schema(checks, sides, compare, spec)
 
 
 def _measure_tag(value) -> str | None:
@@ -127,27 +152,14 @@ def _union(models: dict, extra: dict | None = None):
     return Annotated[Union[tuple(tagged)], Discriminator(_measure_tag)]
 
 
-SideField = _union(SIDE_MODELS)
-
-
-class ComparePair(_Strict):
-    a: SideField
-    b: SideField
-    by: Literal["ratio", "difference"] = "ratio"  # |a| / |b|, or a - b
-
-
-class CompareCheck(_Strict):
+class _CompareBounds(_Strict):
     """A bound on how two quantities compare: |a| / |b| (by: ratio) or a - b (by: difference)."""
     id: Optional[Name] = None
-    compare: ComparePair
     at_least: Optional[Number] = None
     at_most: Optional[Number] = None
     between: Optional[Interval] = None
     approx: Optional[Number] = None
     rel: Optional[Annotated[Number, Field(gt=0)]] = None
-
-
-CheckField = _union(CHECK_MODELS, {"compare": CompareCheck})
 
 
 class DefaultsModel(_Strict):
@@ -158,23 +170,22 @@ class DefaultsModel(_Strict):
     golden: Union[bool, GoldenModel] = False
 
 
-class SpecModel(DefaultsModel):
+class _SpecBase(DefaultsModel):
     """One spec: a claim, the configurations it needs, and checks that must all hold."""
     id: Optional[Name] = None  # default: the file's stem (-N for the N-th document)
     claim: Text
     source: str = ""
     notes: str = ""
     interventions: dict[Name, Union[str, Annotated[list[str], Field(min_length=1)]]] = {}
-    checks: Annotated[list[CheckField], Field(min_length=1)]
     xfail: Union[Text, Annotated[dict[Name, Text], Field(min_length=1)], None] = None
 
 
 def json_schema(defaults: bool = False) -> dict:
     """The JSON Schema of a spec document (or of `_defaults.yaml`), for editors."""
-    schema = (DefaultsModel if defaults else SpecModel).model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "massive_checks defaults" if defaults else "massive_checks spec"
-    return schema
+    document = (DefaultsModel if defaults else schema().spec).model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "massive_checks defaults" if defaults else "massive_checks spec"
+    return document
 
 
 # --------------------------------------------------------------------------- runtime objects
@@ -420,7 +431,7 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     merged = type(doc)({**{k: v for k, (v, _) in defaults.items() if k not in doc}, **own})
     merged.line, merged.key_lines = doc.line, dict(doc.key_lines)
     origins = {k: origin for k, (_, origin) in defaults.items() if k not in doc}
-    model: SpecModel = _validate(SpecModel, merged, path, origins)  # type: ignore[assignment]
+    model = _validate(schema().spec, merged, path, origins)
     where = _Where(path, doc)
     configs = _interventions(model, where)
     checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where)
@@ -463,7 +474,7 @@ def _golden(raw) -> GoldenConfig | None:
     return GoldenConfig(Tolerance(raw.rtol, raw.atol), keys)
 
 
-def _interventions(model: SpecModel, where: _Where) -> dict:
+def _interventions(model, where: _Where) -> dict:
     raw = where.doc.get("interventions", {})
     parsed = {}
     for name, items in model.interventions.items():
@@ -478,7 +489,7 @@ def _interventions(model: SpecModel, where: _Where) -> dict:
 
 def _check(raw, parsed, prefix: str, configs: set[str], where: _Where) -> Check:
     bound = _bound(raw, parsed, prefix, where)
-    if isinstance(parsed, CompareCheck):
+    if hasattr(parsed, "compare"):
         pair, raw_pair = parsed.compare, raw["compare"]
         a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where)
         b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where)
@@ -633,14 +644,14 @@ def _message(error: dict, holder, key, value, loc) -> str:
     kind = error["type"]
     measure = holder.get("measure") if isinstance(holder, dict) else None
     if kind == "extra_forbidden":
-        if measure in CHECK_MODELS:
-            fields = (SIDE_MODELS if "compare" in loc else CHECK_MODELS)[measure].model_fields
+        if measure in REGISTRY:
+            fields = (schema().sides if "compare" in loc else schema().checks)[measure].model_fields
             if key in BOUNDS:
                 return f"{key} does not apply to {measure}; its bounds: {', '.join(b for b in BOUNDS if b in fields)}"
             if key in WHY_NOT_HERE:
                 return "has no effect here: " + WHY_NOT_HERE[key].format(m=measure)
             return f"unknown key for {measure}; its keys: {', '.join(sorted(fields))}"
-        model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel}.get(loc[0]) if len(loc) > 1 else SpecModel
+        model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel}.get(loc[0]) if len(loc) > 1 else schema().spec
         return f"unknown key; allowed: {', '.join(sorted(model.model_fields))}" if model else "unknown key"
     if kind.startswith("union_tag"):
         names = ", ".join(sorted(REGISTRY))

@@ -4,7 +4,6 @@ claims are about. No hooks, no models: easy to test against hand computations. T
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

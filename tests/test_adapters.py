@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from massive_checks import hooks, models, synthetic
-from massive_checks.measures import massive as M
 from massive_checks.errors import UnsupportedArchitecture
 from massive_checks.capture import Needs
 

@@ -27,7 +27,7 @@ from massive_checks.evaluate import Evaluator
 from massive_checks.session import ModelSession
 from massive_checks.measures import REGISTRY
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.spec import CHECK_MODELS, load_file
+from massive_checks.spec import load_file, schema
 
 ROOT = Path(__file__).parent.parent
 COMMITTED = [p.read_bytes() for p in sorted(ROOT.glob("specs/**/*.yaml"))]
@@ -70,7 +70,7 @@ def plausible_check(draw) -> dict:
     kind), with optional keys drawn from what the measure takes and, now and then, one that does
     not belong."""
     measure = draw(st.sampled_from(sorted(REGISTRY)))
-    cls, fields = REGISTRY[measure], CHECK_MODELS[measure].model_fields
+    cls, fields = REGISTRY[measure], schema().checks[measure].model_fields
     params = [name for name in cls.model_fields if name != "measure"]
     check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
     optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site") if k in fields and k not in check]

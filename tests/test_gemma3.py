@@ -11,10 +11,12 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks import cli, hooks, interventions, models
+from massive_checks import cli, interventions, models
 from massive_checks.apply import intervene
 from massive_checks.data import DataConfig
 from massive_checks.errors import ModelUnavailable
+from massive_checks.measures.massive import massive_dims
+from massive_checks.measures.profile import top_value
 from massive_checks.session import ModelSession
 
 from conftest import reference_block_outputs
@@ -136,9 +138,9 @@ def test_bfloat16_matches_float32_within_its_precision(gemma):
     bf16 = models.load(NAME, dtype="bfloat16")
     full, half = ModelSession(gemma).view(DATA), ModelSession(bf16).view(DATA)
     for layer in range(gemma.n_layers):
-        assert half.top_value(layer, 1) == pytest.approx(full.top_value(layer, 1), rel=0.03), layer
-        assert half.massive_dims(layer) == full.massive_dims(layer), layer
-    assert half.top_value(12, 1) > 65504  # past float16's range, fine in bfloat16
+        assert top_value(half, layer, 1) == pytest.approx(top_value(full, layer, 1), rel=0.03), layer
+        assert massive_dims(half, layer) == massive_dims(full, layer), layer
+    assert top_value(half, 12, 1) > 65504  # past float16's range, fine in bfloat16
 
 
 def test_a_missing_wheel_says_how_to_install_it(monkeypatch):

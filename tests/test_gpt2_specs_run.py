@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from massive_checks import models, synthetic
-from massive_checks.measures import massive as M
-from massive_checks.evaluate import Evaluator
+from massive_checks.evaluate import Evaluator, plan
 from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
 
@@ -29,7 +28,7 @@ def gpt2_shaped():
                             models.adapter_for(model), "random", torch.float32, "cpu")
     session = ModelSession(lm)
     for spec in SPECS:
-        session.plan_spec(spec, spec.data)
+        plan(spec, session, spec.data)
     return session
 
 

@@ -12,7 +12,6 @@ import pytest
 from massive_checks import golden
 from massive_checks.errors import GoldenError, SpecError
 from massive_checks.evaluate import Evaluator
-from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
 
 from conftest import SMALL_DATA

@@ -80,7 +80,7 @@ def test_xdist_workers_results_are_merged(suite):
     assert sorted(r["spec"] for r in results["results"]) == [
         "planted-ablation", "planted-dim", "planted-heads", "planted-known-false", "planted-wrong-bound"]
     assert "planted-llama" in results["models"]
-    assert not (suite.path / "out" / ".parts").exists() or not any((suite.path / "out" / ".parts").iterdir())
+    assert not (suite.path / "out" / ".parts").exists()  # records travel on xdist's channel, never via side files
 
 
 def test_figures_are_closed(suite):

@@ -129,7 +129,7 @@ def session_of(load_model, model: str) -> ModelSession:
 
 def killed(spec, check, session, evaluator) -> bool:
     single = dataclasses.replace(spec, checks=(check,))
-    return not evaluator(single).evaluate()[1].passed
+    return not evaluator(single).evaluate().passed
 
 
 @pytest.mark.slow

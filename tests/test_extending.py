@@ -1,0 +1,150 @@
+"""Following the README's "How to add a measure, an intervention, an architecture": a measure is
+one registered class; an edit is a hook function next to captures; the modules import each other
+without a cycle; the committed JSON Schema is the one the registry generates."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+
+from massive_checks import hooks, stats
+from massive_checks.apply import capture_stats
+from massive_checks.capture import stat_pairs, Needs
+from massive_checks.edits import add_vector
+from massive_checks.evaluate import Evaluator
+from massive_checks.measures import REGISTRY, PerLayer, register
+from massive_checks.measures.profile import top_value
+from massive_checks.spec import json_schema, load_file
+
+from conftest import SMALL_DATA
+
+PACKAGE = Path(__file__).parent.parent / "massive_checks"
+
+
+@pytest.fixture
+def top1_share():
+    """The README's example measure: top-1 over the sum of the top-3 (paper statistic), one class."""
+
+    class Top1Share(PerLayer):
+        """top-1 / (top-1 + top-2 + top-3) of the block output."""
+        measure: Literal["top1_share"] = "top1_share"
+
+        def at(self, view, layer):
+            tops = [top_value(view, layer, k) for k in (1, 2, 3)]
+            return tops[0] / sum(tops)
+
+    register(Top1Share)
+    yield Top1Share
+    del REGISTRY["top1_share"]
+
+
+def test_a_measure_is_one_registered_class(tmp_path, top1_share, session_for):
+    path = tmp_path / "specs" / "share.yaml"
+    path.parent.mkdir()
+    path.write_text("id: share\nclaim: The planted dim dominates block 1.\nchecks:\n"
+                    "  - {measure: top1_share, layers: 1-3, at_least: 0.9}\n"
+                    "  - {measure: top1_share, layers: 0, at_most: 0.9}\n")
+    (spec,) = load_file(path)
+    session = session_for("planted-llama")
+    result = Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert result.passed, result.checks
+    cells = session.view(SMALL_DATA).block(2).cells()[0]  # [S, K] largest |a| per sequence
+    by_hand = float(cells[:, 0].mean() / cells[:, :3].mean(dim=0).sum())
+    assert result.observation.checks[0].values["layer 2"] == pytest.approx(by_hand, rel=1e-6)
+    assert "top1_share" in json.dumps(json_schema())
+    path.write_text("id: share\nclaim: c\nchecks:\n  - {measure: top1_share, layers: 1, dim: 3, at_least: 0.9}\n")
+    with pytest.raises(Exception, match="unknown key for top1_share"):
+        load_file(path)
+
+
+def test_an_edit_is_a_hook_function_that_can_use_a_named_vector(load_model):
+    """add_vector reads the vector from the hook context; captures after it see the edit."""
+    lm = load_model("tiny-llama")
+    ids = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    site = hooks.site(0, "out")
+    vector = torch.zeros(lm.width)
+    vector[3] = 1.0
+    pairs, plain = stat_pairs(Needs({site}))
+    with torch.no_grad(), hooks.attach(lm, pairs) as attached:
+        attached.forward(lm.model, ids, mask)
+    pairs, steered = stat_pairs(Needs({site}))
+    with torch.no_grad(), hooks.attach(lm, [(site, add_vector("v", 1000.0))] + pairs, vectors={"v": vector}) as attached:
+        attached.forward(lm.model, ids, mask)
+    assert hooks.hook_count(lm.model) == 0
+    before, after = plain[site].finish().dim_max(), steered[site].finish().dim_max()  # [S, D]
+    assert torch.all(after[:, 3] > 900) and torch.allclose(after[:, 4:], before[:, 4:])
+
+
+def test_captures_see_padding_only_through_the_context(load_model):
+    lm = load_model("tiny-llama")
+    ids, site = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]]), hooks.site(1, "out")
+    with torch.no_grad(), capture_stats(lm, [site]) as unmasked:
+        lm.model(input_ids=ids)  # a direct call: every token counts
+    with torch.no_grad(), capture_stats(lm, [site]) as masked:
+        masked.forward(lm.model, ids, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert float(masked[site].token_max()[1, 3]) == 0.0 < float(unmasked[site].token_max()[1, 3])
+
+
+def _imports(path: Path) -> set[str]:
+    """massive_checks modules a module imports, at any level (also inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = path.parent.relative_to(PACKAGE.parent).parts[: len(path.parent.relative_to(PACKAGE.parent).parts) - node.level + 1]
+            if node.module:
+                found.add(".".join((*base, node.module)))
+            else:
+                found.update(".".join((*base, alias.name)) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("massive_checks"))
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in _imports(path) if m in modules} for name, path in modules.items()}
+    graph = {name: {m for m in deps if m != name and not (name.startswith(m + ".") or name == m)} for name, deps in graph.items()}
+
+    def reaches(start, target, seen=()):
+        return any(d == target or (d not in seen and reaches(d, target, (*seen, d))) for d in graph.get(start, ()))
+
+    cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
+    assert not cycles, f"import cycles: {cycles}"
+    assert not {m for m, deps in graph.items() if "massive_checks.plugin" in deps}, "nothing imports the plugin"
+    assert [m for m, path in modules.items() if "import pytest" in path.read_text()] == ["massive_checks.plugin"]
+
+
+def test_the_committed_schemas_are_the_generated_ones():
+    root = Path(__file__).parent.parent / "specs"
+    assert json.loads((root / "spec.schema.json").read_text()) == json_schema(), "run: massive-checks schema > specs/spec.schema.json"
+    assert json.loads((root / "defaults.schema.json").read_text()) == json_schema(defaults=True)
+
+
+def test_every_committed_spec_validates_against_the_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    from massive_checks.yaml_lines import read_documents
+
+    root = Path(__file__).parent.parent / "specs"
+    validator = jsonschema.Draft202012Validator(json.loads((root / "spec.schema.json").read_text()))
+    defaults = jsonschema.Draft202012Validator(json.loads((root / "defaults.schema.json").read_text()))
+    count = 0
+    for path in sorted(root.glob("*/*.yaml")):
+        for doc in read_documents(path):
+            if doc is not None:
+                (defaults if path.name == "_defaults.yaml" else validator).validate(json.loads(json.dumps(doc)))
+                count += 1
+    assert count >= 48
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"claim": "c", "checks": [{"measure": "top1", "aggregate": "max", "at_least": 1}]})
+
+
+def test_package_modules_import_stats_not_the_reverse():
+    assert "massive_checks.measures" not in _imports(PACKAGE / "stats.py")
+    assert stats.is_massive(200.0, 0.1, 100.0, 1000.0)

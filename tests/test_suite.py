@@ -1,0 +1,89 @@
+"""The session logic without pytest (suite.Suite), from Python and from the `check` command; and
+per-directory defaults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from massive_checks import cli
+from massive_checks.errors import SpecError
+from massive_checks.spec import load_file
+from massive_checks.suite import Options, Suite
+from massive_checks.synthetic import PLANT
+
+from test_plugin import PLANTED_SPECS
+
+
+@pytest.fixture
+def specs_dir(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "planted.yaml").write_text(PLANTED_SPECS)
+    return folder
+
+
+def test_a_suite_runs_specs_from_python(tmp_path, specs_dir):
+    suite = Suite(Options(models=["planted-llama"], root=tmp_path))
+    specs = [s for s in load_file(specs_dir / "planted.yaml") if s.applies_to("planted-llama")]
+    for spec in specs:
+        suite.plan(spec, "planted-llama")
+    results = {spec.id: suite.run(spec, "planted-llama") for spec in specs}
+    assert results["planted-dim"].verdict.passed and not results["planted-wrong-bound"].verdict.passed
+    assert not results["planted-known-false"].verdict.passed and results["planted-known-false"].verdict.xfail_reason
+    assert suite.sessions["planted-llama"].forward_passes == 1  # three specs, one configuration: one pass
+    suite.finish()
+    document = json.loads((tmp_path / "reports" / "results.json").read_text())
+    assert sorted(r["spec"] for r in document["results"]) == sorted(results)
+    exported = suite.export()
+    other = Suite(Options(models=["planted-llama"], root=tmp_path))
+    other.merge(json.loads(json.dumps(exported)))
+    assert len(other.records) == 3 and "planted-llama" in other.headers
+
+
+def test_the_check_command_runs_specs_without_pytest(tmp_path, specs_dir, capsys):
+    code = cli.main(["check", str(specs_dir), "--model", "planted-llama", "--report-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAIL   planted-wrong-bound [planted-llama]" in out and "PASS   planted-dim" in out
+    assert "XFAIL  planted-known-false" in out and "2/3 as expected" in out
+    assert (tmp_path / "r" / "results.json").exists()
+    (specs_dir / "planted.yaml").write_text(PLANTED_SPECS.split("---")[0])
+    assert cli.main(["check", str(specs_dir), "--model", "planted-llama", "--report-dir", str(tmp_path / "r")]) == 0
+
+
+def test_directory_defaults_apply_nearest_first_and_a_spec_wins(tmp_path):
+    outer, inner = tmp_path / "specs", tmp_path / "specs" / "planted"
+    inner.mkdir(parents=True)
+    (outer / "_defaults.yaml").write_text("models: [m1]\ndata: {samples: 3}\n")
+    (inner / "_defaults.yaml").write_text("models: [planted-llama]\ngolden: {rtol: 0.01}\n")
+    (inner / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n---\n"
+                                  "id: b\nclaim: c\nmodels: any\ngolden: false\nchecks:\n  - {measure: top1, at_least: 0}\n"
+                                  "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    a, b, c = load_file(inner / "a.yaml")
+    assert a.models == ("planted-llama",) and a.data.samples == 3 and a.golden.default.rtol == 0.01
+    assert b.models is None and b.golden is None
+    assert c.golden is None  # an expected failure on every model is never snapshotted
+    assert load_file(inner / "_defaults.yaml") == []  # holds no spec
+
+
+def test_a_bad_default_names_the_defaults_file(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "_defaults.yaml").write_text("models: [m1]\ngolden: {rtol: -1}\n")
+    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    with pytest.raises(SpecError) as info:
+        load_file(folder / "a.yaml")
+    assert info.value.path.endswith("_defaults.yaml") and info.value.line == 2 and info.value.key == "golden.rtol"
+    (folder / "_defaults.yaml").write_text("claim: not a default\n")
+    with pytest.raises(SpecError, match="unknown key"):
+        load_file(folder / "a.yaml")
+
+
+def test_the_plugin_does_not_collect_defaults_files(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "_defaults.yaml").write_text("models: [planted-llama]\ndata: {samples: 4, seq_len: 32}\n")
+    (pytester.path / "specs" / "one.yaml").write_text(
+        f"id: one\nclaim: c\nchecks:\n  - {{measure: top1_dim, layers: {PLANT['layer']}, equals: {PLANT['dim']}}}\n")
+    result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-opt", "--report-dir", "out")
+    result.assert_outcomes(passed=1, deselected=1)
