@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from .. import stats
 from .base import Measure, PerLayer, Statistic, register
@@ -45,52 +45,28 @@ def profile_of(view) -> dict:
     return result
 
 
-class _Top(PerLayer):
-    statistic: Statistic = "paper"
-    rank: ClassVar[int]
+class _BlockMeasure(PerLayer):
+    """A number per layer of the block output, computed by the function it was registered with."""
+    compute_at: ClassVar  # (view, layer, statistic) -> float
 
     def at(self, view, layer):
-        return top_value(view, layer, self.rank, self.statistic)
+        return type(self).compute_at(view, layer, getattr(self, "statistic", "paper"))
 
 
-@register
-class Top1(_Top):
-    """The largest |a| of the block output."""
-    measure: Literal["top1"] = "top1"
-    rank: ClassVar[int] = 1
+def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: bool = True) -> type[Measure]:
+    """Register a per-layer measure of the block output (with `statistic` if it has two)."""
+    fields = {"measure": (Literal[name], name), **({"statistic": (Statistic, "paper")} if statistic else {})}
+    cls = create_model(class_name, __base__=_BlockMeasure, __doc__=doc, **fields)
+    cls.compute_at = staticmethod(compute_at)
+    return register(cls)
 
 
-@register
-class Top2(_Top):
-    """The second largest |a| of the block output."""
-    measure: Literal["top2"] = "top2"
-    rank: ClassVar[int] = 2
-
-
-@register
-class Top3(_Top):
-    """The third largest |a| of the block output."""
-    measure: Literal["top3"] = "top3"
-    rank: ClassVar[int] = 3
-
-
-@register
-class Median(PerLayer):
-    """Median |a| of the block output (per sequence, averaged)."""
-    measure: Literal["median"] = "median"
-
-    def at(self, view, layer):
-        return median(view, layer)
-
-
-@register
-class Ratio(PerLayer):
-    """top-1 / median of the block output."""
-    measure: Literal["ratio"] = "ratio"
-    statistic: Statistic = "paper"
-
-    def at(self, view, layer):
-        return ratio(view, layer, self.statistic)
+Top1 = _block_measure("Top1", "top1", "The largest |a| of the block output.", lambda v, L, st: top_value(v, L, 1, st))
+Top2 = _block_measure("Top2", "top2", "The second largest |a| of the block output.", lambda v, L, st: top_value(v, L, 2, st))
+Top3 = _block_measure("Top3", "top3", "The third largest |a| of the block output.", lambda v, L, st: top_value(v, L, 3, st))
+Median = _block_measure("Median", "median", "Median |a| of the block output (per sequence, averaged).",
+                        lambda v, L, st: median(v, L), statistic=False)
+Ratio = _block_measure("Ratio", "ratio", "top-1 / median of the block output.", ratio)
 
 
 class _TopWhere(Measure):
