@@ -22,15 +22,14 @@ from .data import BUILTIN, DataConfig
 from .errors import SpecError
 from .golden import GoldenConfig, Tolerance
 from .measures import REGISTRY, Measure
+from .measures.base import NUMERIC_SHAPES
 from .yaml_lines import read_documents
 
 DEFAULTS_FILE = "_defaults.yaml"
 DEFAULT_KEYS = ("models", "data", "massive", "golden")
-OVER_LAYERS = ("mean", "max", "min", "mean_abs", "max_abs")
 NUMBER_BOUNDS = ("at_least", "at_most", "between", "approx")
 SET_BOUNDS = ("subset_of", "contains", "excludes")
 BOUNDS = (*NUMBER_BOUNDS, "equals", *SET_BOUNDS)
-COMPARE_BY = ("ratio", "difference")
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)]
 Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
@@ -78,7 +77,7 @@ def _quantity_fields(cls: type[Measure]) -> dict:
     fields: dict[str, Any] = {"config": (Name, "baseline")}
     if cls.layered:
         fields["layers"] = (Optional[Layers], None)
-    if cls.shape in ("layers", "value"):
+    if cls.shape in NUMERIC_SHAPES:
         fields["change"] = (Optional[ConfigPair], None)
         fields["difference"] = (Optional[ConfigPair], None)
         fields["steps"] = (Optional[list[StepModel]], None)
@@ -87,12 +86,16 @@ def _quantity_fields(cls: type[Measure]) -> dict:
     return fields
 
 
+# The bounds on a number (a measure's, or a compare's |a| / |b| or a - b), with approx's `rel`.
+NUMBER_BOUND_FIELDS = {"at_least": (Optional[Number], None), "at_most": (Optional[Number], None),
+                       "between": (Optional[Interval], None), "approx": (Optional[Number], None),
+                       "rel": (Optional[Annotated[Number, Field(gt=0)]], None)}
+
+
 def _bound_fields(cls: type[Measure]) -> dict:
     ints = list[Annotated[int, Field(ge=0)]]
-    if cls.shape in ("layers", "value"):
-        return {"at_least": (Optional[Number], None), "at_most": (Optional[Number], None),
-                "between": (Optional[Interval], None), "approx": (Optional[Number], None),
-                "rel": (Optional[Annotated[Number, Field(gt=0)]], None), "equals": (Optional[Number], None)}
+    if cls.shape in NUMERIC_SHAPES:
+        return {**NUMBER_BOUND_FIELDS, "equals": (Optional[Number], None)}
     if cls.shape == "label":
         return {"equals": (Optional[Literal[cls.labels]] if cls.labels else Optional[str], None)}
     equals = ints if cls.shape == "set" else Union[Annotated[int, Field(ge=0)], ints]
@@ -105,7 +108,6 @@ class Schema:
     (parameters, quantity keys, bounds) and of a compare side (no bounds); the spec model."""
     checks: dict
     sides: dict
-    compare: type
     spec: type
 
 
@@ -132,11 +134,12 @@ def _build_schema() -> Schema:
     side_field = _union(sides)
     pair = create_model("ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...),
                         by=(Literal["ratio", "difference"], "ratio"))  # |a| / |b|, or a - b
-    compare = create_model("CompareCheck", __base__=_CompareBounds, __doc__=_CompareBounds.__doc__, compare=(pair, ...))
+    compare = create_model("CompareCheck", __base__=_Strict, __doc__=COMPARE_DOC, id=(Optional[Name], None),
+                           compare=(pair, ...), **NUMBER_BOUND_FIELDS)
     check_field = _union(checks, {"compare": compare})
     spec = create_model("SpecModel", __base__=_SpecBase, __doc__=_SpecBase.__doc__,
                         checks=(Annotated[list[check_field], Field(min_length=1)], ...))
-    return Schema(checks, sides, compare, spec)
+    return Schema(checks, sides, spec)
 
 
 def _measure_tag(value) -> str | None:
@@ -152,14 +155,7 @@ def _union(models: dict, extra: dict | None = None):
     return Annotated[Union[tuple(tagged)], Discriminator(_measure_tag)]
 
 
-class _CompareBounds(_Strict):
-    """A bound on how two quantities compare: |a| / |b| (by: ratio) or a - b (by: difference)."""
-    id: Optional[Name] = None
-    at_least: Optional[Number] = None
-    at_most: Optional[Number] = None
-    between: Optional[Interval] = None
-    approx: Optional[Number] = None
-    rel: Optional[Annotated[Number, Field(gt=0)]] = None
+COMPARE_DOC = "A bound on how two quantities compare: |a| / |b| (by: ratio) or a - b (by: difference)."
 
 
 class DefaultsModel(_Strict):
@@ -384,16 +380,16 @@ class _Origin:
 
 def _defaults_for(path: Path) -> dict[str, tuple[Any, _Origin]]:
     """key -> (value, origin) from the `_defaults.yaml` files of the spec's directory and its
-    parents up to the nearest `specs` directory; the nearest file wins."""
-    merged: dict[str, tuple[Any, _Origin]] = {}
+    parents up to the nearest `specs` directory (only its own directory when it is under none);
+    the nearest file wins."""
     directory = path.resolve().parent
-    for folder in [directory, *directory.parents]:
-        candidate = folder / DEFAULTS_FILE
-        if candidate.is_file():
-            for key, value in _read_defaults(candidate).items():
+    chain = [directory, *directory.parents]
+    top = next((i for i, folder in enumerate(chain) if folder.name == "specs"), 0)
+    merged: dict[str, tuple[Any, _Origin]] = {}
+    for folder in chain[: top + 1]:
+        if (folder / DEFAULTS_FILE).is_file():
+            for key, value in _read_defaults(folder / DEFAULTS_FILE).items():
                 merged.setdefault(key, value)
-        if folder.name == "specs":
-            break
     return merged
 
 
@@ -495,9 +491,7 @@ def _check(raw, parsed, prefix: str, configs: set[str], where: _Where) -> Check:
         b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where)
         _comparable(raw_pair, a, b, prefix + "compare.", where)
         return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id)
-    quantity = _quantity(raw, parsed, prefix, configs, where)
-    _bound_fits(raw, quantity, bound, prefix, where)
-    return Check(quantity, bound, raw.line, id=parsed.id)
+    return Check(_quantity(raw, parsed, prefix, configs, where), bound, raw.line, id=parsed.id)
 
 
 def _measure_of(parsed) -> Measure:
@@ -558,9 +552,8 @@ def _bound(raw, parsed, prefix: str, where: _Where) -> Bound:
         where.fail(raw, key, f"needs exactly one bound: {', '.join(k for k in BOUNDS if hasattr(parsed, k))}", prefix)
     kind = present[0]
     value = getattr(parsed, kind)
-    if parsed.rel is not None if hasattr(parsed, "rel") else False:
-        if kind != "approx":
-            where.fail(raw, "rel", "has no effect here: rel only applies to approx", prefix)
+    if getattr(parsed, "rel", None) is not None and kind != "approx":
+        where.fail(raw, "rel", "has no effect here: rel only applies to approx", prefix)
     if kind == "between":
         if value[0] > value[1]:
             where.fail(raw, kind, "must be [low, high] with low <= high", prefix)
@@ -570,12 +563,6 @@ def _bound(raw, parsed, prefix: str, where: _Where) -> Bound:
     elif isinstance(value, list):
         value = frozenset(value)
     return Bound(kind, value, getattr(parsed, "rel", None) or 0.1)
-
-
-def _bound_fits(raw, quantity: Quantity, bound: Bound, prefix: str, where: _Where) -> None:
-    """Shapes allow each bound already; what remains: equals on one value must be a value."""
-    if bound.kind == "equals" and quantity.measure.shape == "value" and isinstance(bound.value, frozenset):
-        where.fail(raw, "equals", "must be a number", prefix)
 
 
 def _comparable(pair, a: Quantity, b: Quantity, prefix: str, where: _Where) -> None:

@@ -87,3 +87,13 @@ def test_the_plugin_does_not_collect_defaults_files(pytester):
         f"id: one\nclaim: c\nchecks:\n  - {{measure: top1_dim, layers: {PLANT['layer']}, equals: {PLANT['dim']}}}\n")
     result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-opt", "--report-dir", "out")
     result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_defaults_outside_a_specs_directory_come_from_its_own_directory_only(tmp_path):
+    (tmp_path / "_defaults.yaml").write_text("models: [m1]\n")  # a parent, with no `specs` directory between
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    assert load_file(folder / "a.yaml")[0].models is None
+    (folder / "_defaults.yaml").write_text("models: [m2]\n")
+    assert load_file(folder / "a.yaml")[0].models == ("m2",)

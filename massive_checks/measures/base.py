@@ -11,14 +11,14 @@ Shapes (what a measure yields; they decide the keys and bounds that mean somethi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from ..capture import Needs
 
-STATISTICS = ("paper", "max_over_sequences")
 Statistic = Literal["paper", "max_over_sequences"]
+STATISTICS = get_args(Statistic)
 NUMERIC_SHAPES = ("layers", "value")
 PER_LAYER_SHAPES = ("layers", "label_per_layer")
 REGISTRY: dict[str, type["Measure"]] = {}

@@ -3,7 +3,7 @@ residual dim."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from pydantic import Field
@@ -12,8 +12,8 @@ from .. import hooks, stats
 from ..capture import Needs
 from .base import Measure, PerLayer, Statistic, register
 
-MLP_FLOW = ("in", "up", "gate", "act", "down_in", "out", "resid")  # checkpoint order inside an MLP
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
+MLP_FLOW = get_args(Checkpoint)  # checkpoint order inside an MLP
 
 
 def mlp_flow(lm) -> list[str]:

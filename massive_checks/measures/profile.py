@@ -10,9 +10,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .. import stats
+from .. import interventions, stats
+from ..records import STATISTIC_TEXT
 from .base import Measure, PerLayer, Statistic, register
-from .massive import cells_panel
+from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
 
 
 def top_value(view, layer: int, k: int, statistic: str = "paper") -> float:
@@ -130,10 +131,6 @@ class DimPeak(PerLayer):
 def profile_document(view) -> dict:
     """The `massive-checks profile --json` document: per layer the max-over-sequences cells
     ("top", "median", "ratio" of top-1 cell / median) and the paper's statistic ("paper")."""
-    from .. import interventions
-    from ..records import STATISTIC_TEXT
-    from .massive import massive_dims, massive_examples, massive_tokens
-
     layers, n = [], view.lm.n_layers
     for layer in range(n):
         paper = {"top": [top_value(view, layer, k) for k in (1, 2, 3)], "median": median(view, layer), "ratio": ratio(view, layer)}
@@ -147,5 +144,3 @@ def profile_document(view) -> dict:
             "massive_dims_per_layer": {layer: sorted(massive_dims(view, layer)) for layer in range(n)},
             "massive_tokens_per_layer": {layer: sorted(massive_tokens(view, layer)) for layer in range(n)}}
 
-
-__all__ = ["Measure", "profile_of", "profile_document", "top_value", "top_cells", "median", "ratio"]
