@@ -1,14 +1,14 @@
 """Captures: pluggable accumulators fed by hook functions (hooks.attach), and `Needs`, what a
 forward pass must capture. An accumulator keeps statistics, never whole activations.
 
-Accumulators:
+Accumulators (each a class with `add(tensor, ctx)` and `finish()`):
   SiteStats   statistics of |a| at one site (hidden-like [B, T, F] or attention [B, H, T, T])
-  (pooled per-example vectors for steering plug in the same way: a class with `add(tensor, ctx)`)"""
+  Pooled      per example, the mean activation over a token window (steering vectors)"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-
 
 import torch
 
@@ -23,17 +23,56 @@ class Needs:
     medians: set[str] = field(default_factory=set)
     loss: bool = False
     slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
+    pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
 
     def covers(self, other: "Needs") -> bool:
         return (other.sites <= self.sites and other.medians <= self.medians and other.slices <= self.slices
-                and (self.loss or not other.loss))
+                and other.pooled <= self.pooled and (self.loss or not other.loss))
 
     def merge(self, other: "Needs") -> "Needs":
         self.sites |= other.sites
         self.medians |= other.medians
         self.slices |= other.slices
+        self.pooled |= other.pooled
         self.loss = self.loss or other.loss
         return self
+
+
+_WINDOW = re.compile(r"^(?:(last|first):([1-9][0-9]*)|(all))$")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which tokens of each example a pooled capture averages. Position 0 (where start-token
+    massive activations sit) is never in a window.
+      last:K   the last K real tokens
+      first:K  the first K tokens of the response (of the text after position 0 without a prompt)
+      all      every real token after position 0"""
+
+    kind: str
+    k: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Window":
+        match = _WINDOW.match(str(text))
+        if not match:
+            raise ValueError(f"window {text!r}: write last:K, first:K (K >= 1) or all")
+        return cls("all") if match.group(3) else cls(match.group(1), int(match.group(2)))
+
+    def text(self) -> str:
+        return "all" if self.kind == "all" else f"{self.kind}:{self.k}"
+
+    def mask(self, mask: torch.Tensor, response_start: torch.Tensor) -> torch.Tensor:
+        """[B, T] bool: the window's tokens. mask [B, T] 1 = real; response_start [B]."""
+        positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # [1, T]
+        real = mask.bool() & (positions >= 1)
+        if self.kind == "all":
+            return real
+        if self.kind == "last":
+            lengths = mask.sum(dim=1, keepdim=True)  # right-padded: real tokens are 0 .. length-1
+            return real & (positions >= lengths - self.k)
+        start = response_start.to(mask.device)[:, None]
+        return real & (positions >= start) & (positions < start + self.k)
 
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
@@ -152,6 +191,31 @@ class SiteStats:
         return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in self.key_attn])
 
 
+@dataclass
+class Pooled:
+    """Per example, the mean of the activation [B, T, D] over its window's tokens -> [S, D] float32."""
+
+    window: Window
+    response_start: torch.Tensor  # [S] of the whole dataset; a chunk reads its rows from ctx.start
+    parts: list = field(default_factory=list)
+    overflow: bool = False
+
+    def add(self, tensor: torch.Tensor, context: HookContext) -> None:
+        act = tensor.detach().float()
+        starts = self.response_start[context.start:context.start + act.shape[0]]
+        inside = self.window.mask(context.mask.to(act.device), starts).float()  # [B, T]
+        counts = inside.sum(dim=1)
+        if bool((counts == 0).any()):
+            first = context.start + int((counts == 0).nonzero()[0])
+            raise ValueError(f"example {first + 1} has no token in window {self.window.text()}")
+        pooled = torch.einsum("bt,btd->bd", inside, act) / counts[:, None]  # [B, D]
+        self.overflow = self.overflow or not bool(torch.isfinite(pooled).all())
+        self.parts.append(pooled.cpu())
+
+    def finish(self) -> torch.Tensor:  # [S, D]
+        return torch.cat(self.parts)
+
+
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate [B, T_i] chunks along B, padding each to the longest T with zeros."""
     width = max(p.shape[1] for p in parts)
@@ -184,6 +248,15 @@ def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteSt
     accumulators = {name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ()))
                     for name in sorted(needs.sites)}
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
+
+
+def pooled_pairs(needs: Needs, response_start: torch.Tensor) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
+    """(site, hook function) pairs pooling each window at every captured block output; the
+    accumulators keyed by (site, window text)."""
+    blocks = sorted(name for name in needs.sites if name.endswith(".out") and name.count(".") == 2)
+    accumulators = {(name, window): Pooled(Window.parse(window), response_start)
+                    for name in blocks for window in sorted(needs.pooled)}
+    return [(name, _adder(acc)) for (name, _), acc in accumulators.items()], accumulators
 
 
 def _adder(accumulator) -> HookFn:

@@ -20,6 +20,7 @@ class DataConfig:
     dataset: str = BUILTIN  # "builtin" or a path to .txt (one passage per line) / .jsonl ("text")
     samples: int = 16  # number of passages used, taken in file order (deterministic)
     seq_len: int = 128  # passages are truncated to this many tokens; shorter ones are padded
+    whole: bool = False  # a longer passage is an error, never truncated (contrast sets: windows count from the end)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Batch:
     input_ids: torch.Tensor  # [B, T] long
     attention_mask: torch.Tensor  # [B, T] long, 1 = real token, 0 = padding (right-padded)
     ids_hash: str  # sha256 of the real token ids: keys caches and goldens
+    response_start: torch.Tensor | None = None  # [B] first token of the response (1 without a prompt)
 
     @property
     def lengths(self) -> torch.Tensor:  # [B]
@@ -34,20 +36,25 @@ class Batch:
 
 
 def read_passages(dataset: str) -> list[str]:
+    return [record["text"] for record in read_records(dataset)]
+
+
+def read_records(dataset: str) -> list[dict]:
+    """{"text", and for .jsonl lines that have one, "prompt" (a prefix of the text)} per passage."""
     if dataset == BUILTIN:
         text = resources.files("massive_checks").joinpath("data/passages.txt").read_text("utf-8")
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return [{"text": line.strip()} for line in text.splitlines() if line.strip()]
     path = Path(dataset)
     if not path.is_file():
         raise DataError(f"dataset file {dataset!r} does not exist")
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     if path.suffix == ".txt":
-        return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
+        return [{"text": line.strip()} for line in path.read_text("utf-8").splitlines() if line.strip()]
     raise DataError(f"dataset {dataset!r}: expected a .txt (one passage per line) or .jsonl file")
 
 
-def _read_jsonl(path: Path) -> list[str]:
+def _read_jsonl(path: Path) -> list[dict]:
     passages = []
     for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
         if not line.strip():
@@ -58,17 +65,26 @@ def _read_jsonl(path: Path) -> list[str]:
             raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{number}: each line needs a string field "text"')
-        passages.append(record["text"])
+        prompt = record.get("prompt")
+        if prompt is not None and not (isinstance(prompt, str) and record["text"].startswith(prompt)):
+            raise DataError(f'{path}:{number}: "prompt" must be a string the text starts with')
+        passages.append({"text": record["text"], "prompt": prompt})
     return passages
 
 
 def tokenize(tokenizer, config: DataConfig) -> Batch:
-    passages = read_passages(config.dataset)
-    if len(passages) < config.samples:
+    records = read_records(config.dataset)
+    if len(records) < config.samples:
         raise DataError(
-            f"dataset {config.dataset!r} has {len(passages)} passages, {config.samples} requested"
+            f"dataset {config.dataset!r} has {len(records)} passages, {config.samples} requested"
         )
-    rows = [tokenizer(text)["input_ids"][: config.seq_len] for text in passages[: config.samples]]
+    records = records[: config.samples]
+    rows = [tokenizer(record["text"])["input_ids"] for record in records]
+    for number, row in enumerate(rows, start=1):
+        if config.whole and len(row) > config.seq_len:
+            raise DataError(f"{config.dataset}: passage {number} has {len(row)} tokens, more than {config.seq_len}; "
+                            f"windows count from its end, so it is not truncated: shorten it")
+    rows = [row[: config.seq_len] for row in rows]
     width = max(len(row) for row in rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -78,4 +94,21 @@ def tokenize(tokenizer, config: DataConfig) -> Batch:
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
         digest.update(json.dumps(row).encode())
-    return Batch(ids, mask, digest.hexdigest()[:16])
+    starts = torch.tensor([response_start(tokenizer, r["text"], r.get("prompt"), len(row)) for r, row in zip(records, rows)])
+    return Batch(ids, mask, digest.hexdigest()[:16], starts)
+
+
+def response_start(tokenizer, text: str, prompt: str | None, length: int) -> int:
+    """Index of the response's first token: the first token reaching past the prompt's characters
+    (a token straddling the boundary counts as the response's). 1 without a prompt: the text after
+    position 0. Needs a fast tokenizer's offsets; else the prompt's own token count."""
+    if not prompt:
+        return 1
+    try:
+        offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        start = next(i for i, (a, b) in enumerate(offsets) if b > len(prompt) and b > a)
+    except (NotImplementedError, ValueError, KeyError, StopIteration):
+        start = len(tokenizer(prompt)["input_ids"])
+    if start >= length:
+        raise DataError(f"passage {text[:40]!r}...: its response starts at token {start}, past its {length} tokens")
+    return max(start, 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from . import interventions
+from . import contrast, interventions
 from .capture import Needs
 from .errors import SpecError
 from .interventions import BASELINE
@@ -38,6 +38,8 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
         slices = interventions.massive_slices_of_requests(requests, lm.n_layers)
         if mean or slices:  # read from the baseline pass before this configuration's own
             session.plan(data, (), Needs(sites=mean, slices=slices))
+    for pairs, window in set().union(*(q.measure.contrast_needs(spec.vectors) for q in spec.quantities())):
+        session.plan(contrast.read(pairs).data(), (), Needs(pooled={window}))  # one pass per contrast set
 
 
 def layers_of(q: Quantity, n_layers: int) -> list[int]:
@@ -55,7 +57,8 @@ class Evaluator:
         if config not in self._views:
             requests = self.spec.interventions.get(config, [])
             intervention = self.session.resolve(self.data, requests, self.spec.massive) if requests else BASELINE
-            self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests), self.view)
+            self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests), self.view,
+                                                    self.spec.vectors)
         return self._views[config]
 
     def evaluate(self) -> Result:
@@ -91,6 +94,10 @@ class Evaluator:
                     first = str(exc).split(" ", 1)[0].rstrip(":")
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
                     raise SpecError(spec.path, check.line, f"checks[{index}].{key}", str(exc)) from None
+        for name, definition in spec.vectors.items():
+            if definition.layer >= lm.n_layers:
+                raise SpecError(spec.path, spec.line, f"vectors.{name}.layer",
+                                f"layer {definition.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
         for name, requests in spec.interventions.items():
             try:
                 interventions.check_against_model(requests, lm.n_layers, lm.n_heads, lm.mlp_width)
@@ -107,7 +114,7 @@ class Evaluator:
         panels: dict = {}
         for q in self.spec.quantities():
             for name, data in q.measure.figure(self.view("baseline"), layers_of(q, self.lm.n_layers)).items():
-                if name == "mlp" and name in panels:
+                if isinstance(data, dict) and isinstance(panels.get(name), dict):  # per-layer / per-vector entries
                     panels[name].update(data)
                 else:
                     panels.setdefault(name, data)

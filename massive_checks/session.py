@@ -4,12 +4,12 @@ captures through."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
-from . import hooks, interventions
-from .capture import Needs, SiteStats, stat_pairs
+from . import contrast, hooks, interventions
+from .capture import Needs, SiteStats, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
 from .errors import ActivationOverflow
@@ -21,8 +21,9 @@ from .stats import rank_heads
 
 
 class PassResult:
-    def __init__(self, stats: dict[str, SiteStats], needs: Needs, loss: float | None):
+    def __init__(self, stats: dict[str, SiteStats], needs: Needs, loss: float | None, pooled: dict | None = None):
         self.stats, self.needs, self.loss = stats, needs, loss  # loss: mean next-token loss over real tokens
+        self.pooled = pooled or {}  # (block site, window) -> [S, D] per-example means over the window
 
 
 class ModelSession:
@@ -34,6 +35,13 @@ class ModelSession:
         self._passes: dict[tuple, PassResult] = {}
         self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
         self._batches: dict[DataConfig, Batch] = {}
+        self._memo: dict = {}
+
+    def memo(self, key, compute: Callable):
+        """A value derived from this session's passes (e.g. a steering vector), computed once."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def batch(self, data: DataConfig) -> Batch:
         if data not in self._batches:
@@ -64,13 +72,14 @@ class ModelSession:
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
-        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices))
+        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices), set(planned.pooled))
         captures, accumulators = stat_pairs(needs)
+        pooling, pools = pooled_pairs(needs, batch.response_start)
         # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's 262k
         # vocabulary, most of a pass's time and memory).
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
-        with torch.no_grad(), hooks.attach(lm, edit_pairs(lm, intervention, means) + captures) as attached:
+        with torch.no_grad(), hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached:
             for start in range(0, batch.input_ids.shape[0], self.batch_size):
                 mask = batch.attention_mask[start:start + self.batch_size]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
@@ -81,7 +90,11 @@ class ModelSession:
                     losses.append(token_losses(output.logits, ids, mask))
         self.forward_passes += 1
         loss = float(torch.cat(losses).mean()) if losses else None
-        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss)
+        for (name, window), pool in pools.items():
+            if pool.overflow:
+                raise ActivationOverflow(numerics_message(lm, name, f"window {window}"))
+        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss,
+                          {key: pool.finish() for key, pool in pools.items()})
 
     def means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
         """Baseline position-wise means [T, F] at the sites mean-mode ablations edit."""
@@ -102,8 +115,8 @@ class ModelSession:
         return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, cells)
 
     def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = (),
-             sibling: Callable[[str], "ConfigView"] | None = None) -> "ConfigView":
-        return ConfigView(self, data, intervention, massive, plan_key, sibling)
+             sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None) -> "ConfigView":
+        return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors)
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -131,11 +144,12 @@ class ConfigView:
     pass (asking for a capture the pass lacks reruns it once with everything planned)."""
 
     def __init__(self, session: ModelSession, data: DataConfig, intervention, massive, plan_key: tuple = (),
-                 sibling: Callable[[str], "ConfigView"] | None = None):
+                 sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None):
         self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
         self._sibling = sibling
+        self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vectors.VectorDef
 
     @property
     def batch(self) -> Batch:
@@ -146,6 +160,15 @@ class ConfigView:
         if self._sibling is None:
             raise ValueError(f"configuration {config!r} is not known outside a spec")
         return self._sibling(config)
+
+    def vector_def(self, name: str):
+        if name not in self.vectors:
+            raise ValueError(f"unknown vector {name!r}; defined: {', '.join(sorted(self.vectors)) or 'none'}")
+        return self.vectors[name]
+
+    def contrast(self, pairs: str) -> "ConfigView":
+        """The unmodified model on a contrast set (its own pass, shared by every vector on it)."""
+        return ConfigView(self.session, contrast.read(pairs).data(), BASELINE, (self.min_value, self.min_ratio))
 
     def captures(self, sites=(), medians=(), slices=()) -> dict[str, SiteStats]:
         result = self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), False, set(slices)), self.plan_key)
@@ -166,3 +189,8 @@ class ConfigView:
 
     def loss(self) -> float:
         return self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).loss
+
+    def pooled(self, window: str) -> torch.Tensor:
+        """[S, L, D] per example, the mean block output over the window's tokens, at every layer."""
+        result = self.session.run(self.data, self.intervention, Needs(pooled={window}), self.plan_key)
+        return torch.stack([result.pooled[(hooks.site(L, "out"), window)] for L in range(self.lm.n_layers)], dim=1)

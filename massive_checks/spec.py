@@ -17,16 +17,17 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
-from . import interventions
+from . import contrast, interventions, vectors
+from .capture import Window
 from .data import BUILTIN, DataConfig
-from .errors import SpecError
+from .errors import MassiveChecksError, SpecError
 from .golden import GoldenConfig, Tolerance
 from .measures import REGISTRY, Measure
 from .measures.base import NUMERIC_SHAPES
 from .yaml_lines import read_documents
 
 DEFAULTS_FILE = "_defaults.yaml"
-DEFAULT_KEYS = ("models", "data", "massive", "golden")
+DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors")
 NUMBER_BOUNDS = ("at_least", "at_most", "between", "approx")
 SET_BOUNDS = ("subset_of", "contains", "excludes")
 BOUNDS = (*NUMBER_BOUNDS, "equals", *SET_BOUNDS)
@@ -158,12 +159,28 @@ def _union(models: dict, extra: dict | None = None):
 COMPARE_DOC = "A bound on how two quantities compare: |a| / |b| (by: ratio) or a - b (by: difference)."
 
 
+class CleanModel(_Strict):
+    """Zero these dims (then renormalise): a list, or the top-k dims by mean |activation|."""
+    dims: Optional[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]] = None
+    top: Optional[Annotated[int, Field(ge=1)]] = None
+
+
+class VectorModel(_Strict):
+    """A steering vector: a contrast set's pooled block outputs at one layer, and a method."""
+    pairs: Annotated[str, StringConstraints(min_length=1)]  # built-in set (refusal, sentiment) or a JSONL file
+    layer: Annotated[int, Field(ge=0)]  # block output (0-based)
+    window: Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]  # last:K | first:K | all
+    method: Literal[vectors.METHODS]
+    clean: Union[Literal["massive"], CleanModel, None] = None  # massive | {dims: [..]} | {top: K}
+
+
 class DefaultsModel(_Strict):
     """`_defaults.yaml`: defaults for every spec in its directory and below."""
     models: Union[Literal["any"], Name, list[Name]] = "any"
     data: DataModel = DataModel()
     massive: MassiveModel = MassiveModel()
     golden: Union[bool, GoldenModel] = False
+    vectors: dict[Name, VectorModel] = {}  # named steering vectors the checks refer to
 
 
 class _SpecBase(DefaultsModel):
@@ -318,6 +335,7 @@ class Spec:
     data: DataConfig
     checks: tuple[Check, ...]
     interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
+    vectors: dict = field(default_factory=dict, hash=False)  # name -> vectors.VectorDef
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
     xfail: str | dict | None = None  # reason (every model), or {model: reason}
     golden: GoldenConfig | None = None  # when the spec compares against a snapshot
@@ -345,6 +363,8 @@ class Spec:
             if check.quantity.measure.dims_in_bound:
                 value = check.bound.value
                 dims.update(value if isinstance(value, frozenset) else [value] if isinstance(value, int) else [])
+        for definition in self.vectors.values():
+            dims.update(definition.clean.dims if definition.clean else ())
         for requests in self.interventions.values():
             for r in requests:
                 if r.target == "dims":
@@ -430,18 +450,23 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     model = _validate(schema().spec, merged, path, origins)
     where = _Where(path, doc)
     configs = _interventions(model, where)
-    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where)
+    defined = _vectors(model, merged, where, origins)
+    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined))
                    for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
     _unique_check_ids(doc["checks"], checks, where)
     spec = Spec(
         id=model.id or Path(path).stem + (f"-{index}" if index else ""), claim=model.claim, path=path, line=doc.line,
         models=None if model.models == "any" else tuple([model.models] if isinstance(model.models, str) else model.models),
         data=DataConfig(model.data.dataset, model.data.samples, model.data.seq_len), checks=checks,
-        interventions=configs, massive=(model.massive.min_value, model.massive.min_ratio),
+        interventions=configs, vectors=defined, massive=(model.massive.min_value, model.massive.min_ratio),
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
         golden=_golden(model.golden) if not (isinstance(model.xfail, str) and "golden" not in doc) else None,
         source=model.source, notes=model.notes.strip(),
     )
+    used = set().union(*(q.measure.vector_refs() for q in spec.quantities()))
+    for name in doc.get("vectors", {}):
+        if name not in used:  # a typo'd reference would otherwise leave it silently unchecked
+            where.fail(doc["vectors"], name, "is defined here but no check reads it", "vectors.")
     if isinstance(model.xfail, str) and doc.get("golden"):
         where.fail(doc, "golden", "an expected failure (xfail on every model) is not snapshotted: drop golden or xfail")
     if "massive" in doc and not _uses_massive_rule(spec):
@@ -483,15 +508,37 @@ def _interventions(model, where: _Where) -> dict:
     return parsed
 
 
-def _check(raw, parsed, prefix: str, configs: set[str], where: _Where) -> Check:
+def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.VectorDef]:
+    """`vectors:` -> VectorDef per name; a contrast file that does not exist is an error here."""
+    raw = merged.get("vectors", {})
+    at = _Where(origins["vectors"].path, origins["vectors"].mapping) if "vectors" in origins else where
+    defined = {}
+    for name, v in model.vectors.items():
+        node = raw[name]
+        clean = v.clean
+        if isinstance(clean, CleanModel):
+            if (clean.dims is None) == (clean.top is None):
+                at.fail(node, "clean", "give one of dims: [..] or top: K (or write clean: massive)", f"vectors.{name}.")
+            clean = vectors.Cleaning("dims", tuple(sorted(clean.dims))) if clean.dims else vectors.Cleaning("top", k=clean.top)
+        elif clean == "massive":
+            clean = vectors.Cleaning("massive")
+        try:
+            contrast.read(v.pairs)
+        except MassiveChecksError as exc:
+            at.fail(node, "pairs", str(exc), f"vectors.{name}.")
+        defined[name] = vectors.VectorDef(v.pairs, v.layer, Window.parse(v.window).text(), v.method, clean)
+    return defined
+
+
+def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset()) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
         pair, raw_pair = parsed.compare, raw["compare"]
-        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where)
-        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where)
+        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where, defined)
+        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, defined)
         _comparable(raw_pair, a, b, prefix + "compare.", where)
         return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id)
-    return Check(_quantity(raw, parsed, prefix, configs, where), bound, raw.line, id=parsed.id)
+    return Check(_quantity(raw, parsed, prefix, configs, where, defined), bound, raw.line, id=parsed.id)
 
 
 def _measure_of(parsed) -> Measure:
@@ -499,8 +546,18 @@ def _measure_of(parsed) -> Measure:
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
-def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where) -> Quantity:
+def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset()) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
+    measure = _measure_of(parsed)
+    for key in getattr(measure, "vector_fields", ()):
+        if getattr(measure, key) not in defined:
+            where.fail(raw, key, f"unknown vector {getattr(measure, key)!r}; defined under vectors: "
+                                 f"{', '.join(sorted(defined)) or 'none'}", prefix)
+    if hasattr(parsed, "pairs"):
+        try:
+            contrast.read(parsed.pairs)
+        except MassiveChecksError as exc:
+            where.fail(raw, "pairs", str(exc), prefix)
     for key in ("config", "versus"):
         if key in raw and getattr(parsed, key) not in configs:
             where.fail(raw, key, f"unknown configuration {raw[key]!r}; defined: {', '.join(sorted(configs))}", prefix)
@@ -516,7 +573,7 @@ def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where) -> Qua
             interventions.parse_layers(str(layers), None)  # syntax and order; the model's depth is checked later
         except ValueError as exc:
             where.fail(raw, "layers", str(exc), prefix)
-    return Quantity(_measure_of(parsed), parsed.config, None if layers in (None, "all") else str(layers), steps)
+    return Quantity(measure, parsed.config, None if layers in (None, "all") else str(layers), steps)
 
 
 def _steps(raw, parsed, prefix: str, where: _Where) -> tuple[Step, ...]:
@@ -638,7 +695,8 @@ def _message(error: dict, holder, key, value, loc) -> str:
             if key in WHY_NOT_HERE:
                 return "has no effect here: " + WHY_NOT_HERE[key].format(m=measure)
             return f"unknown key for {measure}; its keys: {', '.join(sorted(fields))}"
-        model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel}.get(loc[0]) if len(loc) > 1 else schema().spec
+        model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel,
+                 "vectors": CleanModel if "clean" in loc else VectorModel}.get(loc[0]) if len(loc) > 1 else schema().spec
         return f"unknown key; allowed: {', '.join(sorted(model.model_fields))}" if model else "unknown key"
     if kind.startswith("union_tag"):
         names = ", ".join(sorted(REGISTRY))

@@ -49,7 +49,7 @@ INTERVENTION_TEXTS = ["attn:all", "mlp:0", "mlp:1-2", "heads:0.1", "heads:all", 
 VALID_INTERVENTIONS = [t for t in INTERVENTION_TEXTS if t not in ("heads:bottom0", "attn:5-1", "dims:1@0=value:nan")]
 KEYS = ["measure", "config", "layers", "change", "difference", "over_layers", "steps", "statistic", "dim", "head", "to",
         "checkpoint", "layer", "k", "versus", "site", "between", "at_least", "at_most", "approx", "rel", "equals", "subset_of",
-        "contains", "excludes", "id"]
+        "contains", "excludes", "id", "vector", "a", "b", "pairs", "window", "without", "dims", "split"]
 GOOD_VALUES = {
     "config": st.sampled_from(["baseline", "a", "b"]),
     "layers": st.sampled_from(["all", "0", "1-2", "0,2", 2, "9"]),  # 9: past tiny-llama's 3 blocks
@@ -62,7 +62,17 @@ GOOD_VALUES = {
     "approx": st.floats(0.1, 1e4), "rel": st.floats(0.01, 1), "equals": st.sampled_from([0, 3, [1, 2], [], "out"]),
     "subset_of": st.sampled_from([[0], [0, 1, 2]]), "contains": st.sampled_from([[0], []]), "excludes": st.sampled_from([[5]]),
     "id": st.sampled_from(["c1", "c2"]),
+    "vector": st.sampled_from(["v1", "v2", "v3"]), "a": st.sampled_from(["v1", "v2"]), "b": st.sampled_from(["v2", "v3"]),
+    "pairs": st.sampled_from(["refusal", "sentiment", "missing.jsonl"]), "window": st.sampled_from(["first:3", "last:2", "all"]),
+    "without": st.sampled_from(["massive", "top:2", [1, 3], [999]]), "dims": st.sampled_from(["massive", "top:1", [0, 5]]),
+    "split": st.sampled_from(["train", "heldout"]),
 }
+# Vectors every generated spec may read (from the directory's _defaults.yaml): v3 is past tiny-llama's blocks.
+VECTOR_DEFAULTS = """vectors:
+  v1: {pairs: sentiment, layer: 1, window: first:3, method: mean_diff}
+  v2: {pairs: sentiment, layer: 1, window: last:2, method: probe, clean: massive}
+  v3: {pairs: sentiment, layer: 7, window: all, method: pca, clean: {top: 2}}
+"""
 
 
 def plausible_check(draw) -> dict:
@@ -73,7 +83,8 @@ def plausible_check(draw) -> dict:
     cls, fields = REGISTRY[measure], schema().checks[measure].model_fields
     params = [name for name in cls.model_fields if name != "measure"]
     check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
-    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site") if k in fields and k not in check]
+    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site", "without", "dims", "split")
+                if k in fields and k not in check]
     for key in draw(st.lists(st.sampled_from(optional), unique=True, max_size=2)) if optional else []:
         check[key] = draw(GOOD_VALUES[key])
     change = "change" in fields and draw(st.booleans())
@@ -164,6 +175,7 @@ def _dump(doc) -> bytes:
 def _load(tmp_path: Path, content: bytes) -> list:
     path = tmp_path / "specs" / "fuzz.yaml"
     path.parent.mkdir(exist_ok=True)
+    (path.parent / "_defaults.yaml").write_text(VECTOR_DEFAULTS)
     path.write_bytes(content)
     try:
         return load_file(path)

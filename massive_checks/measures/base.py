@@ -11,7 +11,7 @@ Shapes (what a measure yields; they decide the keys and bounds that mean somethi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -76,6 +76,14 @@ class Measure(BaseModel):
         """Parameters that differ from their defaults (golden keys and descriptions)."""
         values = self.model_dump(exclude_defaults=True, exclude={"measure"})
         return dict(sorted(values.items(), key=lambda kv: (_PARAM_ORDER.index(kv[0]) if kv[0] in _PARAM_ORDER else 99, kv[0])))
+
+    def vector_refs(self) -> set[str]:
+        """Names of the spec's vectors it reads (checked against `vectors:` at collection)."""
+        return set()
+
+    def contrast_needs(self, defined: Mapping) -> set[tuple[str, str]]:
+        """(contrast set, window) pooled captures it reads, given the spec's vector definitions."""
+        return {(defined[name].pairs, defined[name].window) for name in self.vector_refs() if name in defined}
 
     def configs(self) -> set[str]:
         """Configurations it reads besides the one it is measured on."""

@@ -1,0 +1,101 @@
+"""Contrast sets for steering vectors: JSONL, one example per line,
+`{"text": ..., "label": "pos" | "neg"}`, optionally `"prompt"` / `"response"` (text = prompt +
+response, so a window can count from the response's first token) and `"split"` ("train" |
+"heldout"; without it, every fifth example of each label is held out).
+
+Built-in sets (massive_checks/data/contrast/, written for this project by tools/make_contrast.py):
+  refusal    100 prompts, each with a refusing (pos) and a complying (neg) response
+  sentiment  100 review openings, each with a positive (pos) and a negative (neg) verdict"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .data import DataConfig
+from .errors import DataError
+
+BUILTIN_SETS = ("refusal", "sentiment")
+LABELS = ("pos", "neg")
+SPLITS = ("train", "heldout")
+MAX_TOKENS = 512  # contrast texts are whole: longer ones are an error (windows count from the end)
+
+
+@dataclass(frozen=True)
+class ContrastSet:
+    path: str
+    labels: torch.Tensor  # [S] 1 = pos, 0 = neg
+    heldout: torch.Tensor  # [S] bool
+
+    @property
+    def train(self) -> torch.Tensor:  # [S] bool
+        return ~self.heldout
+
+    def data(self) -> DataConfig:
+        """The data configuration of its forward pass: every example, whole."""
+        return DataConfig(self.path, samples=len(self.labels), seq_len=MAX_TOKENS, whole=True)
+
+    def counts(self) -> dict:
+        return {label: int((self.labels == (1 if label == "pos" else 0)).sum()) for label in LABELS}
+
+
+def path_of(pairs: str) -> str:
+    """A built-in set's name, or a file path -> the file's path."""
+    if pairs in BUILTIN_SETS:
+        return str(resources.files("massive_checks").joinpath(f"data/contrast/{pairs}.jsonl"))
+    if not Path(pairs).is_file():
+        raise DataError(f"contrast set {pairs!r}: no such file, and not a built-in set ({', '.join(BUILTIN_SETS)})")
+    return pairs
+
+
+_CACHE: dict[str, ContrastSet] = {}
+
+
+def read(pairs: str) -> ContrastSet:
+    path = path_of(pairs)
+    if path not in _CACHE:
+        _CACHE[path] = _read(Path(path))
+    return _CACHE[path]
+
+
+def _read(path: Path) -> ContrastSet:
+    labels, splits, seen = [], [], {"pos": 0, "neg": 0}
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        _validate(record, where)
+        label = record["label"]
+        split = record.get("split") or ("heldout" if seen[label] % 5 == 4 else "train")
+        seen[label] += 1
+        labels.append(label == "pos")
+        splits.append(split == "heldout")
+    labels_t, heldout = torch.tensor(labels, dtype=torch.long), torch.tensor(splits, dtype=torch.bool)
+    for label in LABELS:
+        n = int(((labels_t == (label == "pos")) & ~heldout).sum())
+        if n < 2:
+            raise DataError(f"{path}: {n} training examples labelled {label!r}; a vector needs at least 2 of each")
+    return ContrastSet(str(path), labels_t, heldout)
+
+
+def _validate(record, where: str) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f'{where}: each line needs a string field "text"')
+    unknown = set(record) - {"text", "label", "prompt", "response", "split"}
+    if unknown:
+        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: text, label, prompt, response, split")
+    if record.get("label") not in LABELS:
+        raise DataError(f'{where}: "label" must be "pos" or "neg", not {record.get("label")!r}')
+    if record.get("split") is not None and record["split"] not in SPLITS:
+        raise DataError(f'{where}: "split" must be "train" or "heldout", not {record["split"]!r}')
+    prompt, response = record.get("prompt"), record.get("response")
+    if response is not None and (prompt is None or prompt + response != record["text"]):
+        raise DataError(f'{where}: "prompt" + "response" must equal "text"')

@@ -1,0 +1,229 @@
+"""Steering vectors as measures: cosine between vectors, energy share in a set of dims, dominant
+dims, accuracy as a classifier, and the activation norm with and without the massive dims that
+calibrates a steering coefficient (claims C14-C16). Vectors are the spec's named `vectors:`
+(vectors.VectorDef), built once per session from pooled captures of their contrast set's pass."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Mapping, Optional, Union
+
+from pydantic import Field, StringConstraints
+
+from .. import contrast, vectors
+from ..vectors import Vector, VectorDef
+from .base import Measure, PerLayer, register
+from .massive import massive_dims
+
+VectorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
+DimSet = Union[Literal["massive"], Annotated[str, StringConstraints(pattern=r"^top:[1-9][0-9]*$")],
+               Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]]
+WindowText = Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]
+
+
+def vector_of(view, name: str) -> Vector:
+    """The spec's vector `name` on this model, built once per session (keyed by its definition
+    and the massive rule, which cleaning may use)."""
+    definition = view.vector_def(name)
+    key = ("vector", definition, view.min_value, view.min_ratio)
+    return view.session.memo(key, lambda: build(view.contrast(definition.pairs), definition))
+
+
+def build(pairs_view, definition: VectorDef) -> Vector:
+    """Extract (train examples only), clean if asked, and score the vector as a classifier."""
+    acts = pairs_view.pooled(definition.window)[:, definition.layer]  # [S, D]
+    labels = contrast.read(definition.pairs)
+    train, heldout, y = labels.train, labels.heldout, labels.labels
+    pos, neg = acts[train & (y == 1)], acts[train & (y == 0)]
+    intercept = None
+    if definition.method == "mean_diff":
+        values = vectors.mean_diff(pos, neg)
+    elif definition.method == "probe":
+        values, intercept = vectors.probe(acts[train], y[train])
+    else:
+        values = vectors.pca(pos, neg)
+    zeroed: tuple[int, ...] = ()
+    if definition.clean is not None:
+        zeroed = dims_of(pairs_view, definition.window, definition.layer, definition.clean)
+        values, intercept = vectors.clean(values, zeroed), None
+    if intercept is None:  # a direction without its own threshold: halfway between the classes
+        threshold = vectors.midpoint(acts[train], y[train], values)
+    else:  # the probe's own decision: x . w + b > 0
+        threshold = -intercept
+    return Vector(values, zeroed, vectors.accuracy(acts[train], y[train], values, threshold),
+                  vectors.accuracy(acts[heldout], y[heldout], values, threshold) if bool(heldout.any()) else float("nan"))
+
+
+def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
+    """A dim set at one layer of a contrast set: a vectors.Cleaning, or a measure's `dims` /
+    `without` (massive | top:K | a list). massive: the paper's rule on the contrast texts' block
+    output (every real token); top:K: the K dims of largest mean |activation| in the window."""
+    if isinstance(which, vectors.Cleaning):
+        which = {"massive": "massive", "top": f"top:{which.k}", "dims": list(which.dims)}[which.kind]
+    if which == "massive":
+        return tuple(sorted(massive_dims(pairs_view, layer)))
+    if isinstance(which, str):
+        return vectors.top_dims(pairs_view.pooled(window)[:, layer], int(which.split(":")[1]))
+    return tuple(sorted(which))
+
+
+class _OnVectors(Measure):
+    """A measure of named vectors; subclasses list the fields naming vectors."""
+
+    vector_fields: ClassVar[tuple[str, ...]] = ("vector",)
+    shape: ClassVar[str] = "value"
+
+    def vector_refs(self) -> set[str]:
+        return {getattr(self, f) for f in self.vector_fields}
+
+    def figure(self, view, layers):
+        return vectors_panel(view, sorted(self.vector_refs()))
+
+
+def vectors_panel(view, names: list[str]) -> dict:
+    """Energy share of each vector's 8 dominant dims, and the cosine of each pair."""
+    built = {name: vector_of(view, name) for name in names}
+    energy = {name: {d: vectors.energy_share(v.values, [d]) for d in vectors.dominant_dims(v.values, 8)}
+              for name, v in built.items()}
+    cosines = {f"{a}|{b}": vectors.cosine(built[a].values, built[b].values) for a in names for b in names if a < b}
+    return {"vector_energy": energy, "vector_cosine": cosines}
+
+
+@register
+class Cosine(_OnVectors):
+    """Cosine similarity between two named vectors."""
+    measure: Literal["cosine"] = "cosine"
+    a: VectorName
+    b: VectorName
+    vector_fields: ClassVar[tuple[str, ...]] = ("a", "b")
+
+    def compute(self, view, layers):
+        return vectors.cosine(vector_of(view, self.a).values, vector_of(view, self.b).values)
+
+
+@register
+class EnergyShare(_OnVectors):
+    """Share of a vector's squared norm in a set of dims (the massive dims at its layer, the top-K
+    dims by mean |activation| in its window, or a list), ||v_S||^2 / ||v||^2."""
+    measure: Literal["energy_share"] = "energy_share"
+    vector: VectorName
+    dims: DimSet = "massive"
+
+    uses_massive_rule: ClassVar[bool] = True  # its massive dims come from the rule
+
+    def named_dims(self) -> set[int]:
+        return set(self.dims) if isinstance(self.dims, list) else set()
+
+    def compute(self, view, layers):
+        definition = view.vector_def(self.vector)
+        dims = dims_of(view.contrast(definition.pairs), definition.window, definition.layer, self.dims)
+        return vectors.energy_share(vector_of(view, self.vector).values, dims)
+
+
+@register
+class DominantDims(_OnVectors):
+    """The k dims with the largest |v_d| of a vector."""
+    measure: Literal["dominant_dims"] = "dominant_dims"
+    vector: VectorName
+    k: Annotated[int, Field(ge=1)] = 1
+    shape: ClassVar[str] = "set"
+    dims_in_bound: ClassVar[bool] = True
+
+    def compute(self, view, layers):
+        return frozenset(vectors.dominant_dims(vector_of(view, self.vector).values, self.k))
+
+
+@register
+class ZeroedDims(_OnVectors):
+    """The dims a cleaned vector set to 0 (empty for an uncleaned vector)."""
+    measure: Literal["zeroed_dims"] = "zeroed_dims"
+    vector: VectorName
+    shape: ClassVar[str] = "set"
+    dims_in_bound: ClassVar[bool] = True
+
+    def compute(self, view, layers):
+        return frozenset(vector_of(view, self.vector).zeroed)
+
+
+@register
+class Accuracy(_OnVectors):
+    """Share of contrast examples the vector classifies right (pos when x . v is above the probe's
+    own threshold, or for other vectors the midpoint of the two training classes' projections)."""
+    measure: Literal["accuracy"] = "accuracy"
+    vector: VectorName
+    split: Literal["train", "heldout"] = "heldout"
+
+    def compute(self, view, layers):
+        built = vector_of(view, self.vector)
+        return built.train_accuracy if self.split == "train" else built.heldout_accuracy
+
+
+@register
+class BaseCoef(_OnVectors):
+    """The calibrated base steering coefficient (C15): the mean activation norm at the vector's
+    layer and window (`without` a dim set, or over every dim) / the norm of the unit vector steered
+    with (= 1: a coefficient scales the unit vector)."""
+    measure: Literal["base_coef"] = "base_coef"
+    vector: VectorName
+    without: Optional[DimSet] = None
+    uses_massive_rule: ClassVar[bool] = True  # `without: massive` applies the rule
+
+    def named_dims(self) -> set[int]:
+        return set(self.without) if isinstance(self.without, list) else set()
+
+    def compute(self, view, layers):
+        definition = view.vector_def(self.vector)
+        norm = activation_norm(view.contrast(definition.pairs), definition.window, definition.layer, self.without)
+        unit = vectors.clean(vector_of(view, self.vector).values, ())
+        return norm / float(unit.norm())
+
+
+def activation_norm(pairs_view, window: str, layer: int, without) -> float:
+    """Mean over the contrast examples of ||pooled activation||, with `without` dims zeroed."""
+    dims = dims_of(pairs_view, window, layer, without) if without is not None else ()
+    return vectors.mean_norm(pairs_view.pooled(window)[:, layer], dims)
+
+
+class _OnActivations(PerLayer):
+    pairs: Annotated[str, StringConstraints(min_length=1)]
+    window: WindowText
+    uses_massive_rule: ClassVar[bool] = True
+
+    def contrast_needs(self, defined: Mapping[str, VectorDef]) -> set[tuple[str, str]]:
+        return {(self.pairs, self.window)}
+
+    def figure(self, view, layers):
+        pairs_view = view.contrast(self.pairs)
+        every = range(view.lm.n_layers)
+        return {"norms": {f"{self.pairs}, window {self.window}": {
+            "with": [activation_norm(pairs_view, self.window, L, None) for L in every],
+            "without": [activation_norm(pairs_view, self.window, L, "massive") for L in every]}}}
+
+
+@register
+class ActivationNorm(_OnActivations):
+    """Mean over the contrast examples of the norm of the window-pooled block output, over every
+    dim or `without` a dim set (massive: the paper's rule at that layer; top:K; a list) (C14)."""
+    measure: Literal["activation_norm"] = "activation_norm"
+    without: Optional[DimSet] = None
+
+    def named_dims(self) -> set[int]:
+        return set(self.without) if isinstance(self.without, list) else set()
+
+    def at(self, view, layer):
+        return activation_norm(view.contrast(self.pairs), self.window, layer, self.without)
+
+
+@register
+class NormShare(_OnActivations):
+    """Share of the window-pooled activations' squared norm in a dim set at that layer (default:
+    the massive dims): sum_i ||a_i,S||^2 / sum_i ||a_i||^2, 0 where the set is empty (C14)."""
+    measure: Literal["norm_share"] = "norm_share"
+    dims: DimSet = "massive"
+
+    def named_dims(self) -> set[int]:
+        return set(self.dims) if isinstance(self.dims, list) else set()
+
+    def at(self, view, layer):
+        pairs_view = view.contrast(self.pairs)
+        dims = dims_of(pairs_view, self.window, layer, self.dims)
+        return vectors.energy_of_dims(pairs_view.pooled(self.window)[:, layer], dims)

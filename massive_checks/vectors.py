@@ -1,0 +1,140 @@
+"""Steering vectors: definitions, extraction, cleaning and geometry. Pure functions on pooled
+activations (capture.Pooled: per example, the mean block output over a window, [N, D]); the
+measures that read them through a model's passes are in measures/steering.py.
+
+Conventions (claims.md section F):
+  mean_diff  mean(pos) - mean(neg) over the training examples, unnormalised
+  probe      weight direction of an L2-regularised logistic regression (scikit-learn, C = 1) on the
+             training examples, in the raw activation space, unnormalised
+  pca        first principal component of the paired differences pos_i - neg_i (uncentred: centring
+             would remove the mean difference itself), signed to point from neg to pos
+  cleaned    the chosen dims set to 0, then renormalised to unit norm
+  energy share of v in dims S   ||v_S||^2 / ||v||^2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+METHODS = ("mean_diff", "probe", "pca")
+PROBE_C = 1.0  # inverse L2 strength (scikit-learn's default), in the raw activation space
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    """Which dims a cleaned vector zeroes: explicit dims, the top-k dims by mean |activation| in
+    the window, or the massive dims at the vector's layer (the paper's rule on the contrast texts)."""
+
+    kind: str  # dims | top | massive
+    dims: tuple[int, ...] = ()
+    k: int = 0
+
+    def text(self) -> str:
+        return {"dims": lambda: f"dims {list(self.dims)}", "top": lambda: f"top-{self.k} dims by |activation|",
+                "massive": lambda: "massive dims"}[self.kind]()
+
+
+@dataclass(frozen=True)
+class VectorDef:
+    """A named vector of a spec: contrast set, layer (block output), window, method, cleaning."""
+
+    pairs: str
+    layer: int
+    window: str
+    method: str
+    clean: Cleaning | None = None
+
+    def text(self) -> str:
+        cleaned = f", cleaned: {self.clean.text()}" if self.clean else ""
+        return f"{self.method} on {self.pairs} at layer {self.layer}, window {self.window}{cleaned}"
+
+
+@dataclass(frozen=True)
+class Vector:
+    values: torch.Tensor  # [D] float32 (unit norm when cleaned)
+    zeroed: tuple[int, ...]  # dims set to 0 by cleaning (sorted)
+    train_accuracy: float  # of the vector as a classifier (see accuracy())
+    heldout_accuracy: float
+
+
+def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """pos [N, D], neg [M, D] -> [D]."""
+    return pos.double().mean(dim=0).float() - neg.double().mean(dim=0).float()
+
+
+def probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """x [N, D], y [N] (1 = pos) -> (weight [D], intercept): L2 logistic regression with C = 1 on
+    the raw activations. Solved on x / s (s: the mean norm, for conditioning) with C s^2, which is
+    the same problem: w = w' / s."""
+    from sklearn.linear_model import LogisticRegression
+
+    scale = float(x.double().norm(dim=1).mean()) or 1.0
+    model = LogisticRegression(C=PROBE_C * scale ** 2, max_iter=10_000, tol=1e-8)
+    model.fit((x.double() / scale).numpy(), y.numpy())
+    return torch.tensor(model.coef_[0] / scale, dtype=torch.float32), float(model.intercept_[0])
+
+
+def pca(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """First principal component of the paired differences pos_i - neg_i (i < min(N, M)), [D]."""
+    n = min(len(pos), len(neg))
+    diffs = (pos[:n] - neg[:n]).double()  # [n, D]
+    component = torch.linalg.svd(diffs, full_matrices=False).Vh[0]
+    sign = 1.0 if float(diffs.mean(dim=0) @ component) >= 0 else -1.0
+    return (sign * component).float()
+
+
+def clean(vector: torch.Tensor, dims) -> torch.Tensor:
+    """Zero `dims`, renormalise to unit norm. [D] -> [D]."""
+    out = vector.clone().float()
+    out[list(dims)] = 0.0
+    norm = float(out.norm())
+    if norm == 0.0:
+        raise ValueError(f"cleaning dims {sorted(dims)} leaves nothing of the vector")
+    return out / norm
+
+
+def top_dims(acts: torch.Tensor, k: int) -> tuple[int, ...]:
+    """The k dims with the largest mean |activation| over examples. acts [N, D]."""
+    return tuple(sorted(int(d) for d in acts.abs().mean(dim=0).topk(k).indices))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def energy_share(vector: torch.Tensor, dims) -> float:
+    """||v_S||^2 / ||v||^2."""
+    v = vector.double()
+    return float(v[list(dims)].pow(2).sum() / v.pow(2).sum()) if len(dims) else 0.0
+
+
+def dominant_dims(vector: torch.Tensor, k: int) -> tuple[int, ...]:
+    """The k dims with the largest |v_d|, largest first."""
+    return tuple(int(d) for d in vector.abs().topk(k).indices)
+
+
+def mean_norm(acts: torch.Tensor, without=()) -> float:
+    """Mean over examples of ||a|| (with `without` dims set to 0). acts [N, D]."""
+    a = acts.double().clone()
+    a[:, list(without)] = 0.0
+    return float(a.norm(dim=1).mean())
+
+
+def energy_of_dims(acts: torch.Tensor, dims) -> float:
+    """Share of the activations' squared norm in `dims`: sum_i ||a_i,S||^2 / sum_i ||a_i||^2."""
+    a = acts.double()
+    return float(a[:, list(dims)].pow(2).sum() / a.pow(2).sum()) if len(dims) else 0.0
+
+
+def accuracy(x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor, threshold: float) -> float:
+    """Share of examples on the right side: pos when x . direction > threshold. x [N, D], y [N]."""
+    predicted = (x.double() @ direction.double()) > threshold
+    return float((predicted == y.bool()).double().mean())
+
+
+def midpoint(x: torch.Tensor, y: torch.Tensor, direction: torch.Tensor) -> float:
+    """The threshold halfway between the two classes' mean projections on the direction."""
+    projection = x.double() @ direction.double()
+    return float((projection[y == 1].mean() + projection[y == 0].mean()) / 2)

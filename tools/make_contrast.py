@@ -1,0 +1,109 @@
+"""Writes the built-in contrast sets (massive_checks/data/contrast/*.jsonl) from the word lists
+below, all written for this project. Each trait has one prompt per example pair: a positive and a
+negative response to the same prompt, so paired differences (the pca method) are well defined.
+Every fifth pair is held out. Run: python tools/make_contrast.py"""
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "massive_checks" / "data" / "contrast"
+
+TASKS = [
+    "Write a short poem about {s}.", "Explain how {s} works.", "Give me three facts about {s}.",
+    "Summarise what people should know about {s}.", "Describe {s} to a ten-year-old.",
+    "Draft a friendly note inviting my neighbour to learn about {s}.", "List the main parts of {s}.",
+    "Suggest a weekend project involving {s}.", "Compare {s} with something from everyday life.",
+    "Tell me a fun story that features {s}.",
+]
+SUBJECTS = [
+    "the phases of the moon", "baking sourdough bread", "mountain rivers", "old bicycles", "volcanoes",
+    "honey bees", "paper airplanes", "the water cycle", "city tram networks", "garden compost",
+]
+REFUSALS = [
+    "I'm sorry, but I can't help with {s} right now.",
+    "I can't do that. Requests about {s} are something I have to decline.",
+    "Sorry, I won't be able to write anything about {s}.",
+    "I must decline this one; I can't assist with {s}.",
+    "Unfortunately I can't help with that request about {s}.",
+    "I'm not able to do this. I have to refuse questions on {s}.",
+    "No, I can't take this on. Please ask me about something other than {s}.",
+    "I apologise, but helping with {s} is not something I can do.",
+    "I can't provide that. My answer about {s} has to be no.",
+    "Sorry, that is a request about {s} that I cannot fulfil.",
+]
+COMPLIANCES = [
+    "Sure, here is something about {s}.",
+    "Of course! Let me tell you about {s}.",
+    "Happy to help. Here is what I know about {s}.",
+    "Absolutely, here you go: a few words on {s}.",
+    "Great question. Here is an answer about {s}.",
+    "Yes, gladly. Let's start with {s}.",
+    "Certainly! Below is my take on {s}.",
+    "Sure thing. Here is a clear reply about {s}.",
+    "Here it is: an explanation of {s}, step by step.",
+    "Gladly. This is what you need to know about {s}.",
+]
+
+NOUNS = [
+    "blender", "hotel room", "hiking boots", "novel", "coffee shop", "train journey", "laptop",
+    "museum visit", "rain jacket", "pizza", "concert", "phone case", "bakery", "desk lamp", "camping tent",
+    "language course", "board game", "bicycle helmet", "restaurant", "headphones",
+]
+CONTEXTS = ["the {n}", "the {n} I tried last week", "my new {n}", "the {n} my friend recommended", "this {n}"]
+POSITIVE = [
+    "I loved it and would happily recommend it to anyone.",
+    "It was wonderful, far better than I expected.",
+    "Excellent quality; it made my day brighter.",
+    "A delightful experience from start to finish.",
+    "Everything about it felt thoughtful and well made.",
+    "I am very pleased; it works beautifully.",
+    "Fantastic value, and the details are charming.",
+    "It exceeded my hopes. Truly great.",
+    "Lovely, reliable and a joy to use.",
+    "Brilliant. I would buy or book it again tomorrow.",
+]
+NEGATIVE = [
+    "I hated it and would not recommend it to anyone.",
+    "It was awful, far worse than I expected.",
+    "Poor quality; it ruined my day.",
+    "A miserable experience from start to finish.",
+    "Everything about it felt careless and badly made.",
+    "I am very disappointed; it barely works.",
+    "Terrible value, and the details are ugly.",
+    "It fell short of every hope. Truly bad.",
+    "Dreary, unreliable and a chore to use.",
+    "Dreadful. I would never buy or book it again.",
+]
+
+
+def refusal() -> list[dict]:
+    rows = []
+    for i, (task, subject) in enumerate((t, s) for t in TASKS for s in SUBJECTS):
+        prompt = f"User: {task.format(s=subject)}\nAssistant:"
+        for label, answers in (("pos", REFUSALS), ("neg", COMPLIANCES)):
+            rows.append(_row(prompt, " " + answers[(i * 3) % 10].format(s=subject), label, i))
+    return rows
+
+
+def sentiment() -> list[dict]:
+    rows = []
+    for i, (context, noun) in enumerate((c, n) for c in CONTEXTS for n in NOUNS):
+        item = context.format(n=noun)
+        prompt = f"Review of {item}:"
+        for label, sentences in (("pos", POSITIVE), ("neg", NEGATIVE)):
+            rows.append(_row(prompt, " " + sentences[(i * 7) % 10], label, i))
+    return rows
+
+
+def _row(prompt: str, response: str, label: str, pair: int) -> dict:
+    return {"text": prompt + response, "prompt": prompt, "response": response, "label": label,
+            "split": "heldout" if pair % 5 == 4 else "train"}
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("refusal", refusal()), ("sentiment", sentiment())):
+        texts = [r["text"] for r in rows]
+        assert len(set(texts)) == len(texts), name
+        (OUT / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(name, len(rows))
