@@ -89,6 +89,53 @@ def plot_mlp_flow(ax, flows: dict) -> None:
     ax.grid(alpha=0.3)
 
 
+def plot_cosines(ax, energy: dict, cosines: dict, fig) -> None:
+    """cosines: {"a|b": cosine} between named vectors; a matrix (blank where not measured)."""
+    names = sorted({n for pair in cosines for n in pair.split("|")} | set(energy))
+    matrix = np.full((len(names), len(names)), np.nan)
+    np.fill_diagonal(matrix, 1.0)
+    for pair, value in cosines.items():
+        a, b = pair.split("|")
+        matrix[names.index(a), names.index(b)] = matrix[names.index(b), names.index(a)] = value
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for (i, j), value in np.ndenumerate(matrix):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+    ax.set_title("cosine between vectors")
+    fig.colorbar(image, ax=ax, label="cosine")
+
+
+def plot_energy(ax, energy: dict) -> None:
+    """energy: vector -> {dim: share of its squared norm} for its dominant dims."""
+    names = sorted(energy)
+    dims = sorted({int(d) for shares in energy.values() for d in shares})
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        shares = {int(d): v for d, v in energy[name].items()}
+        ax.bar(np.arange(len(dims)) + i * width, [shares.get(d, 0.0) for d in dims], width, label=name)
+    ax.set_xticks(np.arange(len(dims)) + 0.4 - width / 2, [str(d) for d in dims], rotation=90, fontsize=7)
+    ax.set_xlabel("dim (each vector's 8 largest |v_d|)")
+    ax.set_ylabel("share of the vector's squared norm")
+    ax.set_title("energy per dim")
+    ax.legend(fontsize=7)
+
+
+def plot_norms(ax, norms: dict) -> None:
+    """norms: "pairs, window" -> {"with": [L], "without": [L]} mean activation norm per layer."""
+    for label, series in norms.items():
+        layers = np.arange(len(series["with"]))
+        ax.plot(layers, series["with"], "o-", markersize=3, label=f"{label}: with massive dims")
+        ax.plot(layers, series["without"], "x--", markersize=3, label=f"{label}: without")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (block output, 0-based)")
+    ax.set_ylabel("mean norm of the window-pooled activation")
+    ax.set_title("activation norm with and without the massive dims")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def new_figure(panels: int, three_d: bool = False):
     from matplotlib.figure import Figure
 
@@ -102,7 +149,14 @@ def render(observation, verdict, path: Path) -> Path:
     """The figure for one spec on one model (records.Observation and Verdict): the panels its
     measures asked for, or its layer profile (per configuration when it compares some)."""
     panels, profiles = observation.figure, observation.profiles
-    if "head_scores" in panels:
+    if "norms" in panels or "vector_energy" in panels:
+        drawn = [name for name in ("norms", "vector_cosine", "vector_energy") if panels.get(name)]
+        fig, axes = new_figure(len(drawn))
+        for name, ax in zip(drawn, axes):
+            {"norms": lambda: plot_norms(ax, panels["norms"]),
+             "vector_cosine": lambda: plot_cosines(ax, panels.get("vector_energy", {}), panels["vector_cosine"], fig),
+             "vector_energy": lambda: plot_energy(ax, panels["vector_energy"])}[name]()
+    elif "head_scores" in panels:
         fig, (ax,) = new_figure(1)
         plot_head_scores(ax, np.asarray(panels["head_scores"]), fig)
     elif observation.changes or len(profiles) > 1:

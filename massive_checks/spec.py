@@ -33,6 +33,7 @@ SET_BOUNDS = ("subset_of", "contains", "excludes")
 BOUNDS = (*NUMBER_BOUNDS, "equals", *SET_BOUNDS)
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/-]+$", max_length=300)]  # as given to --model (hub ids have a /)
 Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 Number = float  # strict: ints and floats, finite, never booleans
 Layers = Union[Annotated[int, Field(ge=0)], Annotated[str, StringConstraints(max_length=1000)]]
@@ -176,7 +177,7 @@ class VectorModel(_Strict):
 
 class DefaultsModel(_Strict):
     """`_defaults.yaml`: defaults for every spec in its directory and below."""
-    models: Union[Literal["any"], Name, list[Name]] = "any"
+    models: Union[Literal["any"], ModelName, list[ModelName]] = "any"
     data: DataModel = DataModel()
     massive: MassiveModel = MassiveModel()
     golden: Union[bool, GoldenModel] = False
@@ -190,7 +191,7 @@ class _SpecBase(DefaultsModel):
     source: str = ""
     notes: str = ""
     interventions: dict[Name, Union[str, Annotated[list[str], Field(min_length=1)]]] = {}
-    xfail: Union[Text, Annotated[dict[Name, Text], Field(min_length=1)], None] = None
+    xfail: Union[Text, Annotated[dict[ModelName, Text], Field(min_length=1)], None] = None
 
 
 def json_schema(defaults: bool = False) -> dict:
@@ -451,6 +452,11 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     where = _Where(path, doc)
     configs = _interventions(model, where)
     defined = _vectors(model, merged, where, origins)
+    used = set().union(*(_measure_of(c).vector_refs() for check in model.checks
+                         for c in ([check.compare.a, check.compare.b] if hasattr(check, "compare") else [check])))
+    for name in doc.get("vectors", {}):
+        if name not in used:  # a typo'd reference would otherwise leave it silently unchecked
+            where.fail(doc["vectors"], name, "is defined here but no check reads it", "vectors.")
     checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined))
                    for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
     _unique_check_ids(doc["checks"], checks, where)
@@ -458,15 +464,11 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
         id=model.id or Path(path).stem + (f"-{index}" if index else ""), claim=model.claim, path=path, line=doc.line,
         models=None if model.models == "any" else tuple([model.models] if isinstance(model.models, str) else model.models),
         data=DataConfig(model.data.dataset, model.data.samples, model.data.seq_len), checks=checks,
-        interventions=configs, vectors=defined, massive=(model.massive.min_value, model.massive.min_ratio),
+        interventions=configs, vectors={n: v for n, v in defined.items() if n in used}, massive=(model.massive.min_value, model.massive.min_ratio),
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
         golden=_golden(model.golden) if not (isinstance(model.xfail, str) and "golden" not in doc) else None,
         source=model.source, notes=model.notes.strip(),
     )
-    used = set().union(*(q.measure.vector_refs() for q in spec.quantities()))
-    for name in doc.get("vectors", {}):
-        if name not in used:  # a typo'd reference would otherwise leave it silently unchecked
-            where.fail(doc["vectors"], name, "is defined here but no check reads it", "vectors.")
     if isinstance(model.xfail, str) and doc.get("golden"):
         where.fail(doc, "golden", "an expected failure (xfail on every model) is not snapshotted: drop golden or xfail")
     if "massive" in doc and not _uses_massive_rule(spec):
@@ -688,6 +690,8 @@ def _message(error: dict, holder, key, value, loc) -> str:
     kind = error["type"]
     measure = holder.get("measure") if isinstance(holder, dict) else None
     if kind == "extra_forbidden":
+        if key == "by" and isinstance(holder, dict) and "compare" in holder:
+            return "by goes inside compare: compare: {a: ..., b: ..., by: ratio | difference}"
         if measure in REGISTRY:
             fields = (schema().sides if "compare" in loc else schema().checks)[measure].model_fields
             if key in BOUNDS:

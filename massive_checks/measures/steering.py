@@ -76,11 +76,12 @@ class _OnVectors(Measure):
         return {getattr(self, f) for f in self.vector_fields}
 
     def figure(self, view, layers):
-        return vectors_panel(view, sorted(self.vector_refs()))
+        return vectors_panel(view, sorted(view.vectors))
 
 
 def vectors_panel(view, names: list[str]) -> dict:
-    """Energy share of each vector's 8 dominant dims, and the cosine of each pair."""
+    """Energy share of each vector's 8 dominant dims, and the cosine of each pair (of the vectors
+    the spec reads)."""
     built = {name: vector_of(view, name) for name in names}
     energy = {name: {d: vectors.energy_share(v.values, [d]) for d in vectors.dominant_dims(v.values, 8)}
               for name, v in built.items()}
