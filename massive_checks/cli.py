@@ -1,4 +1,4 @@
-"""`massive-checks` command line: quick profiles, head scores, checkpoint scans."""
+"""`massive-checks` command line: quick profiles, head scores, checkpoint scans, steering vectors."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("diff", help="compare two checkpoints' massive activations")
     _data_options(diff)
     diff.add_argument("other", help="the second model")
+    vectors = commands.add_parser("vectors", help="steering vectors at one layer: mean_diff, probe, cleaned; geometry, norms, calibration")
+    vectors.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
+    vectors.add_argument("--pairs", required=True, help="contrast set: refusal, sentiment, or a JSONL file (text, label pos|neg)")
+    vectors.add_argument("--layer", type=int, required=True, help="block output (0-based)")
+    vectors.add_argument("--window", required=True, help="tokens pooled per example: last:K, first:K (of the response) or all")
+    vectors.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
+    vectors.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
+    vectors.add_argument("--device", default="cpu")
+    vectors.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    vectors.add_argument("--json", action="store_true", help="print JSON (the vectors in full) instead of a summary")
     commands.add_parser("models", help="list built-in model names")
     check = commands.add_parser("check", help="run spec files without pytest (exit 1 if a claim fails)")
     check.add_argument("paths", nargs="+", help="spec files or directories")
@@ -136,6 +146,32 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_vectors(args) -> int:
+    from .capture import Window
+    from .measures.steering import vectors_document
+
+    window = Window.parse(args.window).text()
+    lm = models.load(args.model, args.device, args.dtype)
+    if not 0 <= args.layer < lm.n_layers:
+        raise ValueError(f"--layer {args.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+    document = vectors_document(ModelSession(lm), args.pairs, args.layer, window, (args.min_value, args.min_ratio))
+    if args.json:
+        print(json.dumps(document, indent=1))
+        return 0
+    print(f"{document['model']}  layer {args.layer}, window {window}, {document['counts']['pos']} pos / "
+          f"{document['counts']['neg']} neg; massive dims {document['massive_dims'] or 'none'}")
+    for pair, value in document["cosine"].items():
+        print(f"  cosine {pair:<34} {value:.4f}")
+    for name, value in document["energy"].items():
+        print(f"  energy of {name} in the massive dims  {value:.4f}")
+    norm, calibration = document["norm"], document["calibration"]
+    print(f"  activation norm {norm['with']:.4g} with the massive dims, {norm['without']:.4g} without "
+          f"(share of the squared norm {norm['share']:.4f})")
+    print(f"  base coefficient {calibration['with']:.4g} with, {calibration['without']:.4g} without")
+    print(f"  probe accuracy: train {document['probe_accuracy']['train']:.3f}, held out {document['probe_accuracy']['heldout']:.3f}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .synthetic import BUILDERS
 
@@ -184,7 +220,8 @@ def cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "models": cmd_models}
+COMMANDS = {"check": cmd_check, "schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "vectors": cmd_vectors,
+            "models": cmd_models}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -99,3 +99,10 @@ def _validate(record, where: str) -> None:
     prompt, response = record.get("prompt"), record.get("response")
     if response is not None and (prompt is None or prompt + response != record["text"]):
         raise DataError(f'{where}: "prompt" + "response" must equal "text"')
+
+
+def read_texts(pairs: str) -> list[str]:
+    """The texts of a contrast set, in file order."""
+    from .data import read_passages
+
+    return read_passages(path_of(pairs))

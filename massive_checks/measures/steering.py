@@ -228,3 +228,36 @@ class NormShare(_OnActivations):
         pairs_view = view.contrast(self.pairs)
         dims = dims_of(pairs_view, self.window, layer, self.dims)
         return vectors.energy_of_dims(pairs_view.pooled(self.window)[:, layer], dims)
+
+
+CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
+
+
+def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.0, 1000.0)) -> dict:
+    """`massive-checks vectors`: mean_diff and probe at one layer and window, cleaned of the
+    massive dims, their geometry, the norm with and without the massive dims, and calibration.
+    Vectors unnormalised, cleaned ones unit norm; energy and norm share over the massive dims."""
+    from ..data import DataConfig
+    from ..interventions import BASELINE
+
+    definitions = {name: VectorDef(pairs, layer, window, name.removesuffix("_cleaned"),
+                                   vectors.Cleaning("massive") if name.endswith("_cleaned") else None)
+                   for name in CLI_VECTORS}
+    view = session.view(DataConfig(), BASELINE, massive, vectors=definitions)
+    pairs_view = view.contrast(pairs)
+    built = {name: vector_of(view, name) for name in CLI_VECTORS}
+    dims = sorted(massive_dims(pairs_view, layer))
+    norm_with, norm_without = (activation_norm(pairs_view, window, layer, w) for w in (None, "massive"))
+    return {
+        "model": session.lm.name, "layer": layer, "window": window, "massive_dims": dims,
+        "counts": contrast.read(pairs).counts(),
+        "vectors": {name: v.values.tolist() for name, v in built.items()},
+        "cosine": {f"{a}|{b}": vectors.cosine(built[a].values, built[b].values)
+                   for i, a in enumerate(CLI_VECTORS) for b in CLI_VECTORS[i + 1:]},
+        "energy": {name: vectors.energy_share(built[name].values, dims) for name in ("mean_diff", "probe")},
+        "norm": {"with": norm_with, "without": norm_without,
+                 "share": vectors.energy_of_dims(pairs_view.pooled(window)[:, layer], dims)},
+        "calibration": {"with": norm_with / float(vectors.clean(built["probe"].values, ()).norm()),
+                        "without": norm_without / float(vectors.clean(built["probe"].values, ()).norm())},
+        "probe_accuracy": {"train": built["probe"].train_accuracy, "heldout": built["probe"].heldout_accuracy},
+    }
