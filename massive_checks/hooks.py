@@ -82,13 +82,21 @@ class HookContext:
     start     dataset index of the chunk's first sequence (per-sequence edits)
     step      decode step during generation (None: a whole-sequence forward)
     positions [B, T] absolute position of each token (during generation, T = 1)
-    vectors   named vectors an edit may add (steering)"""
+    vectors   named vectors an edit may add (steering)
+    prompt_length [B] real prompt tokens: positions >= it are generated (or scored continuation)"""
 
     mask: torch.Tensor
     start: int = 0
     step: int | None = None
     positions: torch.Tensor | None = None
     vectors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    prompt_length: torch.Tensor | None = None  # [B] real prompt tokens (steering: prompt vs generated)
+
+    def absolute_positions(self) -> torch.Tensor:
+        """[B, T] each token's position among its sequence's real tokens (given, or from the mask)."""
+        if self.positions is not None:
+            return self.positions
+        return (self.mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
@@ -102,8 +110,13 @@ class Attachment:
         self.vectors = vectors
         self._context: HookContext | None = None
 
-    def forward(self, network: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, start: int = 0, **kwargs):
-        self._context = HookContext(mask, start, vectors=self.vectors)
+    def forward(self, network: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, start: int = 0, *,
+                step: int | None = None, positions: torch.Tensor | None = None, prompt_length: torch.Tensor | None = None,
+                token_mask: torch.Tensor | None = None, **kwargs):
+        """mask: the attention mask ([B, past + T] when decoding with a cache); token_mask [B, T]:
+        which of this call's tokens are real (default: the mask itself)."""
+        self._context = HookContext(mask if token_mask is None else token_mask, start, step, positions, self.vectors,
+                                    prompt_length)
         try:
             return network(input_ids=input_ids, attention_mask=mask, **kwargs)
         finally:
