@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--device", default="cpu")
     vectors.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     vectors.add_argument("--json", action="store_true", help="print JSON (the vectors in full) instead of a summary")
+    steer = commands.add_parser("steer", help="steer with a vector at coefficients; trait and coherence scores, generated texts")
+    steer.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
+    steer.add_argument("--pairs", required=True, help="contrast set the vector comes from: refusal, sentiment, or a JSONL file")
+    steer.add_argument("--layer", type=int, required=True, help="block whose output is steered (and the vector's layer)")
+    steer.add_argument("--method", required=True, choices=["mean_diff", "probe", "pca", "mean_diff_cleaned", "probe_cleaned",
+                                                          "pca_cleaned"], help="vector (_cleaned: massive dims zeroed)")
+    steer.add_argument("--window", default="first:5", help="the vector's pooled tokens (default first:5, the seed's)")
+    steer.add_argument("--coef", type=float, action="append", required=True, help="coefficient of the unit vector (repeatable)")
+    steer.add_argument("--prompts", required=True, help="text file, one prompt per line, used as given")
+    steer.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    steer.add_argument("--max-new-tokens", type=int, default=16)
+    steer.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    steer.add_argument("--trait-pos", action="append", help="trait continuation (repeatable; default: the set's own)")
+    steer.add_argument("--trait-neg", action="append", help="anti-trait continuation (repeatable)")
+    steer.add_argument("--device", default="cpu")
+    steer.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    steer.add_argument("--json", action="store_true")
     commands.add_parser("models", help="list built-in model names")
     check = commands.add_parser("check", help="run spec files without pytest (exit 1 if a claim fails)")
     check.add_argument("paths", nargs="+", help="spec files or directories")
@@ -172,6 +189,43 @@ def cmd_vectors(args) -> int:
     return 0
 
 
+def cmd_steer(args) -> int:
+    from pathlib import Path
+
+    from . import contrast, steer
+    from .capture import Window
+    from .measures.steering import vector_of
+    from .vectors import Cleaning, VectorDef
+
+    lm = models.load(args.model, args.device, args.dtype)
+    if not 0 <= args.layer < lm.n_layers:
+        raise ValueError(f"--layer {args.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+    method = args.method.removesuffix("_cleaned")
+    definition = VectorDef(args.pairs, args.layer, Window.parse(args.window).text(), method,
+                           Cleaning("massive") if args.method.endswith("_cleaned") else None)
+    vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": definition}), "v").values
+    texts = [line for line in Path(args.prompts).read_text("utf-8").splitlines() if line.strip()]
+    if args.chat:
+        texts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+                 for t in texts]
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
+    words = {"pos": args.trait_pos, "neg": args.trait_neg}
+    if not all(words.values()):
+        if args.pairs not in contrast.TRAITS:
+            raise ValueError(f"{args.pairs}: give the trait's continuations with --trait-pos and --trait-neg")
+        words = contrast.TRAITS[args.pairs]
+    trait = {k: [lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in v] for k, v in words.items()}
+    results = steer.run(lm, vector, args.layer, args.coef, prompts, trait, args.max_new_tokens, args.positions)
+    document = {"model": lm.name, "layer": args.layer, "method": args.method,
+                "results": [{"coef": r.coef, "trait": r.trait, "coherence": r.coherence, "texts": list(r.texts)} for r in results]}
+    if args.json:
+        print(json.dumps(document, indent=1))
+        return 0
+    for r in results:
+        print(f"coef {r.coef:>10.4g}  trait {r.trait:6.2f}  coherence {r.coherence:6.1f}  {r.texts[0][:60]!r}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .synthetic import BUILDERS
 
@@ -220,7 +274,7 @@ def cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "vectors": cmd_vectors,
+COMMANDS = {"check": cmd_check, "schema": cmd_schema, "profile": cmd_profile, "heads": cmd_heads, "scan": cmd_scan, "diff": cmd_diff, "vectors": cmd_vectors, "steer": cmd_steer,
             "models": cmd_models}
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ from .errors import DataError
 BUILTIN_SETS = ("refusal", "sentiment")
 LABELS = ("pos", "neg")
 SPLITS = ("train", "heldout")
+# Continuations whose log-odds at the response start score a trait (steer.trait_score): the
+# built-in sets' own; other sets give theirs (`--trait-pos` / `--trait-neg`).
+TRAITS = {
+    "refusal": {"pos": [" I'm sorry", " I can't"], "neg": [" Sure", " Here"]},
+    "sentiment": {"pos": [" I loved", " Wonderful"], "neg": [" I hated", " Awful"]},
+}
 MAX_TOKENS = 512  # contrast texts are whole: longer ones are an error (windows count from the end)
 
 
