@@ -48,6 +48,8 @@ def pytest_configure(config):
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
         config.pluginmanager.register(XdistHooks(plugin), "massive_checks_xdist")
     config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
+    # Items carry xdist_group (one worker per model); without xdist installed the mark is still known.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup group")
 
 
 def pytest_collect_file(file_path: Path, parent):
