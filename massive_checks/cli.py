@@ -14,14 +14,24 @@ from .measures.profile import profile_document
 from .session import ModelSession
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
-    parser.add_argument("--dataset", default=BUILTIN, help=".txt (one passage per line) or .jsonl ('text')")
-    parser.add_argument("--samples", type=int, default=DataConfig.samples)
-    parser.add_argument("--seq-len", type=int, default=DataConfig.seq_len)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    _model_options(parser)
+    parser.add_argument("--dataset", default=BUILTIN, help=".txt (one passage per line) or .jsonl ('text')")
+    parser.add_argument("--samples", type=int, default=DataConfig.samples)
+    parser.add_argument("--seq-len", type=int, default=DataConfig.seq_len)
+
+
+def _vector_options(parser: argparse.ArgumentParser, layer_help: str) -> None:
+    _model_options(parser)
+    parser.add_argument("--pairs", required=True, help="contrast set: refusal, sentiment, or a JSONL file (text, label pos|neg)")
+    parser.add_argument("--layer", type=int, required=True, help=layer_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,19 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(diff)
     diff.add_argument("other", help="the second model")
     vectors = commands.add_parser("vectors", help="steering vectors at one layer: mean_diff, probe, cleaned; geometry, norms, calibration")
-    vectors.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
-    vectors.add_argument("--pairs", required=True, help="contrast set: refusal, sentiment, or a JSONL file (text, label pos|neg)")
-    vectors.add_argument("--layer", type=int, required=True, help="block output (0-based)")
+    _vector_options(vectors, "block output (0-based)")
     vectors.add_argument("--window", required=True, help="tokens pooled per example: last:K, first:K (of the response) or all")
     vectors.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
     vectors.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
-    vectors.add_argument("--device", default="cpu")
-    vectors.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
-    vectors.add_argument("--json", action="store_true", help="print JSON (the vectors in full) instead of a summary")
     steer = commands.add_parser("steer", help="steer with a vector at coefficients; trait and coherence scores, generated texts")
-    steer.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
-    steer.add_argument("--pairs", required=True, help="contrast set the vector comes from: refusal, sentiment, or a JSONL file")
-    steer.add_argument("--layer", type=int, required=True, help="block whose output is steered (and the vector's layer)")
+    _vector_options(steer, "block whose output is steered (and the vector's layer)")
     steer.add_argument("--method", required=True, choices=["mean_diff", "probe", "pca", "mean_diff_cleaned", "probe_cleaned",
                                                           "pca_cleaned"], help="vector (_cleaned: massive dims zeroed)")
     steer.add_argument("--window", default="first:5", help="the vector's pooled tokens (default first:5, the seed's)")
@@ -65,9 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     steer.add_argument("--trait-pos", action="append", help="trait continuation (repeatable; default: the set's own)")
     steer.add_argument("--trait-neg", action="append", help="anti-trait continuation (repeatable)")
-    steer.add_argument("--device", default="cpu")
-    steer.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
-    steer.add_argument("--json", action="store_true")
     commands.add_parser("models", help="list built-in model names")
     check = commands.add_parser("check", help="run spec files without pytest (exit 1 if a claim fails)")
     check.add_argument("paths", nargs="+", help="spec files or directories")
@@ -169,8 +169,7 @@ def cmd_vectors(args) -> int:
 
     window = Window.parse(args.window).text()
     lm = models.load(args.model, args.device, args.dtype)
-    if not 0 <= args.layer < lm.n_layers:
-        raise ValueError(f"--layer {args.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+    lm.check_layer(args.layer, f"--layer {args.layer}")
     document = vectors_document(ModelSession(lm), args.pairs, args.layer, window, (args.min_value, args.min_ratio))
     if args.json:
         print(json.dumps(document, indent=1))
@@ -194,15 +193,11 @@ def cmd_steer(args) -> int:
 
     from . import contrast, steer
     from .capture import Window
-    from .measures.steering import vector_of
-    from .vectors import Cleaning, VectorDef
+    from .measures.steering import named_definition, vector_of
 
     lm = models.load(args.model, args.device, args.dtype)
-    if not 0 <= args.layer < lm.n_layers:
-        raise ValueError(f"--layer {args.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
-    method = args.method.removesuffix("_cleaned")
-    definition = VectorDef(args.pairs, args.layer, Window.parse(args.window).text(), method,
-                           Cleaning("massive") if args.method.endswith("_cleaned") else None)
+    lm.check_layer(args.layer, f"--layer {args.layer}")
+    definition = named_definition(args.method, args.pairs, args.layer, Window.parse(args.window).text())
     vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": definition}), "v").values
     texts = [line for line in Path(args.prompts).read_text("utf-8").splitlines() if line.strip()]
     if args.chat:

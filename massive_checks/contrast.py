@@ -9,14 +9,13 @@ Built-in sets (massive_checks/data/contrast/, written for this project by tools/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .data import DataConfig
+from .data import DataConfig, jsonl_lines, read_passages
 from .errors import DataError
 
 BUILTIN_SETS = ("refusal", "sentiment")
@@ -70,14 +69,7 @@ def read(pairs: str) -> ContrastSet:
 
 def _read(path: Path) -> ContrastSet:
     labels, splits, seen = [], [], {"pos": 0, "neg": 0}
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, record in jsonl_lines(path):
         _validate(record, where)
         label = record["label"]
         split = record.get("split") or ("heldout" if seen[label] % 5 == 4 else "train")
@@ -92,9 +84,7 @@ def _read(path: Path) -> ContrastSet:
     return ContrastSet(str(path), labels_t, heldout)
 
 
-def _validate(record, where: str) -> None:
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise DataError(f'{where}: each line needs a string field "text"')
+def _validate(record: dict, where: str) -> None:
     unknown = set(record) - {"text", "label", "prompt", "response", "split"}
     if unknown:
         raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: text, label, prompt, response, split")
@@ -109,6 +99,4 @@ def _validate(record, where: str) -> None:
 
 def read_texts(pairs: str) -> list[str]:
     """The texts of a contrast set, in file order."""
-    from .data import read_passages
-
     return read_passages(path_of(pairs))

@@ -54,20 +54,28 @@ def read_records(dataset: str) -> list[dict]:
     raise DataError(f"dataset {dataset!r}: expected a .txt (one passage per line) or .jsonl file")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    passages = []
+def jsonl_lines(path: Path):
+    """(where, record) per non-blank line, where = "path:line"; each record a mapping with a string
+    "text" (DataError naming file and line otherwise)."""
     for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{path}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{path}:{number}: each line needs a string field "text"')
+            raise DataError(f'{where}: each line needs a string field "text"')
+        yield where, record
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    passages = []
+    for where, record in jsonl_lines(path):
         prompt = record.get("prompt")
         if prompt is not None and not (isinstance(prompt, str) and record["text"].startswith(prompt)):
-            raise DataError(f'{path}:{number}: "prompt" must be a string the text starts with')
+            raise DataError(f'{where}: "prompt" must be a string the text starts with')
         passages.append({"text": record["text"], "prompt": prompt})
     return passages
 

@@ -95,9 +95,10 @@ class Evaluator:
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
                     raise SpecError(spec.path, check.line, f"checks[{index}].{key}", str(exc)) from None
         for name, definition in spec.vectors.items():
-            if definition.layer >= lm.n_layers:
-                raise SpecError(spec.path, spec.line, f"vectors.{name}.layer",
-                                f"layer {definition.layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+            try:
+                lm.check_layer(definition.layer, f"layer {definition.layer}")
+            except ValueError as exc:
+                raise SpecError(spec.path, spec.line, f"vectors.{name}.layer", str(exc)) from None
         for name, requests in spec.interventions.items():
             try:
                 interventions.check_against_model(requests, lm.n_layers, lm.n_heads, lm.mlp_width)

@@ -16,18 +16,24 @@ METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministi
 PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (records.STATISTIC_TEXT)
 
 
+def _log_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
+    """The styling every log-scale line panel shares."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
 def plot_profile(ax, profile: dict, title: str = "") -> None:
     """profile: {"top1": [L], "top2": [L], "top3": [L], "median": [L]} of one configuration."""
     layers = np.arange(len(profile["top1"]))
     for key, style in (("top1", "o-"), ("top2", "s-"), ("top3", "^-"), ("median", "x--")):
         if key in profile:
             ax.plot(layers, profile[key], style, label=key.replace("top", "top-"), markersize=4)
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (block output, 0-based)")
-    ax.set_ylabel(f"|activation| ({PAPER_STATISTIC})")
-    ax.set_title(title or "layer-wise top-1/2/3 and median |a|")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _log_axes(ax, "layer (block output, 0-based)", f"|activation| ({PAPER_STATISTIC})",
+              title or "layer-wise top-1/2/3 and median |a|")
 
 
 def plot_cells_3d(ax, cells: np.ndarray, layer: int, dims: list[int]) -> None:
@@ -61,12 +67,8 @@ def plot_ablation(ax_lines, ax_heat, observed: dict, fig) -> None:
     ax_lines.plot(layers, base, "k-o", label=reference, markersize=4)
     for name in others:
         ax_lines.plot(layers, observed[name]["top1"], "-o", label=name, markersize=3)
-    ax_lines.set_yscale("log")
-    ax_lines.set_xlabel("layer")
-    ax_lines.set_ylabel(f"top-1 |activation| ({PAPER_STATISTIC})")
-    ax_lines.set_title(f"top-1 per layer: {reference} vs the other configurations")
-    ax_lines.legend(fontsize=8)
-    ax_lines.grid(alpha=0.3)
+    _log_axes(ax_lines, "layer", f"top-1 |activation| ({PAPER_STATISTIC})",
+              f"top-1 per layer: {reference} vs the other configurations")
     change = np.array([100 * (np.asarray(observed[n]["top1"]) - base) / np.where(base == 0, 1, base) for n in others])
     limit = max(1.0, float(np.abs(change).max())) if change.size else 1.0
     image = ax_heat.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
@@ -81,12 +83,8 @@ def plot_mlp_flow(ax, flows: dict) -> None:
     for layer, flow in flows.items():
         names = list(flow)
         ax.plot(names, [flow[n] for n in names], "o-", label=f"layer {layer}")
-    ax.set_yscale("log")
-    ax.set_xlabel("MLP checkpoint (in -> up/gate -> act -> down_in -> out)")
-    ax.set_ylabel("max |activation| (per sequence, mean over sequences)")
-    ax.set_title("MLP checkpoint flow")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _log_axes(ax, "MLP checkpoint (in -> up/gate -> act -> down_in -> out)",
+              "max |activation| (per sequence, mean over sequences)", "MLP checkpoint flow")
 
 
 def plot_cosines(ax, energy: dict, cosines: dict, fig) -> None:
@@ -128,12 +126,8 @@ def plot_norms(ax, norms: dict) -> None:
         layers = np.arange(len(series["with"]))
         ax.plot(layers, series["with"], "o-", markersize=3, label=f"{label}: with massive dims")
         ax.plot(layers, series["without"], "x--", markersize=3, label=f"{label}: without")
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (block output, 0-based)")
-    ax.set_ylabel("mean norm of the window-pooled activation")
-    ax.set_title("activation norm with and without the massive dims")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _log_axes(ax, "layer (block output, 0-based)", "mean norm of the window-pooled activation",
+              "activation norm with and without the massive dims", legend_size=7)
 
 
 def new_figure(panels: int, three_d: bool = False):

@@ -62,8 +62,7 @@ def resolve(lm: LoadedModel, site_name: str) -> tuple[torch.nn.Module, str]:
     if not match:
         raise ValueError(f"unknown site {site_name!r}; valid: blocks.<L>.({'|'.join(_WHERE)})")
     layer, suffix = int(match.group(1)), match.group(2)
-    if layer >= lm.n_layers:
-        raise ValueError(f"site {site_name!r}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+    lm.check_layer(layer, f"site {site_name!r}")
     field_name, which = _WHERE[suffix]
     if field_name in _RESID_FALLBACK and getattr(lm.adapter, field_name) is None:
         field_name, which = _RESID_FALLBACK[field_name]

@@ -96,6 +96,11 @@ class LoadedModel:
     dtype: torch.dtype
     device: str
 
+    def check_layer(self, layer: int, what: str) -> None:
+        """ValueError "<what>: <model> has N blocks (0-N-1)" when block `layer` does not exist."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"{what}: {self.name} has {self.n_layers} blocks (0-{self.n_layers - 1})")
+
     @property
     def n_layers(self) -> int:
         return len(self.module(self.adapter.blocks))

@@ -452,13 +452,12 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     where = _Where(path, doc)
     configs = _interventions(model, where)
     defined = _vectors(model, merged, where, origins)
-    used = set().union(*(_measure_of(c).vector_refs() for check in model.checks
-                         for c in ([check.compare.a, check.compare.b] if hasattr(check, "compare") else [check])))
+    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined))
+                   for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
+    used = set().union(*(q.measure.vector_refs() for c in checks for q in (c.quantity, c.versus) if q is not None))
     for name in doc.get("vectors", {}):
         if name not in used:  # a typo'd reference would otherwise leave it silently unchecked
             where.fail(doc["vectors"], name, "is defined here but no check reads it", "vectors.")
-    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined))
-                   for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
     _unique_check_ids(doc["checks"], checks, where)
     spec = Spec(
         id=model.id or Path(path).stem + (f"-{index}" if index else ""), claim=model.claim, path=path, line=doc.line,
@@ -524,12 +523,17 @@ def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.V
             clean = vectors.Cleaning("dims", tuple(sorted(clean.dims))) if clean.dims else vectors.Cleaning("top", k=clean.top)
         elif clean == "massive":
             clean = vectors.Cleaning("massive")
-        try:
-            contrast.read(v.pairs)
-        except MassiveChecksError as exc:
-            at.fail(node, "pairs", str(exc), f"vectors.{name}.")
+        _readable_pairs(at, node, v.pairs, f"vectors.{name}.")
         defined[name] = vectors.VectorDef(v.pairs, v.layer, Window.parse(v.window).text(), v.method, clean)
     return defined
+
+
+def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
+    """A contrast set named in a spec exists and reads (file, line and key otherwise)."""
+    try:
+        contrast.read(pairs)
+    except MassiveChecksError as exc:
+        where.fail(mapping, "pairs", str(exc), prefix)
 
 
 def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset()) -> Check:
@@ -556,10 +560,7 @@ def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where, define
             where.fail(raw, key, f"unknown vector {getattr(measure, key)!r}; defined under vectors: "
                                  f"{', '.join(sorted(defined)) or 'none'}", prefix)
     if hasattr(parsed, "pairs"):
-        try:
-            contrast.read(parsed.pairs)
-        except MassiveChecksError as exc:
-            where.fail(raw, "pairs", str(exc), prefix)
+        _readable_pairs(where, raw, parsed.pairs, prefix)
     for key in ("config", "versus"):
         if key in raw and getattr(parsed, key) not in configs:
             where.fail(raw, key, f"unknown configuration {raw[key]!r}; defined: {', '.join(sorted(configs))}", prefix)

@@ -18,6 +18,7 @@ Scores, on held-out prompts (deterministic: greedy decoding, no judge model):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,8 +156,6 @@ def continuation_loss(lm: LoadedModel, prompts: list[list[int]], continuations: 
 
 def coherence(loss_steered: float, loss_unsteered: float) -> float:
     """100 x exp(-max(0, L_steered - L_0)): 100 for the unsteered model, toward 0 for gibberish."""
-    import math
-
     return 100.0 * math.exp(-max(0.0, loss_steered - loss_unsteered))
 
 

@@ -31,6 +31,15 @@ class Cleaning:
     dims: tuple[int, ...] = ()
     k: int = 0
 
+    @classmethod
+    def of(cls, value) -> "Cleaning":
+        """From a measure's `dims` / `without`: "massive", "top:K" or a list of dims."""
+        if value == "massive":
+            return cls("massive")
+        if isinstance(value, str):
+            return cls("top", k=int(value.removeprefix("top:")))
+        return cls("dims", tuple(sorted(value)))
+
     def text(self) -> str:
         return {"dims": lambda: f"dims {list(self.dims)}", "top": lambda: f"top-{self.k} dims by |activation|",
                 "massive": lambda: "massive dims"}[self.kind]()

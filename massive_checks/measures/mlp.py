@@ -141,5 +141,4 @@ class TopNeuronsShare(_Units):
 
 
 def _layer_exists(lm, layer: int) -> None:
-    if layer >= lm.n_layers:
-        raise ValueError(f"layer {layer}: {lm.name} has {lm.n_layers} blocks (0-{lm.n_layers - 1})")
+    lm.check_layer(layer, f"layer {layer}")

@@ -56,14 +56,13 @@ def build(pairs_view, definition: VectorDef) -> Vector:
 def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
     """A dim set at one layer of a contrast set: a vectors.Cleaning, or a measure's `dims` /
     `without` (massive | top:K | a list). massive: the paper's rule on the contrast texts' block
-    output (every real token); top:K: the K dims of largest mean |activation| in the window."""
-    if isinstance(which, vectors.Cleaning):
-        which = {"massive": "massive", "top": f"top:{which.k}", "dims": list(which.dims)}[which.kind]
-    if which == "massive":
+    output (every real token); top: the K dims of largest mean |activation| in the window."""
+    dim_set = which if isinstance(which, vectors.Cleaning) else vectors.Cleaning.of(which)
+    if dim_set.kind == "massive":
         return tuple(sorted(massive_dims(pairs_view, layer)))
-    if isinstance(which, str):
-        return vectors.top_dims(pairs_view.pooled(window)[:, layer], int(which.split(":")[1]))
-    return tuple(sorted(which))
+    if dim_set.kind == "top":
+        return vectors.top_dims(pairs_view.pooled(window)[:, layer], dim_set.k)
+    return dim_set.dims
 
 
 class _OnVectors(Measure):
@@ -171,11 +170,9 @@ class BaseCoef(_OnVectors):
     def named_dims(self) -> set[int]:
         return set(self.without) if isinstance(self.without, list) else set()
 
-    def compute(self, view, layers):
+    def compute(self, view, layers):  # divided by ||unit vector|| = 1: the vector itself is not needed
         definition = view.vector_def(self.vector)
-        norm = activation_norm(view.contrast(definition.pairs), definition.window, definition.layer, self.without)
-        unit = vectors.clean(vector_of(view, self.vector).values, ())
-        return norm / float(unit.norm())
+        return activation_norm(view.contrast(definition.pairs), definition.window, definition.layer, self.without)
 
 
 def activation_norm(pairs_view, window: str, layer: int, without) -> float:
@@ -233,6 +230,12 @@ class NormShare(_OnActivations):
 CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
 
 
+def named_definition(name: str, pairs: str, layer: int, window: str) -> VectorDef:
+    """A command-line vector name (a method, `_cleaned`: its massive dims zeroed) -> its definition."""
+    cleaned = name.endswith("_cleaned")
+    return VectorDef(pairs, layer, window, name.removesuffix("_cleaned"), vectors.Cleaning("massive") if cleaned else None)
+
+
 def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.0, 1000.0)) -> dict:
     """`massive-checks vectors`: mean_diff and probe at one layer and window, cleaned of the
     massive dims, their geometry, the norm with and without the massive dims, and calibration.
@@ -240,9 +243,7 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
     from ..data import DataConfig
     from ..interventions import BASELINE
 
-    definitions = {name: VectorDef(pairs, layer, window, name.removesuffix("_cleaned"),
-                                   vectors.Cleaning("massive") if name.endswith("_cleaned") else None)
-                   for name in CLI_VECTORS}
+    definitions = {name: named_definition(name, pairs, layer, window) for name in CLI_VECTORS}
     view = session.view(DataConfig(), BASELINE, massive, vectors=definitions)
     pairs_view = view.contrast(pairs)
     built = {name: vector_of(view, name) for name in CLI_VECTORS}
@@ -257,7 +258,6 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
         "energy": {name: vectors.energy_share(built[name].values, dims) for name in ("mean_diff", "probe")},
         "norm": {"with": norm_with, "without": norm_without,
                  "share": vectors.energy_of_dims(pairs_view.pooled(window)[:, layer], dims)},
-        "calibration": {"with": norm_with / float(vectors.clean(built["probe"].values, ()).norm()),
-                        "without": norm_without / float(vectors.clean(built["probe"].values, ()).norm())},
+        "calibration": {"with": norm_with, "without": norm_without},  # base_coef: the norm / ||unit vector|| (1)
         "probe_accuracy": {"train": built["probe"].train_accuracy, "heldout": built["probe"].heldout_accuracy},
     }
