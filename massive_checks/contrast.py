@@ -35,6 +35,7 @@ class ContrastSet:
     path: str
     labels: torch.Tensor  # [S] 1 = pos, 0 = neg
     heldout: torch.Tensor  # [S] bool
+    prompts: tuple[str | None, ...] = ()  # [S] each example's prompt (None: a text without one)
 
     @property
     def train(self) -> torch.Tensor:  # [S] bool
@@ -43,6 +44,15 @@ class ContrastSet:
     def data(self) -> DataConfig:
         """The data configuration of its forward pass: every example, whole."""
         return DataConfig(self.path, samples=len(self.labels), seq_len=MAX_TOKENS, whole=True)
+
+    def heldout_prompts(self, n: int) -> list[str]:
+        """The first n distinct prompts of held-out examples, in file order (steering scores them:
+        the vector never saw them)."""
+        distinct = list(dict.fromkeys(p for p, held in zip(self.prompts, self.heldout.tolist()) if held and p is not None))
+        if len(distinct) < n:
+            raise DataError(f"{self.path}: steering asks for {n} held-out prompts; the set has {len(distinct)} "
+                            f"(held-out examples with a \"prompt\" field)")
+        return distinct[:n]
 
     def counts(self) -> dict:
         return {label: int((self.labels == (1 if label == "pos" else 0)).sum()) for label in LABELS}
@@ -68,7 +78,7 @@ def read(pairs: str) -> ContrastSet:
 
 
 def _read(path: Path) -> ContrastSet:
-    labels, splits, seen = [], [], {"pos": 0, "neg": 0}
+    labels, splits, prompts, seen = [], [], [], {"pos": 0, "neg": 0}
     for where, record in jsonl_lines(path):
         _validate(record, where)
         label = record["label"]
@@ -76,12 +86,13 @@ def _read(path: Path) -> ContrastSet:
         seen[label] += 1
         labels.append(label == "pos")
         splits.append(split == "heldout")
+        prompts.append(record.get("prompt"))
     labels_t, heldout = torch.tensor(labels, dtype=torch.long), torch.tensor(splits, dtype=torch.bool)
     for label in LABELS:
         n = int(((labels_t == (label == "pos")) & ~heldout).sum())
         if n < 2:
             raise DataError(f"{path}: {n} training examples labelled {label!r}; a vector needs at least 2 of each")
-    return ContrastSet(str(path), labels_t, heldout)
+    return ContrastSet(str(path), labels_t, heldout, tuple(prompts))
 
 
 def _validate(record: dict, where: str) -> None:

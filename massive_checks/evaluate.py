@@ -38,7 +38,9 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
         slices = interventions.massive_slices_of_requests(requests, lm.n_layers)
         if mean or slices:  # read from the baseline pass before this configuration's own
             session.plan(data, (), Needs(sites=mean, slices=slices))
-    for pairs, window in set().union(*(q.measure.contrast_needs(spec.vectors) for q in spec.quantities())):
+    steered = {spec.steering[name].vector for q in spec.quantities() for name in q.measure.steering_refs()}
+    contrast_needs = {(spec.vectors[name].pairs, spec.vectors[name].window) for name in steered}
+    for pairs, window in contrast_needs.union(*(q.measure.contrast_needs(spec.vectors) for q in spec.quantities())):
         session.plan(contrast.read(pairs).data(), (), Needs(pooled={window}))  # one pass per contrast set
 
 
@@ -58,7 +60,7 @@ class Evaluator:
             requests = self.spec.interventions.get(config, [])
             intervention = self.session.resolve(self.data, requests, self.spec.massive) if requests else BASELINE
             self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests), self.view,
-                                                    self.spec.vectors)
+                                                    self.spec.vectors, self.spec.steering)
         return self._views[config]
 
     def evaluate(self) -> Result:
@@ -94,11 +96,13 @@ class Evaluator:
                     first = str(exc).split(" ", 1)[0].rstrip(":")
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
                     raise SpecError(spec.path, check.line, f"checks[{index}].{key}", str(exc)) from None
-        for name, definition in spec.vectors.items():
+        layers = [(f"vectors.{name}.layer", d.layer) for name, d in spec.vectors.items()]
+        layers += [(f"steering.{name}.layer", d.layer) for name, d in spec.steering.items() if d.layer is not None]
+        for key, layer in layers:
             try:
-                lm.check_layer(definition.layer, f"layer {definition.layer}")
+                lm.check_layer(layer, f"layer {layer}")
             except ValueError as exc:
-                raise SpecError(spec.path, spec.line, f"vectors.{name}.layer", str(exc)) from None
+                raise SpecError(spec.path, spec.line, key, str(exc)) from None
         for name, requests in spec.interventions.items():
             try:
                 interventions.check_against_model(requests, lm.n_layers, lm.n_heads, lm.mlp_width)

@@ -130,6 +130,33 @@ def plot_norms(ax, norms: dict) -> None:
               "activation norm with and without the massive dims", legend_size=7)
 
 
+def plot_steering(ax_trait, ax_coherence, sweeps: dict) -> None:
+    """sweeps: configuration -> {"coefs", "trait", "coherence" (0-100 per coef), "baseline_trait",
+    "threshold", "calibrated": {name: coef}}; log x, the threshold and the calibrated starts drawn."""
+    for i, (name, sweep) in enumerate(sweeps.items()):
+        color = f"C{i % 10}"
+        ax_trait.plot(sweep["coefs"], sweep["trait"], "o-", color=color, markersize=3, label=name)
+        ax_trait.axhline(sweep["baseline_trait"], color=color, linestyle=":", linewidth=0.8)
+        ax_coherence.plot(sweep["coefs"], sweep["coherence"], "o-", color=color, markersize=3, label=name)
+    thresholds = {s["threshold"] for s in sweeps.values()}
+    for threshold in thresholds:
+        ax_coherence.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    starts = {(label, round(coef, 6)) for s in sweeps.values() for label, coef in s["calibrated"].items()}
+    for label, coef in sorted(starts):
+        for ax in (ax_trait, ax_coherence):
+            ax.axvline(coef, color="grey", linestyle="-." if label == "calibrated" else ":", linewidth=1,
+                       label=f"{label.replace('_', ' ')} {coef:.4g}" if ax is ax_coherence else None)
+    for ax, ylabel, title in ((ax_trait, "trait score (0-100; dotted: unsteered)", "trait vs coefficient"),
+                              (ax_coherence, "coherence (0-100)", "coherence vs coefficient")):
+        ax.set_xscale("log")
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("coefficient (x unit vector)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+
+
 def new_figure(panels: int, three_d: bool = False):
     from matplotlib.figure import Figure
 
@@ -143,7 +170,10 @@ def render(observation, verdict, path: Path) -> Path:
     """The figure for one spec on one model (records.Observation and Verdict): the panels its
     measures asked for, or its layer profile (per configuration when it compares some)."""
     panels, profiles = observation.figure, observation.profiles
-    if "norms" in panels or "vector_energy" in panels:
+    if "steering" in panels:
+        fig, (a, b) = new_figure(2)
+        plot_steering(a, b, panels["steering"])
+    elif "norms" in panels or "vector_energy" in panels:
         drawn = [name for name in ("norms", "vector_cosine", "vector_energy") if panels.get(name)]
         fig, axes = new_figure(len(drawn))
         for name, ax in zip(drawn, axes):

@@ -40,6 +40,8 @@ def outcome_record(observation: Observation, verdict: Verdict) -> dict:
                     "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
                              for r in c.rows]} for c in verdict.checks],
         "observed": observation.profiles, "observed_statistic": "paper",
+        **({"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
+           if "steering" in observation.figure else {}),
     }
 
 
@@ -201,7 +203,15 @@ def _spec_html(directory: Path, record: dict) -> str:
             f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
             f"{'; golden ' + escape(golden['status']) if golden else ''}</p>"
             f"{'<ul class=meta>' + configs + '</ul>' if configs else ''}"
-            f"{''.join(_check_html(c) for c in record['checks'])}{_image_html(directory, record)}</div>")
+            f"{''.join(_check_html(c) for c in record['checks'])}{_samples_html(record)}{_image_html(directory, record)}</div>")
+
+
+def _samples_html(record: dict) -> str:
+    """Generated texts per steering configuration and coefficient (coef 0: the unsteered model)."""
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(coef)}</td><td>{escape(text)}</td></tr>"
+                   for name, by_coef in record.get("samples", {}).items() for coef, texts in by_coef.items() for text in texts)
+    return (f"<details><summary>generated samples</summary><table><tr><th>steering</th><th>coef</th><th>text</th></tr>"
+            f"{rows}</table></details>") if rows else ""
 
 
 def _anchor(record: dict) -> str:

@@ -115,8 +115,9 @@ class ModelSession:
         return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, cells)
 
     def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = (),
-             sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None) -> "ConfigView":
-        return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors)
+             sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None,
+             steering: Mapping | None = None) -> "ConfigView":
+        return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors, steering)
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -144,12 +145,14 @@ class ConfigView:
     pass (asking for a capture the pass lacks reruns it once with everything planned)."""
 
     def __init__(self, session: ModelSession, data: DataConfig, intervention, massive, plan_key: tuple = (),
-                 sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None):
+                 sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None,
+                 steering: Mapping | None = None):
         self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
         self._sibling = sibling
         self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vectors.VectorDef
+        self.steering = dict(steering or {})  # the spec's steering configurations: name -> steer.SteeringDef
 
     @property
     def batch(self) -> Batch:
@@ -165,6 +168,11 @@ class ConfigView:
         if name not in self.vectors:
             raise ValueError(f"unknown vector {name!r}; defined: {', '.join(sorted(self.vectors)) or 'none'}")
         return self.vectors[name]
+
+    def steering_def(self, name: str):
+        if name not in self.steering:
+            raise ValueError(f"unknown steering configuration {name!r}; defined: {', '.join(sorted(self.steering)) or 'none'}")
+        return self.steering[name]
 
     def contrast(self, pairs: str) -> "ConfigView":
         """The unmodified model on a contrast set (its own pass, shared by every vector on it)."""

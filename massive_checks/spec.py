@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
-from . import contrast, interventions, vectors
+from . import contrast, interventions, steer, vectors
 from .capture import Window
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError, SpecError
@@ -27,7 +27,7 @@ from .measures.base import NUMERIC_SHAPES
 from .yaml_lines import read_documents
 
 DEFAULTS_FILE = "_defaults.yaml"
-DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors")
+DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors", "steering")
 NUMBER_BOUNDS = ("at_least", "at_most", "between", "approx")
 SET_BOUNDS = ("subset_of", "contains", "excludes")
 BOUNDS = (*NUMBER_BOUNDS, "equals", *SET_BOUNDS)
@@ -175,6 +175,34 @@ class VectorModel(_Strict):
     clean: Union[Literal["massive"], CleanModel, None] = None  # massive | {dims: [..]} | {top: K}
 
 
+class SweepModel(_Strict):
+    """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
+    start: Union[Literal[steer.CALIBRATED], Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
+    factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
+    steps: Annotated[int, Field(ge=1, le=20)] = 4
+
+
+class TraitModel(_Strict):
+    """Trait (pos) and anti-trait (neg) continuations whose log-odds at the response start score it."""
+    pos: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+    neg: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+
+
+class SteeringModel(_Strict):
+    """A steering configuration: a named vector's unit direction x coef after a block, swept over
+    coefficients, scored for trait and coherence on the contrast set's held-out prompts."""
+    vector: Name
+    coefs: Optional[Annotated[list[Annotated[Number, Field(gt=0)]], Field(min_length=1)]] = None
+    sweep: Optional[SweepModel] = None
+    layer: Optional[Annotated[int, Field(ge=0)]] = None  # default: the vector's layer
+    positions: Literal[steer.POSITIONS] = "all"
+    first: bool = False  # steer position 0 too
+    prompts: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 12
+    threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count
+    trait: Optional[TraitModel] = None  # default: the built-in set's own words
+
+
 class DefaultsModel(_Strict):
     """`_defaults.yaml`: defaults for every spec in its directory and below."""
     models: Union[Literal["any"], ModelName, list[ModelName]] = "any"
@@ -182,6 +210,7 @@ class DefaultsModel(_Strict):
     massive: MassiveModel = MassiveModel()
     golden: Union[bool, GoldenModel] = False
     vectors: dict[Name, VectorModel] = {}  # named steering vectors the checks refer to
+    steering: dict[Name, SteeringModel] = {}  # named steering configurations (sweeps) the checks refer to
 
 
 class _SpecBase(DefaultsModel):
@@ -337,6 +366,7 @@ class Spec:
     checks: tuple[Check, ...]
     interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
     vectors: dict = field(default_factory=dict, hash=False)  # name -> vectors.VectorDef
+    steering: dict = field(default_factory=dict, hash=False)  # name -> steer.SteeringDef
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
     xfail: str | dict | None = None  # reason (every model), or {model: reason}
     golden: GoldenConfig | None = None  # when the spec compares against a snapshot
@@ -452,18 +482,23 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     where = _Where(path, doc)
     configs = _interventions(model, where)
     defined = _vectors(model, merged, where, origins)
-    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined))
+    sweeps = _steering(model, merged, where, origins, defined)
+    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined), sweeps)
                    for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
-    used = set().union(*(q.measure.vector_refs() for c in checks for q in (c.quantity, c.versus) if q is not None))
-    for name in doc.get("vectors", {}):
-        if name not in used:  # a typo'd reference would otherwise leave it silently unchecked
-            where.fail(doc["vectors"], name, "is defined here but no check reads it", "vectors.")
+    measures = [q.measure for c in checks for q in (c.quantity, c.versus) if q is not None]
+    used_sweeps = set().union(*(m.steering_refs() for m in measures))
+    used = set().union(*(m.vector_refs() for m in measures)) | {sweeps[n].vector for n in used_sweeps}
+    for key, names in (("steering", used_sweeps), ("vectors", used)):
+        for name in doc.get(key, {}):
+            if name not in names:  # a typo'd reference would otherwise leave it silently unchecked
+                where.fail(doc[key], name, "is defined here but no check reads it", f"{key}.")
     _unique_check_ids(doc["checks"], checks, where)
     spec = Spec(
         id=model.id or Path(path).stem + (f"-{index}" if index else ""), claim=model.claim, path=path, line=doc.line,
         models=None if model.models == "any" else tuple([model.models] if isinstance(model.models, str) else model.models),
         data=DataConfig(model.data.dataset, model.data.samples, model.data.seq_len), checks=checks,
-        interventions=configs, vectors={n: v for n, v in defined.items() if n in used}, massive=(model.massive.min_value, model.massive.min_ratio),
+        interventions=configs, vectors={n: v for n, v in defined.items() if n in used},
+        steering={n: v for n, v in sweeps.items() if n in used_sweeps}, massive=(model.massive.min_value, model.massive.min_ratio),
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
         golden=_golden(model.golden) if not (isinstance(model.xfail, str) and "golden" not in doc) else None,
         source=model.source, notes=model.notes.strip(),
@@ -528,6 +563,32 @@ def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.V
     return defined
 
 
+def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dict[str, steer.SteeringDef]:
+    """`steering:` -> SteeringDef per name: its vector is defined, it has coefficients, and its
+    trait words are known (the built-in sets' own, or given)."""
+    raw = merged.get("steering", {})
+    at = _Where(origins["steering"].path, origins["steering"].mapping) if "steering" in origins else where
+    parsed = {}
+    for name, s in model.steering.items():
+        node, prefix = raw[name], f"steering.{name}."
+        if s.vector not in defined:
+            at.fail(node, "vector", f"unknown vector {s.vector!r}; defined under vectors: {', '.join(sorted(defined)) or 'none'}", prefix)
+        if s.coefs is None and s.sweep is None:
+            at.fail(node, "vector", "give coefs: [..] or sweep: {start: .., factor: .., steps: ..}", prefix)
+        pairs = defined[s.vector].pairs
+        if s.trait is None and pairs not in contrast.TRAITS:
+            at.fail(node, "vector", f"contrast set {pairs!r} has no built-in trait words: give trait: {{pos: [..], neg: [..]}}", prefix)
+        try:
+            contrast.read(pairs).heldout_prompts(s.prompts)
+        except MassiveChecksError as exc:
+            at.fail(node, "prompts", str(exc), prefix)
+        sweep = None if s.sweep is None else steer.Sweep(s.sweep.start, float(s.sweep.factor), s.sweep.steps)
+        trait = None if s.trait is None else (tuple(s.trait.pos), tuple(s.trait.neg))
+        parsed[name] = steer.SteeringDef(s.vector, tuple(float(c) for c in s.coefs or ()), sweep, s.layer, s.positions, s.first,
+                                         s.prompts, s.max_new_tokens, float(s.threshold), trait)
+    return parsed
+
+
 def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
     """A contrast set named in a spec exists and reads (file, line and key otherwise)."""
     try:
@@ -536,15 +597,32 @@ def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
         where.fail(mapping, "pairs", str(exc), prefix)
 
 
-def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset()) -> Check:
+def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(),
+           sweeps: dict | None = None) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
         pair, raw_pair = parsed.compare, raw["compare"]
-        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where, defined)
-        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, defined)
+        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where, defined, sweeps)
+        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, defined, sweeps)
         _comparable(raw_pair, a, b, prefix + "compare.", where)
         return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id)
-    return Check(_quantity(raw, parsed, prefix, configs, where, defined), bound, raw.line, id=parsed.id)
+    return Check(_quantity(raw, parsed, prefix, configs, where, defined, sweeps), bound, raw.line, id=parsed.id)
+
+
+def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweeps: dict) -> None:
+    """A steering measure names a defined configuration, and a numeric coef is one it runs."""
+    for name in measure.steering_refs():
+        if name not in sweeps:
+            where.fail(raw, "steering", f"unknown steering configuration {name!r}; defined under steering: "
+                                        f"{', '.join(sorted(sweeps)) or 'none'}", prefix)
+        coef = getattr(measure, "coef", None)
+        sweep = sweeps[name].sweep
+        if coef in steer.CALIBRATED and (sweep is None or sweep.start not in steer.CALIBRATED):
+            where.fail(raw, "coef", f"{coef} is run only by a sweep from a calibrated start "
+                                    f"(steering {name!r}: sweep: {{start: calibrated_without_massive, ...}})", prefix)
+        if isinstance(coef, float) and sweeps[name].sweep is None and coef not in sweeps[name].coefs:
+            where.fail(raw, "coef", f"{coef:g} is not among steering {name!r}'s coefs {list(sweeps[name].coefs)} "
+                                    f"(or use calibrated / calibrated_without_massive)", prefix)
 
 
 def _measure_of(parsed) -> Measure:
@@ -552,9 +630,11 @@ def _measure_of(parsed) -> Measure:
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
-def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset()) -> Quantity:
+def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(),
+              sweeps: dict | None = None) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
     measure = _measure_of(parsed)
+    _steering_reference(raw, measure, prefix, where, sweeps or {})
     for key in getattr(measure, "vector_fields", ()):
         if getattr(measure, key) not in defined:
             where.fail(raw, key, f"unknown vector {getattr(measure, key)!r}; defined under vectors: "
@@ -701,7 +781,8 @@ def _message(error: dict, holder, key, value, loc) -> str:
                 return "has no effect here: " + WHY_NOT_HERE[key].format(m=measure)
             return f"unknown key for {measure}; its keys: {', '.join(sorted(fields))}"
         model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel,
-                 "vectors": CleanModel if "clean" in loc else VectorModel}.get(loc[0]) if len(loc) > 1 else schema().spec
+                 "vectors": CleanModel if "clean" in loc else VectorModel,
+                 "steering": SweepModel if "sweep" in loc else TraitModel if "trait" in loc else SteeringModel}.get(loc[0]) if len(loc) > 1 else schema().spec
         return f"unknown key; allowed: {', '.join(sorted(model.model_fields))}" if model else "unknown key"
     if kind.startswith("union_tag"):
         names = ", ".join(sorted(REGISTRY))

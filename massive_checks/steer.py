@@ -32,19 +32,58 @@ POSITIONS = ("all", "prompt", "generated")
 
 @dataclass(frozen=True)
 class Steering:
+    """Where and how much: block `layer`'s output, `coef` a float or one per batch row [B]."""
     layer: int
-    coef: float
+    coef: float | torch.Tensor
     positions: str = "all"  # all | prompt | generated
     first: bool = False  # steer position 0 too
 
 
+CALIBRATED = ("calibrated", "calibrated_without_massive")  # the two C15 base coefficients
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Coefficients start x factor^k for k = -steps..steps: geometric steps both ways from a start
+    (a number, or a calibrated base coefficient: `calibrated`, `calibrated_without_massive`)."""
+    start: str | float
+    factor: float
+    steps: int
+
+    def coefs(self, start: float) -> tuple[float, ...]:
+        return tuple(start * self.factor ** k for k in range(-self.steps, self.steps + 1))
+
+
+@dataclass(frozen=True)
+class SteeringDef:
+    """A spec's named steering configuration: a named vector added after block `layer` (default:
+    the vector's own) at explicit `coefs` or a `sweep`, scored on the first `prompts` held-out
+    prompts of the vector's contrast set with `max_new_tokens` greedy tokens; `threshold` is the
+    coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
+    (default: the built-in set's own, contrast.TRAITS)."""
+    vector: str
+    coefs: tuple[float, ...] = ()
+    sweep: Sweep | None = None
+    layer: int | None = None
+    positions: str = "all"
+    first: bool = False
+    prompts: int = 10
+    max_new_tokens: int = 12
+    threshold: float = 70.0
+    trait: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+
+
 def steer_edit(steering: Steering, vector: torch.Tensor) -> HookFn:
-    """x + coef x vector / ||vector|| at the chosen positions. x: [B, T, D]."""
-    unit = (vector / vector.norm()).float()
+    """x + coef x vector / ||vector|| at the chosen positions. x: [B, T, D]; vector [D] or one per
+    row [B, D]; coef a float or [B]."""
+    unit = (vector / vector.norm(dim=-1, keepdim=True)).float()  # [D] or [B, D]
+    coef = torch.as_tensor(steering.coef, dtype=torch.float32)
+    offset = coef[..., None] * unit  # [D] or [B, D]
+    offset = offset[:, None, :] if offset.dim() == 2 else offset  # [B, 1, D] or [D]
 
     def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:
         chosen = chosen_positions(context, steering).to(x.device)  # [B, T]
-        return x + steering.coef * unit.to(x.device, x.dtype) * chosen[..., None].to(x.dtype)
+        return x + offset.to(x.device, x.dtype) * chosen[..., None].to(x.dtype)
     return edit
 
 
@@ -116,42 +155,80 @@ def _cut_at_eos(row: list[int], eos: int | None) -> list[int]:
 
 @torch.no_grad()
 def continuation_logprobs(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]],
-                          steering: Steering | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+                          steering: Steering | None = None, vector: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[N] log P(continuation_i | prompt_i) (sum over its tokens) and [N] its token count, under the
-    (steered) model; right-padded, one batch."""
-    rows = [p + c for p, c in zip(prompts, continuations)]
-    width = max(len(r) for r in rows)
+    (steered) model; one left-padded batch, so every continuation ends the row and logits are
+    computed for the last (longest continuation + 1) positions only."""
     pad = lm.tokenizer.pad_token_id or 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+    ids, mask = _left_padded([p + c for p, c in zip(prompts, continuations)], pad)
+    keep = max(len(c) for c in continuations) + 1
     prompt_length = torch.tensor([len(p) for p in prompts])
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     with steered(lm, steering, vector) as attached:
-        logits = attached.forward(lm.model, ids, mask, prompt_length=prompt_length.to(lm.device)).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()  # [N, T-1]
-    target = torch.arange(1, width)[None, :]
-    scored = (target >= prompt_length[:, None]) & mask[:, 1:].bool().cpu()  # continuation tokens only
-    return (logp * scored).sum(dim=1), scored.sum(dim=1)
+        logits = attached.forward(lm.model, ids.to(lm.device), mask.to(lm.device), positions=positions.to(lm.device),
+                                  prompt_length=prompt_length.to(lm.device), position_ids=positions.to(lm.device),
+                                  logits_to_keep=keep).logits[:, -keep:]  # [N, keep, V]
+    targets = ids[:, -keep + 1:]  # [N, keep - 1]: the tokens those logits predict
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.to(lm.device)[..., None]).squeeze(-1).cpu()
+    counts = torch.tensor([len(c) for c in continuations])
+    scored = torch.arange(keep - 1)[None, :] >= (keep - 1 - counts)[:, None]  # the last len(c) targets
+    return torch.where(scored, logp, 0.0).sum(dim=1), counts
+
+
+@torch.no_grad()
+def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]],
+                   steering: Steering | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+    """[P] logsumexp log P(pos continuations) - logsumexp log P(neg), per prompt, under the (steered)
+    model. Each prompt runs once; its KV cache is repeated for its continuations (right-padded
+    after it). A per-row steering (coef [P], vector [P, D]) steers each prompt with its own."""
+    continuations = trait["pos"] + trait["neg"]
+    n, width = len(continuations), max(len(c) for c in continuations)
+    pad = lm.tokenizer.pad_token_id or 0
+    ids, mask = _left_padded(prompts, pad)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    prompt_length = mask.sum(dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    cont = torch.full((n, width), pad, dtype=torch.long)
+    cont_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(continuations):
+        cont[i, :len(c)], cont_mask[i, :len(c)] = torch.tensor(c), 1
+    cont, cont_mask = cont.repeat(len(prompts), 1).to(lm.device), cont_mask.repeat(len(prompts), 1).to(lm.device)  # [P*n, C]
+    with steered(lm, steering, vector) as attached:
+        first = attached.forward(lm.model, ids, mask, positions=positions, prompt_length=prompt_length, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1)
+        if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per row
+            steering = Steering(steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first)
+            vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
+    past = first.past_key_values
+    past.batch_repeat_interleave(n)
+    rows_length = prompt_length.repeat_interleave(n)
+    cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [P*n, C]
+    with steered(lm, steering, vector) as attached:
+        rest = attached.forward(lm.model, cont, torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1),
+                                positions=cont_positions, prompt_length=rows_length, token_mask=cont_mask,
+                                position_ids=cont_positions, past_key_values=past, use_cache=True)
+    logits = torch.cat([first.logits[:, -1:].repeat_interleave(n, dim=0), rest.logits[:, :-1]], dim=1)  # [P*n, C, V]
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [P*n, C]
+    per_prompt = torch.where(cont_mask.bool(), logp, 0.0).sum(dim=1).view(len(prompts), n).cpu()
+    n_pos = len(trait["pos"])
+    return per_prompt[:, :n_pos].logsumexp(dim=1) - per_prompt[:, n_pos:].logsumexp(dim=1)
 
 
 def trait_score(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]],
                 steering: Steering | None = None, vector: torch.Tensor | None = None) -> float:
     """100 x mean over prompts of sigmoid(logsumexp log P(pos continuations) - logsumexp log P(neg))."""
-    pairs = [(p, c, label) for p in prompts for label in ("pos", "neg") for c in trait[label]]
-    logp, _ = continuation_logprobs(lm, [p for p, _, _ in pairs], [c for _, c, _ in pairs], steering, vector)
-    per_prompt = logp.view(len(prompts), -1)  # [P, n_pos + n_neg]
-    n_pos = len(trait["pos"])
-    log_odds = per_prompt[:, :n_pos].logsumexp(dim=1) - per_prompt[:, n_pos:].logsumexp(dim=1)
-    return float(100 * torch.sigmoid(log_odds.double()).mean())
+    return float(100 * torch.sigmoid(trait_log_odds(lm, prompts, trait, steering, vector).double()).mean())
+
+
+def continuation_losses(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+    """[N] per-token loss of each continuation under the unsteered model (nan for an empty one)."""
+    logp, counts = continuation_logprobs(lm, prompts, [c or [0] for c in continuations])
+    return torch.where(torch.tensor([bool(c) for c in continuations]), -logp / counts, math.nan)
 
 
 def continuation_loss(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]) -> float:
     """Mean over prompts of the per-token loss of each continuation under the unsteered model."""
-    kept = [(p, c) for p, c in zip(prompts, continuations) if c]
-    logp, counts = continuation_logprobs(lm, [p for p, _ in kept], [c for _, c in kept])
-    return float((-logp / counts.clamp(min=1)).mean())
+    return float(continuation_losses(lm, prompts, continuations).nanmean())
 
 
 def coherence(loss_steered: float, loss_unsteered: float) -> float:
@@ -170,14 +247,67 @@ class SteeringResult:
 def run(lm: LoadedModel, vector: torch.Tensor, layer: int, coefs: list[float], prompts: list[list[int]],
         trait: dict[str, list[list[int]]], max_new_tokens: int, positions: str = "all", first: bool = False) -> list[SteeringResult]:
     """Trait and coherence of the model steered at each coefficient (coef 0 is the unsteered model)."""
-    baseline = generate(lm, prompts, max_new_tokens)
-    loss_0 = continuation_loss(lm, prompts, baseline)
+    return sweep(lm, [(vector, float(c)) for c in coefs], layer, prompts, trait, max_new_tokens, positions, first)
+
+
+@dataclass(frozen=True)
+class Unsteered:
+    """The unsteered model on a sweep's prompts: its greedy continuations, their mean per-token
+    loss (L_0 of coherence) and the trait log-odds per prompt."""
+    tokens: tuple[tuple[int, ...], ...]
+    loss: float
+    log_odds: tuple[float, ...]
+
+
+def unsteered(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]], max_new_tokens: int,
+              batch_size: int = 32) -> Unsteered:
+    tokens = _chunked(lambda ps: generate(lm, ps, max_new_tokens), prompts, batch_size)
+    loss = float(_chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), prompts, tokens, batch_size).nanmean())
+    odds = torch.cat([trait_log_odds(lm, prompts[i:i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
+    return Unsteered(tuple(map(tuple, tokens)), loss, tuple(odds.tolist()))
+
+
+def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, prompts: list[list[int]],
+          trait: dict[str, list[list[int]]], max_new_tokens: int, positions: str = "all", first: bool = False,
+          batch_size: int = 32, baseline: Unsteered | None = None) -> list[SteeringResult]:
+    """Trait and coherence of the model steered by each (vector [D], coef) run, in its order.
+    Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row with
+    its own vector and coef: a sweep over methods and coefs costs a few batched passes, not one
+    generation per coef. coef 0 is the unsteered model (its own texts, coherence 100); `baseline`
+    is it, computed once for several sweeps on the same prompts."""
+    baseline = baseline or unsteered(lm, prompts, trait, max_new_tokens, batch_size)
+    rows = [(i, j) for i, (_, coef) in enumerate(runs) if coef != 0 for j in range(len(prompts))]
+    tokens: dict[tuple[int, int], list[int]] = {}
+    log_odds: dict[tuple[int, int], float] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        chunk_prompts = [prompts[j] for _, j in chunk]
+        steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
+        vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
+        for row, new in zip(chunk, generate(lm, chunk_prompts, max_new_tokens, steering, vectors)):
+            tokens[row] = new
+        for row, value in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
+            log_odds[row] = value
+    losses = _chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), [prompts[j] for _, j in rows],
+                             [tokens[r] for r in rows], batch_size).tolist() if rows else []
+    loss_of = dict(zip(rows, losses))
     results = []
-    for coef in coefs:
-        steering = Steering(layer, float(coef), positions, first)
-        tokens = baseline if coef == 0 else generate(lm, prompts, max_new_tokens, steering, vector)
-        score = trait_score(lm, prompts, trait, steering, vector)
-        loss = loss_0 if coef == 0 else continuation_loss(lm, prompts, tokens)
-        texts = tuple(lm.tokenizer.decode(t, skip_special_tokens=True) for t in tokens)
-        results.append(SteeringResult(float(coef), score, coherence(loss, loss_0), texts))
+    for i, (_, coef) in enumerate(runs):
+        if coef == 0:
+            odds, texts, loss = baseline.log_odds, baseline.tokens, baseline.loss
+        else:
+            keys = [(i, j) for j in range(len(prompts))]
+            odds, texts = [log_odds[k] for k in keys], [tokens[k] for k in keys]
+            loss = float(torch.tensor([loss_of[k] for k in keys]).nanmean())
+        trait_value = float(100 * torch.sigmoid(torch.tensor(odds, dtype=torch.float64)).mean())
+        decoded = tuple(lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in texts)
+        results.append(SteeringResult(float(coef), trait_value, coherence(loss, baseline.loss), decoded))
     return results
+
+
+def _chunked(fn, items: list, size: int) -> list:
+    return [out for start in range(0, len(items), size) for out in fn(items[start:start + size])]
+
+
+def _chunked_tensor(fn, a: list, b: list, size: int) -> torch.Tensor:
+    return torch.cat([fn(a[start:start + size], b[start:start + size]) for start in range(0, len(a), size)])

@@ -123,8 +123,9 @@ def test_hooks_are_removed_after_steering_also_on_errors(load_model, prompts):
     assert hooks.hook_count(lm.model) == 0
 
 
-def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts):
-    lm = load_model("tiny-llama")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts, name):
+    lm = load_model(name)
     trait = {"pos": [[104, 105], [120]], "neg": [[121, 122, 123]]}
     steering, v = Steering(1, 10.0, "generated"), _vector(lm, 3)
 

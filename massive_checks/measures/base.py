@@ -81,6 +81,10 @@ class Measure(BaseModel):
         """Names of the spec's vectors it reads (checked against `vectors:` at collection)."""
         return set()
 
+    def steering_refs(self) -> set[str]:
+        """Names of the spec's steering configurations it reads (checked against `steering:`)."""
+        return set()
+
     def contrast_needs(self, defined: Mapping) -> set[tuple[str, str]]:
         """(contrast set, window) pooled captures it reads, given the spec's vector definitions."""
         return {(defined[name].pairs, defined[name].window) for name in self.vector_refs() if name in defined}

@@ -1,0 +1,191 @@
+"""Steering sweeps as spec measures (issue 10): batched sweeps equal one run at a time; the sweep
+reads (best coherent effect, best coef, cliff, coherence at a coef) by hand; spec measures equal a
+direct steer.sweep; one sweep per configuration per session; bad steering specs name file, line
+and key; figures and reports show the sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from massive_checks import contrast, steer
+from massive_checks.errors import SpecError
+from massive_checks.evaluate import Evaluator, plan
+from massive_checks.measures.steering import activation_norm, vector_of
+from massive_checks.measures.sweeps import SweepOutcome
+from massive_checks.spec import load_file
+from massive_checks.steer import SteeringResult, Sweep
+
+
+def _prompts(lm, n=3):
+    return [lm.tokenizer(t)["input_ids"] for t in contrast.read("refusal").heldout_prompts(n)]
+
+
+def _trait(lm):
+    return {k: [lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in v] for k, v in contrast.TRAITS["refusal"].items()}
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_a_batched_sweep_equals_each_run_alone(load_model, name):
+    """Rows of different vectors and coefs share batches (chunks of 4 rows cut runs apart); each
+    run's scores and texts equal the run swept alone."""
+    lm = load_model(name)
+    g = torch.Generator().manual_seed(0)
+    runs = [(torch.randn(lm.width, generator=g), c) for c in (0.0, 8.0, 30.0)] + [(torch.randn(lm.width, generator=g), 15.0)]
+    prompts, trait = _prompts(lm), _trait(lm)
+    together = steer.sweep(lm, runs, 1, prompts, trait, 5, batch_size=4)
+    for run, batched in zip(runs, together):
+        (alone,) = steer.sweep(lm, [run], 1, prompts, trait, 5, batch_size=64)
+        assert batched.texts == alone.texts
+        assert batched.trait == pytest.approx(alone.trait, rel=1e-4, abs=1e-6)
+        assert batched.coherence == pytest.approx(alone.coherence, rel=1e-4)
+    assert together[0].coherence == 100.0
+    assert together[2].texts != together[0].texts  # a strong coefficient changes what is generated
+
+
+def _result(coef, trait, coherence):
+    return SteeringResult(coef, trait, coherence, ())
+
+
+def test_sweep_reads_by_hand():
+    outcome = SweepOutcome((_result(0, 10, 100), _result(1, 20, 95), _result(2, 60, 71), _result(4, 90, 40), _result(8, 95, 75)),
+                           70.0, {"calibrated": 8.0, "calibrated_without_massive": 2.0})
+    assert outcome.best().coef == 8  # coherence is not monotonic: the best coherent one counts
+    assert outcome.effect(outcome.best()) == 85
+    assert outcome.cliff() == 4
+    assert outcome.at("calibrated_without_massive").coherence == 71
+    with pytest.raises(ValueError, match="not a coefficient of this sweep"):
+        outcome.at(3.0)
+    nothing = SweepOutcome((_result(0, 10, 100), _result(5, 90, 20)), 70.0, {})
+    assert nothing.best() is None and nothing.cliff() == 5
+    assert math.isnan(SweepOutcome((_result(0, 10, 100), _result(1, 12, 99)), 70.0, {}).cliff())
+    assert Sweep(10.0, 2.0, 2).coefs(10.0) == (2.5, 5.0, 10.0, 20.0, 40.0)
+
+
+SPEC = """\
+claim: steering on a tiny model
+vectors:
+  md: {pairs: refusal, layer: 1, window: "first:5", method: mean_diff}
+  pr: {pairs: refusal, layer: 1, window: "first:5", method: probe}
+steering:
+  md: {vector: md, coefs: [3, 30, 300], prompts: 3, max_new_tokens: 4}
+  search: {vector: pr, sweep: {start: calibrated_without_massive, factor: 2, steps: 1}, prompts: 3, max_new_tokens: 4,
+           threshold: 60}
+checks:
+  - {id: effect, measure: trait_effect, steering: md, at_least: -100}
+  - {id: at30, measure: trait_effect, steering: md, coef: 30, at_least: -100}
+  - {id: coherence, measure: coherence, steering: md, coef: 300, at_least: 0}
+  - {id: best, measure: best_coef, steering: search, at_least: 0}
+  - {id: cliff, measure: coherence_cliff, steering: search, at_least: 0}
+  - {id: calibrated, measure: coherence, steering: search, coef: calibrated, at_least: 0}
+"""
+
+
+def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for, tmp_path, monkeypatch):
+    session = session_for("tiny-llama")
+    lm = session.lm
+    (tmp_path / "s.yaml").write_text(SPEC + "---\n" + SPEC.replace("claim:", "id: again\nclaim:"))
+    first, second = load_file(tmp_path / "s.yaml")
+    calls = []
+    real = steer.sweep
+    monkeypatch.setattr(steer, "sweep", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    for spec in (first, second):
+        plan(spec, session, spec.data)
+    observed = [{c.key: next(iter(c.values.values())) for c in Evaluator(s, session, s.data).evaluate().observation.checks}
+                for s in (first, second)]
+    assert observed[0] == pytest.approx(observed[1], nan_ok=True)
+    assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
+    view = session.view(first.data, vectors=first.vectors, steering=first.steering)
+    prompts, trait = _prompts(lm), _trait(lm)
+    md = steer.sweep(lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, trait, 4)
+    coherent = [r for r in md[1:] if r.coherence >= 70]
+    assert observed[0]["effect"] == pytest.approx(max(r.trait for r in coherent) - md[0].trait if coherent else math.nan, nan_ok=True)
+    assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
+    assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
+    pairs_view = view.contrast("refusal")
+    start = activation_norm(pairs_view, "first:5", 1, "massive")
+    calibrated = activation_norm(pairs_view, "first:5", 1, None)
+    coefs = sorted({start / 2, start, start * 2, calibrated})
+    search = steer.sweep(lm, [(vector_of(view, "pr").values, c) for c in [0.0] + coefs], 1, prompts, trait, 4)
+    by_coef = {r.coef: r for r in search[1:]}
+    assert observed[0]["calibrated"] == pytest.approx(next(r.coherence for c, r in by_coef.items() if math.isclose(c, calibrated)))
+    coherent = [r for r in search[1:] if r.coherence >= 60]
+    assert observed[0]["best"] == pytest.approx(max(coherent, key=lambda r: r.trait).coef if coherent else math.nan, nan_ok=True)
+    below = [r.coef for r in search[1:] if r.coherence < 60]
+    assert observed[0]["cliff"] == pytest.approx(below[0] if below else math.nan, nan_ok=True)
+
+
+ONE = """\
+claim: one coefficient
+vectors:
+  md: {pairs: refusal, layer: 1, window: "first:5", method: mean_diff}
+steering:
+  md: {vector: md, coefs: [30], prompts: 3, max_new_tokens: 4}
+checks:
+  - {measure: trait_effect, steering: md, coef: 30, BOUND}
+"""
+
+
+def test_steering_checks_fail_from_each_side(session_for, tmp_path):
+    """The measured effect at a coef, with a bound just above it and just below it: one fails."""
+    session = session_for("tiny-llama")
+    (tmp_path / "s.yaml").write_text(SPEC)
+    spec = load_file(tmp_path / "s.yaml")[0]
+    value = next(c for c in Evaluator(spec, session, spec.data).evaluate().observation.checks if c.key == "at30").values["value"]
+    for bound, holds in ((f"at_least: {value - 0.01}", True), (f"at_least: {value + 0.01}", False),
+                         (f"at_most: {value + 0.01}", True), (f"at_most: {value - 0.01}", False)):
+        (tmp_path / "one.yaml").write_text(ONE.replace("BOUND", bound))
+        one = load_file(tmp_path / "one.yaml")[0]
+        assert Evaluator(one, session, one.data).evaluate().verdict.passed is holds, bound
+
+
+BASE = ('claim: c\nvectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n')
+BAD = [
+    (BASE + "steering:\n  s: {vector: w, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     5, "steering.s.vector", "unknown vector 'w'"),
+    (BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     5, "steering.s.vector", "give coefs"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 0}\n",
+     7, "checks[0].steering", "unknown steering configuration 't'"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1, 2]}\nchecks:\n  - {measure: coherence, steering: s, coef: 3, at_least: 0}\n",
+     7, "checks[0].coef", "not among steering 's'"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 0}\n",
+     7, "checks[0].coef", "run only by a sweep from a calibrated start"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
+     "  - {measure: best_coef, steering: s, at_least: 0}\n", 6, "steering.t", "no check reads it"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     5, "steering.s.prompts", "held-out prompts"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     5, "steering.s.temperature", "unknown key; allowed"),
+    (BASE + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     5, "steering.s.sweep.factor", "greater than 1"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], positions: middle}\nchecks:\n"
+     "  - {measure: best_coef, steering: s, at_least: 0}\n", 5, "steering.s.positions", "must be one of"),
+]
+
+
+@pytest.mark.parametrize("body, line, key, message", BAD)
+def test_a_bad_steering_spec_names_file_line_and_key(tmp_path, body, line, key, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(SpecError) as info:
+        load_file(path)
+    assert (info.value.line, info.value.key) == (line, key), str(info.value)
+    assert message in str(info.value)
+
+
+def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"text": f"Q{i}: A", "prompt": f"Q{i}:", "response": " A", "label": lab}) + "\n"
+                             for i in range(10) for lab in ("pos", "neg")))
+    body = (f"claim: c\nvectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
+            "steering:\n  s: {vector: v, coefs: [1], prompts: 2}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n")
+    (tmp_path / "a.yaml").write_text(body)
+    with pytest.raises(SpecError, match="no built-in trait words") as info:
+        load_file(tmp_path / "a.yaml")
+    assert info.value.key == "steering.s.vector"
+    (tmp_path / "b.yaml").write_text(body.replace("prompts: 2}", "prompts: 2, trait: {pos: [' yes'], neg: [' no']}}"))
+    assert load_file(tmp_path / "b.yaml")[0].steering["s"].trait == ((" yes",), (" no",))
