@@ -15,8 +15,9 @@ from .session import ModelSession
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=f"hub id, local directory, {models.BUNDLED}, or a synthetic model")
+    parser.add_argument("model", help=f"hub id (NAME@REVISION), local directory or .gguf file, {models.BUNDLED}, or a synthetic model")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device-map", default=None, help="accelerate device map for models larger than one device (e.g. auto)")
     parser.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", action="append", required=True, help="model (repeatable)")
     check.add_argument("--device", default="cpu")
     check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
+    check.add_argument("--device-map", default=None, help="accelerate device map (e.g. auto)")
     check.add_argument("--report-dir", default="reports")
     schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
     schema.add_argument("--defaults", action="store_true", help="the schema of _defaults.yaml files instead")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _session(args) -> tuple[ModelSession, DataConfig]:
-    lm = models.load(args.model, args.device, args.dtype)
+    lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     return ModelSession(lm), DataConfig(args.dataset, args.samples, args.seq_len)
 
 
@@ -131,7 +133,7 @@ def cmd_scan(args) -> int:
 
     from .scan import scan
 
-    lm = models.load(args.model, args.device, args.dtype)
+    lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     out = Path(args.out or f"reports/scan-{args.model.replace('/', '__')}")
     summary = scan(args.model, lm, DataConfig(args.dataset, args.samples, args.seq_len), out, progress=not args.json)
     if args.json:
@@ -148,7 +150,7 @@ def cmd_diff(args) -> int:
     from .scan import diff, profile_summary
 
     data = DataConfig(args.dataset, args.samples, args.seq_len)
-    summaries = [profile_summary(ModelSession(models.load(name, args.device, args.dtype)), data)
+    summaries = [profile_summary(ModelSession(models.load(name, args.device, args.dtype, device_map=args.device_map)), data)
                  for name in (args.model, args.other)]
     result = diff(*summaries)
     if args.json:
@@ -168,7 +170,7 @@ def cmd_vectors(args) -> int:
     from .measures.steering import vectors_document
 
     window = Window.parse(args.window).text()
-    lm = models.load(args.model, args.device, args.dtype)
+    lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     lm.check_layer(args.layer, f"--layer {args.layer}")
     document = vectors_document(ModelSession(lm), args.pairs, args.layer, window, (args.min_value, args.min_ratio))
     if args.json:
@@ -195,7 +197,7 @@ def cmd_steer(args) -> int:
     from .capture import Window
     from .measures.steering import named_definition, vector_of
 
-    lm = models.load(args.model, args.device, args.dtype)
+    lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     lm.check_layer(args.layer, f"--layer {args.layer}")
     definition = named_definition(args.method, args.pairs, args.layer, Window.parse(args.window).text())
     vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": definition}), "v").values
@@ -238,7 +240,8 @@ def cmd_check(args) -> int:
 
     files = [f for p in map(Path, args.paths) for f in (sorted(p.rglob("*.y*ml")) if p.is_dir() else [p])
              if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE]
-    suite = Suite(Options(models=args.model, device=args.device, dtype=args.dtype, report_dir=args.report_dir))
+    suite = Suite(Options(models=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                          report_dir=args.report_dir))
     pairs = [(spec, model) for f in files for spec in load_file(f) for model in args.model if spec.applies_to(model)]
     for spec, model in pairs:
         suite.plan(spec, model)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,19 @@ class LoadedModel:
     def module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
 
+    @contextmanager
+    def attention(self, weights_needed: bool):
+        """Eager attention when a pass reads attention weights (only eager returns them), else
+        SDPA (faster, less memory: no [B, H, T, T] weights kept); restored on exit."""
+        before = self.model.config._attn_implementation
+        wanted = "eager" if weights_needed else "sdpa"
+        switched = wanted != before and _set_attention(self.model, wanted)
+        try:
+            yield
+        finally:
+            if switched:
+                _set_attention(self.model, before)
+
     def describe(self) -> dict:
         import transformers
 
@@ -143,8 +157,11 @@ BUNDLED = "smollm2-135m"
 
 
 def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-         allow_pickle: bool = False) -> LoadedModel:
-    """Load a model by user-facing name. Raises ModelUnavailable with advice when it cannot."""
+         allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
+    """Load a model by user-facing name: a bundled or synthetic name, a hub id (`NAME@REVISION`
+    for a branch, tag or commit, e.g. a training checkpoint), a local directory, or a local `.gguf`
+    file. `device_map` (e.g. "auto", through accelerate) spreads a model too large for one device
+    over the available ones. Raises ModelUnavailable with advice when it cannot."""
     if dtype not in DTYPES:
         raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     from transformers.utils import logging as hf_logging
@@ -156,12 +173,35 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
         model, tokenizer = synthetic.build(name)
         revision = "synthetic-" + _weights_hash(model)
     elif name in BUNDLED_GGUF:
-        model, tokenizer, revision = _load_bundled(name)
+        model, tokenizer, revision = _load_gguf(name, *BUNDLED_GGUF[name]())
+    elif name.endswith(".gguf"):
+        model, tokenizer, revision = _load_gguf_file(name)
     else:
-        model, tokenizer, revision = _load_pretrained(name, trust_remote_code, allow_pickle)
-    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+        model, tokenizer, revision = _load_pretrained(name, trust_remote_code, allow_pickle, device_map, DTYPES[dtype])
+    if device_map is None:
+        model = model.to(device=device, dtype=DTYPES[dtype])
+    else:  # placed by accelerate: inputs go where the embedding lives
+        device = str(model.get_input_embeddings().weight.device)
     _ensure_pad_token(tokenizer)
-    return LoadedModel(name, model, tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+    return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+
+
+def _set_attention(model: torch.nn.Module, implementation: str) -> bool:
+    """Switch the attention implementation; False where the model does not support it."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError, AttributeError):  # e.g. remote code without SDPA: stay as loaded
+        return False
+    return True
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """"org/model@step1000" -> ("org/model", "step1000"); a name without @ -> (name, None)."""
+    repo, at, revision = name.partition("@")
+    if at and (not repo or not revision):
+        raise ModelUnavailable(f"model {name!r}: write NAME@REVISION (a branch, tag or commit), e.g. "
+                               f"EleutherAI/pythia-160m@step1000")
+    return repo, revision or None
 
 
 def _ensure_pad_token(tokenizer) -> None:
@@ -178,28 +218,34 @@ def _weights_hash(model) -> str:
     return digest.hexdigest()[:12]
 
 
-def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = False):
+def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = False, device_map: str | None = None,
+                     dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_local = Path(name).is_dir()
-    if not is_local and (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and Path(name).suffix):
+    repo, revision = (name, None) if is_local else split_revision(name)
+    if not is_local and (repo.startswith((".", "/", "~")) or repo.count("/") > 1 or os.sep in repo and Path(repo).suffix):
         raise ModelUnavailable(f"model {name!r} could not be loaded: no such directory")
     if is_local and not allow_pickle and not list(Path(name).glob("*.safetensors")) and list(Path(name).glob("*.bin")):
         raise ModelUnavailable(f"model {name!r} has only pickle weights (*.bin), which can run code when loaded; convert "
                                f"them to safetensors, or pass --allow-pickle if you trust the files")
-    if not is_local and not _in_hub_cache(name) and not _hub_reachable():
+    if not is_local and not _in_hub_cache(repo, revision) and not _hub_reachable():
         raise ModelUnavailable(_advice(name, "the Hugging Face hub is not reachable from this machine"))
+    if device_map is not None and importlib.util.find_spec("accelerate") is None:
+        raise ModelUnavailable(f"--device-map {device_map} needs accelerate: `pip install 'massive-checks[scale]'`")
+    placement = {} if device_map is None else {"device_map": device_map, "dtype": dtype}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=trust_remote_code)
         # Eager attention: SDPA returns no attention weights, and head scores need them.
         model = AutoModelForCausalLM.from_pretrained(
-            name, attn_implementation="eager", trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
+            repo, revision=revision, attn_implementation="eager", trust_remote_code=trust_remote_code,
+            use_safetensors=not allow_pickle or None, **placement,
         )
     except Exception as exc:  # a load boundary: corrupt or missing files are one clear error, not a traceback
         where = "the local directory" if is_local else "the Hugging Face hub"
         raise ModelUnavailable(_advice(name, f"loading from {where} failed: {type(exc).__name__}: {_first_line(exc)}")) from None
-    revision = getattr(model.config, "_commit_hash", None) or _weights_hash(model)
-    return model, tokenizer, revision
+    found = getattr(model.config, "_commit_hash", None) or _weights_hash(model)
+    return model, tokenizer, found
 
 
 def _advice(name: str, reason: str) -> str:
@@ -218,10 +264,10 @@ def _synthetic_names() -> tuple[str, ...]:
     return BUILDERS
 
 
-def _in_hub_cache(name: str) -> bool:
+def _in_hub_cache(repo: str, revision: str | None = None) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -290,17 +336,30 @@ def _cache_dir(name: str, key: str) -> Path:
     return cache_root() / f"{name}-{key}"
 
 
-def _load_bundled(name: str):
-    """Dequantize the GGUF once to a float32 transformers directory; later loads read that."""
+def _load_gguf(name: str, gguf: Path, key: str):
+    """Dequantize a GGUF once to a float32 transformers directory (keyed by the file's hash);
+    later loads read that."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf, key = BUNDLED_GGUF[name]()
     target = _cache_dir(name, key)
     if not (target / "model.safetensors").is_file():
         _write_dequantized_cache(gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
     return model, tokenizer, f"gguf-{key}"
+
+
+def _load_gguf_file(name: str):
+    """A local .gguf file (any architecture transformers reads from GGUF)."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelUnavailable(f"model {name!r} could not be loaded: no such .gguf file")
+    try:
+        return _load_gguf(path.stem, path, _file_digest(path))
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # a load boundary, as for hub models
+        raise ModelUnavailable(f"model {name!r} could not be loaded from GGUF: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _file_digest(path: Path) -> str:

@@ -20,10 +20,12 @@ WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, se
 def pytest_addoption(parser):
     group = parser.getgroup("massive_checks", "massive activation claim specs")
     group.addoption("--model", action="append", default=None, metavar="NAME",
-                    help=f"model to run specs on (repeatable): a hub id, a local directory, a bundled model "
+                    help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
+                         f"local directory or .gguf file, a bundled model "
                          f"({', '.join(models.BUNDLED_GGUF)}) or a synthetic test model. Default: the bundled ones")
     group.addoption("--device", default="cpu", help="torch device (default cpu)")
     group.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype")
+    group.addoption("--device-map", default=None, help="accelerate device map for models larger than one device (e.g. auto)")
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
     group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
     group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
@@ -40,7 +42,8 @@ def pytest_configure(config):
     option = config.getoption
     suite = Suite(Options(
         models=option("--model") or list(models.BUNDLED_GGUF), device=option("--device"), dtype=option("--dtype"),
-        trust_remote_code=option("trust_remote_code"), allow_pickle=option("allow_pickle"), batch_size=option("batch_size"),
+        trust_remote_code=option("trust_remote_code"), allow_pickle=option("allow_pickle"), device_map=option("device_map"),
+        batch_size=option("batch_size"),
         dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
         report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden")))
     plugin = MassiveChecks(config, suite)

@@ -79,7 +79,9 @@ class ModelSession:
         # vocabulary, most of a pass's time and memory).
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
-        with torch.no_grad(), hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached:
+        weights_needed = any(name.endswith(".attn.probs") for name in needs.sites)
+        with torch.no_grad(), lm.attention(weights_needed), \
+                hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached:
             for start in range(0, batch.input_ids.shape[0], self.batch_size):
                 mask = batch.attention_mask[start:start + self.batch_size]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk

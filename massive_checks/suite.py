@@ -30,6 +30,7 @@ class Options:
     dtype: str = "float32"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    device_map: str | None = None  # e.g. "auto": accelerate spreads a large model over devices
     batch_size: int = 8
     dataset: str | None = None  # overrides every spec's data when set
     samples: int | None = None
@@ -78,7 +79,7 @@ class Suite:
         if name not in self.sessions:
             o = self.options
             try:
-                lm = models.load(name, o.device, o.dtype, o.trust_remote_code, o.allow_pickle)
+                lm = models.load(name, o.device, o.dtype, o.trust_remote_code, o.allow_pickle, o.device_map)
             except MassiveChecksError as exc:
                 self.unavailable[name] = str(exc)
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None

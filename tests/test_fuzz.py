@@ -49,7 +49,7 @@ INTERVENTION_TEXTS = ["attn:all", "mlp:0", "mlp:1-2", "heads:0.1", "heads:all", 
 VALID_INTERVENTIONS = [t for t in INTERVENTION_TEXTS if t not in ("heads:bottom0", "attn:5-1", "dims:1@0=value:nan")]
 KEYS = ["measure", "config", "layers", "change", "difference", "over_layers", "steps", "statistic", "dim", "head", "to",
         "checkpoint", "layer", "k", "versus", "site", "between", "at_least", "at_most", "approx", "rel", "equals", "subset_of",
-        "contains", "excludes", "id", "vector", "a", "b", "pairs", "window", "without", "dims", "split"]
+        "contains", "excludes", "id", "vector", "a", "b", "pairs", "window", "without", "dims", "split", "steering", "coef"]
 GOOD_VALUES = {
     "config": st.sampled_from(["baseline", "a", "b"]),
     "layers": st.sampled_from(["all", "0", "1-2", "0,2", 2, "9"]),  # 9: past tiny-llama's 3 blocks
@@ -66,12 +66,17 @@ GOOD_VALUES = {
     "pairs": st.sampled_from(["refusal", "sentiment", "missing.jsonl"]), "window": st.sampled_from(["first:3", "last:2", "all"]),
     "without": st.sampled_from(["massive", "top:2", [1, 3], [999]]), "dims": st.sampled_from(["massive", "top:1", [0, 5]]),
     "split": st.sampled_from(["train", "heldout"]),
+    "steering": st.sampled_from(["s1", "s2", "s3"]), "coef": st.sampled_from([3.0, 4.0, "calibrated", "calibrated_without_massive"]),
 }
 # Vectors every generated spec may read (from the directory's _defaults.yaml): v3 is past tiny-llama's blocks.
 VECTOR_DEFAULTS = """vectors:
   v1: {pairs: sentiment, layer: 1, window: first:3, method: mean_diff}
   v2: {pairs: sentiment, layer: 1, window: last:2, method: probe, clean: massive}
   v3: {pairs: sentiment, layer: 7, window: all, method: pca, clean: {top: 2}}
+steering:
+  s1: {vector: v1, coefs: [3.0], prompts: 2, max_new_tokens: 2}
+  s2: {vector: v2, sweep: {start: calibrated_without_massive, factor: 2, steps: 1}, prompts: 2, max_new_tokens: 2}
+  s3: {vector: v3, coefs: [3.0], prompts: 2, max_new_tokens: 2}
 """
 
 
@@ -83,7 +88,7 @@ def plausible_check(draw) -> dict:
     cls, fields = REGISTRY[measure], schema().checks[measure].model_fields
     params = [name for name in cls.model_fields if name != "measure"]
     check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
-    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site", "without", "dims", "split")
+    optional = [k for k in ("layers", "statistic", "to", "checkpoint", "k", "site", "without", "dims", "split", "coef")
                 if k in fields and k not in check]
     for key in draw(st.lists(st.sampled_from(optional), unique=True, max_size=2)) if optional else []:
         check[key] = draw(GOOD_VALUES[key])

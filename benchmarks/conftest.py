@@ -1,0 +1,33 @@
+"""Benchmarks (pytest-benchmark), not part of the CI test run:
+
+    .venv/bin/python -m pytest benchmarks/ -p no:cacheprovider --benchmark-columns=min,mean,rounds
+
+Each benchmark times a capture and its reference in one process, interleaved (min over rounds),
+and reports the ratio; the table of ratios is printed at the end of the run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from massive_checks import models
+from ratios import RATIOS
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # ratios on one thread, as in the issue's measurements
+    return models.load(models.BUNDLED)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RATIOS:
+        return
+    terminalreporter.section("massive_checks: ratios (measured in this process, interleaved, min over rounds)")
+    for what, ratio, target in RATIOS:
+        verdict = ""
+        if target:
+            limit = float(target.split("<=")[1].rstrip("x"))
+            verdict = "  meets target" if ratio <= limit else "  ABOVE target"
+        terminalreporter.write_line(f"{what:<70} {ratio:6.2f}x  {target}{verdict}")

@@ -1,0 +1,25 @@
+"""Ratio helpers for the benchmarks: interleaved timing in one process, and the table printed at
+the end of the run (conftest.py)."""
+
+from __future__ import annotations
+
+import time
+
+RATIOS: list[tuple[str, float, str]] = []  # (what, ratio, target)
+
+
+def interleaved_ratio(target, reference, rounds: int = 5) -> tuple[float, float, float]:
+    """min time of target / min time of reference, calls alternating (one warm-up each)."""
+    target(), reference()
+    times = {"target": [], "reference": []}
+    for _ in range(rounds):
+        for name, fn in (("target", target), ("reference", reference)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    t, r = min(times["target"]), min(times["reference"])
+    return t / r, t, r
+
+
+def record(what: str, ratio: float, target: str = "") -> None:
+    RATIOS.append((what, ratio, target))

@@ -1,0 +1,88 @@
+"""Models of any size and checkpoint (issue 13): NAME@REVISION reaches the hub loader, a local
+.gguf file loads like the bundled models, --device-map goes to accelerate, and passes use SDPA
+unless they read attention weights (results equal eager attention's)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from massive_checks import hooks, models
+from massive_checks.capture import Needs
+from massive_checks.data import DataConfig
+from massive_checks.errors import ModelUnavailable
+
+DATA = DataConfig(samples=4, seq_len=24)
+
+
+def test_name_at_revision_is_split_and_malformed_ones_are_errors():
+    assert models.split_revision("EleutherAI/pythia-160m@step1000") == ("EleutherAI/pythia-160m", "step1000")
+    assert models.split_revision("gpt2") == ("gpt2", None)
+    for bad in ("gpt2@", "@main"):
+        with pytest.raises(ModelUnavailable, match="NAME@REVISION"):
+            models.split_revision(bad)
+
+
+def test_revision_and_device_map_reach_from_pretrained(monkeypatch):
+    """Offline here: the loader is replaced, and what it is asked for is checked."""
+    import transformers
+
+    asked = {}
+
+    def fake(kind):
+        def from_pretrained(repo, **kwargs):
+            asked[kind] = (repo, kwargs)
+            raise OSError("stop here")
+        return from_pretrained
+    monkeypatch.setattr(models, "_in_hub_cache", lambda repo, revision=None: True)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tokenizer"))
+    with pytest.raises(ModelUnavailable, match="stop here"):
+        models.load("EleutherAI/pythia-160m@step1000")
+    assert asked["tokenizer"] == ("EleutherAI/pythia-160m", {"revision": "step1000", "trust_remote_code": False})
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake("model"))
+    with pytest.raises(ModelUnavailable, match="stop here"):
+        models.load("org/big-model@v2", dtype="bfloat16", device_map="auto")
+    repo, kwargs = asked["model"]
+    assert repo == "org/big-model" and kwargs["revision"] == "v2"
+    assert kwargs["device_map"] == "auto" and kwargs["dtype"] == torch.bfloat16
+
+
+def test_a_missing_gguf_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelUnavailable, match="no such .gguf file"):
+        models.load(str(tmp_path / "absent.gguf"))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    with pytest.raises(ModelUnavailable, match="could not be loaded from GGUF"):
+        models.load(str(broken))
+
+
+@pytest.mark.slow
+def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))  # its own dequantized cache
+    path, key = models.BUNDLED_GGUF[models.BUNDLED]()
+    local = models.load(str(path))
+    assert local.revision == smollm2.revision == f"gguf-{key}"
+    ids = torch.tensor([[1, 520, 4325, 314, 253]])
+    with torch.no_grad():
+        assert torch.equal(local.model(input_ids=ids).logits, smollm2.model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_passes_use_sdpa_unless_they_read_attention_weights(session_for, load_model, name):
+    lm = load_model(name)
+    seen = []
+    block, _ = hooks.resolve(lm, "blocks.0.out")
+    handle = block.register_forward_hook(lambda *a: seen.append(lm.model.config._attn_implementation))
+    try:
+        sdpa = session_for(name).run(DATA)
+        probs = {hooks.site(L, "attn.probs") for L in range(lm.n_layers)}
+        eager = session_for(name).run(DATA, needs=Needs(sites=probs))
+    finally:
+        handle.remove()
+    assert set(seen) == {"sdpa", "eager"} and seen[0] == "sdpa" and seen[-1] == "eager"
+    assert lm.model.config._attn_implementation == "eager"  # restored after the pass
+    for L in range(lm.n_layers):
+        a, b = sdpa.stats[hooks.site(L, "out")], eager.stats[hooks.site(L, "out")]
+        assert torch.allclose(a.top()[0], b.top()[0], rtol=1e-5)
+        assert torch.allclose(a.median(), b.median(), rtol=1e-5)
