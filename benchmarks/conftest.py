@@ -21,6 +21,19 @@ def smollm2():
     return models.load(models.BUNDLED)
 
 
+@pytest.fixture(scope="session")
+def long_texts(tmp_path_factory) -> str:
+    """32 passages of ~3,500 tokens each (the built-in passages joined, each line starting at
+    another one), for sequence lengths the built-in passages (~130 tokens) cannot reach."""
+    from massive_checks.data import read_passages
+
+    passages = read_passages("builtin")
+    lines = [" ".join(passages[i:] + passages[:i]) for i in range(32)]
+    path = tmp_path_factory.mktemp("long") / "long.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def pytest_terminal_summary(terminalreporter):
     if not RATIOS:
         return
