@@ -211,7 +211,7 @@ def cmd_steer(args) -> int:
         if args.pairs not in contrast.TRAITS:
             raise ValueError(f"{args.pairs}: give the trait's continuations with --trait-pos and --trait-neg")
         words = contrast.TRAITS[args.pairs]
-    trait = {k: [lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in v] for k, v in words.items()}
+    trait = steer.encode_trait(lm.tokenizer, words)
     results = steer.run(lm, vector, args.layer, args.coef, prompts, trait, args.max_new_tokens, args.positions)
     document = {"model": lm.name, "layer": args.layer, "method": args.method,
                 "results": [{"coef": r.coef, "trait": r.trait, "coherence": r.coherence, "texts": list(r.texts)} for r in results]}

@@ -93,9 +93,12 @@ class HookContext:
 
     def absolute_positions(self) -> torch.Tensor:
         """[B, T] each token's position among its sequence's real tokens (given, or from the mask)."""
-        if self.positions is not None:
-            return self.positions
-        return (self.mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        return self.positions if self.positions is not None else token_positions(self.mask)
+
+
+def token_positions(mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] mask -> [B, T] each token's position among its row's real tokens (padding: 0)."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]

@@ -200,7 +200,10 @@ class ConfigView:
     def loss(self) -> float:
         return self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).loss
 
-    def pooled(self, window: str) -> torch.Tensor:
-        """[S, L, D] per example, the mean block output over the window's tokens, at every layer."""
+    def pooled(self, window: str, layer: int | None = None) -> torch.Tensor:
+        """Per example, the mean block output over the window's tokens: [S, D] at `layer`, or
+        [S, L, D] at every layer."""
         result = self.session.run(self.data, self.intervention, Needs(pooled={window}), self.plan_key)
+        if layer is not None:
+            return result.pooled[(hooks.site(layer, "out"), window)]
         return torch.stack([result.pooled[(hooks.site(L, "out"), window)] for L in range(self.lm.n_layers)], dim=1)

@@ -107,7 +107,14 @@ def steered(lm: LoadedModel, steering: Steering | None, vector: torch.Tensor | N
     return hooks.attach(lm, pairs)
 
 
-def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_trait(tokenizer, words: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+    """{"pos": [text, ..], "neg": [..]} -> the same with each continuation's token ids (no special tokens)."""
+    return {label: [tokenizer(w, add_special_tokens=False)["input_ids"] for w in texts] for label, texts in words.items()}
+
+
+def _left_padded(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows right-aligned in one batch: ids [B, T] (padding: the pad token) and mask [B, T]."""
+    pad = lm.tokenizer.pad_token_id or 0
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -123,11 +130,10 @@ def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, ste
     """Greedy continuations (token ids, max_new_tokens each, cut after an end-of-sequence token).
     Prompts are left-padded into one batch; positions count real tokens, so a token's position is
     the same with and without the cache, and with and without padding."""
-    pad = lm.tokenizer.pad_token_id or 0
-    ids, mask = _left_padded(prompts, pad)
+    ids, mask = _left_padded(lm, prompts)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     prompt_length = mask.sum(dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    positions = hooks.token_positions(mask)
     new: list[torch.Tensor] = []
     past = None
     with steered(lm, steering, vector) as attached:
@@ -159,11 +165,10 @@ def continuation_logprobs(lm: LoadedModel, prompts: list[list[int]], continuatio
     """[N] log P(continuation_i | prompt_i) (sum over its tokens) and [N] its token count, under the
     (steered) model; one left-padded batch, so every continuation ends the row and logits are
     computed for the last (longest continuation + 1) positions only."""
-    pad = lm.tokenizer.pad_token_id or 0
-    ids, mask = _left_padded([p + c for p, c in zip(prompts, continuations)], pad)
+    ids, mask = _left_padded(lm, [p + c for p, c in zip(prompts, continuations)])
     keep = max(len(c) for c in continuations) + 1
     prompt_length = torch.tensor([len(p) for p in prompts])
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    positions = hooks.token_positions(mask)
     with steered(lm, steering, vector) as attached:
         logits = attached.forward(lm.model, ids.to(lm.device), mask.to(lm.device), positions=positions.to(lm.device),
                                   prompt_length=prompt_length.to(lm.device), position_ids=positions.to(lm.device),
@@ -183,12 +188,11 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     after it). A per-row steering (coef [P], vector [P, D]) steers each prompt with its own."""
     continuations = trait["pos"] + trait["neg"]
     n, width = len(continuations), max(len(c) for c in continuations)
-    pad = lm.tokenizer.pad_token_id or 0
-    ids, mask = _left_padded(prompts, pad)
+    ids, mask = _left_padded(lm, prompts)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     prompt_length = mask.sum(dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    cont = torch.full((n, width), pad, dtype=torch.long)
+    positions = hooks.token_positions(mask)
+    cont = torch.full((n, width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
     cont_mask = torch.zeros((n, width), dtype=torch.long)
     for i, c in enumerate(continuations):
         cont[i, :len(c)], cont_mask[i, :len(c)] = torch.tensor(c), 1
@@ -196,9 +200,9 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     with steered(lm, steering, vector) as attached:
         first = attached.forward(lm.model, ids, mask, positions=positions, prompt_length=prompt_length, position_ids=positions,
                                  use_cache=True, logits_to_keep=1)
-        if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per row
-            steering = Steering(steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first)
-            vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
+    if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per continuation row
+        steering = Steering(steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first)
+        vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
     past = first.past_key_values
     past.batch_repeat_interleave(n)
     rows_length = prompt_length.repeat_interleave(n)

@@ -30,7 +30,7 @@ def vector_of(view, name: str) -> Vector:
 
 def build(pairs_view, definition: VectorDef) -> Vector:
     """Extract (train examples only), clean if asked, and score the vector as a classifier."""
-    acts = pairs_view.pooled(definition.window)[:, definition.layer]  # [S, D]
+    acts = pairs_view.pooled(definition.window, definition.layer)  # [S, D]
     labels = contrast.read(definition.pairs)
     train, heldout, y = labels.train, labels.heldout, labels.labels
     pos, neg = acts[train & (y == 1)], acts[train & (y == 0)]
@@ -61,7 +61,7 @@ def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
     if dim_set.kind == "massive":
         return tuple(sorted(massive_dims(pairs_view, layer)))
     if dim_set.kind == "top":
-        return vectors.top_dims(pairs_view.pooled(window)[:, layer], dim_set.k)
+        return vectors.top_dims(pairs_view.pooled(window, layer), dim_set.k)
     return dim_set.dims
 
 
@@ -178,7 +178,7 @@ class BaseCoef(_OnVectors):
 def activation_norm(pairs_view, window: str, layer: int, without) -> float:
     """Mean over the contrast examples of ||pooled activation||, with `without` dims zeroed."""
     dims = dims_of(pairs_view, window, layer, without) if without is not None else ()
-    return vectors.mean_norm(pairs_view.pooled(window)[:, layer], dims)
+    return vectors.mean_norm(pairs_view.pooled(window, layer), dims)
 
 
 class _OnActivations(PerLayer):
@@ -224,7 +224,7 @@ class NormShare(_OnActivations):
     def at(self, view, layer):
         pairs_view = view.contrast(self.pairs)
         dims = dims_of(pairs_view, self.window, layer, self.dims)
-        return vectors.energy_of_dims(pairs_view.pooled(self.window)[:, layer], dims)
+        return vectors.energy_of_dims(pairs_view.pooled(self.window, layer), dims)
 
 
 CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
@@ -257,7 +257,7 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
                    for i, a in enumerate(CLI_VECTORS) for b in CLI_VECTORS[i + 1:]},
         "energy": {name: vectors.energy_share(built[name].values, dims) for name in ("mean_diff", "probe")},
         "norm": {"with": norm_with, "without": norm_without,
-                 "share": vectors.energy_of_dims(pairs_view.pooled(window)[:, layer], dims)},
+                 "share": vectors.energy_of_dims(pairs_view.pooled(window, layer), dims)},
         "calibration": {"with": norm_with, "without": norm_without},  # base_coef: the norm / ||unit vector|| (1)
         "probe_accuracy": {"train": built["probe"].train_accuracy, "heldout": built["probe"].heldout_accuracy},
     }

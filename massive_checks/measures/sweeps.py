@@ -80,8 +80,8 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     coefs = [0.0] + sorted(coefs)
     texts = contrast.read(vector_def.pairs).heldout_prompts(definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    words = definition.trait or (tuple(contrast.TRAITS[vector_def.pairs]["pos"]), tuple(contrast.TRAITS[vector_def.pairs]["neg"]))
-    trait = {label: [lm.tokenizer(w, add_special_tokens=False)["input_ids"] for w in ws] for label, ws in zip(("pos", "neg"), words)}
+    words = dict(zip(("pos", "neg"), definition.trait)) if definition.trait else contrast.TRAITS[vector_def.pairs]
+    trait = steer.encode_trait(lm.tokenizer, words)
     vector = vector_of(view, definition.vector).values
     unsteered_key = ("unsteered", tuple(map(tuple, prompts)), tuple(map(tuple, trait["pos"] + trait["neg"])), len(trait["pos"]),
                      definition.max_new_tokens)
