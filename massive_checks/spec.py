@@ -5,8 +5,9 @@ as JSON Schema for editors) checks keys, types and allowed values; then the rule
 say (configuration names exist, exactly one bound, the order of steps, what `compare` can compare)
 are checked here. Every error is a SpecError naming file, line and key.
 
-A directory may hold `_defaults.yaml` (keys `models`, `data`, `massive`, `golden`): defaults for
-the specs below it; the nearest one wins, a spec's own keys win over all. See specs/README.md."""
+A directory may hold `_defaults.yaml` (DEFAULT_KEYS: models, data, massive, golden, vectors,
+steering): defaults for the specs below it; the nearest one wins, a spec's own keys win over all.
+See specs/README.md."""
 
 from __future__ import annotations
 
