@@ -74,6 +74,12 @@ class Window:
         start = response_start.to(mask.device)[:, None]
         return real & (positions >= start) & (positions < start + self.k)
 
+    def require_tokens(self, mask: torch.Tensor, response_start: torch.Tensor) -> None:
+        """Checked before a pass (mask [S, T], response_start [S]): every example has a token."""
+        empty = (self.mask(mask, response_start).sum(dim=1) == 0).nonzero()
+        if len(empty):
+            raise ValueError(f"example {int(empty[0]) + 1} has no token in window {self.text()}")
+
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
 
@@ -106,7 +112,8 @@ class SiteStats:
     seq_cells: list = field(default_factory=list)  # [(values, features, tokens, signed) each [B, K]]
     seq_median: list = field(default_factory=list)
     key_attn: list = field(default_factory=list)
-    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504)
+    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504); set by finish()
+    _finite: torch.Tensor | None = field(default=None, repr=False)  # device flag while the pass runs
 
     with_median: bool = False  # keep per-sequence medians (one batched nanmedian per chunk)
     slice_dims: tuple = ()  # features kept at every token
@@ -122,10 +129,19 @@ class SiteStats:
             self.add_hidden(tensor, mask, self.with_median, self.slice_dims)
 
     def finish(self) -> "SiteStats":
+        """Move what the pass kept on its device to the cpu: one transfer per site and pass, not
+        one per chunk (on a GPU each transfer waits for the device)."""
         for name in ("cell_max", "total", "count"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.cpu())
+        for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn"):
+            setattr(self, name, [part.cpu() for part in getattr(self, name)])
+        self.seq_slices = [(dims, part.cpu()) for dims, part in self.seq_slices]
+        self.seq_cells = [tuple(t.cpu() for t in cells) for cells in self.seq_cells]
+        if self._finite is not None:
+            self.overflow = self.overflow or not bool(self._finite)
+            self._finite = None
         return self
 
     def add_hidden(self, act: torch.Tensor, mask: torch.Tensor, with_median: bool, slice_dims: tuple = ()) -> None:
@@ -133,33 +149,39 @@ class SiteStats:
         valid = mask.bool().unsqueeze(-1)  # [B, T, 1]
         magnitude = act.abs().float().masked_fill(~valid, 0.0)  # padding -> 0, never a maximum
         cell_max = magnitude.amax(dim=0)  # [T, F]
-        self.overflow = self.overflow or not bool(torch.isfinite(cell_max).all())
+        finite = torch.isfinite(cell_max).all()  # a device flag: read once, in finish()
+        self._finite = finite if self._finite is None else self._finite & finite
         total = act.float().masked_fill(~valid, 0.0).sum(dim=0)
         count = mask.sum(dim=0).float()  # [T]
         self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)
         self.total = total if self.total is None else _merge_sum(self.total, total)
         self.count = count if self.count is None else _merge_sum(self.count, count)
-        self.seq_dim_max.append(magnitude.amax(dim=1).cpu())  # [B, F]
-        self.seq_token_max.append(magnitude.amax(dim=2).cpu())  # [B, T]
+        self.seq_dim_max.append(magnitude.amax(dim=1))  # [B, F]
+        self.seq_token_max.append(magnitude.amax(dim=2))  # [B, T]
         if slice_dims:
-            self.seq_slices.append((slice_dims, act[..., list(slice_dims)].float().masked_fill(~valid, 0.0).cpu()))
+            self.seq_slices.append((slice_dims, act[..., list(slice_dims)].float().masked_fill(~valid, 0.0)))
         width = act.shape[-1]
         values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
         signed = act.float().flatten(1).gather(1, flat)
-        self.seq_cells.append(tuple(t.cpu() for t in (values, flat % width, flat // width, signed)))
+        self.seq_cells.append((values, flat % width, flat // width, signed))
         if with_median:  # one batched call: padding is NaN, which nanmedian skips
             flat_nan = act.abs().float().masked_fill(~valid, float("nan")).flatten(1)  # [B, T*F]
-            self.seq_median.append(flat_nan.nanmedian(dim=1).values.cpu())
+            self.seq_median.append(flat_nan.nanmedian(dim=1).values)
 
     def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
-        probs = probs.detach().float()  # [B, H, Tq, Tk]
-        T = probs.shape[-1]
-        later = torch.ones(T, T, device=probs.device).tril(diagonal=-1)  # [q, k]: q > k
-        valid_q = mask.float()[:, None, :, None]  # [B, 1, Tq, 1]
-        weight = later[None, None] * valid_q
-        sums = (probs * weight).sum(dim=2)  # [B, H, Tk]
-        n_queries = weight.sum(dim=2).clamp(min=1)  # [B, 1, Tk]
-        self.key_attn.append((sums / n_queries).cpu())
+        """Per sequence and head, the mean attention paid to each key k by the real queries q > k,
+        without a [B, H, T, T] temporary: attention is causal (zero where k > q), so the sum over
+        q > k is the sum over every real q (one matrix product) less the diagonal q = k."""
+        probs = probs.detach()  # [B, H, Tq, Tk]
+        valid_q = mask.float()  # [B, Tq]
+        if probs.dtype == torch.float32:
+            every_q = (valid_q[:, None, None, :] @ probs).squeeze(2)  # [B, H, Tk]
+        else:  # float32 sums, one head at a time: a [B, T, T] copy instead of [B, H, T, T]
+            every_q = torch.stack([(valid_q[:, None, :] @ probs[:, h].float()).squeeze(1)
+                                   for h in range(probs.shape[1])], dim=1)
+        diagonal = probs.diagonal(dim1=-2, dim2=-1).float() * valid_q[:, None, :]  # [B, H, T]: q = k
+        later = valid_q.sum(dim=1, keepdim=True) - valid_q.cumsum(dim=1)  # [B, Tk]: real queries q > k
+        self.key_attn.append((every_q - diagonal) / later.clamp(min=1)[:, None, :])
 
     # -------- finished views (cpu tensors)
     def mean(self) -> torch.Tensor:  # [T, F] position-wise mean over sequences
@@ -204,16 +226,12 @@ class Pooled:
         act = tensor.detach().float()
         starts = self.response_start[context.start:context.start + act.shape[0]]
         inside = self.window.mask(context.mask.to(act.device), starts).float()  # [B, T]
-        counts = inside.sum(dim=1)
-        if bool((counts == 0).any()):
-            first = context.start + int((counts == 0).nonzero()[0])
-            raise ValueError(f"example {first + 1} has no token in window {self.window.text()}")
-        pooled = torch.einsum("bt,btd->bd", inside, act) / counts[:, None]  # [B, D]
-        self.overflow = self.overflow or not bool(torch.isfinite(pooled).all())
-        self.parts.append(pooled.cpu())
+        self.parts.append(torch.einsum("bt,btd->bd", inside, act) / inside.sum(dim=1)[:, None])  # [B, D]
 
-    def finish(self) -> torch.Tensor:  # [S, D]
-        return torch.cat(self.parts)
+    def finish(self) -> torch.Tensor:  # [S, D], on the cpu
+        pooled = torch.cat(self.parts).cpu()
+        self.overflow = not bool(torch.isfinite(pooled).all())
+        return pooled
 
 
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -250,12 +268,14 @@ def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteSt
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
 
 
-def pooled_pairs(needs: Needs, response_start: torch.Tensor) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
+def pooled_pairs(needs: Needs, mask: torch.Tensor, response_start: torch.Tensor) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
     """(site, hook function) pairs pooling each window at every captured block output; the
-    accumulators keyed by (site, window text)."""
+    accumulators keyed by (site, window text). mask [S, T], response_start [S]: the dataset's."""
     blocks = sorted(name for name in needs.sites if name.endswith(".out") and name.count(".") == 2)
-    accumulators = {(name, window): Pooled(Window.parse(window), response_start)
-                    for name in blocks for window in sorted(needs.pooled)}
+    windows = {text: Window.parse(text) for text in sorted(needs.pooled)}
+    for window in windows.values():
+        window.require_tokens(mask, response_start)  # before the pass, not a device sync per hook call
+    accumulators = {(name, text): Pooled(window, response_start) for name in blocks for text, window in windows.items()}
     return [(name, _adder(acc)) for (name, _), acc in accumulators.items()], accumulators
 
 

@@ -126,6 +126,29 @@ class LoadedModel:
     def module(self, path: str) -> torch.nn.Module:
         return self.model.get_submodule(path)
 
+    def free_memory(self) -> int | None:
+        """Bytes free where the activations live: the GPU's free memory, or the machine's
+        available memory for the cpu; None when unknown."""
+        if self.device.startswith("cuda"):
+            return torch.cuda.mem_get_info(torch.device(self.device))[0]
+        try:
+            line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
+            return int(line.split()[1]) * 1024
+        except (OSError, StopIteration, ValueError):
+            return None
+
+    def activation_bytes(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
+        """A generous estimate of one sequence's peak activation memory in a forward pass with
+        captures: a few [T, D] and [T, F] tensors in the model's dtype, float32 copies of the
+        captured [T, D] (statistics), [T, vocab] float32 logits, [H, T, T] attention weights."""
+        itemsize = torch.finfo(self.dtype).bits // 8
+        per_token = itemsize * (8 * self.width + 3 * self.mlp_width) + 4 * 4 * self.width
+        if logits:
+            per_token += 2 * 4 * self.model.config.get_text_config().vocab_size  # logits and log-softmax
+        if attention_weights:
+            per_token += 3 * max(itemsize, 4) * self.n_heads * seq_len  # scores, softmax, weights
+        return per_token * seq_len
+
     @contextmanager
     def attention(self, weights_needed: bool):
         """Eager attention when a pass reads attention weights (only eager returns them), else

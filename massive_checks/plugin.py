@@ -29,13 +29,23 @@ def pytest_addoption(parser):
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
     group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
     group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
-    group.addoption("--batch-size", type=int, default=8, help="sequences per forward chunk")
+    group.addoption("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+                    help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
+                         "on cpu and 64 on cuda)")
     group.addoption("--report-dir", default="reports", help="where results.json and reports go")
     group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
     group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
     group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
     group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
                     help="rewrite missing and failing golden snapshots; =new: write missing ones only")
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--batch-size {text!r}: write a positive number or auto")
+    return int(text)
 
 
 def pytest_configure(config):
@@ -77,7 +87,7 @@ class SpecFile(pytest.File):
             for model in _plugin(self.config).suite.options.models:
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
-                item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup: one worker per model
+                item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup (see XdistHooks): one worker per model
                 reason = spec.xfail_for(model)
                 if reason:  # a known-false claim must fail; passing is reported as XPASS(strict)
                     item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=SpecFailed))
@@ -198,14 +208,19 @@ class MassiveChecks:
     def pytest_terminal_summary(self, terminalreporter):
         suite = self.suite
         idle = [name for name in self.deselected if name not in suite.planned]
-        if suite.sessions or suite.unavailable or idle:
+        if suite.headers or suite.unavailable or idle:
             terminalreporter.section("massive_checks: models")
             for name in idle:
                 terminalreporter.line(f"{name}: no spec applies ({self.deselected[name]} deselected)", yellow=True)
-            for name, s in suite.sessions.items():
-                d = s.lm.describe()
+            for name, d in suite.headers.items():
+                session = suite.sessions.get(name)  # None on an xdist controller: its workers ran the passes
+                passes = f"; {session.forward_passes} forward passes" if session else ""
+                loads = suite.loads.get(name, 0)
                 terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
-                                      f"{d['device']}; {s.forward_passes} forward passes")
+                                      f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{passes}",
+                                      yellow=loads > 1)
+            if any(count > 1 for count in suite.loads.values()):
+                terminalreporter.line("a model loaded in several xdist workers: run with --dist loadgroup to load each once")
             for name, message in suite.unavailable.items():
                 terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
         orphans = suite.golden_orphans(self.collected_specs) if self.collected_specs else []
@@ -221,10 +236,31 @@ class XdistHooks:
     def __init__(self, plugin: MassiveChecks):
         self.plugin = plugin
 
+    def pytest_xdist_make_scheduler(self, config, log):
+        """--dist loadgroup: each model's spec items go to one worker, which loads it once.
+        xdist groups by a nodeid suffix that pytest >= 9.2 no longer lets it write
+        (pytest-xdist#1386), so the group is read from the item's id, `<spec>[<model>]`."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadGroupScheduling
+
+        class ByModel(LoadGroupScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return model_of_nodeid(nodeid) or super()._split_scope(nodeid)
+        return ByModel(config, log)
+
     def pytest_testnodedown(self, node, error):  # controller: a worker finished; take its records
         exported = getattr(node, "workeroutput", {}).get(WORKER_KEY)
         if exported:
             self.plugin.suite.merge(json.loads(exported))
+
+
+def model_of_nodeid(nodeid: str) -> str | None:
+    """`specs/x.yaml::<spec id>[<model>]` -> the model; None for other items."""
+    path, _, name = nodeid.partition("::")
+    if not path.endswith((".yaml", ".yml")) or "[" not in name or not name.endswith("]"):
+        return None
+    return name[name.index("[") + 1:-1]
 
 
 def _status(test_report) -> str:

@@ -26,10 +26,24 @@ class PassResult:
         self.pooled = pooled or {}  # (block site, window) -> [S, D] per-example means over the window
 
 
-class ModelSession:
-    """Everything computed on one loaded model; the cache key includes data and intervention."""
+MAX_ROWS = {"cpu": 8, "cuda": 64}  # automatic chunk sizes stop here (cpu: more rows are not faster)
+MEMORY_SHARE = 0.5  # of the free memory, what one chunk's activations may use
 
-    def __init__(self, lm: LoadedModel, batch_size: int = 8):
+
+def rows_per_chunk(row_bytes: int, free_bytes: int | None, device: str) -> int:
+    """The automatic batch size: as many sequences as fit in half the free memory, 1 to the
+    device's maximum (its maximum when the free memory is unknown)."""
+    most = MAX_ROWS["cuda" if device.startswith("cuda") else "cpu"]
+    if free_bytes is None:
+        return most
+    return max(1, min(most, int(free_bytes * MEMORY_SHARE) // max(row_bytes, 1)))
+
+
+class ModelSession:
+    """Everything computed on one loaded model; the cache key includes data and intervention.
+    batch_size: sequences per forward chunk; None chooses it per pass from free memory."""
+
+    def __init__(self, lm: LoadedModel, batch_size: int | None = None):
         self.lm, self.batch_size = lm, batch_size
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
         self._passes: dict[tuple, PassResult] = {}
@@ -74,29 +88,39 @@ class ModelSession:
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
         needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices), set(planned.pooled))
         captures, accumulators = stat_pairs(needs)
-        pooling, pools = pooled_pairs(needs, batch.response_start)
+        pooling, pools = pooled_pairs(needs, batch.attention_mask, batch.response_start)
         # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's 262k
         # vocabulary, most of a pass's time and memory).
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
         weights_needed = any(name.endswith(".attn.probs") for name in needs.sites)
+        rows = self.chunk_rows(batch.input_ids.shape[1], needs.loss, weights_needed)
         with torch.no_grad(), lm.attention(weights_needed), \
                 hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached:
-            for start in range(0, batch.input_ids.shape[0], self.batch_size):
-                mask = batch.attention_mask[start:start + self.batch_size]
+            for start in range(0, batch.input_ids.shape[0], rows):
+                mask = batch.attention_mask[start:start + rows]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
-                ids = batch.input_ids[start:start + self.batch_size, :width].to(lm.device)
+                ids = batch.input_ids[start:start + rows, :width].to(lm.device)
                 mask = mask[:, :width].to(lm.device)
                 output = attached.forward(network, ids, mask, start, use_cache=False)
                 if needs.loss:
                     losses.append(token_losses(output.logits, ids, mask))
         self.forward_passes += 1
-        loss = float(torch.cat(losses).mean()) if losses else None
+        loss = None
+        if losses:
+            total, count = torch.stack(losses).sum(dim=0).tolist()
+            loss = total / count
+        pooled = {key: pool.finish() for key, pool in pools.items()}
         for (name, window), pool in pools.items():
             if pool.overflow:
                 raise ActivationOverflow(numerics_message(lm, name, f"window {window}"))
-        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss,
-                          {key: pool.finish() for key, pool in pools.items()})
+        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss, pooled)
+
+    def chunk_rows(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        row_bytes = self.lm.activation_bytes(seq_len, logits, attention_weights)
+        return rows_per_chunk(row_bytes, self.lm.free_memory(), self.lm.device)
 
     def means(self, data: DataConfig, intervention) -> dict[str, torch.Tensor]:
         """Baseline position-wise means [T, F] at the sites mean-mode ablations edit."""
@@ -123,10 +147,12 @@ class ModelSession:
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token losses at real positions only. logits [B, T, V] -> [n_real_targets]."""
+    """Next-token losses summed over real targets, and their count: logits [B, T, V] -> [2], on
+    the device (read once per pass)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
-    return nll[mask[:, 1:].bool()].cpu()
+    real = mask[:, 1:].bool()
+    return torch.stack([nll.masked_fill(~real, 0.0).sum(), real.sum().float()])
 
 
 def numerics_message(lm: LoadedModel, site_name: str, config: str) -> str:

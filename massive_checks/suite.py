@@ -31,7 +31,7 @@ class Options:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     device_map: str | None = None  # e.g. "auto": accelerate spreads a large model over devices
-    batch_size: int = 8
+    batch_size: int | None = None  # None: chosen per pass from free memory (session.rows_per_chunk)
     dataset: str | None = None  # overrides every spec's data when set
     samples: int | None = None
     seq_len: int | None = None
@@ -61,6 +61,7 @@ class Suite:
         self.planned: dict[str, list[Spec]] = {}
         self.records: list[dict] = []
         self.headers: dict[str, dict] = {}
+        self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
 
     # -- models and plans
     def data_for(self, spec: Spec) -> DataConfig:
@@ -88,6 +89,7 @@ class Suite:
                 self._plan_one(session, spec)
             self.sessions[name] = session
             self.headers[name] = lm.describe()
+            self.loads[name] = self.loads.get(name, 0) + 1
         return self.sessions[name]
 
     def _plan_one(self, session: ModelSession, spec: Spec) -> None:
@@ -159,12 +161,14 @@ class Suite:
     # -- records across processes (pytest-xdist workers) and the reports
     def export(self) -> dict:
         """Plain data: what a worker sends its controller."""
-        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable}
+        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads}
 
     def merge(self, exported: dict) -> None:
         self.records += exported.get("results", [])
         self.headers.update(exported.get("models", {}))
         self.unavailable.update(exported.get("unavailable", {}))
+        for name, count in exported.get("loads", {}).items():
+            self.loads[name] = self.loads.get(name, 0) + count
 
     def finish(self) -> None:
         if self.records or self.unavailable:

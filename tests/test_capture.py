@@ -177,3 +177,39 @@ def test_a_pass_without_a_loss_computes_no_logits(session_for, name):
         assert calls  # the loss pass runs the LM head
     finally:
         handle.remove()
+
+
+def _causal_probs(B: int, H: int, T: int, lengths: list[int], dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random causal attention [B, H, T, T] (zero where k > q or k is padding), right-padded mask [B, T]."""
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    logits = torch.randn(B, H, T, T)
+    allowed = torch.ones(T, T).tril().bool()[None, None] & mask.bool()[:, None, None, :]
+    probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    return probs.to(dtype), mask
+
+
+def _naive_key_attention(probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The definition, loop by loop: mean over real queries q > k of the attention paid to k."""
+    B, H, T, _ = probs.shape
+    out = torch.zeros(B, H, T)
+    for b in range(B):
+        for k in range(T):
+            queries = [q for q in range(k + 1, T) if mask[b, q]]
+            if queries:
+                out[b, :, k] = probs[b, :, queries, k].float().mean(dim=1)
+    return out
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
+def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
+    """Without [B, H, T, T] temporaries (a matrix product less the diagonal), the same numbers as
+    the loop over queries q > k, padding excluded; in bfloat16 the sums are float32."""
+    torch.manual_seed(0)
+    probs, mask = _causal_probs(3, 4, 9, [9, 5, 2], dtype)
+    from massive_checks.capture import SiteStats
+
+    stats_ = SiteStats()
+    stats_.add_probs(probs, mask)
+    got = stats_.finish().attention_to_keys()
+    torch.testing.assert_close(got, _naive_key_attention(probs, mask), atol=tolerance, rtol=tolerance)
+    assert got[1, :, 4:].abs().max() == 0  # no real query after the last real key of a 5-token row

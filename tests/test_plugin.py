@@ -55,7 +55,7 @@ def test_specs_run_pass_fail_xfail_and_deselect(planted_suite):
         "*claim not supported on planted-llama: The planted activation is above one million*",
         "*where*expected*observed*",
         "*FAIL*layer 2*>= 1e+06*",
-        "*planted-llama: llama, revision synthetic-*; 1 forward passes*",
+        "*planted-llama: llama, revision synthetic-*; loaded 1 time; 1 forward passes*",
     ])
     results = json.loads((planted_suite.path / "out" / "results.json").read_text())
     by_id = {r["spec"]: r for r in results["results"]}

@@ -83,6 +83,28 @@ def test_xdist_workers_results_are_merged(suite):
     assert not (suite.path / "out" / ".parts").exists()  # records travel on xdist's channel, never via side files
 
 
+def test_xdist_workers_load_each_model_once(pytester):
+    """Items carry their model's xdist_group: with --dist loadgroup each model's specs run in one
+    worker, which loads it once; the controller sums the workers' loads."""
+    pytester.mkdir("specs")
+    specs = "".join(f"---\nid: s{i}\nclaim: c\ndata: {{samples: 2, seq_len: 12}}\nchecks:\n  - {{measure: top1, layers: 0, at_least: 0}}\n"
+                    for i in range(3))
+    (pytester.path / "specs" / "s.yaml").write_text(specs)
+    result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-llama", "--report-dir", "out",
+                                "-n", "2", "--dist", "loadgroup", "-p", "no:benchmark")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*planted-llama: llama, *; loaded 1 time", "*tiny-llama: llama, *; loaded 1 time"])
+
+
+def test_the_model_group_is_read_from_a_spec_items_id():
+    from massive_checks.plugin import model_of_nodeid
+
+    assert model_of_nodeid("specs/a.yaml::c7[EleutherAI/pythia-160m@step1000]") == "EleutherAI/pythia-160m@step1000"
+    assert model_of_nodeid("specs/a.yml::c7[/models/x.gguf]") == "/models/x.gguf"
+    assert model_of_nodeid("tests/test_a.py::test_b[gpt2]") is None  # not a spec item: xdist's own grouping
+    assert model_of_nodeid("specs/a.yaml::c7") is None
+
+
 def test_figures_are_closed(suite):
     before = len(plt.get_fignums())
     suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out", "-k", "ablation")

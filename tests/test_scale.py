@@ -86,3 +86,49 @@ def test_passes_use_sdpa_unless_they_read_attention_weights(session_for, load_mo
         a, b = sdpa.stats[hooks.site(L, "out")], eager.stats[hooks.site(L, "out")]
         assert torch.allclose(a.top()[0], b.top()[0], rtol=1e-5)
         assert torch.allclose(a.median(), b.median(), rtol=1e-5)
+
+
+def test_automatic_batch_size_fits_half_the_free_memory():
+    from massive_checks.session import MAX_ROWS, rows_per_chunk
+
+    row = 100 * 2**20  # 100 MiB per sequence
+    assert rows_per_chunk(row, 2 * 350 * 2**20, "cuda:0") == 3  # 350 MiB usable: 3 whole rows
+    assert rows_per_chunk(row, 10 * 2**20, "cuda:0") == 1  # never below one row
+    assert rows_per_chunk(row, 2**40, "cuda:0") == MAX_ROWS["cuda"]
+    assert rows_per_chunk(row, 2**40, "cpu") == MAX_ROWS["cpu"]
+    assert rows_per_chunk(row, None, "cpu") == MAX_ROWS["cpu"]  # free memory unknown
+
+
+def test_activation_estimate_grows_with_logits_and_quadratically_with_attention_weights(load_model):
+    lm = load_model("tiny-llama")
+    plain = lm.activation_bytes(64, logits=False, attention_weights=False)
+    assert lm.activation_bytes(64, logits=True, attention_weights=False) > plain
+    assert lm.activation_bytes(128, logits=False, attention_weights=False) == 2 * plain
+    weights = lm.activation_bytes(128, False, True) - lm.activation_bytes(128, False, False)
+    assert weights == 4 * (lm.activation_bytes(64, False, True) - plain)  # T x T per head
+
+
+def test_automatic_batch_size_chunks_by_free_memory_with_the_same_results(session_for, monkeypatch):
+    """Little free memory: one sequence per chunk; the statistics equal those of one chunk."""
+    auto = session_for("tiny-llama")  # batch_size None: chosen per pass
+    monkeypatch.setattr(type(auto.lm), "free_memory", lambda self: 3 * self.activation_bytes(24, False, False))
+    assert auto.chunk_rows(24, False, False) == 1
+    assert session_for("tiny-llama").chunk_rows(24, True, False) == 1  # logits make a row larger
+    fixed = session_for("tiny-llama", batch_size=4)
+    assert fixed.chunk_rows(24, True, True) == 4  # a set batch size is kept
+    a, b = auto.run(DATA), fixed.run(DATA)
+    for layer in range(auto.lm.n_layers):
+        name = hooks.site(layer, "out")
+        torch.testing.assert_close(a.stats[name].cell_max, b.stats[name].cell_max, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.stats[name].median(), b.stats[name].median(), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_option_takes_a_number_or_auto(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "s.yaml").write_text(
+        "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 0}\n")
+    assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "auto").ret == 0
+    assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "1").ret == 0
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "0")
+    assert result.ret == 4  # usage error
+    result.stderr.fnmatch_lines(["*--batch-size*0*"])

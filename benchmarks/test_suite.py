@@ -1,0 +1,118 @@
+"""The spec suite on SmolLM2-135M (float32, CPU, one thread) against its floor: the model load plus,
+for each forward pass the suite ran, one plain forward on the same data in the same chunks (SDPA
+attention with the LM head, as transformers runs by default; eager where the pass needs attention
+weights, which SDPA cannot return).
+
+Steering specs (specs/smollm2/steering/steering.yaml) are left out: their time is generation and
+scoring, whose floor is not a number of plain forwards."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ratios import record
+from massive_checks import figures, models
+from massive_checks.errors import MassiveChecksError
+from massive_checks.session import ModelSession
+from massive_checks.spec import load_file
+from massive_checks.suite import Options, Suite
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_FILES = [*sorted((ROOT / "specs" / "smollm2").glob("*.yaml")), ROOT / "specs" / "smollm2" / "steering" / "vectors.yaml"]
+
+
+class PassLog:
+    """Wraps ModelSession._forward: each pass's data and attention, and the time spent in passes
+    (a pass that first runs the baseline for its means counts only its own time)."""
+
+    def __init__(self):
+        self.passes: list[tuple] = []  # (data, weights needed)
+        self.seconds, self._nested = 0.0, []
+
+    def wrap(self, forward):
+        log = self
+
+        def recorded(session, data, intervention, planned):
+            log._nested.append(0.0)
+            start = time.perf_counter()
+            try:
+                result = forward(session, data, intervention, planned)
+            finally:
+                elapsed = time.perf_counter() - start
+                own = elapsed - log._nested.pop()
+                log.seconds += own
+                if log._nested:
+                    log._nested[-1] += elapsed
+            log.passes.append((data, any(name.endswith(".attn.probs") for name in result.needs.sites)))
+            return result
+        return recorded
+
+
+def _run_suite(tmp: Path, log: PassLog, monkeypatch) -> tuple[float, int, float]:
+    """Wall time of the whole suite (load, plan, every spec with goldens and figures, reports)."""
+    shutil.copytree(ROOT / "golden", tmp / "golden")
+    monkeypatch.setattr(ModelSession, "_forward", log.wrap(ModelSession._forward))
+    figure_time = [0.0]
+    render = figures.render
+
+    def timed_render(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return render(*args, **kwargs)
+        finally:
+            figure_time[0] += time.perf_counter() - start
+    monkeypatch.setattr(figures, "render", timed_render)
+    start = time.perf_counter()
+    suite = Suite(Options(models=[models.BUNDLED], root=ROOT, report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden")))
+    specs = [spec for path in SPEC_FILES for spec in load_file(path) if spec.applies_to(models.BUNDLED)]
+    for spec in specs:
+        suite.plan(spec, models.BUNDLED)
+    for spec in specs:
+        try:
+            suite.run(spec, models.BUNDLED)
+        except MassiveChecksError:
+            pass  # recorded as an error, like the plugin does
+    suite.finish()
+    return time.perf_counter() - start, len(specs), figure_time[0]
+
+
+def _floor(lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float]:
+    """(load time, time of one plain forward per pass, in the pass's chunks)."""
+    start = time.perf_counter()
+    models.load(models.BUNDLED)
+    load = time.perf_counter() - start
+    total = 0.0
+    for data, eager in passes:
+        batch = session.batch(data)
+        batch_size = session.chunk_rows(batch.input_ids.shape[1], True, eager)
+        start = time.perf_counter()
+        with torch.no_grad(), lm.attention(weights_needed=eager):
+            for first in range(0, batch.input_ids.shape[0], batch_size):
+                mask = batch.attention_mask[first:first + batch_size]
+                width = int(mask.sum(dim=1).max())
+                lm.model(input_ids=batch.input_ids[first:first + batch_size, :width], attention_mask=mask[:, :width],
+                         use_cache=False)
+        total += time.perf_counter() - start
+    return load, total
+
+
+def test_suite_vs_its_floor(benchmark, smollm2, tmp_path, monkeypatch):
+    log = PassLog()
+    suite_time, n_specs, figure_time = _run_suite(tmp_path, log, monkeypatch)
+    monkeypatch.undo()
+    load, forwards = _floor(smollm2, ModelSession(smollm2), log.passes)
+    floor = load + forwards
+    by_kind = defaultdict(int)
+    for _, eager in log.passes:
+        by_kind["eager" if eager else "sdpa"] += 1
+    record(f"spec suite vs its floor ({n_specs} specs, {len(log.passes)} passes: {dict(by_kind)}; "
+           f"{suite_time:.1f} s vs {floor:.1f} s)", suite_time / floor, "target <= 1.15x")
+    record(f"  its passes vs their plain forwards (suite time: load {load / suite_time:.0%}, passes "
+           f"{log.seconds / suite_time:.0%}, figures {figure_time / suite_time:.0%}, the rest "
+           f"{(suite_time - log.seconds - figure_time - load) / suite_time:.0%})", log.seconds / forwards)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
