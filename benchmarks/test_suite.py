@@ -31,7 +31,7 @@ class PassLog:
     (a pass that first runs the baseline for its means counts only its own time)."""
 
     def __init__(self):
-        self.passes: list[tuple] = []  # (data, weights needed)
+        self.passes: list[tuple] = []  # (data, weights needed, rows per chunk)
         self.seconds, self._nested = 0.0, []
 
     def wrap(self, forward):
@@ -48,7 +48,9 @@ class PassLog:
                 log.seconds += own
                 if log._nested:
                     log._nested[-1] += elapsed
-            log.passes.append((data, any(name.endswith(".attn.probs") for name in result.needs.sites)))
+            weights = any(name.endswith(".attn.probs") for name in result.needs.sites)
+            rows = session.chunk_rows(session.batch(data).input_ids.shape[1], result.needs.loss, weights)
+            log.passes.append((data, weights, rows))
             return result
         return recorded
 
@@ -87,9 +89,8 @@ def _floor(lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float
     models.load(models.BUNDLED)
     load = time.perf_counter() - start
     total = 0.0
-    for data, eager in passes:
+    for data, eager, batch_size in passes:  # the pass's own chunks
         batch = session.batch(data)
-        batch_size = session.chunk_rows(batch.input_ids.shape[1], True, eager)
         start = time.perf_counter()
         with torch.no_grad(), lm.attention(weights_needed=eager):
             for first in range(0, batch.input_ids.shape[0], batch_size):
@@ -108,7 +109,7 @@ def test_suite_vs_its_floor(benchmark, smollm2, tmp_path, monkeypatch):
     load, forwards = _floor(smollm2, ModelSession(smollm2), log.passes)
     floor = load + forwards
     by_kind = defaultdict(int)
-    for _, eager in log.passes:
+    for _, eager, _ in log.passes:
         by_kind["eager" if eager else "sdpa"] += 1
     record(f"spec suite vs its floor ({n_specs} specs, {len(log.passes)} passes: {dict(by_kind)}; "
            f"{suite_time:.1f} s vs {floor:.1f} s)", suite_time / floor, "target <= 1.15x")

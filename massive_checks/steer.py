@@ -112,9 +112,13 @@ def encode_trait(tokenizer, words: dict[str, list[str]]) -> dict[str, list[list[
     return {label: [tokenizer(w, add_special_tokens=False)["input_ids"] for w in texts] for label, texts in words.items()}
 
 
+def _pad_id(lm: LoadedModel) -> int:
+    return lm.tokenizer.pad_token_id or 0
+
+
 def _left_padded(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows right-aligned in one batch: ids [B, T] (padding: the pad token) and mask [B, T]."""
-    pad = lm.tokenizer.pad_token_id or 0
+    pad = _pad_id(lm)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -192,7 +196,7 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     prompt_length = mask.sum(dim=1)
     positions = hooks.token_positions(mask)
-    cont = torch.full((n, width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+    cont = torch.full((n, width), _pad_id(lm), dtype=torch.long)
     cont_mask = torch.zeros((n, width), dtype=torch.long)
     for i, c in enumerate(continuations):
         cont[i, :len(c)], cont_mask[i, :len(c)] = torch.tensor(c), 1
