@@ -379,33 +379,48 @@ _PROBE_SENTENCE = "the old man gave his dog a bone and then they walked home"
 
 
 def _cache_is_complete(target: Path) -> bool:
-    """A cache from before the tokenizer check (no facts file) is rebuilt, not trusted."""
-    return (target / "model.safetensors").is_file() and (target / GGUF_FACTS).is_file()
+    """A cache from before the tokenizer check (no facts, or older facts) is rebuilt, not trusted."""
+    if not (target / "model.safetensors").is_file() or not (target / GGUF_FACTS).is_file():
+        return False
+    try:
+        return "special_ids" in json.loads((target / GGUF_FACTS).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+_SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                 "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
 
 
 def _gguf_tokenizer_facts(gguf: Path) -> dict:
-    """Whether the GGUF's tokenizer prepends BOS, and its id (GGUF metadata)."""
+    """What the GGUF's metadata says of its tokenizer: whether it prepends BOS, and the ids of
+    the special tokens it declares."""
     from gguf import GGUFReader
 
     fields = GGUFReader(gguf).fields
 
-    def value(key: str, default):
+    def value(key: str):
         field = fields.get(key)
-        return field.contents() if field is not None else default
+        return field.contents() if field is not None else None
 
-    return {"add_bos_token": bool(value("tokenizer.ggml.add_bos_token", False)),
-            "bos_token_id": value("tokenizer.ggml.bos_token_id", None)}
+    special = {name: int(value(key)) for name, key in _SPECIAL_KEYS.items() if value(key) is not None}
+    return {"add_bos_token": bool(value("tokenizer.ggml.add_bos_token")), "special_ids": special}
 
 
 def _check_tokenizer(name: str, tokenizer, facts: dict, cache: Path | None = None) -> None:
     """Refuse a tokenizer that transformers converted wrongly from GGUF. Seen here: 5.17 splits
-    Gemma 3's text into character pieces, 5.18-5.22 drop its BOS; both change every statistic
-    (the massive activations sit on BOS) without any error of their own."""
+    Gemma 3's text into character pieces and makes SmolLM2's EOS <|im_start|>; 5.18-5.22 drop
+    Gemma 3's BOS. Each changes results (the massive activations sit on BOS; generation stops at
+    EOS) without any error of its own."""
     import transformers
 
-    ids = tokenizer(_PROBE_SENTENCE).input_ids
-    bos = facts["bos_token_id"]
     problems = []
+    for kind, expected in facts["special_ids"].items():
+        got = getattr(tokenizer, f"{kind}_token_id", None)
+        if got != expected and not (kind == "pad" and got is None):  # a missing pad token is set later
+            problems.append(f"its {kind.upper()} token is id {got}, the GGUF's is {expected}")
+    ids = tokenizer(_PROBE_SENTENCE).input_ids
+    bos = facts["special_ids"].get("bos")
     if facts["add_bos_token"] and (not ids or ids[0] != bos):
         problems.append(f"it does not start a sequence with BOS (id {bos}), which the GGUF asks for")
     words, body = len(_PROBE_SENTENCE.split()), len(ids) - (bool(ids) and ids[0] == bos)

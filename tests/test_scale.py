@@ -60,19 +60,26 @@ def test_a_missing_gguf_file_is_a_clear_error(tmp_path):
 class _WordTokenizer:
     """A stand-in for a converted tokenizer: one id per word or per character, BOS optional."""
 
-    def __init__(self, bos: int | None, per_char: bool = False):
+    def __init__(self, bos: int | None, per_char: bool = False, eos: int = 1):
         self.bos, self.per_char = bos, per_char
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = bos, eos, None
 
     def __call__(self, text: str):
         pieces = list(text.replace(" ", "")) if self.per_char else text.split()
         return type("Encoding", (), {"input_ids": [self.bos] * (self.bos is not None) + [7] * len(pieces)})()
 
 
+def _facts(add_bos: bool, **ids) -> dict:
+    return {"add_bos_token": add_bos, "special_ids": ids}
+
+
 @pytest.mark.parametrize("tokenizer, facts, problem", [
-    (_WordTokenizer(bos=None), {"add_bos_token": True, "bos_token_id": 2}, "does not start a sequence with BOS"),
-    (_WordTokenizer(bos=5), {"add_bos_token": True, "bos_token_id": 2}, "does not start a sequence with BOS"),
-    (_WordTokenizer(bos=2, per_char=True), {"add_bos_token": True, "bos_token_id": 2}, "common words into"),
-    (_WordTokenizer(bos=None, per_char=True), {"add_bos_token": False, "bos_token_id": 1}, "common words into"),
+    (_WordTokenizer(bos=None), _facts(True, bos=2), "does not start a sequence with BOS"),
+    (_WordTokenizer(bos=5), _facts(True, eos=1), "does not start a sequence with BOS \\(id None\\)"),
+    (_WordTokenizer(bos=5), _facts(False, bos=2), "its BOS token is id 5, the GGUF's is 2"),
+    (_WordTokenizer(bos=None, eos=1), _facts(False, eos=2), "its EOS token is id 1, the GGUF's is 2"),
+    (_WordTokenizer(bos=2, per_char=True), _facts(True, bos=2), "common words into"),
+    (_WordTokenizer(bos=None, per_char=True), _facts(False), "common words into"),
 ])
 def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem, tmp_path):
     with pytest.raises(ModelUnavailable, match=f"model 'm': transformers .* {problem}.*Upgrade transformers.*delete"):
@@ -80,8 +87,8 @@ def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem
 
 
 @pytest.mark.parametrize("tokenizer, facts", [
-    (_WordTokenizer(bos=2), {"add_bos_token": True, "bos_token_id": 2}),
-    (_WordTokenizer(bos=None), {"add_bos_token": False, "bos_token_id": 1}),
+    (_WordTokenizer(bos=2), _facts(True, bos=2, eos=1)),
+    (_WordTokenizer(bos=None), _facts(False, eos=1, pad=0)),  # no pad token yet: load() sets one
 ])
 def test_a_sound_gguf_tokenizer_passes(tokenizer, facts):
     models._check_tokenizer("m", tokenizer, facts)  # raises if refused
@@ -92,13 +99,15 @@ def test_the_bundled_gguf_facts_and_a_cache_without_them_is_rebuilt(smollm2, tmp
     import json
 
     path, key = models.BUNDLED_GGUF[models.BUNDLED]()
-    assert models._gguf_tokenizer_facts(path) == {"add_bos_token": False, "bos_token_id": 1}
+    assert models._gguf_tokenizer_facts(path) == _facts(False, bos=1, eos=2, unk=0, pad=2)
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))
     cache = models._cache_dir(models.BUNDLED, key)
     smollm2.tokenizer.save_pretrained(cache)
     (cache / "model.safetensors").write_bytes(b"")
     assert not models._cache_is_complete(cache)  # from before the check: rebuilt, never trusted
-    (cache / models.GGUF_FACTS).write_text(json.dumps({"add_bos_token": True, "bos_token_id": 1}))
+    (cache / models.GGUF_FACTS).write_text(json.dumps({"add_bos_token": False}))
+    assert not models._cache_is_complete(cache)  # facts from before the special-token check
+    (cache / models.GGUF_FACTS).write_text(json.dumps(_facts(True, bos=1, eos=2)))
     assert models._cache_is_complete(cache)
     with pytest.raises(ModelUnavailable, match=f"BOS .*delete the cache {cache}"):
         models.load(models.BUNDLED)  # a cached tokenizer is checked at every load, before the weights
