@@ -90,6 +90,14 @@ class HookContext:
     positions: torch.Tensor | None = None
     vectors: Mapping[str, torch.Tensor] = field(default_factory=dict)
     prompt_length: torch.Tensor | None = None  # [B] real prompt tokens (steering: prompt vs generated)
+    _shared: dict = field(default_factory=dict, repr=False, compare=False)  # per forward call, see shared()
+
+    def shared(self, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A value derived from this call's mask (e.g. the padding mask on a device), computed by
+        the first hook that asks and reused by the others: one kernel per call, not per site."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
 
     def absolute_positions(self) -> torch.Tensor:
         """[B, T] each token's position among its sequence's real tokens (given, or from the mask)."""

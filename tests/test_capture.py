@@ -213,3 +213,36 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
     got = stats_.finish().attention_to_keys()
     torch.testing.assert_close(got, _naive_key_attention(probs, mask), atol=tolerance, rtol=tolerance)
     assert got[1, :, 4:].abs().max() == 0  # no real query after the last real key of a 5-token row
+
+
+@pytest.mark.parametrize("by_sort", [False, True], ids=["nanmedian", "sort"])
+def test_lower_median_is_the_median_of_real_cells(by_sort):
+    """Both ways (the cpu's nanmedian, the GPU's sort) give torch.median of each row's real cells:
+    padding excluded, the lower of two middle values, ties kept."""
+    from massive_checks.capture import lower_median
+
+    torch.manual_seed(0)
+    for trial in range(100):
+        B, T, F = 4, int(torch.randint(1, 9, (1,))), int(torch.randint(1, 7, (1,)))
+        act = torch.randn(B, T, F)
+        if trial % 3 == 0:
+            act = act.round()  # ties
+        mask = torch.ones(B, T, dtype=torch.long)
+        for b in range(B):
+            mask[b, int(torch.randint(1, T + 1, (1,))):] = 0
+        flat = act.abs().masked_fill(~mask.bool()[..., None], float("nan")).flatten(1)
+        expected = torch.stack([act[b, : int(mask[b].sum())].abs().flatten().median() for b in range(B)])
+        assert torch.equal(lower_median(flat, mask.sum(1) * F, by_sort=by_sort), expected), trial
+
+
+@pytest.mark.parametrize("where, overflow", [("real", True), ("padding", False)])
+def test_overflow_is_seen_in_real_cells_only(where, overflow):
+    """An inf in a real token's cell is an overflow (a numerics error later); one at padding is not."""
+    from massive_checks.capture import SiteStats
+    from massive_checks.hooks import HookContext
+
+    act, mask = torch.randn(2, 5, 3), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    act[1, 1 if where == "real" else 3, 2] = float("inf")
+    stats_ = SiteStats(with_median=True)
+    stats_.add(act, HookContext(mask))
+    assert stats_.finish().overflow is overflow
