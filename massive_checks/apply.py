@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from . import interventions
-from .capture import Needs, SiteStats, stat_pairs
+from .capture import Needs, SiteStats, finish_all, stat_pairs
 from .data import DataConfig
 from .edits import edit_pairs
 from .hooks import attach
@@ -52,8 +52,7 @@ def capture_stats(lm: LoadedModel, sites: list[str], median_sites=frozenset(), s
     pairs, accumulators = stat_pairs(needs)
     with attach(lm, edit_pairs(lm, intervention) + pairs) as attached:
         yield _Captured(accumulators, attached)
-    for acc in accumulators.values():
-        acc.finish()
+    finish_all(accumulators)
 
 
 class _Captured(dict):

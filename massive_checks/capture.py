@@ -114,6 +114,7 @@ class SiteStats:
     key_attn: list = field(default_factory=list)
     overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504); set by finish()
     width: int = 0  # F, to split flat cell indices into (token, feature)
+    _finite: torch.Tensor | None = field(default=None, repr=False)  # copied to the host by finish()
 
     with_median: bool = False  # keep per-sequence medians (one batched call per chunk: lower_median)
     slice_dims: tuple = ()  # features kept at every token
@@ -128,20 +129,30 @@ class SiteStats:
         else:
             self.add_hidden(tensor, context)
 
-    def finish(self) -> "SiteStats":
-        """Move what the pass kept on its device to the cpu: one transfer per site and pass, not
-        one per chunk (on a GPU each transfer waits for the device)."""
+    def finish(self, wait: bool = True) -> "SiteStats":
+        """Move what the pass kept on its device to the cpu, once per site and pass. The copies go
+        to pinned memory without waiting; wait=False leaves the one wait to finish_all (on the H100
+        a blocking copy of the [T, F] maps at 1x2048 ran at ~2 GB/s: 140 ms of a 320 ms pass)."""
+        if self.seq_dim_max:  # max |a| per feature over real tokens: inf/nan in any real cell shows here
+            self._finite = _to_host(torch.isfinite(torch.cat(self.seq_dim_max)).all())
         for name in ("cell_max", "total", "count"):
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, value.cpu())
+                setattr(self, name, _to_host(value))
         for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn"):
-            setattr(self, name, [part.cpu() for part in getattr(self, name)])
-        self.seq_slices = [(dims, part.cpu()) for dims, part in self.seq_slices]
-        self.seq_cells = [tuple(t.cpu() for t in cells) for cells in self.seq_cells]
-        if self.seq_dim_max:  # max |a| per feature over real tokens: inf/nan in any real cell shows here
-            self.overflow = self.overflow or not bool(torch.isfinite(torch.cat(self.seq_dim_max)).all())
+            setattr(self, name, [_to_host(part) for part in getattr(self, name)])
+        self.seq_slices = [(dims, _to_host(part)) for dims, part in self.seq_slices]
+        self.seq_cells = [tuple(_to_host(t) for t in cells) for cells in self.seq_cells]
+        if wait:
+            _wait_for_device()
+            self.settle()
         return self
+
+    def settle(self) -> None:
+        """After the copies have landed: read the overflow flag."""
+        if self._finite is not None:
+            self.overflow = self.overflow or not bool(self._finite)
+            self._finite = None
 
     def add_hidden(self, act: torch.Tensor, context: HookContext) -> None:
         """One chunk's hidden-like tensor [B, T, F]. Few kernels per call on purpose: on a GPU a
@@ -246,6 +257,29 @@ def lower_median(flat: torch.Tensor, real: torch.Tensor, by_sort: bool | None = 
     rows = max(1, SORT_CELLS // max(flat.shape[1], 1))
     ordered = torch.cat([part.sort(dim=1).values for part in flat.split(rows)])
     return ordered.gather(1, ((real - 1) // 2).clamp(min=0)[:, None]).squeeze(1)
+
+
+def finish_all(accumulators: dict[str, SiteStats]) -> dict[str, SiteStats]:
+    """Finish every site of a pass: start all copies to the cpu, wait once, then read them."""
+    for accumulator in accumulators.values():
+        accumulator.finish(wait=False)
+    _wait_for_device()
+    for accumulator in accumulators.values():
+        accumulator.settle()
+    return accumulators
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A cpu copy; from a GPU into pinned memory without waiting (read only after _wait_for_device)."""
+    if not tensor.is_cuda:
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+def _wait_for_device() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Callable, Mapping
 import torch
 
 from . import contrast, hooks, interventions
-from .capture import Needs, SiteStats, pooled_pairs, stat_pairs
+from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
 from .errors import ActivationOverflow
@@ -114,7 +114,7 @@ class ModelSession:
         for (name, window), pool in pools.items():
             if pool.overflow:
                 raise ActivationOverflow(numerics_message(lm, name, f"window {window}"))
-        return PassResult({name: acc.finish() for name, acc in accumulators.items()}, needs, loss, pooled)
+        return PassResult(finish_all(accumulators), needs, loss, pooled)
 
     def chunk_rows(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
         if self.batch_size is not None:
