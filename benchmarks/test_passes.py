@@ -58,6 +58,25 @@ def test_head_score_pass_vs_plain_eager_forward(benchmark, lm, long_texts):
     benchmark.pedantic(heads, rounds=2, iterations=1)
 
 
+def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
+    """capture_stats(stop_early=True) at the first quarter of the blocks: no later blocks, no logits."""
+    from massive_checks.apply import capture_stats
+
+    data = DataConfig(long_texts, samples=8, seq_len=128)
+    batch = ModelSession(lm, batch_size=8).batch(data)
+    ids, mask = batch.input_ids.to(lm.device), batch.attention_mask.to(lm.device)
+    last = lm.n_layers // 4 - 1
+    sites = [hooks.site(L, "out") for L in range(last + 1)]
+
+    def capture():
+        with torch.no_grad(), capture_stats(lm, sites, median_sites=set(sites), stop_early=True) as captured:
+            captured.forward(lm.model, ids, mask, use_cache=False)
+    ratio, *_ = interleaved_ratio(capture, _plain(lm, batch))
+    record(f"early-stop capture of blocks 0-{last} vs plain full forward, 8x128", ratio,
+           f"target <= {(last + 1) / lm.n_layers + 0.1:.2f}x")
+    benchmark.pedantic(capture, rounds=3, iterations=1)
+
+
 @pytest.mark.parametrize("batch_size, seq_len", [(1, 128), (1, 512), (1, 2048), (8, 128), (32, 128)])
 def test_profile_overhead_scaling(benchmark, lm, long_texts, batch_size, seq_len):
     data = DataConfig(long_texts, samples=batch_size, seq_len=seq_len)

@@ -20,7 +20,7 @@ from . import interventions
 from .capture import Needs, SiteStats, finish_all, stat_pairs
 from .data import DataConfig
 from .edits import edit_pairs
-from .hooks import attach
+from .hooks import attach, last_layer
 from .models import LoadedModel
 from .session import ModelSession
 
@@ -45,12 +45,15 @@ def ablate(lm: LoadedModel, *texts: str, data: DataConfig | None = None) -> Iter
 
 @contextmanager
 def capture_stats(lm: LoadedModel, sites: list[str], median_sites=frozenset(), slices: dict | None = None,
-                  intervention=()) -> Iterator[dict[str, SiteStats]]:
+                  intervention=(), stop_early: bool = False) -> Iterator[dict[str, SiteStats]]:
     """Statistics at `sites` of the forward passes in the block (padding excluded when the call
-    goes through `forward`); with `intervention` (canonical), edits are attached first."""
+    goes through `forward`); with `intervention` (canonical), edits are attached first.
+    stop_early: calls through `forward` end after the deepest site's block and return None (no
+    later blocks, no logits: for early layers of a large model, most of the cost)."""
     needs = Needs(set(sites), set(median_sites), False, {(s, d) for s, dims in (slices or {}).items() for d in dims})
     pairs, accumulators = stat_pairs(needs)
-    with attach(lm, edit_pairs(lm, intervention) + pairs) as attached:
+    stop = last_layer(needs.sites) if stop_early and needs.sites else None
+    with attach(lm, edit_pairs(lm, intervention) + pairs, stop_after=stop) as attached:
         yield _Captured(accumulators, attached)
     finish_all(accumulators)
 

@@ -112,6 +112,15 @@ def token_positions(mask: torch.Tensor) -> torch.Tensor:
 HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
 
 
+class StopForward(Exception):
+    """Raised after the last block a capture reads; Attachment.forward catches it."""
+
+
+def last_layer(site_names) -> int:
+    """The deepest block any of these sites is in (a forward may stop after it)."""
+    return max(int(SITE_PATTERN.match(name).group(1)) for name in site_names)
+
+
 class Attachment:
     """Hooks attached by `attach`. `forward` runs a network with a context the hooks receive;
     a forward run directly (e.g. inside `ablate`) gets an all-real-tokens context."""
@@ -129,6 +138,8 @@ class Attachment:
                                     prompt_length)
         try:
             return network(input_ids=input_ids, attention_mask=mask, **kwargs)
+        except StopForward:
+            return None  # stopped after the last block a capture reads: no later blocks, no logits
         finally:
             self._context = None
 
@@ -139,14 +150,19 @@ class Attachment:
 
 
 @contextmanager
-def attach(lm: LoadedModel, pairs: list[tuple[str, HookFn]], vectors: Mapping[str, torch.Tensor] | None = None) -> Iterator[Attachment]:
+def attach(lm: LoadedModel, pairs: list[tuple[str, HookFn]], vectors: Mapping[str, torch.Tensor] | None = None,
+           stop_after: int | None = None) -> Iterator[Attachment]:
     """Attach (site, function) pairs, in order (edits before captures, so captures see edited
-    tensors); all are removed when the block exits, also on errors."""
+    tensors); all are removed when the block exits, also on errors. stop_after: a block index;
+    forwards run through Attachment.forward end after that block (direct calls run to the end)."""
     attachment, handles = Attachment(vectors or {}), []
     try:
         for name, fn in pairs:
             module, which = resolve(lm, name)
             handles.append(_register(module, which, _with_context(attachment, fn)))
+        if stop_after is not None:  # registered last: the block's own captures run before it
+            lm.check_layer(stop_after, "stop_after")
+            handles.append(_register_stop(lm.module(f"{lm.adapter.blocks}.{stop_after}"), attachment))
         yield attachment
     finally:
         for handle in handles:
@@ -184,6 +200,14 @@ def _register(module: torch.nn.Module, which: str, fn):
         return (*output[:index], new, *output[index + 1:]) if is_tuple else new
     hook.massive_checks = True
     return module.register_forward_hook(hook)
+
+
+def _register_stop(block: torch.nn.Module, attachment: Attachment):
+    def stop(_module, _args, _output):
+        if attachment._context is not None:  # inside Attachment.forward, which catches it
+            raise StopForward
+    stop.massive_checks = True
+    return block.register_forward_hook(stop)
 
 
 def hook_count(module: torch.nn.Module) -> int:

@@ -151,7 +151,7 @@ def ablate():
 
 @pytest.fixture
 def capture_stats():
-    """capture_stats(lm, sites, median_sites=()) -> context yielding {site: SiteStats} (see apply.py)."""
+    """capture_stats(lm, sites, median_sites=(), stop_early=False) -> context yielding {site: SiteStats} (see apply.py)."""
     from .apply import capture_stats as capture
 
     return capture

@@ -246,3 +246,34 @@ def test_overflow_is_seen_in_real_cells_only(where, overflow):
     stats_ = SiteStats(with_median=True)
     stats_.add(act, HookContext(mask))
     assert stats_.finish().overflow is overflow
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_stop_early_runs_no_block_after_the_deepest_site(load_model, model):
+    """capture_stats(stop_early=True): a forward through `forward` runs blocks 0..deepest site's
+    and returns None, with the same statistics as a full forward; a direct call still runs to the
+    end; no hook is left behind."""
+    lm = load_model(model)
+    ids, mask = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    sites = [hooks.site(0, "out"), hooks.site(1, "mlp.out")]
+    ran: list[int] = []
+    counters = [lm.module(f"{lm.adapter.blocks}.{L}").register_forward_hook(lambda *_, L=L: ran.append(L))
+                for L in range(lm.n_layers)]
+    try:
+        with torch.no_grad(), capture_stats(lm, sites, median_sites=set(sites)) as full:
+            assert full.forward(lm.model, ids, mask).logits is not None
+        ran.clear()
+        with torch.no_grad(), capture_stats(lm, sites, median_sites=set(sites), stop_early=True) as early:
+            assert early.forward(lm.model, ids, mask) is None
+        assert ran == [0, 1] and lm.n_layers > 2
+        ran.clear()
+        with torch.no_grad(), capture_stats(lm, sites, stop_early=True):
+            assert lm.model(input_ids=ids).logits.shape[:2] == ids.shape
+        assert ran == list(range(lm.n_layers))
+    finally:
+        for handle in counters:
+            handle.remove()
+    assert hooks.hook_count(lm.model) == 0
+    for site in sites:
+        torch.testing.assert_close(early[site].cell_max, full[site].cell_max, rtol=0, atol=0)
+        torch.testing.assert_close(early[site].median(), full[site].median(), rtol=0, atol=0)
