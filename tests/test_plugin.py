@@ -119,3 +119,22 @@ def test_runs_without_pytest_xdist(planted_suite):
     result = planted_suite.runpytest_subprocess("specs", "--model", "planted-llama", "-p", "no:xdist")
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)
+
+
+def test_the_gpu_ci_example_uses_options_the_plugin_has(pytester):
+    """examples/massive-checks-gpu.yml cannot run here (no GPU runner): its pytest command's
+    options must at least be ones the plugin registers, and it must gate on float32."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    workflow = yaml.safe_load((Path(__file__).parents[1] / "examples" / "massive-checks-gpu.yml").read_text())
+    commands = [step["run"] for step in workflow["jobs"]["specs"]["steps"] if "pytest specs/" in step.get("run", "")]
+    assert len(commands) == 1
+    used = set(re.findall(r"(--[a-z][a-z-]*)", commands[0]))
+    assert {"--model", "--device", "--dtype", "--golden-dir", "--report-dir"} <= used
+    assert "--dtype float32" in commands[0]
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    registered = set(re.findall(r"(--[a-z][a-z-]*)", help_text))
+    assert used <= registered, used - registered
