@@ -123,9 +123,8 @@ class SiteStats:
         """The hook function: statistics of one chunk's tensor at this site; never edits it."""
         if tensor is None:
             raise RuntimeError("attention weights are None: load the model with eager attention")
-        mask = context.mask.to(tensor.device)
         if tensor.dim() == 4:  # attention probabilities [B, H, T, T]
-            self.add_probs(tensor, mask)
+            self.add_probs(tensor, context.mask.to(tensor.device))
         else:
             self.add_hidden(tensor, context)
 
