@@ -16,11 +16,15 @@ from massive_checks import models
 from ratios import RATIOS
 
 
+def _load_arguments(config) -> dict:
+    """What the benchmarks load: models.load's keyword arguments, from the plugin's options."""
+    return {"name": (config.getoption("--model") or [models.BUNDLED])[0],
+            "device": config.getoption("--device"), "dtype": config.getoption("--dtype")}
+
+
 @pytest.fixture(scope="session")
 def setup(pytestconfig) -> dict:
-    """What the benchmarks load: models.load's keyword arguments."""
-    return {"name": (pytestconfig.getoption("--model") or [models.BUNDLED])[0],
-            "device": pytestconfig.getoption("--device"), "dtype": pytestconfig.getoption("--dtype")}
+    return _load_arguments(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +50,7 @@ def long_texts(tmp_path_factory) -> str:
 def pytest_terminal_summary(terminalreporter):
     if not RATIOS:
         return
-    config = terminalreporter.config
-    setup = (config.getoption("--model") or [models.BUNDLED])[0], config.getoption("--device"), config.getoption("--dtype")
+    setup = _load_arguments(terminalreporter.config).values()
     terminalreporter.section(f"massive_checks: ratios, {', '.join(setup)} (measured in this process, interleaved, "
                              f"min over rounds)")
     for what, ratio, target in RATIOS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-import torch
+from massive_checks.capture import wait_for_device as synchronize
 
 RATIOS: list[tuple[str, float, str]] = []  # (what, ratio, target)
 
@@ -26,9 +26,3 @@ def interleaved_ratio(target, reference, rounds: int = 5) -> tuple[float, float,
 
 def record(what: str, ratio: float, target: str = "") -> None:
     RATIOS.append((what, ratio, target))
-
-
-def synchronize() -> None:
-    """CUDA work is asynchronous: wait for it before reading the clock."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()

@@ -17,11 +17,16 @@ from massive_checks.data import DataConfig
 from massive_checks.session import ModelSession
 
 
+def _on_device(lm, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's ids and mask on the model's device (moved once, outside any timing)."""
+    return batch.input_ids.to(lm.device), batch.attention_mask.to(lm.device)
+
+
 def _plain(lm, batch, head: bool = True, eager: bool = False):
     """A plain forward (SDPA attention, as transformers loads by default; eager: the implementation
     that returns attention weights), with or without the LM head."""
     network = lm.model if head else lm.model.base_model
-    ids, mask = batch.input_ids.to(lm.device), batch.attention_mask.to(lm.device)  # outside the timing
+    ids, mask = _on_device(lm, batch)
 
     def forward():
         with torch.no_grad(), lm.attention(weights_needed=eager):
@@ -64,7 +69,7 @@ def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
 
     data = DataConfig(long_texts, samples=8, seq_len=128)
     batch = ModelSession(lm, batch_size=8).batch(data)
-    ids, mask = batch.input_ids.to(lm.device), batch.attention_mask.to(lm.device)
+    ids, mask = _on_device(lm, batch)
     last = lm.n_layers // 4 - 1
     sites = [hooks.site(L, "out") for L in range(last + 1)]
 
@@ -145,7 +150,7 @@ def test_nnsight_save_all_block_outputs_vs_plain_forward(benchmark, lm, long_tex
     profile, batch = _pass(lm, data)
     wrapped = nnsight.NNsight(lm.model)
     blocks = lm.adapter.blocks.split(".")
-    ids, mask = batch.input_ids.to(lm.device), batch.attention_mask.to(lm.device)
+    ids, mask = _on_device(lm, batch)
 
     def save_all():
         with torch.no_grad(), lm.attention(weights_needed=False), wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False):

@@ -143,7 +143,7 @@ class SiteStats:
         self.seq_slices = [(dims, _to_host(part)) for dims, part in self.seq_slices]
         self.seq_cells = [tuple(_to_host(t) for t in cells) for cells in self.seq_cells]
         if wait:
-            _wait_for_device()
+            wait_for_device()
             self.settle()
         return self
 
@@ -262,21 +262,22 @@ def finish_all(accumulators: dict[str, SiteStats]) -> dict[str, SiteStats]:
     """Finish every site of a pass: start all copies to the cpu, wait once, then read them."""
     for accumulator in accumulators.values():
         accumulator.finish(wait=False)
-    _wait_for_device()
+    wait_for_device()
     for accumulator in accumulators.values():
         accumulator.settle()
     return accumulators
 
 
 def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A cpu copy; from a GPU into pinned memory without waiting (read only after _wait_for_device)."""
+    """A cpu copy; from a GPU into pinned memory without waiting (read only after wait_for_device)."""
     if not tensor.is_cuda:
         return tensor.cpu()
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor, non_blocking=True)
 
 
-def _wait_for_device() -> None:
+def wait_for_device() -> None:
+    """GPU work is asynchronous: wait for it (before reading copies, or a clock)."""
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
