@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,10 @@ from massive_checks.data import DataConfig
 from massive_checks.session import ModelSession
 
 pytest_plugins = ["pytester"]
+
+# pytester points HOME at each test's own folder, so runs inside it would dequantize the bundled
+# models again into ~/.cache there (1.3 GB for Gemma 3). Pin the cache to the real one first.
+os.environ.setdefault("MASSIVE_CHECKS_CACHE", str(models.cache_root().parent))
 
 SMALL_DATA = DataConfig(samples=6, seq_len=40)  # tiny models: short, several padded rows
 

@@ -124,6 +124,12 @@ def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monke
         assert torch.equal(local.model(input_ids=ids).logits, smollm2.model(input_ids=ids).logits)
 
 
+def test_runs_inside_pytester_share_the_model_cache(pytester):
+    """pytester moves HOME into its folder; a cache there would dequantize Gemma 3 again (1.3 GB),
+    which filled CI's disk once."""
+    assert pytester.path not in models.cache_root().parents
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
 def test_passes_use_sdpa_unless_they_read_attention_weights(session_for, load_model, name):
     lm = load_model(name)
