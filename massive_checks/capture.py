@@ -7,6 +7,7 @@ Accumulators (each a class with `add(tensor, ctx)` and `finish()`):
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -112,9 +113,8 @@ class SiteStats:
     seq_cells: list = field(default_factory=list)  # [(values, flat indices, signed) each [B, K]]
     seq_median: list = field(default_factory=list)
     key_attn: list = field(default_factory=list)
-    overflow: bool = False  # an inf/nan was seen (fp16 tops out at 65504); set by finish()
+    overflow: bool = False  # an inf/nan was seen in a real cell (fp16 tops out at 65504); set by finish()
     width: int = 0  # F, to split flat cell indices into (token, feature)
-    _finite: torch.Tensor | None = field(default=None, repr=False)  # copied to the host by finish()
 
     with_median: bool = False  # keep per-sequence medians (one batched call per chunk: lower_median)
     slice_dims: tuple = ()  # features kept at every token
@@ -128,30 +128,26 @@ class SiteStats:
         else:
             self.add_hidden(tensor, context)
 
-    def finish(self, wait: bool = True) -> "SiteStats":
-        """Move what the pass kept on its device to the cpu, once per site and pass. The copies go
-        to pinned memory without waiting; wait=False leaves the one wait to finish_all (on the H100
-        a blocking copy of the [T, F] maps at 1x2048 ran at ~2 GB/s: 140 ms of a 320 ms pass)."""
-        if self.seq_dim_max:  # max |a| per feature over real tokens: inf/nan in any real cell shows here
-            self._finite = _to_host(torch.isfinite(torch.cat(self.seq_dim_max)).all())
-        for name in ("cell_max", "total", "count"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, _to_host(value))
-        for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn"):
-            setattr(self, name, [_to_host(part) for part in getattr(self, name)])
-        self.seq_slices = [(dims, _to_host(part)) for dims, part in self.seq_slices]
-        self.seq_cells = [tuple(_to_host(t) for t in cells) for cells in self.seq_cells]
-        if wait:
-            wait_for_device()
-            self.settle()
+    def finish(self) -> "SiteStats":
+        """Move what the pass kept on its device to the cpu (finish_all does all sites at once)."""
+        finish_all({"": self})
         return self
 
-    def settle(self) -> None:
-        """After the copies have landed: read the overflow flag."""
-        if self._finite is not None:
-            self.overflow = self.overflow or not bool(self._finite)
-            self._finite = None
+    def map_tensors(self, fn) -> None:
+        """Replace every kept tensor t by fn(t), always in the same order (finish_all's copies)."""
+        for name in ("cell_max", "total", "count"):
+            if getattr(self, name) is not None:
+                setattr(self, name, fn(getattr(self, name)))
+        for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn"):
+            setattr(self, name, [fn(part) for part in getattr(self, name)])
+        self.seq_slices = [(dims, fn(part)) for dims, part in self.seq_slices]
+        self.seq_cells = [tuple(fn(t) for t in cells) for cells in self.seq_cells]
+
+    def check_finite(self) -> None:
+        """On the cpu copies: max |a| per feature over real tokens shows an inf/nan in any real
+        cell. These are >= 0, so their float64 sum is finite exactly when all of them are (one op)."""
+        total = sum(float(part.sum(dtype=torch.float64)) for part in self.seq_dim_max)
+        self.overflow = self.overflow or not math.isfinite(total)
 
     def add_hidden(self, act: torch.Tensor, context: HookContext) -> None:
         """One chunk's hidden-like tensor [B, T, F]. Few kernels per call on purpose: on a GPU a
@@ -172,8 +168,10 @@ class SiteStats:
         values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
         self.seq_cells.append((values, flat, signed.flatten(1).gather(1, flat)))
         if self.with_median:
-            real = context.shared(("real cells", act.device), lambda: (~padding[..., 0]).sum(dim=1) * act.shape[-1])
-            self.seq_median.append(lower_median(magnitude.masked_fill(padding, float("nan")).flatten(1), real))
+            tokens = context.shared(("real tokens", act.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
+            at = context.shared(("median at", act.device, act.shape[1:]),  # per width: sites differ in F
+                                lambda: sorted_median_at(tokens * act.shape[-1], act[0].numel()))
+            self.seq_median.append(lower_median(magnitude, padding, at))
 
     def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
         """Per sequence and head, the mean attention paid to each key k by the real queries q > k,
@@ -245,35 +243,79 @@ class Pooled:
 SORT_CELLS = 2**27  # cells sorted at once by lower_median on a GPU (1.5 GiB with the int64 indices)
 
 
-def lower_median(flat: torch.Tensor, real: torch.Tensor, by_sort: bool | None = None) -> torch.Tensor:
-    """Each row's lower median of its real cells: flat [B, N] with NaN at padding, real [B] the
-    number of real cells -> [B], what torch.nanmedian returns. On a GPU nanmedian (and kthvalue)
-    runs one thread block per row: 5.6 ms for one 2048x576 row on an H100, 35x a segmented sort,
-    and 9.8x the whole plain forward at 1x2048 once done at 30 blocks. So on a GPU: sort the rows
-    (NaN sorts last) and read index (real - 1) // 2. On the cpu nanmedian is the faster."""
-    if not (flat.is_cuda if by_sort is None else by_sort):
-        return flat.nanmedian(dim=1).values
+def lower_median(magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor],
+                 by_sort: bool | None = None) -> torch.Tensor:
+    """Each sequence's lower median of its real cells (what torch.nanmedian returns; NaN where a
+    row has none): magnitude [B, T, F] >= 0 with padding cells at 0, padding [B, T, 1] bool, at
+    from sorted_median_at -> [B]. On a GPU nanmedian (and kthvalue) runs one thread block per row:
+    5.6 ms for one 2048x576 row on an H100, 35x a segmented sort, and 9.8x the whole plain forward
+    at 1x2048 once done at 30 blocks. So on a GPU: sort the rows, read the median where `at` says.
+    On the cpu nanmedian is the faster."""
+    if not (magnitude.is_cuda if by_sort is None else by_sort):
+        return magnitude.masked_fill(padding, float("nan")).flatten(1).nanmedian(dim=1).values
+    flat = magnitude.flatten(1)  # [B, N]
     rows = max(1, SORT_CELLS // max(flat.shape[1], 1))
-    ordered = torch.cat([part.sort(dim=1).values for part in flat.split(rows)])
-    return ordered.gather(1, ((real - 1) // 2).clamp(min=0)[:, None]).squeeze(1)
+    parts = [part.sort(dim=1).values for part in flat.split(rows)]
+    ordered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    index, empty = at
+    return ordered.gather(1, index[:, None]).squeeze(1).masked_fill(empty, float("nan"))
+
+
+def sorted_median_at(real: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each row's lower median of its real cells sits once its `cells` cells are sorted:
+    the padding zeros sort first (tied with or below every real |a|), so the k-th smallest real
+    cell is at (padding cells + k). real [B] real cells per row -> (index [B], empty [B] bool);
+    computed once per chunk and shared by every site of that width."""
+    index = cells - real + (real - 1).div(2, rounding_mode="floor")
+    return index.clamp(min=0, max=cells - 1), real == 0
 
 
 def finish_all(accumulators: dict[str, SiteStats]) -> dict[str, SiteStats]:
-    """Finish every site of a pass: start all copies to the cpu, wait once, then read them."""
-    for accumulator in accumulators.values():
-        accumulator.finish(wait=False)
-    wait_for_device()
-    for accumulator in accumulators.values():
-        accumulator.settle()
+    """Finish every site of a pass: all kept tensors to the cpu in a few packed copies, then the
+    overflow check on the copies."""
+    sites = list(accumulators.values())
+    kept: list[torch.Tensor] = []
+    for site in sites:
+        site.map_tensors(lambda t: kept.append(t) or t)
+    copies = iter(to_host(kept))
+    for site in sites:
+        site.map_tensors(lambda _: next(copies))
+        site.check_finite()
     return accumulators
 
 
-def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A cpu copy; from a GPU into pinned memory without waiting (read only after wait_for_device)."""
-    if not tensor.is_cuda:
-        return tensor.cpu()
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return host.copy_(tensor, non_blocking=True)
+PACK_BYTES = 16 * 2**20  # device bytes joined per copy by to_host: its only extra memory
+
+
+def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[torch.Tensor]:
+    """cpu copies of many tensors. From a GPU they are packed: joined per dtype in groups of up to
+    PACK_BYTES, each group one copy into pinned memory, one wait in all (a pass keeps ~10 small
+    tensors per site; one copy each was ~300 launches and pinned buffers per SmolLM2 pass)."""
+    if not (any(t.is_cuda for t in tensors) if packed is None else packed):
+        return [t.cpu() for t in tensors]
+    copies: list[torch.Tensor | None] = [None] * len(tensors)
+    for group in _pack_groups(tensors):
+        joined = torch.cat([tensors[i].reshape(-1) for i in group])  # one launch for the group
+        host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=joined.is_cuda)
+        host.copy_(joined, non_blocking=joined.is_cuda)
+        for i, part in zip(group, host.split([tensors[i].numel() for i in group])):
+            copies[i] = part.view(tensors[i].shape)
+    wait_for_device()
+    return copies
+
+
+def _pack_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of tensors grouped by dtype, each group up to PACK_BYTES (or one larger tensor)."""
+    groups: dict[torch.dtype, list[list[int]]] = {}
+    room: dict[torch.dtype, int] = {}
+    for i, tensor in enumerate(tensors):
+        size = tensor.numel() * tensor.element_size()
+        if tensor.dtype not in groups or size > room[tensor.dtype]:
+            groups.setdefault(tensor.dtype, []).append([])
+            room[tensor.dtype] = PACK_BYTES
+        groups[tensor.dtype][-1].append(i)
+        room[tensor.dtype] -= size
+    return [group for runs in groups.values() for group in runs]
 
 
 def wait_for_device() -> None:

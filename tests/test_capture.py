@@ -219,7 +219,7 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
 def test_lower_median_is_the_median_of_real_cells(by_sort):
     """Both ways (the cpu's nanmedian, the GPU's sort) give torch.median of each row's real cells:
     padding excluded, the lower of two middle values, ties kept."""
-    from massive_checks.capture import lower_median
+    from massive_checks.capture import lower_median, sorted_median_at
 
     torch.manual_seed(0)
     for trial in range(100):
@@ -230,9 +230,81 @@ def test_lower_median_is_the_median_of_real_cells(by_sort):
         mask = torch.ones(B, T, dtype=torch.long)
         for b in range(B):
             mask[b, int(torch.randint(1, T + 1, (1,))):] = 0
-        flat = act.abs().masked_fill(~mask.bool()[..., None], float("nan")).flatten(1)
+        if trial % 10 == 0:
+            mask[-1] = 0  # a row without real cells: NaN, as nanmedian gives
+        padding = ~mask.bool()[..., None]
+        magnitude = act.abs().masked_fill(padding, 0.0)
         expected = torch.stack([act[b, : int(mask[b].sum())].abs().flatten().median() for b in range(B)])
-        assert torch.equal(lower_median(flat, mask.sum(1) * F, by_sort=by_sort), expected), trial
+        got = lower_median(magnitude, padding, sorted_median_at(mask.sum(1) * F, T * F), by_sort=by_sort)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=f"trial {trial}")
+
+
+def test_medians_by_sort_at_sites_of_two_widths_in_one_chunk(monkeypatch):
+    """The sort way's median positions depend on the width F: sites of different widths in one
+    chunk (block outputs, MLP internals) each get their own, equal to the cpu's nanmedian."""
+    import functools
+
+    from massive_checks import capture
+    from massive_checks.hooks import HookContext
+
+    torch.manual_seed(0)
+    acts = [torch.randn(3, 6, 4), torch.randn(3, 6, 10), torch.randn(3, 6, 4)]
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+
+    def medians():
+        sites, context = [capture.SiteStats(with_median=True) for _ in acts], HookContext(mask)
+        for site, act in zip(sites, acts):
+            site.add(act, context)
+        return [site.finish().median() for site in sites]
+
+    expected = medians()
+    monkeypatch.setattr(capture, "lower_median", functools.partial(capture.lower_median, by_sort=True))
+    for got, want in zip(medians(), expected):
+        assert torch.equal(got, want)
+
+
+def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
+    """to_host's GPU way (forced here): per dtype, groups of up to PACK_BYTES, one copy each; every
+    tensor comes back equal, in its own shape, non-contiguous ones included."""
+    from massive_checks import capture
+
+    monkeypatch.setattr(capture, "PACK_BYTES", 64)  # bytes: 16 float32 values
+    tensors = [torch.randn(2, 3), torch.arange(5), torch.randn(2, 2).t(), torch.randn(40), torch.tensor(7.0),
+               torch.tensor([True, False])]
+    # float32: 24 + 16 bytes fit one group; 160 bytes go alone; the scalar starts the next group
+    assert capture._pack_groups(tensors) == [[0, 2], [3], [4], [1], [5]]
+    copies = capture.to_host(tensors, packed=True)
+    for tensor, copy in zip(tensors, copies):
+        assert copy.shape == tensor.shape and copy.dtype == tensor.dtype and torch.equal(copy, tensor)
+
+
+def test_finish_all_puts_each_packed_copy_back_in_its_place(monkeypatch):
+    """Statistics of several sites (medians, slices, several chunks) are the same through the
+    packed copies as through one copy per tensor."""
+    from massive_checks import capture
+    from massive_checks.hooks import HookContext
+
+    def filled():
+        torch.manual_seed(0)
+        sites = {name: capture.SiteStats(with_median=True, slice_dims=(1,)) for name in ("a", "b")}
+        for start in (0, 2):
+            mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+            context = HookContext(mask, start)
+            for site in sites.values():
+                site.add(torch.randn(2, 4, 3), context)
+        return sites
+
+    plain = capture.finish_all(filled())
+    packed_copy = capture.to_host
+    monkeypatch.setattr(capture, "to_host", lambda tensors: packed_copy(tensors, packed=True))
+    monkeypatch.setattr(capture, "PACK_BYTES", 40)
+    packed = capture.finish_all(filled())
+    for name in plain:
+        for view in ("dim_max", "token_max", "median", "mean", "cells"):
+            want, got = getattr(plain[name], view)(), getattr(packed[name], view)()
+            for w, g in zip(want if isinstance(want, tuple) else [want], got if isinstance(got, tuple) else [got]):
+                assert torch.equal(w, g), (name, view)
+        assert torch.equal(plain[name].slice(1), packed[name].slice(1))
 
 
 @pytest.mark.parametrize("where, overflow", [("real", True), ("padding", False)])
