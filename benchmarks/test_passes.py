@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ratios import interleaved_ratio, record
 from massive_checks import hooks
@@ -80,6 +82,43 @@ def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
     record(f"early-stop capture of blocks 0-{last} vs plain full forward, 8x128", ratio,
            f"target <= {(last + 1) / lm.n_layers + 0.1:.2f}x")
     benchmark.pedantic(capture, rounds=3, iterations=1)
+
+
+class _LaunchingOps(TorchDispatchMode):
+    """Counts the ops that reach the kernels (views and allocations excluded): on a GPU each is
+    at least one launch, what bounds a small model's forward there."""
+
+    FREE = {"empty.memory_format", "empty_strided.default", "_local_scalar_dense.default", "is_nonzero.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view and func.__name__ not in self.FREE
+        return func(*args, **(kwargs or {}))
+
+
+def _launching_ops(fn) -> int:
+    fn()  # warm: tokenization, the first pass's lazy set-up
+    with _LaunchingOps() as ops:
+        fn()
+    return ops.count
+
+
+def test_launching_ops_profile_pass_vs_plain_forward(benchmark, lm, long_texts, monkeypatch):
+    """Launch count, device-independent: counted on any device with the GPU's ways forced (medians
+    by sort, packed copies to the host), so a cpu run predicts the GPU's launch-bound overhead."""
+    from massive_checks import capture
+
+    monkeypatch.setattr(capture, "lower_median", functools.partial(capture.lower_median, by_sort=True))
+    to_host = capture.to_host
+    monkeypatch.setattr(capture, "to_host", lambda tensors: to_host(tensors, packed=True))
+    data = DataConfig(long_texts, samples=8, seq_len=128)
+    profile, batch = _pass(lm, data)
+    ops, floor = _launching_ops(profile), _launching_ops(_plain(lm, batch, head=False))
+    record(f"launching ops, profile pass ({ops}) vs forward without the LM head ({floor}), 8x128", ops / floor)
+    benchmark.pedantic(profile, rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("batch_size, seq_len", [(1, 128), (1, 512), (1, 2048), (8, 128), (32, 128)])
