@@ -55,8 +55,9 @@ class PassLog:
         return recorded
 
 
-def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch) -> tuple[float, int, float]:
-    """Wall time of the whole suite (load, plan, every spec with goldens and figures, reports)."""
+def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch, figure_workers: int = 0) -> tuple[float, int, float]:
+    """Wall time of the whole suite (load, plan, every spec with goldens and figures, reports);
+    the time in figures is measured only where they are drawn in this process (figure_workers=0)."""
     shutil.copytree(ROOT / "golden", tmp / "golden")
     monkeypatch.setattr(ModelSession, "_forward", log.wrap(ModelSession._forward))
     figure_time = [0.0]
@@ -72,7 +73,7 @@ def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch) -> tuple[float
     start = time.perf_counter()
     name = setup["name"]
     suite = Suite(Options(models=[name], device=setup["device"], dtype=setup["dtype"], root=ROOT,
-                          report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden")))
+                          report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden"), figure_workers=figure_workers))
     specs = [spec for path in SPEC_FILES for spec in load_file(path) if spec.applies_to(name)]
     for spec in specs:
         suite.plan(spec, name)
@@ -119,4 +120,17 @@ def test_suite_vs_its_floor(benchmark, setup, lm, tmp_path, monkeypatch):
     record(f"  its passes vs their plain forwards (suite time: load {load / suite_time:.0%}, passes "
            f"{log.seconds / suite_time:.0%}, figures {figure_time / suite_time:.0%}, the rest "
            f"{(suite_time - log.seconds - figure_time - load) / suite_time:.0%})", log.seconds / forwards)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def test_suite_with_figures_in_worker_processes(benchmark, setup, lm, tmp_path, monkeypatch):
+    """The suite's wall time with figures drawn by worker processes while the passes go on (the
+    default beside a GPU; one worker on the cpu, where the passes run on one thread here) vs inline."""
+    workers = figures.figure_workers(setup["device"]) or 1
+    times = {}
+    for count in (0, workers):
+        times[count], *_ = _run_suite(setup, tmp_path / f"w{count}", PassLog(), monkeypatch, figure_workers=count)
+        monkeypatch.undo()
+    record(f"spec suite, figures in {workers} worker process{'es' * (workers > 1)} vs inline "
+           f"({times[workers]:.1f} s vs {times[0]:.1f} s)", times[workers] / times[0])
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

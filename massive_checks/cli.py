@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     check.add_argument("--device-map", default=None, help="accelerate device map (e.g. auto)")
     check.add_argument("--report-dir", default="reports")
+    check.add_argument("--figure-workers", type=int, default=None,
+                       help="processes drawing figures while passes run (default: 0 on the cpu, up to 4 beside a GPU)")
     schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
     schema.add_argument("--defaults", action="store_true", help="the schema of _defaults.yaml files instead")
     return parser
@@ -241,7 +243,7 @@ def cmd_check(args) -> int:
     files = [f for p in map(Path, args.paths) for f in (sorted(p.rglob("*.y*ml")) if p.is_dir() else [p])
              if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE]
     suite = Suite(Options(models=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                          report_dir=args.report_dir))
+                          report_dir=args.report_dir, figure_workers=args.figure_workers))
     pairs = [(spec, model) for f in files for spec in load_file(f) for model in args.model if spec.applies_to(model)]
     for spec, model in pairs:
         suite.plan(spec, model)
@@ -261,8 +263,10 @@ def cmd_check(args) -> int:
             print(failure_text(result.observation, result.verdict))
         false_claims += not ok
     suite.finish()
+    for record in suite.figure_errors:
+        print(f"FIGURE FAILED  {record['spec']} [{record['model']}]: {record['figure_error']}")
     print(f"{len(pairs) - false_claims}/{len(pairs)} as expected; reports in {suite.report_dir()}")
-    return 1 if false_claims else 0
+    return 1 if false_claims or suite.figure_errors else 0
 
 
 def cmd_schema(args) -> int:

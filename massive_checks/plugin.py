@@ -33,11 +33,21 @@ def pytest_addoption(parser):
                     help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
                          "on cpu and 64 on cuda)")
     group.addoption("--report-dir", default="reports", help="where results.json and reports go")
+    group.addoption("--figure-workers", type=_figure_workers, default=None, metavar="N|auto",
+                    help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
     group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
     group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
     group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
     group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
                     help="rewrite missing and failing golden snapshots; =new: write missing ones only")
+
+
+def _figure_workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise ValueError(f"--figure-workers {text!r}: write a number (0: draw in this process) or auto")
+    return int(text)
 
 
 def _batch_size(text: str) -> int | None:
@@ -55,7 +65,8 @@ def pytest_configure(config):
         trust_remote_code=option("trust_remote_code"), allow_pickle=option("allow_pickle"), device_map=option("device_map"),
         batch_size=option("batch_size"),
         dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
-        report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden")))
+        report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
+        figure_workers=option("figure_workers")))
     plugin = MassiveChecks(config, suite)
     config.pluginmanager.register(plugin, "massive_checks_state")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
@@ -204,6 +215,8 @@ class MassiveChecks:
             worker[WORKER_KEY] = json.dumps(self.suite.export(), default=jsonable)
             return
         self.suite.finish()
+        if self.suite.figure_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a figure that failed is a failed run, not a verdict
 
     def pytest_terminal_summary(self, terminalreporter):
         suite = self.suite
@@ -223,6 +236,10 @@ class MassiveChecks:
                 terminalreporter.line("a model loaded in several xdist workers: run with --dist loadgroup to load each once")
             for name, message in suite.unavailable.items():
                 terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
+        if suite.figure_errors:
+            terminalreporter.section("massive_checks: figures that failed (verdicts unaffected)")
+            for record in suite.figure_errors:
+                terminalreporter.line(f"{record['spec']} [{record['model']}]: {record['figure_error']}", red=True)
         orphans = suite.golden_orphans(self.collected_specs) if self.collected_specs else []
         if orphans:
             terminalreporter.section("massive_checks: golden snapshots with no spec or model")

@@ -183,6 +183,8 @@ def _image_html(directory: Path, record: dict) -> str:
     import base64
 
     figure = record.get("figure")
+    if record.get("figure_error"):
+        return f"<p class='meta'>figure failed: {escape(record['figure_error'])}</p>"
     if not figure or not (directory / figure).is_file():
         return "<p class='meta'>no figure</p>"
     data = base64.b64encode((directory / figure).read_bytes()).decode()

@@ -39,6 +39,7 @@ class Options:
     report_dir: str = "reports"
     golden_dir: str = "golden"
     update_golden: str | None = None  # None | "all" | "new"
+    figure_workers: int | None = None  # processes drawing figures; None: figures.figure_workers(device)
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Suite:
         self.records: list[dict] = []
         self.headers: dict[str, dict] = {}
         self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
+        workers = options.figure_workers
+        self.figures = figures.FigureQueue(figures.figure_workers(options.device) if workers is None else workers)
 
     # -- models and plans
     def data_for(self, spec: Spec) -> DataConfig:
@@ -128,8 +131,20 @@ class Suite:
 
     def _figure(self, observation: Observation, verdict: Verdict) -> str:
         relative = Path(observation.model.replace("/", "__")) / f"{observation.spec_id}.png"
-        figures.render(observation, verdict, self.report_dir() / relative)
+        self.figures.submit(observation, verdict, self.report_dir() / relative)
         return str(relative)
+
+    def settle_figures(self) -> None:
+        """Wait for the figures; a failed one is noted on its record (never on its verdict)."""
+        errors = {str(path): error for path, error in self.figures.wait().items()}
+        for record in self.records:
+            error = errors.get(str(self.report_dir() / record.get("figure", "")))
+            if error:
+                record["figure_error"] = error
+
+    @property
+    def figure_errors(self) -> list[dict]:
+        return [record for record in self.records if "figure_error" in record]
 
     def update_command(self, spec: Spec, model: str) -> str:
         return f"pytest {self.relative(spec.path)} --model {model} -k '{spec.id}' --update-golden"
@@ -160,7 +175,8 @@ class Suite:
 
     # -- records across processes (pytest-xdist workers) and the reports
     def export(self) -> dict:
-        """Plain data: what a worker sends its controller."""
+        """Plain data: what a worker sends its controller (its figures drawn)."""
+        self.settle_figures()
         return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads}
 
     def merge(self, exported: dict) -> None:
@@ -171,5 +187,6 @@ class Suite:
             self.loads[name] = self.loads.get(name, 0) + count
 
     def finish(self) -> None:
+        self.settle_figures()  # the report embeds them
         if self.records or self.unavailable:
             report.write_all(self.report_dir(), self.records, self.headers, self.unavailable)

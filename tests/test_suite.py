@@ -97,3 +97,77 @@ def test_defaults_outside_a_specs_directory_come_from_its_own_directory_only(tmp
     assert load_file(folder / "a.yaml")[0].models is None
     (folder / "_defaults.yaml").write_text("models: [m2]\n")
     assert load_file(folder / "a.yaml")[0].models == ("m2",)
+
+
+def _run_planted(tmp_path, specs_dir, **options) -> Suite:
+    suite = Suite(Options(models=["planted-llama"], root=tmp_path, **options))
+    specs = [s for s in load_file(specs_dir / "planted.yaml") if s.applies_to("planted-llama")]
+    for spec in specs:
+        suite.plan(spec, "planted-llama")
+    for spec in specs:
+        suite.run(spec, "planted-llama")
+    suite.finish()
+    return suite
+
+
+def test_figures_drawn_in_a_worker_process_are_those_drawn_inline(tmp_path, specs_dir):
+    """--figure-workers 1: the passes go on while another process draws; the same PNG bytes, all
+    present when the report is written (it embeds them)."""
+    inline = _run_planted(tmp_path / "a", specs_dir, figure_workers=0)
+    worker = _run_planted(tmp_path / "b", specs_dir, figure_workers=1)
+    assert not inline.figure_errors and not worker.figure_errors
+    pngs = sorted(p.relative_to(tmp_path / "a" / "reports") for p in (tmp_path / "a" / "reports").rglob("*.png"))
+    assert len(pngs) == 3
+    for png in pngs:
+        assert (tmp_path / "a" / "reports" / png).read_bytes() == (tmp_path / "b" / "reports" / png).read_bytes()
+    assert (tmp_path / "b" / "reports" / "index.html").read_text().count("<img ") == 3
+
+
+def test_a_failed_figure_is_reported_never_a_verdict_and_leaves_no_stale_png(tmp_path, specs_dir, monkeypatch):
+    from massive_checks import figures
+
+    stale = tmp_path / "reports" / "planted-llama" / "planted-dim.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's figure")
+    real_render = figures.render
+
+    def render(observation, verdict, path):
+        if observation.spec_id == "planted-dim":
+            raise ValueError("no room for the legend")
+        return real_render(observation, verdict, path)
+
+    monkeypatch.setattr(figures, "render", render)
+    suite = _run_planted(tmp_path, specs_dir, figure_workers=0)
+    assert [r["spec"] for r in suite.figure_errors] == ["planted-dim"]
+    assert suite.figure_errors[0]["figure_error"] == "ValueError: no room for the legend"
+    assert suite.figure_errors[0]["status"] == "passed"  # its claim holds; only its figure failed
+    assert not stale.exists()
+    assert "figure failed: ValueError: no room for the legend" in (tmp_path / "reports" / "index.html").read_text()
+    code = cli.main(["check", str(specs_dir), "--model", "planted-llama", "--report-dir", str(tmp_path / "r")])
+    assert code == 1  # planted-wrong-bound's false claim, and the figure
+
+
+def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
+    """What a worker process fails on (here: an observation that does not pickle) comes back from
+    wait() as that figure's error; the pool is shut down."""
+    from massive_checks.figures import FigureQueue
+    from massive_checks.records import Observation, Verdict
+
+    observation = Observation("s", "c", "m", "p", 1, "", "", {}, [], {"baseline": {}}, figure={"x": lambda: 0})
+    queue = FigureQueue(workers=1)
+    queue.submit(observation, Verdict([]), tmp_path / "s.png")
+    errors = queue.wait()
+    assert list(errors) == [tmp_path / "s.png"] and "pickle" in errors[tmp_path / "s.png"].lower()
+    assert queue._pool is None and queue.wait() == {}
+
+
+def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
+    from massive_checks import figures
+
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "planted.yaml").write_text(PLANTED_SPECS.split("---")[0])
+    monkeypatch.setattr(figures, "render", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
+    result = pytester.runpytest("specs", "--model", "planted-llama")
+    result.assert_outcomes(passed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*figures that failed (verdicts unaffected)*", "*planted-dim [[]planted-llama[]]: OSError: disk full*"])
