@@ -230,6 +230,8 @@ class FigureQueue:
     A figure that fails never changes a verdict: wait() returns {path: error} for the report."""
 
     def __init__(self, workers: int = 0):
+        if workers < 0:
+            raise ValueError(f"figure workers: {workers}; write 0 (draw in this process) or more")
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._pending: dict[Path, Future] = {}

@@ -3,6 +3,7 @@ parametrized by model, failure text, xdist. The work is done by a suite.Suite.""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _figure_workers(text: str) -> int | None:
     if text == "auto":
         return None
     if not text.isdigit():
-        raise ValueError(f"--figure-workers {text!r}: write a number (0: draw in this process) or auto")
+        raise argparse.ArgumentTypeError(f"{text!r}: write a number (0: draw in this process) or auto")
     return int(text)
 
 
@@ -54,7 +55,7 @@ def _batch_size(text: str) -> int | None:
     if text == "auto":
         return None
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"--batch-size {text!r}: write a positive number or auto")
+        raise argparse.ArgumentTypeError(f"{text!r}: write a positive number or auto")
     return int(text)
 
 

@@ -193,4 +193,7 @@ def test_batch_size_option_takes_a_number_or_auto(pytester):
     assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "1").ret == 0
     result = pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "0")
     assert result.ret == 4  # usage error
-    result.stderr.fnmatch_lines(["*--batch-size*0*"])
+    result.stderr.fnmatch_lines(["*argument --batch-size: '0': write a positive number or auto*"])
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "--figure-workers", "two")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*argument --figure-workers: 'two': write a number (0: draw in this process) or auto*"])

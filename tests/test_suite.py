@@ -161,6 +161,11 @@ def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
     assert queue._pool is None and queue.wait() == {}
 
 
+def test_a_negative_figure_worker_count_is_a_clear_error(tmp_path, specs_dir, capsys):
+    code = cli.main(["check", str(specs_dir), "--model", "planted-llama", "--figure-workers", "-1"])
+    assert code == 2 and "figure workers: -1; write 0 (draw in this process) or more" in capsys.readouterr().err
+
+
 def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
     from massive_checks import figures
 
