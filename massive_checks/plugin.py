@@ -30,12 +30,12 @@ def pytest_addoption(parser):
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
     group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
     group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
-    group.addoption("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+    group.addoption("--batch-size", type=_count_or_auto(1, "a positive number"), default=None, metavar="N|auto",
                     help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
                          "on cpu and 64 on cuda)")
     group.addoption("--report-dir", default="reports", help="where results.json and reports go")
-    group.addoption("--figure-workers", type=_figure_workers, default=None, metavar="N|auto",
-                    help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
+    group.addoption("--figure-workers", type=_count_or_auto(0, "a number (0: draw in this process)"), default=None,
+                    metavar="N|auto", help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
     group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
     group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
     group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
@@ -43,20 +43,15 @@ def pytest_addoption(parser):
                     help="rewrite missing and failing golden snapshots; =new: write missing ones only")
 
 
-def _figure_workers(text: str) -> int | None:
-    if text == "auto":
-        return None
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: write a number (0: draw in this process) or auto")
-    return int(text)
-
-
-def _batch_size(text: str) -> int | None:
-    if text == "auto":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a positive number or auto")
-    return int(text)
+def _count_or_auto(least: int, wanted: str):
+    """An option's type: a whole number >= least, or auto (None: chosen at run time)."""
+    def parse(text: str) -> int | None:
+        if text == "auto":
+            return None
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted} or auto")
+        return int(text)
+    return parse
 
 
 def pytest_configure(config):
