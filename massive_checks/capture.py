@@ -288,9 +288,9 @@ PACK_BYTES = 16 * 2**20  # device bytes joined per copy by to_host: its only ext
 
 
 def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[torch.Tensor]:
-    """cpu copies of many tensors. From a GPU they are packed: joined per dtype in groups of up to
-    PACK_BYTES, each group one copy into pinned memory, one wait in all (a pass keeps ~10 small
-    tensors per site; one copy each was ~300 launches and pinned buffers per SmolLM2 pass)."""
+    """cpu copies of many tensors. From a GPU they are packed: joined per device and dtype in groups
+    of up to PACK_BYTES, each group one copy into pinned memory, one wait in all (a pass keeps ~10
+    small tensors per site; one copy each was ~300 launches and pinned buffers per SmolLM2 pass)."""
     if not (any(t.is_cuda for t in tensors) if packed is None else packed):
         return [t.cpu() for t in tensors]
     copies: list[torch.Tensor | None] = [None] * len(tensors)
@@ -305,23 +305,26 @@ def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[tor
 
 
 def _pack_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
-    """Indices of tensors grouped by dtype, each group up to PACK_BYTES (or one larger tensor)."""
-    groups: dict[torch.dtype, list[list[int]]] = {}
-    room: dict[torch.dtype, int] = {}
+    """Indices of tensors grouped by device and dtype (a model spread over GPUs keeps each
+    block's statistics on its own GPU), each group up to PACK_BYTES (or one larger tensor)."""
+    groups: dict[tuple, list[list[int]]] = {}
+    room: dict[tuple, int] = {}
     for i, tensor in enumerate(tensors):
-        size = tensor.numel() * tensor.element_size()
-        if tensor.dtype not in groups or size > room[tensor.dtype]:
-            groups.setdefault(tensor.dtype, []).append([])
-            room[tensor.dtype] = PACK_BYTES
-        groups[tensor.dtype][-1].append(i)
-        room[tensor.dtype] -= size
+        key, size = (tensor.device, tensor.dtype), tensor.numel() * tensor.element_size()
+        if key not in groups or size > room[key]:
+            groups.setdefault(key, []).append([])
+            room[key] = PACK_BYTES
+        groups[key][-1].append(i)
+        room[key] -= size
     return [group for runs in groups.values() for group in runs]
 
 
 def wait_for_device() -> None:
-    """GPU work is asynchronous: wait for it (before reading copies, or a clock)."""
+    """GPU work is asynchronous: wait for it (before reading copies, or a clock), on every GPU: a
+    model spread over several (--device-map) copies from each (synchronize() waits for one)."""
     if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(index)
 
 
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:

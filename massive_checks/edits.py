@@ -8,7 +8,7 @@ import torch
 
 from .hooks import HookContext, HookFn, resolve, site
 from .interventions import TARGET_SITE
-from .models import LoadedModel
+from .models import LoadedModel, parameter
 
 
 def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> list[tuple[str, HookFn]]:
@@ -38,7 +38,7 @@ def add_vector(name: str, coefficient: float) -> HookFn:
 def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None) -> HookFn:
     """A function (tensor, context) -> edited copy, for one Ablation."""
     # Resolved once here, not on every forward chunk: the output projection's bias ("bias" mode).
-    bias = getattr(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias", None) if ablation.mode == "bias" else None
+    bias = parameter(resolve(lm, site(ablation.layer, "attn.o_in"))[0], "bias") if ablation.mode == "bias" else None
 
     def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
         if ablation.mode == "mean" and ablation.rows is None:
@@ -46,7 +46,7 @@ def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None) -> HookFn:
         if ablation.mode in ("value", "mean"):  # #massive's mean is a value: the massive cells' mean
             return torch.full_like(x, ablation.value)
         if bias is not None:
-            return bias.to(x.dtype).expand_as(x)
+            return bias.to(x.device, x.dtype).expand_as(x)
         return torch.zeros_like(x)  # zero mode, or "bias" mode on a projection without bias
 
     def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:  # x: [B, T, F]

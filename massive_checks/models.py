@@ -187,6 +187,9 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     over the available ones. Raises ModelUnavailable with advice when it cannot."""
     if dtype not in DTYPES:
         raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise ModelUnavailable(f"--device-map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} "
+                               f"(for one device, use --device)")
     from transformers.utils import logging as hf_logging
 
     from . import synthetic
@@ -203,10 +206,49 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
         model, tokenizer, revision = _load_pretrained(name, trust_remote_code, allow_pickle, device_map, DTYPES[dtype])
     if device_map is None:
         model = model.to(device=device, dtype=DTYPES[dtype])
-    else:  # placed by accelerate: inputs go where the embedding lives
-        device = str(model.get_input_embeddings().weight.device)
+    else:
+        if not getattr(model, "hf_device_map", None):  # a GGUF or synthetic model, loaded on the cpu
+            model = dispatch(model, device_map, DTYPES[dtype])
+        device = input_device(model)
     _ensure_pad_token(tokenizer)
     return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+
+
+def dispatch(model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype,
+             offload_dir: str | None = None) -> torch.nn.Module:
+    """Spread a model loaded on the cpu over the devices, whole blocks each, with accelerate: what
+    from_pretrained(device_map=...) does for hub models. device_map: a strategy of DEVICE_MAPS,
+    or an explicit {module path: device} ("disk" entries need offload_dir)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    model = model.to(dtype)
+    if isinstance(device_map, str):
+        whole = list(getattr(model, "_no_split_modules", None) or [])  # block classes, never split
+        memory = None if device_map == "sequential" else get_balanced_memory(
+            model, dtype=dtype, low_zero=device_map == "balanced_low_0", no_split_module_classes=whole)
+        device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=whole, dtype=dtype)
+    return dispatch_model(model, device_map, offload_dir=offload_dir)
+
+
+def input_device(model: torch.nn.Module) -> str:
+    """Where a dispatched model's inputs go: the embedding's execution device (its weight may be
+    offloaded, on the meta device)."""
+    embedding = model.get_input_embeddings()
+    device = getattr(getattr(embedding, "_hf_hook", None), "execution_device", None)
+    return str(torch.device(device if device is not None else embedding.weight.device))
+
+
+def parameter(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """module.<name> (weight, bias), also where accelerate offloaded it to the cpu or disk: there
+    the module holds a meta tensor outside its own forward, and the values sit in its hook."""
+    tensor = getattr(module, name, None)
+    if tensor is not None and tensor.device.type == "meta":
+        tensor = module._hf_hook.weights_map[name]
+    return tensor
 
 
 def _set_attention(model: torch.nn.Module, implementation: str) -> bool:

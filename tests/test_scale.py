@@ -11,6 +11,7 @@ from massive_checks import hooks, models
 from massive_checks.capture import Needs
 from massive_checks.data import DataConfig
 from massive_checks.errors import ModelUnavailable
+from massive_checks.session import ModelSession
 
 DATA = DataConfig(samples=4, seq_len=24)
 
@@ -197,3 +198,54 @@ def test_batch_size_option_takes_a_number_or_auto(pytester):
     result = pytester.runpytest("specs", "--model", "tiny-llama", "--figure-workers", "two")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*argument --figure-workers: 'two': write a number (0: draw in this process) or auto*"])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_a_model_spread_by_accelerate_gives_the_same_statistics(name, tmp_path):
+    """--device-map on a model loaded on the cpu (GGUF, synthetic) goes through accelerate's
+    dispatch, as from_pretrained does for hub models. This machine has no second GPU, so block 1 and
+    the embedding are offloaded to disk: accelerate's own hooks then move their weights in at every
+    call, beside ours, and outside a call they are meta tensors. Every statistic equals the plain
+    model's, at the offloaded block too, also under a bias-mode ablation of the offloaded block
+    (its output projection's bias) and for neuron contributions (its down projection's weight)."""
+    from massive_checks.interventions import Ablation
+
+    plain, spread = models.load(name), models.load(name)
+    offloaded = (f"{plain.adapter.blocks}.1.", plain.model.get_input_embeddings())
+    layout = {path: "disk" if path.startswith(offloaded[0]) or module is offloaded[1] else "cpu"
+              for path, module in spread.model.named_modules() if list(module.parameters(recurse=False))}
+    spread.model = models.dispatch(spread.model, layout, torch.float32, offload_dir=str(tmp_path))
+    spread.device = models.input_device(spread.model)  # the embedding's weight is on the meta device
+    down = hooks.resolve(spread, "blocks.1.mlp.out")[0]
+    assert spread.device == "cpu" and next(down.parameters()).device.type == "meta"  # really offloaded
+    assert torch.equal(models.parameter(down, "weight"), hooks.resolve(plain, "blocks.1.mlp.out")[0].weight)
+    sites = {hooks.site(L, site) for L in range(plain.n_layers) for site in ("out", "attn.o_in", "mlp.down_in", "attn.probs")}
+    needs = Needs(sites=sites, medians={hooks.site(L, "out") for L in range(plain.n_layers)})
+    for intervention in ((), (Ablation("attn", 1, mode="bias"),)):
+        want, got = (ModelSession(lm).run(DATA, intervention, needs).stats for lm in (plain, spread))
+        for site in sorted(sites):
+            a, b = want[site], got[site]
+            if site.endswith("probs"):
+                assert torch.equal(a.attention_to_keys(), b.attention_to_keys()), site
+                continue
+            assert all(torch.equal(x, y) for x, y in zip(a.cells(), b.cells())), site
+            assert torch.equal(a.dim_max(), b.dim_max()) and torch.equal(a.mean(), b.mean()), site
+        assert torch.equal(want["blocks.1.out"].median(), got["blocks.1.out"].median())
+    assert hooks.hook_count(spread.model) == 0
+
+
+def test_device_map_places_cpu_loaded_models_in_the_asked_dtype():
+    lm = models.load("tiny-llama", dtype="bfloat16", device_map="auto")
+    assert lm.model.hf_device_map and lm.device == "cpu"  # this machine has no GPU: all on the cpu
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16} and lm.dtype == torch.bfloat16
+    with pytest.raises(ModelUnavailable, match=r"--device-map 'cuda:1' is not one of auto, balanced.*--device"):
+        models.load("tiny-llama", device_map="cuda:1")
+
+
+def test_host_copies_are_packed_per_device():
+    """A model spread over GPUs keeps each block's statistics on its own GPU: one packed copy
+    never joins tensors of two devices (meta tensors stand in for a second device here)."""
+    from massive_checks import capture
+
+    tensors = [torch.zeros(3), torch.zeros(3, device="meta"), torch.zeros(2), torch.zeros(2, device="meta")]
+    assert capture._pack_groups(tensors) == [[0, 2], [1, 3]]

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .. import hooks, stats
 from ..capture import Needs
+from ..models import parameter
 from .base import Measure, PerLayer, Statistic, register
 
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
@@ -35,7 +36,7 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
     token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
     down_in = view.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
     down = hooks.resolve(view.lm, hooks.site(layer, "mlp.out"))[0]
-    return stats.neuron_contributions(down_in, down.weight, dim, view.lm.adapter.conv1d)
+    return stats.neuron_contributions(down_in, parameter(down, "weight"), dim, view.lm.adapter.conv1d)
 
 
 def flow_panel(view, layers: list[int]) -> dict:
