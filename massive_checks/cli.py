@@ -17,7 +17,8 @@ from .session import ModelSession
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help=f"hub id (NAME@REVISION), local directory or .gguf file, {models.BUNDLED}, or a synthetic model")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--device-map", default=None, help="accelerate device map for models larger than one device (e.g. auto)")
+    parser.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS,
+                        help="spread models larger than one device over all GPUs, with accelerate")
     parser.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", action="append", required=True, help="model (repeatable)")
     check.add_argument("--device", default="cpu")
     check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
-    check.add_argument("--device-map", default=None, help="accelerate device map (e.g. auto)")
+    check.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS, help="spread models over all GPUs")
     check.add_argument("--report-dir", default="reports")
     check.add_argument("--figure-workers", type=int, default=None,
                        help="processes drawing figures while passes run (default: 0 on the cpu, up to 4 beside a GPU)")

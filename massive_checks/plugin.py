@@ -26,7 +26,8 @@ def pytest_addoption(parser):
                          f"({', '.join(models.BUNDLED_GGUF)}) or a synthetic test model. Default: the bundled ones")
     group.addoption("--device", default="cpu", help="torch device (default cpu)")
     group.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype")
-    group.addoption("--device-map", default=None, help="accelerate device map for models larger than one device (e.g. auto)")
+    group.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
+                    help="spread models larger than one device over all GPUs, with accelerate")
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
     group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
     group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")

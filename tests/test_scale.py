@@ -186,7 +186,7 @@ def test_automatic_batch_size_chunks_by_free_memory_with_the_same_results(sessio
         torch.testing.assert_close(a.stats[name].median(), b.stats[name].median(), rtol=1e-5, atol=1e-6)
 
 
-def test_batch_size_option_takes_a_number_or_auto(pytester):
+def test_scale_options_take_their_values_and_name_bad_ones(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "s.yaml").write_text(
         "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 0}\n")
@@ -198,6 +198,10 @@ def test_batch_size_option_takes_a_number_or_auto(pytester):
     result = pytester.runpytest("specs", "--model", "tiny-llama", "--figure-workers", "two")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*argument --figure-workers: 'two': write a number (0: draw in this process) or auto*"])
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "--device-map", "cuda:1")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*argument --device-map: invalid choice: *cuda:1* (choose from *auto*, *balanced*"])
+    assert pytester.runpytest("specs", "--model", "tiny-llama", "--device-map", "auto").ret == 0
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
