@@ -150,28 +150,28 @@ class SiteStats:
         self.overflow = self.overflow or not math.isfinite(total)
 
     def add_hidden(self, act: torch.Tensor, context: HookContext) -> None:
-        """One chunk's hidden-like tensor [B, T, F]. Few kernels per call on purpose: on a GPU a
-        small model's forward is bound by kernel launches, and this runs at every block."""
-        padding = context.shared(("padding", act.device), lambda: ~context.mask.to(act.device).bool()[..., None])
-        signed = act.detach().float().masked_fill(padding, 0.0)  # [B, T, F]; padding -> 0, never a maximum
-        magnitude = signed.abs()
-        cell_max, total = magnitude.amax(dim=0), signed.sum(dim=0)  # [T, F]
-        count = context.shared(("count", act.device), lambda: (~padding[..., 0]).sum(dim=0).float())  # [T]
-        self.cell_max = cell_max if self.cell_max is None else _merge_max(self.cell_max, cell_max)
-        self.total = total if self.total is None else _merge_sum(self.total, total)
-        self.count = count if self.count is None else _merge_sum(self.count, count)
-        self.seq_dim_max.append(magnitude.amax(dim=1))  # [B, F]
-        self.seq_token_max.append(magnitude.amax(dim=2))  # [B, T]
+        """One chunk's hidden-like tensor [B, T, F]. On a GPU it is held (one copy) and its
+        statistics computed with other sites' at the end of the forward call: a small model's
+        forward on a GPU is bound by kernel launches, and this runs at every block."""
+        if gpu_ways(act) and context.deferrable and 2 * act.numel() * 4 <= HOLD_BYTES:  # 2+ sites per stack
+            holder = context.shared(("held", act.device), lambda: _held(context))
+            holder.hold(self, act)
+        else:
+            hidden_stats([self], act.detach()[None].float(), context)
+
+    def keep(self, stats: dict, context: HookContext) -> None:
+        """Keep one chunk's statistics of this site (hidden_stats' per-site views)."""
+        self.cell_max = stats["cell_max"] if self.cell_max is None else _merge_max(self.cell_max, stats["cell_max"])
+        self.total = stats["total"] if self.total is None else _merge_sum(self.total, stats["total"])
+        self.count = stats["count"] if self.count is None else _merge_sum(self.count, stats["count"])
+        self.seq_dim_max.append(stats["dim_max"])
+        self.seq_token_max.append(stats["token_max"])
+        self.seq_cells.append(stats["cells"])
         if self.slice_dims:
-            self.seq_slices.append((self.slice_dims, signed[..., list(self.slice_dims)]))
-        self.width = act.shape[-1]
-        values, flat = magnitude.flatten(1).topk(min(SEQ_CELLS, magnitude[0].numel()), dim=1)  # [B, K]
-        self.seq_cells.append((values, flat, signed.flatten(1).gather(1, flat)))
+            self.seq_slices.append((self.slice_dims, stats["signed"][..., list(self.slice_dims)]))
         if self.with_median:
-            tokens = context.shared(("real tokens", act.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
-            at = context.shared(("median at", act.device, act.shape[1:]),  # per width: sites differ in F
-                                lambda: sorted_median_at(tokens * act.shape[-1], act[0].numel()))
-            self.seq_median.append(lower_median(magnitude, padding, at))
+            self.seq_median.append(stats["median"])
+        self.width = stats["signed"].shape[-1]
 
     def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
         """Per sequence and head, the mean attention paid to each key k by the real queries q > k,
@@ -240,25 +240,98 @@ class Pooled:
         return pooled
 
 
+GPU_WAYS: bool | None = None  # None: the GPU's ways (held stacks, sorted medians, packed copies) on a GPU only
+
+
+def gpu_ways(tensor: torch.Tensor) -> bool:
+    """Whether to compute the GPU's way (fewer, larger launches); forced on for launch counts and tests."""
+    return tensor.is_cuda if GPU_WAYS is None else GPU_WAYS
+
+
+def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContext, owned: bool = False) -> None:
+    """Statistics of G sites' tensors of one chunk at once: acts [G, B, T, F] float32, written only
+    where `owned` (else it may be a view of the model's own tensor). All sites share with_median."""
+    padding = context.shared(("padding", acts.device), lambda: ~context.mask.to(acts.device).bool()[..., None])  # [B, T, 1]
+    signed = acts.masked_fill_(padding, 0.0) if owned else acts.masked_fill(padding, 0.0)  # [G, B, T, F]; padding -> 0
+    magnitude = signed.abs()
+    count = context.shared(("count", acts.device), lambda: (~padding[..., 0]).sum(dim=0).float())  # [T]
+    cell_max, total = magnitude.amax(dim=1), signed.sum(dim=1)  # [G, T, F]
+    dim_max, token_max = magnitude.amax(dim=2), magnitude.amax(dim=3)  # [G, B, F], [G, B, T]
+    values, flat = magnitude.flatten(2).topk(min(SEQ_CELLS, magnitude[0, 0].numel()), dim=2)  # [G, B, K]
+    top_signed = signed.flatten(2).gather(2, flat)
+    median = None
+    if sites[0].with_median:
+        tokens = context.shared(("real tokens", acts.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
+        at = context.shared(("median at", acts.device, acts.shape[2:]),  # per width: sites differ in F
+                            lambda: sorted_median_at(tokens * acts.shape[-1], acts[0, 0].numel()))
+        median = lower_median(magnitude, padding, at)  # [G, B]
+    for g, site in enumerate(sites):
+        site.keep({"cell_max": cell_max[g], "total": total[g], "count": count, "dim_max": dim_max[g],
+                   "token_max": token_max[g], "cells": (values[g], flat[g], top_signed[g]), "signed": signed[g],
+                   "median": None if median is None else median[g]}, context)
+
+
+# float32 bytes of one held stack. Its statistics' peak is ~5x this (the stack, |a|, the sorted
+# values and their int64 indices for medians): what batching sites costs in memory.
+HOLD_BYTES = 16 * 2**20
+
+
+class HeldHidden:
+    """On a GPU: the hidden-like tensors of one forward call, copied into float32 stacks (one per
+    shape and median need), whose statistics are computed G sites at a time when a stack fills
+    and when the call ends. ~12 launches per G sites instead of per site: on an H100 a SmolLM2
+    pass was bound by launches (2,610 per pass), and topk and sort cost ~0.3 ms of cpu each."""
+
+    def __init__(self, context: HookContext):
+        self.context = context
+        self.stacks: dict[tuple, tuple[torch.Tensor, list[SiteStats]]] = {}
+
+    def hold(self, site: SiteStats, act: torch.Tensor) -> None:
+        key = (tuple(act.shape), site.with_median)
+        if key not in self.stacks:
+            rows = max(1, HOLD_BYTES // (act.numel() * 4))
+            self.stacks[key] = (torch.empty((rows, *act.shape), dtype=torch.float32, device=act.device), [])
+        stack, sites = self.stacks[key]
+        stack[len(sites)].copy_(act.detach())  # one launch; also the float32 conversion
+        sites.append(site)
+        if len(sites) == len(stack):
+            self.flush(key)
+
+    def flush(self, key: tuple) -> None:
+        stack, sites = self.stacks.pop(key)
+        hidden_stats(sites, stack[:len(sites)], self.context, owned=True)
+
+    def flush_all(self) -> None:
+        for key in list(self.stacks):
+            self.flush(key)
+
+
+def _held(context: HookContext) -> HeldHidden:
+    holder = HeldHidden(context)
+    context.at_end(holder.flush_all)
+    return holder
+
+
 SORT_CELLS = 2**27  # cells sorted at once by lower_median on a GPU (1.5 GiB with the int64 indices)
 
 
 def lower_median(magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor],
                  by_sort: bool | None = None) -> torch.Tensor:
     """Each sequence's lower median of its real cells (what torch.nanmedian returns; NaN where a
-    row has none): magnitude [B, T, F] >= 0 with padding cells at 0, padding [B, T, 1] bool, at
-    from sorted_median_at -> [B]. On a GPU nanmedian (and kthvalue) runs one thread block per row:
-    5.6 ms for one 2048x576 row on an H100, 35x a segmented sort, and 9.8x the whole plain forward
-    at 1x2048 once done at 30 blocks. So on a GPU: sort the rows, read the median where `at` says.
-    On the cpu nanmedian is the faster."""
-    if not (magnitude.is_cuda if by_sort is None else by_sort):
-        return magnitude.masked_fill(padding, float("nan")).flatten(1).nanmedian(dim=1).values
-    flat = magnitude.flatten(1)  # [B, N]
-    rows = max(1, SORT_CELLS // max(flat.shape[1], 1))
-    parts = [part.sort(dim=1).values for part in flat.split(rows)]
-    ordered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    row has none): magnitude [..., B, T, F] >= 0 with padding cells at 0, padding [B, T, 1] bool,
+    at from sorted_median_at -> [..., B]. On a GPU nanmedian (and kthvalue) runs one thread block
+    per row: 5.6 ms for one 2048x576 row on an H100, 35x a segmented sort, and 9.8x the whole
+    plain forward at 1x2048 once done at 30 blocks. So on a GPU: sort the rows, read the median
+    where `at` says. On the cpu nanmedian is the faster."""
+    if not (gpu_ways(magnitude) if by_sort is None else by_sort):
+        return magnitude.masked_fill(padding, float("nan")).flatten(-2).nanmedian(dim=-1).values
+    flat = magnitude.flatten(-2)  # [..., B, N]
+    rows = max(1, SORT_CELLS // max(flat.shape[-1], 1))
+    parts = [part.sort(dim=1).values for part in flat.reshape(-1, flat.shape[-1]).split(rows)]
+    ordered = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(flat.shape)
     index, empty = at
-    return ordered.gather(1, index[:, None]).squeeze(1).masked_fill(empty, float("nan"))
+    index = index.expand(flat.shape[:-1])[..., None]  # [..., B, 1]
+    return ordered.gather(-1, index).squeeze(-1).masked_fill(empty, float("nan"))
 
 
 def sorted_median_at(real: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +364,7 @@ def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[tor
     """cpu copies of many tensors. From a GPU they are packed: joined per device and dtype in groups
     of up to PACK_BYTES, each group one copy into pinned memory, one wait in all (a pass keeps ~10
     small tensors per site; one copy each was ~300 launches and pinned buffers per SmolLM2 pass)."""
-    if not (any(t.is_cuda for t in tensors) if packed is None else packed):
+    if not (any(gpu_ways(t) for t in tensors) if packed is None else packed):
         return [t.cpu() for t in tensors]
     copies: list[torch.Tensor | None] = [None] * len(tensors)
     for group in _pack_groups(tensors):

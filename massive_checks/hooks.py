@@ -91,6 +91,7 @@ class HookContext:
     vectors: Mapping[str, torch.Tensor] = field(default_factory=dict)
     prompt_length: torch.Tensor | None = None  # [B] real prompt tokens (steering: prompt vs generated)
     _shared: dict = field(default_factory=dict, repr=False, compare=False)  # per forward call, see shared()
+    _at_end: list | None = field(default=None, repr=False, compare=False)  # see at_end()
 
     def shared(self, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A value derived from this call's mask (e.g. the padding mask on a device), computed by
@@ -98,6 +99,16 @@ class HookContext:
         if key not in self._shared:
             self._shared[key] = compute()
         return self._shared[key]
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether at_end may be used: the call runs through Attachment.forward."""
+        return self._at_end is not None
+
+    def at_end(self, finish: Callable[[], None]) -> None:
+        """Run finish() once this forward call has returned (statistics held for a batched
+        computation). Only where `deferrable`."""
+        self._at_end.append(finish)
 
     def absolute_positions(self) -> torch.Tensor:
         """[B, T] each token's position among its sequence's real tokens (given, or from the mask)."""
@@ -135,11 +146,15 @@ class Attachment:
         """mask: the attention mask ([B, past + T] when decoding with a cache); token_mask [B, T]:
         which of this call's tokens are real (default: the mask itself)."""
         self._context = HookContext(mask if token_mask is None else token_mask, start, step, positions, self.vectors,
-                                    prompt_length)
+                                    prompt_length, _at_end=[])
         try:
-            return network(input_ids=input_ids, attention_mask=mask, **kwargs)
-        except StopForward:
-            return None  # stopped after the last block a capture reads: no later blocks, no logits
+            try:
+                output = network(input_ids=input_ids, attention_mask=mask, **kwargs)
+            except StopForward:
+                output = None  # stopped after the last block a capture reads: no later blocks, no logits
+            for finish in self._context._at_end:
+                finish()
+            return output
         finally:
             self._context = None
 

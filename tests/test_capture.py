@@ -320,11 +320,16 @@ def test_overflow_is_seen_in_real_cells_only(where, overflow):
     assert stats_.finish().overflow is overflow
 
 
+@pytest.mark.parametrize("gpu_ways", [False, True], ids=["per-site", "held"])
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
-def test_stop_early_runs_no_block_after_the_deepest_site(load_model, model):
+def test_stop_early_runs_no_block_after_the_deepest_site(load_model, monkeypatch, model, gpu_ways):
     """capture_stats(stop_early=True): a forward through `forward` runs blocks 0..deepest site's
     and returns None, with the same statistics as a full forward; a direct call still runs to the
-    end; no hook is left behind."""
+    end; no hook is left behind. Also with the GPU's held statistics forced: they are computed
+    after a stopped forward too, and a direct call (nothing runs at its end) computes them at once."""
+    from massive_checks import capture
+
+    monkeypatch.setattr(capture, "GPU_WAYS", gpu_ways)
     lm = load_model(model)
     ids, mask = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     sites = [hooks.site(0, "out"), hooks.site(1, "mlp.out")]
@@ -339,9 +344,9 @@ def test_stop_early_runs_no_block_after_the_deepest_site(load_model, model):
             assert early.forward(lm.model, ids, mask) is None
         assert ran == [0, 1] and lm.n_layers > 2
         ran.clear()
-        with torch.no_grad(), capture_stats(lm, sites, stop_early=True):
+        with torch.no_grad(), capture_stats(lm, sites, stop_early=True) as direct:
             assert lm.model(input_ids=ids).logits.shape[:2] == ids.shape
-        assert ran == list(range(lm.n_layers))
+        assert ran == list(range(lm.n_layers)) and direct[sites[0]].cell_max.shape == (4, lm.model.config.hidden_size)
     finally:
         for handle in counters:
             handle.remove()
@@ -349,3 +354,45 @@ def test_stop_early_runs_no_block_after_the_deepest_site(load_model, model):
     for site in sites:
         torch.testing.assert_close(early[site].cell_max, full[site].cell_max, rtol=0, atol=0)
         torch.testing.assert_close(early[site].median(), full[site].median(), rtol=0, atol=0)
+
+
+def _all_views(site):
+    """Every finished view of a hidden-like site, as one flat list of tensors."""
+    views = [site.dim_max(), site.token_max(), site.mean(), site.cell_max, site.count, *site.cells()]
+    return views + ([site.median()] if site.with_median else []) + [site.slice(d) for d in site.slice_dims]
+
+
+@pytest.mark.parametrize("hold_bytes", [2**30, 40 * 2**10], ids=["one-stack", "stacks-fill-mid-forward"])
+def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_bytes):
+    """The GPU's way, forced on the cpu: hidden-like tensors held per forward call and their
+    statistics computed G sites at a time (stacks of several widths and median needs, 3 uneven
+    chunks, an ablation edit before the captures) equal the per-site computation, bit for bit.
+    With a HOLD_BYTES of two [2, 20, 128] float32 tensors (mlp.act; four of width 64) the stacks
+    fill and are flushed in the middle of the forward."""
+    from massive_checks import capture
+    from massive_checks.capture import Needs
+    from massive_checks.interventions import Ablation
+
+    lm = load_model("tiny-llama")
+    data = DataConfig(samples=5, seq_len=20)
+    sites = {hooks.site(L, name) for L in range(lm.n_layers) for name in ("out", "attn.o_in", "mlp.act", "mlp.out")}
+    needs = Needs(sites=sites, medians={hooks.site(L, "out") for L in range(lm.n_layers)} | {"blocks.1.mlp.act"},
+                  slices={("blocks.0.out", 3), ("blocks.2.mlp.act", 7)})
+    intervention = (Ablation("dims", 1, units=(2,)),)
+
+    def run():
+        return ModelSession(lm, batch_size=2).run(data, intervention, needs).stats
+
+    want = run()
+    held = []
+    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    monkeypatch.setattr(capture, "HOLD_BYTES", hold_bytes)
+    monkeypatch.setattr(capture.HeldHidden, "flush", lambda self, key, flush=capture.HeldHidden.flush:
+                        held.append(len(self.stacks[key][1])) or flush(self, key))
+    got = run()
+    assert sum(held) == len(sites) * 3  # every site of every chunk went through a stack
+    stacks = 4  # per chunk: (width, median or not) of out, o_in and mlp.out, and of mlp.act
+    assert max(held) > 1 and (len(held) == 3 * stacks) == (hold_bytes > 2**20)  # batched; full stacks flushed early
+    for name in sorted(sites):
+        for a, b in zip(_all_views(want[name]), _all_views(got[name]), strict=True):
+            assert torch.equal(a, b), name
