@@ -171,12 +171,16 @@ class MassiveChecks:
     def __init__(self, config, suite: Suite):
         self.config, self.suite = config, suite
         self.deselected: dict[str, int] = {}
-        self.collected_specs: list[Spec] = []
+        self.collected_specs: dict[int, Spec] = {}  # id -> every collected spec, deselected ones too
+
+    def pytest_deselected(self, items):
+        """Specs deselected (-k, -m, or not for this model) exist: their snapshots are no orphans."""
+        self.collected_specs.update({id(i.spec): i.spec for i in items if isinstance(i, SpecItem)})
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items):
         selected, deselected = [], []
-        self.collected_specs = list({id(i.spec): i.spec for i in items if isinstance(i, SpecItem)}.values())
+        self.collected_specs.update({id(i.spec): i.spec for i in items if isinstance(i, SpecItem)})
         for item in items:
             if isinstance(item, SpecItem) and not item.spec.applies_to(item.model):
                 deselected.append(item)
@@ -237,7 +241,7 @@ class MassiveChecks:
             terminalreporter.section("massive_checks: figures that failed (verdicts unaffected)")
             for record in suite.figure_errors:
                 terminalreporter.line(f"{record['spec']} [{record['model']}]: {record['figure_error']}", red=True)
-        orphans = suite.golden_orphans(self.collected_specs) if self.collected_specs else []
+        orphans = suite.golden_orphans(list(self.collected_specs.values())) if self.collected_specs else []
         if orphans:
             terminalreporter.section("massive_checks: golden snapshots with no spec or model")
             for path in orphans:

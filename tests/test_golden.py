@@ -94,6 +94,12 @@ def test_orphans_are_named_and_selection_is_respected(suite):
     (suite.path / "specs" / "pinned.yaml").write_text(SPEC.replace("id: pinned", "id: renamed"))
     result = run(suite, UPDATE, "-k", "renamed")
     result.stdout.fnmatch_lines(["*golden snapshots with no spec or model*", "*golden/mymodel/pinned.json*"])
+    # A spec deselected by -k still exists: its snapshot (renamed.json) is no orphan; pinned.json is.
+    (suite.path / "specs" / "second.yaml").write_text(SPEC.replace("id: pinned", "id: second"))
+    selected = run(suite, UPDATE, "-k", "second")
+    selected.assert_outcomes(passed=1)
+    selected.stdout.fnmatch_lines(["*golden snapshots with no spec or model*", "*golden/mymodel/pinned.json*"])
+    assert (suite.path / "golden" / "mymodel" / "renamed.json").exists() and "renamed.json" not in selected.stdout.str()
     # A run that does not collect the spec's file says nothing about its snapshots.
     (suite.path / "other").mkdir()
     (suite.path / "other" / "specs").mkdir()
