@@ -159,7 +159,7 @@ class SiteStats:
         else:
             hidden_stats([self], act.detach()[None].float(), context)
 
-    def keep(self, stats: dict, context: HookContext) -> None:
+    def keep(self, stats: dict) -> None:
         """Keep one chunk's statistics of this site (hidden_stats' per-site views)."""
         self.cell_max = stats["cell_max"] if self.cell_max is None else _merge_max(self.cell_max, stats["cell_max"])
         self.total = stats["total"] if self.total is None else _merge_sum(self.total, stats["total"])
@@ -268,7 +268,7 @@ def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContex
     for g, site in enumerate(sites):
         site.keep({"cell_max": cell_max[g], "total": total[g], "count": count, "dim_max": dim_max[g],
                    "token_max": token_max[g], "cells": (values[g], flat[g], top_signed[g]), "signed": signed[g],
-                   "median": None if median is None else median[g]}, context)
+                   "median": None if median is None else median[g]})
 
 
 # float32 bytes of one held stack. Its statistics' peak is ~5x this (the stack, |a|, the sorted
