@@ -4,8 +4,9 @@ measures that read them through a model's passes are in measures/steering.py.
 
 Conventions (claims.md section F):
   mean_diff  mean(pos) - mean(neg) over the training examples, unnormalised
-  probe      weight direction of an L2-regularised logistic regression (scikit-learn, C = 1) on the
-             training examples, in the raw activation space, unnormalised
+  probe      weight direction of an L2-regularised logistic regression (scikit-learn's objective,
+             C = 1, solved exactly) on the training examples, in the raw activation space,
+             unnormalised
   pca        first principal component of the paired differences pos_i - neg_i (uncentred: centring
              would remove the mean difference itself), signed to point from neg to pos
   cleaned    the chosen dims set to 0, then renormalised to unit norm
@@ -20,6 +21,7 @@ import torch
 
 METHODS = ("mean_diff", "probe", "pca")
 PROBE_C = 1.0  # inverse L2 strength (scikit-learn's default), in the raw activation space
+PROBE_MAX_NEWTON_STEPS = 100  # ~20 suffice on the bundled models; more means non-finite or degenerate input
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,50 @@ def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 def probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     """x [N, D], y [N] (1 = pos) -> (weight [D], intercept): L2 logistic regression with C = 1 on
-    the raw activations. Solved on x / s (s: the mean norm, for conditioning) with C s^2, which is
-    the same problem: w = w' / s."""
-    from sklearn.linear_model import LogisticRegression
+    the raw activations (scikit-learn's objective, intercept not penalised), solved to its exact
+    optimum by Newton's method in float64.
 
-    scale = float(x.double().norm(dim=1).mean()) or 1.0
-    model = LogisticRegression(C=PROBE_C * scale ** 2, max_iter=10_000, tol=1e-8)
-    model.fit((x.double() / scale).numpy(), y.numpy())
-    return torch.tensor(model.coef_[0] / scale, dtype=torch.float32), float(model.intercept_[0])
+    Why not an iterative first-order solver: a massive dim (~1e5 against ~1 elsewhere) makes the
+    Hessian's condition number ~1e11, and lbfgs then stops wherever its tolerance is met along the
+    flat directions. On Gemma 3 270M its probe put 0.00083 of its energy in the massive dim where
+    the optimum puts 0.00052, and a 1e-6 perturbation of the inputs moved it to 0.00054: the
+    probe's numbers were the solver's noise. The regulariser keeps the Hessian's smallest
+    eigenvalue >= 1, so the optimum itself is stable, and Newton reaches it in ~20 steps."""
+    theta = logistic_optimum(x, y)
+    return theta[:-1].float(), float(theta[-1])
+
+
+def logistic_optimum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The probe's optimum in float64: [D+1] = (weight [D], intercept)."""
+    features = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)  # [N, D+1]
+    sign = y.double() * 2 - 1  # [N] in {-1, +1}
+    penalised = torch.ones(features.shape[1], dtype=torch.float64)
+    penalised[-1] = 0.0  # the intercept
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        margins = sign * (features @ theta)
+        return 0.5 * (penalised * theta * theta).sum() + PROBE_C * torch.nn.functional.softplus(-margins).sum()
+
+    theta = torch.zeros(features.shape[1], dtype=torch.float64)
+    for _ in range(PROBE_MAX_NEWTON_STEPS):
+        wrong = torch.sigmoid(-sign * (features @ theta))  # [N] probability of the wrong label
+        gradient = penalised * theta - PROBE_C * features.T @ (sign * wrong)
+        hessian = torch.diag(penalised) + PROBE_C * (features.T * (wrong * (1 - wrong))) @ features
+        step = torch.linalg.solve(hessian, gradient)
+        decrement = float(gradient @ step)  # Newton decrement squared: 2x the predicted decrease
+        if decrement <= 1e-10 * max(1.0, abs(float(objective(theta)))):
+            return theta - step  # in Newton's quadratic region: one more full step squares the error
+        theta = theta - _armijo(objective, theta, step, decrement) * step
+    raise ArithmeticError(f"the probe's logistic regression did not converge in {PROBE_MAX_NEWTON_STEPS} "
+                          f"Newton steps (Newton decrement {decrement:.3g}); are the activations finite?")
+
+
+def _armijo(objective, theta: torch.Tensor, step: torch.Tensor, decrement: float) -> float:
+    """Backtracking line search: the largest 2^-k whose decrease is at least a quarter of predicted."""
+    start, size = float(objective(theta)), 1.0
+    while size > 1e-12 and float(objective(theta - size * step)) > start - 0.25 * size * decrement:
+        size /= 2
+    return size
 
 
 def pca(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
