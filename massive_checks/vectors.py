@@ -108,17 +108,19 @@ def logistic_optimum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         hessian = torch.diag(penalised) + PROBE_C * (features.T * (wrong * (1 - wrong))) @ features
         step = torch.linalg.solve(hessian, gradient)
         decrement = float(gradient @ step)  # Newton decrement squared: 2x the predicted decrease
-        if decrement <= 1e-10 * max(1.0, abs(float(objective(theta)))):
+        value = float(objective(theta))
+        if decrement <= 1e-10 * max(1.0, abs(value)):
             return theta - step  # in Newton's quadratic region: one more full step squares the error
-        theta = theta - _armijo(objective, theta, step, decrement) * step
+        theta = theta - _armijo(objective, theta, value, step, decrement) * step
     raise ArithmeticError(f"the probe's logistic regression did not converge in {PROBE_MAX_NEWTON_STEPS} "
                           f"Newton steps (Newton decrement {decrement:.3g}); are the activations finite?")
 
 
-def _armijo(objective, theta: torch.Tensor, step: torch.Tensor, decrement: float) -> float:
-    """Backtracking line search: the largest 2^-k whose decrease is at least a quarter of predicted."""
-    start, size = float(objective(theta)), 1.0
-    while size > 1e-12 and float(objective(theta - size * step)) > start - 0.25 * size * decrement:
+def _armijo(objective, theta: torch.Tensor, value: float, step: torch.Tensor, decrement: float) -> float:
+    """Backtracking line search from theta (where the objective is `value`): the largest 2^-k
+    whose decrease is at least a quarter of the predicted one."""
+    size = 1.0
+    while size > 1e-12 and float(objective(theta - size * step)) > value - 0.25 * size * decrement:
         size /= 2
     return size
 
