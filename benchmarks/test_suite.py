@@ -134,3 +134,45 @@ def test_suite_with_figures_in_worker_processes(benchmark, setup, lm, tmp_path, 
     record(f"spec suite, figures in {workers} worker process{'es' * (workers > 1)} vs inline "
            f"({times[workers]:.1f} s vs {times[0]:.1f} s)", times[workers] / times[0])
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+class Stopwatch:
+    """Time spent inside wrapped functions, outermost calls only (they call each other)."""
+
+    def __init__(self):
+        self.seconds, self._depth = 0.0, 0
+
+    def wrap(self, fn):
+        watch = self
+
+        def timed(*args, **kwargs):
+            watch._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                watch._depth -= 1
+                if not watch._depth:
+                    watch.seconds += time.perf_counter() - start
+        return timed
+
+
+def test_interval_share_of_the_suite(benchmark, setup, lm, tmp_path, monkeypatch):
+    """The bootstrap's share of the whole suite (steering specs included): every function that
+    draws resamples, computes replicates or intervals, or judges them, timed in place."""
+    from massive_checks import evaluate, intervals, vectors
+    from massive_checks.measures import heads, sweeps
+
+    watch = Stopwatch()
+    targets = [(intervals.Bootstrap, n) for n in ("weights", "mean", "total", "ratio_of_totals", "minimum")]
+    targets += [(intervals, "combine"), (intervals.Estimate, "interval"), (evaluate, "judge"), (sweeps.SweepOutcome, "resampled"),
+                (heads.HeadRank, "compute")]
+    targets += [(vectors, n) for n in ("mean_diff_replicates", "probe_replicates", "clean_rows", "cosine_rows", "energy_share_rows")]
+    for owner, name in targets:
+        monkeypatch.setattr(owner, name, watch.wrap(getattr(owner, name)))
+    every = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name != "_defaults.yaml"]
+    monkeypatch.setattr(f"{__name__}.SPEC_FILES", every)
+    suite_time, n_specs, _ = _run_suite(setup, tmp_path, PassLog(), monkeypatch)
+    record(f"intervals' share of the spec suite ({n_specs} specs with steering; {watch.seconds:.2f} s of "
+           f"{suite_time:.1f} s)", watch.seconds / suite_time, "target <= 0.05")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)

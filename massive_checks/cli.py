@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from . import interventions, models
+from . import interventions, intervals, models
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError
 from .measures.heads import head_score_table
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
     check.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS, help="spread models over all GPUs")
     check.add_argument("--report-dir", default="reports")
+    check.add_argument("--confidence", type=float, default=intervals.CONFIDENCE, help="confidence level of every interval")
+    check.add_argument("--resamples", type=int, default=intervals.RESAMPLES, help="bootstrap resamples per set of units")
     check.add_argument("--figure-workers", type=int, default=None,
                        help="processes drawing figures while passes run (default: 0 on the cpu, up to 4 beside a GPU)")
     schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
@@ -244,7 +246,8 @@ def cmd_check(args) -> int:
     files = [f for p in map(Path, args.paths) for f in (sorted(p.rglob("*.y*ml")) if p.is_dir() else [p])
              if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE]
     suite = Suite(Options(models=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
-                          report_dir=args.report_dir, figure_workers=args.figure_workers))
+                          report_dir=args.report_dir, figure_workers=args.figure_workers, confidence=args.confidence,
+                          resamples=args.resamples))
     pairs = [(spec, model) for f in files for spec in load_file(f) for model in args.model if spec.applies_to(model)]
     for spec, model in pairs:
         suite.plan(spec, model)
@@ -256,12 +259,12 @@ def cmd_check(args) -> int:
             print(f"ERROR  {spec.id} [{model}]: {exc}")
             false_claims += 1
             continue
-        expected_false = spec.xfail_for(model) is not None
-        ok = result.verdict.passed != expected_false and not result.golden_failed
-        label = {(True, False): "PASS", (False, True): "XFAIL"}.get((result.verdict.passed, expected_false), "FAIL")
-        print(f"{label:5}  {spec.id} [{model}]")
-        if not ok and not result.verdict.passed:
-            print(failure_text(result.observation, result.verdict))
+        verdict = result.verdict
+        ok = verdict.as_expected and not result.golden_failed
+        label = ("PASS" if verdict.passed else "XFAIL" if verdict.xfail_reason else "UNDECIDED") if ok else "FAIL"
+        print(f"{label:9}  {spec.id} [{model}]  ({verdict.outcome})")
+        if not verdict.as_expected:
+            print(failure_text(result.observation, verdict))
         false_claims += not ok
     suite.finish()
     for record in suite.figure_errors:

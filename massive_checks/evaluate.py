@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 
-from . import contrast, interventions
+import numpy as np
+
+from . import contrast, interventions, intervals
 from .capture import Needs
 from .errors import SpecError
 from .interventions import BASELINE
+from .intervals import CONTRADICTED, HOLDS, Estimate
 from .measures.profile import profile_of
 from .records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
 from .session import ConfigView, ModelSession
 from .spec import Check, Quantity, Spec
-from .stats import relative_change
 
 
 def plan_key(requests: list) -> tuple:
@@ -65,17 +67,22 @@ class Evaluator:
 
     def evaluate(self) -> Result:
         observation = self.observe()
-        return Result(observation, judge(self.spec, observation, self.spec.xfail_for(self.lm.name)))
+        return Result(observation, judge(self.spec, observation, self.spec.xfail_for(self.lm.name),
+                                         self.session.bootstrap.confidence, self.spec.inconclusive_for(self.lm.name)))
 
     def observe(self) -> Observation:
         self.validate_against_model()
         checks = [self.observe_check(c) for c in self.spec.checks]
         configs = {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs())}
         spec, batch = self.spec, self.session.batch(self.data)
+        bootstrap = self.session.bootstrap
         setup = {**self.lm.describe(), "data": {"dataset": self.data.dataset, "samples": self.data.samples,
-                                                 "seq_len": self.data.seq_len, "ids_hash": batch.ids_hash}}
+                                                 "seq_len": self.data.seq_len, "ids_hash": batch.ids_hash},
+                 "intervals": {"method": "percentile bootstrap", "resamples": bootstrap.resamples,
+                               "confidence": bootstrap.confidence, "seed": bootstrap.seed}}
         return Observation(spec.id, spec.claim, self.lm.name, spec.path, spec.line, spec.source, spec.notes, configs, checks,
-                           self.profiles(), setup, any(q.between_configs for q in spec.quantities()), self.figure())
+                           self.profiles(), setup, any(q.between_configs for q in spec.quantities()), self.figure(),
+                           self.session.bootstrap.confidence, spec.claims)
 
     def validate_against_model(self) -> None:
         """Reject what the model does not have, before any pass: layers past its depth, dims past
@@ -133,20 +140,23 @@ class Evaluator:
             return self._apply(q.steps, self._raw(q, q.config))
         at = q.steps.index(between)
         before, after = (self._apply(q.steps[:at], self._raw(q, config)) for config in between.value)
-        diff = relative_change if between.kind == "change" else (lambda a, b: b - a)
+        diff = intervals.relative_change if between.kind == "change" else intervals.difference
         changed = {k: diff(before[k], after[k]) for k in before} if isinstance(before, dict) else diff(before, after)
         return self._apply(q.steps[at + 1:], changed)
 
     def _raw(self, q: Quantity, config: str):
         try:
-            return q.measure.compute(self.view(config), layers_of(q, self.lm.n_layers))
+            value = q.measure.compute(self.view(config), layers_of(q, self.lm.n_layers))
         except ValueError as exc:  # what a model lacks, found only while measuring
             raise SpecError(self.spec.path, self.spec.line, q.measure.name, str(exc)) from None
+        if not q.measure.numeric:
+            return value
+        return {k: as_estimate(v, q.measure) for k, v in value.items()} if isinstance(value, dict) else as_estimate(value, q.measure)
 
     @staticmethod
     def _apply(steps, value):
         for step in steps:  # only over_layers remain here (validated at collection)
-            value = over_layers(step.value, list(value.values()))
+            value = intervals.reduce(step.value, list(value.values()))
         return value
 
     def observe_check(self, check: Check) -> ObservedCheck:
@@ -163,8 +173,22 @@ class Evaluator:
         return ObservedCheck(check.key(), check.line, description, compared, {"a": rows, "b": others})
 
 
-def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None) -> Verdict:
-    """Each check's bound applied to each of its observed rows; a check with no rows fails."""
+def as_estimate(value, measure) -> Estimate:
+    """A numeric measure's value as an Estimate: measures return Estimates, or plain numbers
+    exactly when they say why they have no interval (Measure.no_interval)."""
+    if isinstance(value, Estimate):
+        return value
+    if not measure.no_interval():
+        raise TypeError(f"measure {measure.name!r} returned a plain number without saying why it has no interval: "
+                        f"return an intervals.Estimate (e.g. view.mean(per_sequence)) or set its `fixed` reason")
+    return Estimate(math.nan if value is None else float(value), None, None, measure.no_interval())
+
+
+def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None,
+          confidence: float = intervals.CONFIDENCE, inconclusive_reason: str | None = None) -> Verdict:
+    """Each check's bound applied to each of its observed rows: holds, contradicted or
+    inconclusive (intervals.decide on its interval; an exact value or a set is decided as it
+    is). A check with no rows is inconclusive."""
     verdicts = []
     for check, observed in zip(spec.checks, observation.checks):
         expected = check.bound.text()
@@ -173,27 +197,59 @@ def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None)
             text = expected
             if observed.sides is not None:
                 a, b = observed.sides["a"][key], observed.sides["b"][key]
-                text = f"{check.by} {expected} (a = {format_value(a)}, b = {format_value(b)})"
-            rows.append(Row(key, text, value, check.bound.holds(value)))
+                text = f"{check.by} {expected} (a = {format_value(a, confidence)}, b = {format_value(b, confidence)})"
+                if reads_named_runs(check) and same_numbers(a, b):  # two names that build the same vector here
+                    rows.append(Row(key, text, value, False, intervals.INCONCLUSIVE, value.interval(confidence),
+                                    "its two sides are identical on this model: the comparison says nothing"))
+                    continue
+            rows.append(judge_row(check.bound, key, text, value, confidence))
         if not rows:  # an empty layer range must not pass a check with nothing in it
-            rows = [Row("no layers", expected, None, False)]
+            rows = [Row("no layers", expected, None, False, intervals.INCONCLUSIVE)]
         verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows))
-    return Verdict(verdicts, xfail_reason)
+    return Verdict(verdicts, xfail_reason, inconclusive_reason)
 
 
-def compare(by: str, a, b) -> float:
-    """|a| / |b| (by ratio) or a - b (by difference); nan when either is not a finite number."""
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b)):
-        return math.nan
-    if by == "difference":
-        return float(a - b)
-    return abs(a) / abs(b) if b else (math.inf if a else math.nan)
+def reads_named_runs(check: Check) -> bool:
+    """A compare of named vectors or steering runs (which two definitions can make the same on a
+    model; equal values of two sites are a finding, not a coincidence of names)."""
+    return any(q.measure.vector_refs() or q.measure.steering_refs() for q in (check.quantity, check.versus))
 
 
-def over_layers(how: str, values: list[float]) -> float:
-    absolute = [abs(v) for v in values]
-    return {"mean": lambda: sum(values) / len(values), "max": lambda: max(values), "min": lambda: min(values),
-            "mean_abs": lambda: sum(absolute) / len(values), "max_abs": lambda: max(absolute)}[how]()
+def same_numbers(a: Estimate, b: Estimate) -> bool:
+    """Both sides of a compare are the same number in every resample (e.g. two cleanings that
+    zero the same dims on this model): a difference of 0 or a ratio of 1 by construction."""
+    if a.value != b.value or a.replicates is None or b.replicates is None:
+        return False
+    return a.units == b.units and bool(np.array_equal(a.replicates, b.replicates, equal_nan=True))
+
+
+def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
+    if not isinstance(value, Estimate):  # a set or a label: exact
+        verdict = HOLDS if bound.holds(value) else CONTRADICTED
+        return Row(key, expected, value, verdict == HOLDS, verdict)
+    interval = value.interval(confidence)
+    low, high = interval if interval is not None else (value.value, value.value)
+    verdict = intervals.decide(bound, low, high)
+    note = value.reason if interval is None else ""
+    if verdict == intervals.INCONCLUSIVE and interval is not None:
+        share = value.undefined_share()
+        if math.isnan(value.value):
+            note = "undefined on these units"
+        elif not all(map(math.isfinite, interval)) and share:
+            note = f"undefined in {share:.1%} of resamples (more than a tail's share)"
+        else:
+            needed = intervals.units_to_decide(bound, value.value, interval, value.units.n)
+            note = (f"about {needed:.0f} {value.units.kind} would decide it (now {value.units.n})" if math.isfinite(needed)
+                    else "the estimate sits on the bound: no number of units decides it")
+    return Row(key, expected, value, verdict == HOLDS, verdict, interval, note)
+
+
+def compare(by: str, a, b) -> Estimate:
+    """|a| / |b| (by ratio) or a - b (by difference), resampled together (paired when a and b
+    share units); nan when either value is not a finite number."""
+    if not all(math.isfinite(intervals.value_of(v)) for v in (a, b)):
+        return Estimate(math.nan, None, None, "a side is not a finite number")
+    return intervals.difference(b, a) if by == "difference" else intervals.ratio(a, b)
 
 
 def _row_key(k) -> str:

@@ -203,7 +203,7 @@ def render(observation, verdict, path: Path) -> Path:
     else:
         fig, (ax,) = new_figure(1)
         plot_profile(ax, profiles["baseline"])
-    state = "PASS" if verdict.passed else "FAIL"
+    state = verdict.outcome.upper()  # HOLDS / CONTRADICTED / INCONCLUSIVE
     return save(fig, path, f"{observation.model} - {observation.spec_id} [{state}]\n{observation.claim}")
 
 

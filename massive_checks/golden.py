@@ -20,7 +20,7 @@ from .files import atomic_write, jsonable
 from .records import format_value
 
 FORMAT = 1
-IDENTITY = ("model", "revision", "dtype", "data")  # differences here make values incomparable
+IDENTITY = ("model", "revision", "dtype", "data", "intervals")  # differences here make values incomparable
 
 
 @dataclass(frozen=True)

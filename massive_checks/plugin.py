@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from . import golden, models, report
+from . import golden, intervals, models, report
 from .errors import MassiveChecksError, SpecError
 from .files import jsonable
 from .spec import DEFAULTS_FILE, Spec, load_file
@@ -42,6 +43,22 @@ def pytest_addoption(parser):
     group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
     group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
                     help="rewrite missing and failing golden snapshots; =new: write missing ones only")
+    group.addoption("--confidence", type=_share, default=intervals.CONFIDENCE, metavar="LEVEL",
+                    help=f"confidence level of every interval (default {intervals.CONFIDENCE}): a check holds when its "
+                         f"whole interval satisfies its bound")
+    group.addoption("--resamples", type=_count_or_auto(100, "a number >= 100"), default=intervals.RESAMPLES, metavar="N",
+                    help=f"bootstrap resamples per set of sampling units (default {intervals.RESAMPLES})")
+
+
+def _share(text: str) -> float:
+    """--confidence: a level strictly between 0.5 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.5 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a level between 0.5 and 1, e.g. 0.95")
+    return value
 
 
 def _count_or_auto(least: int, wanted: str):
@@ -63,7 +80,8 @@ def pytest_configure(config):
         batch_size=option("batch_size"),
         dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
         report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
-        figure_workers=option("figure_workers")))
+        figure_workers=option("figure_workers"), confidence=option("confidence"),
+        resamples=option("resamples") or intervals.RESAMPLES))
     plugin = MassiveChecks(config, suite)
     config.pluginmanager.register(plugin, "massive_checks_state")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
@@ -85,6 +103,25 @@ def _plugin(config) -> "MassiveChecks":
 
 
 class SpecFailed(Exception):
+    """The spec's verdict is not `holds` (for an expected outcome: it is the expected one)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+class UnexpectedOutcome(SpecFailed):
+    """An expected failure that is not contradicted, or an expected-inconclusive claim that is
+    now decided: a real failure even under the xfail mark (which only catches ExpectedOutcome)."""
+
+
+class ExpectedOutcome(Exception):
+    """The outcome the spec declares (contradicted for xfail, inconclusive): pytest's xfail."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+class GoldenMismatch(Exception):
     def __init__(self, text: str):
         self.text = text
 
@@ -97,8 +134,12 @@ class SpecFile(pytest.File):
                 item.add_marker(pytest.mark.massive_spec)
                 item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup (see XdistHooks): one worker per model
                 reason = spec.xfail_for(model)
-                if reason:  # a known-false claim must fail; passing is reported as XPASS(strict)
-                    item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=SpecFailed))
+                undecided = spec.inconclusive_for(model)
+                if reason:  # a known-false claim must be contradicted; passing is reported as XPASS(strict)
+                    item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=ExpectedOutcome))
+                elif undecided:
+                    item.add_marker(pytest.mark.xfail(reason=f"inconclusive as expected: {undecided}", strict=True,
+                                                      raises=ExpectedOutcome))
                 yield item
 
     def repr_failure(self, excinfo):
@@ -117,15 +158,21 @@ class SpecItem(pytest.Item):
         suite = _plugin(self.config).suite
         result = suite.run(self.spec, self.model)
         self.record = result.record
-        if not result.verdict.passed:
-            raise SpecFailed(report.failure_text(result.observation, result.verdict))
-        if result.golden_failed:
+        verdict = result.verdict
+        expected = verdict.xfail_reason or verdict.inconclusive_reason
+        if verdict.as_expected and result.golden_failed:  # the numbers its claim or reason rests on moved
             lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
-            raise SpecFailed("\n".join([f"claim holds on {self.model}, but its golden snapshot does not match: "
-                                        f"{self.spec.id}", *lines]))
+            raise GoldenMismatch("\n".join([f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, "
+                                            f"but its golden snapshot does not match:", *lines]))
+        if expected and verdict.as_expected:
+            raise ExpectedOutcome(report.failure_text(result.observation, verdict))
+        if expected and not (verdict.xfail_reason and verdict.passed):  # (a known-false claim that holds: XPASS)
+            raise UnexpectedOutcome(report.failure_text(result.observation, verdict))
+        if not expected and not verdict.passed:
+            raise SpecFailed(report.failure_text(result.observation, verdict))
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, SpecFailed):
+        if isinstance(excinfo.value, (SpecFailed, GoldenMismatch, ExpectedOutcome)):
             return excinfo.value.text
         if isinstance(excinfo.value, MassiveChecksError):
             return str(excinfo.value)
@@ -282,7 +329,11 @@ def model_of_nodeid(nodeid: str) -> str | None:
 
 
 def _status(test_report) -> str:
+    """passed, failed, xfailed (contradicted as expected), undecided (inconclusive as expected),
+    xpassed (a known-false claim holds)."""
     if hasattr(test_report, "wasxfail"):
-        return "xfailed" if test_report.skipped else "xpassed"
+        if not test_report.skipped:
+            return "xpassed"
+        return "undecided" if test_report.wasxfail.startswith("inconclusive as expected") else "xfailed"
     return test_report.outcome
 

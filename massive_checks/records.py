@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet, worst
+
 STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
     "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
              "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
@@ -39,22 +41,43 @@ class Observation:
     setup: dict = field(default_factory=dict)  # model description, dtype, device, versions, data (goldens' meta)
     changes: bool = False  # some check compares configurations
     figure: dict = field(default_factory=dict)  # panel name -> arrays, for figures only (not serialized)
+    confidence: float = CONFIDENCE  # of the intervals
+    claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
 
     def values(self) -> dict:
-        """Flat {key: value} of everything observed: what a golden snapshot stores."""
-        flat = {f"check: {check.key} | {row}": value for check in self.checks for row, value in check.values.items()}
+        """Flat {key: value} of everything observed: what a golden snapshot stores. A value with
+        an interval adds its ends (`| low`, `| high`); a set over units, each element's share."""
+        flat = {}
+        for check in self.checks:
+            for row, value in check.values.items():
+                flat.update(flat_value(f"check: {check.key} | {row}", value, self.confidence))
         for config, by_name in self.profiles.items():
             for name, per_layer in by_name.items():
                 flat.update({f"{config} {name} (paper statistic) | layer {L}": v for L, v in enumerate(per_layer)})
         return flat
 
 
+def flat_value(key: str, value, confidence: float) -> dict:
+    if isinstance(value, Estimate):
+        flat = {key: value.value}
+        interval = value.interval(confidence)
+        if interval is not None:
+            flat.update({f"{key} | low": interval[0], f"{key} | high": interval[1]})
+        return flat
+    if isinstance(value, SharedSet):
+        return {key: value, **{f"{key} | share of {element}": share for element, share in value.shares.items()}}
+    return {key: value}
+
+
 @dataclass
 class Row:
     key: str  # "layer 5", "L5H1", "value"
     expected: str
-    observed: object
-    ok: bool
+    observed: object  # an intervals.Estimate (numbers), a set or a label
+    ok: bool  # the bound holds
+    verdict: str = ""  # holds | contradicted | inconclusive
+    interval: tuple[float, float] | None = None  # None: an exact value (or a set)
+    note: str = ""  # why there is no interval, or how many units would decide an inconclusive row
 
 
 @dataclass
@@ -65,26 +88,50 @@ class CheckVerdict:
     rows: list[Row]
 
     @property
+    def verdict(self) -> str:
+        return worst(row.verdict for row in self.rows)
+
+    @property
     def ok(self) -> bool:
-        return bool(self.rows) and all(row.ok for row in self.rows)
+        return self.verdict == HOLDS
 
 
 @dataclass
 class Verdict:
     checks: list[CheckVerdict]
-    xfail_reason: str | None = None  # the claim is known false on this model
+    xfail_reason: str | None = None  # the claim is known false on this model: it must be contradicted
+    inconclusive_reason: str | None = None  # the claim cannot be decided on this model at this size
+
+    @property
+    def outcome(self) -> str:
+        """holds (every check holds), contradicted (some check is), or inconclusive."""
+        return worst(c.verdict for c in self.checks)
 
     @property
     def passed(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return self.outcome == HOLDS
+
+    @property
+    def as_expected(self) -> bool:
+        """The outcome the spec declares for this model: holds, contradicted (xfail) or
+        inconclusive (its `inconclusive:` key)."""
+        expected = CONTRADICTED if self.xfail_reason else INCONCLUSIVE if self.inconclusive_reason else HOLDS
+        return self.outcome == expected
 
 
-def format_value(value) -> str:
-    """How observed values print in tables: 6 significant digits, sets sorted, None as '-'."""
+def format_value(value, confidence: float = CONFIDENCE) -> str:
+    """How observed values print in tables: 6 significant digits (with the interval), sets sorted
+    (with each element's share of units), None as '-'."""
     if value is None:
         return "-"
+    if isinstance(value, Estimate):
+        interval = value.interval(confidence)
+        text = format_value(value.value)
+        return text if interval is None else f"{text} [{format_value(interval[0])}, {format_value(interval[1])}]"
+    if isinstance(value, SharedSet):
+        return "{" + ", ".join(f"{e} ({share:.0%})" for e, share in value.shares.items()) + "}"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.6g}"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.6g}"
     if isinstance(value, (set, frozenset, tuple)):
         return "{" + ", ".join(map(str, sorted(value))) + "}" if not isinstance(value, tuple) else str(list(value))
     return str(value)

@@ -4,41 +4,76 @@ the failure table, results.json, claims tables, the HTML page."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 from .files import atomic_write, jsonable
 from .interventions import ranges
-from .records import STATISTIC_TEXT, CheckVerdict, Observation, Verdict, format_value
+from .intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
+from .records import STATISTIC_TEXT, CheckVerdict, Observation, Row, Verdict, format_value
 
 
-def check_table(check: CheckVerdict, only_failures: bool = False) -> list[str]:
+def check_table(check: CheckVerdict, confidence: float = CONFIDENCE, only_failures: bool = False) -> list[str]:
     rows = [r for r in check.rows if not (only_failures and r.ok)]
-    cells = [("", "where", "expected", "observed")] + [("ok" if r.ok else "FAIL", r.key, r.expected, format_value(r.observed)) for r in rows]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(4)]
+    cells = [("", "where", "expected", f"observed [{confidence:.0%} interval]", "")] + [
+        (r.verdict, r.key, r.expected, format_value(r.observed, confidence), r.note) for r in rows]
+    widths = [max(len(str(row[i])) for row in cells) for i in range(5)]
     return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
 
 
+HEADLINES = {
+    "contradicted": "claim contradicted on {model} (an interval lies wholly outside its bound)",
+    "inconclusive": "claim inconclusive on {model}: an interval straddles its bound, so this data cannot decide it",
+    "holds": "claim holds on {model}",
+}
+
+
 def failure_text(observation: Observation, verdict: Verdict) -> str:
-    lines = [f"claim not supported on {observation.model}: {observation.claim}",
-             f"spec {observation.spec_id} ({observation.path}:{observation.line})"]
+    outcome = verdict.outcome
+    lines = [HEADLINES[outcome].format(model=observation.model) + f": {observation.claim}"]
+    if verdict.xfail_reason and outcome != CONTRADICTED:
+        lines.append(f"expected failure not confirmed: the spec says it is contradicted ({verdict.xfail_reason})")
+    if verdict.inconclusive_reason and outcome != INCONCLUSIVE:
+        lines.append(f"the spec says this is inconclusive ({verdict.inconclusive_reason}); it is now decided: "
+                     f"{outcome} - update its `inconclusive:` key")
+    lines.append(f"spec {observation.spec_id} ({observation.path}:{observation.line})")
     for name, description in observation.configs.items():
         if name != "baseline":
             lines.append(f"  configuration {name}: {description}")
     for check in verdict.checks:
         if not check.ok:
-            failed = sum(not r.ok for r in check.rows)
-            lines.append(f"check at line {check.line}: {check.description}  ({failed}/{len(check.rows)} rows fail)")
-            lines.extend(check_table(check))
+            counts = {v: sum(r.verdict == v for r in check.rows) for v in (CONTRADICTED, INCONCLUSIVE)}
+            tally = ", ".join(f"{n}/{len(check.rows)} rows {v}" for v, n in counts.items() if n)
+            lines.append(f"check at line {check.line}: {check.description}  ({check.verdict}: {tally})")
+            lines.extend(check_table(check, observation.confidence))
     return "\n".join(lines)
+
+
+def _row_record(row: Row) -> dict:
+    value = row.observed
+    record = {"where": row.key, "expected": row.expected, "ok": row.ok, "verdict": row.verdict}
+    if isinstance(value, Estimate):
+        record["observed"] = jsonable(value.value)
+        record["interval"] = [jsonable(x) for x in row.interval] if row.interval else None
+        record["units"] = value.units.text() if value.units else None
+    else:
+        record["observed"] = jsonable(value)
+    if isinstance(value, SharedSet):
+        record["shares"] = {str(k): v for k, v in value.shares.items()}
+        record["units"] = value.units.text() if value.units else None
+    if row.note:
+        record["note"] = row.note
+    return record
 
 
 def outcome_record(observation: Observation, verdict: Verdict) -> dict:
     """The entry of one spec on one model in results.json."""
     return {
         **_header(observation, verdict), "status": "passed" if verdict.passed else "failed", "configs": observation.configs,
-        "checks": [{"key": c.key, "description": c.description, "line": c.line, "ok": c.ok,
-                    "rows": [{"where": r.key, "expected": r.expected, "observed": jsonable(r.observed), "ok": r.ok}
-                             for r in c.rows]} for c in verdict.checks],
+        "verdict": verdict.outcome, "confidence": observation.confidence,
+        "checks": [{"key": c.key, "description": c.description, "line": c.line, "ok": c.ok, "verdict": c.verdict,
+                    "rows": [_row_record(r) for r in c.rows]} for c in verdict.checks],
         "observed": observation.profiles, "observed_statistic": "paper",
         **({"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
            if "steering" in observation.figure else {}),
@@ -51,8 +86,11 @@ def error_record(observation: Observation, verdict: Verdict, error: Exception) -
 
 
 def _header(observation: Observation, verdict: Verdict) -> dict:
+    expected = CONTRADICTED if verdict.xfail_reason else INCONCLUSIVE if verdict.inconclusive_reason else HOLDS
     return {"spec": observation.spec_id, "model": observation.model, "claim": observation.claim, "source": observation.source,
-            "path": observation.path, "line": observation.line, "xfail_reason": verdict.xfail_reason, "notes": observation.notes}
+            "path": observation.path, "line": observation.line, "xfail_reason": verdict.xfail_reason,
+            "inconclusive_reason": verdict.inconclusive_reason, "expected": expected, "claims": list(observation.claims),
+            "notes": observation.notes}
 
 
 def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
@@ -66,14 +104,29 @@ def write_results(directory: Path, results: list[dict], models: dict, unavailabl
 
 
 def verdict(record: dict) -> str:
-    return {"passed": "holds", "failed": "does not hold", "error": "not evaluated (error)", "xfailed": "fails as expected (known false)",
-            "xpassed": "unexpectedly holds (known-false claim passed)"}.get(record.get("status", ""), record.get("status", "?"))
+    """The outcome in words: the verdict, and whether it is the one the spec expects."""
+    status = record.get("status", "")
+    if status == "error":
+        return "not evaluated (error)"
+    outcome = record.get("verdict", "")
+    expected = record.get("expected", HOLDS)
+    if status == "xfailed":
+        return "contradicted, as expected (known false)"
+    if status == "undecided":
+        return "inconclusive, as expected (undecidable at this size)"
+    if status == "xpassed":
+        return "holds (a known-false claim passed)"
+    if expected == CONTRADICTED and outcome != CONTRADICTED:
+        return f"{outcome}: expected failure not confirmed"
+    if expected == INCONCLUSIVE and outcome != INCONCLUSIVE:
+        return f"{outcome}: now decided (expected inconclusive)"
+    return outcome or {"passed": "holds", "failed": "does not hold"}.get(status, status or "?")
 
 
 def summary_value(record: dict) -> str:
-    """What a claims table shows for one spec on one model, written for a paper: its first failing
-    check (else its first), as a value or a min..max over its layers, percent for relative
-    changes, sets as {507}."""
+    """What a claims table shows for one spec on one model, written for a paper: its first check
+    that does not hold (else its first), as a value with its interval (or a min..max over its
+    layers), percent for relative changes, sets as {507}."""
     if record.get("error"):
         return record["error"].split(";")[0]
     checks = record["checks"]
@@ -81,18 +134,30 @@ def summary_value(record: dict) -> str:
     if check is None or not check["rows"]:
         return "-"
     percent = ", then relative change " in check["description"] and not check["description"].startswith(("ratio of", "difference of"))
-    values = [r["observed"] for r in check["rows"]]
-    layers = [int(r["where"].split()[1]) for r in check["rows"] if r["where"].startswith("layer ")]
+    rows = check["rows"]
+    layers = [int(r["where"].split()[1]) for r in rows if r["where"].startswith("layer ")]
+    values = [r["observed"] for r in rows]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if layers and len(layers) == len(values) > 1 and len(numbers) == len(values):
-        low, high = min(numbers), max(numbers)
-        shown = _paper_value(low, percent) if low == high else f"{_paper_value(low, percent)} to {_paper_value(high, percent)}"
+        low, high = min(rows, key=lambda r: r["observed"]), max(rows, key=lambda r: r["observed"])
+        shown = _row_value(low, percent) if low is high else f"{_row_value(low, percent)} to {_row_value(high, percent)}"
         shown += f" (layers {ranges(layers)})"
     elif layers and len(layers) == len(values) > 1 and all(v == values[0] for v in values):  # e.g. {507} in every layer
         shown = f"{_paper_value(values[0], percent)} (layers {ranges(layers)})"
     else:
-        shown = _paper_value(values[0], percent) + (f" (layer {layers[0]})" if layers else "")
-    return f"{shown}; expected {check['rows'][0]['expected']}"
+        shown = _row_value(rows[0], percent) + (f" (layer {layers[0]})" if layers else "")
+    return f"{shown}; expected {rows[0]['expected']}"
+
+
+def _row_value(row: dict, percent: bool = False) -> str:
+    """A row's value with its interval: `+256% [231%, 281%]`; a set with its shares of units."""
+    shown = _paper_value(row["observed"], percent)
+    if row.get("interval"):
+        low, high = row["interval"]
+        shown += f" [{_paper_value(low, percent)}, {_paper_value(high, percent)}]"
+    if row.get("shares"):
+        shown = "{" + ", ".join(f"{k} ({v:.0%})" for k, v in row["shares"].items()) + "}"
+    return shown
 
 
 def _paper_value(value, percent: bool = False) -> str:
@@ -101,28 +166,36 @@ def _paper_value(value, percent: bool = False) -> str:
     if value is None:
         return "none"
     if isinstance(value, float) and percent:
-        return f"{value:+.1%}"
+        return f"{value:+.1%}" if math.isfinite(value) else str(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def claims_matrix(results: list[dict]) -> tuple[list[str], list[tuple[dict, dict]]]:
-    """Models (columns) and, per spec (rows, in order), {model: record}."""
+def claims_matrix(results: list[dict]) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """Models (columns) and one row per catalogue claim (a spec's `claims:`; a spec naming none is
+    its own row): (claim id, text, {model: [records]}). Claims in catalogue order (C1, C2, ...,
+    C10), then the rest."""
     models = sorted({r["model"] for r in results})
-    rows: dict[tuple, dict] = {}
+    rows: dict[str, dict] = {}
+    texts: dict[str, str] = {}
     for r in results:
-        rows.setdefault((r["path"], r["line"], r["spec"]), {})[r["model"]] = r
-    return models, [(next(iter(by_model.values())), by_model) for by_model in rows.values()]
+        for claim in r.get("claims") or [r["spec"]]:
+            rows.setdefault(claim, {}).setdefault(r["model"], []).append(r)
+            texts.setdefault(claim, r["claim"] if not r.get("claims") else "")
+    order = lambda c: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", c)]
+    return models, [(c, texts[c], rows[c]) for c in sorted(rows, key=lambda c: (not re.match(r"^C\d", c), order(c)))]
 
 
-def _cell(record: dict | None) -> str:
-    return "-" if record is None else f"{verdict(record)}: {summary_value(record)}"
+def _cell(records: list[dict] | None) -> str:
+    if not records:
+        return "-"
+    return "; ".join(f"{r['spec']}: {verdict(r)}: {summary_value(r)}" for r in records)
 
 
 def claims_markdown(results: list[dict]) -> str:
     models, rows = claims_matrix(results)
     lines = ["| claim | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-    for first, by_model in rows:
-        cells = [first["claim"]] + [_cell(by_model.get(m)) for m in models]
+    for claim, text, by_model in rows:
+        cells = [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -136,8 +209,8 @@ def _latex_escape(text: str) -> str:
 
 def claims_latex(results: list[dict]) -> str:
     models, rows = claims_matrix(results)
-    body = [" & ".join(_latex_escape(c) for c in [first["claim"]] + [_cell(by_model.get(m)) for m in models]) + r" \\"
-            for first, by_model in rows]
+    body = [" & ".join(_latex_escape(c) for c in [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models])
+            + r" \\" for claim, text, by_model in rows]
     columns = "p{6cm}" + "p{4.5cm}" * len(models)
     header = " & ".join(["Claim"] + [_latex_escape(m) for m in models]) + r" \\"
     return "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline",
@@ -153,6 +226,7 @@ h1{font-size:1.5em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em}
 .spec{border:1px solid #ddd;border-radius:6px;padding:.8em 1em;margin:1em 0}
 .badge{display:inline-block;padding:.1em .6em;border-radius:4px;color:#fff;font-weight:600;font-size:.85em}
 .passed{background:#2e7d32}.failed{background:#c62828}.error{background:#37474f}.xfailed{background:#6a1b9a}.xpassed{background:#ef6c00}
+.inconclusive,.undecided{background:#b8860b} tr.inconclusive td{background:#fff8e1}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ddd;padding:.15em .5em;text-align:left}
 tr.bad td{background:#ffebee} table.matrix td{vertical-align:top;max-width:28em} img{max-width:100%;border:1px solid #eee;margin-top:.5em}
 .meta{color:#666;font-size:.85em} details{margin:.3em 0}
@@ -170,13 +244,15 @@ def escape(text) -> str:
 
 
 def _check_html(check: dict) -> str:
+    css = {HOLDS: "", CONTRADICTED: "bad", INCONCLUSIVE: "inconclusive"}
     rows = "".join(
-        f"<tr class='{'' if r['ok'] else 'bad'}'><td>{'ok' if r['ok'] else 'FAIL'}</td><td>{escape(r['where'])}</td>"
-        f"<td>{escape(r['expected'])}</td><td>{escape(format_value(r['observed']))}</td></tr>" for r in check["rows"])
+        f"<tr class='{css.get(r.get('verdict'), 'bad')}'><td>{escape(r.get('verdict', ''))}</td><td>{escape(r['where'])}</td>"
+        f"<td>{escape(r['expected'])}</td><td>{escape(_row_value(r))}</td><td>{escape(r.get('note', ''))}</td></tr>"
+        for r in check["rows"])
     failed = sum(not r["ok"] for r in check["rows"])
     return (f"<details {'open' if failed else ''}><summary>{escape(check['description'])} - "
-            f"{len(check['rows']) - failed}/{len(check['rows'])} rows hold</summary>"
-            f"<table><tr><th></th><th>where</th><th>expected</th><th>observed</th></tr>{rows}</table></details>")
+            f"{escape(check.get('verdict', ''))}: {len(check['rows']) - failed}/{len(check['rows'])} rows hold</summary>"
+            f"<table><tr><th></th><th>where</th><th>expected</th><th>observed [interval]</th><th></th></tr>{rows}</table></details>")
 
 
 def _image_html(directory: Path, record: dict) -> str:
@@ -194,12 +270,15 @@ def _image_html(directory: Path, record: dict) -> str:
 def _spec_html(directory: Path, record: dict) -> str:
     status = record.get("status", "failed")
     failing = status in ("failed", "xpassed", "error")
+    badge = "inconclusive" if status == "failed" and record.get("verdict") == INCONCLUSIVE else status
     notes = f"<p class='meta'>expected failure: {escape(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
+    notes += (f"<p class='meta'>expected inconclusive: {escape(record['inconclusive_reason'])}</p>"
+              if record.get("inconclusive_reason") else "")
     notes += f"<p class='meta'>notes: {escape(record['notes'])}</p>" if record.get("notes") else ""
     notes += f"<p class='meta' style='color:#c62828'>{escape(record['error'])}</p>" if record.get("error") else ""
     configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
-    return (f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {status}'>{escape(status)}</span> "
+    return (f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {badge}'>{escape(badge)}</span> "
             f"<b>{escape(record['spec'])}</b><p>On <b>{escape(record['model'])}</b>: {escape(record['claim'])} - "
             f"<i>{escape(verdict(record))}</i></p>{notes}"
             f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
@@ -221,28 +300,34 @@ def _anchor(record: dict) -> str:
 
 
 def _matrix_html(results: list[dict]) -> str:
-    """Claims x models: verdict and the key observed number per cell, linking to the details."""
+    """Catalogue claims x models: per cell, each spec encoding the claim with its verdict, value and
+    interval, linking to its details."""
     models, rows = claims_matrix(results)
     if not rows:
         return ""
     head = "".join(f"<th>{escape(m)}</th>" for m in models)
     body = []
-    for first, by_model in rows:
+    for claim, text, by_model in rows:
         cells = []
         for m in models:
-            r = by_model.get(m)
-            cells.append("<td class='meta'>n/a (for other models)</td>" if r is None else
-                         f"<td><a href='#{escape(_anchor(r))}'><span class='badge {escape(r.get('status', 'failed'))}'>"
-                         f"{escape(verdict(r))}</span></a><br>{escape(summary_value(r))}</td>")
-        body.append(f"<tr><td><b>{escape(first['spec'])}</b><br>{escape(first['claim'])}</td>{''.join(cells)}</tr>")
+            records = by_model.get(m)
+            cells.append("<td class='meta'>no spec on this model</td>" if not records else "<td>" + "<br>".join(
+                f"<a href='#{escape(_anchor(r))}'><span class='badge {escape(_badge(r))}'>{escape(verdict(r))}</span></a> "
+                f"{escape(r['spec'])}: {escape(summary_value(r))}" for r in records) + "</td>")
+        body.append(f"<tr><td><b>{escape(claim)}</b><br>{escape(text)}</td>{''.join(cells)}</tr>")
     return (f"<h2>Claims x models</h2><table class='matrix'><tr><th>claim</th>{head}</tr>{''.join(body)}</table>")
+
+
+def _badge(record: dict) -> str:
+    status = record.get("status", "failed")
+    return "inconclusive" if status == "failed" and record.get("verdict") == INCONCLUSIVE else status
 
 
 def write_html(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
     sections = [_matrix_html(results)]
     for model in sorted({r["model"] for r in results} | set(unavailable)):
         records = [r for r in results if r["model"] == model]
-        counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "error", "xfailed", "xpassed")}
+        counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "error", "xfailed", "undecided", "xpassed")}
         header = models.get(model, {})
         meta = ", ".join(f"{k} {v}" for k, v in header.items() if k != "model")
         problem = f"<p class='meta' style='color:#c62828'>not loaded: {escape(unavailable[model])}</p>" if model in unavailable else ""
@@ -259,9 +344,36 @@ def write_html(directory: Path, results: list[dict], models: dict, unavailable: 
     return path
 
 
+def observations_table(results: list[dict]):
+    """A tidy table for notebooks (pandas): one row per spec, model, check and row (layer), with
+    value, interval, bound, verdict and the spec's status."""
+    import pandas as pd
+
+    columns = ["spec", "model", "claims", "check", "line", "where", "value", "low", "high", "units", "expected",
+               "verdict", "check_verdict", "spec_verdict", "status", "note"]
+    rows = []
+    for r in results:
+        for c in r.get("checks", []):
+            for row in c["rows"]:
+                interval = row.get("interval") or [None, None]
+                rows.append({"spec": r["spec"], "model": r["model"], "claims": " ".join(r.get("claims", [])), "check": c["key"],
+                             "line": c["line"], "where": row["where"], "value": _csv_value(row["observed"]),
+                             "low": _csv_value(interval[0]), "high": _csv_value(interval[1]), "units": row.get("units"),
+                             "expected": row["expected"], "verdict": row.get("verdict"), "check_verdict": c.get("verdict"),
+                             "spec_verdict": r.get("verdict"), "status": r.get("status"), "note": row.get("note", "")})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _csv_value(value):
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return " ".join(map(str, value)) if isinstance(value, list) else value
+
+
 def write_all(directory: Path, results: list[dict], models: dict, unavailable: dict) -> None:
     results = sorted(results, key=lambda r: (r["model"], r["path"], r["line"]))
     write_results(directory, results, models, unavailable)
+    atomic_write(directory / "observations.csv", observations_table(results).to_csv(index=False))
     atomic_write(directory / "claims.md", claims_markdown(results))
     atomic_write(directory / "claims.tex", claims_latex(results))
     write_html(directory, results, models, unavailable)

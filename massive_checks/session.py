@@ -13,6 +13,7 @@ from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
 from .errors import ActivationOverflow
+from .intervals import Bootstrap, Estimate, Units
 from .interventions import BASELINE
 from .measures.heads import head_score_table
 from .measures.massive import massive_cells
@@ -21,9 +22,18 @@ from .stats import rank_heads
 
 
 class PassResult:
-    def __init__(self, stats: dict[str, SiteStats], needs: Needs, loss: float | None, pooled: dict | None = None):
-        self.stats, self.needs, self.loss = stats, needs, loss  # loss: mean next-token loss over real tokens
+    def __init__(self, stats: dict[str, SiteStats], needs: Needs, token_loss: torch.Tensor | None, pooled: dict | None = None):
+        self.stats, self.needs = stats, needs
+        self.token_loss = token_loss  # [S, 2] per sequence: next-token loss summed over its real targets, their count
         self.pooled = pooled or {}  # (block site, window) -> [S, D] per-example means over the window
+
+    @property
+    def loss(self) -> float | None:
+        """Mean next-token loss over every real target of the data set."""
+        if self.token_loss is None:
+            return None
+        total, count = self.token_loss.sum(dim=0).tolist()
+        return total / count
 
 
 MAX_ROWS = {"cpu": 8, "cuda": 64}  # automatic chunk sizes stop here (cpu: more rows are not faster)
@@ -43,8 +53,9 @@ class ModelSession:
     """Everything computed on one loaded model; the cache key includes data and intervention.
     batch_size: sequences per forward chunk; None chooses it per pass from free memory."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int | None = None):
+    def __init__(self, lm: LoadedModel, batch_size: int | None = None, bootstrap: Bootstrap | None = None):
         self.lm, self.batch_size = lm, batch_size
+        self.bootstrap = bootstrap or Bootstrap()  # resamples of the sampling units, drawn once per set
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
         self._passes: dict[tuple, PassResult] = {}
         self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
@@ -106,10 +117,7 @@ class ModelSession:
                 if needs.loss:
                     losses.append(token_losses(output.logits, ids, mask))
         self.forward_passes += 1
-        loss = None
-        if losses:
-            total, count = torch.stack(losses).sum(dim=0).tolist()
-            loss = total / count
+        loss = torch.cat(losses).cpu().double() if losses else None
         pooled = {key: pool.finish() for key, pool in pools.items()}
         for (name, window), pool in pools.items():
             if pool.overflow:
@@ -147,12 +155,12 @@ class ModelSession:
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token losses summed over real targets, and their count: logits [B, T, V] -> [2], on
-    the device (read once per pass)."""
+    """Per sequence, next-token losses summed over its real targets, and their count: logits
+    [B, T, V] -> [B, 2], on the device (read once per pass)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
     real = mask[:, 1:].bool()
-    return torch.stack([nll.masked_fill(~real, 0.0).sum(), real.sum().float()])
+    return torch.stack([nll.masked_fill(~real, 0.0).sum(dim=1), real.sum(dim=1).float()], dim=1)
 
 
 def numerics_message(lm: LoadedModel, site_name: str, config: str) -> str:
@@ -223,8 +231,25 @@ class ConfigView:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""
         return self.session.holds(self.data, self.intervention, name)
 
-    def loss(self) -> float:
-        return self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).loss
+    def loss(self) -> Estimate:
+        """Mean next-token loss over real targets (token-weighted), resampled by sequence."""
+        per_sequence = self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).token_loss
+        return self.bootstrap.ratio_of_totals(per_sequence[:, 0].numpy(), per_sequence[:, 1].numpy(), self.units())
+
+    # -- sampling units (intervals.py): the data set's sequences
+    @property
+    def bootstrap(self) -> Bootstrap:
+        return self.session.bootstrap
+
+    def units(self) -> Units:
+        """The sequences of this view's data (paired across configurations: same key)."""
+        kind = "contrast examples" if self.data.whole else "sequences"
+        return Units(f"{self.data.dataset}|{self.batch.ids_hash}", int(self.batch.input_ids.shape[0]), kind)
+
+    def mean(self, per_sequence) -> Estimate:
+        """The mean over this view's sequences of a per-sequence value [S], with its replicates."""
+        values = per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence
+        return self.bootstrap.mean(values, self.units())
 
     def pooled(self, window: str, layer: int | None = None) -> torch.Tensor:
         """Per example, the mean block output over the window's tokens: [S, D] at `layer`, or

@@ -41,6 +41,7 @@ Layers = Union[Annotated[int, Field(ge=0)], Annotated[str, StringConstraints(max
 OverLayers = Literal["mean", "max", "min", "mean_abs", "max_abs"]
 ConfigPair = Annotated[list[Name], Field(min_length=2, max_length=2)]  # [from, to]
 Interval = Annotated[list[Number], Field(min_length=2, max_length=2)]  # [low, high]
+ClaimId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$", max_length=50)]  # e.g. C7
 
 
 class _Strict(BaseModel):
@@ -222,6 +223,10 @@ class _SpecBase(DefaultsModel):
     notes: str = ""
     interventions: dict[Name, Union[str, Annotated[list[str], Field(min_length=1)]]] = {}
     xfail: Union[Text, Annotated[dict[ModelName, Text], Field(min_length=1)], None] = None
+    # The claim cannot be decided on a model at this data size (its interval straddles the bound):
+    # the run expects `inconclusive` there, and says so when the claim becomes decisive.
+    inconclusive: Union[Text, Annotated[dict[ModelName, Text], Field(min_length=1)], None] = None
+    claims: list[ClaimId] = []  # the catalogue's claims it encodes (claims.md: C1-C18), for the claims matrix
 
 
 def json_schema(defaults: bool = False) -> dict:
@@ -370,6 +375,8 @@ class Spec:
     steering: dict = field(default_factory=dict, hash=False)  # name -> steer.SteeringDef
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
     xfail: str | dict | None = None  # reason (every model), or {model: reason}
+    inconclusive: str | dict | None = None  # reason (every model), or {model: reason}
+    claims: tuple[str, ...] = ()
     golden: GoldenConfig | None = None  # when the spec compares against a snapshot
     source: str = ""
     notes: str = ""
@@ -377,6 +384,10 @@ class Spec:
     def xfail_for(self, model: str) -> str | None:
         """Why this claim is known false on `model`, if it is."""
         return self.xfail.get(model) if isinstance(self.xfail, dict) else self.xfail
+
+    def inconclusive_for(self, model: str) -> str | None:
+        """Why this claim cannot be decided on `model` at this size, if it cannot."""
+        return self.inconclusive.get(model) if isinstance(self.inconclusive, dict) else self.inconclusive
 
     def applies_to(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -501,15 +512,108 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
         interventions=configs, vectors={n: v for n, v in defined.items() if n in used},
         steering={n: v for n, v in sweeps.items() if n in used_sweeps}, massive=(model.massive.min_value, model.massive.min_ratio),
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
-        golden=_golden(model.golden) if not (isinstance(model.xfail, str) and "golden" not in doc) else None,
-        source=model.source, notes=model.notes.strip(),
+        inconclusive=dict(model.inconclusive) if isinstance(model.inconclusive, dict) else model.inconclusive,
+        claims=tuple(model.claims), golden=_golden(model.golden), source=model.source, notes=model.notes.strip(),
     )
-    if isinstance(model.xfail, str) and doc.get("golden"):
-        where.fail(doc, "golden", "an expected failure (xfail on every model) is not snapshotted: drop golden or xfail")
+    both = _expected_on(model.xfail) & _expected_on(model.inconclusive)
+    if both:
+        where.fail(doc, "inconclusive", f"the claim is also an expected failure (xfail) on {', '.join(sorted(both))}: "
+                                        "a claim is expected contradicted or inconclusive, not both")
+    identity = _Identity(configs, defined, sweeps)
+    for i, (raw, check) in enumerate(zip(doc["checks"], checks)):
+        _can_fail(raw, check, f"checks[{i}].", where, identity)
     if "massive" in doc and not _uses_massive_rule(spec):
         where.fail(doc, "massive", "no check or intervention of this spec applies the massive rule "
                                    f"({', '.join(sorted(n for n, c in REGISTRY.items() if c.uses_massive_rule))}, dims:...#massive)")
     return spec
+
+
+def _expected_on(reason) -> set[str]:
+    """Models an xfail / inconclusive value names ("*": every model)."""
+    return set() if reason is None else set(reason) if isinstance(reason, dict) else {"*"}
+
+
+class _Identity:
+    """What a quantity resolves to, with its names replaced by their definitions (configurations
+    by their interventions, vectors and steering runs by theirs): two quantities that resolve to
+    the same thing compare a number with itself."""
+
+    def __init__(self, configs: dict, vectors: dict, sweeps: dict):
+        self.configs, self.vectors, self.sweeps = configs, vectors, sweeps
+
+    def config(self, name: str) -> tuple:
+        return tuple(sorted(r.text for r in self.configs.get(name, [])))
+
+    def of(self, q: Quantity) -> tuple:
+        params = {}
+        for key, value in q.measure.params().items():
+            if key in getattr(q.measure, "vector_fields", ()):
+                value = self.vectors.get(value, value)
+            elif key == "steering" and value in self.sweeps:
+                sweep = self.sweeps[value]
+                value = (sweep, self.vectors.get(sweep.vector))
+            elif key == "versus":
+                value = self.config(value)
+            params[key] = value
+        steps = tuple((s.kind, tuple(self.config(c) for c in s.value) if s.kind != "over_layers" else s.value) for s in q.steps)
+        return (q.measure.name, tuple(sorted(params.items(), key=lambda kv: kv[0])), self.config(q.config) if not q.between_configs else None,
+                q.layers or "all", steps)
+
+
+def _can_fail(raw, check: Check, prefix: str, where: _Where, identity: _Identity) -> None:
+    """Checks that cannot fail are errors: a number compared with itself (a compare, change or
+    difference whose two sides resolve to the same configuration, vector or steering run), and a
+    bound that admits every value the quantity can take."""
+    sides = [(prefix, raw, check.quantity)] if check.versus is None else \
+        [(f"{prefix}compare.{side}.", raw["compare"][side], q) for side, q in (("a", check.quantity), ("b", check.versus))]
+    for side_prefix, side_raw, q in sides:
+        step = q.between_configs
+        if step is not None and identity.config(step.value[0]) == identity.config(step.value[1]):
+            where.fail(side_raw, step.kind if step.kind in side_raw else "steps", f"{list(step.value)} resolve to the same "
+                       f"configuration: this {step.kind} is 0 whatever the model does, so the check cannot fail", side_prefix)
+        names = [getattr(q.measure, f) for f in getattr(q.measure, "vector_fields", ())]
+        if len(names) == 2 and identity.vectors.get(names[0]) == identity.vectors.get(names[1]):
+            where.fail(side_raw, "b", f"vectors {names[0]!r} and {names[1]!r} have the same definition: their "
+                                      f"{q.measure.name} is fixed, so the check cannot fail", side_prefix)
+    if check.versus is not None and identity.of(check.quantity) == identity.of(check.versus):
+        where.fail(raw, "compare", "its two sides resolve to the same quantity (the same measure on the same "
+                                   "configuration, vector or steering run): the comparison is fixed, so the check cannot fail", prefix)
+    low, high = check_range(check)
+    if _admits_all(check.bound, low, high):
+        what = check.quantity.measure.name if check.versus is None else f"the compare's {check.by}"
+        hint = " (an existence claim: bound a count, e.g. {measure: massive_positions, at_least: 1})" \
+            if check.quantity.measure.name == "emergence_layer" else ""
+        where.fail(raw, check.bound.kind, f"{check.bound.text()} admits every value {what} can take ([{low:g}, {high:g}]): "
+                                          f"the check cannot fail{hint}", prefix)
+
+
+def quantity_range(q: Quantity) -> tuple[float, float]:
+    """The values a quantity can take: its measure's value_range through its steps."""
+    low, high = q.measure.value_range
+    for step in q.steps:
+        if step.kind == "change":  # (b - a) / |a|: >= -1 for values >= 0
+            low, high = (-1.0 if low >= 0 else -math.inf), math.inf
+        elif step.kind == "difference":
+            low, high = low - high, high - low
+        elif step.value in ("mean_abs", "max_abs"):
+            low, high = (low if low >= 0 else 0.0), max(abs(low), abs(high))
+    return low, high
+
+
+def check_range(check: Check) -> tuple[float, float]:
+    a = quantity_range(check.quantity)
+    if check.versus is None:
+        return a
+    b = quantity_range(check.versus)
+    return (0.0, math.inf) if check.by == "ratio" else (a[0] - b[1], a[1] - b[0])
+
+
+def _admits_all(bound: Bound, low: float, high: float) -> bool:
+    kind, target = bound.kind, bound.value
+    if kind == "approx":
+        kind, target = "between", (target - bound.rel * abs(target), target + bound.rel * abs(target))
+    return {"at_least": lambda: target <= low, "at_most": lambda: target >= high,
+            "between": lambda: target[0] <= low and target[1] >= high}.get(kind, lambda: False)()
 
 
 class _Where:

@@ -62,16 +62,16 @@ def ratio(top1: float, median: float) -> float:
     return top1 / median if median > 0 else float("inf")
 
 
-def head_scores(key_attn: torch.Tensor, key_tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean attention a head pays to one key position, averaged over sequences.
+def key_attention(key_attn: torch.Tensor, key_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sequence, the attention each head pays to one key position.
 
     key_attn: [B, H, T] mean over queries q > k of attention to key k (per sequence).
     key_tokens: [B] key position per sequence (the massive token); None = position 0.
-    Returns [H]."""
+    Returns [B, H]."""
     if key_tokens is None:
-        return key_attn[:, :, 0].mean(dim=0)
-    picked = key_attn.gather(2, key_tokens.view(-1, 1, 1).expand(-1, key_attn.shape[1], 1))
-    return picked.squeeze(2).mean(dim=0)
+        return key_attn[:, :, 0]
+    return key_attn.gather(2, key_tokens.view(-1, 1, 1).expand(-1, key_attn.shape[1], 1)).squeeze(2)
+
 
 
 def rank_heads(scores: torch.Tensor) -> list[tuple[int, int]]:

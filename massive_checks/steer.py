@@ -250,6 +250,8 @@ class SteeringResult:
     trait: float  # trait score (0-100) of the steered model
     coherence: float  # 0-100
     texts: tuple[str, ...]  # decoded continuations, one per prompt
+    prompt_traits: tuple[float, ...] = ()  # [P] 100 x sigmoid(log-odds) per prompt: trait is their mean
+    prompt_losses: tuple[float, ...] = ()  # [P] per-token loss of each continuation (nan: empty); coherence's L
 
 
 def run(lm: LoadedModel, vector: torch.Tensor, layer: int, coefs: list[float], prompts: list[list[int]],
@@ -265,14 +267,15 @@ class Unsteered:
     tokens: tuple[tuple[int, ...], ...]
     loss: float
     log_odds: tuple[float, ...]
+    losses: tuple[float, ...] = ()  # [P] per prompt (loss is their nan-mean)
 
 
 def unsteered(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]], max_new_tokens: int,
               batch_size: int = 32) -> Unsteered:
     tokens = _chunked(lambda ps: generate(lm, ps, max_new_tokens), prompts, batch_size)
-    loss = float(_chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), prompts, tokens, batch_size).nanmean())
+    losses = _chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), prompts, tokens, batch_size)
     odds = torch.cat([trait_log_odds(lm, prompts[i:i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
-    return Unsteered(tuple(map(tuple, tokens)), loss, tuple(odds.tolist()))
+    return Unsteered(tuple(map(tuple, tokens)), float(losses.nanmean()), tuple(odds.tolist()), tuple(losses.tolist()))
 
 
 def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, prompts: list[list[int]],
@@ -302,14 +305,15 @@ def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, p
     results = []
     for i, (_, coef) in enumerate(runs):
         if coef == 0:
-            odds, texts, loss = baseline.log_odds, baseline.tokens, baseline.loss
+            odds, texts, prompt_losses = baseline.log_odds, baseline.tokens, baseline.losses
         else:
             keys = [(i, j) for j in range(len(prompts))]
-            odds, texts = [log_odds[k] for k in keys], [tokens[k] for k in keys]
-            loss = float(torch.tensor([loss_of[k] for k in keys]).nanmean())
-        trait_value = float(100 * torch.sigmoid(torch.tensor(odds, dtype=torch.float64)).mean())
+            odds, texts, prompt_losses = [log_odds[k] for k in keys], [tokens[k] for k in keys], [loss_of[k] for k in keys]
+        traits = 100 * torch.sigmoid(torch.tensor(odds, dtype=torch.float64))
+        loss = float(torch.tensor(prompt_losses).nanmean())
         decoded = tuple(lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in texts)
-        results.append(SteeringResult(float(coef), trait_value, coherence(loss, baseline.loss), decoded))
+        results.append(SteeringResult(float(coef), float(traits.mean()), coherence(loss, baseline.loss), decoded,
+                                      tuple(traits.tolist()), tuple(prompt_losses)))
     return results
 
 

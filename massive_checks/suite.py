@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import figures, golden, models, report
+from . import figures, golden, intervals, models, report
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable
 from .evaluate import Evaluator, plan
@@ -40,6 +40,8 @@ class Options:
     golden_dir: str = "golden"
     update_golden: str | None = None  # None | "all" | "new"
     figure_workers: int | None = None  # processes drawing figures; None: figures.figure_workers(device)
+    confidence: float = intervals.CONFIDENCE  # of every interval
+    resamples: int = intervals.RESAMPLES  # bootstrap resamples per set of sampling units
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Suite:
             except MassiveChecksError as exc:
                 self.unavailable[name] = str(exc)
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
-            session = ModelSession(lm, o.batch_size)
+            session = ModelSession(lm, o.batch_size, intervals.Bootstrap(o.resamples, o.confidence))
             for spec in self.planned.get(name, []):
                 self._plan_one(session, spec)
             self.sessions[name] = session
@@ -110,10 +112,10 @@ class Suite:
             session = self.session(model)
             observation, verdict = Evaluator(spec, session, self.data_for(spec)).evaluate()
         except MassiveChecksError as exc:
-            self.records.append(report.error_record(self._header(spec, model), Verdict([], xfail), exc))
+            self.records.append(report.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc))
             raise
         observation.path = self.relative(spec.path)
-        golden_result = self._golden(spec, observation) if spec.golden and not xfail else None
+        golden_result = self._golden(spec, observation, verdict) if spec.golden else None
         record = report.outcome_record(observation, verdict)
         record["figure"] = self._figure(observation, verdict)
         if golden_result is not None:
@@ -122,11 +124,13 @@ class Suite:
         return SpecRun(observation, verdict, golden_result, record)
 
     def _header(self, spec: Spec, model: str) -> Observation:
-        return Observation(spec.id, spec.claim, model, self.relative(spec.path), spec.line, spec.source, spec.notes, {}, [], {})
+        return Observation(spec.id, spec.claim, model, self.relative(spec.path), spec.line, spec.source, spec.notes, {}, [], {},
+                           confidence=self.options.confidence, claims=spec.claims)
 
-    def _golden(self, spec: Spec, observation: Observation) -> golden.GoldenResult:
+    def _golden(self, spec: Spec, observation: Observation, verdict: Verdict) -> golden.GoldenResult:
         path = golden.golden_path(self.golden_root(), observation.model, spec.id)
-        document = golden.snapshot(observation.values(), golden.metadata(observation))
+        values = {**observation.values(), **{f"verdict: {check.key}": check.verdict for check in verdict.checks}}
+        document = golden.snapshot(values, golden.metadata(observation))
         return golden.check(path, document, spec.golden, self.options.update_golden)
 
     def _figure(self, observation: Observation, verdict: Verdict) -> str:

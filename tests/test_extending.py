@@ -55,7 +55,9 @@ def test_a_measure_is_one_registered_class(tmp_path, top1_share, session_for):
     assert result.passed, result.checks
     cells = session.view(SMALL_DATA).block(2).cells()[0]  # [S, K] largest |a| per sequence
     by_hand = float(cells[:, 0].mean() / cells[:, :3].mean(dim=0).sum())
-    assert result.observation.checks[0].values["layer 2"] == pytest.approx(by_hand, rel=1e-6)
+    share = result.observation.checks[0].values["layer 2"]
+    assert share.value == pytest.approx(by_hand, rel=1e-6)
+    assert share.interval(0.95) is not None  # arithmetic on estimates keeps their replicates (paired)
     assert "top1_share" in json.dumps(json_schema())
     path.write_text("id: share\nclaim: c\nchecks:\n  - {measure: top1_share, layers: 1, dim: 3, at_least: 0.9}\n")
     with pytest.raises(Exception, match="unknown key for top1_share"):

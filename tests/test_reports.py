@@ -32,7 +32,7 @@ claim: Some head attends to position 0.
 models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 checks:
-  - {{measure: head_rank, head: "0.0", at_least: 1}}
+  - {{measure: head_rank, head: "0.0", at_most: 100}}
 """)
     return pytester
 
@@ -50,7 +50,7 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
     assert "planted-wrong-bound" in page and "class='spec failing'" in page and "Claims x models" in page
     markdown = (out / "claims.md").read_text()
     assert markdown.startswith("| claim | planted-llama |")  # a column per model
-    assert "does not hold" in markdown and "fails as expected" in markdown
+    assert "contradicted" in markdown and "contradicted, as expected" in markdown
     assert "holds: {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
     assert "-99.9% to -99.9% (layers 1-3)" in markdown or "-100.0%" in markdown  # relative changes in percent
     latex = (out / "claims.tex").read_text()
@@ -67,9 +67,9 @@ def test_claims_tables_have_a_column_per_model():
 
     results = [record("a", "m1", "passed", 22695.9), record("a", "m2", "failed", 3.0), record("b", "m2", "passed", [163])]
     markdown = report.claims_markdown(results)
-    assert markdown.splitlines()[0] == "| claim | m1 | m2 |"
-    assert "| claim a | holds: 2.27e+04 (layer 11); expected >= 1 | does not hold: 3 (layer 11); expected >= 1 |" in markdown
-    assert "| claim b | - | holds: {163} (layer 11); expected >= 1 |" in markdown
+    assert markdown.splitlines()[0] == "| claim | m1 | m2 |"  # a spec naming no catalogue claim is its own row
+    assert "| a: claim a | a: holds: 2.27e+04 (layer 11); expected >= 1 | a: does not hold: 3 (layer 11); expected >= 1 |" in markdown
+    assert "| b: claim b | - | b: holds: {163} (layer 11); expected >= 1 |" in markdown
     assert "m1 & m2" in report.claims_latex(results)
 
 
@@ -133,3 +133,23 @@ def test_diff_of_two_checkpoints(capsys):
     assert result["massive_dims"]["only_a"] == [PLANT["dim"]] and result["massive_dims"]["b"] == []
     assert result["emergence_layer"] == {"a": PLANT["layer"], "b": None}
     assert result["layers"][PLANT["layer"]]["change"] < -0.9
+
+
+def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals():
+    from massive_checks import report
+
+    def record(spec, model, claims, verdict, status):
+        row = {"where": "value", "expected": ">= 0.5", "observed": 0.61, "interval": [0.55, 0.68], "ok": verdict == "holds",
+               "verdict": verdict}
+        return {"spec": spec, "model": model, "claim": f"claim {spec}", "path": "s.yaml", "line": 1, "claims": claims,
+                "status": status, "verdict": verdict, "expected": "holds",
+                "checks": [{"description": "loss [baseline]", "ok": row["ok"], "verdict": verdict, "rows": [row]}]}
+
+    results = [record("s1", "m1", ["C7"], "holds", "passed"), record("s2", "m2", ["C7", "C10"], "inconclusive", "failed"),
+               record("s3", "m2", [], "holds", "passed")]
+    models, rows = report.claims_matrix(results)
+    assert models == ["m1", "m2"] and [claim for claim, _, _ in rows] == ["C7", "C10", "s3"]  # catalogue order, then the rest
+    markdown = report.claims_markdown(results)
+    assert "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |" in markdown
+    page = report._matrix_html(results)
+    assert page.count("<tr>") == 4 and "badge inconclusive" in page and "no spec on this model" in page

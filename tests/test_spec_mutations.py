@@ -5,11 +5,16 @@ Two kinds of mutants per check:
 - observation mutants: what is observed is changed as a wrong analysis would change it (a change
   negated or scaled, a value shifted, a set flipped, emptied or grown, a label swapped, the layer
   range shifted). Each side a bound constrains (low, high, or the set) must be killed by at least
-  one observation mutant moving the observation that way. Expected failures must keep failing."""
+  one observation mutant moving the observation that way. Expected failures must keep failing.
+
+And one kind of survivor: every observation with an interval moved (value and replicates) by a
+twentieth of its interval's half-width either way must keep its verdict, holds or contradicted: a
+decisive verdict is never a hair's breadth from its bound."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import pytest
 
 from massive_checks import interventions
 from massive_checks.evaluate import Evaluator, plan
+from massive_checks.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
 from massive_checks.measures.mlp import MLP_FLOW
 from massive_checks.session import ModelSession
 from massive_checks.spec import Bound, load_file
@@ -28,12 +34,13 @@ SPECS = [(model, spec) for model, folder in (("smollm2-135m", "smollm2"), ("gemm
 _SESSIONS: dict[str, ModelSession] = {}
 COUNTS: Counter = Counter()
 SCALES = (-1.0, 10.0, 1000.0, 0.1, 0.001, -10.0, -0.1)
+NUDGE = 0.05  # of an interval's half-width: a move that must not change a decisive verdict
 
 
 def bound_mutants(bound: Bound, width: int, observed: list):
     """The bound moved past every observed row (observed: the numbers the check saw)."""
     v, kind = bound.value, bound.kind
-    numbers = [o for o in observed if isinstance(o, (int, float)) and not isinstance(o, bool)] or [0.0]
+    numbers = [o for o in observed if isinstance(o, (int, float)) and not isinstance(o, bool) and math.isfinite(o)] or [0.0]
     low, high = min(numbers), max(numbers)
     if kind == "between":
         yield Bound(kind, (high + abs(high) + 1, high + 2 * abs(high) + 2))
@@ -59,6 +66,11 @@ def value_mutants(value, width: int):
             yield how, {k: dict(value_mutants(v, width))[how] for k, v in value.items()}
     elif isinstance(value, bool) or value is None:
         return
+    elif isinstance(value, Estimate):  # the value and its replicates alike
+        for scale in SCALES:
+            yield f"x{scale:g}", moved(value, lambda x, s=scale: x * s)
+        yield "+1", moved(value, lambda x: x + 1)
+        yield "-1", moved(value, lambda x: x - 1)
     elif isinstance(value, (int, float)):
         for scale in SCALES:
             yield f"x{scale:g}", type(value)(value * scale) if isinstance(value, float) else value * scale
@@ -74,9 +86,26 @@ def value_mutants(value, width: int):
         yield "other label", next(c for c in MLP_FLOW if c != value)
 
 
+def moved(estimate: Estimate, how) -> Estimate:
+    replicates = None if estimate.replicates is None else how(estimate.replicates)
+    return Estimate(how(estimate.value), replicates, estimate.units, estimate.reason)
+
+
+def nudged(value, sign: float):
+    """Every estimate in an observation moved by NUDGE x its own interval's half-width."""
+    if isinstance(value, dict):
+        return {k: nudged(v, sign) for k, v in value.items()}
+    if not isinstance(value, Estimate) or value.interval(0.95) is None or not math.isfinite(value.value):
+        return value
+    low, high = value.interval(0.95)
+    step = sign * NUDGE * (high - low) / 2
+    return moved(value, lambda x: x + step) if math.isfinite(step) else value
+
+
 def direction(before, after) -> str:
     """Which way a mutant moved the observation: low, high, or set (not ordered)."""
     pairs = list(zip(before.values(), after.values())) if isinstance(before, dict) else [(before, after)]
+    pairs = [(value_of(b), value_of(a)) for b, a in pairs]
     if not all(isinstance(b, (int, float)) and isinstance(a, (int, float)) for b, a in pairs):
         return "set"
     if all(a >= b for b, a in pairs) and any(a > b for b, a in pairs):
@@ -138,13 +167,22 @@ def test_every_check_fails_from_each_side_its_bound_constrains(load_model, model
     session = session_of(load_model, model)
     plain = lambda s: Evaluator(s, session, spec.data)
     _, verdict = plain(spec).evaluate()
+    if spec.inconclusive_for(model):
+        assert verdict.outcome == INCONCLUSIVE, "a claim declared undecidable here must stay inconclusive"
+        return
+    for sign in (-1.0, 1.0):  # decisive verdicts survive a nudge of a twentieth of the half-width
+        for target in [q for c in spec.checks for q in (c.quantity, c.versus) if q is not None]:
+            nudge = Mutated(spec, session, spec.data, target, lambda v, s=sign: nudged(v, s)).evaluate().verdict
+            assert nudge.outcome == verdict.outcome, (f"moving {target.key()} by {sign * NUDGE:+g} x its half-width "
+                                                      f"changes the verdict: {verdict.outcome} -> {nudge.outcome}")
     if spec.xfail_for(model):
-        assert not verdict.passed, "an expected failure must keep failing"
+        assert verdict.outcome == CONTRADICTED, "an expected failure must stay contradicted"
         return
     assert verdict.passed, "the committed spec itself must pass"
     width = session.lm.width
     for index, (check, result) in enumerate(zip(spec.checks, verdict.checks)):
-        for bound in bound_mutants(check.bound, width, [row.observed for row in result.rows]):
+        rows = [x for row in result.rows for x in [value_of(row.observed), *(row.interval or ())]]
+        for bound in bound_mutants(check.bound, width, rows):
             COUNTS["bound mutants"] += 1
             assert killed(spec, dataclasses.replace(check, bound=bound), session, plain), (index, bound)
             COUNTS["bound mutants killed"] += 1

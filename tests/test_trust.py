@@ -91,12 +91,12 @@ def test_keys_that_would_have_no_effect_are_errors_with_line_and_key(tmp_path, c
 
 @pytest.mark.parametrize("extra, key, message", [
     ("massive: {min_value: 50}\n", "massive", "applies the massive rule"),
-    ("xfail: known false\ngolden: true\n", "golden", "not snapshotted"),
+    ("xfail: known false\ninconclusive: undecided\n", "inconclusive", "not both"),
     ("notes: [a, b]\n", "notes", "valid string"),
     ("xfail: true\n", "xfail", "valid string"),
 ])
 def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message):
-    path = spec_from(tmp_path, HEAD + extra + "checks:\n  - {measure: top1, at_least: 0}\n")
+    path = spec_from(tmp_path, HEAD + extra + "checks:\n  - {measure: top1, at_least: 1}\n")
     with pytest.raises(SpecError, match=message) as info:
         load_file(path)
     assert info.value.key == key

@@ -11,6 +11,7 @@ Shapes (what a measure yields; they decide the keys and bounds that mean somethi
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +37,11 @@ class Measure(BaseModel):
     uses_massive_rule: ClassVar[bool] = False  # reads the spec's `massive:` parameters
     dims_in_bound: ClassVar[bool] = False  # its values are residual dims (checked against the width)
     labels: ClassVar[tuple[str, ...]] = ()  # label measures: the names it can take
+    # The values it can take: a bound admitting all of them cannot fail (a collection error).
+    value_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    # Numeric measures return intervals.Estimate (a value with bootstrap replicates over its
+    # sampling units) unless this says why they have none: then the value is exact.
+    fixed: ClassVar[str] = ""
 
     @property
     def name(self) -> str:
@@ -67,6 +73,10 @@ class Measure(BaseModel):
     def figure(self, view, layers: list[int]) -> dict:
         """Arrays for its figure panel, from captures the pass already holds ({} : none)."""
         return {}
+
+    def no_interval(self) -> str:
+        """Why this measure's numbers have no interval ("": they have one)."""
+        return self.fixed
 
     def check_model(self, lm, layers: list[int]) -> None:
         """Raise ValueError for what the model does not have (heads, dims, layers past its size)."""

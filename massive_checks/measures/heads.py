@@ -5,28 +5,38 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import math
+
+import numpy as np
 import torch
 from pydantic import field_validator
 
 from .. import hooks, stats
 from ..capture import Needs
+from ..intervals import Estimate
 from .base import Measure, register
 from .massive import peak_layer
 
 
-def head_score_table(view, to: str = "first") -> torch.Tensor:
-    """[L, H] mean attention to position 0 ("first") or, per sequence, to the token of its
-    largest activation at the peak layer ("massive")."""
+def head_scores_per_sequence(view, to: str = "first") -> torch.Tensor:
+    """[S, L, H] per sequence, the attention each head pays to position 0 ("first") or to the
+    token of the sequence's largest activation at the peak layer ("massive")."""
     names = [hooks.site(layer, "attn.probs") for layer in range(view.lm.n_layers)]
     captured = view.captures(names)
     tokens = view.block(peak_layer(view)).top()[2] if to == "massive" else None
-    return torch.stack([stats.head_scores(captured[n].attention_to_keys(), tokens) for n in names])
+    return torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)
+
+
+def head_score_table(view, to: str = "first") -> torch.Tensor:
+    """[L, H] mean over sequences of head_scores_per_sequence."""
+    return head_scores_per_sequence(view, to).mean(dim=0)
 
 
 class _Head(Measure):
     head: str  # "layer.head", quoted in YAML: 5.10 unquoted is the float 5.1
     to: Literal["first", "massive"] = "first"
     shape: ClassVar[str] = "value"
+    value_range: ClassVar = (0.0, 1.0)
 
     @field_validator("head")
     @classmethod
@@ -60,13 +70,25 @@ class HeadScore(_Head):
 
     def compute(self, view, layers):
         layer, head = self.layer_head
-        return float(head_score_table(view, self.to)[layer, head])
+        return view.mean(head_scores_per_sequence(view, self.to)[:, layer, head])
 
 
 @register
 class HeadRank(_Head):
-    """The head's rank among all heads by head score (1 = highest)."""
+    """The head's rank among all heads by head score (1 = highest; ties: lower layer, then lower
+    head first), ranked again in every resample of the sequences."""
     measure: Literal["head_rank"] = "head_rank"
+    value_range: ClassVar = (1.0, math.inf)
 
     def compute(self, view, layers):
-        return stats.rank_heads(head_score_table(view, self.to)).index(self.layer_head) + 1
+        per_sequence = head_scores_per_sequence(view, self.to)  # [S, L, H]
+        S, L, H = per_sequence.shape
+        layer, head = self.layer_head
+        flat = per_sequence.reshape(S, L * H).double().numpy()
+        weights = view.bootstrap.weights(view.units())  # [B, S]
+        scores = np.concatenate([flat.mean(axis=0)[None], weights @ flat / S])  # [1 + B, L*H]: all, then resamples
+        target = layer * H + head
+        own = scores[:, target:target + 1]
+        before = (scores > own) | ((scores == own) & (np.arange(L * H) < target))
+        ranks = 1.0 + before.sum(axis=1)
+        return Estimate(float(ranks[0]), ranks[1:], view.units())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from ..capture import Needs
@@ -13,6 +14,7 @@ class Loss(Measure):
     """Mean next-token cross-entropy over real tokens (nats)."""
     measure: Literal["loss"] = "loss"
     shape: ClassVar[str] = "value"
+    value_range: ClassVar = (0.0, math.inf)
 
     def needs(self, lm, layers):
         return Needs(loss=True)

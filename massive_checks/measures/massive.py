@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import torch
 
 from .. import hooks, stats
+from ..intervals import SharedSet
 from .base import Measure, register
 
 
@@ -15,6 +17,13 @@ def massive_dims(view, layer: int) -> set[int]:
     """Dims holding a massive cell in some sequence."""
     block = view.block(layer)
     return stats.massive_indices(block.dim_max(), block.median(), view.min_value, view.min_ratio)
+
+
+def massive_hits(view, layer: int, axis: str) -> torch.Tensor:
+    """[S, F] (axis "dim") or [S, T] ("token") bool: where each sequence holds a massive cell."""
+    block = view.block(layer)
+    maxima = block.dim_max() if axis == "dim" else block.token_max()
+    return stats.is_massive(maxima, block.median()[:, None], view.min_value, view.min_ratio)
 
 
 def massive_tokens(view, layer: int) -> set[int]:
@@ -77,54 +86,79 @@ class _Where(Measure):
         return cells_panel(view)
 
 
+class _WhereOver(_Where):
+    """The dims (or token positions) holding a massive activation in some sequence over the
+    layer range, with the share of sequences holding each."""
+    axis: ClassVar[str]
+
+    def compute(self, view, layers):
+        hits = torch.stack([massive_hits(view, L, self.axis) for L in layers]).any(dim=0)  # [S, E]
+        return SharedSet.of_hits(hits.numpy(), view.units())
+
+
 @register
-class MassiveDims(_Where):
+class MassiveDims(_WhereOver):
     """Residual dims holding a massive activation in some sequence, over the layer range."""
     measure: Literal["massive_dims"] = "massive_dims"
     dims_in_bound: ClassVar[bool] = True
-
-    def compute(self, view, layers):
-        return frozenset().union(*(massive_dims(view, L) for L in layers))
+    axis: ClassVar[str] = "dim"
 
 
 @register
-class MassiveTokens(_Where):
+class MassiveTokens(_WhereOver):
     """Token positions holding a massive activation in some sequence, over the layer range."""
     measure: Literal["massive_tokens"] = "massive_tokens"
+    axis: ClassVar[str] = "token"
+
+
+@register
+class MassivePositions(_Where):
+    """How many (sequence, token) positions of the data set hold a massive activation after some
+    block of the range: an existence claim is `at_least: 1`."""
+    measure: Literal["massive_positions"] = "massive_positions"
+    shape: ClassVar[str] = "value"
+    value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        return frozenset().union(*(massive_tokens(view, L) for L in layers))
+        hits = torch.stack([massive_hits(view, L, "token") for L in layers]).any(dim=0)  # [S, T]
+        return view.bootstrap.total(hits.sum(dim=1).double().numpy(), view.units())
 
 
 @register
 class EmergenceLayer(Measure):
-    """The first layer (of the range) holding a massive activation; None if none does."""
+    """The first layer (of the range) where some sequence holds a massive activation; inf if
+    none does. Resampled: the first such layer among the resampled sequences."""
     measure: Literal["emergence_layer"] = "emergence_layer"
     shape: ClassVar[str] = "value"
     layered: ClassVar[bool] = True
     uses_massive_rule: ClassVar[bool] = True
+    value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        return next((layer for layer in layers if massive_dims(view, layer)), None)
+        first = torch.full((view.units().n,), math.inf, dtype=torch.float64)  # [S] each sequence's first layer
+        for layer in reversed(layers):
+            first = torch.where(massive_hits(view, layer, "dim").any(dim=1), float(layer), first)
+        return view.bootstrap.minimum(first.numpy(), view.units())
 
 
 @register
 class MassiveElsewhere(Measure):
     """Share of massive positions (sequence, token), over blocks, on neither the sequence's first
-    token nor its first delimiter ("." or a newline); None when nothing is massive."""
+    token nor its first delimiter ("." or a newline); nan when nothing is massive. A ratio of
+    per-sequence counts, resampled by sequence."""
     measure: Literal["massive_elsewhere"] = "massive_elsewhere"
     shape: ClassVar[str] = "value"
     layered: ClassVar[bool] = True
     uses_massive_rule: ClassVar[bool] = True
+    value_range: ClassVar = (0.0, 1.0)
 
     def compute(self, view, layers):
         delimiters = first_delimiters(view)  # [S]
-        total = elsewhere = 0
+        total = elsewhere = torch.zeros(view.units().n, dtype=torch.float64)
         for layer in layers:
-            block = view.block(layer)
-            hits = stats.is_massive(block.token_max(), block.median()[:, None], view.min_value, view.min_ratio)
+            hits = massive_hits(view, layer, "token")  # [S, T]
             positions = torch.arange(hits.shape[1])[None, :]
             allowed = (positions == 0) | (positions == delimiters[:, None])
-            total += int(hits.sum())
-            elsewhere += int((hits & ~allowed).sum())
-        return elsewhere / total if total else None
+            total = total + hits.sum(dim=1)
+            elsewhere = elsewhere + (hits & ~allowed).sum(dim=1)
+        return view.bootstrap.ratio_of_totals(elsewhere.numpy(), total.numpy(), view.units())

@@ -3,6 +3,7 @@ residual dim."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal, get_args
 
 import torch
@@ -10,8 +11,10 @@ from pydantic import Field
 
 from .. import hooks, stats
 from ..capture import Needs
+from ..intervals import Estimate, value_of
 from ..models import parameter
 from .base import Measure, PerLayer, Statistic, register
+from .profile import EXTREME
 
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
 MLP_FLOW = get_args(Checkpoint)  # checkpoint order inside an MLP
@@ -23,12 +26,12 @@ def mlp_flow(lm) -> list[str]:
     return [c for c in MLP_FLOW if (c != "gate" or lm.adapter.gate is not None) and (c != "resid" or lm.adapter.mlp_resid)]
 
 
-def mlp_stat(view, layer: int, checkpoint: str, what: str, statistic: str = "paper") -> float:
+def mlp_stat(view, layer: int, checkpoint: str, what: str, statistic: str = "paper") -> Estimate | float:
     """max |a| (per sequence then averaged, or over all) or median |a| inside an MLP."""
     site_stats = view.stats(hooks.site(layer, f"mlp.{checkpoint}"), median=(what == "median"))
     if what == "median":
-        return float(site_stats.median().mean())
-    return float(site_stats.dim_max().amax(dim=1).mean()) if statistic == "paper" else float(site_stats.cell_max.max())
+        return view.mean(site_stats.median())
+    return view.mean(site_stats.dim_max().amax(dim=1)) if statistic == "paper" else float(site_stats.cell_max.max())
 
 
 def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
@@ -41,12 +44,13 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
 
 def flow_panel(view, layers: list[int]) -> dict:
     """Max |a| at each checkpoint the pass captured, per layer."""
-    return {"mlp": {L: {c: mlp_stat(view, L, c, "max") for c in mlp_flow(view.lm)
+    return {"mlp": {L: {c: value_of(mlp_stat(view, L, c, "max")) for c in mlp_flow(view.lm)
                         if view.captured(hooks.site(L, f"mlp.{c}"))} for L in layers}}
 
 
 class _Checkpoint(PerLayer):
     checkpoint: Checkpoint = "out"
+    value_range: ClassVar = (0.0, math.inf)
 
     def check_model(self, lm, layers):
         if self.checkpoint not in mlp_flow(lm):
@@ -67,6 +71,9 @@ class MlpMax(_Checkpoint):
 
     def at(self, view, layer):
         return mlp_stat(view, layer, self.checkpoint, "max", self.statistic)
+
+    def no_interval(self) -> str:
+        return EXTREME if self.statistic == "max_over_sequences" else ""
 
 
 @register
@@ -94,7 +101,7 @@ class ExplosionPoint(Measure):
         return Needs(sites={hooks.site(self.layer, f"mlp.{c}") for c in mlp_flow(lm)})
 
     def compute(self, view, layers):
-        return stats.explosion_point({c: mlp_stat(view, self.layer, c, "max") for c in mlp_flow(view.lm)})
+        return stats.explosion_point({c: value_of(mlp_stat(view, self.layer, c, "max")) for c in mlp_flow(view.lm)})
 
     def check_model(self, lm, layers):
         _layer_exists(lm, self.layer)
@@ -136,6 +143,8 @@ class TopNeuronsShare(_Units):
     """What those k units' contributions add up to, as a share of the dim's output (less bias)."""
     measure: Literal["top_neurons_share"] = "top_neurons_share"
     shape: ClassVar[str] = "value"
+    fixed: ClassVar[str] = ("read at one fixed token (where the dim peaks) from position-wise means over sequences; "
+                            "per-sequence unit activations are not kept, so it has no interval")
 
     def compute(self, view, layers):
         return stats.top_share(neuron_contributions(view, self.layer, self.dim), self.k)

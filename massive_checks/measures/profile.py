@@ -6,19 +6,26 @@ and one dim's peak. Two statistics (claims.md, "The statistic behind the numbers
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .. import interventions, stats
+from .. import interventions, intervals, stats
+from ..intervals import Estimate, SharedSet, value_of
 from ..records import STATISTIC_TEXT
 from .base import Measure, PerLayer, Statistic, register
 from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
 
 
-def top_value(view, layer: int, k: int, statistic: str = "paper") -> float:
+EXTREME = ("max_over_sequences is an extreme over sequences: the bootstrap does not estimate an "
+           "extreme's sampling spread (use the paper statistic for an interval)")
+
+
+def top_value(view, layer: int, k: int, statistic: str = "paper") -> Estimate | float:
+    """paper: each sequence's k-th largest |a|, averaged over sequences (with its interval)."""
     if statistic == "paper":
-        return stats.paper_top(view.block(layer).cells(), k)
+        return view.mean(view.block(layer).cells()[0][:, k - 1])
     return top_cells(view, layer, k)[k - 1].value
 
 
@@ -27,31 +34,39 @@ def top_cells(view, layer: int, k: int = 3) -> list[stats.Cell]:
     return stats.top_cells(view.block(layer).cell_max, k)
 
 
-def median(view, layer: int) -> float:
+def median(view, layer: int) -> Estimate:
     """Each sequence's median |a| over its real tokens and dims, averaged over sequences."""
-    return float(view.block(layer).median().mean())
+    return view.mean(view.block(layer).median())
 
 
-def ratio(view, layer: int, statistic: str = "paper") -> float:
-    """top-1 / median, both averaged over sequences (the seeds' ratio column: 2475 / 0.84)."""
-    return stats.ratio(top_value(view, layer, 1, statistic), median(view, layer))
+def ratio(view, layer: int, statistic: str = "paper") -> Estimate | float:
+    """top-1 / median, both averaged over sequences (the seeds' ratio column: 2475 / 0.84); a
+    ratio of means, resampled as one (paired)."""
+    top = top_value(view, layer, 1, statistic)
+    if statistic != "paper":
+        return stats.ratio(top, value_of(median(view, layer)))
+    return intervals.combine(intervals.safe_divide, top, median(view, layer))
 
 
 def profile_of(view) -> dict:
     """{"top1": [per layer], "top2", "top3", "median"} in the paper's statistic: what every spec
-    carries for each configuration it reads."""
+    carries for each configuration it reads (values only)."""
     layers = range(view.lm.n_layers)
-    result = {f"top{k}": [top_value(view, L, k) for L in layers] for k in (1, 2, 3)}
-    result["median"] = [median(view, L) for L in layers]
+    result = {f"top{k}": [value_of(top_value(view, L, k)) for L in layers] for k in (1, 2, 3)}
+    result["median"] = [value_of(median(view, L)) for L in layers]
     return result
 
 
 class _BlockMeasure(PerLayer):
     """A number per layer of the block output, computed by the function it was registered with."""
-    compute_at: ClassVar  # (view, layer, statistic) -> float
+    compute_at: ClassVar  # (view, layer, statistic) -> Estimate (paper) or float
+    value_range: ClassVar = (0.0, math.inf)
 
     def at(self, view, layer):
         return type(self).compute_at(view, layer, getattr(self, "statistic", "paper"))
+
+    def no_interval(self) -> str:
+        return EXTREME if getattr(self, "statistic", "paper") == "max_over_sequences" else ""
 
 
 def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: bool = True) -> type[Measure]:
@@ -82,9 +97,9 @@ class _TopWhere(Measure):
         return {L: self._at(view, L) for L in layers}
 
     def _at(self, view, layer):
-        if self.statistic == "paper":
+        if self.statistic == "paper":  # each sequence's top-1, with the share of sequences it is in
             _, features, tokens = view.block(layer).top()
-            return frozenset((features if self.axis == "dim" else tokens).tolist())
+            return SharedSet.of_labels((features if self.axis == "dim" else tokens).numpy(), view.units())
         cell = top_cells(view, layer, 1)[0]
         return cell.dim if self.axis == "dim" else cell.token
 
@@ -113,12 +128,16 @@ class DimPeak(PerLayer):
     measure: Literal["dim_peak"] = "dim_peak"
     dim: int = Field(ge=0, lt=10**9)
     statistic: Statistic = "paper"
+    value_range: ClassVar = (0.0, math.inf)
 
     def at(self, view, layer):
         block = view.block(layer)
         if self.statistic == "paper":
-            return float(block.dim_max()[:, self.dim].mean())
+            return view.mean(block.dim_max()[:, self.dim])
         return float(block.cell_max[:, self.dim].max())
+
+    def no_interval(self) -> str:
+        return EXTREME if self.statistic == "max_over_sequences" else ""
 
     def check_model(self, lm, layers):
         if self.dim >= lm.width:
@@ -133,8 +152,9 @@ def profile_document(view) -> dict:
     ("top", "median", "ratio" of top-1 cell / median) and the paper's statistic ("paper")."""
     layers, n = [], view.lm.n_layers
     for layer in range(n):
-        paper = {"top": [top_value(view, layer, k) for k in (1, 2, 3)], "median": median(view, layer), "ratio": ratio(view, layer)}
-        layers.append({"layer": layer, "top": [c.as_dict() for c in top_cells(view, layer)], "median": median(view, layer),
+        paper = {"top": [value_of(top_value(view, layer, k)) for k in (1, 2, 3)], "median": value_of(median(view, layer)),
+                 "ratio": value_of(ratio(view, layer))}
+        layers.append({"layer": layer, "top": [c.as_dict() for c in top_cells(view, layer)], "median": value_of(median(view, layer)),
                        "ratio": ratio(view, layer, "max_over_sequences"), "paper": paper})
     examples = [massive_examples(view, layer) for layer in range(n)]
     massive = [{"layer": layer, **cell.as_dict()} for layer, (cells, _) in enumerate(examples) for cell in cells]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import ClassVar, Literal
 
 from .. import hooks, stats
 from ..capture import Needs
@@ -17,6 +18,8 @@ class MaxRelDiff(PerLayer):
     """max |x - y| / max |y| between this configuration and `versus` at a site (per-cell maxima
     and position-wise means, whichever differs more)."""
     measure: Literal["max_rel_diff"] = "max_rel_diff"
+    value_range: ClassVar = (0.0, math.inf)
+    fixed: ClassVar[str] = "an extreme over every cell (0 exactly when two captures agree): an exact comparison, not an estimate"
     versus: str  # a configuration name (checked against the spec's at collection)
     site: Site = "out"
 

@@ -9,7 +9,12 @@ from typing import Annotated, ClassVar, Literal, Mapping, Optional, Union
 
 from pydantic import Field, StringConstraints
 
-from .. import contrast, vectors
+import math
+
+import torch
+
+from .. import contrast, intervals, vectors
+from ..intervals import Estimate, Units
 from ..vectors import Vector, VectorDef
 from .base import Measure, PerLayer, register
 from .massive import massive_dims
@@ -29,28 +34,58 @@ def vector_of(view, name: str) -> Vector:
 
 
 def build(pairs_view, definition: VectorDef) -> Vector:
-    """Extract (train examples only), clean if asked, and score the vector as a classifier."""
+    """Extract (train examples only), clean if asked, and score the vector as a classifier; and
+    refit it on resamples of the training examples (vectors.*_replicates) for intervals."""
     acts = pairs_view.pooled(definition.window, definition.layer)  # [S, D]
     labels = contrast.read(definition.pairs)
     train, heldout, y = labels.train, labels.heldout, labels.labels
     pos, neg = acts[train & (y == 1)], acts[train & (y == 0)]
-    intercept = None
+    units = split_units(pairs_view, train, "train")
+    weights = torch.from_numpy(pairs_view.bootstrap.weights(units))  # [B, N train]
+    intercept, replicates, why = None, None, ""
     if definition.method == "mean_diff":
         values = vectors.mean_diff(pos, neg)
+        positive = y[train] == 1
+        replicates = vectors.mean_diff_replicates(pos, neg, weights[:, positive], weights[:, ~positive])
     elif definition.method == "probe":
-        values, intercept = vectors.probe(acts[train], y[train])
+        theta = vectors.logistic_optimum(acts[train], y[train])
+        values, intercept = theta[:-1].float(), float(theta[-1])
+        replicates = vectors.probe_replicates(acts[train], y[train], theta, weights)
     else:
         values = vectors.pca(pos, neg)
+        why = "pca vectors are not refit on resamples (an SVD per resample): measures of them have no interval"
     zeroed: tuple[int, ...] = ()
     if definition.clean is not None:
         zeroed = dims_of(pairs_view, definition.window, definition.layer, definition.clean)
         values, intercept = vectors.clean(values, zeroed), None
+        replicates = None if replicates is None else vectors.clean_rows(replicates, zeroed)
     if intercept is None:  # a direction without its own threshold: halfway between the classes
         threshold = vectors.midpoint(acts[train], y[train], values)
     else:  # the probe's own decision: x . w + b > 0
         threshold = -intercept
-    return Vector(values, zeroed, vectors.accuracy(acts[train], y[train], values, threshold),
-                  vectors.accuracy(acts[heldout], y[heldout], values, threshold) if bool(heldout.any()) else float("nan"))
+    correct = {"train": vectors.correct(acts[train], y[train], values, threshold),
+               "heldout": vectors.correct(acts[heldout], y[heldout], values, threshold)}
+    return Vector(values, zeroed, float(correct["train"].double().mean()),
+                  float(correct["heldout"].double().mean()) if bool(heldout.any()) else float("nan"),
+                  replicates, units, why, correct)
+
+
+def split_units(pairs_view, members: torch.Tensor, split: str) -> Units:
+    """The examples of one split of a contrast set as sampling units."""
+    whole = pairs_view.units()
+    return Units(f"{whole.key}|{split}", int(members.sum()), f"{split} contrast examples")
+
+
+def vector_estimate(view, names: tuple[str, ...], fn_values, fn_rows) -> Estimate:
+    """A number computed from named vectors: fn_values on their values, fn_rows on their
+    replicates (paired: vectors of the same contrast set share resamples); no interval when one
+    of them has no replicates."""
+    built = [vector_of(view, name) for name in names]
+    value = float(fn_values(*(v.values for v in built)))
+    missing = next((v.no_interval for v in built if v.replicates is None), None)
+    if missing is not None:
+        return Estimate(value, None, None, reason=missing or "the vector has no replicates")
+    return Estimate(value, fn_rows(*(v.replicates for v in built)).numpy(), intervals.joint_units([v.units for v in built]))
 
 
 def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
@@ -95,9 +130,10 @@ class Cosine(_OnVectors):
     a: VectorName
     b: VectorName
     vector_fields: ClassVar[tuple[str, ...]] = ("a", "b")
+    value_range: ClassVar = (-1.0, 1.0)
 
     def compute(self, view, layers):
-        return vectors.cosine(vector_of(view, self.a).values, vector_of(view, self.b).values)
+        return vector_estimate(view, (self.a, self.b), vectors.cosine, vectors.cosine_rows)
 
 
 @register
@@ -109,6 +145,7 @@ class EnergyShare(_OnVectors):
     dims: DimSet = "massive"
 
     uses_massive_rule: ClassVar[bool] = True  # its massive dims come from the rule
+    value_range: ClassVar = (0.0, 1.0)
 
     def named_dims(self) -> set[int]:
         return set(self.dims) if isinstance(self.dims, list) else set()
@@ -116,7 +153,8 @@ class EnergyShare(_OnVectors):
     def compute(self, view, layers):
         definition = view.vector_def(self.vector)
         dims = dims_of(view.contrast(definition.pairs), definition.window, definition.layer, self.dims)
-        return vectors.energy_share(vector_of(view, self.vector).values, dims)
+        return vector_estimate(view, (self.vector,), lambda v: vectors.energy_share(v, dims),
+                               lambda rows: vectors.energy_share_rows(rows, dims))
 
 
 @register
@@ -151,10 +189,16 @@ class Accuracy(_OnVectors):
     measure: Literal["accuracy"] = "accuracy"
     vector: VectorName
     split: Literal["train", "heldout"] = "heldout"
+    value_range: ClassVar = (0.0, 1.0)
 
     def compute(self, view, layers):
+        """Resampled over the split's examples, the vector held fixed (its own fit's spread is
+        not in this interval)."""
         built = vector_of(view, self.vector)
-        return built.train_accuracy if self.split == "train" else built.heldout_accuracy
+        pairs_view = view.contrast(view.vector_def(self.vector).pairs)
+        members = contrast.read(view.vector_def(self.vector).pairs).train if self.split == "train" else \
+            contrast.read(view.vector_def(self.vector).pairs).heldout
+        return pairs_view.bootstrap.mean(built.correct[self.split].double().numpy(), split_units(pairs_view, members, self.split))
 
 
 @register
@@ -166,6 +210,7 @@ class BaseCoef(_OnVectors):
     vector: VectorName
     without: Optional[DimSet] = None
     uses_massive_rule: ClassVar[bool] = True  # `without: massive` applies the rule
+    value_range: ClassVar = (0.0, math.inf)
 
     def named_dims(self) -> set[int]:
         return set(self.without) if isinstance(self.without, list) else set()
@@ -175,10 +220,10 @@ class BaseCoef(_OnVectors):
         return activation_norm(view.contrast(definition.pairs), definition.window, definition.layer, self.without)
 
 
-def activation_norm(pairs_view, window: str, layer: int, without) -> float:
+def activation_norm(pairs_view, window: str, layer: int, without) -> Estimate:
     """Mean over the contrast examples of ||pooled activation||, with `without` dims zeroed."""
     dims = dims_of(pairs_view, window, layer, without) if without is not None else ()
-    return vectors.mean_norm(pairs_view.pooled(window, layer), dims)
+    return pairs_view.mean(vectors.norms(pairs_view.pooled(window, layer), dims))
 
 
 class _OnActivations(PerLayer):
@@ -193,8 +238,8 @@ class _OnActivations(PerLayer):
         pairs_view = view.contrast(self.pairs)
         every = range(view.lm.n_layers)
         return {"norms": {f"{self.pairs}, window {self.window}": {
-            "with": [activation_norm(pairs_view, self.window, L, None) for L in every],
-            "without": [activation_norm(pairs_view, self.window, L, "massive") for L in every]}}}
+            "with": [activation_norm(pairs_view, self.window, L, None).value for L in every],
+            "without": [activation_norm(pairs_view, self.window, L, "massive").value for L in every]}}}
 
 
 @register
@@ -203,6 +248,7 @@ class ActivationNorm(_OnActivations):
     dim or `without` a dim set (massive: the paper's rule at that layer; top:K; a list) (C14)."""
     measure: Literal["activation_norm"] = "activation_norm"
     without: Optional[DimSet] = None
+    value_range: ClassVar = (0.0, math.inf)
 
     def named_dims(self) -> set[int]:
         return set(self.without) if isinstance(self.without, list) else set()
@@ -217,14 +263,18 @@ class NormShare(_OnActivations):
     the massive dims): sum_i ||a_i,S||^2 / sum_i ||a_i||^2, 0 where the set is empty (C14)."""
     measure: Literal["norm_share"] = "norm_share"
     dims: DimSet = "massive"
+    value_range: ClassVar = (0.0, 1.0)
 
     def named_dims(self) -> set[int]:
         return set(self.dims) if isinstance(self.dims, list) else set()
 
     def at(self, view, layer):
+        """A ratio of sums over examples, resampled by example (the dim set held fixed)."""
         pairs_view = view.contrast(self.pairs)
         dims = dims_of(pairs_view, self.window, layer, self.dims)
-        return vectors.energy_of_dims(pairs_view.pooled(self.window, layer), dims)
+        a = pairs_view.pooled(self.window, layer).double()
+        inside = a[:, list(dims)].pow(2).sum(dim=1) if len(dims) else torch.zeros(len(a), dtype=torch.float64)
+        return pairs_view.bootstrap.ratio_of_totals(inside.numpy(), a.pow(2).sum(dim=1).numpy(), pairs_view.units())
 
 
 CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
@@ -248,7 +298,7 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
     pairs_view = view.contrast(pairs)
     built = {name: vector_of(view, name) for name in CLI_VECTORS}
     dims = sorted(massive_dims(pairs_view, layer))
-    norm_with, norm_without = (activation_norm(pairs_view, window, layer, w) for w in (None, "massive"))
+    norm_with, norm_without = (activation_norm(pairs_view, window, layer, w).value for w in (None, "massive"))
     return {
         "model": session.lm.name, "layer": layer, "window": window, "massive_dims": dims,
         "counts": contrast.read(pairs).counts(),

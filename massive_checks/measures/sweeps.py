@@ -10,13 +10,17 @@ or without the massive dims; a unit vector has norm 1) runs both calibrated coef
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints
 
 from .. import contrast, steer
+from ..intervals import Estimate, Units
 from ..steer import CALIBRATED, SteeringDef, SteeringResult
 from .base import Measure, register
 from .steering import activation_norm, vector_of
@@ -31,6 +35,8 @@ class SweepOutcome:
     results: tuple[SteeringResult, ...]  # coef 0 first, then ascending coefs
     threshold: float  # coherence (0-100) a coefficient needs to count
     calibrated: dict  # "calibrated" / "calibrated_without_massive" -> coefficient
+    prompts_key: str = ""  # identifies the prompts (sweeps on the same prompts resample them together)
+    start: float = math.nan  # a geometric sweep's start coefficient (nan: no sweep)
 
     @property
     def baseline(self) -> SteeringResult:
@@ -57,6 +63,36 @@ class SweepOutcome:
         """The smallest coefficient > 0 whose coherence is below the threshold (nan: none swept)."""
         return next((r.coef for r in self.results[1:] if r.coherence < self.threshold), math.nan)
 
+    # -- resampled over prompts (paired: every coefficient ran on the same prompts)
+    def units(self) -> Units:
+        return Units(f"prompts|{self.prompts_key}", len(self.baseline.prompt_traits), "prompts")
+
+    def resampled(self, bootstrap) -> tuple[np.ndarray, np.ndarray]:
+        """(trait [B, C], coherence [B, C]) of every coefficient (coef 0 first) on each resample of
+        the prompts: the means over prompts and the coherence formula (steer.coherence) redone."""
+        weights = bootstrap.weights(self.units())  # [B, P]
+        traits = np.array([r.prompt_traits for r in self.results])  # [C, P]
+        losses = np.array([r.prompt_losses for r in self.results], dtype=np.float64)  # [C, P]
+        present = ~np.isnan(losses)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = (weights @ np.where(present, losses, 0.0).T) / (weights @ present.T)  # [B, C]
+        trait = weights @ traits.T / weights.shape[1]
+        coherence = 100.0 * np.exp(-np.maximum(0.0, loss - loss[:, :1]))
+        return trait, coherence
+
+    def estimate(self, bootstrap, value: float, pick) -> Estimate:
+        """An Estimate of `value` whose replicates are pick(trait [B, C], coherence [B, C], coefs
+        [C]) -> [B] on the resampled prompts."""
+        trait, coherence = self.resampled(bootstrap)
+        coefs = np.array([r.coef for r in self.results])
+        return Estimate(value, np.asarray(pick(trait, coherence, coefs), dtype=np.float64), self.units())
+
+    def best_index(self, trait: np.ndarray, coherence: np.ndarray) -> np.ndarray:
+        """[B] index of the best coherent coefficient > 0 per resample (-1: none coherent)."""
+        eligible = coherence[:, 1:] >= self.threshold
+        masked = np.where(eligible, trait[:, 1:], -np.inf)
+        return np.where(eligible.any(axis=1), masked.argmax(axis=1) + 1, -1)
+
 
 def sweep_of(view, name: str) -> SweepOutcome:
     """The spec's steering configuration `name` on this model, swept once per session."""
@@ -69,9 +105,10 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     lm, vector_def = view.lm, view.vector_def(definition.vector)
     layer = vector_def.layer if definition.layer is None else definition.layer
     pairs_view = view.contrast(vector_def.pairs)
-    calibrated = {name: activation_norm(pairs_view, vector_def.window, layer, without)
+    calibrated = {name: activation_norm(pairs_view, vector_def.window, layer, without).value
                   for name, without in zip(CALIBRATED, (None, "massive"))}
     coefs = set(definition.coefs)
+    start = math.nan
     if definition.sweep is not None:
         start = definition.sweep.start
         coefs |= set(definition.sweep.coefs(calibrated.get(start, start)))
@@ -88,7 +125,9 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     baseline = view.session.memo(unsteered_key, lambda: steer.unsteered(lm, prompts, trait, definition.max_new_tokens))
     results = steer.sweep(lm, [(vector, c) for c in coefs], layer, prompts, trait, definition.max_new_tokens,
                           definition.positions, definition.first, baseline=baseline)
-    return SweepOutcome(tuple(results), definition.threshold, calibrated)
+    prompts_key = hashlib.sha256(repr(prompts).encode()).hexdigest()[:16]
+    start = calibrated.get(start, start)
+    return SweepOutcome(tuple(results), definition.threshold, calibrated, prompts_key, float(start))
 
 
 class _OnSteering(Measure):
@@ -125,11 +164,22 @@ class TraitEffect(_OnSteering):
     (nan when none is: the claim cannot be checked)."""
     measure: Literal["trait_effect"] = "trait_effect"
     coef: Optional[Coef] = None
+    value_range: ClassVar = (-100.0, 100.0)
 
     def compute(self, view, layers):
+        """Resampled over prompts: the best coherent coefficient is chosen again in each resample."""
         outcome = sweep_of(view, self.steering)
         result = outcome.best() if self.coef is None else outcome.at(self.coef)
-        return math.nan if result is None else outcome.effect(result)
+        value = math.nan if result is None else outcome.effect(result)
+        if self.coef is not None:
+            column = outcome.results.index(result)
+            return outcome.estimate(view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0])
+
+        def best_effect(trait, coherence, coefs):
+            best = outcome.best_index(trait, coherence)
+            picked = np.take_along_axis(trait, np.maximum(best, 0)[:, None], axis=1)[:, 0]
+            return np.where(best >= 0, picked - trait[:, 0], np.nan)
+        return outcome.estimate(view.bootstrap, value, best_effect)
 
 
 @register
@@ -137,26 +187,48 @@ class Coherence(_OnSteering):
     """Coherence (0-100) of the model steered at `coef` (a swept coefficient, or a calibrated one)."""
     measure: Literal["coherence"] = "coherence"
     coef: Coef
+    value_range: ClassVar = (0.0, 100.0)
 
     def compute(self, view, layers):
-        return sweep_of(view, self.steering).at(self.coef).coherence
+        outcome = sweep_of(view, self.steering)
+        result = outcome.at(self.coef)
+        column = outcome.results.index(result)
+        return outcome.estimate(view.bootstrap, result.coherence, lambda trait, coherence, coefs: coherence[:, column])
 
 
 @register
 class BestCoef(_OnSteering):
     """The coefficient with the largest trait effect at or above the coherence threshold (nan: none)."""
     measure: Literal["best_coef"] = "best_coef"
+    value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        best = sweep_of(view, self.steering).best()
-        return math.nan if best is None else best.coef
+        outcome = sweep_of(view, self.steering)
+        best = outcome.best()
+
+        def best_coef(trait, coherence, coefs):
+            index = outcome.best_index(trait, coherence)
+            return np.where(index >= 0, coefs[np.maximum(index, 0)], np.nan)
+        return outcome.estimate(view.bootstrap, math.nan if best is None else best.coef, best_coef)
 
 
 @register
 class CoherenceCliff(_OnSteering):
-    """The smallest swept coefficient whose coherence falls below the threshold (nan: none does)."""
+    """The smallest swept coefficient whose coherence falls below the threshold (nan: none does);
+    `per_start: true`: as a multiple of the geometric sweep's start coefficient (1 / factor^steps:
+    its lowest coefficient already breaks coherence)."""
     measure: Literal["coherence_cliff"] = "coherence_cliff"
+    per_start: bool = False
+    value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        return sweep_of(view, self.steering).cliff()
+        outcome = sweep_of(view, self.steering)
+        unit = outcome.start if self.per_start else 1.0
+        if math.isnan(unit):
+            raise ValueError(f"per_start: steering {self.steering!r} has no geometric sweep (sweep: {{start: ...}})")
+
+        def cliff(trait, coherence, coefs):
+            below = coherence[:, 1:] < outcome.threshold
+            return np.where(below.any(axis=1), coefs[1:][below.argmax(axis=1)], np.nan) / unit
+        return outcome.estimate(view.bootstrap, outcome.cliff() / unit, cliff)
 

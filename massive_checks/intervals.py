@@ -1,0 +1,292 @@
+"""Estimates with bootstrap intervals over sampling units, and the three verdicts.
+
+A claim's number is computed from sampling units: the sequences of a data set, the prompts of a
+steering run, the examples of a contrast set. An `Estimate` is that number on all units plus its
+bootstrap replicates: the same number recomputed on B resamples of the units (drawn with
+replacement, seeded). Everything derived from estimates (a change between configurations, a
+difference, a ratio, a reduction over layers) is computed replicate by replicate, so two estimates
+on the same units are resampled together (paired): the same resample of sequences feeds both sides
+of `change: [baseline, no_mlp]`. Estimates on different units (the data set vs a contrast set) are
+resampled independently, by seeds derived from their keys.
+
+The interval is the percentile interval of the replicates at the run's confidence (default 0.95,
+2,000 resamples; `scipy.stats.bootstrap(method="percentile")` is the reference the tests check it
+against). A quantity that has no sampling units (a property of the weights, one fixed token) has
+no replicates; its measure says why (`Measure.fixed`), and its verdict is exact.
+
+Verdicts (`decide`): a bound *holds* when the whole interval satisfies it, is *contradicted* when
+the whole interval violates it, and is *inconclusive* otherwise (and when the value, or any
+replicate, is undefined)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Units:
+    """n sampling units; estimates on the same key are resampled together (paired)."""
+
+    key: str  # identifies the units: e.g. the data set's token-ids hash, a steering run's prompts
+    n: int
+    kind: str  # "sequences", "prompts", "contrast examples"
+
+    def text(self) -> str:
+        return f"{self.n} {self.kind}"
+
+
+@dataclass
+class Bootstrap:
+    """The run's bootstrap settings, and the resamples drawn for each set of units (once)."""
+
+    resamples: int = RESAMPLES
+    confidence: float = CONFIDENCE
+    seed: int = 0
+    _weights: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if not 0.5 < self.confidence < 1:
+            raise ValueError(f"confidence {self.confidence}: a level between 0.5 and 1, e.g. 0.95")
+        if self.resamples < 100:
+            raise ValueError(f"resamples {self.resamples}: at least 100 (the default is {RESAMPLES})")
+
+    def weights(self, units: Units) -> np.ndarray:
+        """[B, n] how often each unit is drawn in each resample (each row sums to n)."""
+        cached = self._weights.get((units.key, units.n))
+        if cached is None:
+            digest = hashlib.sha256(f"{self.seed}|{units.key}|{units.n}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            drawn = rng.integers(0, units.n, size=(self.resamples, units.n))  # [B, n] unit indices
+            cached = np.zeros((self.resamples, units.n))
+            np.add.at(cached, (np.arange(self.resamples)[:, None], drawn), 1.0)
+            self._weights[(units.key, units.n)] = cached
+        return cached
+
+    def mean(self, per_unit, units: Units) -> "Estimate":
+        """The mean over units of per-unit values [n] (nan: a unit without a value, left out)."""
+        x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
+        if units.n == 0:
+            return Estimate(math.nan, None, units)
+        present = ~np.isnan(x)
+        w = self.weights(units)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = float(np.nanmean(x)) if present.any() else math.nan
+            replicates = (w @ np.where(present, x, 0.0)) / (w @ present)
+        return Estimate(value, replicates, units)
+
+    def total(self, per_unit, units: Units) -> "Estimate":
+        """The sum over units of per-unit values [n]."""
+        x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
+        return Estimate(float(x.sum()), self.weights(units) @ x, units)
+
+    def ratio_of_totals(self, numerator, denominator, units: Units) -> "Estimate":
+        """sum(numerator) / sum(denominator) over units (e.g. a token-weighted mean loss)."""
+        return combine(safe_divide, self.total(numerator, units), self.total(denominator, units))
+
+    def minimum(self, per_unit, units: Units) -> "Estimate":
+        """The smallest per-unit value (inf: no unit has one) - e.g. the first layer any
+        sequence reaches."""
+        x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
+        drawn = self.weights(units) > 0  # [B, n]
+        replicates = np.where(drawn, x[None, :], np.inf).min(axis=1)
+        return Estimate(float(x.min()) if units.n else math.inf, replicates, units)
+
+    def interval(self, estimate: "Estimate") -> tuple[float, float] | None:
+        return estimate.interval(self.confidence)
+
+
+@dataclass(frozen=True, eq=False)
+class Estimate:
+    """A number and its bootstrap replicates (None: no sampling units, an exact value)."""
+
+    value: float
+    replicates: np.ndarray | None = None  # [B]
+    units: Units | None = None
+    reason: str = ""  # why there are no replicates (an exact value, or what is not resampled)
+
+    def interval(self, confidence: float) -> tuple[float, float] | None:
+        """The percentile interval; (nan, nan) when the value is undefined. A resample where the
+        number is undefined (nan: e.g. no coefficient coherent) counts against both ends: it sits
+        below the lower end and above the upper one, so more than a tail's share of them makes
+        the interval unbounded."""
+        if self.replicates is None:
+            return None
+        if math.isnan(self.value):
+            return (math.nan, math.nan)
+        tail = (1.0 - confidence) / 2.0
+        undefined = np.isnan(self.replicates)
+        if not undefined.any():
+            low, high = np.quantile(self.replicates, [tail, 1.0 - tail])
+            return float(low), float(high)
+        low = np.quantile(np.where(undefined, -np.inf, self.replicates), tail, method="inverted_cdf")
+        high = np.quantile(np.where(undefined, np.inf, self.replicates), 1.0 - tail, method="inverted_cdf")
+        return float(low), float(high)
+
+    def undefined_share(self) -> float:
+        return 0.0 if self.replicates is None else float(np.isnan(self.replicates).mean())
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    # Arithmetic is replicate by replicate (combine): a measure may write top1 / (top1 + top2).
+    def __add__(self, other): return combine(np.add, self, other)
+    def __radd__(self, other): return combine(np.add, other, self)
+    def __sub__(self, other): return combine(np.subtract, self, other)
+    def __rsub__(self, other): return combine(np.subtract, other, self)
+    def __mul__(self, other): return combine(np.multiply, self, other)
+    def __rmul__(self, other): return combine(np.multiply, other, self)
+    def __truediv__(self, other): return combine(safe_divide, self, other)
+    def __rtruediv__(self, other): return combine(safe_divide, other, self)
+    def __neg__(self): return combine(np.negative, self)
+    def __abs__(self): return combine(np.abs, self)
+
+
+class SharedSet(frozenset):
+    """A set observed over sampling units (massive dims, each sequence's top-1 dim, ...), with
+    each element's share of the units it was seen in. Bounds read it as a plain set."""
+
+    shares: dict
+    units: Units | None
+
+    def __new__(cls, shares: dict, units: Units | None = None):
+        obj = super().__new__(cls, shares)
+        obj.shares, obj.units = dict(sorted(shares.items())), units
+        return obj
+
+    @classmethod
+    def of_hits(cls, hits, units: Units) -> "SharedSet":
+        """hits [n, E] bool: which elements each unit holds -> the set of elements some unit holds."""
+        hits = np.asarray(hits, dtype=bool)
+        share = hits.mean(axis=0) if len(hits) else np.zeros(hits.shape[1])
+        return cls({int(e): float(share[e]) for e in np.flatnonzero(hits.any(axis=0))}, units)
+
+    @classmethod
+    def of_labels(cls, labels, units: Units) -> "SharedSet":
+        """labels [n]: one element per unit (e.g. each sequence's top-1 dim)."""
+        values, counts = np.unique(np.asarray(labels), return_counts=True)
+        return cls({int(v): float(c) / units.n for v, c in zip(values, counts)}, units)
+
+    def __reduce__(self):  # pickles (xdist) as itself
+        return (SharedSet, (self.shares, self.units))
+
+
+def value_of(x) -> float:
+    return x.value if isinstance(x, Estimate) else x
+
+
+def combine(fn, *args) -> Estimate:
+    """fn applied to the values and, replicate by replicate, to the replicates (paired where the
+    arguments share units; a plain number is the same in every replicate; an estimate without
+    replicates leaves the result without them)."""
+    estimates = [a for a in args if isinstance(a, Estimate)]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        value = float(fn(*(np.float64(value_of(a)) for a in args)))
+        resampled = [e for e in estimates if e.replicates is not None]
+        if not resampled or len(resampled) < len(estimates):  # one side without an interval: none for the result
+            return Estimate(value, None, None, "; ".join(dict.fromkeys(e.reason for e in estimates if e.reason)))
+        size = len(resampled[0].replicates)
+        replicates = np.asarray(fn(*(a.replicates if isinstance(a, Estimate) else np.full(size, np.float64(a))
+                                     for a in args)), dtype=np.float64)
+    return Estimate(value, replicates, joint_units([e.units for e in resampled]))
+
+
+def joint_units(units: list[Units]) -> Units:
+    """The units of a number computed from estimates on these (one set: paired; several: each
+    resampled independently, by its own seed)."""
+    distinct = {u.key: u for u in units}
+    if len(distinct) == 1:
+        return units[0]
+    return Units(" + ".join(sorted(distinct)), max(u.n for u in distinct.values()),
+                 " and ".join(sorted({u.kind for u in distinct.values()})))
+
+
+def safe_divide(a, b):
+    return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.where(a != 0, np.inf, np.nan))
+
+
+def relative_change(before, after) -> Estimate:
+    """(after - before) / |before| (inf where before is 0 and after is not)."""
+    return combine(lambda b, a: safe_divide(a - b, np.abs(b)), before, after)
+
+
+def difference(before, after) -> Estimate:
+    return combine(lambda b, a: a - b, before, after)
+
+
+def ratio(a, b) -> Estimate:
+    """|a| / |b|."""
+    return combine(lambda x, y: safe_divide(np.abs(x), np.abs(y)), a, b)
+
+
+def reduce(how: str, values: list) -> Estimate:
+    """mean, max, min, mean_abs or max_abs over a list (a quantity's layers), per replicate."""
+    fn = {"mean": lambda *v: np.mean(np.stack(v), axis=0), "max": lambda *v: np.max(np.stack(v), axis=0),
+          "min": lambda *v: np.min(np.stack(v), axis=0), "mean_abs": lambda *v: np.mean(np.abs(np.stack(v)), axis=0),
+          "max_abs": lambda *v: np.max(np.abs(np.stack(v)), axis=0)}[how]
+    return combine(fn, *values)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def decide(bound, low: float, high: float) -> str:
+    """The verdict of a numeric bound (spec.Bound) on an interval [low, high] (low == high: an
+    exact value)."""
+    if math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    kind, target = bound.kind, bound.value
+    if kind == "approx":
+        kind, target = "between", (target - bound.rel * abs(target), target + bound.rel * abs(target))
+    if kind == "equals":
+        kind, target = "between", (target, target)
+    if kind == "at_least":
+        return HOLDS if low >= target else CONTRADICTED if high < target else INCONCLUSIVE
+    if kind == "at_most":
+        return HOLDS if high <= target else CONTRADICTED if low > target else INCONCLUSIVE
+    if kind == "between":
+        a, b = target
+        if a <= low and high <= b:
+            return HOLDS
+        return CONTRADICTED if high < a or low > b else INCONCLUSIVE
+    raise ValueError(f"bound {kind!r} is not a bound on a number")
+
+
+def nearest_edge(bound, value: float) -> float | None:
+    """The bound's edge nearest to `value` (where an interval around it would have to clear)."""
+    kind, target = bound.kind, bound.value
+    if kind == "at_least" or kind == "at_most" or kind == "equals":
+        return float(target)
+    if kind == "approx":
+        target = (target - bound.rel * abs(target), target + bound.rel * abs(target))
+    if kind in ("between", "approx"):
+        return min(target, key=lambda edge: abs(edge - value))
+    return None
+
+
+def units_to_decide(bound, value: float, interval: tuple[float, float], n: int) -> float:
+    """A rough number of units whose interval would clear the nearest edge of the bound: the half
+    width on that side shrinks as 1 / sqrt(n). inf when the value sits on the edge."""
+    edge = nearest_edge(bound, value)
+    if edge is None or math.isnan(value) or math.isnan(interval[0]):
+        return math.inf
+    half = (interval[1] - value) if edge >= value else (value - interval[0])
+    distance = abs(edge - value)
+    if distance == 0:
+        return math.inf
+    return max(float(n), math.ceil(n * (half / distance) ** 2))
+
+
+def worst(verdicts) -> str:
+    """Of several rows (or checks): contradicted if any is, holds if all do, else inconclusive."""
+    verdicts = list(verdicts)
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else INCONCLUSIVE
