@@ -262,7 +262,7 @@ def cmd_check(args) -> int:
         verdict = result.verdict
         ok = verdict.as_expected and not result.golden_failed
         label = ("PASS" if verdict.passed else "XFAIL" if verdict.xfail_reason else "UNDECIDED") if ok else "FAIL"
-        print(f"{label:9}  {spec.id} [{model}]  ({verdict.outcome})")
+        print(f"{label:5}  {spec.id} [{model}]  ({verdict.outcome})")
         if not verdict.as_expected:
             print(failure_text(result.observation, verdict))
         false_claims += not ok

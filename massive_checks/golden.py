@@ -85,6 +85,13 @@ def snapshot(values: dict, meta: dict) -> dict:
     return {"format": FORMAT, "meta": meta, "values": values}
 
 
+def snapshot_of(observation, verdict) -> dict:
+    """What a spec's golden holds (records.Observation, records.Verdict): every observed value
+    with its interval ends and set shares, and each check's verdict."""
+    values = {**observation.values(), **{f"verdict: {check.key}": check.verdict for check in verdict.checks}}
+    return snapshot(values, metadata(observation))
+
+
 def dumps(document: dict) -> str:
     """Indented JSON, keys in natural order ("layer 2" before "layer 10") for readable diffs."""
     return json.dumps(_natural(document), indent=1, default=jsonable) + "\n"

@@ -279,9 +279,9 @@ def units_to_decide(bound, value: float, interval: tuple[float, float], n: int) 
         return math.inf
     half = (interval[1] - value) if edge >= value else (value - interval[0])
     distance = abs(edge - value)
-    if distance == 0:
-        return math.inf
-    return max(float(n), math.ceil(n * (half / distance) ** 2))
+    with np.errstate(over="ignore", divide="ignore"):
+        needed = n * (half / distance) ** 2 if distance else math.inf
+    return max(float(n), math.ceil(needed)) if math.isfinite(needed) else math.inf
 
 
 def worst(verdicts) -> str:

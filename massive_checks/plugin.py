@@ -46,7 +46,8 @@ def pytest_addoption(parser):
     group.addoption("--confidence", type=_share, default=intervals.CONFIDENCE, metavar="LEVEL",
                     help=f"confidence level of every interval (default {intervals.CONFIDENCE}): a check holds when its "
                          f"whole interval satisfies its bound")
-    group.addoption("--resamples", type=_count_or_auto(100, "a number >= 100"), default=intervals.RESAMPLES, metavar="N",
+    group.addoption("--resamples", type=_count_or_auto(100, "a whole number >= 100", auto=False), default=intervals.RESAMPLES,
+                    metavar="N",
                     help=f"bootstrap resamples per set of sampling units (default {intervals.RESAMPLES})")
 
 
@@ -61,13 +62,13 @@ def _share(text: str) -> float:
     return value
 
 
-def _count_or_auto(least: int, wanted: str):
-    """An option's type: a whole number >= least, or auto (None: chosen at run time)."""
+def _count_or_auto(least: int, wanted: str, auto: bool = True):
+    """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
     def parse(text: str) -> int | None:
-        if text == "auto":
+        if auto and text == "auto":
             return None
         if not text.isdigit() or int(text) < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted} or auto")
+            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted}{' or auto' if auto else ''}")
         return int(text)
     return parse
 
@@ -81,7 +82,7 @@ def pytest_configure(config):
         dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
         report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
         figure_workers=option("figure_workers"), confidence=option("confidence"),
-        resamples=option("resamples") or intervals.RESAMPLES))
+        resamples=option("resamples")))
     plugin = MassiveChecks(config, suite)
     config.pluginmanager.register(plugin, "massive_checks_state")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled

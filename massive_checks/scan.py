@@ -14,6 +14,7 @@ from . import figures, golden, interventions, stats
 from .data import DataConfig
 from .evaluate import Evaluator
 from .files import atomic_write
+from .intervals import value_of
 from .measures.heads import head_score_table
 from .measures.massive import cells_panel
 from .measures.mlp import mlp_flow, mlp_stat
@@ -56,7 +57,7 @@ def scan(model_name: str, lm, data: DataConfig, out: Path, progress: bool = True
                            for (name, values), text in zip(ablated.items(), ("attn:all", "mlp:all"))}
     emergence = summary["emergence_layer"]
     if emergence is not None:
-        summary["mlp_flow"] = {c: mlp_stat(base, emergence, c, "max") for c in mlp_flow(lm)}
+        summary["mlp_flow"] = {c: value_of(mlp_stat(base, emergence, c, "max")) for c in mlp_flow(lm)}
         summary["explosion_point"] = stats.explosion_point(summary["mlp_flow"])
     steps.update()
     out.mkdir(parents=True, exist_ok=True)
@@ -129,10 +130,10 @@ def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path
 
 def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out: Path) -> None:
     (spec,) = load_file(spec_path)
-    observation, _ = Evaluator(spec, session, data).evaluate()
+    observation, verdict = Evaluator(spec, session, data).evaluate()
     observation.path = str(spec_path)
     path = golden.golden_path(out / "golden", session.lm.name, spec.id)
-    golden.check(path, golden.snapshot(observation.values(), golden.metadata(observation)), spec.golden, update="all")
+    golden.check(path, golden.snapshot_of(observation, verdict), spec.golden, update="all")
 
 
 def _write_page(summary: dict, out: Path, spec_path: Path) -> None:

@@ -129,8 +129,7 @@ class Suite:
 
     def _golden(self, spec: Spec, observation: Observation, verdict: Verdict) -> golden.GoldenResult:
         path = golden.golden_path(self.golden_root(), observation.model, spec.id)
-        values = {**observation.values(), **{f"verdict: {check.key}": check.verdict for check in verdict.checks}}
-        document = golden.snapshot(values, golden.metadata(observation))
+        document = golden.snapshot_of(observation, verdict)
         return golden.check(path, document, spec.golden, self.options.update_golden)
 
     def _figure(self, observation: Observation, verdict: Verdict) -> str:

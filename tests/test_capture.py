@@ -45,10 +45,10 @@ def reference_paper_profile(lm, batch):
 def assert_paper_profile_matches(session: ModelSession, data: DataConfig, rtol: float):
     view = session.view(data)
     for layer, (tops, median) in enumerate(reference_paper_profile(session.lm, session.batch(data))):
-        observed = [P.top_value(view, layer, k) for k in (1, 2, 3)]
+        observed = [P.top_value(view, layer, k).value for k in (1, 2, 3)]
         torch.testing.assert_close(torch.tensor(observed), torch.tensor(tops), rtol=rtol, atol=0)
-        assert P.median(view, layer) == pytest.approx(median, rel=rtol)
-        assert P.ratio(view, layer) == pytest.approx(tops[0] / median, rel=rtol)
+        assert P.median(view, layer).value == pytest.approx(median, rel=rtol)
+        assert P.ratio(view, layer).value == pytest.approx(tops[0] / median, rel=rtol)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -67,7 +67,7 @@ def test_smollm2_paper_statistic_differs_from_max_over_sequences_where_the_issue
     second_cell = P.top_cells(view, 11, 2)[1]
     assert second_cell.dim == 507 and second_cell.value > 2e4
     assert P.top_value(view, 11, 2, "max_over_sequences") == second_cell.value
-    assert P.top_value(view, 11, 2) < 0.2 * second_cell.value
+    assert P.top_value(view, 11, 2).value < 0.2 * second_cell.value
 
 
 def assert_profile_matches(session: ModelSession, data: DataConfig, rtol: float):
@@ -77,7 +77,7 @@ def assert_profile_matches(session: ModelSession, data: DataConfig, rtol: float)
         observed = P.top_cells(view, layer, 3)
         assert [(c.dim, c.token) for c in observed] == [(c.dim, c.token) for c in top], f"layer {layer}"
         torch.testing.assert_close(torch.tensor([c.value for c in observed]), torch.tensor([c.value for c in top]), rtol=rtol, atol=0)
-        assert P.median(view, layer) == pytest.approx(median, rel=rtol), f"median, layer {layer}"
+        assert P.median(view, layer).value == pytest.approx(median, rel=rtol), f"median, layer {layer}"
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -112,14 +112,14 @@ def test_batch_size_does_not_change_results(session_for):
     all_at_once = session_for("tiny-llama", batch_size=6).view(SMALL_DATA)
     for layer in range(one.lm.n_layers):
         assert [c.value for c in P.top_cells(one, layer, 3)] == pytest.approx([c.value for c in P.top_cells(all_at_once, layer, 3)], rel=1e-5)
-        assert P.median(one, layer) == pytest.approx(P.median(all_at_once, layer), rel=1e-5)
+        assert P.median(one, layer).value == pytest.approx(P.median(all_at_once, layer).value, rel=1e-5)
 
 
 def test_one_forward_pass_per_data_and_intervention(session_for):
     session = session_for("tiny-llama")
     view = session.view(SMALL_DATA)
     for layer in range(session.lm.n_layers):
-        P.top_cells(view, layer), P.median(view, layer), M.massive_examples(view, layer)[0]
+        P.top_cells(view, layer), P.median(view, layer).value, M.massive_examples(view, layer)[0]
     P.profile_document(session.view(SMALL_DATA))
     assert session.forward_passes == 1
     P.profile_document(session.view(DataConfig(samples=3, seq_len=40)))  # other data: its own pass
@@ -151,9 +151,9 @@ def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for,
     from massive_checks.spec import load_file
 
     path = tmp_path / "two.yaml"
-    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, at_least: 0}\n"
+    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, at_least: 1.0e-6}\n"
                     "---\nid: two\nclaim: c\ninterventions:\n  y: ['mlp:1']\nchecks:\n"
-                    "  - {measure: median, change: [baseline, y], layers: 2, at_least: -10}\n")
+                    "  - {measure: median, change: [baseline, y], layers: 2, at_least: -0.9}\n")
     session = session_for("tiny-llama")
     specs = load_file(path)
     for spec in specs:

@@ -58,7 +58,8 @@ GOOD_VALUES = {
     "dim": st.integers(0, 70), "head": st.sampled_from(["0.0", "1.1", "2.3", "2.9"]), "to": st.sampled_from(["first", "massive"]),
     "checkpoint": st.sampled_from(MLP_FLOW), "layer": st.integers(0, 3), "k": st.integers(1, 4),
     "versus": st.sampled_from(["a", "b"]), "site": st.sampled_from(["out", "attn.resid", "mlp.out"]),
-    "between": st.sampled_from([[0, 1e9], [-1, 1], [5, 6]]), "at_least": st.floats(-10, 1e4), "at_most": st.floats(-10, 1e4),
+    # bounds inside every measure's range (a bound admitting the whole range is a collection error)
+    "between": st.sampled_from([[0.1, 1e9], [-0.5, 0.5], [5, 6]]), "at_least": st.floats(0.01, 1e4), "at_most": st.floats(-10, 0.99),
     "approx": st.floats(0.1, 1e4), "rel": st.floats(0.01, 1), "equals": st.sampled_from([0, 3, [1, 2], [], "out"]),
     "subset_of": st.sampled_from([[0], [0, 1, 2]]), "contains": st.sampled_from([[0], []]), "excludes": st.sampled_from([[5]]),
     "id": st.sampled_from(["c1", "c2"]),
@@ -132,7 +133,7 @@ def spec_documents(draw, plausible: bool):
         not_on_a_side = {"between", "at_least", "at_most", "approx", "rel", "equals", "subset_of", "contains", "excludes", "id"}
         sides = {side: {k: v for k, v in check().items() if k not in not_on_a_side} for side in ("a", "b")}
         doc["checks"].append({"compare": {**sides, "by": draw(st.sampled_from(["ratio", "difference"]))},
-                              "at_least": draw(st.floats(allow_nan=True))})
+                              "at_least": draw(st.floats(0.01, 1e4) | st.floats(allow_nan=True))})
     for _ in range(draw(st.integers(0, 2 if not plausible else 0))):  # drop, replace or add a top-level key
         key = draw(st.sampled_from(["id", "claim", "models", "data", "interventions", "checks", "massive", "golden",
                                     "xfail", "notes", "source", "extra"]))

@@ -257,3 +257,22 @@ def test_cosine_of_two_vectors_with_one_definition_is_a_collection_error(tmp_pat
                            "checks:\n  - {measure: cosine, a: a, b: b, at_most: 0.5}\n")
     with pytest.raises(Exception, match="have the same definition"):
         load_file(path)
+
+
+def test_confidence_and_resamples_options(pytester):
+    (pytester.path / "specs").mkdir()
+    (pytester.path / "specs" / "l.yaml").write_text("id: l\nclaim: c\ndata: {samples: 6, seq_len: 40}\n"
+                                                     "checks:\n  - {measure: loss, at_least: 0.001}\n")
+    widths = {}
+    for level in ("0.8", "0.99"):
+        result = pytester.runpytest("specs", "--model", "planted-llama", "-p", "no:cacheprovider", "--confidence", level,
+                                    "--resamples", "500", "--report-dir", f"out{level}")
+        result.assert_outcomes(passed=1)
+        document = json.loads((pytester.path / f"out{level}" / "results.json").read_text())
+        low, high = document["results"][0]["checks"][0]["rows"][0]["interval"]
+        widths[level] = high - low
+        assert document["results"][0]["confidence"] == float(level)
+    assert widths["0.8"] < widths["0.99"]
+    for bad in (("--confidence", "1.5"), ("--resamples", "10")):
+        result = pytester.runpytest("specs", "--model", "planted-llama", *bad)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR

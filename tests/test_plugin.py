@@ -52,9 +52,9 @@ def test_specs_run_pass_fail_xfail_and_deselect(planted_suite):
     result = planted_suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out")
     result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)
     result.stdout.fnmatch_lines([
-        "*claim not supported on planted-llama: The planted activation is above one million*",
+        "*claim contradicted on planted-llama*: The planted activation is above one million*",
         "*where*expected*observed*",
-        "*FAIL*layer 2*>= 1e+06*",
+        "*contradicted*layer 2*>= 1e+06*",
         "*planted-llama: llama, revision synthetic-*; loaded 1 time; 1 forward passes*",
     ])
     results = json.loads((planted_suite.path / "out" / "results.json").read_text())
@@ -78,7 +78,7 @@ GENERIC = """
 id: generic-{n}
 claim: Any model has a largest activation.
 checks:
-  - {{measure: top1, at_least: 0}}
+  - {{measure: top1, at_least: 1.0e-6}}
 """
 
 

@@ -35,21 +35,21 @@ def spec_error(tmp_path, content) -> SpecError:
     (b"id: x\nclaim: c\n? [a, b]\n: 1\nchecks: []\n", "plain name"),
     (b"- just\n- a list\n", "not a mapping"),
     (HEAD.encode() + b"claim2: x\n", "unknown key"),
-    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, at_least: 0}\n", "claim"),
+    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "claim"),
 ])
 def test_hostile_files_are_spec_errors(tmp_path, content, message):
     assert message in str(spec_error(tmp_path, content))
 
 
 @pytest.mark.parametrize("check, key", [
-    ("{measure: top1, config: [a], at_least: 0}", "config"),
+    ("{measure: top1, config: [a], at_least: 1.0e-6}", "config"),
     ("{measure: top1, between: [a, b]}", "between[0]"),
-    ("{measure: dim_peak, dim: 100000000000000000000000, at_least: 0}", "dim"),
+    ("{measure: dim_peak, dim: 100000000000000000000000, at_least: 1.0e-6}", "dim"),
     ("{measure: top1, at_most: .inf}", "at_most"),
-    ("{measure: top1, layers: 2-0, at_least: 0}", "layers"),
-    ("{measure: top1, layers: 0-99999999999999, at_least: 0}", "layers"),
+    ("{measure: top1, layers: 2-0, at_least: 1.0e-6}", "layers"),
+    ("{measure: top1, layers: 0-99999999999999, at_least: 1.0e-6}", "layers"),
     ("{measure: top_neurons, layer: 1, dim: 2, k: 0, equals: [1]}", "k"),
-    ("{measure: dim_peak, dim: true, at_least: 0}", "dim"),
+    ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim"),
     ("{measure: massive_dims, at_most: 3}", "at_most"),
     ("{measure: explosion_point, layer: 1, change: [baseline, baseline], equals: out}", "change"),
     ("{measure: max_rel_diff, versus: baseline, site: blocks, at_most: 1}", "site"),
@@ -61,21 +61,21 @@ def test_bad_values_name_their_key(tmp_path, check, key):
 
 @pytest.mark.parametrize("extra, key", [
     ("massive: {min_value: .nan}\nchecks:\n  - {measure: massive_dims, equals: []}\n", "massive.min_value"),
-    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, at_least: 0}\n", "golden.rtol"),
-    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
-    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
-    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a"),
-    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a[0]"),
+    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "golden.rtol"),
+    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
+    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
+    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
+    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a[0]"),
 ])
 def test_bad_thresholds_tolerances_and_interventions(tmp_path, extra, key):
     assert spec_error(tmp_path, HEAD + extra).key == key
 
 
 @pytest.mark.parametrize("extra, key, message", [
-    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a", r"units \[99999\] out of range"),
-    ("checks:\n  - {measure: top1, layers: 5-7, at_least: 0}\n", "checks[0].layers", "out of range"),
+    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a", r"units \[99999\] out of range"),
+    ("checks:\n  - {measure: top1, layers: 5-7, at_least: 1.0e-6}\n", "checks[0].layers", "out of range"),
     ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layer", "has 3 blocks"),
-    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, at_least: 0}\n", "interventions.a", "out of range"),
+    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a", "out of range"),
 ])
 def test_what_the_model_lacks_is_a_spec_error_before_any_pass(tmp_path, session_for, extra, key, message):
     path = tmp_path / "spec.yaml"
@@ -106,7 +106,7 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
         models: any
         data: {samples: 2, seq_len: 12}
         checks:
-          - {measure: top1, layers: 0-2, at_least: 0}
+          - {measure: top1, layers: 0-2, at_least: 1.0e-6}
         ---
         id: too-deep
         claim: c
@@ -115,7 +115,7 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
         interventions:
           a: ['mlp:50']
         checks:
-          - {measure: top1, layers: 40-41, at_least: 0}
+          - {measure: top1, layers: 40-41, at_least: 1.0e-6}
     """))
     result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)

@@ -52,7 +52,7 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
     assert markdown.startswith("| claim | planted-llama |")  # a column per model
     assert "contradicted" in markdown and "contradicted, as expected" in markdown
     assert "holds: {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
-    assert "-99.9% to -99.9% (layers 1-3)" in markdown or "-100.0%" in markdown  # relative changes in percent
+    assert "-99.9% [-99.9%, -99.9%] to -99.9% [-99.9%, -99.9%] (layers 1-3)" in markdown  # percent, with intervals
     latex = (out / "claims.tex").read_text()
     assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex
 
@@ -87,7 +87,7 @@ def test_xdist_workers_load_each_model_once(pytester):
     """Items carry their model's xdist_group: with --dist loadgroup each model's specs run in one
     worker, which loads it once; the controller sums the workers' loads."""
     pytester.mkdir("specs")
-    specs = "".join(f"---\nid: s{i}\nclaim: c\ndata: {{samples: 2, seq_len: 12}}\nchecks:\n  - {{measure: top1, layers: 0, at_least: 0}}\n"
+    specs = "".join(f"---\nid: s{i}\nclaim: c\ndata: {{samples: 2, seq_len: 12}}\nchecks:\n  - {{measure: top1, layers: 0, at_least: 1.0e-6}}\n"
                     for i in range(3))
     (pytester.path / "specs" / "s.yaml").write_text(specs)
     result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-llama", "--report-dir", "out",

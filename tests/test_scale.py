@@ -189,7 +189,7 @@ def test_automatic_batch_size_chunks_by_free_memory_with_the_same_results(sessio
 def test_scale_options_take_their_values_and_name_bad_ones(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "s.yaml").write_text(
-        "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 0}\n")
+        "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 1.0e-6}\n")
     assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "auto").ret == 0
     assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "1").ret == 0
     result = pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "0")

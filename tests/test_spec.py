@@ -85,7 +85,7 @@ def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, se
 @pytest.mark.parametrize("check, interventions, message", [
     ("{measure: top1_dim, layers: 2, equals: 2533}", "", "names dims [2533]"),
     ("{measure: top1, config: off, at_least: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
-    ("{measure: head_score, head: '5.12', at_least: 0}", "", "head 5.12: tiny-gpt2 has 3 layers x 4 heads"),
+    ("{measure: head_score, head: '5.12', at_least: 1.0e-6}", "", "head 5.12: tiny-gpt2 has 3 layers x 4 heads"),
     ("{measure: head_rank, head: '40.1', at_most: 3}", "", "head 40.1: tiny-gpt2 has 3 layers x 4 heads"),
 ])
 def test_units_the_model_lacks_are_rejected_before_running(tmp_path, session_for, check, interventions, message):

@@ -57,13 +57,13 @@ def test_directory_defaults_apply_nearest_first_and_a_spec_wins(tmp_path):
     inner.mkdir(parents=True)
     (outer / "_defaults.yaml").write_text("models: [m1]\ndata: {samples: 3}\n")
     (inner / "_defaults.yaml").write_text("models: [planted-llama]\ngolden: {rtol: 0.01}\n")
-    (inner / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n---\n"
-                                  "id: b\nclaim: c\nmodels: any\ngolden: false\nchecks:\n  - {measure: top1, at_least: 0}\n"
-                                  "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    (inner / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n---\n"
+                                  "id: b\nclaim: c\nmodels: any\ngolden: false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
+                                  "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
     a, b, c = load_file(inner / "a.yaml")
     assert a.models == ("planted-llama",) and a.data.samples == 3 and a.golden.default.rtol == 0.01
     assert b.models is None and b.golden is None
-    assert c.golden is None  # an expected failure on every model is never snapshotted
+    assert c.golden is not None  # expected failures are snapshotted too: their reasons' numbers stay checked
     assert load_file(inner / "_defaults.yaml") == []  # holds no spec
 
 
@@ -71,7 +71,7 @@ def test_a_bad_default_names_the_defaults_file(tmp_path):
     folder = tmp_path / "specs"
     folder.mkdir()
     (folder / "_defaults.yaml").write_text("models: [m1]\ngolden: {rtol: -1}\n")
-    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
     with pytest.raises(SpecError) as info:
         load_file(folder / "a.yaml")
     assert info.value.path.endswith("_defaults.yaml") and info.value.line == 2 and info.value.key == "golden.rtol"
@@ -93,7 +93,7 @@ def test_defaults_outside_a_specs_directory_come_from_its_own_directory_only(tmp
     (tmp_path / "_defaults.yaml").write_text("models: [m1]\n")  # a parent, with no `specs` directory between
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    (folder / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
     assert load_file(folder / "a.yaml")[0].models is None
     (folder / "_defaults.yaml").write_text("models: [m2]\n")
     assert load_file(folder / "a.yaml")[0].models == ("m2",)

@@ -75,12 +75,12 @@ steering:
   search: {vector: pr, sweep: {start: calibrated_without_massive, factor: 2, steps: 1}, prompts: 3, max_new_tokens: 4,
            threshold: 60}
 checks:
-  - {id: effect, measure: trait_effect, steering: md, at_least: -100}
-  - {id: at30, measure: trait_effect, steering: md, coef: 30, at_least: -100}
-  - {id: coherence, measure: coherence, steering: md, coef: 300, at_least: 0}
-  - {id: best, measure: best_coef, steering: search, at_least: 0}
-  - {id: cliff, measure: coherence_cliff, steering: search, at_least: 0}
-  - {id: calibrated, measure: coherence, steering: search, coef: calibrated, at_least: 0}
+  - {id: effect, measure: trait_effect, steering: md, at_least: -99}
+  - {id: at30, measure: trait_effect, steering: md, coef: 30, at_least: -99}
+  - {id: coherence, measure: coherence, steering: md, coef: 300, at_least: 1}
+  - {id: best, measure: best_coef, steering: search, at_least: 1}
+  - {id: cliff, measure: coherence_cliff, steering: search, at_least: 1}
+  - {id: calibrated, measure: coherence, steering: search, coef: calibrated, at_least: 1}
 """
 
 
@@ -94,7 +94,7 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     monkeypatch.setattr(steer, "sweep", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     for spec in (first, second):
         plan(spec, session, spec.data)
-    observed = [{c.key: next(iter(c.values.values())) for c in Evaluator(s, session, s.data).evaluate().observation.checks}
+    observed = [{c.key: next(iter(c.values.values())).value for c in Evaluator(s, session, s.data).evaluate().observation.checks}
                 for s in (first, second)]
     assert observed[0] == pytest.approx(observed[1], nan_ok=True)
     assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
@@ -106,8 +106,8 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
     assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
     pairs_view = view.contrast("refusal")
-    start = activation_norm(pairs_view, "first:5", 1, "massive")
-    calibrated = activation_norm(pairs_view, "first:5", 1, None)
+    start = activation_norm(pairs_view, "first:5", 1, "massive").value
+    calibrated = activation_norm(pairs_view, "first:5", 1, None).value
     coefs = sorted({start / 2, start, start * 2, calibrated})
     search = steer.sweep(lm, [(vector_of(view, "pr").values, c) for c in [0.0] + coefs], 1, prompts, trait, 4)
     by_coef = {r.coef: r for r in search[1:]}
@@ -130,40 +130,45 @@ checks:
 
 
 def test_steering_checks_fail_from_each_side(session_for, tmp_path):
-    """The measured effect at a coef, with a bound just above it and just below it: one fails."""
+    """The measured effect at a coef, with bounds just clear of its interval on either side: it
+    holds from one side and is contradicted from the other; a bound at its value is inconclusive."""
     session = session_for("tiny-llama")
     (tmp_path / "s.yaml").write_text(SPEC)
     spec = load_file(tmp_path / "s.yaml")[0]
     value = next(c for c in Evaluator(spec, session, spec.data).evaluate().observation.checks if c.key == "at30").values["value"]
-    for bound, holds in ((f"at_least: {value - 0.01}", True), (f"at_least: {value + 0.01}", False),
-                         (f"at_most: {value + 0.01}", True), (f"at_most: {value - 0.01}", False)):
+    low, high = value.interval(0.95)
+    cases = [(f"at_least: {low - 0.01}", "holds"), (f"at_least: {high + 0.01}", "contradicted"),
+             (f"at_most: {high + 0.01}", "holds"), (f"at_most: {low - 0.01}", "contradicted")]
+    if high > low:
+        cases.append((f"at_least: {value.value}", "inconclusive"))
+    for bound, outcome in cases:
         (tmp_path / "one.yaml").write_text(ONE.replace("BOUND", bound))
         one = load_file(tmp_path / "one.yaml")[0]
-        assert Evaluator(one, session, one.data).evaluate().verdict.passed is holds, bound
+        assert Evaluator(one, session, one.data).evaluate().verdict.outcome == outcome, bound
 
 
 BASE = ('claim: c\nvectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n')
 BAD = [
-    (BASE + "steering:\n  s: {vector: w, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: w, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.vector", "unknown vector 'w'"),
-    (BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.vector", "give coefs"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 1.0e-6}\n",
      7, "checks[0].steering", "unknown steering configuration 't'"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1, 2]}\nchecks:\n  - {measure: coherence, steering: s, coef: 3, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v, coefs: [1, 2]}\nchecks:\n  - {measure: coherence, steering: s, coef: 3, at_least: 1.0e-6}\n",
      7, "checks[0].coef", "not among steering 's'"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 1.0e-6}\n",
      7, "checks[0].coef", "run only by a sweep from a calibrated start"),
     (BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
-     "  - {measure: best_coef, steering: s, at_least: 0}\n", 6, "steering.t", "no check reads it"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 6, "steering.t", "no check reads it"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.prompts", "held-out prompts"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.temperature", "unknown key; allowed"),
-    (BASE + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n",
+    (BASE + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.sweep.factor", "greater than 1"),
     (BASE + "steering:\n  s: {vector: v, coefs: [1], positions: middle}\nchecks:\n"
-     "  - {measure: best_coef, steering: s, at_least: 0}\n", 5, "steering.s.positions", "must be one of"),
+     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 5, "steering.s.positions", "must be one of"),
 ]
 
 
@@ -182,7 +187,7 @@ def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
     pairs.write_text("".join(json.dumps({"text": f"Q{i}: A", "prompt": f"Q{i}:", "response": " A", "label": lab}) + "\n"
                              for i in range(10) for lab in ("pos", "neg")))
     body = (f"claim: c\nvectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
-            "steering:\n  s: {vector: v, coefs: [1], prompts: 2}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 0}\n")
+            "steering:\n  s: {vector: v, coefs: [1], prompts: 2}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n")
     (tmp_path / "a.yaml").write_text(body)
     with pytest.raises(SpecError, match="no built-in trait words") as info:
         load_file(tmp_path / "a.yaml")

@@ -48,7 +48,7 @@ def test_top_neurons_use_the_weights_that_produce_the_dim(tmp_path, session_for,
     units = observed(tmp_path, session, "top_neurons")
     assert units == right.abs().argsort(descending=True)[:K].tolist()
     share = observed(tmp_path, session, "top_neurons_share")
-    assert share == pytest.approx(float(right[units].sum() / right.sum()), rel=1e-5)
+    assert share.value == pytest.approx(float(right[units].sum() / right.sum()), rel=1e-5)
 
 
 def test_the_seeds_row_reading_gives_another_answer_on_conv1d(tmp_path, session_for):

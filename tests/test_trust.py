@@ -53,30 +53,30 @@ def test_the_two_sided_form_fails_from_either_side(tmp_path, session_for):
                         f"  - {{measure: dim_peak, dim: 37, steps: [{{over_layers: max}}, {{change: {change}}}], between: [-0.01, 0.01]}}\n")
         outcome = Evaluator(spec, session, SMALL_DATA).evaluate()
         (row,) = outcome.checks[0].rows
-        assert abs(row.observed) > 0.5 and not outcome.passed, change
+        assert abs(row.observed.value) > 0.5 and outcome.verdict.outcome == "contradicted", change
 
 
 @pytest.mark.parametrize("check, key, message", [
     ("{measure: loss, over_layers: mean, at_most: 5}", "over_layers", "reduces a number per layer"),
     ("{measure: loss, steps: [{over_layers: mean}], at_most: 5}", "steps", "reduces a number per layer; loss is not one"),
-    ("{measure: head_score, head: '1.0', layers: 1, at_least: 0}", "layers", "not per layer"),
+    ("{measure: head_score, head: '1.0', layers: 1, at_least: 1.0e-6}", "layers", "not per layer"),
     ("{measure: top1, config: zeroed, change: [baseline, zeroed], at_most: 0}", "config", "come from it"),
     ("{measure: massive_dims, change: [baseline, zeroed], equals: []}", "change", "not a number"),
-    ("{measure: top1, change: [baseline, zeroed], difference: [baseline, zeroed], at_least: 0}", "difference", "two steps"),
+    ("{measure: top1, change: [baseline, zeroed], difference: [baseline, zeroed], at_least: 1.0e-6}", "difference", "two steps"),
     ("{measure: top1, change: [baseline, zeroed], over_layers: max, at_most: 0}", "over_layers", "in the order they apply"),
     ("{measure: top1, steps: [{change: [baseline, zeroed]}, {change: [zeroed, baseline]}], at_most: 0}", "steps", "at most one change"),
     ("{measure: top1, steps: [{change: [baseline, zeroed], over_layers: max}], at_most: 0}", "steps", "must be one of"),
     ("{measure: top1, steps: [], at_most: 0}", "steps", "empty list of steps"),
     ("{measure: top1_dim, over_layers: max, equals: 3}", "over_layers", "reduces a number per layer"),
-    ("{measure: median, statistic: max_over_sequences, at_least: 0}", "statistic", "has one statistic"),
-    ("{measure: top1, statistic: maximum, at_least: 0}", "statistic", "must be one of 'paper' or 'max_over_sequences'"),
+    ("{measure: median, statistic: max_over_sequences, at_least: 1.0e-6}", "statistic", "has one statistic"),
+    ("{measure: top1, statistic: maximum, at_least: 1.0e-6}", "statistic", "must be one of 'paper' or 'max_over_sequences'"),
     ("{measure: massive_dims, at_least: 3}", "at_least", "does not apply to massive_dims"),
     ("{measure: top1, subset_of: [1]}", "subset_of", "does not apply to top1"),
     ("{measure: top1, at_least: 1, rel: 0.1}", "rel", "only applies to approx"),
     ("{measure: top1, at_least: 1, at_most: 2}", "at_most", "exactly one bound"),
     ("{measure: top_neurons, layer: 1, dim: 3, k: 0, equals: [1]}", "k", "greater than or equal to 1"),
-    ("{measure: head_score, head: 1.10, at_least: 0}", "head", "quoted"),
-    ("{measure: dim_peak, dim: true, at_least: 0}", "dim", "not true/false"),
+    ("{measure: head_score, head: 1.10, at_least: 1.0e-6}", "head", "quoted"),
+    ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim", "not true/false"),
     ("{measure: top1, at_least: .nan}", "at_least", "finite number"),
     ("{measure: top1, between: [0, .inf]}", "between[1]", "finite number"),
     ("{measure: top1, between: [2, 1]}", "between", "low <= high"),
@@ -105,7 +105,7 @@ def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message)
 def test_notes_are_kept_and_reach_the_report(tmp_path, session_for):
     from massive_checks import report
 
-    spec = one_spec(tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 0}\n")
+    spec = one_spec(tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
     assert spec.notes == "The seed sliced heads after c_proj."
     record = report.outcome_record(*Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate())
     assert record["notes"] == spec.notes
@@ -134,7 +134,7 @@ def test_compare_on_the_same_layers_is_row_by_row_and_can_fail(tmp_path, session
 def test_an_empty_layer_range_cannot_pass(tmp_path, session_for):
     from massive_checks import evaluate
 
-    spec = one_spec(tmp_path, HEAD + "checks:\n  - {measure: top1, layers: '1', at_least: 0}\n")
+    spec = one_spec(tmp_path, HEAD + "checks:\n  - {measure: top1, layers: '1', at_least: 1.0e-6}\n")
     evaluator = Evaluator(spec, session_for("tiny-llama"), SMALL_DATA)
     real = evaluate.layers_of
     evaluate.layers_of = lambda q, n: []  # what an empty range gives
@@ -147,17 +147,17 @@ def test_an_empty_layer_range_cannot_pass(tmp_path, session_for):
 
 def test_check_keys_are_stable_across_rewording_and_reordering(tmp_path, session_for):
     session = session_for("tiny-llama")
-    first = one_spec(tmp_path, "id: x\nclaim: first wording\nchecks:\n  - {measure: top1, layers: 1, at_least: 0}\n"
-                     "  - {id: peak, measure: median, layers: 2, at_least: 0}\n")
-    second = one_spec(tmp_path, "id: x\nclaim: other words\nchecks:\n  - {id: peak, measure: median, layers: 2, at_least: 0}\n"
-                      "  - {measure: top1, layers: 1, at_least: 0}\n")
+    first = one_spec(tmp_path, "id: x\nclaim: first wording\nchecks:\n  - {measure: top1, layers: 1, at_least: 1.0e-6}\n"
+                     "  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n")
+    second = one_spec(tmp_path, "id: x\nclaim: other words\nchecks:\n  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n"
+                      "  - {measure: top1, layers: 1, at_least: 1.0e-6}\n")
     a = Evaluator(first, session, SMALL_DATA).evaluate().values()
     b = Evaluator(second, session, SMALL_DATA).evaluate().values()
     assert a == b and "check: peak | layer 2" in a and "check: top1 [baseline] layers 1 | layer 1" in a
 
 
 def test_duplicate_check_ids_are_rejected(tmp_path):
-    path = spec_from(tmp_path, HEAD + "checks:\n  - {id: a, measure: top1, at_least: 0}\n  - {id: a, measure: median, at_least: 0}\n")
+    path = spec_from(tmp_path, HEAD + "checks:\n  - {id: a, measure: top1, at_least: 1.0e-6}\n  - {id: a, measure: median, at_least: 1.0e-6}\n")
     with pytest.raises(SpecError, match="duplicate check id 'a'"):
         load_file(path)
 

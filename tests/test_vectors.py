@@ -234,12 +234,12 @@ claim: norms by hand
 vectors:
   v: {pairs: sentiment, layer: 2, window: all, method: mean_diff}
 checks:
-  - {id: with, measure: activation_norm, pairs: sentiment, window: all, layers: 2, at_least: 0}
-  - {id: without, measure: activation_norm, pairs: sentiment, window: all, layers: 2, without: massive, at_least: 0}
-  - {id: share, measure: norm_share, pairs: sentiment, window: all, layers: 2, at_least: 0}
-  - {id: coef_with, measure: base_coef, vector: v, at_least: 0}
-  - {id: coef_without, measure: base_coef, vector: v, without: massive, at_least: 0}
-  - {id: coef_listed, measure: base_coef, vector: v, without: [3, 37], at_least: 0}
+  - {id: with, measure: activation_norm, pairs: sentiment, window: all, layers: 2, at_least: 1.0e-6}
+  - {id: without, measure: activation_norm, pairs: sentiment, window: all, layers: 2, without: massive, at_least: 1.0e-6}
+  - {id: share, measure: norm_share, pairs: sentiment, window: all, layers: 2, at_least: 1.0e-6}
+  - {id: coef_with, measure: base_coef, vector: v, at_least: 1.0e-6}
+  - {id: coef_without, measure: base_coef, vector: v, without: massive, at_least: 1.0e-6}
+  - {id: coef_listed, measure: base_coef, vector: v, without: [3, 37], at_least: 1.0e-6}
 """
 
 
@@ -250,7 +250,7 @@ def test_norm_share_and_calibration_equal_a_hand_computation(session_for, tmp_pa
     lm = session.lm
     (tmp_path / "norms.yaml").write_text(NORM_SPEC)
     spec = load_file(tmp_path / "norms.yaml")[0]
-    observed = {c.key: next(iter(c.values.values())) for c in Evaluator(spec, session, spec.data).evaluate().observation.checks}
+    observed = {c.key: next(iter(c.values.values())).value for c in Evaluator(spec, session, spec.data).evaluate().observation.checks}
     pooled = []
     for text in contrast.read_texts("sentiment"):
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
@@ -307,19 +307,19 @@ def test_too_few_training_examples_is_an_error(tmp_path):
 
 BAD_SPECS = [
     ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
-     "checks:\n  - {measure: cosine, a: v, b: w, at_least: 0}\n", 4, "checks[0].b", "unknown vector 'w'"),
+     "checks:\n  - {measure: cosine, a: v, b: w, at_least: 1.0e-6}\n", 4, "checks[0].b", "unknown vector 'w'"),
     ("vectors:\n  v: {pairs: sentiment, layer: 1, window: 'last:0', method: mean_diff}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n", 2, "vectors.v.window", "pattern"),
+     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.window", "pattern"),
     ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff, clean: {dims: [1], top: 2}}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n", 2, "vectors.v.clean", "one of dims"),
+     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.clean", "one of dims"),
     ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
      "  unused: {pairs: sentiment, layer: 1, window: all, method: probe}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n", 3, "vectors.unused", "no check reads it"),
+     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 3, "vectors.unused", "no check reads it"),
     ("vectors:\n  v: {pairs: nowhere.jsonl, layer: 1, window: all, method: mean_diff}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n", 2, "vectors.v.pairs", "no such file"),
+     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.pairs", "no such file"),
     ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: lda}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n", 2, "vectors.v.method", "must be one of"),
-    ("checks:\n  - {measure: norm_share, pairs: sentiment, window: all, dims: top3, at_least: 0}\n", 2,
+     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.method", "must be one of"),
+    ("checks:\n  - {measure: norm_share, pairs: sentiment, window: all, dims: top3, at_least: 1.0e-6}\n", 2,
      "checks[0].dims", ""),
 ]
 
@@ -337,7 +337,7 @@ def test_a_bad_vector_spec_names_file_line_and_key(tmp_path, body, line, key, me
 def test_a_vector_layer_past_the_model_is_a_spec_error(session_for, tmp_path):
     path = tmp_path / "deep.yaml"
     path.write_text("claim: c\nvectors:\n  v: {pairs: sentiment, layer: 40, window: all, method: mean_diff}\n"
-                    "checks:\n  - {measure: accuracy, vector: v, at_least: 0}\n")
+                    "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n")
     spec = load_file(path)[0]
     with pytest.raises(SpecError, match="has 3 blocks") as info:
         Evaluator(spec, session_for("tiny-llama"), spec.data).evaluate()
