@@ -20,7 +20,7 @@ from massive_checks import figures, models
 from massive_checks.errors import MassiveChecksError
 from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
-from massive_checks.suite import Options, Suite
+from massive_checks.suite import Options, Suite, available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name not in ("_defaults.yaml", "steering.yaml")]
@@ -175,4 +175,37 @@ def test_interval_share_of_the_suite(benchmark, setup, lm, tmp_path, monkeypatch
     suite_time, n_specs, _ = _run_suite(setup, tmp_path, PassLog(), monkeypatch)
     record(f"intervals' share of the spec suite ({n_specs} specs with steering; {watch.seconds:.2f} s of "
            f"{suite_time:.1f} s)", watch.seconds / suite_time, "target <= 0.05")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+PARALLEL_FILES = [f"specs/{model}/{kind}.yaml" for model in ("smollm2", "gemma3") for kind in ("profile", "ablations")]
+
+
+def _pytest_run(tmp: Path, *extra: str) -> tuple[float, dict]:
+    """Wall time of `pytest <profile and ablation specs of both bundled models>` in a fresh
+    process, and its observations (spec, model) -> checks, from results.json."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pytest", *PARALLEL_FILES, "--model", "smollm2-135m", "--model", "gemma3-270m", "-q",
+               "-p", "no:cacheprovider", "-p", "no:benchmark", "--report-dir", str(tmp), "--golden-dir", str(tmp / "golden"), *extra]
+    shutil.copytree(ROOT / "golden", tmp / "golden")
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 0, done.stdout[-3000:]
+    results = json.loads((tmp / "results.json").read_text())["results"]
+    return elapsed, {(r["spec"], r["model"]): r["checks"] for r in results}
+
+
+def test_xdist_workers_vs_one_process(benchmark, tmp_path):
+    """`-n 2 --dist loadgroup` (each model's specs on one worker, each worker on its share of the
+    cores) vs one process, on the profile and ablation specs of both bundled models; the
+    observations must be identical."""
+    serial, observed = _pytest_run(tmp_path / "serial")
+    parallel, observed_parallel = _pytest_run(tmp_path / "parallel", "-n", "2", "--dist", "loadgroup")
+    assert observed_parallel == observed
+    record(f"-n 2 --dist loadgroup vs one process ({len(observed)} items, {available_cores()} cores; "
+           f"{parallel:.1f} s vs {serial:.1f} s)", parallel / serial, "target <= 1.0x")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -62,7 +62,11 @@ def path_of(pairs: str) -> str:
     """A built-in set's name, or a file path -> the file's path."""
     if pairs in BUILTIN_SETS:
         return str(resources.files("massive_checks").joinpath(f"data/contrast/{pairs}.jsonl"))
-    if not Path(pairs).is_file():
+    try:
+        exists = Path(pairs).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    if not exists:
         raise DataError(f"contrast set {pairs!r}: no such file, and not a built-in set ({', '.join(BUILTIN_SETS)})")
     return pairs
 
@@ -104,6 +108,9 @@ def _validate(record: dict, where: str) -> None:
     if record.get("split") is not None and record["split"] not in SPLITS:
         raise DataError(f'{where}: "split" must be "train" or "heldout", not {record["split"]!r}')
     prompt, response = record.get("prompt"), record.get("response")
+    for field in ("prompt", "response"):
+        if record.get(field) is not None and not isinstance(record[field], str):
+            raise DataError(f'{where}: "{field}" must be a string, not {type(record[field]).__name__}')
     if response is not None and (prompt is None or prompt + response != record["text"]):
         raise DataError(f'{where}: "prompt" + "response" must equal "text"')
 

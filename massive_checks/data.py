@@ -45,19 +45,36 @@ def read_records(dataset: str) -> list[dict]:
         text = resources.files("massive_checks").joinpath("data/passages.txt").read_text("utf-8")
         return [{"text": line.strip()} for line in text.splitlines() if line.strip()]
     path = Path(dataset)
-    if not path.is_file():
-        raise DataError(f"dataset file {dataset!r} does not exist")
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    if not exists:
+        raise DataError(f"dataset file {dataset[:200]!r} does not exist")
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     if path.suffix == ".txt":
-        return [{"text": line.strip()} for line in path.read_text("utf-8").splitlines() if line.strip()]
+        return [{"text": line.strip()} for line in _text_of(path).splitlines() if line.strip()]
     raise DataError(f"dataset {dataset!r}: expected a .txt (one passage per line) or .jsonl file")
+
+
+def _text_of(path: Path) -> str:
+    """A data file's text: an unreadable or non-UTF-8 file is a DataError naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{str(path)[:200]}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
 
 
 def jsonl_lines(path: Path):
     """(where, record) per non-blank line, where = "path:line"; each record a mapping with a string
     "text" (DataError naming file and line otherwise)."""
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+    for number, line in enumerate(_text_of(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -65,6 +82,8 @@ def jsonl_lines(path: Path):
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        except (RecursionError, ValueError) as exc:  # nested too deeply; a number of 4,301+ digits
+            raise DataError(f"{where}: not a record this tool reads ({type(exc).__name__}: {str(exc)[:80]})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{where}: each line needs a string field "text"')
         yield where, record

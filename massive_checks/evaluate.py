@@ -103,6 +103,10 @@ class Evaluator:
                     first = str(exc).split(" ", 1)[0].rstrip(":")
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
                     raise SpecError(spec.path, check.line, f"checks[{index}].{key}", str(exc)) from None
+        for name, definition in spec.vectors.items():
+            if definition.clean is not None and definition.clean.kind == "top" and definition.clean.k > lm.width:
+                raise SpecError(spec.path, spec.line, f"vectors.{name}.clean", f"top {definition.clean.k}: {lm.name}'s "
+                                                                               f"residual stream has {lm.width} dims")
         layers = [(f"vectors.{name}.layer", d.layer) for name, d in spec.vectors.items()]
         layers += [(f"steering.{name}.layer", d.layer) for name, d in spec.steering.items() if d.layer is not None]
         for key, layer in layers:

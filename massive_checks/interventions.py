@@ -89,12 +89,30 @@ def parse(text: str) -> Request:
         raise ValueError(f"intervention {text!r}: mode {mode!r} does not apply to {target}")
     if target in ("dims", "neurons", "massive") and not match["layers"]:
         raise ValueError(f"intervention {text!r}: {target} need @LAYERS, e.g. {target}:{match['sel']}@all")
+    if target in ("attn", "mlp", "heads") and match["layers"]:
+        raise ValueError(f"intervention {text!r}: {target} takes its layers from its selection ({target}:2,3 or "
+                         f"{'heads:5.1' if target == 'heads' else target + ':2-4'}), not from @{match['layers']}")
+    if target in ("attn", "mlp") and match["tokens"]:
+        raise ValueError(f"intervention {text!r}: #{match['tokens']} does not apply to {target} (its whole output is "
+                         f"replaced); heads, dims and neurons take #TOKENS")
+    if target in ("dims", "neurons"):
+        _ints(match["sel"], text)
+    if target == "heads" and match["sel"] != "all" and not re.fullmatch(r"(top|bottom)\d+", match["sel"]):
+        for item in match["sel"].split(","):
+            layer_text, dot, head_text = item.partition(".")
+            if not dot:
+                raise ValueError(f"intervention {text!r}: {item!r} is not LAYER.HEAD (e.g. heads:5.1,6.*)")
+            parse_layers(layer_text, None)
+            if head_text != "*":
+                _ints(head_text, text)
+    if match["tokens"] not in (None, "all", "massive"):
+        _ints(match["tokens"], text)
     try:
         number = float(value) if mode == "value" else 0.0
     except ValueError:
         raise ValueError(f"intervention {text!r}: value {value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"intervention {text!r}: value {value!r} is not a finite number")
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise ValueError(f"intervention {text!r}: value {value!r} is not a finite float32 number (|x| <= {FLOAT32_MAX:.4g})")
     ranked = re.fullmatch(r"(top|bottom)(\d+)", match["sel"])
     if target == "heads" and ranked and int(ranked[2]) < 1:
         raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
@@ -105,6 +123,7 @@ def parse(text: str) -> Request:
 
 
 MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before it is built
+FLOAT32_MAX = 3.4028234663852886e38  # the largest value an activation can be set to
 
 
 def parse_layers(text: str, n_layers: int | None) -> list[int]:
@@ -202,10 +221,11 @@ def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[
 
 
 def _ints(text: str, context: str) -> list[int]:
-    try:
-        return [int(part) for part in str(text).split(",")]
-    except ValueError:
-        raise ValueError(f"intervention {context!r}: {text!r} is not a comma list of integers") from None
+    """A comma list of indices >= 0 (no negative, Python-style indices: dim -1 is not the last)."""
+    parts = str(text).split(",")
+    if not all(part.isdigit() and part.isascii() for part in parts):
+        raise ValueError(f"intervention {context!r}: {text!r} is not a comma list of integers >= 0") from None
+    return [int(part) for part in parts]
 
 
 def canonical(ablations: list[Ablation]) -> Intervention:

@@ -83,6 +83,9 @@ def pytest_configure(config):
         report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
         figure_workers=option("figure_workers"), confidence=option("confidence"),
         resamples=option("resamples")))
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: its share of the cores
+        suite.share_cores(workerinput["workerid"], int(workerinput.get("workercount", 1)))
     plugin = MassiveChecks(config, suite)
     config.pluginmanager.register(plugin, "massive_checks_state")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
@@ -129,7 +132,12 @@ class GoldenMismatch(Exception):
 
 class SpecFile(pytest.File):
     def collect(self):
-        for spec in load_file(self.path):
+        try:
+            specs = load_file(self.path)
+        except SpecError as exc:  # one failing item named after the file; every other spec still runs
+            yield UnloadableSpecFile.from_parent(self, name=self.path.name, error=exc)
+            return
+        for spec in specs:
             for model in _plugin(self.config).suite.options.models:
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
@@ -147,6 +155,24 @@ class SpecFile(pytest.File):
         if isinstance(excinfo.value, SpecError):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
+
+
+class UnloadableSpecFile(pytest.Item):
+    """A spec file that does not load: it fails as one item with its file:line message, instead
+    of interrupting the whole run at collection."""
+
+    def __init__(self, *, error: SpecError, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self):
+        raise self.error
+
+    def repr_failure(self, excinfo, style=None):
+        return str(excinfo.value)
+
+    def reportinfo(self):
+        return self.path, (self.error.line or 1) - 1, f"spec file {self.path.name} (does not load)"
 
 
 class SpecItem(pytest.Item):
@@ -281,6 +307,8 @@ class MassiveChecks:
                 terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
                                       f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{passes}",
                                       yellow=loads > 1)
+            for worker, threads in sorted(suite.threads.items()):
+                terminalreporter.line(f"worker {worker}: {threads}")
             if any(count > 1 for count in suite.loads.values()):
                 terminalreporter.line("a model loaded in several xdist workers: run with --dist loadgroup to load each once")
             for name, message in suite.unavailable.items():

@@ -427,6 +427,8 @@ def load_file(path: str | Path) -> list[Spec]:
     defaults = _defaults_for(Path(path))
     documents = read_documents(path)
     specs = [_spec(path, doc, index, defaults) for index, doc in enumerate(documents) if doc is not None]
+    if not specs:  # an empty file must not pass for a spec file whose claims all hold
+        raise SpecError(path, 1, "", "holds no spec (a spec file has at least one document with a claim and checks)")
     ids = [s.id for s in specs]
     for spec in specs:
         if ids.count(spec.id) > 1:
@@ -515,6 +517,13 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
         inconclusive=dict(model.inconclusive) if isinstance(model.inconclusive, dict) else model.inconclusive,
         claims=tuple(model.claims), golden=_golden(model.golden), source=model.source, notes=model.notes.strip(),
     )
+    if model.models == []:
+        where.fail(merged, "models", "names no model: list at least one, or write `any`")
+    for key in ("xfail", "inconclusive"):
+        named = _expected_on(getattr(model, key)) - {"*"}
+        outside = sorted(named - set(spec.models)) if spec.models is not None else []
+        if outside:
+            where.fail(doc, key, f"names {', '.join(outside)}, which the spec does not run on (models: {list(spec.models)})")
     both = _expected_on(model.xfail) & _expected_on(model.inconclusive)
     if both:
         where.fail(doc, "inconclusive", f"the claim is also an expected failure (xfail) on {', '.join(sorted(both))}: "

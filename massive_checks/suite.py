@@ -11,6 +11,7 @@ The pytest plugin is glue around a Suite; the CLI and Python code can use one di
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,17 @@ class SpecRun:
         return self.golden is not None and not self.golden.ok
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity; a container's cpu set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class Suite:
     def __init__(self, options: Options):
         self.options = options
@@ -65,6 +77,7 @@ class Suite:
         self.records: list[dict] = []
         self.headers: dict[str, dict] = {}
         self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
+        self.threads: dict[str, str] = {}  # xdist worker -> how many torch threads it runs (share_cores)
         workers = options.figure_workers
         self.figures = figures.FigureQueue(figures.figure_workers(options.device) if workers is None else workers)
 
@@ -98,10 +111,15 @@ class Suite:
         return self.sessions[name]
 
     def _plan_one(self, session: ModelSession, spec: Spec) -> None:
+        """Plan a spec's captures once it is known to fit the model: a spec naming a block, head,
+        dim or unit the model lacks plans nothing, so it cannot add captures its neighbours'
+        passes would fail on; its own run reports the error."""
+        data = self.data_for(spec)
         try:
-            plan(spec, session, self.data_for(spec))
+            Evaluator(spec, session, data).validate_against_model()
+            plan(spec, session, data)
         except (MassiveChecksError, ValueError):
-            pass  # this spec's own run reports it (validate_against_model); the others run
+            pass
 
     # -- one spec on one model
     def run(self, spec: Spec, model: str) -> SpecRun:
@@ -180,7 +198,8 @@ class Suite:
     def export(self) -> dict:
         """Plain data: what a worker sends its controller (its figures drawn)."""
         self.settle_figures()
-        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads}
+        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads,
+                "threads": self.threads}
 
     def merge(self, exported: dict) -> None:
         self.records += exported.get("results", [])
@@ -188,6 +207,22 @@ class Suite:
         self.unavailable.update(exported.get("unavailable", {}))
         for name, count in exported.get("loads", {}).items():
             self.loads[name] = self.loads.get(name, 0) + count
+        self.threads.update(exported.get("threads", {}))
+
+    def share_cores(self, worker: str, workers: int) -> None:
+        """One of `workers` processes (pytest-xdist) on this machine: run torch on its share of the
+        cores, cores // workers (at least 1), so that the workers do not fight over them (two
+        workers with a thread per core each ran the suite 1.45x slower than one process on 2
+        cores). A thread count the user set (OMP_NUM_THREADS, MKL_NUM_THREADS) is kept."""
+        import torch
+
+        cores = available_cores()
+        if any(os.environ.get(name) for name in THREAD_VARIABLES):
+            self.threads[worker] = f"{torch.get_num_threads()} threads of {cores} cores (set by the environment)"
+            return
+        share = max(1, cores // max(1, workers))
+        torch.set_num_threads(share)
+        self.threads[worker] = f"{share} thread{'s' * (share != 1)} of {cores} cores ({workers} workers)"
 
     def finish(self) -> None:
         self.settle_figures()  # the report embeds them

@@ -31,6 +31,18 @@ class _LineLoader(yaml.SafeLoader):
             raise SpecError(self.name, event.start_mark.line + 1, "", "YAML aliases (*name) are not allowed in specs")
         return super().compose_node(parent, index)
 
+    def construct_object(self, node, deep=False):
+        """A value its tag cannot read (`!!int a`, `!!bool`, `!!map [1]`, an integer of 4,301+
+        digits) is a SpecError at its line, not Python's own exception."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            if isinstance(exc, SpecError):
+                raise
+            text = node.value if isinstance(node.value, str) else f"a {node.id}"
+            raise SpecError(self.name, node.start_mark.line + 1, "", f"{text[:40]!r} cannot be read as "
+                                                                    f"{node.tag.rsplit(':', 1)[-1]} ({type(exc).__name__}: {str(exc)[:80]})") from None
+
 
 def _construct_mapping(loader, node):
     mapping = _Map()
@@ -78,10 +90,12 @@ def read_documents(path: str | Path) -> list:
     try:
         loader = _LineLoader(text)
         loader.name = path
-        documents = []
+        documents, lines = [], []
         try:
-            while loader.check_data():
-                documents.append(loader.get_data())
+            while loader.check_node():
+                node = loader.get_node()
+                lines.append(node.start_mark.line + 1 if node is not None else None)
+                documents.append(loader.construct_document(node) if node is not None else None)
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
@@ -89,7 +103,7 @@ def read_documents(path: str | Path) -> list:
         raise SpecError(path, mark.line + 1 if mark else None, "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
     except RecursionError:
         raise SpecError(path, None, "", "nested too deeply to be a spec") from None
-    for index, doc in enumerate(documents):
+    for index, (doc, line) in enumerate(zip(documents, lines)):
         if doc is not None and not isinstance(doc, dict):
-            raise SpecError(path, None, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")
+            raise SpecError(path, line, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")
     return documents

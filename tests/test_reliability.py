@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +122,102 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
     result.assert_outcomes(passed=1, failed=1)
     assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*a.yaml:*: checks[[]0[]].layers: layers '40-41': block 41 is out of range*"])
+
+
+# --------------------------------------------------------------------------- second round (issue 28)
+
+
+@pytest.mark.parametrize("content, line", [
+    (b"id: x\nclaim: c\nm: !!int a\n", 3), (b"id: x\nclaim: c\nm: !!float a\n", 3), (b"id: x\nclaim: c\nm: !!bool\n", 3),
+    (b"!!map [1]\n", 1), (b"id: x\nclaim: c\nm: " + b"9" * 4400 + b"\n", 3), (b"id: x\nclaim: c\n---\n- 2\n", 4),
+])
+def test_yaml_values_their_tag_cannot_read_are_spec_errors_with_a_line(tmp_path, content, line):
+    assert spec_error(tmp_path, content).line == line
+
+
+@pytest.mark.parametrize("record, message", [
+    (b"\xff\xfe bad\n", "not UTF-8"),
+    (json.dumps({"text": "a", "label": "pos", "prompt": 5}).encode(), '"prompt" must be a string'),
+    (json.dumps({"text": "a", "label": "pos", "prompt": ["a"]}).encode(), '"prompt" must be a string'),
+    (b'{"text": "a", "label": "pos", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not a record"),
+    (b'{"text": "a", "label": "pos", "n": ' + b"9" * 5000 + b"}", "not a record"),
+])
+def test_contrast_files_are_validated_like_spec_files(tmp_path, record, message):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(record + b"\n")
+    error = spec_error(tmp_path, HEAD + f"vectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
+                                        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    assert error.key == "vectors.v.pairs" and message in str(error) and error.line == 5
+
+
+def test_a_contrast_file_name_too_long_for_the_file_system_is_a_spec_error(tmp_path):
+    error = spec_error(tmp_path, HEAD + f"vectors:\n  v: {{pairs: {'x' * 300}.jsonl, layer: 1, window: all, method: mean_diff}}\n"
+                                        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    assert "no such file" in str(error)
+
+
+@pytest.mark.parametrize("intervention, message", [
+    ("dims:-1@0=value:1000", "integers >= 0"), ("attn:0@2", "not from @2"), ("attn:0#0", "does not apply to attn"),
+    ("mlp:1#0", "does not apply to mlp"), ("heads:1.2@3", "not from @3"), ("dims:1.5@0", "integers >= 0"),
+    ("neurons:a@1", "integers >= 0"), ("heads:1.-1", "integers >= 0"), ("heads:1", "LAYER.HEAD"),
+    ("dims:5@0=value:1e308", "finite float32"), ("dims:5@0#-1", "integers >= 0"),
+])
+def test_the_intervention_grammar_accepts_only_what_it_means(tmp_path, intervention, message):
+    error = spec_error(tmp_path, HEAD + f"interventions:\n  a: ['{intervention}']\n"
+                                        "checks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n")
+    assert error.key == "interventions.a" and message in str(error) and error.line == 5
+
+
+@pytest.mark.parametrize("content, message", [
+    ("# nothing here\n", "holds no spec"),
+    ("id: x\nclaim: c\nmodels: []\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "names no model"),
+    ("id: x\nclaim: c\nmodels: [tiny-llama]\nxfail: {tiny-gpt2: r}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n",
+     "does not run on"),
+])
+def test_nothing_empty_passes_for_something(tmp_path, content, message):
+    assert message in str(spec_error(tmp_path, content))
+
+
+@pytest.mark.parametrize("check, key", [
+    ("{measure: energy_share, vector: v, dims: 'top:1000', at_most: 0.5}", "checks[0].dims"),
+    ("{measure: dominant_dims, vector: v, k: 1000, contains: [1]}", "checks[0].k"),
+    ("{measure: base_coef, vector: v, without: 'top:1000', at_least: 1}", "checks[0].without"),
+])
+def test_dim_sets_past_the_model_width_are_spec_errors_before_any_pass(tmp_path, session_for, check, key):
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "vectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n"
+                           f"checks:\n  - {check}\n")
+    (spec,) = load_file(path)
+    session = session_for("tiny-llama")
+    with pytest.raises(SpecError, match="residual stream has") as info:
+        Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert info.value.key == key and session.forward_passes == 0
+
+
+def test_a_measure_parameter_past_the_model_fails_its_spec_alone(pytester):
+    """top_neurons at a block tiny-llama lacks used to plan captures there for every spec sharing
+    its data, which then failed blaming themselves."""
+    pytester.mkdir("specs")
+    consistency = (Path(__file__).parent.parent / "specs" / "any" / "consistency.yaml").read_text()
+    (pytester.path / "specs" / "consistency.yaml").write_text(consistency)
+    (pytester.path / "specs" / "a.yaml").write_text(
+        "id: loss\nclaim: c\nmodels: any\nchecks:\n  - {measure: loss, at_least: 0.001}\n---\n"
+        "id: culprit\nclaim: c\nmodels: any\nchecks:\n  - {measure: top_neurons, layer: 3, dim: 0, contains: [1]}\n")
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider", "-rA")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["FAILED specs/a.yaml::culprit*"])
+
+
+def test_a_spec_file_that_does_not_load_is_one_failing_item_and_the_rest_run(pytester):
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "good.yaml").write_text(
+        "id: good\nclaim: c\nmodels: any\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: loss, at_least: 0.001}\n")
+    (pytester.path / "specs" / "bad.yaml").write_text("id: bad\nclaim: c\nchecks:\n  - {measure: nope, at_least: 1}\n")
+    result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "Interrupted" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*bad.yaml:4: checks[[]0[]]*"])
 
 
 # --------------------------------------------------------------------------- goldens

@@ -81,6 +81,7 @@ def test_xdist_workers_results_are_merged(suite):
         "planted-ablation", "planted-dim", "planted-heads", "planted-known-false", "planted-wrong-bound"]
     assert "planted-llama" in results["models"]
     assert not (suite.path / "out" / ".parts").exists()  # records travel on xdist's channel, never via side files
+    result.stdout.fnmatch_lines(["worker gw*: * of * cores*"])  # each worker says its share of the cores
 
 
 def test_xdist_workers_load_each_model_once(pytester):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from massive_checks import interventions
-from massive_checks.evaluate import Evaluator, plan
+from massive_checks.evaluate import Evaluator, judge, plan
 from massive_checks.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
 from massive_checks.measures.mlp import MLP_FLOW
 from massive_checks.session import ModelSession
@@ -52,7 +52,8 @@ def bound_mutants(bound: Bound, width: int, observed: list):
     elif kind == "approx":
         yield Bound(kind, 3 * v if v else 1.0, bound.rel)
     elif kind == "equals":
-        yield Bound(kind, v + 1 if isinstance(v, int) else frozenset({width - 1}) if isinstance(v, frozenset) else "nowhere")
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        yield Bound(kind, v + 1 if number else frozenset({width - 1}) if isinstance(v, frozenset) else "nowhere")
     elif kind == "subset_of":
         yield Bound(kind, frozenset())
     elif kind in ("contains", "excludes"):
@@ -166,15 +167,18 @@ def killed(spec, check, session, evaluator) -> bool:
 def test_every_check_fails_from_each_side_its_bound_constrains(load_model, model, spec):
     session = session_of(load_model, model)
     plain = lambda s: Evaluator(s, session, spec.data)
-    _, verdict = plain(spec).evaluate()
+    observation, verdict = plain(spec).evaluate()
     if spec.inconclusive_for(model):
         assert verdict.outcome == INCONCLUSIVE, "a claim declared undecidable here must stay inconclusive"
         return
     for sign in (-1.0, 1.0):  # decisive verdicts survive a nudge of a twentieth of the half-width
-        for target in [q for c in spec.checks for q in (c.quantity, c.versus) if q is not None]:
-            nudge = Mutated(spec, session, spec.data, target, lambda v, s=sign: nudged(v, s)).evaluate().verdict
-            assert nudge.outcome == verdict.outcome, (f"moving {target.key()} by {sign * NUDGE:+g} x its half-width "
-                                                      f"changes the verdict: {verdict.outcome} -> {nudge.outcome}")
+        for index, check in enumerate(observation.checks):
+            moved = dataclasses.replace(check, values={k: nudged(v, sign) for k, v in check.values.items()})
+            checks = observation.checks[:index] + [moved] + observation.checks[index + 1:]
+            nudge = judge(spec, dataclasses.replace(observation, checks=checks), spec.xfail_for(model))
+            assert nudge.checks[index].verdict == verdict.checks[index].verdict, (
+                f"moving {check.key} by {sign * NUDGE:+g} x its half-width changes its verdict: "
+                f"{verdict.checks[index].verdict} -> {nudge.checks[index].verdict}")
     if spec.xfail_for(model):
         assert verdict.outcome == CONTRADICTED, "an expected failure must stay contradicted"
         return

@@ -176,3 +176,29 @@ def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
     result.assert_outcomes(passed=1)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*figures that failed (verdicts unaffected)*", "*planted-dim [[]planted-llama[]]: OSError: disk full*"])
+
+
+def test_xdist_workers_share_the_cores(monkeypatch):
+    """A worker runs torch on cores // workers threads (at least 1), unless the environment set a
+    thread count."""
+    import torch
+
+    from massive_checks.suite import THREAD_VARIABLES, available_cores
+
+    before = torch.get_num_threads()
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    try:
+        suite = Suite(Options(models=["planted-llama"], figure_workers=0))
+        suite.share_cores("gw0", 2)
+        assert torch.get_num_threads() == max(1, available_cores() // 2)
+        assert suite.threads["gw0"].endswith(f"of {available_cores()} cores (2 workers)")
+        suite.share_cores("gw1", 10 * available_cores())
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        suite.share_cores("gw2", 2)
+        assert torch.get_num_threads() == before and "set by the environment" in suite.threads["gw2"]
+        assert suite.export()["threads"] == suite.threads
+    finally:
+        torch.set_num_threads(before)

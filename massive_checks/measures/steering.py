@@ -100,6 +100,12 @@ def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
     return dim_set.dims
 
 
+def check_dim_set(which, lm, key: str) -> None:
+    """ValueError when a `top:K` dim set asks for more dims than the model has."""
+    if isinstance(which, str) and which.startswith("top:") and int(which.removeprefix("top:")) > lm.width:
+        raise ValueError(f"{key} {which}: {lm.name}'s residual stream has {lm.width} dims")
+
+
 class _OnVectors(Measure):
     """A measure of named vectors; subclasses list the fields naming vectors."""
 
@@ -150,6 +156,9 @@ class EnergyShare(_OnVectors):
     def named_dims(self) -> set[int]:
         return set(self.dims) if isinstance(self.dims, list) else set()
 
+    def check_model(self, lm, layers):
+        check_dim_set(self.dims, lm, "dims")
+
     def compute(self, view, layers):
         definition = view.vector_def(self.vector)
         dims = dims_of(view.contrast(definition.pairs), definition.window, definition.layer, self.dims)
@@ -165,6 +174,10 @@ class DominantDims(_OnVectors):
     k: Annotated[int, Field(ge=1)] = 1
     shape: ClassVar[str] = "set"
     dims_in_bound: ClassVar[bool] = True
+
+    def check_model(self, lm, layers):
+        if self.k > lm.width:
+            raise ValueError(f"k {self.k}: {lm.name}'s residual stream has {lm.width} dims")
 
     def compute(self, view, layers):
         return frozenset(vectors.dominant_dims(vector_of(view, self.vector).values, self.k))
@@ -215,6 +228,9 @@ class BaseCoef(_OnVectors):
     def named_dims(self) -> set[int]:
         return set(self.without) if isinstance(self.without, list) else set()
 
+    def check_model(self, lm, layers):
+        check_dim_set(self.without, lm, "without")
+
     def compute(self, view, layers):  # divided by ||unit vector|| = 1: the vector itself is not needed
         definition = view.vector_def(self.vector)
         return activation_norm(view.contrast(definition.pairs), definition.window, definition.layer, self.without)
@@ -253,6 +269,9 @@ class ActivationNorm(_OnActivations):
     def named_dims(self) -> set[int]:
         return set(self.without) if isinstance(self.without, list) else set()
 
+    def check_model(self, lm, layers):
+        check_dim_set(self.without, lm, "without")
+
     def at(self, view, layer):
         return activation_norm(view.contrast(self.pairs), self.window, layer, self.without)
 
@@ -267,6 +286,9 @@ class NormShare(_OnActivations):
 
     def named_dims(self) -> set[int]:
         return set(self.dims) if isinstance(self.dims, list) else set()
+
+    def check_model(self, lm, layers):
+        check_dim_set(self.dims, lm, "dims")
 
     def at(self, view, layer):
         """A ratio of sums over examples, resampled by example (the dim set held fixed)."""
