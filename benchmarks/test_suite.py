@@ -20,7 +20,8 @@ from massive_checks import figures, models
 from massive_checks.errors import MassiveChecksError
 from massive_checks.session import ModelSession
 from massive_checks.spec import load_file
-from massive_checks.suite import Options, Suite, available_cores
+from massive_checks.cores import available_cores
+from massive_checks.suite import Options, Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name not in ("_defaults.yaml", "steering.yaml")]

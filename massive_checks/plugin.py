@@ -85,7 +85,7 @@ def pytest_configure(config):
         resamples=option("resamples")))
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # an xdist worker: its share of the cores
-        suite.share_cores(workerinput["workerid"], int(workerinput.get("workercount", 1)))
+        suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
     plugin = MassiveChecks(config, suite)
     config.pluginmanager.register(plugin, "massive_checks_state")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
@@ -183,6 +183,8 @@ class SpecItem(pytest.Item):
 
     def runtest(self):
         suite = _plugin(self.config).suite
+        if suite.cores is not None:  # an xdist worker: take the cores of idle workers
+            suite.cores.rebalance()
         result = suite.run(self.spec, self.model)
         self.record = result.record
         verdict = result.verdict
@@ -278,6 +280,12 @@ class MassiveChecks:
                 f"torch {torch.__version__}; transformers {transformers.__version__}; golden dir {o.golden_dir}"]
 
     @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        yield
+        if nextitem is None and self.suite.cores is not None:  # nothing queued: let busy workers take the cores
+            self.suite.cores.idle()
+
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
         result = yield
         test_report = result.get_result()
@@ -286,6 +294,8 @@ class MassiveChecks:
 
     def pytest_sessionfinish(self, session):
         worker = getattr(self.config, "workeroutput", None)
+        if self.suite.cores is not None:
+            self.suite.cores.close()
         if worker is not None:  # an xdist worker: its records travel to the controller on xdist's channel
             worker[WORKER_KEY] = json.dumps(self.suite.export(), default=jsonable)
             return

@@ -11,11 +11,11 @@ The pytest plugin is glue around a Suite; the CLI and Python code can use one di
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import figures, golden, intervals, models, report
+from .cores import CoreShare
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable
 from .evaluate import Evaluator, plan
@@ -57,17 +57,6 @@ class SpecRun:
         return self.golden is not None and not self.golden.ok
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity; a container's cpu set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class Suite:
     def __init__(self, options: Options):
         self.options = options
@@ -78,6 +67,7 @@ class Suite:
         self.headers: dict[str, dict] = {}
         self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
         self.threads: dict[str, str] = {}  # xdist worker -> how many torch threads it runs (share_cores)
+        self.cores: CoreShare | None = None  # in an xdist worker: its share of the cores
         workers = options.figure_workers
         self.figures = figures.FigureQueue(figures.figure_workers(options.device) if workers is None else workers)
 
@@ -209,20 +199,11 @@ class Suite:
             self.loads[name] = self.loads.get(name, 0) + count
         self.threads.update(exported.get("threads", {}))
 
-    def share_cores(self, worker: str, workers: int) -> None:
-        """One of `workers` processes (pytest-xdist) on this machine: run torch on its share of the
-        cores, cores // workers (at least 1), so that the workers do not fight over them (two
-        workers with a thread per core each ran the suite 1.45x slower than one process on 2
-        cores). A thread count the user set (OMP_NUM_THREADS, MKL_NUM_THREADS) is kept."""
-        import torch
-
-        cores = available_cores()
-        if any(os.environ.get(name) for name in THREAD_VARIABLES):
-            self.threads[worker] = f"{torch.get_num_threads()} threads of {cores} cores (set by the environment)"
-            return
-        share = max(1, cores // max(1, workers))
-        torch.set_num_threads(share)
-        self.threads[worker] = f"{share} thread{'s' * (share != 1)} of {cores} cores ({workers} workers)"
+    def share_cores(self, run_id: str, worker: str, workers: int) -> None:
+        """One of `workers` pytest-xdist processes: run torch on its share of the cores
+        (cores.CoreShare), taking the cores of workers that are idle before each spec."""
+        self.cores = CoreShare(run_id, worker, workers)
+        self.threads[worker] = self.cores.describe()
 
     def finish(self) -> None:
         self.settle_figures()  # the report embeds them

@@ -72,6 +72,16 @@ for _first in "tTfF":
         0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
 
 
+def _deepest_line(text: str, limit: int = 200) -> int:
+    """The line where brackets first nest `limit` deep (where a too-deep file goes wrong)."""
+    depth = 0
+    for position, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if depth >= limit:
+            return text[:position].count("\n") + 1
+    return 1
+
+
 def read_documents(path: str | Path) -> list:
     """The YAML documents of a file (mappings remember their key lines); None for empty ones.
     Everything that is not safe, UTF-8, bounded YAML is a SpecError naming file and line."""
@@ -99,10 +109,12 @@ def read_documents(path: str | Path) -> list:
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SpecError(path, mark.line + 1 if mark else None, "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        position = getattr(exc, "position", None)  # the reader's errors (control characters) give a character position
+        line = mark.line + 1 if mark else text[:position].count("\n") + 1 if position is not None else None
+        raise SpecError(path, line, "", f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
-        raise SpecError(path, None, "", "nested too deeply to be a spec") from None
+        raise SpecError(path, _deepest_line(text), "", "nested too deeply to be a spec") from None
     for index, (doc, line) in enumerate(zip(documents, lines)):
         if doc is not None and not isinstance(doc, dict):
             raise SpecError(path, line, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")

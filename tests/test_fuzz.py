@@ -45,8 +45,11 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 INTERVENTION_TEXTS = ["attn:all", "mlp:0", "mlp:1-2", "heads:0.1", "heads:all", "heads:top2", "heads:bottom0",
                       "dims:3@1#0", "dims:3@1#massive=mean", "dims:3@all=value:1e9", "neurons:99999@0", "neurons:1@0",
                       "massive:all@all", "massive:all@1=mean", "attn:5-1", "dims:1@0=value:nan", "attn:all=bias",
-                      "heads:9.9", "mlp:0=mean", "dims:2@0#0,1=mean"]
-VALID_INTERVENTIONS = [t for t in INTERVENTION_TEXTS if t not in ("heads:bottom0", "attn:5-1", "dims:1@0=value:nan")]
+                      "heads:9.9", "mlp:0=mean", "dims:2@0#0,1=mean", "dims:-1@0=value:1000", "attn:0@2", "mlp:0#0",
+                      "dims:5@0=value:1e308", "dims:1.5@0", "heads:1.-1"]
+INVALID = ("heads:bottom0", "attn:5-1", "dims:1@0=value:nan", "dims:-1@0=value:1000", "attn:0@2", "mlp:0#0",
+           "dims:5@0=value:1e308", "dims:1.5@0", "heads:1.-1")
+VALID_INTERVENTIONS = [t for t in INTERVENTION_TEXTS if t not in INVALID]
 KEYS = ["measure", "config", "layers", "change", "difference", "over_layers", "steps", "statistic", "dim", "head", "to",
         "checkpoint", "layer", "k", "versus", "site", "between", "at_least", "at_most", "approx", "rel", "equals", "subset_of",
         "contains", "excludes", "id", "vector", "a", "b", "pairs", "window", "without", "dims", "split", "steering", "coef"]
@@ -164,7 +167,9 @@ def mutated_files(draw):
         else:
             lines.insert(index, draw(st.sampled_from([b"  - {measure: top1, at_least: .nan}", b"  *alias", b"&a [1]",
                                                       b"checks: []", b"  - compare: {a: {measure: top1}}", b"\t- x: 1",
-                                                      b"? [a, b]\n: 1", b"[" * 3000 + b"]" * 3000])))
+                                                      b"? [a, b]\n: 1", b"[" * 3000 + b"]" * 3000, b"m: !!int a",
+                                                      b"m: !!float a", b"m: !!bool", b"!!map [1]", b"n: " + b"9" * 5000,
+                                                      b"  - {measure: energy_share, vector: v, dims: 'top:100000', at_most: 1}"])))
         text = bytearray(b"\n".join(lines))
     return bytes(text)
 

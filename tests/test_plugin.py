@@ -99,11 +99,12 @@ def test_a_model_no_spec_applies_to_is_named(planted_suite):
     result.stdout.fnmatch_lines(["*tiny-opt: no spec applies (4 deselected)*"])
 
 
-def test_malformed_spec_is_a_collection_error_with_file_and_line(pytester):
+def test_malformed_spec_is_a_failing_item_with_file_and_line(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "bad.yaml").write_text("id: x\nclaim: c\nchecks:\n  - {measure: top9, at_least: 1}\n")
     result = pytester.runpytest("specs", "--model", "planted-llama")
-    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*specs/bad.yaml:4: checks[[]0[]].measure: unknown measure 'top9'*"])
 
 

@@ -178,27 +178,42 @@ def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
     result.stdout.fnmatch_lines(["*figures that failed (verdicts unaffected)*", "*planted-dim [[]planted-llama[]]: OSError: disk full*"])
 
 
-def test_xdist_workers_share_the_cores(monkeypatch):
-    """A worker runs torch on cores // workers threads (at least 1), unless the environment set a
-    thread count."""
+def test_xdist_workers_share_the_cores(monkeypatch, tmp_path):
+    """A worker runs torch on cores // busy workers threads (at least 1), takes an idle worker's
+    cores before its next spec, and keeps a thread count the environment set."""
+    import tempfile
+
     import torch
 
-    from massive_checks.suite import THREAD_VARIABLES, available_cores
+    from massive_checks.cores import THREAD_VARIABLES, CoreShare, available_cores
 
-    before = torch.get_num_threads()
+    before, cores = torch.get_num_threads(), available_cores()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     try:
         suite = Suite(Options(models=["planted-llama"], figure_workers=0))
-        suite.share_cores("gw0", 2)
-        assert torch.get_num_threads() == max(1, available_cores() // 2)
-        assert suite.threads["gw0"].endswith(f"of {available_cores()} cores (2 workers)")
-        suite.share_cores("gw1", 10 * available_cores())
+        suite.share_cores("run1", "gw0", 2)
+        assert torch.get_num_threads() == max(1, cores // 2)
+        assert suite.threads["gw0"].startswith(f"{max(1, cores // 2)} thread") and "(2 workers" in suite.threads["gw0"]
+        other = CoreShare("run1", "gw1", 2)
+        other.idle()  # gw1 has nothing left: gw0 takes its cores before its next spec
+        suite.cores.rebalance()
+        assert torch.get_num_threads() == cores
+        other.rebalance()  # gw1 got more work: busy again, the cores are split again
+        suite.cores.rebalance()
+        assert torch.get_num_threads() == max(1, cores // 2)
+        CoreShare("run2", "gw5", 10 * cores)
         assert torch.get_num_threads() == 1
+        suite.cores.close()  # gw0 is done for good: gw1 takes its cores
+        other.rebalance()
+        assert torch.get_num_threads() == cores
+        other.close()
+        assert not (tmp_path / "massive_checks-cores-run1").exists()  # the last one out removes the directory
         torch.set_num_threads(before)
         monkeypatch.setenv("OMP_NUM_THREADS", "3")
-        suite.share_cores("gw2", 2)
-        assert torch.get_num_threads() == before and "set by the environment" in suite.threads["gw2"]
+        fixed = CoreShare("run3", "gw0", 2)
+        assert torch.get_num_threads() == before and "set by the environment" in fixed.describe()
         assert suite.export()["threads"] == suite.threads
     finally:
         torch.set_num_threads(before)
