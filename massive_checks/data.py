@@ -58,9 +58,14 @@ def read_records(dataset: str) -> list[dict]:
     raise DataError(f"dataset {dataset!r}: expected a .txt (one passage per line) or .jsonl file")
 
 
+MAX_DATA_BYTES = 1 << 30  # a data or contrast file over 1 GiB is refused before it is read
+
+
 def _text_of(path: Path) -> str:
-    """A data file's text: an unreadable or non-UTF-8 file is a DataError naming it."""
+    """A data file's text: an unreadable, oversized or non-UTF-8 file is a DataError naming it."""
     try:
+        if path.stat().st_size > MAX_DATA_BYTES:
+            raise DataError(f"{path}: {path.stat().st_size} bytes; a data or contrast file is at most {MAX_DATA_BYTES}")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{str(path)[:200]}: cannot read the file ({exc.strerror or exc})") from None

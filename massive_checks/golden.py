@@ -166,7 +166,9 @@ def compare(expected: dict, observed: dict, config: GoldenConfig) -> list[Mismat
         want, got = expected.get(key), observed.get(key)
         if _is_number(want) and _is_number(got) and not isinstance(want, bool):
             tol = config.tolerance(key)
-            if not abs(got - want) <= tol.atol + tol.rtol * abs(want):
+            same = want == got or (math.isnan(want) and math.isnan(got))  # an unbounded interval end: inf == inf
+            finite = math.isfinite(want) and math.isfinite(got)  # a tolerance relative to inf admits anything
+            if not same and not (finite and abs(got - want) <= tol.atol + tol.rtol * abs(want)):
                 mismatches.append(Mismatch(key, want, got, tol))
         elif jsonable(want) != jsonable(got):
             mismatches.append(Mismatch(key, want, got, None))

@@ -484,7 +484,10 @@ def _most_specific(errors: list[dict], doc) -> dict:
             if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
                 node, found = node[part], found + 1
         return found
-    return max(errors, key=lambda e: (e["type"] == "extra_forbidden", depth(e)))
+    # among equally deep ones, the alternative of the type the user wrote (a too-long layers string
+    # is a string error, not "should be a valid integer")
+    wrote_a = lambda e: not e["type"].startswith(("int_", "float_", "bool_")) or not isinstance(e.get("input"), str)
+    return max(errors, key=lambda e: (e["type"] == "extra_forbidden", depth(e), wrote_a(e)))
 
 
 def _spec(path: str, doc, index: int, defaults: dict) -> Spec:

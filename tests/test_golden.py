@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 
 import pytest
@@ -129,3 +130,13 @@ def test_atomic_writes_leave_readable_files(tmp_path):
     path = tmp_path / "a" / "b.json"
     atomic_write(path, "{}")
     assert path.read_text() == "{}" and stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044
+
+
+def test_infinite_and_undefined_values_match_themselves():
+    """An interval end that is unbounded (inf) or a value that is undefined (nan) matches the same
+    in the snapshot (inf - inf is nan, which no tolerance admits)."""
+    from massive_checks.golden import GoldenConfig, compare
+
+    same = {"low": -math.inf, "high": math.inf, "none": math.nan}
+    assert compare(same, dict(same), GoldenConfig()) == []
+    assert [m.key for m in compare(same, {**same, "high": 5.0}, GoldenConfig())] == ["high"]
