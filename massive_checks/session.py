@@ -4,6 +4,7 @@ captures through."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -244,7 +245,10 @@ class ConfigView:
     def units(self) -> Units:
         """The sequences of this view's data (paired across configurations: same key)."""
         kind = "contrast examples" if self.data.whole else "sequences"
-        return Units(f"{self.data.dataset}|{self.batch.ids_hash}", int(self.batch.input_ids.shape[0]), kind)
+        # The key seeds the resamples: the token ids' hash and the file's name, never its path (a
+        # checkout elsewhere must draw the same resamples and reproduce the goldens' intervals).
+        name = Path(self.data.dataset).name
+        return Units(f"{name}|{self.batch.ids_hash}", int(self.batch.input_ids.shape[0]), kind)
 
     def mean(self, per_sequence) -> Estimate:
         """The mean over this view's sequences of a per-sequence value [S], with its replicates."""

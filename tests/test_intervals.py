@@ -276,3 +276,19 @@ def test_confidence_and_resamples_options(pytester):
     for bad in (("--confidence", "1.5"), ("--resamples", "10")):
         result = pytester.runpytest("specs", "--model", "planted-llama", *bad)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_resamples_do_not_depend_on_where_the_data_file_lives(tmp_path, session_for):
+    """The units' key (the seed of their resamples) is the file's name and its token ids' hash,
+    never its path: a checkout elsewhere reproduces the goldens' intervals."""
+    from massive_checks.data import DataConfig, read_passages
+
+    text = "\n".join(read_passages("builtin")[:6]) + "\n"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "texts.txt").write_text(text)
+    session = session_for("planted-llama")
+    views = [session.view(DataConfig(str(tmp_path / folder / "texts.txt"), 6, 40)) for folder in ("a", "b")]
+    assert views[0].units() == views[1].units()
+    losses = [view.loss() for view in views]
+    assert losses[0].interval(0.95) == losses[1].interval(0.95)
