@@ -16,6 +16,7 @@ from .errors import SpecError
 from .interventions import BASELINE
 from .intervals import CONTRADICTED, HOLDS, Estimate
 from .measures.profile import profile_of
+from .measures.steering import check_dim_set
 from .records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
 from .session import ConfigView, ModelSession
 from .spec import Check, Quantity, Spec
@@ -82,7 +83,7 @@ class Evaluator:
                                "confidence": bootstrap.confidence, "seed": bootstrap.seed}}
         return Observation(spec.id, spec.claim, self.lm.name, spec.path, spec.line, spec.source, spec.notes, configs, checks,
                            self.profiles(), setup, any(q.between_configs for q in spec.quantities()), self.figure(),
-                           self.session.bootstrap.confidence, spec.claims)
+                           bootstrap.confidence, spec.claims)
 
     def validate_against_model(self) -> None:
         """Reject what the model does not have, before any pass: layers past its depth, dims past
@@ -104,9 +105,10 @@ class Evaluator:
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
                     raise SpecError(spec.path, check.line, f"checks[{index}].{key}", str(exc)) from None
         for name, definition in spec.vectors.items():
-            if definition.clean is not None and definition.clean.kind == "top" and definition.clean.k > lm.width:
-                raise SpecError(spec.path, spec.line, f"vectors.{name}.clean", f"top {definition.clean.k}: {lm.name}'s "
-                                                                               f"residual stream has {lm.width} dims")
+            try:
+                check_dim_set(definition.clean, lm, "clean")
+            except ValueError as exc:
+                raise SpecError(spec.path, spec.line, f"vectors.{name}.clean", str(exc)) from None
         layers = [(f"vectors.{name}.layer", d.layer) for name, d in spec.vectors.items()]
         layers += [(f"steering.{name}.layer", d.layer) for name, d in spec.steering.items() if d.layer is not None]
         for key, layer in layers:
@@ -203,12 +205,12 @@ def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None,
                 a, b = observed.sides["a"][key], observed.sides["b"][key]
                 text = f"{check.by} {expected} (a = {format_value(a, confidence)}, b = {format_value(b, confidence)})"
                 if reads_named_runs(check) and same_numbers(a, b):  # two names that build the same vector here
-                    rows.append(Row(key, text, value, False, intervals.INCONCLUSIVE, value.interval(confidence),
+                    rows.append(Row(key, text, value, intervals.INCONCLUSIVE, value.interval(confidence),
                                     "its two sides are identical on this model: the comparison says nothing"))
                     continue
             rows.append(judge_row(check.bound, key, text, value, confidence))
         if not rows:  # an empty layer range must not pass a check with nothing in it
-            rows = [Row("no layers", expected, None, False, intervals.INCONCLUSIVE)]
+            rows = [Row("no layers", expected, None, intervals.INCONCLUSIVE)]
         verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows))
     return Verdict(verdicts, xfail_reason, inconclusive_reason)
 
@@ -229,8 +231,7 @@ def same_numbers(a: Estimate, b: Estimate) -> bool:
 
 def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
     if not isinstance(value, Estimate):  # a set or a label: exact
-        verdict = HOLDS if bound.holds(value) else CONTRADICTED
-        return Row(key, expected, value, verdict == HOLDS, verdict)
+        return Row(key, expected, value, HOLDS if bound.holds(value) else CONTRADICTED)
     interval = value.interval(confidence)
     low, high = interval if interval is not None else (value.value, value.value)
     verdict = intervals.decide(bound, low, high)
@@ -245,7 +246,7 @@ def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
             needed = intervals.units_to_decide(bound, value.value, interval, value.units.n)
             note = (f"about {needed:.0f} {value.units.kind} would decide it (now {value.units.n})" if math.isfinite(needed)
                     else "the estimate sits on the bound: no number of units decides it")
-    return Row(key, expected, value, verdict == HOLDS, verdict, interval, note)
+    return Row(key, expected, value, verdict, interval, note)
 
 
 def compare(by: str, a, b) -> Estimate:

@@ -99,9 +99,6 @@ class Bootstrap:
         replicates = np.where(drawn, x[None, :], np.inf).min(axis=1)
         return Estimate(float(x.min()) if units.n else math.inf, replicates, units)
 
-    def interval(self, estimate: "Estimate") -> tuple[float, float] | None:
-        return estimate.interval(self.confidence)
-
 
 @dataclass(frozen=True, eq=False)
 class Estimate:
@@ -132,9 +129,6 @@ class Estimate:
 
     def undefined_share(self) -> float:
         return 0.0 if self.replicates is None else float(np.isnan(self.replicates).mean())
-
-    def __float__(self) -> float:
-        return float(self.value)
 
     # Arithmetic is replicate by replicate (combine): a measure may write top1 / (top1 + top2).
     def __add__(self, other): return combine(np.add, self, other)

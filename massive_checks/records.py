@@ -74,10 +74,13 @@ class Row:
     key: str  # "layer 5", "L5H1", "value"
     expected: str
     observed: object  # an intervals.Estimate (numbers), a set or a label
-    ok: bool  # the bound holds
-    verdict: str = ""  # holds | contradicted | inconclusive
+    verdict: str  # holds | contradicted | inconclusive
     interval: tuple[float, float] | None = None  # None: an exact value (or a set)
     note: str = ""  # why there is no interval, or how many units would decide an inconclusive row
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == HOLDS
 
 
 @dataclass

@@ -221,10 +221,6 @@ def norms(acts: torch.Tensor, without=()) -> torch.Tensor:
     return a.norm(dim=1)
 
 
-def mean_norm(acts: torch.Tensor, without=()) -> float:
-    """Mean over examples of ||a|| (with `without` dims set to 0). acts [N, D]."""
-    return float(norms(acts, without).mean())
-
 
 def energy_of_dims(acts: torch.Tensor, dims) -> float:
     """Share of the activations' squared norm in `dims`: sum_i ||a_i,S||^2 / sum_i ||a_i||^2."""

@@ -328,3 +328,14 @@ def test_path_like_missing_names_say_so_at_once(name):
 
     with pytest.raises(ModelUnavailable, match="no such directory"):
         models.load(name)
+
+
+def test_a_vector_cleaning_past_the_model_width_is_a_spec_error_before_any_pass(tmp_path, session_for):
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "vectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff, clean: {top: 1000}}\n"
+                           "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    (spec,) = load_file(path)
+    session = session_for("tiny-llama")
+    with pytest.raises(SpecError, match="clean top:1000: .* residual stream has") as info:
+        Evaluator(spec, session, SMALL_DATA).evaluate()
+    assert info.value.key == "vectors.v.clean" and session.forward_passes == 0

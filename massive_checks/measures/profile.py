@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .. import interventions, intervals, stats
+from .. import interventions, stats
 from ..intervals import Estimate, SharedSet, value_of
 from ..records import STATISTIC_TEXT
 from .base import Measure, PerLayer, Statistic, register
@@ -45,7 +45,7 @@ def ratio(view, layer: int, statistic: str = "paper") -> Estimate | float:
     top = top_value(view, layer, 1, statistic)
     if statistic != "paper":
         return stats.ratio(top, value_of(median(view, layer)))
-    return intervals.combine(intervals.safe_divide, top, median(view, layer))
+    return top / median(view, layer)  # replicate by replicate (intervals.safe_divide)
 
 
 def profile_of(view) -> dict:

@@ -101,9 +101,13 @@ def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
 
 
 def check_dim_set(which, lm, key: str) -> None:
-    """ValueError when a `top:K` dim set asks for more dims than the model has."""
-    if isinstance(which, str) and which.startswith("top:") and int(which.removeprefix("top:")) > lm.width:
-        raise ValueError(f"{key} {which}: {lm.name}'s residual stream has {lm.width} dims")
+    """ValueError when a top-K dim set (a measure's `top:K`, a vector's `clean: {top: K}`) asks
+    for more dims than the model has."""
+    if which is None:
+        return
+    dim_set = which if isinstance(which, vectors.Cleaning) else vectors.Cleaning.of(which)
+    if dim_set.kind == "top" and dim_set.k > lm.width:
+        raise ValueError(f"{key} top:{dim_set.k}: {lm.name}'s residual stream has {lm.width} dims")
 
 
 class _OnVectors(Measure):
