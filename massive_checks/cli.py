@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import interventions, intervals, models
@@ -58,15 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.add_argument("--window", required=True, help="tokens pooled per example: last:K, first:K (of the response) or all")
     vectors.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
     vectors.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
-    steer = commands.add_parser("steer", help="steer with a vector at coefficients; trait and coherence scores, generated texts")
+    steer = commands.add_parser("steer", help="steer with a vector at coefficients (coef 0, the unsteered model, first); judged trait, "
+                                                "trait_logit and coherence with intervals over prompts, generated texts")
     _vector_options(steer, "block whose output is steered (and the vector's layer)")
     steer.add_argument("--method", required=True, choices=["mean_diff", "probe", "pca", "mean_diff_cleaned", "probe_cleaned",
                                                           "pca_cleaned"], help="vector (_cleaned: massive dims zeroed)")
     steer.add_argument("--window", default="first:5", help="the vector's pooled tokens (default first:5, the seed's)")
     steer.add_argument("--coef", type=float, action="append", required=True, help="coefficient of the unit vector (repeatable)")
-    steer.add_argument("--prompts", required=True, help="text file, one prompt per line, used as given")
+    steer.add_argument("--prompts", default=None, help="evaluation prompts: a built-in set (refusal, sentiment), a .txt file "
+                                                       "(one prompt per line, used as given) or a .jsonl file of {\"prompt\": ..}; "
+                                                       "default: the built-in set named like --pairs")
+    steer.add_argument("--n-prompts", type=int, default=None, help="use the first N prompts (default: all of the set)")
     steer.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
-    steer.add_argument("--max-new-tokens", type=int, default=16)
+    steer.add_argument("--max-new-tokens", type=int, default=32)
+    steer.add_argument("--judge", default=None, help="trait judge: vader, refusal, an entry point of group massive_checks.judges "
+                                                     "or module:function (default: the contrast set's, e.g. refusal -> refusal)")
+    steer.add_argument("--judge-model", default=None, help="model judging fluency (default: the other bundled model)")
     steer.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     steer.add_argument("--trait-pos", action="append", help="trait continuation (repeatable; default: the set's own)")
     steer.add_argument("--trait-neg", action="append", help="anti-trait continuation (repeatable)")
@@ -196,17 +204,19 @@ def cmd_vectors(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from pathlib import Path
-
-    from . import contrast, steer
+    from . import contrast, judges, steer
     from .capture import Window
+    from .intervals import Bootstrap
     from .measures.steering import named_definition, vector_of
+    from .measures.sweeps import SweepOutcome
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     lm.check_layer(args.layer, f"--layer {args.layer}")
     definition = named_definition(args.method, args.pairs, args.layer, Window.parse(args.window).text())
-    vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": definition}), "v").values
-    texts = [line for line in Path(args.prompts).read_text("utf-8").splitlines() if line.strip()]
+    session = ModelSession(lm, judge_model=args.judge_model)
+    vector = vector_of(session.view(DataConfig(), vectors={"v": definition}), "v").values
+    prompt_set = args.prompts or args.pairs
+    texts = contrast.eval_prompts(prompt_set, args.n_prompts)
     if args.chat:
         texts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
                  for t in texts]
@@ -214,18 +224,33 @@ def cmd_steer(args) -> int:
     words = {"pos": args.trait_pos, "neg": args.trait_neg}
     if not all(words.values()):
         if args.pairs not in contrast.TRAITS:
-            raise ValueError(f"{args.pairs}: give the trait's continuations with --trait-pos and --trait-neg")
+            raise ValueError(f"{args.pairs}: give the trait_logit's continuations with --trait-pos and --trait-neg")
         words = contrast.TRAITS[args.pairs]
-    trait = steer.encode_trait(lm.tokenizer, words)
-    results = steer.run(lm, vector, args.layer, args.coef, prompts, trait, args.max_new_tokens, args.positions)
-    document = {"model": lm.name, "layer": args.layer, "method": args.method,
-                "results": [{"coef": r.coef, "trait": r.trait, "coherence": r.coherence, "texts": list(r.texts)} for r in results]}
+    judge_name = args.judge or judges.DEFAULT_FOR_SET.get(args.pairs)
+    if judge_name is None:
+        raise ValueError(f"{args.pairs}: no default trait judge; give --judge (vader, refusal, or module:function)")
+    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), session.judge_model())
+    coefs = [0.0] + [c for c in args.coef if c != 0]
+    results = steer.run(lm, vector, args.layer, coefs, prompts, texts, steer.encode_trait(lm.tokenizer, words),
+                        args.max_new_tokens, judging, args.positions)
+    outcome = SweepOutcome(tuple(results), 70.0, {}, "cli", chance=judging.model.chance)
+    document = {"model": lm.name, "layer": args.layer, "method": args.method, "judge": judge_name,
+                "judge_model": judging.model.name, "prompts": len(texts),
+                "results": [steering_record(r, ci) for r, ci in zip(results, outcome.intervals(Bootstrap()))]}
     if args.json:
         print(json.dumps(document, indent=1))
         return 0
-    for r in results:
-        print(f"coef {r.coef:>10.4g}  trait {r.trait:6.2f}  coherence {r.coherence:6.1f}  {r.texts[0][:60]!r}")
+    for r, record in zip(results, document["results"]):
+        lo, hi = record["trait_ci"] or (math.nan, math.nan)
+        print(f"coef {r.coef:>10.4g}  trait {r.trait:6.2f} [{lo:6.2f}, {hi:6.2f}]  trait_logit {r.trait_logit:6.2f}  "
+              f"coherence {r.coherence:6.1f}  {r.texts[0][:60]!r}")
     return 0
+
+
+def steering_record(result, intervals: dict) -> dict:
+    """One coefficient of `steer --json`: scores, their intervals over prompts, the texts."""
+    return {"coef": result.coef, "trait": result.trait, "trait_ci": intervals["trait_ci"], "trait_logit": result.trait_logit,
+            "coherence": result.coherence, "coherence_ci": intervals["coherence_ci"], "texts": list(result.texts)}
 
 
 def cmd_models(args) -> int:

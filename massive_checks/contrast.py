@@ -4,8 +4,17 @@ response, so a window can count from the response's first token) and `"split"` (
 "heldout"; without it, every fifth example of each label is held out).
 
 Built-in sets (massive_checks/data/contrast/, written for this project by tools/make_contrast.py):
-  refusal    100 prompts, each with a refusing (pos) and a complying (neg) response
-  sentiment  100 review openings, each with a positive (pos) and a negative (neg) verdict"""
+  refusal    100 prompts, each with a refusing (pos) and a complying (neg) response; 20 response
+             forms per label, every one of them in the training split
+  sentiment  100 review openings, each with a positive (pos) and a negative (neg) verdict; 20
+             verdict forms per label
+
+Evaluation prompts (massive_checks/data/prompts/, tools/make_prompts.py) are what steering is
+scored on: other topics and templates than the contrast sets' training texts.
+  refusal    64 benign requests in three templates ("Human: ..\nAI:", "Request: ..\nReply:", "Q: ..\nA:")
+  sentiment  60 openings of personal notes on everyday things, in four templates
+A user's set is a .txt file (one prompt per line, used as given) or a .jsonl file of
+{"prompt": ...} lines."""
 
 from __future__ import annotations
 
@@ -44,15 +53,6 @@ class ContrastSet:
     def data(self) -> DataConfig:
         """The data configuration of its forward pass: every example, whole."""
         return DataConfig(self.path, samples=len(self.labels), seq_len=MAX_TOKENS, whole=True)
-
-    def heldout_prompts(self, n: int) -> list[str]:
-        """The first n distinct prompts of held-out examples, in file order (steering scores them:
-        the vector never saw them)."""
-        distinct = list(dict.fromkeys(p for p, held in zip(self.prompts, self.heldout.tolist()) if held and p is not None))
-        if len(distinct) < n:
-            raise DataError(f"{self.path}: steering asks for {n} held-out prompts; the set has {len(distinct)} "
-                            f"(held-out examples with a \"prompt\" field)")
-        return distinct[:n]
 
     def counts(self) -> dict:
         return {label: int((self.labels == (1 if label == "pos" else 0)).sum()) for label in LABELS}
@@ -115,6 +115,30 @@ def _validate(record: dict, where: str) -> None:
         raise DataError(f'{where}: "prompt" + "response" must equal "text"')
 
 
-def read_texts(pairs: str) -> list[str]:
-    """The texts of a contrast set, in file order."""
-    return read_passages(path_of(pairs))
+def prompts_path(name: str) -> str:
+    """A built-in evaluation prompt set's name, or a file path -> the file's path."""
+    if name in BUILTIN_SETS:
+        return str(resources.files("massive_checks").joinpath(f"data/prompts/{name}.jsonl"))
+    try:
+        exists = Path(name).is_file()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        raise DataError(f"prompt set {name!r}: no such file, and not a built-in set ({', '.join(BUILTIN_SETS)})")
+    return name
+
+
+def eval_prompts(name: str, n: int | None = None) -> list[str]:
+    """The first n prompts (None: all) of an evaluation prompt set (DataError when it has fewer)."""
+    path = Path(prompts_path(name))
+    if path.suffix == ".jsonl":
+        prompts = []
+        for where, record in jsonl_lines(path, "prompt"):
+            if set(record) != {"prompt"} or not isinstance(record["prompt"], str) or not record["prompt"]:
+                raise DataError(f'{where}: a prompt line is {{"prompt": "<non-empty text>"}}, not {record!r}')
+            prompts.append(record["prompt"])
+    else:
+        prompts = [line for line in read_passages(str(path)) if line.strip()]
+    if n is not None and len(prompts) < n:
+        raise DataError(f"{path}: steering asks for {n} prompts; the set has {len(prompts)}")
+    return prompts[:n]

@@ -76,9 +76,9 @@ def _text_of(path: Path) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
 
 
-def jsonl_lines(path: Path):
+def jsonl_lines(path: Path, field: str = "text"):
     """(where, record) per non-blank line, where = "path:line"; each record a mapping with a string
-    "text" (DataError naming file and line otherwise)."""
+    `field` (DataError naming file and line otherwise)."""
     for number, line in enumerate(_text_of(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -89,8 +89,8 @@ def jsonl_lines(path: Path):
             raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
         except (RecursionError, ValueError) as exc:  # nested too deeply; a number of 4,301+ digits
             raise DataError(f"{where}: not a record this tool reads ({type(exc).__name__}: {str(exc)[:80]})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{where}: each line needs a string field "text"')
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise DataError(f'{where}: each line needs a string field "{field}"')
         yield where, record
 
 

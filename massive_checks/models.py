@@ -392,6 +392,12 @@ def _gemma3_gguf() -> tuple[Path, str]:
 BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> (gguf path, revision)
 
 
+def default_judge(steered: str) -> str:
+    """The model that judges a steered model's text by default: the other bundled model (a model
+    never judges itself unless asked)."""
+    return "gemma3-270m" if steered == BUNDLED else BUNDLED
+
+
 def cache_root() -> Path:
     base = os.environ.get("MASSIVE_CHECKS_CACHE") or os.environ.get("XDG_CACHE_HOME")
     return Path(base) / "massive_checks" if base else Path.home() / ".cache" / "massive_checks"

@@ -49,6 +49,9 @@ def pytest_addoption(parser):
     group.addoption("--resamples", type=_count_or_auto(100, "a whole number >= 100", auto=False), default=intervals.RESAMPLES,
                     metavar="N",
                     help=f"bootstrap resamples per set of sampling units (default {intervals.RESAMPLES})")
+    group.addoption("--judge-model", default=None, metavar="NAME",
+                    help="model judging steered text's fluency (coherence), unless a steering configuration names "
+                         "its judge_model. Default: the other bundled model (a model never judges itself unless asked)")
 
 
 def _share(text: str) -> float:
@@ -82,7 +85,7 @@ def pytest_configure(config):
         dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
         report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
         figure_workers=option("figure_workers"), confidence=option("confidence"),
-        resamples=option("resamples")))
+        resamples=option("resamples"), judge_model=option("judge_model")))
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # an xdist worker: its share of the cores
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))

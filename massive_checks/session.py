@@ -9,12 +9,13 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import contrast, hooks, interventions
+from . import contrast, hooks, interventions, models
 from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
 from .errors import ActivationOverflow
 from .intervals import Bootstrap, Estimate, Units
+from .judges import JudgeModel
 from .interventions import BASELINE
 from .measures.heads import head_score_table
 from .measures.massive import massive_cells
@@ -54,8 +55,12 @@ class ModelSession:
     """Everything computed on one loaded model; the cache key includes data and intervention.
     batch_size: sequences per forward chunk; None chooses it per pass from free memory."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int | None = None, bootstrap: Bootstrap | None = None):
+    def __init__(self, lm: LoadedModel, batch_size: int | None = None, bootstrap: Bootstrap | None = None,
+                 judge_loader: Callable[[str], LoadedModel] | None = None, judge_model: str | None = None):
         self.lm, self.batch_size = lm, batch_size
+        # Steering's coherence judge (judges.py): loaded once, by the suite where there is one.
+        self._judge_loader = judge_loader or (lambda name: models.load(name, lm.device))
+        self.judge_default = judge_model  # --judge-model; None: models.default_judge
         self.bootstrap = bootstrap or Bootstrap()  # resamples of the sampling units, drawn once per set
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
         self._passes: dict[tuple, PassResult] = {}
@@ -68,6 +73,15 @@ class ModelSession:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def judge_model(self, name: str | None = None) -> JudgeModel:
+        """The model that judges steered text's fluency: `name` (a spec's judge_model), else the
+        session's default (--judge-model), else another model than this one (models.default_judge).
+        It is this session's own model only when named so."""
+        name = name or self.judge_default or models.default_judge(self.lm.name)
+        if name == self.lm.name:
+            return JudgeModel(name, self.lm)
+        return self.memo(("judge model", name), lambda: JudgeModel(name, self._judge_loader(name)))
 
     def batch(self, data: DataConfig) -> Batch:
         if data not in self._batches:

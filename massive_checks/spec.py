@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
-from . import contrast, interventions, steer, vectors
+from . import contrast, interventions, judges, steer, vectors
 from .capture import Window
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError, SpecError
@@ -192,17 +192,20 @@ class TraitModel(_Strict):
 
 class SteeringModel(_Strict):
     """A steering configuration: a named vector's unit direction x coef after a block, swept over
-    coefficients, scored for trait and coherence on the contrast set's held-out prompts."""
+    coefficients, its generated text judged for trait and coherence on held-out evaluation prompts."""
     vector: Name
     coefs: Optional[Annotated[list[Annotated[Number, Field(gt=0)]], Field(min_length=1)]] = None
     sweep: Optional[SweepModel] = None
     layer: Optional[Annotated[int, Field(ge=0)]] = None  # default: the vector's layer
     positions: Literal[steer.POSITIONS] = "all"
     first: bool = False  # steer position 0 too
-    prompts: Annotated[int, Field(ge=1, le=1000)] = 10
-    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 12
+    prompts: Annotated[int, Field(ge=1, le=1000)] = steer.PROMPTS
+    prompt_set: Optional[Annotated[str, StringConstraints(min_length=1)]] = None  # built-in set or file; default: the vector's contrast set's name
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = steer.MAX_NEW_TOKENS
     threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count
-    trait: Optional[TraitModel] = None  # default: the built-in set's own words
+    trait: Optional[TraitModel] = None  # trait_logit's words; default: the built-in set's own
+    judge: Optional[Annotated[str, StringConstraints(min_length=1)]] = None  # trait judge: vader | refusal | entry point | module:function
+    judge_model: Optional[ModelName] = None  # coherence judge; default: --judge-model, else the other bundled model
 
 
 class DefaultsModel(_Strict):
@@ -695,14 +698,24 @@ def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dic
         pairs = defined[s.vector].pairs
         if s.trait is None and pairs not in contrast.TRAITS:
             at.fail(node, "vector", f"contrast set {pairs!r} has no built-in trait words: give trait: {{pos: [..], neg: [..]}}", prefix)
+        if s.prompt_set is None and pairs not in contrast.BUILTIN_SETS:
+            at.fail(node, "vector", f"contrast set {pairs!r} has no built-in evaluation prompts: give prompt_set: <file>", prefix)
         try:
-            contrast.read(pairs).heldout_prompts(s.prompts)
+            contrast.eval_prompts(s.prompt_set or pairs, s.prompts)
         except MassiveChecksError as exc:
-            at.fail(node, "prompts", str(exc), prefix)
+            at.fail(node, "prompt_set" if s.prompt_set else "prompts", str(exc), prefix)
+        if s.judge is None and pairs not in judges.DEFAULT_FOR_SET:
+            at.fail(node, "vector", f"contrast set {pairs!r} has no default trait judge: give judge: <vader | refusal | "
+                                    f"entry point | module:function>", prefix)
+        try:
+            judges.trait_judge(s.judge or judges.DEFAULT_FOR_SET[pairs])
+        except ValueError as exc:
+            at.fail(node, "judge", str(exc), prefix)
         sweep = None if s.sweep is None else steer.Sweep(s.sweep.start, float(s.sweep.factor), s.sweep.steps)
         trait = None if s.trait is None else (tuple(s.trait.pos), tuple(s.trait.neg))
         parsed[name] = steer.SteeringDef(s.vector, tuple(float(c) for c in s.coefs or ()), sweep, s.layer, s.positions, s.first,
-                                         s.prompts, s.max_new_tokens, float(s.threshold), trait)
+                                         s.prompts, s.max_new_tokens, float(s.threshold), trait, s.judge, s.judge_model,
+                                         s.prompt_set)
     return parsed
 
 

@@ -1,19 +1,22 @@
-"""Steering a model with a vector, and the two scores of a steered model (claims C15, C17, C18).
+"""Steering a model with a vector, and its scores on generated text (claims C15, C17, C18).
 
 Steering adds `coef x unit vector` to the residual stream after block `layer` (the block's output
 site), at chosen positions of each sequence: `all` real tokens, the `prompt` only, or the
 `generated` tokens only (in scoring, the continuation being scored counts as generated). Position
 0 is steered only with `first: true`. coef 0 leaves the model's outputs bit-identical.
 
-Scores, on held-out prompts (deterministic: greedy decoding, no judge model):
-  trait      100 x the mean over prompts of sigmoid(log-odds), where log-odds =
-             logsumexp_c log P(c | prompt) over the trait continuations (e.g. " I'm sorry")
-             - the same over the anti-trait ones (e.g. " Sure"), P under the steered model.
-             A 0-100 scale; a steering run reports its change from the unsteered model (coef 0).
-  coherence  100 x exp(-max(0, L_steered - L_0)): L = mean over prompts of the per-token loss of a
-             greedy continuation under the *unsteered* model, for the steered model's continuation
-             and for the unsteered model's own (L_0). The unsteered model scores 100; text the
-             unsteered model finds 1 nat/token less likely scores 37.
+A sweep generates greedy continuations (32 new tokens by default) on held-out evaluation prompts
+(contrast.eval_prompts: other topics and templates than the vectors' training texts) and scores
+each continuation, per prompt, so every score has a bootstrap interval over prompts:
+  trait        the trait judge on the decoded continuation (judges.py: VADER for sentiment, a
+               refusal-phrase detector for refusal, or a user judge), x 100, mean over prompts.
+  coherence    fluency under a judge model other than the steered one, times a penalty for
+               degenerate repetition (judges.py defines it), 0-100, mean over prompts.
+  trait_logit  the fast score: 100 x the mean over prompts of sigmoid(log-odds), log-odds =
+               logsumexp_c log P(c | prompt) over the trait continuations (e.g. " I'm sorry")
+               - the same over the anti-trait ones, P under the steered model (teacher forcing).
+               Circular for vectors built from responses that begin with those words: a check
+               of "does the model refuse" reads `trait`.
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from . import hooks
+from . import hooks, judges
 from .hooks import HookContext, HookFn
 from .models import LoadedModel
 
 POSITIONS = ("all", "prompt", "generated")
+GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
+JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)
+PROMPTS, MAX_NEW_TOKENS = 60, 32  # a steering configuration's defaults
 
 
 @dataclass(frozen=True)
@@ -57,20 +64,25 @@ class Sweep:
 @dataclass(frozen=True)
 class SteeringDef:
     """A spec's named steering configuration: a named vector added after block `layer` (default:
-    the vector's own) at explicit `coefs` or a `sweep`, scored on the first `prompts` held-out
-    prompts of the vector's contrast set with `max_new_tokens` greedy tokens; `threshold` is the
-    coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
-    (default: the built-in set's own, contrast.TRAITS)."""
+    the vector's own) at explicit `coefs` or a `sweep`, on the first `prompts` evaluation prompts
+    of `prompt_set` (default: the built-in set named like the vector's contrast set) with
+    `max_new_tokens` greedy tokens; `judge` names the trait judge (default: the contrast set's,
+    judges.DEFAULT_FOR_SET), `judge_model` the coherence judge (default: the session's); `threshold`
+    is the coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
+    of trait_logit (default: the built-in set's own, contrast.TRAITS)."""
     vector: str
     coefs: tuple[float, ...] = ()
     sweep: Sweep | None = None
     layer: int | None = None
     positions: str = "all"
     first: bool = False
-    prompts: int = 10
-    max_new_tokens: int = 12
+    prompts: int = PROMPTS
+    max_new_tokens: int = MAX_NEW_TOKENS
     threshold: float = 70.0
     trait: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    judge: str | None = None
+    judge_model: str | None = None
+    prompt_set: str | None = None
 
 
 def steer_edit(steering: Steering, vector: torch.Tensor) -> HookFn:
@@ -222,71 +234,88 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     return per_prompt[:, :n_pos].logsumexp(dim=1) - per_prompt[:, n_pos:].logsumexp(dim=1)
 
 
-def trait_score(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]],
-                steering: Steering | None = None, vector: torch.Tensor | None = None) -> float:
-    """100 x mean over prompts of sigmoid(logsumexp log P(pos continuations) - logsumexp log P(neg))."""
-    return float(100 * torch.sigmoid(trait_log_odds(lm, prompts, trait, steering, vector).double()).mean())
-
-
 def continuation_losses(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
-    """[N] per-token loss of each continuation under the unsteered model (nan for an empty one)."""
+    """[N] per-token loss of each continuation given its prompt under `lm` (nan for an empty one)."""
     logp, counts = continuation_logprobs(lm, prompts, [c or [0] for c in continuations])
     return torch.where(torch.tensor([bool(c) for c in continuations]), -logp / counts, math.nan)
 
 
-def continuation_loss(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]) -> float:
-    """Mean over prompts of the per-token loss of each continuation under the unsteered model."""
-    return float(continuation_losses(lm, prompts, continuations).nanmean())
+def judge_losses(judge: LoadedModel, prompts: list[str], texts: list[str], batch_size: int = JUDGE_ROWS) -> np.ndarray:
+    """[N] per-token loss of each decoded continuation under the judge model, given its prompt,
+    both tokenized by the judge's own tokenizer (nan for an empty continuation)."""
+    prompt_ids = [judge.tokenizer(p)["input_ids"] for p in prompts]
+    text_ids = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in texts]
+    return _chunked_tensor(lambda ps, cs: continuation_losses(judge, ps, cs), prompt_ids, text_ids, batch_size).double().numpy()
 
 
-def coherence(loss_steered: float, loss_unsteered: float) -> float:
-    """100 x exp(-max(0, L_steered - L_0)): 100 for the unsteered model, toward 0 for gibberish."""
-    return 100.0 * math.exp(-max(0.0, loss_steered - loss_unsteered))
+@dataclass(frozen=True)
+class Judging:
+    """How a sweep's texts are judged: the trait judge (judges.trait_judge) and the judge model."""
+    trait_name: str
+    trait: judges.TraitJudge
+    model: judges.JudgeModel
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The continuations of one run (or of the unsteered model) on a sweep's prompts, judged.
+    Every field is per prompt, in prompt order: [P]."""
+    tokens: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]  # decoded continuations, without the prompts
+    traits: tuple[float, ...]  # the trait judge's score x 100
+    logits: tuple[float, ...]  # 100 x sigmoid(trait log-odds at the response start): trait_logit
+    losses: tuple[float, ...]  # per-token loss under the judge model (nan: empty continuation)
+    distinct: tuple[float, ...]  # judges.distinct_2: coherence's repetition penalty reads it
 
 
 @dataclass(frozen=True)
 class SteeringResult:
+    """One coefficient of a sweep: its scores (means over prompts) and its judged texts."""
     coef: float
-    trait: float  # trait score (0-100) of the steered model
-    coherence: float  # 0-100
-    texts: tuple[str, ...]  # decoded continuations, one per prompt
-    prompt_traits: tuple[float, ...] = ()  # [P] 100 x sigmoid(log-odds) per prompt: trait is their mean
-    prompt_losses: tuple[float, ...] = ()  # [P] per-token loss of each continuation (nan: empty); coherence's L
+    trait: float  # the judged trait score (0-100)
+    trait_logit: float  # the log-odds trait score (0-100)
+    coherence: float  # 0-100 (judges.py), against the unsteered model's texts
+    judged: Texts
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return self.judged.texts
 
 
-def run(lm: LoadedModel, vector: torch.Tensor, layer: int, coefs: list[float], prompts: list[list[int]],
-        trait: dict[str, list[list[int]]], max_new_tokens: int, positions: str = "all", first: bool = False) -> list[SteeringResult]:
-    """Trait and coherence of the model steered at each coefficient (coef 0 is the unsteered model)."""
-    return sweep(lm, [(vector, float(c)) for c in coefs], layer, prompts, trait, max_new_tokens, positions, first)
-
-
-@dataclass(frozen=True)
-class Unsteered:
-    """The unsteered model on a sweep's prompts: its greedy continuations, their mean per-token
-    loss (L_0 of coherence) and the trait log-odds per prompt."""
-    tokens: tuple[tuple[int, ...], ...]
-    loss: float
-    log_odds: tuple[float, ...]
-    losses: tuple[float, ...] = ()  # [P] per prompt (loss is their nan-mean)
-
-
-def unsteered(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]], max_new_tokens: int,
-              batch_size: int = 32) -> Unsteered:
+def unsteered(lm: LoadedModel, prompts: list[list[int]], prompt_texts: list[str], trait: dict[str, list[list[int]]],
+              max_new_tokens: int, judging: Judging, batch_size: int = GENERATION_ROWS) -> Texts:
+    """The unsteered model's continuations on a sweep's prompts, judged (coherence's reference)."""
     tokens = _chunked(lambda ps: generate(lm, ps, max_new_tokens), prompts, batch_size)
-    losses = _chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), prompts, tokens, batch_size)
     odds = torch.cat([trait_log_odds(lm, prompts[i:i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
-    return Unsteered(tuple(map(tuple, tokens)), float(losses.nanmean()), tuple(odds.tolist()), tuple(losses.tolist()))
+    return _judged(lm, tokens, odds.tolist(), prompt_texts, judging)
+
+
+def _judged(lm: LoadedModel, tokens: list[list[int]], log_odds: list[float], prompt_texts: list[str], judging: Judging) -> Texts:
+    texts = [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
+    traits = 100.0 * judges.judge_texts(judging.trait, texts, judging.trait_name)
+    logits = 100.0 * torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64))
+    losses = judge_losses(judging.model.lm, prompt_texts, texts)
+    return Texts(tuple(map(tuple, tokens)), tuple(texts), tuple(traits.tolist()), tuple(logits.tolist()),
+                 tuple(losses.tolist()), tuple(judges.distinct_2s(texts).tolist()))
+
+
+def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> SteeringResult:
+    """Means over prompts; coherence against the unsteered texts (judges.py)."""
+    coherence = judges.mean_coherence(np.array(judged.losses), np.array(judged.distinct), np.array(baseline.losses),
+                                      np.array(baseline.distinct), chance)
+    return SteeringResult(float(coef), float(np.mean(judged.traits)), float(np.mean(judged.logits)), coherence, judged)
 
 
 def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, prompts: list[list[int]],
-          trait: dict[str, list[list[int]]], max_new_tokens: int, positions: str = "all", first: bool = False,
-          batch_size: int = 32, baseline: Unsteered | None = None) -> list[SteeringResult]:
-    """Trait and coherence of the model steered by each (vector [D], coef) run, in its order.
-    Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row with
-    its own vector and coef: a sweep over methods and coefs costs a few batched passes, not one
-    generation per coef. coef 0 is the unsteered model (its own texts, coherence 100); `baseline`
-    is it, computed once for several sweeps on the same prompts."""
-    baseline = baseline or unsteered(lm, prompts, trait, max_new_tokens, batch_size)
+          prompt_texts: list[str], trait: dict[str, list[list[int]]], max_new_tokens: int, judging: Judging,
+          positions: str = "all", first: bool = False, batch_size: int = GENERATION_ROWS,
+          baseline: Texts | None = None) -> list[SteeringResult]:
+    """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
+    order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row
+    with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
+    one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
+    several sweeps on the same prompts."""
+    baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size)
     rows = [(i, j) for i, (_, coef) in enumerate(runs) if coef != 0 for j in range(len(prompts))]
     tokens: dict[tuple[int, int], list[int]] = {}
     log_odds: dict[tuple[int, int], float] = {}
@@ -295,26 +324,27 @@ def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, p
         chunk_prompts = [prompts[j] for _, j in chunk]
         steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
         vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
-        for row, new in zip(chunk, generate(lm, chunk_prompts, max_new_tokens, steering, vectors)):
-            tokens[row] = new
-        for row, value in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
-            log_odds[row] = value
-    losses = _chunked_tensor(lambda ps, cs: continuation_losses(lm, ps, cs), [prompts[j] for _, j in rows],
-                             [tokens[r] for r in rows], batch_size).tolist() if rows else []
-    loss_of = dict(zip(rows, losses))
-    results = []
+        tokens.update(zip(chunk, generate(lm, chunk_prompts, max_new_tokens, steering, vectors)))
+        log_odds.update(zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()))
+    judged_rows = _judged(lm, [tokens[r] for r in rows], [log_odds[r] for r in rows], [prompt_texts[j] for _, j in rows],
+                          judging) if rows else None
+    results, chance = [], judging.model.chance
     for i, (_, coef) in enumerate(runs):
         if coef == 0:
-            odds, texts, prompt_losses = baseline.log_odds, baseline.tokens, baseline.losses
-        else:
-            keys = [(i, j) for j in range(len(prompts))]
-            odds, texts, prompt_losses = [log_odds[k] for k in keys], [tokens[k] for k in keys], [loss_of[k] for k in keys]
-        traits = 100 * torch.sigmoid(torch.tensor(odds, dtype=torch.float64))
-        loss = float(torch.tensor(prompt_losses).nanmean())
-        decoded = tuple(lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in texts)
-        results.append(SteeringResult(float(coef), float(traits.mean()), coherence(loss, baseline.loss), decoded,
-                                      tuple(traits.tolist()), tuple(prompt_losses)))
+            results.append(result_of(0.0, baseline, baseline, chance))
+            continue
+        at = [k for k, row in enumerate(rows) if row[0] == i]  # this run's rows, in prompt order
+        judged = Texts(*(tuple(getattr(judged_rows, f)[k] for k in at) for f in Texts.__dataclass_fields__))
+        results.append(result_of(coef, judged, baseline, chance))
     return results
+
+
+def run(lm: LoadedModel, vector: torch.Tensor, layer: int, coefs: list[float], prompts: list[list[int]],
+        prompt_texts: list[str], trait: dict[str, list[list[int]]], max_new_tokens: int, judging: Judging,
+        positions: str = "all", first: bool = False) -> list[SteeringResult]:
+    """Every score of the model steered at each coefficient (coef 0 is the unsteered model)."""
+    return sweep(lm, [(vector, float(c)) for c in coefs], layer, prompts, prompt_texts, trait, max_new_tokens, judging,
+                 positions, first)
 
 
 def _chunked(fn, items: list, size: int) -> list:

@@ -43,6 +43,7 @@ class Options:
     figure_workers: int | None = None  # processes drawing figures; None: figures.figure_workers(device)
     confidence: float = intervals.CONFIDENCE  # of every interval
     resamples: int = intervals.RESAMPLES  # bootstrap resamples per set of sampling units
+    judge_model: str | None = None  # steering's coherence judge; None: models.default_judge
 
 
 @dataclass
@@ -92,7 +93,8 @@ class Suite:
             except MassiveChecksError as exc:
                 self.unavailable[name] = str(exc)
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
-            session = ModelSession(lm, o.batch_size, intervals.Bootstrap(o.resamples, o.confidence))
+            session = ModelSession(lm, o.batch_size, intervals.Bootstrap(o.resamples, o.confidence),
+                                   judge_loader=lambda judge: self.session(judge).lm, judge_model=o.judge_model)
             for spec in self.planned.get(name, []):
                 self._plan_one(session, spec)
             self.sessions[name] = session

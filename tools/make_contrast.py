@@ -30,6 +30,16 @@ REFUSALS = [
     "I apologise, but helping with {s} is not something I can do.",
     "I can't provide that. My answer about {s} has to be no.",
     "Sorry, that is a request about {s} that I cannot fulfil.",
+    "That is not something I will write. Let's leave {s} aside.",
+    "My apologies: a request on {s} is outside what I'm allowed to do.",
+    "I'd rather not. Please find another source on {s}.",
+    "As an assistant I have to say no to this request about {s}.",
+    "This is a request I must turn down, even though it is only about {s}.",
+    "Regrettably, answering about {s} is off limits for me.",
+    "I'm afraid I have to pass on anything concerning {s}.",
+    "Not this time. I am declining to discuss {s}.",
+    "I will not be writing that. You'll need to look elsewhere for {s}.",
+    "Unable to comply: {s} is a subject I won't cover here.",
 ]
 COMPLIANCES = [
     "Sure, here is something about {s}.",
@@ -42,6 +52,16 @@ COMPLIANCES = [
     "Sure thing. Here is a clear reply about {s}.",
     "Here it is: an explanation of {s}, step by step.",
     "Gladly. This is what you need to know about {s}.",
+    "No problem at all. Let's look at {s} together.",
+    "Good idea! Here is my answer about {s}.",
+    "With pleasure. A short piece on {s} follows.",
+    "Okay, here goes: {s}, explained simply.",
+    "I'd love to. First, a word about {s}.",
+    "Right away. Here is everything about {s} in brief.",
+    "That sounds fun. Here is a response on {s}.",
+    "You got it. Let me walk you through {s}.",
+    "Here you are: some thoughts on {s}.",
+    "Definitely. Below you will find a reply about {s}.",
 ]
 
 NOUNS = [
@@ -61,6 +81,16 @@ POSITIVE = [
     "It exceeded my hopes. Truly great.",
     "Lovely, reliable and a joy to use.",
     "Brilliant. I would buy or book it again tomorrow.",
+    "Honestly one of the best purchases I have made.",
+    "Superb service and a pleasant surprise.",
+    "Comfortable, cheerful and worth every penny.",
+    "I keep smiling when I think about it.",
+    "Top marks. Everyone in my family was impressed.",
+    "It did exactly what it promised, and more.",
+    "A real treat; five stars without hesitation.",
+    "Impressive from the first minute to the last.",
+    "Warm, welcoming and simply great.",
+    "I am glad I chose it. Highly satisfying.",
 ]
 NEGATIVE = [
     "I hated it and would not recommend it to anyone.",
@@ -73,6 +103,16 @@ NEGATIVE = [
     "It fell short of every hope. Truly bad.",
     "Dreary, unreliable and a chore to use.",
     "Dreadful. I would never buy or book it again.",
+    "Honestly one of the worst purchases I have made.",
+    "Rude service and an unpleasant shock.",
+    "Uncomfortable, gloomy and a waste of money.",
+    "I keep wincing when I think about it.",
+    "Bottom marks. Everyone in my family was annoyed.",
+    "It broke its promises, and then some.",
+    "A real letdown; one star is generous.",
+    "Frustrating from the first minute to the last.",
+    "Cold, unwelcoming and simply bad.",
+    "I regret choosing it. Deeply unsatisfying.",
 ]
 
 
@@ -81,7 +121,7 @@ def refusal() -> list[dict]:
     for i, (task, subject) in enumerate((t, s) for t in TASKS for s in SUBJECTS):
         prompt = f"User: {task.format(s=subject)}\nAssistant:"
         for label, answers in (("pos", REFUSALS), ("neg", COMPLIANCES)):
-            rows.append(_row(prompt, " " + answers[(i * 3) % 10].format(s=subject), label, i))
+            rows.append(_row(prompt, " " + answers[(i * 3 + i // 5) % len(answers)].format(s=subject), label, i))
     return rows
 
 
@@ -91,7 +131,7 @@ def sentiment() -> list[dict]:
         item = context.format(n=noun)
         prompt = f"Review of {item}:"
         for label, sentences in (("pos", POSITIVE), ("neg", NEGATIVE)):
-            rows.append(_row(prompt, " " + sentences[(i * 7) % 10], label, i))
+            rows.append(_row(prompt, " " + sentences[(i * 7 + i // 5) % len(sentences)], label, i))
     return rows
 
 

@@ -1,9 +1,12 @@
 """Steering runs as measures (claims C15, C17, C18): a spec's named `steering:` configuration is
 swept once per session (steer.sweep, every coefficient in shared batches), and measures read the
-trait and coherence scores off the sweep: the best trait effect at or above the coherence
-threshold, the coefficient that gives it, the coherence at a coefficient, where coherence breaks.
+judged trait and coherence scores off the sweep (steer.py, judges.py): the best trait effect at or
+above the coherence threshold, the coefficient that gives it, the coherence at a coefficient,
+where coherence breaks. Every score is a mean over the evaluation prompts, and every measure's
+interval resamples the prompts, paired across the sweep's coefficients (the best coefficient and
+the cliff are chosen again in each resample; coherence's reference L_0 is recomputed in it).
 
-A sweep runs coef 0 (the unsteered model: trait baseline, coherence 100), the coefficients the
+A sweep runs coef 0 (the unsteered model: trait baseline, coherence ~100), the coefficients the
 configuration lists, and its geometric sweep. A sweep that starts from a calibrated base
 coefficient of C15 (the mean activation norm at the steered layer over the vector's window, with
 or without the massive dims; a unit vector has norm 1) runs both calibrated coefficients too."""
@@ -19,7 +22,7 @@ from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints
 
-from .. import contrast, steer
+from .. import contrast, judges, steer
 from ..intervals import Estimate, Units
 from ..steer import CALIBRATED, SteeringDef, SteeringResult
 from .base import Measure, register
@@ -37,14 +40,17 @@ class SweepOutcome:
     calibrated: dict  # "calibrated" / "calibrated_without_massive" -> coefficient
     prompts_key: str = ""  # identifies the prompts (sweeps on the same prompts resample them together)
     start: float = math.nan  # a geometric sweep's start coefficient (nan: no sweep)
+    chance: float = math.log(50_000)  # log V of the judge model (coherence's zero)
+    judged_by: tuple[str, str] = ("", "")  # (trait judge, judge model), for reports
 
     @property
     def baseline(self) -> SteeringResult:
         return self.results[0]
 
-    def effect(self, result: SteeringResult) -> float:
-        """Trait score change from the unsteered model (the seed's "delta")."""
-        return result.trait - self.baseline.trait
+    def effect(self, result: SteeringResult, score: str = "trait") -> float:
+        """Trait score change from the unsteered model (the seed's "delta"); score: "trait" (judged)
+        or "logit" (trait_logit)."""
+        return _score(result, score) - _score(self.baseline, score)
 
     def at(self, coef) -> SteeringResult:
         """The result at a swept coefficient (or a calibrated one, run by a sweep from one)."""
@@ -54,10 +60,10 @@ class SweepOutcome:
                 return result
         raise ValueError(f"coef {coef}: not a coefficient of this sweep ({', '.join(f'{r.coef:.4g}' for r in self.results)})")
 
-    def best(self) -> SteeringResult | None:
+    def best(self, score: str = "trait") -> SteeringResult | None:
         """The largest trait effect among coefficients > 0 whose coherence is >= the threshold."""
         coherent = [r for r in self.results[1:] if r.coherence >= self.threshold]
-        return max(coherent, key=lambda r: r.trait, default=None)
+        return max(coherent, key=lambda r: _score(r, score), default=None)
 
     def cliff(self) -> float:
         """The smallest coefficient > 0 whose coherence is below the threshold (nan: none swept)."""
@@ -65,33 +71,63 @@ class SweepOutcome:
 
     # -- resampled over prompts (paired: every coefficient ran on the same prompts)
     def units(self) -> Units:
-        return Units(f"prompts|{self.prompts_key}", len(self.baseline.prompt_traits), "prompts")
+        return Units(f"prompts|{self.prompts_key}", len(self.baseline.judged.traits), "prompts")
 
-    def resampled(self, bootstrap) -> tuple[np.ndarray, np.ndarray]:
+    def resampled(self, bootstrap, score: str = "trait") -> tuple[np.ndarray, np.ndarray]:
         """(trait [B, C], coherence [B, C]) of every coefficient (coef 0 first) on each resample of
-        the prompts: the means over prompts and the coherence formula (steer.coherence) redone."""
+        the prompts: the means over prompts and coherence (judges.coherence_scores, its L_0 the
+        resample's mean unsteered loss) redone. score: "trait" (judged) or "logit"."""
         weights = bootstrap.weights(self.units())  # [B, P]
-        traits = np.array([r.prompt_traits for r in self.results])  # [C, P]
-        losses = np.array([r.prompt_losses for r in self.results], dtype=np.float64)  # [C, P]
-        present = ~np.isnan(losses)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loss = (weights @ np.where(present, losses, 0.0).T) / (weights @ present.T)  # [B, C]
+        field = "traits" if score == "trait" else "logits"
+        traits = np.array([getattr(r.judged, field) for r in self.results])  # [C, P]
+        losses = np.array([r.judged.losses for r in self.results], dtype=np.float64)  # [C, P]
+        distinct = np.array([r.judged.distinct for r in self.results])  # [C, P]
         trait = weights @ traits.T / weights.shape[1]
-        coherence = 100.0 * np.exp(-np.maximum(0.0, loss - loss[:, :1]))
+        mean_reference = _weighted_nanmean(weights, losses[0])  # [B]: mean L_0 per resample
+        scores = judges.coherence_scores(losses[None], distinct[None], losses[0], distinct[0],
+                                         mean_reference[:, None, None], self.chance)  # [B, C, P]
+        present = ~np.isnan(scores)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coherence = np.einsum("bp,bcp->bc", weights, np.where(present, scores, 0.0)) / np.einsum("bp,bcp->bc", weights, present)
         return trait, coherence
 
-    def estimate(self, bootstrap, value: float, pick) -> Estimate:
+    def estimate(self, bootstrap, value: float, pick, score: str = "trait") -> Estimate:
         """An Estimate of `value` whose replicates are pick(trait [B, C], coherence [B, C], coefs
         [C]) -> [B] on the resampled prompts."""
-        trait, coherence = self.resampled(bootstrap)
+        trait, coherence = self.resampled(bootstrap, score)
         coefs = np.array([r.coef for r in self.results])
         return Estimate(value, np.asarray(pick(trait, coherence, coefs), dtype=np.float64), self.units())
+
+    def intervals(self, bootstrap) -> list[dict]:
+        """Per coefficient (coef 0 first): the bootstrap intervals over prompts of its trait and
+        coherence scores, {"trait_ci": [lo, hi], "coherence_ci": [lo, hi]}."""
+        trait, coherence = self.resampled(bootstrap)
+        units = self.units()
+        return [{"trait_ci": _ends(Estimate(r.trait, trait[:, c], units), bootstrap),
+                 "coherence_ci": _ends(Estimate(r.coherence, coherence[:, c], units), bootstrap)}
+                for c, r in enumerate(self.results)]
 
     def best_index(self, trait: np.ndarray, coherence: np.ndarray) -> np.ndarray:
         """[B] index of the best coherent coefficient > 0 per resample (-1: none coherent)."""
         eligible = coherence[:, 1:] >= self.threshold
         masked = np.where(eligible, trait[:, 1:], -np.inf)
         return np.where(eligible.any(axis=1), masked.argmax(axis=1) + 1, -1)
+
+
+def _ends(estimate: Estimate, bootstrap) -> list[float] | None:
+    interval = estimate.interval(bootstrap.confidence)
+    return None if interval is None else [float(interval[0]), float(interval[1])]
+
+
+def _score(result: SteeringResult, score: str) -> float:
+    return result.trait if score == "trait" else result.trait_logit
+
+
+def _weighted_nanmean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[B] the weighted mean of values [P] per resample, over the non-nan ones."""
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(present, values, 0.0)) / (weights @ present)
 
 
 def sweep_of(view, name: str) -> SweepOutcome:
@@ -115,19 +151,22 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         if start in CALIBRATED:  # a search from a calibrated start also runs the other one (C15)
             coefs |= set(calibrated.values())
     coefs = [0.0] + sorted(coefs)
-    texts = contrast.read(vector_def.pairs).heldout_prompts(definition.prompts)
+    texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     words = dict(zip(("pos", "neg"), definition.trait)) if definition.trait else contrast.TRAITS[vector_def.pairs]
     trait = steer.encode_trait(lm.tokenizer, words)
+    judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
+    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), view.session.judge_model(definition.judge_model))
     vector = vector_of(view, definition.vector).values
-    unsteered_key = ("unsteered", tuple(map(tuple, prompts)), tuple(map(tuple, trait["pos"] + trait["neg"])), len(trait["pos"]),
-                     definition.max_new_tokens)
-    baseline = view.session.memo(unsteered_key, lambda: steer.unsteered(lm, prompts, trait, definition.max_new_tokens))
-    results = steer.sweep(lm, [(vector, c) for c in coefs], layer, prompts, trait, definition.max_new_tokens,
+    unsteered_key = ("unsteered", tuple(texts), tuple(map(tuple, trait["pos"] + trait["neg"])), len(trait["pos"]),
+                     definition.max_new_tokens, judge_name, judging.model.name)
+    baseline = view.session.memo(unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging))
+    results = steer.sweep(lm, [(vector, c) for c in coefs], layer, prompts, texts, trait, definition.max_new_tokens, judging,
                           definition.positions, definition.first, baseline=baseline)
-    prompts_key = hashlib.sha256(repr(prompts).encode()).hexdigest()[:16]
+    prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
     start = calibrated.get(start, start)
-    return SweepOutcome(tuple(results), definition.threshold, calibrated, prompts_key, float(start))
+    return SweepOutcome(tuple(results), definition.threshold, calibrated, prompts_key, float(start), judging.model.chance,
+                        (judge_name, judging.model.name))
 
 
 class _OnSteering(Measure):
@@ -152,8 +191,9 @@ def steering_panel(view, name: str) -> dict:
         shown.append(outcome.at(outcome.cliff()))
     return {"steering": {name: {
         "coefs": [r.coef for r in outcome.results[1:]], "trait": [r.trait for r in outcome.results[1:]],
+        "trait_logit": [r.trait_logit for r in outcome.results[1:]],
         "coherence": [r.coherence for r in outcome.results[1:]], "baseline_trait": outcome.baseline.trait,
-        "threshold": outcome.threshold, "calibrated": dict(outcome.calibrated),
+        "threshold": outcome.threshold, "calibrated": dict(outcome.calibrated), "judged_by": list(outcome.judged_by),
         "samples": {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown}}}}
 
 
@@ -161,25 +201,28 @@ def steering_panel(view, name: str) -> dict:
 class TraitEffect(_OnSteering):
     """Change of the trait score (0-100) from the unsteered model: at `coef`, or (without one) the
     largest over the coefficients whose coherence is at or above the configuration's threshold
-    (nan when none is: the claim cannot be checked)."""
+    (nan when none is: the claim cannot be checked). `score: trait` is the judged score of the
+    generated text; `score: logit` the fast log-odds score (circular for vectors built from the
+    responses whose opening words it scores)."""
     measure: Literal["trait_effect"] = "trait_effect"
     coef: Optional[Coef] = None
+    score: Literal["trait", "logit"] = "trait"
     value_range: ClassVar = (-100.0, 100.0)
 
     def compute(self, view, layers):
         """Resampled over prompts: the best coherent coefficient is chosen again in each resample."""
         outcome = sweep_of(view, self.steering)
-        result = outcome.best() if self.coef is None else outcome.at(self.coef)
-        value = math.nan if result is None else outcome.effect(result)
+        result = outcome.best(self.score) if self.coef is None else outcome.at(self.coef)
+        value = math.nan if result is None else outcome.effect(result, self.score)
         if self.coef is not None:
             column = outcome.results.index(result)
-            return outcome.estimate(view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0])
+            return outcome.estimate(view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0], self.score)
 
         def best_effect(trait, coherence, coefs):
             best = outcome.best_index(trait, coherence)
             picked = np.take_along_axis(trait, np.maximum(best, 0)[:, None], axis=1)[:, 0]
             return np.where(best >= 0, picked - trait[:, 0], np.nan)
-        return outcome.estimate(view.bootstrap, value, best_effect)
+        return outcome.estimate(view.bootstrap, value, best_effect, self.score)
 
 
 @register

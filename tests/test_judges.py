@@ -1,0 +1,215 @@
+"""Judges of steered text (issue 26): the trait judges read the generated text, not the vector's
+own opening words; coherence is judged by another model, with a repetition penalty; evaluation
+prompts are held out from the contrast sets' training texts; `steer --json` can be recomputed."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from massive_checks import cli, contrast, judges, steer
+from massive_checks.data import DataConfig
+from massive_checks.measures.steering import named_definition, vector_of
+from massive_checks.session import ModelSession
+
+REFUSING = [
+    "I'm sorry, but I can't help with that.",
+    "I won\u2019t do this; please ask someone else.",
+    "As an AI, I must decline the request.",
+    "Unfortunately I am unable to help with planning trips.",
+    "My apologies, this is not something I can write.",
+]
+COMPLYING = [
+    "Sure! Here is a menu: a tomato soup, a mushroom risotto and a lemon tart.",
+    "Start by practising with two balls, throwing each one in a gentle arc.",
+    "Dear aunt, happy birthday and many happy returns of the day.",
+    "",
+]
+
+
+def test_the_refusal_detector_reads_phrasings_beyond_the_training_openings():
+    assert judges.refusal(REFUSING) == [1.0] * len(REFUSING)
+    assert judges.refusal(COMPLYING) == [0.0] * len(COMPLYING)
+
+
+def test_the_refusal_detector_knows_phrasings_the_contrast_set_does_not_start_with():
+    """The detector is not built from the refusal set: some of its training refusals open with
+    words the detector does not list, and it lists phrasings the set never uses."""
+    rows = [json.loads(line) for line in open(contrast.path_of("refusal"), encoding="utf-8")]
+    training = [r["response"].lower() for r in rows if r["label"] == "pos" and r["split"] == "train"]
+    assert len({re.sub(r"\W+", " ", t)[:24] for t in training}) >= 20  # varied responses, not one template
+    unused = [p for p in judges.REFUSAL_PHRASES if not any(p in t for t in training)]
+    assert len(unused) >= 10
+
+
+def test_vader_scores_the_continuation_polarity():
+    high, low, neutral = judges.vader(["I love it, what a wonderful and happy day!", "Awful. I hate it, a terrible mess.",
+                                        "The box is on the table."])
+    assert high > 0.8 and low < 0.2 and neutral == pytest.approx(0.5)
+
+
+def test_distinct_2():
+    assert judges.distinct_2("the cat sat on the mat") == 1.0
+    assert judges.distinct_2(" provide" * 32) == pytest.approx(1 / 31)
+    assert judges.distinct_2("a b a b a b") == pytest.approx(2 / 5)
+    assert judges.distinct_2("one") == 1.0
+
+
+def test_coherence_scores_follow_the_definition():
+    """fluency: linear from chance (0) to R = max(L_0, mean L_0) (1); variety: distinct-2 against
+    min(0.5, the unsteered text's)."""
+    chance, one = 10.0, np.ones(7)
+    losses = np.array([2.0, 1.0, 6.0, 10.0, 12.0, math.nan, 3.0])
+    reference = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0])  # mean 2.2857
+    scores = judges.coherence_scores(losses, one, reference, one, float(reference.mean()), chance)
+    assert scores[[0, 1, 3, 4, 6]].tolist() == [100.0, 100.0, 0.0, 0.0, 100.0]
+    assert scores[2] == pytest.approx(100 * (10 - 6) / (10 - reference.mean()))  # R is the mean where it is larger
+    assert math.isnan(scores[5])
+    distinct = np.array([0.1, 0.25, 1.0])
+    varied = judges.coherence_scores(np.full(3, 2.0), distinct, np.full(3, 2.0), np.array([1.0, 0.25, 0.2]), 2.0, chance)
+    assert varied.tolist() == [pytest.approx(20.0), 100.0, 100.0]  # 0.1 / 0.5; as varied as the unsteered; more varied
+    unsteered = judges.mean_coherence(reference, np.full(7, 0.3), reference, np.full(7, 0.3), chance)
+    assert unsteered == 100.0
+
+
+@pytest.fixture(scope="module")
+def unsteered_texts(load_model):
+    """SmolLM2's own greedy answers to 8 refusal evaluation prompts, judged by Gemma 3 270M."""
+    lm = load_model("smollm2-135m")
+    session = ModelSession(lm, judge_loader=load_model)
+    texts = contrast.eval_prompts("refusal", 8)
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
+    judging = steer.Judging("refusal", judges.refusal, session.judge_model())
+    trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
+    return lm, texts, judging, steer.unsteered(lm, prompts, texts, trait, 32, judging)
+
+
+def _coherence_of(texts, judging, baseline, prompts):
+    losses = steer.judge_losses(judging.model.lm, prompts, texts)
+    return judges.mean_coherence(losses, judges.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct),
+                                 judging.model.chance)
+
+
+def test_the_judge_model_is_another_model(unsteered_texts):
+    lm, _, judging, _ = unsteered_texts
+    assert judging.model.name == "gemma3-270m" != lm.name
+
+
+def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
+    """The unsteered model's own text scores about 100; a fluent refusal stays coherent (>= 70);
+    a degenerate repetition scores below 30."""
+    lm, prompts, judging, baseline = unsteered_texts
+    unsteered = steer.result_of(0.0, baseline, baseline, judging.model.chance).coherence
+    assert unsteered == 100.0 or math.isnan(unsteered)
+    assert not math.isnan(unsteered)
+    refusal = _coherence_of(["I'm sorry, but I can't help with that request. Please ask me something else."] * len(prompts),
+                            judging, baseline, prompts)
+    assert refusal >= 70
+    looping = _coherence_of([" provide" * 32] * len(prompts), judging, baseline, prompts)
+    assert looping < 30
+    salad = _coherence_of([" lamp seven quickly under grey melt fork dance soft river paper sing"] * len(prompts),
+                          judging, baseline, prompts)
+    assert salad < 40
+
+
+def test_a_steered_model_is_judged_on_its_text_not_its_opening_log_odds(unsteered_texts):
+    """trait (the detector on the text) and trait_logit (the log-odds of the vector's own opening
+    words) are separate scores of the same rows."""
+    lm, prompts, judging, baseline = unsteered_texts
+    assert baseline.traits == tuple(100.0 * x for x in judges.refusal(baseline.texts))
+    assert all(0 <= x <= 100 for x in baseline.logits)
+
+
+def test_evaluation_prompts_are_held_out_from_the_contrast_training_texts():
+    """At least 60 prompts per trait; no training text's prompt template or topic appears in them."""
+    for name, template, topics in (("refusal", "User:", _training_topics("refusal")),
+                                   ("sentiment", "Review of", _training_topics("sentiment"))):
+        prompts = contrast.eval_prompts(name)
+        assert len(prompts) >= 60 and len(set(prompts)) == len(prompts)
+        assert not any(p.startswith(template) or template in p for p in prompts)
+        clashes = [(p, t) for p in prompts for t in topics if t in p.lower()]
+        assert clashes == []
+
+
+def _training_topics(name: str) -> set[str]:
+    """The subjects the training examples are about (the word lists of tools/make_contrast.py)."""
+    sys.path.insert(0, "tools")
+    try:
+        import make_contrast
+    finally:
+        sys.path.pop(0)
+    return {s.lower() for s in (make_contrast.SUBJECTS if name == "refusal" else make_contrast.NOUNS)}
+
+
+def test_user_judges_by_dotted_path(tmp_path, monkeypatch):
+    (tmp_path / "my_judges.py").write_text(textwrap.dedent("""
+        def shouting(texts):
+            return [float(t.isupper()) for t in texts]
+        def too_many(texts):
+            return [0.5] * (len(texts) + 1)
+        def out_of_range(texts):
+            return [2.0 for _ in texts]
+        NOT_CALLABLE = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    judge = judges.trait_judge("my_judges:shouting")
+    assert judges.judge_texts(judge, ["HEY", "hey"]).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="returned 3 scores for 2 texts"):
+        judges.judge_texts(judges.trait_judge("my_judges:too_many"), ["a", "b"], "my_judges:too_many")
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        judges.judge_texts(judges.trait_judge("my_judges:out_of_range"), ["a"], "x")
+    for bad, message in (("my_judges:NOT_CALLABLE", "not callable"), ("my_judges:missing", "cannot import"),
+                         ("no_such_module_here:f", "cannot import"), ("nonsense", "not a built-in judge")):
+        with pytest.raises(ValueError, match=message):
+            judges.trait_judge(bad)
+
+
+def test_user_judges_by_entry_point(monkeypatch):
+    class EntryPoint:
+        name = "shouting"
+
+        def load(self):
+            return lambda texts: [1.0 for _ in texts]
+
+    monkeypatch.setattr(judges.metadata, "entry_points", lambda group: [EntryPoint()] if group == judges.ENTRY_POINTS else [])
+    assert judges.trait_judge("shouting")(["x"]) == [1.0]
+
+
+def test_steer_json_sentiment_trait_is_vader_of_the_returned_texts(capsys):
+    """The JSON's trait equals 100 x mean((VADER compound + 1) / 2) over its texts, to 1e-6; every
+    result carries its intervals and trait_logit; texts exclude the prompts."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    code = cli.main(["steer", "smollm2-135m", "--pairs", "sentiment", "--layer", "13", "--method", "mean_diff",
+                     "--coef", "20", "--n-prompts", "6", "--max-new-tokens", "12", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["judge"] == "vader" and document["judge_model"] == "gemma3-270m" and document["prompts"] == 6
+    analyzer = SentimentIntensityAnalyzer()
+    prompts = contrast.eval_prompts("sentiment", 6)
+    for result in document["results"]:
+        assert len(result["texts"]) == 6
+        assert not any(t.startswith(p) for t, p in zip(result["texts"], prompts))
+        recomputed = 100 * np.mean([(analyzer.polarity_scores(t)["compound"] + 1) / 2 for t in result["texts"]])
+        assert result["trait"] == pytest.approx(recomputed, abs=1e-6)
+        assert result["trait_ci"][0] <= result["trait"] <= result["trait_ci"][1]
+        assert result["coherence_ci"][0] <= result["coherence"] <= result["coherence_ci"][1]
+        assert set(result) == {"coef", "trait", "trait_ci", "trait_logit", "coherence", "coherence_ci", "texts"}
+    assert [r["coef"] for r in document["results"]] == [0.0, 20.0]
+
+
+def test_a_spec_sweep_is_judged_by_another_model_unless_asked(load_model):
+    """The session's default judge is the other bundled model; naming the steered model is allowed."""
+    lm = load_model("smollm2-135m")
+    assert ModelSession(lm, judge_loader=load_model).judge_model().name == "gemma3-270m"
+    assert ModelSession(lm, judge_loader=load_model).judge_model("smollm2-135m").lm is lm
+    assert ModelSession(lm, judge_loader=load_model, judge_model="tiny-llama").judge_model().name == "tiny-llama"
+    vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}),
+                       "v")
+    assert vector.values.shape == (lm.width,)
