@@ -97,11 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    notice = lambda message: print(f"massive-checks: {message}", file=sys.stderr)  # noqa: E731
+    models.NOTICES.append(notice)
     try:
         return COMMANDS[args.command](args)
     except (MassiveChecksError, ValueError) as exc:
         print(f"massive-checks: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        models.NOTICES.remove(notice)
 
 
 def _session(args) -> tuple[ModelSession, DataConfig]:
@@ -249,8 +253,10 @@ def cmd_steer(args) -> int:
 
 def steering_record(result, intervals: dict) -> dict:
     """One coefficient of `steer --json`: scores, their intervals over prompts, the texts."""
+    def number(x: float) -> float | None:  # JSON has no nan: an undefined score (every text empty) is null
+        return None if math.isnan(x) else x
     return {"coef": result.coef, "trait": result.trait, "trait_ci": intervals["trait_ci"], "trait_logit": result.trait_logit,
-            "coherence": result.coherence, "coherence_ci": intervals["coherence_ci"], "texts": list(result.texts)}
+            "coherence": number(result.coherence), "coherence_ci": intervals["coherence_ci"], "texts": list(result.texts)}
 
 
 def cmd_models(args) -> int:

@@ -211,7 +211,7 @@ def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None,
             rows.append(judge_row(check.bound, key, text, value, confidence))
         if not rows:  # an empty layer range must not pass a check with nothing in it
             rows = [Row("no layers", expected, None, intervals.INCONCLUSIVE)]
-        verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows))
+        verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference))
     return Verdict(verdicts, xfail_reason, inconclusive_reason)
 
 

@@ -1,5 +1,6 @@
-"""Figures, one per (spec, model): Agg backend, explicit Figure objects (no global pyplot state),
-closed after saving. Each plot_* draws on axes it is given; render() picks the views a spec needs."""
+"""Figures, one per (spec, model): explicit matplotlib Figure objects saved to PNG by the Agg
+canvas, never through pyplot, so the user's matplotlib backend and pyplot state stay untouched.
+Each plot_* draws on axes it is given; render() picks the views a spec needs."""
 
 from __future__ import annotations
 
@@ -10,13 +11,9 @@ import textwrap
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-
-from .files import atomic_write  # noqa: E402
+from .files import atomic_write
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
 PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (records.STATISTIC_TEXT)
@@ -213,8 +210,7 @@ def save(fig, path: Path, title: str) -> Path:
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=9)
     fig.tight_layout()
     png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=90, metadata=METADATA)
-    plt.close(fig)  # no-op for a bare Figure, kept for figures created through pyplot
+    fig.savefig(png, format="png", dpi=90, metadata=METADATA)  # a bare Figure prints through Agg, whatever the backend
     atomic_write(path, png.getvalue())
     return path
 

@@ -135,7 +135,9 @@ def coherence_scores(losses: np.ndarray, distinct: np.ndarray, reference_losses:
     over P; chance: log V of the judge."""
     reference = np.fmax(reference_losses, mean_reference)  # fmax: an empty unsteered continuation uses the mean
     with np.errstate(invalid="ignore", divide="ignore"):
-        fluency = np.clip((chance - losses) / (chance - reference), 0.0, 1.0)
+        ramp = np.where(chance > reference, np.clip((chance - losses) / (chance - reference), 0.0, 1.0), 0.0)
+    # At or below the reference: 1 (also for a judge whose reference is no better than chance).
+    fluency = np.where(losses <= reference, 1.0, np.where(np.isnan(losses), np.nan, ramp))
     variety = np.minimum(1.0, distinct / np.minimum(DISTINCT_2_KNEE, reference_distinct))
     return 100.0 * fluency * variety
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .constants import BUNDLED_MODELS, DEVICE_MAPS  # noqa: F401  (read by the plugin's options)
 from .errors import ModelUnavailable, UnsupportedArchitecture
 
 # --------------------------------------------------------------------------- adapters
@@ -132,7 +133,7 @@ class LoadedModel:
         if self.device.startswith("cuda"):
             return torch.cuda.mem_get_info(torch.device(self.device))[0]
         try:
-            line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable:"))
+            line = next(row for row in Path("/proc/meminfo").read_text().splitlines() if row.startswith("MemAvailable:"))
             return int(line.split()[1]) * 1024
         except (OSError, StopIteration, ValueError):
             return None
@@ -214,7 +215,6 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 def dispatch(model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype,
@@ -393,8 +393,11 @@ BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> 
 
 
 def default_judge(steered: str) -> str:
-    """The model that judges a steered model's text by default: the other bundled model (a model
-    never judges itself unless asked)."""
+    """The model that judges a steered model's text by default: the other bundled model; for a
+    synthetic test model, another synthetic one (tests load no real model for it). A model never
+    judges itself unless asked."""
+    if steered in _synthetic_names():
+        return "tiny-gpt2" if steered != "tiny-gpt2" else "tiny-llama"
     return "gemma3-270m" if steered == BUNDLED else BUNDLED
 
 
@@ -503,7 +506,30 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+# Who hears that a first load dequantizes (minutes in silence otherwise): the pytest plugin adds a
+# writer to its terminal reporter; the CLI prints to stderr.
+NOTICES: list = []
+DEQUANTIZE_SECONDS = {BUNDLED: 25, "gemma3-270m": 65}  # measured on 2 CPU cores
+
+
+def notice(message: str) -> None:
+    for write in NOTICES:
+        write(message)
+
+
 def _write_dequantized_cache(name: str, gguf: Path, target: Path) -> None:
+    import time
+
+    started = time.perf_counter()
+    expected = DEQUANTIZE_SECONDS.get(name)
+    notice(f"{name}: first use on this machine - dequantizing {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to "
+           f"float32 once, {'about ' + str(expected) + ' s' if expected else 'about a minute per 250 MiB'}; cached in "
+           f"{target.parent}, later loads take seconds")
+    _dequantize(name, gguf, target)
+    notice(f"{name}: dequantized and cached in {time.perf_counter() - started:.0f} s")
+
+
+def _dequantize(name: str, gguf: Path, target: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

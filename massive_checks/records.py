@@ -89,6 +89,7 @@ class CheckVerdict:
     description: str
     line: int
     rows: list[Row]
+    reference: str | None = None  # the source's value (spec key `reference`), for reports
 
     @property
     def verdict(self) -> str:

@@ -73,6 +73,7 @@ def outcome_record(observation: Observation, verdict: Verdict) -> dict:
         **_header(observation, verdict), "status": "passed" if verdict.passed else "failed", "configs": observation.configs,
         "verdict": verdict.outcome, "confidence": observation.confidence,
         "checks": [{"key": c.key, "description": c.description, "line": c.line, "ok": c.ok, "verdict": c.verdict,
+                    **({"reference": c.reference} if c.reference else {}),
                     "rows": [_row_record(r) for r in c.rows]} for c in verdict.checks],
         "observed": observation.profiles, "observed_statistic": "paper",
         **({"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
@@ -196,8 +197,31 @@ def claims_markdown(results: list[dict]) -> str:
     lines = ["| claim | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for claim, text, by_model in rows:
         cells = [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        lines.append(_markdown_row(cells))
+    table_models, references = reference_table(results)
+    if references:
+        lines += ["", "## The source's values vs the models'", "",
+                  "| claim | check | source | " + " | ".join(table_models) + " |", "|---" * (len(table_models) + 3) + "|"]
+        lines += [_markdown_row([claim, check, source] + [by_model.get(m, "-") for m in table_models])
+                  for claim, check, source, by_model in references]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def reference_table(results: list[dict]) -> tuple[list[str], list[tuple[str, str, str, dict]]]:
+    """Checks that carry a `reference` (the source's value), one row per (claims, check) across
+    models: (claims, check description, reference, {model: "value [interval]: verdict"})."""
+    models = sorted({r["model"] for r in results})
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        for c in r.get("checks", []):
+            if c.get("reference") and c["rows"]:
+                key = (" ".join(r.get("claims") or [r["spec"]]), c["description"], c["reference"])
+                rows.setdefault(key, {})[r["model"]] = f"{_row_value(c['rows'][0])}: {c['verdict']}"
+    return models, [(*key, by_model) for key, by_model in rows.items()]
 
 
 def _latex_escape(text: str) -> str:
@@ -318,13 +342,25 @@ def _matrix_html(results: list[dict]) -> str:
     return (f"<h2>Claims x models</h2><table class='matrix'><tr><th>claim</th>{head}</tr>{''.join(body)}</table>")
 
 
+def _reference_html(results: list[dict]) -> str:
+    models, rows = reference_table(results)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(m)}</th>" for m in models)
+    body = "".join(f"<tr><td>{escape(claim)}</td><td>{escape(check)}</td><td>{escape(source)}</td>"
+                   + "".join(f"<td>{escape(by_model.get(m, '-'))}</td>" for m in models) + "</tr>"
+                   for claim, check, source, by_model in rows)
+    return (f"<h2>The source's values vs the models'</h2><table class='matrix'><tr><th>claim</th><th>check</th>"
+            f"<th>source</th>{head}</tr>{body}</table>")
+
+
 def _badge(record: dict) -> str:
     status = record.get("status", "failed")
     return "inconclusive" if status == "failed" and record.get("verdict") == INCONCLUSIVE else status
 
 
 def write_html(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
-    sections = [_matrix_html(results)]
+    sections = [_matrix_html(results), _reference_html(results)]
     for model in sorted({r["model"] for r in results} | set(unavailable)):
         records = [r for r in results if r["model"] == model]
         counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "error", "xfailed", "undecided", "xpassed")}

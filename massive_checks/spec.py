@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 from . import contrast, interventions, judges, steer, vectors
 from .capture import Window
+from .constants import DEFAULTS_FILE
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError, SpecError
 from .golden import GoldenConfig, Tolerance
@@ -27,7 +28,6 @@ from .measures import REGISTRY, Measure
 from .measures.base import NUMERIC_SHAPES
 from .yaml_lines import read_documents
 
-DEFAULTS_FILE = "_defaults.yaml"
 DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors", "steering")
 NUMBER_BOUNDS = ("at_least", "at_most", "between", "approx")
 SET_BOUNDS = ("subset_of", "contains", "excludes")
@@ -128,18 +128,23 @@ def schema() -> Schema:
     return _SCHEMAS[key]
 
 
+# A check's `reference`: the source's own value for what the check measures (e.g. "+33.0 - +24.8 on
+# Gemma 3 4B"), shown beside the models' values in the reports' reference table; never judged.
+REFERENCE_FIELD = (Optional[Annotated[str, StringConstraints(min_length=1, max_length=300)]], None)
+
+
 def _build_schema() -> Schema:
     checks, sides = {}, {}
     for name, cls in REGISTRY.items():
         base = _quantity_fields(cls)
         sides[name] = create_model(f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, **base)
         checks[name] = create_model(f"{cls.__name__}Check", __base__=cls, __doc__=cls.__doc__,
-                                    id=(Optional[Name], None), **base, **_bound_fields(cls))
+                                    id=(Optional[Name], None), reference=REFERENCE_FIELD, **base, **_bound_fields(cls))
     side_field = _union(sides)
     pair = create_model("ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...),
                         by=(Literal["ratio", "difference"], "ratio"))  # |a| / |b|, or a - b
     compare = create_model("CompareCheck", __base__=_Strict, __doc__=COMPARE_DOC, id=(Optional[Name], None),
-                           compare=(pair, ...), **NUMBER_BOUND_FIELDS)
+                           reference=REFERENCE_FIELD, compare=(pair, ...), **NUMBER_BOUND_FIELDS)
     check_field = _union(checks, {"compare": compare})
     spec = create_model("SpecModel", __base__=_SpecBase, __doc__=_SpecBase.__doc__,
                         checks=(Annotated[list[check_field], Field(min_length=1)], ...))
@@ -354,6 +359,7 @@ class Check:
     versus: Quantity | None = None  # compare checks: the bound applies to |a| / |b| or a - b
     by: str = "ratio"
     id: str | None = None  # the spec's own name for it; else the key comes from the quantity
+    reference: str | None = None  # the source's value for it, shown in reports (never judged)
 
     def key(self) -> str:
         """Stable across rewording and reordering: what goldens and results key on."""
@@ -735,8 +741,9 @@ def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: 
         a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where, defined, sweeps)
         b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, defined, sweeps)
         _comparable(raw_pair, a, b, prefix + "compare.", where)
-        return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id)
-    return Check(_quantity(raw, parsed, prefix, configs, where, defined, sweeps), bound, raw.line, id=parsed.id)
+        return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id, reference=parsed.reference)
+    return Check(_quantity(raw, parsed, prefix, configs, where, defined, sweeps), bound, raw.line, id=parsed.id,
+                 reference=parsed.reference)
 
 
 def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweeps: dict) -> None:

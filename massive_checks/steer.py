@@ -21,6 +21,7 @@ each continuation, per prompt, so every score has a bootstrap interval over prom
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -160,8 +161,8 @@ def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, ste
                 step_ids, step_mask, step_pos = ids, mask, positions
             output = attached.forward(lm.model, step_ids, mask, step=step, positions=step_pos, prompt_length=prompt_length,
                                       token_mask=step_mask, position_ids=step_pos, use_cache=use_cache,
-                                      past_key_values=past, logits_to_keep=1)
-            past = output.past_key_values if use_cache else None
+                                      logits_to_keep=1, **cache_argument(lm.model, past))
+            past = cache_of(output) if use_cache else None
             token = output.logits[:, -1].argmax(dim=-1)  # [B]
             new.append(token)
             ids = torch.cat([ids, token[:, None]], dim=1)
@@ -169,6 +170,18 @@ def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, ste
             positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
     tokens = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
     return [_cut_at_eos(row, lm.tokenizer.eos_token_id) for row in tokens]
+
+
+def cache_argument(model, cache) -> dict:
+    """The KV cache as the model's forward takes it: `cache=` (transformers >= 5.25, where
+    `past_key_values=` is deprecated, to be removed in 5.40) or `past_key_values=` (earlier)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def cache_of(output):
+    """The KV cache a forward returned (`cache`, or `past_key_values` before transformers 5.25)."""
+    cache = output.get("cache")
+    return cache if cache is not None else output.get("past_key_values")
 
 
 def _cut_at_eos(row: list[int], eos: int | None) -> list[int]:
@@ -219,14 +232,14 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per continuation row
         steering = Steering(steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first)
         vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
-    past = first.past_key_values
+    past = cache_of(first)
     past.batch_repeat_interleave(n)
     rows_length = prompt_length.repeat_interleave(n)
     cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [P*n, C]
     with steered(lm, steering, vector) as attached:
         rest = attached.forward(lm.model, cont, torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1),
                                 positions=cont_positions, prompt_length=rows_length, token_mask=cont_mask,
-                                position_ids=cont_positions, past_key_values=past, use_cache=True)
+                                position_ids=cont_positions, use_cache=True, **cache_argument(lm.model, past))
     logits = torch.cat([first.logits[:, -1:].repeat_interleave(n, dim=0), rest.logits[:, :-1]], dim=1)  # [P*n, C, V]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [P*n, C]
     per_prompt = torch.where(cont_mask.bool(), logp, 0.0).sum(dim=1).view(len(prompts), n).cpu()

@@ -67,6 +67,7 @@ class Suite:
         self.records: list[dict] = []
         self.headers: dict[str, dict] = {}
         self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
+        self.judge_loads: dict[str, int] = {}  # model -> loads first made to judge another model's text
         self.threads: dict[str, str] = {}  # xdist worker -> how many torch threads it runs (share_cores)
         self.cores: CoreShare | None = None  # in an xdist worker: its share of the cores
         workers = options.figure_workers
@@ -83,7 +84,9 @@ class Suite:
         if model in self.sessions:
             self._plan_one(self.sessions[model], spec)
 
-    def session(self, name: str) -> ModelSession:
+    def session(self, name: str, judge: bool = False) -> ModelSession:
+        """The session of a model, loaded once; `judge`: loaded to judge another model's steered
+        text (counted apart: each xdist worker loads its own judge)."""
         if name in self.unavailable:
             raise ModelUnavailable(f"model {name!r} is unavailable (see 'massive_checks: models' in the summary)")
         if name not in self.sessions:
@@ -94,12 +97,13 @@ class Suite:
                 self.unavailable[name] = str(exc)
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
             session = ModelSession(lm, o.batch_size, intervals.Bootstrap(o.resamples, o.confidence),
-                                   judge_loader=lambda judge: self.session(judge).lm, judge_model=o.judge_model)
+                                   judge_loader=lambda other: self.session(other, judge=True).lm, judge_model=o.judge_model)
             for spec in self.planned.get(name, []):
                 self._plan_one(session, spec)
             self.sessions[name] = session
             self.headers[name] = lm.describe()
-            self.loads[name] = self.loads.get(name, 0) + 1
+            counts = self.judge_loads if judge else self.loads
+            counts[name] = counts.get(name, 0) + 1
         return self.sessions[name]
 
     def _plan_one(self, session: ModelSession, spec: Spec) -> None:
@@ -191,14 +195,16 @@ class Suite:
         """Plain data: what a worker sends its controller (its figures drawn)."""
         self.settle_figures()
         return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads,
-                "threads": self.threads}
+                "judge_loads": self.judge_loads, "threads": self.threads}
 
     def merge(self, exported: dict) -> None:
         self.records += exported.get("results", [])
         self.headers.update(exported.get("models", {}))
         self.unavailable.update(exported.get("unavailable", {}))
-        for name, count in exported.get("loads", {}).items():
-            self.loads[name] = self.loads.get(name, 0) + count
+        for key in ("loads", "judge_loads"):
+            counts = getattr(self, key)
+            for name, count in exported.get(key, {}).items():
+                counts[name] = counts.get(name, 0) + count
         self.threads.update(exported.get("threads", {}))
 
     def share_cores(self, run_id: str, worker: str, workers: int) -> None:

@@ -47,8 +47,9 @@ def load_model():
 
 @pytest.fixture
 def session_for(load_model):
-    """session_for(name) -> a fresh ModelSession (its own pass cache) on a cached model."""
-    return lambda name, **kw: ModelSession(load_model(name), **kw)
+    """session_for(name) -> a fresh ModelSession (its own pass cache) on a cached model; its
+    steering judge model (by default SmolLM2, or Gemma 3 270M for SmolLM2) is cached too."""
+    return lambda name, **kw: ModelSession(load_model(name), **{"judge_loader": load_model, **kw})
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +84,14 @@ def reference_block_outputs(lm: models.LoadedModel, ids: torch.Tensor, mask: tor
 def _decoder(base):
     # OPT nests its layers in .decoder; image-text Gemma 3 in .language_model
     return getattr(base, "decoder", None) or getattr(base, "language_model", None) or base
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The spec mutation and fuzz tests' totals (each of their tests asserts on its own examples)."""
+    import sys
+
+    for name in ("test_spec_mutations", "test_fuzz"):
+        module = sys.modules.get(name) or sys.modules.get(f"tests.{name}")
+        if module is not None and any(module.COUNTS.values()):
+            terminalreporter.section(f"{name} counts")
+            terminalreporter.line(str(dict(module.COUNTS)))

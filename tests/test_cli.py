@@ -10,7 +10,6 @@ import torch
 from massive_checks import cli
 from massive_checks.synthetic import PLANT
 
-from conftest import reference_block_outputs
 
 
 def run_json(capsys, *argv):

@@ -79,7 +79,7 @@ def test_coherence_scores_follow_the_definition():
 
 
 @pytest.fixture(scope="module")
-def unsteered_texts(load_model):
+def unsteered_texts(load_model):  # real models: the tests using it are marked slow
     """SmolLM2's own greedy answers to 8 refusal evaluation prompts, judged by Gemma 3 270M."""
     lm = load_model("smollm2-135m")
     session = ModelSession(lm, judge_loader=load_model)
@@ -96,11 +96,13 @@ def _coherence_of(texts, judging, baseline, prompts):
                                  judging.model.chance)
 
 
+@pytest.mark.slow
 def test_the_judge_model_is_another_model(unsteered_texts):
     lm, _, judging, _ = unsteered_texts
     assert judging.model.name == "gemma3-270m" != lm.name
 
 
+@pytest.mark.slow
 def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
     """The unsteered model's own text scores about 100; a fluent refusal stays coherent (>= 70);
     a degenerate repetition scores below 30."""
@@ -118,6 +120,7 @@ def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
     assert salad < 40
 
 
+@pytest.mark.slow
 def test_a_steered_model_is_judged_on_its_text_not_its_opening_log_odds(unsteered_texts):
     """trait (the detector on the text) and trait_logit (the log-odds of the vector's own opening
     words) are separate scores of the same rows."""
@@ -181,6 +184,7 @@ def test_user_judges_by_entry_point(monkeypatch):
     assert judges.trait_judge("shouting")(["x"]) == [1.0]
 
 
+@pytest.mark.slow
 def test_steer_json_sentiment_trait_is_vader_of_the_returned_texts(capsys):
     """The JSON's trait equals 100 x mean((VADER compound + 1) / 2) over its texts, to 1e-6; every
     result carries its intervals and trait_logit; texts exclude the prompts."""
@@ -204,12 +208,14 @@ def test_steer_json_sentiment_trait_is_vader_of_the_returned_texts(capsys):
     assert [r["coef"] for r in document["results"]] == [0.0, 20.0]
 
 
+@pytest.mark.slow
 def test_a_spec_sweep_is_judged_by_another_model_unless_asked(load_model):
     """The session's default judge is the other bundled model; naming the steered model is allowed."""
     lm = load_model("smollm2-135m")
     assert ModelSession(lm, judge_loader=load_model).judge_model().name == "gemma3-270m"
     assert ModelSession(lm, judge_loader=load_model).judge_model("smollm2-135m").lm is lm
     assert ModelSession(lm, judge_loader=load_model, judge_model="tiny-llama").judge_model().name == "tiny-llama"
+    assert ModelSession(load_model("tiny-llama"), judge_loader=load_model).judge_model().name == "tiny-gpt2"
     vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}),
                        "v")
     assert vector.values.shape == (lm.width,)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
@@ -139,3 +138,42 @@ def test_the_gpu_ci_example_uses_options_the_plugin_has(pytester):
     help_text = pytester.runpytest_subprocess("--help").stdout.str()
     registered = set(re.findall(r"(--[a-z][a-z-]*)", help_text))
     assert used <= registered, used - registered
+
+
+def test_an_unrelated_project_imports_nothing_heavy(pytester):
+    """The entry-point plugin in a project with no specs: no torch, transformers, numpy or
+    matplotlib, and the suite is never built (issue 27)."""
+    pytester.makepyfile(test_unrelated="""
+        import sys
+
+        def test_nothing_heavy_was_imported(request):
+            heavy = [m for m in ("torch", "transformers", "matplotlib", "numpy", "massive_checks.suite") if m in sys.modules]
+            assert heavy == []
+            assert request.config.pluginmanager.get_plugin("massive_checks_state") is None
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark",
+                                           "-p", "no:xdist")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_massive_checks_option_wakes_the_plugin(pytester):
+    pytester.makepyfile(test_awake="""
+        def test_awake(request):
+            assert request.config.pluginmanager.get_plugin("massive_checks_state") is not None
+    """)
+    pytester.runpytest("--resamples", "500", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_first_load_announces_its_dequantization(tmp_path, monkeypatch):
+    """Which model, that it happens once, and about how long: through the writers in NOTICES (the
+    plugin's writes through pytest's terminal reporter, the CLI's to stderr)."""
+    from massive_checks import models
+
+    heard = []
+    monkeypatch.setattr(models, "NOTICES", [heard.append])
+    monkeypatch.setattr(models, "_dequantize", lambda name, gguf, target: None)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"\0" * 2**20)
+    models._write_dequantized_cache("gemma3-270m", gguf, tmp_path / "cache" / "x")
+    assert "gemma3-270m: first use on this machine" in heard[0] and "about 65 s" in heard[0] and "1 MiB" in heard[0]
+    assert heard[1].startswith("gemma3-270m: dequantized and cached in")

@@ -107,6 +107,15 @@ def test_the_model_group_is_read_from_a_spec_items_id():
     assert model_of_nodeid("specs/a.yaml::c7") is None
 
 
+def test_a_test_reading_a_models_spec_results_joins_its_group():
+    from massive_checks.plugin import model_of_test
+
+    names = ("smollm2-135m", "gemma3-270m")
+    assert model_of_test("tests/t.py::test_x[smollm2-135m:smollm2-c14-norms]", names) == "smollm2-135m"
+    assert model_of_test("tests/t.py::test_x[gpt2:c7]", names) is None  # not a model of this session
+    assert model_of_test("tests/t.py::test_x", names) is None
+
+
 def test_figures_are_closed(suite):
     before = len(plt.get_fignums())
     suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out", "-k", "ablation")
@@ -154,3 +163,51 @@ def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals()
     assert "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |" in markdown
     page = report._matrix_html(results)
     assert page.count("<tr>") == 4 and "badge inconclusive" in page and "no spec on this model" in page
+
+
+def test_the_reference_table_puts_the_sources_value_beside_each_models():
+    """A check's `reference` (never judged) is one row across models, keyed by claim and check."""
+    from massive_checks import report
+
+    def record(spec, model, observed, verdict, reference="+8.2 (Gemma 3 4B)"):
+        row = {"where": "value", "expected": ">= 2", "observed": observed, "interval": [observed - 1, observed + 1],
+               "ok": verdict == "holds", "verdict": verdict}
+        check = {"description": "difference of a and b", "ok": row["ok"], "verdict": verdict, "rows": [row]}
+        return {"spec": spec, "model": model, "claim": "c", "path": "s.yaml", "line": 1, "claims": ["C17"], "status": "passed",
+                "verdict": verdict, "expected": "holds", "checks": [{**check, "reference": reference} if reference else check]}
+
+    results = [record("a-c17", "m1", 5.0, "holds"), record("b-c17", "m2", -3.0, "contradicted"),
+               record("c-c17", "m3", 1.0, "inconclusive", reference=None)]
+    models, rows = report.reference_table(results)
+    assert rows == [("C17", "difference of a and b", "+8.2 (Gemma 3 4B)",
+                     {"m1": "5 [4, 6]: holds", "m2": "-3 [-4, -2]: contradicted"})]
+    markdown = report.claims_markdown(results)
+    assert "| C17 | difference of a and b | +8.2 (Gemma 3 4B) | 5 [4, 6]: holds | -3 [-4, -2]: contradicted | - |" in markdown
+    assert "The source's values vs the models'" in report._reference_html(results)
+    assert report.reference_table([record("a", "m1", 5.0, "holds", reference=None)])[1] == []
+
+
+def test_a_spec_check_carries_its_reference(tmp_path):
+    from massive_checks.spec import load_file
+
+    (tmp_path / "s.yaml").write_text("claim: c\nchecks:\n  - {measure: loss, at_most: 4, reference: \"3.1 nats (GPT-2)\"}\n")
+    assert load_file(tmp_path / "s.yaml")[0].checks[0].reference == "3.1 nats (GPT-2)"
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
+    """figures.save prints a bare Figure through Agg without choosing a backend for the process."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from massive_checks import figures
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the user chose (pyplot is not switched through it here)
+    try:
+        fig = Figure()
+        fig.add_subplot().plot([0, 1], [1, 0])
+        figures.save(fig, tmp_path / "f.png", "a title")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import textwrap
 
 import pytest
@@ -30,7 +32,7 @@ def write(tmp_path, text, name="spec.yaml"):
 def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
     (spec,) = load_file(write(tmp_path, VALID))
     assert spec.id == "ok" and spec.models is None and spec.checks[0].bound.value == 10
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.id = "other"
 
 

@@ -154,26 +154,29 @@ def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts
             scores.append(1 / (1 + math.exp(-(pos - neg))))
         return 100 * sum(scores) / len(scores)
 
-    assert steer.trait_score(lm, prompts, trait, steering, v) == pytest.approx(expected_trait(True), rel=1e-4)
-    assert steer.trait_score(lm, prompts, trait) == pytest.approx(expected_trait(False), rel=1e-4)
-    continuations = [[65, 66, 67], [68], [69, 70]]
-    loss = steer.continuation_loss(lm, prompts, continuations)
-    by_hand = sum(-logp(p, c, False) / len(c) for p, c in zip(prompts, continuations)) / len(prompts)
-    assert loss == pytest.approx(by_hand, rel=1e-4)
-    assert steer.coherence(2.5, 2.0) == pytest.approx(100 * math.exp(-0.5))
-    assert steer.coherence(1.0, 2.0) == 100.0  # more likely than the unsteered model's own text: the top
+    def trait_logit(*steered):
+        return float(100 * torch.sigmoid(steer.trait_log_odds(lm, prompts, trait, *steered).double()).mean())
+    assert trait_logit(steering, v) == pytest.approx(expected_trait(True), rel=1e-4)
+    assert trait_logit() == pytest.approx(expected_trait(False), rel=1e-4)
+    continuations = [[65, 66, 67], [68], [69, 70], []]
+    losses = steer.continuation_losses(lm, prompts + [prompts[0]], continuations)
+    by_hand = [-logp(p, c, False) / len(c) for p, c in zip(prompts, continuations[:3])]
+    assert losses[:3].tolist() == pytest.approx(by_hand, rel=1e-4)
+    assert math.isnan(losses[3])  # an empty continuation has no per-token loss
 
 
 def test_steer_command_prints_the_documented_json(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Review of the lamp:\nReview of the tent:\n")
     argv = ["steer", "tiny-llama", "--pairs", "sentiment", "--layer", "1", "--method", "mean_diff", "--coef", "0",
-            "--coef", "30", "--prompts", str(prompts), "--max-new-tokens", "4", "--json"]
+            "--coef", "30", "--prompts", str(prompts), "--max-new-tokens", "4", "--judge-model", "tiny-gemma3", "--json"]
     assert cli.main(argv) == 0
     document = json.loads(capsys.readouterr().out)
-    assert list(document) == ["model", "layer", "method", "results"]
+    assert list(document) == ["model", "layer", "method", "judge", "judge_model", "prompts", "results"]
+    assert (document["judge"], document["judge_model"], document["prompts"]) == ("vader", "tiny-gemma3", 2)
     assert [r["coef"] for r in document["results"]] == [0.0, 30.0]
     for result in document["results"]:
-        assert list(result) == ["coef", "trait", "coherence", "texts"]
-        assert len(result["texts"]) == 2 and 0 <= result["trait"] <= 100 and 0 <= result["coherence"] <= 100
-    assert document["results"][0]["coherence"] == 100.0
+        assert list(result) == ["coef", "trait", "trait_ci", "trait_logit", "coherence", "coherence_ci", "texts"]
+        assert len(result["texts"]) == 2 and 0 <= result["trait"] <= 100 and 0 <= result["trait_logit"] <= 100
+        assert result["coherence"] is None or 0 <= result["coherence"] <= 100
+    assert document["results"][0]["coherence"] in (100.0, None)  # None: every text empty (nan)

@@ -11,17 +11,23 @@ import math
 import pytest
 import torch
 
-from massive_checks import contrast, steer
+from massive_checks import contrast, judges, steer
 from massive_checks.errors import SpecError
 from massive_checks.evaluate import Evaluator, plan
 from massive_checks.measures.steering import activation_norm, vector_of
 from massive_checks.measures.sweeps import SweepOutcome
 from massive_checks.spec import load_file
-from massive_checks.steer import SteeringResult, Sweep
+from massive_checks.steer import SteeringResult, Sweep, Texts
 
 
 def _prompts(lm, n=3):
-    return [lm.tokenizer(t)["input_ids"] for t in contrast.read("refusal").heldout_prompts(n)]
+    """(token ids, texts) of the first n refusal evaluation prompts."""
+    texts = contrast.eval_prompts("refusal", n)
+    return [lm.tokenizer(t)["input_ids"] for t in texts], texts
+
+
+def _judging(session):
+    return steer.Judging("refusal", judges.refusal, session.judge_model())
 
 
 def _trait(lm):
@@ -29,25 +35,27 @@ def _trait(lm):
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
-def test_a_batched_sweep_equals_each_run_alone(load_model, name):
+def test_a_batched_sweep_equals_each_run_alone(session_for, name):
     """Rows of different vectors and coefs share batches (chunks of 4 rows cut runs apart); each
     run's scores and texts equal the run swept alone."""
-    lm = load_model(name)
+    session = session_for(name, judge_model="tiny-gpt2")
+    lm, judging = session.lm, _judging(session)
     g = torch.Generator().manual_seed(0)
     runs = [(torch.randn(lm.width, generator=g), c) for c in (0.0, 8.0, 30.0)] + [(torch.randn(lm.width, generator=g), 15.0)]
-    prompts, trait = _prompts(lm), _trait(lm)
-    together = steer.sweep(lm, runs, 1, prompts, trait, 5, batch_size=4)
+    (prompts, texts), trait = _prompts(lm), _trait(lm)
+    together = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, batch_size=4)
     for run, batched in zip(runs, together):
-        (alone,) = steer.sweep(lm, [run], 1, prompts, trait, 5, batch_size=64)
+        (alone,) = steer.sweep(lm, [run], 1, prompts, texts, trait, 5, judging, batch_size=64)
         assert batched.texts == alone.texts
         assert batched.trait == pytest.approx(alone.trait, rel=1e-4, abs=1e-6)
-        assert batched.coherence == pytest.approx(alone.coherence, rel=1e-4)
+        assert batched.trait_logit == pytest.approx(alone.trait_logit, rel=1e-4, abs=1e-6)
+        assert batched.coherence == pytest.approx(alone.coherence, rel=1e-4, nan_ok=True)
     assert together[0].coherence == 100.0
     assert together[2].texts != together[0].texts  # a strong coefficient changes what is generated
 
 
 def _result(coef, trait, coherence):
-    return SteeringResult(coef, trait, coherence, ())
+    return SteeringResult(coef, trait, trait, coherence, Texts((), (), (trait,), (trait,), (1.0,), (1.0,)))
 
 
 def test_sweep_reads_by_hand():
@@ -77,6 +85,7 @@ steering:
 checks:
   - {id: effect, measure: trait_effect, steering: md, at_least: -99}
   - {id: at30, measure: trait_effect, steering: md, coef: 30, at_least: -99}
+  - {id: logit30, measure: trait_effect, steering: md, coef: 30, score: logit, at_least: -99}
   - {id: coherence, measure: coherence, steering: md, coef: 300, at_least: 1}
   - {id: best, measure: best_coef, steering: search, at_least: 1}
   - {id: cliff, measure: coherence_cliff, steering: search, at_least: 1}
@@ -99,17 +108,20 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     assert observed[0] == pytest.approx(observed[1], nan_ok=True)
     assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
     view = session.view(first.data, vectors=first.vectors, steering=first.steering)
-    prompts, trait = _prompts(lm), _trait(lm)
-    md = steer.sweep(lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, trait, 4)
+    (prompts, texts), trait, judging = _prompts(lm), _trait(lm), _judging(session)
+    md = steer.sweep(lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, texts, trait, 4,
+                     judging)
     coherent = [r for r in md[1:] if r.coherence >= 70]
     assert observed[0]["effect"] == pytest.approx(max(r.trait for r in coherent) - md[0].trait if coherent else math.nan, nan_ok=True)
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
+    assert observed[0]["logit30"] == pytest.approx(md[2].trait_logit - md[0].trait_logit)
+    assert md[0].texts and all(0 <= t <= 100 for r in md for t in r.judged.traits)
     assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
     pairs_view = view.contrast("refusal")
     start = activation_norm(pairs_view, "first:5", 1, "massive").value
     calibrated = activation_norm(pairs_view, "first:5", 1, None).value
     coefs = sorted({start / 2, start, start * 2, calibrated})
-    search = steer.sweep(lm, [(vector_of(view, "pr").values, c) for c in [0.0] + coefs], 1, prompts, trait, 4)
+    search = steer.sweep(lm, [(vector_of(view, "pr").values, c) for c in [0.0] + coefs], 1, prompts, texts, trait, 4, judging)
     by_coef = {r.coef: r for r in search[1:]}
     assert observed[0]["calibrated"] == pytest.approx(next(r.coherence for c, r in by_coef.items() if math.isclose(c, calibrated)))
     coherent = [r for r in search[1:] if r.coherence >= 60]
@@ -162,7 +174,11 @@ BAD = [
     (BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
      "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 6, "steering.t", "no check reads it"),
     (BASE + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.prompts", "held-out prompts"),
+     5, "steering.s.prompts", "steering asks for 500 prompts"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], judge: nonsense}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+     5, "steering.s.judge", "not a built-in judge"),
+    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompt_set: no_such.txt}\nchecks:\n"
+     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 5, "steering.s.prompt_set", "no such file"),
     (BASE + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
      5, "steering.s.temperature", "unknown key; allowed"),
     (BASE + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
@@ -192,5 +208,15 @@ def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
     with pytest.raises(SpecError, match="no built-in trait words") as info:
         load_file(tmp_path / "a.yaml")
     assert info.value.key == "steering.s.vector"
-    (tmp_path / "b.yaml").write_text(body.replace("prompts: 2}", "prompts: 2, trait: {pos: [' yes'], neg: [' no']}}"))
-    assert load_file(tmp_path / "b.yaml")[0].steering["s"].trait == ((" yes",), (" no",))
+    with_words = body.replace("prompts: 2}", "prompts: 2, trait: {pos: [' yes'], neg: [' no']}}")
+    (tmp_path / "b.yaml").write_text(with_words)
+    with pytest.raises(SpecError, match="no built-in evaluation prompts") as info:  # nor prompts to steer on
+        load_file(tmp_path / "b.yaml")
+    (tmp_path / "questions.txt").write_text("Q: where?\nQ: when?\n")
+    with_prompts = with_words.replace("prompts: 2,", f"prompts: 2, prompt_set: {tmp_path / 'questions.txt'},")
+    (tmp_path / "c.yaml").write_text(with_prompts)
+    with pytest.raises(SpecError, match="no default trait judge") as info:  # nor a judge of its trait
+        load_file(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text(with_prompts.replace("prompts: 2,", "prompts: 2, judge: vader,"))
+    loaded = load_file(tmp_path / "d.yaml")[0].steering["s"]
+    assert (loaded.trait, loaded.judge) == (((" yes",), (" no",)), "vader")

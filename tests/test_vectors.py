@@ -12,7 +12,7 @@ import torch
 from conftest import reference_block_outputs
 from massive_checks import cli, contrast, vectors
 from massive_checks.capture import Window
-from massive_checks.data import DataConfig
+from massive_checks.data import DataConfig, read_passages
 from massive_checks.errors import DataError, SpecError
 from massive_checks.evaluate import Evaluator
 from massive_checks.measures.steering import vector_of
@@ -179,7 +179,7 @@ def _marker_set(tmp_path, n: int = 60):
     g = torch.Generator().manual_seed(3)
     letters = "abcdefghijklmnopqrstuvwxyz"
     rows = []
-    for i in range(n):
+    for _ in range(n):
         stem = "".join(letters[int(j)] for j in torch.randint(0, 26, (12,), generator=g))
         rows += [{"text": stem + "PPPP", "label": "pos"}, {"text": stem + "NNNN", "label": "neg"}]
     path = tmp_path / "markers.jsonl"
@@ -252,7 +252,7 @@ def test_norm_share_and_calibration_equal_a_hand_computation(session_for, tmp_pa
     spec = load_file(tmp_path / "norms.yaml")[0]
     observed = {c.key: next(iter(c.values.values())).value for c in Evaluator(spec, session, spec.data).evaluate().observation.checks}
     pooled = []
-    for text in contrast.read_texts("sentiment"):
+    for text in read_passages(contrast.path_of("sentiment")):
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
         pooled.append(reference_block_outputs(lm, ids, torch.ones_like(ids))[2][0, 1:].mean(dim=0))
     acts = torch.stack(pooled).double()  # [200, D]
@@ -278,7 +278,7 @@ def test_built_in_contrast_sets_have_two_traits_and_enough_examples():
         data = contrast.read(name)
         assert data.counts() == {"pos": 100, "neg": 100}
         assert int(data.heldout.sum()) == 40 and int((data.heldout & (data.labels == 1)).sum()) == 20
-        texts = contrast.read_texts(name)
+        texts = read_passages(contrast.path_of(name))
         assert len(set(texts)) == 200
 
 

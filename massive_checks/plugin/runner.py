@@ -1,82 +1,24 @@
-"""pytest glue, the only module that imports pytest: options, collection of YAML specs into items
-parametrized by model, failure text, xdist. The work is done by a suite.Suite."""
+"""The plugin's working half, imported only once a session runs specs (plugin/__init__.py decides):
+collection of YAML specs into items parametrized by model, failure text, the hooks around one
+suite.Suite, and the xdist parts that need it."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-from pathlib import Path
 
 import pytest
 
-from . import golden, intervals, models, report
-from .errors import MassiveChecksError, SpecError
-from .files import jsonable
-from .spec import DEFAULTS_FILE, Spec, load_file
-from .suite import Options, Suite
-
-WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("massive_checks", "massive activation claim specs")
-    group.addoption("--model", action="append", default=None, metavar="NAME",
-                    help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
-                         f"local directory or .gguf file, a bundled model "
-                         f"({', '.join(models.BUNDLED_GGUF)}) or a synthetic test model. Default: the bundled ones")
-    group.addoption("--device", default="cpu", help="torch device (default cpu)")
-    group.addoption("--dtype", default="float32", choices=sorted(models.DTYPES), help="model dtype")
-    group.addoption("--device-map", default=None, choices=models.DEVICE_MAPS,
-                    help="spread models larger than one device over all GPUs, with accelerate")
-    group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
-    group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
-    group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
-    group.addoption("--batch-size", type=_count_or_auto(1, "a positive number"), default=None, metavar="N|auto",
-                    help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
-                         "on cpu and 64 on cuda)")
-    group.addoption("--report-dir", default="reports", help="where results.json and reports go")
-    group.addoption("--figure-workers", type=_count_or_auto(0, "a number (0: draw in this process)"), default=None,
-                    metavar="N|auto", help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
-    group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
-    group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
-    group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
-    group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
-                    help="rewrite missing and failing golden snapshots; =new: write missing ones only")
-    group.addoption("--confidence", type=_share, default=intervals.CONFIDENCE, metavar="LEVEL",
-                    help=f"confidence level of every interval (default {intervals.CONFIDENCE}): a check holds when its "
-                         f"whole interval satisfies its bound")
-    group.addoption("--resamples", type=_count_or_auto(100, "a whole number >= 100", auto=False), default=intervals.RESAMPLES,
-                    metavar="N",
-                    help=f"bootstrap resamples per set of sampling units (default {intervals.RESAMPLES})")
-    group.addoption("--judge-model", default=None, metavar="NAME",
-                    help="model judging steered text's fluency (coherence), unless a steering configuration names "
-                         "its judge_model. Default: the other bundled model (a model never judges itself unless asked)")
+from .. import golden, models, report
+from ..errors import MassiveChecksError, SpecError
+from ..files import jsonable
+from ..spec import Spec, load_file
+from ..suite import Options, Suite
+from . import WORKER_KEY
 
 
-def _share(text: str) -> float:
-    """--confidence: a level strictly between 0.5 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.5 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a level between 0.5 and 1, e.g. 0.95")
-    return value
 
-
-def _count_or_auto(least: int, wanted: str, auto: bool = True):
-    """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
-    def parse(text: str) -> int | None:
-        if auto and text == "auto":
-            return None
-        if not text.isdigit() or int(text) < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted}{' or auto' if auto else ''}")
-        return int(text)
-    return parse
-
-
-def pytest_configure(config):
+def build(config) -> "MassiveChecks":
+    """The session's suite and its hooks, from the command line's options (registered by the caller)."""
     option = config.getoption
     suite = Suite(Options(
         models=option("--model") or list(models.BUNDLED_GGUF), device=option("--device"), dtype=option("--dtype"),
@@ -90,23 +32,17 @@ def pytest_configure(config):
     if workerinput is not None:  # an xdist worker: its share of the cores
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
     plugin = MassiveChecks(config, suite)
-    config.pluginmanager.register(plugin, "massive_checks_state")
-    if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
-        config.pluginmanager.register(XdistHooks(plugin), "massive_checks_xdist")
-    config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
-    # Items carry xdist_group (one worker per model); without xdist installed the mark is still known.
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup group")
-
-
-def pytest_collect_file(file_path: Path, parent):
-    # Spec files are YAML files inside a directory called `specs` (not any YAML in the tree).
-    if file_path.suffix in (".yaml", ".yml") and "specs" in file_path.parts[:-1] and file_path.name != DEFAULTS_FILE:
-        return SpecFile.from_parent(parent, path=file_path)
-    return None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # a first load's dequantization is announced, not minutes of silence
+        plugin.notice = lambda message: reporter.write_line(f"massive_checks: {message}", yellow=True)
+        models.NOTICES.append(plugin.notice)
+    return plugin
 
 
 def _plugin(config) -> "MassiveChecks":
-    return config.pluginmanager.get_plugin("massive_checks_state")
+    from . import active
+
+    return active(config)
 
 
 class SpecFailed(Exception):
@@ -214,36 +150,6 @@ class SpecItem(pytest.Item):
         return self.path, self.spec.line - 1, f"spec {self.spec.id} [{self.model}]"
 
 
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def massive_session(request):
-    """massive_session(name) -> session.ModelSession for a model, loaded once per test session."""
-    return _plugin(request.config).suite.session
-
-
-@pytest.fixture
-def ablate():
-    """Context manager applying interventions for the forward passes inside it:
-
-        with ablate(lm, "heads:5.1,6.1", "mlp:2"):
-            model(...)
-
-    Mean-mode ablations take their means from `data` (default: the built-in text)."""
-    from .apply import ablate as apply
-
-    return apply
-
-
-@pytest.fixture
-def capture_stats():
-    """capture_stats(lm, sites, median_sites=(), stop_early=False) -> context yielding {site: SiteStats} (see apply.py)."""
-    from .apply import capture_stats as capture
-
-    return capture
-
-
 class MassiveChecks:
     """pytest hooks around one Suite."""
 
@@ -251,6 +157,11 @@ class MassiveChecks:
         self.config, self.suite = config, suite
         self.deselected: dict[str, int] = {}
         self.collected_specs: dict[int, Spec] = {}  # id -> every collected spec, deselected ones too
+        self.notice = None  # its writer in models.NOTICES, removed when the session ends
+
+    def pytest_unconfigure(self, config):
+        if self.notice in models.NOTICES:
+            models.NOTICES.remove(self.notice)
 
     def pytest_deselected(self, items):
         """Specs deselected (-k, -m, or not for this model) exist: their snapshots are no orphans."""
@@ -272,15 +183,20 @@ class MassiveChecks:
             config.hook.pytest_deselected(items=deselected)
             items[:] = selected
 
-    def pytest_report_header(self, config):
+    def pytest_collection_finish(self, session):
+        """The header line, once specs are known to run (the plugin wakes up during collection,
+        after pytest's own header)."""
         import torch
         import transformers
 
-        from . import __version__
+        from .. import __version__
 
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         o = self.suite.options
-        return [f"massive_checks {__version__}: models {', '.join(o.models)}; device {o.device}; dtype {o.dtype}; "
-                f"torch {torch.__version__}; transformers {transformers.__version__}; golden dir {o.golden_dir}"]
+        if reporter is not None and not hasattr(self.config, "workerinput"):
+            reporter.write_line(f"massive_checks {__version__}: models {', '.join(o.models)}; device {o.device}; dtype "
+                                f"{o.dtype}; torch {torch.__version__}; transformers {transformers.__version__}; golden dir "
+                                f"{o.golden_dir}")
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -316,9 +232,10 @@ class MassiveChecks:
             for name, d in suite.headers.items():
                 session = suite.sessions.get(name)  # None on an xdist controller: its workers ran the passes
                 passes = f"; {session.forward_passes} forward passes" if session else ""
-                loads = suite.loads.get(name, 0)
+                loads, judging = suite.loads.get(name, 0), suite.judge_loads.get(name, 0)
+                judged = f" (and {judging} as a judge of steered text)" if judging else ""
                 terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
-                                      f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{passes}",
+                                      f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{judged}{passes}",
                                       yellow=loads > 1)
             for worker, threads in sorted(suite.threads.items()):
                 terminalreporter.line(f"worker {worker}: {threads}")
@@ -335,39 +252,6 @@ class MassiveChecks:
             terminalreporter.section("massive_checks: golden snapshots with no spec or model")
             for path in orphans:
                 terminalreporter.line(f"{suite.relative(str(path))}  (delete it, or restore its spec)", yellow=True)
-
-
-class XdistHooks:
-    """pytest-xdist hooks, registered only when xdist is present (pytest rejects unknown hooks)."""
-
-    def __init__(self, plugin: MassiveChecks):
-        self.plugin = plugin
-
-    def pytest_xdist_make_scheduler(self, config, log):
-        """--dist loadgroup: each model's spec items go to one worker, which loads it once.
-        xdist groups by a nodeid suffix that pytest >= 9.2 no longer lets it write
-        (pytest-xdist#1386), so the group is read from the item's id, `<spec>[<model>]`."""
-        if config.getvalue("dist") != "loadgroup":
-            return None
-        from xdist.scheduler import LoadGroupScheduling
-
-        class ByModel(LoadGroupScheduling):
-            def _split_scope(self, nodeid: str) -> str:
-                return model_of_nodeid(nodeid) or super()._split_scope(nodeid)
-        return ByModel(config, log)
-
-    def pytest_testnodedown(self, node, error):  # controller: a worker finished; take its records
-        exported = getattr(node, "workeroutput", {}).get(WORKER_KEY)
-        if exported:
-            self.plugin.suite.merge(json.loads(exported))
-
-
-def model_of_nodeid(nodeid: str) -> str | None:
-    """`specs/x.yaml::<spec id>[<model>]` -> the model; None for other items."""
-    path, _, name = nodeid.partition("::")
-    if not path.endswith((".yaml", ".yml")) or "[" not in name or not name.endswith("]"):
-        return None
-    return name[name.index("[") + 1:-1]
 
 
 def _status(test_report) -> str:

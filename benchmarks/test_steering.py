@@ -1,0 +1,48 @@
+"""A steering sweep against its floor (issue 26): the sweep (steered generation, trait_logit, the
+trait judge, the judge model's forward) vs the greedy generation of the same rows plus one judge
+forward over them. The default model is SmolLM2-135M (judged by Gemma 3 270M): 20 evaluation
+prompts x (the unsteered model + 3 coefficients), 16 new tokens, float32, CPU."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ratios import record
+from massive_checks import contrast, judges, steer
+from massive_checks.session import ModelSession
+
+PROMPTS, TOKENS, COEFS = 20, 16, (10.0, 30.0, 90.0)
+
+
+def test_steering_sweep_vs_its_floor(benchmark, lm):
+    session = ModelSession(lm)
+    texts = contrast.eval_prompts("refusal", PROMPTS)
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
+    trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
+    judging = steer.Judging("refusal", judges.refusal, session.judge_model())
+    vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(0))
+    runs = [(vector, 0.0)] + [(vector, c) for c in COEFS]
+    steer.sweep(lm, runs[:2], 1, prompts[:2], texts[:2], trait, 2, judging)  # warm-up
+
+    start = time.perf_counter()
+    results = steer.sweep(lm, runs, lm.n_layers // 2, prompts, texts, trait, TOKENS, judging)
+    sweep_time = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rows = [(c, p) for c in COEFS for p in range(PROMPTS)]
+    generated = []
+    for first in range(0, len(rows), steer.GENERATION_ROWS):  # the steered rows, and the unsteered ones
+        chunk = rows[first:first + steer.GENERATION_ROWS]
+        steering = steer.Steering(lm.n_layers // 2, torch.tensor([c for c, _ in chunk]))
+        generated += steer.generate(lm, [prompts[p] for _, p in chunk], TOKENS, steering, vector)
+    generated += steer.generate(lm, prompts, TOKENS)
+    decoded = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in generated]
+    steer.judge_losses(judging.model.lm, [texts[p] for _, p in rows] + texts, decoded)
+    floor = time.perf_counter() - start
+
+    assert len(results) == len(runs) and all(len(r.texts) == PROMPTS for r in results)
+    record(f"steering sweep vs its floor ({len(runs)} runs x {PROMPTS} prompts, {TOKENS} tokens, judge "
+           f"{judging.model.name}; {sweep_time:.1f} s vs {floor:.1f} s)", sweep_time / floor, "the rest: trait_logit's pass")
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -1,0 +1,10 @@
+"""Names and defaults the pytest plugin's options need before anything heavy is imported (the
+plugin is loaded by every pytest run in an environment where massive_checks is installed, so this
+module imports nothing: no torch, numpy or matplotlib)."""
+
+BUNDLED_MODELS = ("smollm2-135m", "gemma3-270m")  # models.BUNDLED_GGUF's names, in that order
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # models.DTYPES's keys
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+RESAMPLES = 2000  # bootstrap resamples per set of sampling units (intervals.py)
+CONFIDENCE = 0.95  # of every interval
+DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (spec.py)

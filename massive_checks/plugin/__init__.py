@@ -1,0 +1,190 @@
+"""pytest glue, the only package that imports pytest. Registered through an entry point, so every
+pytest run in an environment with massive_checks installed loads this module: it imports nothing
+heavy (no torch, transformers, numpy or matplotlib) and changes no global state. The working half
+(plugin/runner.py: the suite, spec items, reports) is imported and registered only when the session
+collects a spec file, is given a massive_checks option, asks for a massive_checks fixture, or (on
+an xdist controller) receives spec records from a worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ..constants import BUNDLED_MODELS, CONFIDENCE, DEFAULTS_FILE, DEVICE_MAPS, DTYPE_NAMES, RESAMPLES
+
+STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
+WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
+
+
+OPTION_DEFAULTS: dict[str, object] = {}  # dest -> default of each option below: one given differently wakes the plugin
+
+
+def pytest_addoption(parser):
+    plain = parser.getgroup("massive_checks", "massive activation claim specs")
+
+    class Group:  # records each option's default as it is added
+        @staticmethod
+        def addoption(*names, **kw):
+            plain.addoption(*names, **kw)
+            OPTION_DEFAULTS[names[0].lstrip("-").replace("-", "_")] = kw.get("default", False)
+    group = Group()
+    group.addoption("--model", action="append", default=None, metavar="NAME",
+                    help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
+                         f"local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), a synthetic "
+                         f"test model. Default: the bundled ones")
+    group.addoption("--device", default="cpu", help="torch device (default cpu)")
+    group.addoption("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype")
+    group.addoption("--device-map", default=None, choices=DEVICE_MAPS,
+                    help="spread models larger than one device over all GPUs, with accelerate")
+    group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
+    group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
+    group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
+    group.addoption("--batch-size", type=_count_or_auto(1, "a positive number"), default=None, metavar="N|auto",
+                    help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
+                         "on cpu and 64 on cuda)")
+    group.addoption("--report-dir", default="reports", help="where results.json and reports go")
+    group.addoption("--figure-workers", type=_count_or_auto(0, "a number (0: draw in this process)"), default=None,
+                    metavar="N|auto", help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
+    group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
+    group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
+    group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
+    group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
+                    help="rewrite missing and failing golden snapshots; =new: write missing ones only")
+    group.addoption("--confidence", type=_share, default=CONFIDENCE, metavar="LEVEL",
+                    help=f"confidence level of every interval (default {CONFIDENCE}): a check holds when its whole "
+                         f"interval satisfies its bound")
+    group.addoption("--resamples", type=_count_or_auto(100, "a whole number >= 100", auto=False), default=RESAMPLES,
+                    metavar="N", help=f"bootstrap resamples per set of sampling units (default {RESAMPLES})")
+    group.addoption("--judge-model", default=None, metavar="NAME",
+                    help="model judging steered text's fluency (coherence), unless a steering configuration names "
+                         "its judge_model. Default: the other bundled model (a model never judges itself unless asked)")
+
+
+def _share(text: str) -> float:
+    """--confidence: a level strictly between 0.5 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.5 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a level between 0.5 and 1, e.g. 0.95")
+    return value
+
+
+def _count_or_auto(least: int, wanted: str, auto: bool = True):
+    """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
+    def parse(text: str) -> int | None:
+        if auto and text == "auto":
+            return None
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted}{' or auto' if auto else ''}")
+        return int(text)
+    return parse
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
+    # Items carry xdist_group (one worker per model); without xdist installed the mark is still known.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup group")
+    if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
+        config.pluginmanager.register(XdistHooks(), "massive_checks_xdist")
+    if any(config.getoption(dest) != default for dest, default in OPTION_DEFAULTS.items()):
+        active(config)
+
+
+def active(config):
+    """The working half (runner.MassiveChecks), imported and registered on first use."""
+    plugin = config.pluginmanager.get_plugin(STATE)
+    if plugin is None:
+        from . import runner
+
+        plugin = runner.build(config)
+        config.pluginmanager.register(plugin, STATE)
+    return plugin
+
+
+def pytest_collect_file(file_path: Path, parent):
+    # Spec files are YAML files inside a directory called `specs` (not any YAML in the tree).
+    if file_path.suffix in (".yaml", ".yml") and "specs" in file_path.parts[:-1] and file_path.name != DEFAULTS_FILE:
+        active(parent.config)
+        from .runner import SpecFile
+
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def massive_session(request):
+    """massive_session(name) -> session.ModelSession for a model, loaded once per test session."""
+    return active(request.config).suite.session
+
+
+@pytest.fixture
+def ablate():
+    """Context manager applying interventions for the forward passes inside it:
+
+        with ablate(lm, "heads:5.1,6.1", "mlp:2"):
+            model(...)
+
+    Mean-mode ablations take their means from `data` (default: the built-in text)."""
+    from ..apply import ablate as apply
+
+    return apply
+
+
+@pytest.fixture
+def capture_stats():
+    """capture_stats(lm, sites, median_sites=(), stop_early=False) -> context yielding {site: SiteStats} (see apply.py)."""
+    from ..apply import capture_stats as capture
+
+    return capture
+
+
+class XdistHooks:
+    """pytest-xdist hooks, registered only when xdist is present (pytest rejects unknown hooks)."""
+
+    def pytest_xdist_make_scheduler(self, config, log):
+        """--dist loadgroup: each model's spec items go to one worker, which loads it once.
+        xdist groups by a nodeid suffix that pytest >= 9.2 no longer lets it write
+        (pytest-xdist#1386), so the group is read from the item's id, `<spec>[<model>]`; a test
+        parametrized with an id `<model>:...` (one that reads a model's spec results through the
+        massive_session fixture, like the spec mutation test) joins that model's group, after its
+        specs."""
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadGroupScheduling
+
+        names = tuple(config.getoption("model") or BUNDLED_MODELS)
+
+        class ByModel(LoadGroupScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return model_of_nodeid(nodeid) or model_of_test(nodeid, names) or super()._split_scope(nodeid)
+        return ByModel(config, log)
+
+    def pytest_testnodedown(self, node, error):  # controller: a worker finished; take its records
+        exported = getattr(node, "workeroutput", {}).get(WORKER_KEY)
+        if exported:
+            active(node.config).suite.merge(json.loads(exported))
+
+
+def model_of_test(nodeid: str, names: tuple[str, ...]) -> str | None:
+    """`tests/t.py::test_x[<model>:<anything>]` -> the model, when it is one of `names`."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    head = nodeid[nodeid.rindex("[") + 1:-1].split(":", 1)[0]
+    return head if head in names else None
+
+
+def model_of_nodeid(nodeid: str) -> str | None:
+    """`specs/x.yaml::<spec id>[<model>]` -> the model; None for other items."""
+    path, _, name = nodeid.partition("::")
+    if not path.endswith((".yaml", ".yml")) or "[" not in name or not name.endswith("]"):
+        return None
+    return name[name.index("[") + 1:-1]
