@@ -8,6 +8,7 @@ an xdist controller) receives spec records from a worker."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 from pathlib import Path
@@ -100,20 +101,23 @@ def active(config):
     """The working half (runner.MassiveChecks), imported and registered on first use."""
     plugin = config.pluginmanager.get_plugin(STATE)
     if plugin is None:
-        from . import runner
-
-        plugin = runner.build(config)
+        plugin = _runner().build(config)
         config.pluginmanager.register(plugin, STATE)
     return plugin
+
+
+def _runner():
+    """plugin/runner.py, by its name in sys.modules: `from . import runner` would return a stale
+    package attribute after pytester restores sys.modules between in-process runs, and mix its
+    classes with a fresh import's."""
+    return importlib.import_module(f"{__name__}.runner")
 
 
 def pytest_collect_file(file_path: Path, parent):
     # Spec files are YAML files inside a directory called `specs` (not any YAML in the tree).
     if file_path.suffix in (".yaml", ".yml") and "specs" in file_path.parts[:-1] and file_path.name != DEFAULTS_FILE:
         active(parent.config)
-        from .runner import SpecFile
-
-        return SpecFile.from_parent(parent, path=file_path)
+        return _runner().SpecFile.from_parent(parent, path=file_path)
     return None
 
 
