@@ -263,6 +263,7 @@ def cmd_models(args) -> int:
     from .synthetic import BUILDERS
 
     print("\n".join([*models.BUNDLED_GGUF, *BUILDERS]))
+    print("\n".join(f"{name}  (random weights of a real shape, seed 0: for benchmarks only)" for name in models.random_names()))
     return 0
 
 

@@ -201,6 +201,8 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
         revision = "synthetic-" + _weights_hash(model)
     elif name in BUNDLED_GGUF:
         model, tokenizer, revision = _load_gguf(name, *BUNDLED_GGUF[name]())
+    elif name.startswith(RANDOM):
+        model, tokenizer, revision = _load_random(name.removeprefix(RANDOM), DTYPES[dtype])
     elif name.endswith(".gguf"):
         model, tokenizer, revision = _load_gguf_file(name)
     else:
@@ -390,6 +392,44 @@ def _gemma3_gguf() -> tuple[Path, str]:
 
 
 BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> (gguf path, revision)
+
+
+RANDOM = "random:"
+# Random-initialised models of real shapes, for benchmarks only (no claim holds on random weights):
+# shape -> (the bundled model whose configuration and tokenizer it starts from, fields replaced).
+RANDOM_SHAPES = {
+    "smollm2-135m": (BUNDLED, {}),
+    "gemma3-270m": ("gemma3-270m", {}),
+    "llama-3b": (BUNDLED, dict(hidden_size=3072, num_hidden_layers=28, intermediate_size=8192, num_attention_heads=24,
+                               num_key_value_heads=8, head_dim=128)),
+    "llama-8b": (BUNDLED, dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
+                               num_key_value_heads=8, head_dim=128, max_position_embeddings=8192, tie_word_embeddings=False,
+                               rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),  # Llama-3-8B's, 49,152 tokens
+}
+
+
+def random_names() -> tuple[str, ...]:
+    return tuple(RANDOM + shape for shape in RANDOM_SHAPES)
+
+
+def _load_random(shape: str, dtype: torch.dtype):
+    """A model of a real shape with random weights (seed 0), built in `dtype` from the bundled
+    model's own configuration (read from its float32 cache, written on first use) and tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if shape not in RANDOM_SHAPES:
+        raise ModelUnavailable(f"model {RANDOM + shape!r}: no such random shape; known: {', '.join(random_names())}")
+    base, fields = RANDOM_SHAPES[shape]
+    gguf, key = BUNDLED_GGUF[base]()
+    target = _cache_dir(base, key)
+    if not _cache_is_complete(target):
+        _write_dequantized_cache(base, gguf, target)
+    config = AutoConfig.from_pretrained(target)
+    for field, value in fields.items():
+        setattr(config, field, value)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(target), f"random-seed0-{shape}"
 
 
 def default_judge(steered: str) -> str:

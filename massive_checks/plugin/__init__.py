@@ -36,7 +36,9 @@ def pytest_addoption(parser):
     group.addoption("--model", action="append", default=None, metavar="NAME",
                     help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
                          f"local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), a synthetic "
-                         f"test model. Default: the bundled ones")
+                         f"test model, or random:SHAPE (random weights of a real shape, for benchmarks only: "
+                         f"random:smollm2-135m, random:gemma3-270m, random:llama-3b, random:llama-8b). Default: the "
+                         f"bundled ones")
     group.addoption("--device", default="cpu", help="torch device (default cpu)")
     group.addoption("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype")
     group.addoption("--device-map", default=None, choices=DEVICE_MAPS,
