@@ -43,6 +43,7 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     floor = time.perf_counter() - start
 
     assert len(results) == len(runs) and all(len(r.texts) == PROMPTS for r in results)
-    record(f"steering sweep vs its floor ({len(runs)} runs x {PROMPTS} prompts, {TOKENS} tokens, judge "
-           f"{judging.model.name}; {sweep_time:.1f} s vs {floor:.1f} s)", sweep_time / floor, "the rest: trait_logit's pass")
+    record(f"steering sweep vs its floor: greedy generation of its rows + one judge forward ({len(runs)} runs x "
+           f"{PROMPTS} prompts, {TOKENS} tokens, judge {judging.model.name}; {sweep_time:.1f} s vs {floor:.1f} s; the "
+           f"rest is trait_logit's pass and the trait judge)", sweep_time / floor)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
