@@ -142,13 +142,31 @@ def coherence_scores(losses: np.ndarray, distinct: np.ndarray, reference_losses:
     return 100.0 * fluency * variety
 
 
+def run_coherence(weights: np.ndarray, losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray,
+                  reference_distinct: np.ndarray, chance: float) -> np.ndarray:
+    """[B, C] each run's coherence under each weighting of the prompts (weights [B, P]: ones for the
+    sample itself, bootstrap counts for resamples): mean L_0 and the mean over prompts with text,
+    both weighted. losses, distinct [C, P]: the runs'; reference_* [P]: the unsteered run's."""
+    mean_reference = _weighted_nanmean(weights, reference_losses)  # [B]
+    scores = coherence_scores(losses[None], distinct[None], reference_losses, reference_distinct,
+                              mean_reference[:, None, None], chance)  # [B, C, P]
+    present = ~np.isnan(scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("bp,bcp->bc", weights, np.where(present, scores, 0.0)) / np.einsum("bp,bcp->bc", weights, present)
+
+
 def mean_coherence(losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray, reference_distinct: np.ndarray,
                    chance: float) -> float:
     """A run's coherence: the mean over its prompts with text (nan when none has any)."""
-    mean_reference = float(np.nanmean(reference_losses)) if not np.all(np.isnan(reference_losses)) else math.nan
-    scores = coherence_scores(losses, distinct, reference_losses, reference_distinct, mean_reference, chance)
-    present = ~np.isnan(scores)
-    return float(scores[present].mean()) if present.any() else math.nan
+    ones = np.ones((1, len(reference_losses)))
+    return float(run_coherence(ones, losses[None], distinct[None], reference_losses, reference_distinct, chance)[0, 0])
+
+
+def _weighted_nanmean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[B] the weighted mean of values [P] per weighting, over the non-nan ones (nan: none)."""
+    present = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(present, values, 0.0)) / (weights @ present)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ each continuation, per prompt, so every score has a bootstrap interval over prom
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -175,7 +176,13 @@ def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, ste
 def cache_argument(model, cache) -> dict:
     """The KV cache as the model's forward takes it: `cache=` (transformers >= 5.25, where
     `past_key_values=` is deprecated, to be removed in 5.40) or `past_key_values=` (earlier)."""
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    """Read once per model class, not at every generation step."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def cache_of(output):

@@ -40,7 +40,7 @@ class SweepOutcome:
     calibrated: dict  # "calibrated" / "calibrated_without_massive" -> coefficient
     prompts_key: str = ""  # identifies the prompts (sweeps on the same prompts resample them together)
     start: float = math.nan  # a geometric sweep's start coefficient (nan: no sweep)
-    chance: float = math.log(50_000)  # log V of the judge model (coherence's zero)
+    chance: float = math.nan  # log V of the judge model (coherence's zero); nan: no judge model given
     judged_by: tuple[str, str] = ("", "")  # (trait judge, judge model), for reports
 
     @property
@@ -83,13 +83,7 @@ class SweepOutcome:
         losses = np.array([r.judged.losses for r in self.results], dtype=np.float64)  # [C, P]
         distinct = np.array([r.judged.distinct for r in self.results])  # [C, P]
         trait = weights @ traits.T / weights.shape[1]
-        mean_reference = _weighted_nanmean(weights, losses[0])  # [B]: mean L_0 per resample
-        scores = judges.coherence_scores(losses[None], distinct[None], losses[0], distinct[0],
-                                         mean_reference[:, None, None], self.chance)  # [B, C, P]
-        present = ~np.isnan(scores)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            coherence = np.einsum("bp,bcp->bc", weights, np.where(present, scores, 0.0)) / np.einsum("bp,bcp->bc", weights, present)
-        return trait, coherence
+        return trait, judges.run_coherence(weights, losses, distinct, losses[0], distinct[0], self.chance)
 
     def estimate(self, bootstrap, value: float, pick, score: str = "trait") -> Estimate:
         """An Estimate of `value` whose replicates are pick(trait [B, C], coherence [B, C], coefs
@@ -121,13 +115,6 @@ def _ends(estimate: Estimate, bootstrap) -> list[float] | None:
 
 def _score(result: SteeringResult, score: str) -> float:
     return result.trait if score == "trait" else result.trait_logit
-
-
-def _weighted_nanmean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """[B] the weighted mean of values [P] per resample, over the non-nan ones."""
-    present = ~np.isnan(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ np.where(present, values, 0.0)) / (weights @ present)
 
 
 def sweep_of(view, name: str) -> SweepOutcome:
