@@ -18,8 +18,11 @@ from ratios import RATIOS
 
 def _load_arguments(config) -> dict:
     """What the benchmarks load: models.load's keyword arguments, from the plugin's options."""
-    return {"name": (config.getoption("--model") or [models.BUNDLED])[0],
-            "device": config.getoption("--device"), "dtype": config.getoption("--dtype")}
+    return {
+        "name": (config.getoption("--model") or [models.BUNDLED])[0],
+        "device": config.getoption("--device"),
+        "dtype": config.getoption("--dtype"),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +54,9 @@ def pytest_terminal_summary(terminalreporter):
     if not RATIOS:
         return
     setup = _load_arguments(terminalreporter.config).values()
-    terminalreporter.section(f"massive_checks: ratios, {', '.join(setup)} (measured in this process, interleaved, "
-                             f"min over rounds)")
+    terminalreporter.section(
+        f"massive_checks: ratios, {', '.join(setup)} (measured in this process, interleaved, min over rounds)"
+    )
     for what, ratio, target in RATIOS:
         verdict = ""
         if target:

@@ -32,6 +32,7 @@ def _plain(lm, batch, head: bool = True, eager: bool = False):
     def forward():
         with torch.no_grad(), lm.attention(weights_needed=eager):
             network(input_ids=ids, attention_mask=mask, use_cache=False)
+
     return forward
 
 
@@ -42,6 +43,7 @@ def _pass(lm, data, needs=None, batch_size=None):
     def run():
         session._passes.clear()  # a fresh pass each call, on the cached tokenization
         session.run(data, needs=needs)
+
     return run, session.batch(data)
 
 
@@ -77,9 +79,13 @@ def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
     def capture():
         with torch.no_grad(), capture_stats(lm, sites, median_sites=set(sites), stop_early=True) as captured:
             captured.forward(lm.model, ids, mask, use_cache=False)
+
     ratio, *_ = interleaved_ratio(capture, _plain(lm, batch))
-    record(f"early-stop capture of blocks 0-{last} vs plain full forward, 8x128", ratio,
-           f"target <= {(last + 1) / lm.n_layers + 0.1:.2f}x")
+    record(
+        f"early-stop capture of blocks 0-{last} vs plain full forward, 8x128",
+        ratio,
+        f"target <= {(last + 1) / lm.n_layers + 0.1:.2f}x",
+    )
     benchmark.pedantic(capture, rounds=3, iterations=1)
 
 
@@ -165,8 +171,9 @@ print(json.dumps({"extra_kib": peak - before}))
 
 
 def _extra_memory(what: str, setup: dict) -> int:
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, what, json.dumps(setup)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, what, json.dumps(setup)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_kib"]
 
 
@@ -177,8 +184,11 @@ def test_profile_pass_extra_memory_vs_plain_forward(benchmark, setup):
     if not setup["device"].startswith("cuda") and not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak RSS reset needs Linux /proc")
     plain, profile = _extra_memory("plain", setup), _extra_memory("profile", setup)
-    record(f"profile pass extra memory vs plain forward, 8x128 ({profile // 1024} vs {plain // 1024} MiB)",
-           profile / max(plain, 1), "target <= 1.0x")
+    record(
+        f"profile pass extra memory vs plain forward, 8x128 ({profile // 1024} vs {plain // 1024} MiB)",
+        profile / max(plain, 1),
+        "target <= 1.0x",
+    )
     if not setup["device"].startswith("cuda"):  # what the GPU's ways (held stacks, sorted medians) add
         forced = _extra_memory("profile-gpu-ways", setup)
         record(f"the same with the GPU's ways forced ({forced // 1024} MiB)", forced / max(plain, 1))
@@ -195,11 +205,16 @@ def test_nnsight_save_all_block_outputs_vs_plain_forward(benchmark, lm, long_tex
     ids, mask = _on_device(lm, batch)
 
     def save_all():
-        with torch.no_grad(), lm.attention(weights_needed=False), wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False):
+        with (
+            torch.no_grad(),
+            lm.attention(weights_needed=False),
+            wrapped.trace(input_ids=ids, attention_mask=mask, use_cache=False),
+        ):
             layers = wrapped
             for part in blocks:
                 layers = getattr(layers, part)
             [layer.output.save() for layer in layers]
+
     ratio, *_ = interleaved_ratio(save_all, _plain(lm, batch))
     record("nnsight save-all block outputs vs plain full forward, 8x128", ratio)
     ours, *_ = interleaved_ratio(profile, save_all)

@@ -34,7 +34,7 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     rows = [(c, p) for c in COEFS for p in range(PROMPTS)]
     generated = []
     for first in range(0, len(rows), steer.GENERATION_ROWS):  # the steered rows, and the unsteered ones
-        chunk = rows[first:first + steer.GENERATION_ROWS]
+        chunk = rows[first : first + steer.GENERATION_ROWS]
         steering = steer.Steering(lm.n_layers // 2, torch.tensor([c for c, _ in chunk]))
         generated += steer.generate(lm, [prompts[p] for _, p in chunk], TOKENS, steering, vector)
     generated += steer.generate(lm, prompts, TOKENS)
@@ -43,7 +43,10 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     floor = time.perf_counter() - start
 
     assert len(results) == len(runs) and all(len(r.texts) == PROMPTS for r in results)
-    record(f"steering sweep vs its floor: greedy generation of its rows + one judge forward ({len(runs)} runs x "
-           f"{PROMPTS} prompts, {TOKENS} tokens, judge {judging.model.name}; {sweep_time:.1f} s vs {floor:.1f} s; the "
-           f"rest is trait_logit's pass and the trait judge)", sweep_time / floor)
+    record(
+        f"steering sweep vs its floor: greedy generation of its rows + one judge forward ({len(runs)} runs x "
+        f"{PROMPTS} prompts, {TOKENS} tokens, judge {judging.model.name}; {sweep_time:.1f} s vs {floor:.1f} s; the "
+        f"rest is trait_logit's pass and the trait judge)",
+        sweep_time / floor,
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

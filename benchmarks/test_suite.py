@@ -53,6 +53,7 @@ class PassLog:
             rows = session.chunk_rows(session.batch(data).input_ids.shape[1], result.needs.loss, weights)
             log.passes.append((data, weights, rows))
             return result
+
         return recorded
 
 
@@ -70,11 +71,21 @@ def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch, figure_workers
             return render(*args, **kwargs)
         finally:
             figure_time[0] += time.perf_counter() - start
+
     monkeypatch.setattr(figures, "render", timed_render)
     start = time.perf_counter()
     name = setup["name"]
-    suite = Suite(Options(models=[name], device=setup["device"], dtype=setup["dtype"], root=ROOT,
-                          report_dir=str(tmp / "reports"), golden_dir=str(tmp / "golden"), figure_workers=figure_workers))
+    suite = Suite(
+        Options(
+            models=[name],
+            device=setup["device"],
+            dtype=setup["dtype"],
+            root=ROOT,
+            report_dir=str(tmp / "reports"),
+            golden_dir=str(tmp / "golden"),
+            figure_workers=figure_workers,
+        )
+    )
     specs = [spec for path in SPEC_FILES for spec in load_file(path) if spec.applies_to(name)]
     for spec in specs:
         suite.plan(spec, name)
@@ -98,10 +109,13 @@ def _floor(setup: dict, lm, session: ModelSession, passes: list[tuple]) -> tuple
         start = time.perf_counter()
         with torch.no_grad(), lm.attention(weights_needed=eager):
             for first in range(0, batch.input_ids.shape[0], batch_size):
-                mask = batch.attention_mask[first:first + batch_size]
+                mask = batch.attention_mask[first : first + batch_size]
                 width = int(mask.sum(dim=1).max())
-                lm.model(input_ids=batch.input_ids[first:first + batch_size, :width].to(lm.device),
-                         attention_mask=mask[:, :width].to(lm.device), use_cache=False)
+                lm.model(
+                    input_ids=batch.input_ids[first : first + batch_size, :width].to(lm.device),
+                    attention_mask=mask[:, :width].to(lm.device),
+                    use_cache=False,
+                )
             synchronize()
         total += time.perf_counter() - start
     return load, total
@@ -116,11 +130,18 @@ def test_suite_vs_its_floor(benchmark, setup, lm, tmp_path, monkeypatch):
     by_kind = defaultdict(int)
     for _, eager, _ in log.passes:
         by_kind["eager" if eager else "sdpa"] += 1
-    record(f"spec suite vs its floor ({n_specs} specs, {len(log.passes)} passes: {dict(by_kind)}; "
-           f"{suite_time:.1f} s vs {floor:.1f} s)", suite_time / floor, "target <= 1.15x")
-    record(f"  its passes vs their plain forwards (suite time: load {load / suite_time:.0%}, passes "
-           f"{log.seconds / suite_time:.0%}, figures {figure_time / suite_time:.0%}, the rest "
-           f"{(suite_time - log.seconds - figure_time - load) / suite_time:.0%})", log.seconds / forwards)
+    record(
+        f"spec suite vs its floor ({n_specs} specs, {len(log.passes)} passes: {dict(by_kind)}; "
+        f"{suite_time:.1f} s vs {floor:.1f} s)",
+        suite_time / floor,
+        "target <= 1.15x",
+    )
+    record(
+        f"  its passes vs their plain forwards (suite time: load {load / suite_time:.0%}, passes "
+        f"{log.seconds / suite_time:.0%}, figures {figure_time / suite_time:.0%}, the rest "
+        f"{(suite_time - log.seconds - figure_time - load) / suite_time:.0%})",
+        log.seconds / forwards,
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
@@ -132,8 +153,11 @@ def test_suite_with_figures_in_worker_processes(benchmark, setup, lm, tmp_path, 
     for count in (0, workers):
         times[count], *_ = _run_suite(setup, tmp_path / f"w{count}", PassLog(), monkeypatch, figure_workers=count)
         monkeypatch.undo()
-    record(f"spec suite, figures in {workers} worker process{'es' * (workers > 1)} vs inline "
-           f"({times[workers]:.1f} s vs {times[0]:.1f} s)", times[workers] / times[0])
+    record(
+        f"spec suite, figures in {workers} worker process{'es' * (workers > 1)} vs inline "
+        f"({times[workers]:.1f} s vs {times[0]:.1f} s)",
+        times[workers] / times[0],
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
@@ -155,6 +179,7 @@ class Stopwatch:
                 watch._depth -= 1
                 if not watch._depth:
                     watch.seconds += time.perf_counter() - start
+
         return timed
 
 
@@ -166,16 +191,26 @@ def test_interval_share_of_the_suite(benchmark, setup, lm, tmp_path, monkeypatch
 
     watch = Stopwatch()
     targets = [(intervals.Bootstrap, n) for n in ("weights", "mean", "total", "ratio_of_totals", "minimum")]
-    targets += [(intervals, "combine"), (intervals.Estimate, "interval"), (evaluate, "judge"), (sweeps.SweepOutcome, "resampled"),
-                (heads.HeadRank, "compute")]
-    targets += [(vectors, n) for n in ("mean_diff_replicates", "probe_replicates", "clean_rows", "cosine_rows", "energy_share_rows")]
+    targets += [
+        (intervals, "combine"),
+        (intervals.Estimate, "interval"),
+        (evaluate, "judge"),
+        (sweeps.SweepOutcome, "resampled"),
+        (heads.HeadRank, "compute"),
+    ]
+    targets += [
+        (vectors, n) for n in ("mean_diff_replicates", "probe_replicates", "clean_rows", "cosine_rows", "energy_share_rows")
+    ]
     for owner, name in targets:
         monkeypatch.setattr(owner, name, watch.wrap(getattr(owner, name)))
     every = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name != "_defaults.yaml"]
     monkeypatch.setattr(f"{__name__}.SPEC_FILES", every)
     suite_time, n_specs, _ = _run_suite(setup, tmp_path, PassLog(), monkeypatch)
-    record(f"intervals' share of the spec suite ({n_specs} specs with steering; {watch.seconds:.2f} s of "
-           f"{suite_time:.1f} s)", watch.seconds / suite_time, "target <= 0.05")
+    record(
+        f"intervals' share of the spec suite ({n_specs} specs with steering; {watch.seconds:.2f} s of {suite_time:.1f} s)",
+        watch.seconds / suite_time,
+        "target <= 0.05",
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
@@ -189,8 +224,26 @@ def _pytest_run(tmp: Path, *extra: str) -> tuple[float, dict]:
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "pytest", *PARALLEL_FILES, "--model", "smollm2-135m", "--model", "gemma3-270m", "-q",
-               "-p", "no:cacheprovider", "-p", "no:benchmark", "--report-dir", str(tmp), "--golden-dir", str(tmp / "golden"), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *PARALLEL_FILES,
+        "--model",
+        "smollm2-135m",
+        "--model",
+        "gemma3-270m",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:benchmark",
+        "--report-dir",
+        str(tmp),
+        "--golden-dir",
+        str(tmp / "golden"),
+        *extra,
+    ]
     shutil.copytree(ROOT / "golden", tmp / "golden")
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -207,6 +260,10 @@ def test_xdist_workers_vs_one_process(benchmark, tmp_path):
     serial, observed = _pytest_run(tmp_path / "serial")
     parallel, observed_parallel = _pytest_run(tmp_path / "parallel", "-n", "2", "--dist", "loadgroup")
     assert observed_parallel == observed
-    record(f"-n 2 --dist loadgroup vs one process ({len(observed)} items, {available_cores()} cores; "
-           f"{parallel:.1f} s vs {serial:.1f} s)", parallel / serial, "target <= 1.0x")
+    record(
+        f"-n 2 --dist loadgroup vs one process ({len(observed)} items, {available_cores()} cores; "
+        f"{parallel:.1f} s vs {serial:.1f} s)",
+        parallel / serial,
+        "target <= 1.0x",
+    )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -44,8 +44,14 @@ def ablate(lm: LoadedModel, *texts: str, data: DataConfig | None = None) -> Iter
 
 
 @contextmanager
-def capture_stats(lm: LoadedModel, sites: list[str], median_sites=frozenset(), slices: dict | None = None,
-                  intervention=(), stop_early: bool = False) -> Iterator[dict[str, SiteStats]]:
+def capture_stats(
+    lm: LoadedModel,
+    sites: list[str],
+    median_sites=frozenset(),
+    slices: dict | None = None,
+    intervention=(),
+    stop_early: bool = False,
+) -> Iterator[dict[str, SiteStats]]:
     """Statistics at `sites` of the forward passes in the block (padding excluded when the call
     goes through `forward`); with `intervention` (canonical), edits are attached first.
     stop_early: calls through `forward` end after the deepest site's block and return None (no

@@ -27,8 +27,13 @@ class Needs:
     pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
 
     def covers(self, other: "Needs") -> bool:
-        return (other.sites <= self.sites and other.medians <= self.medians and other.slices <= self.slices
-                and other.pooled <= self.pooled and (self.loss or not other.loss))
+        return (
+            other.sites <= self.sites
+            and other.medians <= self.medians
+            and other.slices <= self.slices
+            and other.pooled <= self.pooled
+            and (self.loss or not other.loss)
+        )
 
     def merge(self, other: "Needs") -> "Needs":
         self.sites |= other.sites
@@ -182,8 +187,7 @@ class SiteStats:
         if probs.dtype == torch.float32:
             every_q = (valid_q[:, None, None, :] @ probs).squeeze(2)  # [B, H, Tk]
         else:  # float32 sums, one head at a time: a [B, T, T] copy instead of [B, H, T, T]
-            every_q = torch.stack([(valid_q[:, None, :] @ probs[:, h].float()).squeeze(1)
-                                   for h in range(probs.shape[1])], dim=1)
+            every_q = torch.stack([(valid_q[:, None, :] @ probs[:, h].float()).squeeze(1) for h in range(probs.shape[1])], dim=1)
         diagonal = probs.diagonal(dim1=-2, dim2=-1).float() * valid_q[:, None, :]  # [B, H, T]: q = k
         later = valid_q.sum(dim=1, keepdim=True) - valid_q.cumsum(dim=1)  # [B, Tk]: real queries q > k
         self.key_attn.append((every_q - diagonal) / later.clamp(min=1)[:, None, :])
@@ -230,7 +234,7 @@ class Pooled:
 
     def add(self, tensor: torch.Tensor, context: HookContext) -> None:
         act = tensor.detach().float()
-        starts = self.response_start[context.start:context.start + act.shape[0]]
+        starts = self.response_start[context.start : context.start + act.shape[0]]
         inside = self.window.mask(context.mask.to(act.device), starts).float()  # [B, T]
         self.parts.append(torch.einsum("bt,btd->bd", inside, act) / inside.sum(dim=1)[:, None])  # [B, D]
 
@@ -262,13 +266,24 @@ def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContex
     median = None
     if sites[0].with_median:
         tokens = context.shared(("real tokens", acts.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
-        at = context.shared(("median at", acts.device, acts.shape[2:]),  # per width: sites differ in F
-                            lambda: sorted_median_at(tokens * acts.shape[-1], acts[0, 0].numel()))
+        at = context.shared(
+            ("median at", acts.device, acts.shape[2:]),  # per width: sites differ in F
+            lambda: sorted_median_at(tokens * acts.shape[-1], acts[0, 0].numel()),
+        )
         median = lower_median(magnitude, padding, at)  # [G, B]
     for g, site in enumerate(sites):
-        site.keep({"cell_max": cell_max[g], "total": total[g], "count": count, "dim_max": dim_max[g],
-                   "token_max": token_max[g], "cells": (values[g], flat[g], top_signed[g]), "signed": signed[g],
-                   "median": None if median is None else median[g]})
+        site.keep(
+            {
+                "cell_max": cell_max[g],
+                "total": total[g],
+                "count": count,
+                "dim_max": dim_max[g],
+                "token_max": token_max[g],
+                "cells": (values[g], flat[g], top_signed[g]),
+                "signed": signed[g],
+                "median": None if median is None else median[g],
+            }
+        )
 
 
 # float32 bytes of one held stack. Its statistics' peak is ~5x this (the stack, |a|, the sorted
@@ -299,7 +314,7 @@ class HeldHidden:
 
     def flush(self, key: tuple) -> None:
         stack, sites = self.stacks.pop(key)
-        hidden_stats(sites, stack[:len(sites)], self.context, owned=True)
+        hidden_stats(sites, stack[: len(sites)], self.context, owned=True)
 
     def flush_all(self) -> None:
         for key in list(self.stacks):
@@ -315,8 +330,9 @@ def _held(context: HookContext) -> HeldHidden:
 SORT_CELLS = 2**27  # cells sorted at once by lower_median on a GPU (1.5 GiB with the int64 indices)
 
 
-def lower_median(magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor],
-                 by_sort: bool | None = None) -> torch.Tensor:
+def lower_median(
+    magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor], by_sort: bool | None = None
+) -> torch.Tensor:
     """Each sequence's lower median of its real cells (what torch.nanmedian returns; NaN where a
     row has none): magnitude [..., B, T, F] >= 0 with padding cells at 0, padding [B, T, 1] bool,
     at from sorted_median_at -> [..., B]. On a GPU nanmedian (and kthvalue) runs one thread block
@@ -422,19 +438,20 @@ def _pad_to_same(a, b):  # chunks may differ in length T (dim 0)
     return pad(a), pad(b)
 
 
-
-
 def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteStats]]:
     """(site, hook function) pairs capturing what `needs` asks for, and the accumulators they fill."""
     slices: dict[str, tuple[int, ...]] = {}
     for name, dim in sorted(needs.slices):
         slices[name] = (*slices.get(name, ()), dim)
-    accumulators = {name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ()))
-                    for name in sorted(needs.sites)}
+    accumulators = {
+        name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ())) for name in sorted(needs.sites)
+    }
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
 
 
-def pooled_pairs(needs: Needs, mask: torch.Tensor, response_start: torch.Tensor) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
+def pooled_pairs(
+    needs: Needs, mask: torch.Tensor, response_start: torch.Tensor
+) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
     """(site, hook function) pairs pooling each window at every captured block output; the
     accumulators keyed by (site, window text). mask [S, T], response_start [S]: the dataset's."""
     blocks = sorted(name for name in needs.sites if name.endswith(".out") and name.count(".") == 2)
@@ -449,4 +466,5 @@ def _adder(accumulator) -> HookFn:
     def add(tensor, context):
         accumulator.add(tensor, context)
         return None  # a capture never replaces the tensor
+
     return add

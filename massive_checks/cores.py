@@ -41,8 +41,7 @@ class CoreShare:
         if self.fixed:
             return f"{self.threads()} threads of {self.cores} cores (set by the environment)"
         share = max(1, self.cores // self.workers)
-        return (f"{share} thread{'s' * (share != 1)} of {self.cores} cores ({self.workers} workers; "
-                f"more once others are idle)")
+        return f"{share} thread{'s' * (share != 1)} of {self.cores} cores ({self.workers} workers; more once others are idle)"
 
     def rebalance(self) -> None:
         """Before a spec: this worker is busy; its share is cores // the workers not idle."""

@@ -107,15 +107,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 def tokenize(tokenizer, config: DataConfig) -> Batch:
     records = read_records(config.dataset)
     if len(records) < config.samples:
-        raise DataError(
-            f"dataset {config.dataset!r} has {len(records)} passages, {config.samples} requested"
-        )
+        raise DataError(f"dataset {config.dataset!r} has {len(records)} passages, {config.samples} requested")
     records = records[: config.samples]
     rows = [tokenizer(record["text"])["input_ids"] for record in records]
     for number, row in enumerate(rows, start=1):
         if config.whole and len(row) > config.seq_len:
-            raise DataError(f"{config.dataset}: passage {number} has {len(row)} tokens, more than {config.seq_len}; "
-                            f"windows count from its end, so it is not truncated: shorten it")
+            raise DataError(
+                f"{config.dataset}: passage {number} has {len(row)} tokens, more than {config.seq_len}; "
+                f"windows count from its end, so it is not truncated: shorten it"
+            )
     rows = [row[: config.seq_len] for row in rows]
     width = max(len(row) for row in rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

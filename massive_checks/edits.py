@@ -29,9 +29,11 @@ def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | N
 
 def add_vector(name: str, coefficient: float) -> HookFn:
     """x + coefficient x vectors[name] at every real token (x: [B, T, D], vector [D])."""
+
     def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:
         vector = context.vectors[name].to(x.device, x.dtype)
         return x + coefficient * vector * context.mask.to(x.device, x.dtype)[..., None]
+
     return edit
 
 
@@ -64,14 +66,14 @@ def _selected(lm: LoadedModel, ablation, x: torch.Tensor, context: HookContext) 
     units = torch.zeros(F, dtype=torch.bool, device=x.device)
     if ablation.target == "heads":  # F = H * head_dim, head h owns [h*hd, (h+1)*hd)
         for head in ablation.units:
-            units[head * lm.head_dim:(head + 1) * lm.head_dim] = True
+            units[head * lm.head_dim : (head + 1) * lm.head_dim] = True
     else:  # dims or neurons
         units[list(ablation.units)] = True
     if ablation.rows is None and ablation.tokens is None:  # every position
         return units[None, None, :]
     positions = torch.zeros(B, T, dtype=torch.bool, device=x.device)
     if ablation.rows is not None:  # per dataset sequence: this chunk holds rows start..start+B
-        for b, tokens in enumerate(ablation.rows[context.start:context.start + B]):
+        for b, tokens in enumerate(ablation.rows[context.start : context.start + B]):
             positions[b, [t for t in tokens if t < T]] = True
     else:
         positions[:, [t for t in ablation.tokens if t < T]] = True

@@ -34,4 +34,3 @@ class GoldenError(MassiveChecksError):
 
 class ActivationOverflow(MassiveChecksError):
     """An activation was inf/nan, e.g. a massive value past float16's 65504."""
-

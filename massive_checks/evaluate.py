@@ -62,14 +62,23 @@ class Evaluator:
         if config not in self._views:
             requests = self.spec.interventions.get(config, [])
             intervention = self.session.resolve(self.data, requests, self.spec.massive) if requests else BASELINE
-            self._views[config] = self.session.view(self.data, intervention, self.spec.massive, plan_key(requests), self.view,
-                                                    self.spec.vectors, self.spec.steering)
+            self._views[config] = self.session.view(
+                self.data, intervention, self.spec.massive, plan_key(requests), self.view, self.spec.vectors, self.spec.steering
+            )
         return self._views[config]
 
     def evaluate(self) -> Result:
         observation = self.observe()
-        return Result(observation, judge(self.spec, observation, self.spec.xfail_for(self.lm.name),
-                                         self.session.bootstrap.confidence, self.spec.inconclusive_for(self.lm.name)))
+        return Result(
+            observation,
+            judge(
+                self.spec,
+                observation,
+                self.spec.xfail_for(self.lm.name),
+                self.session.bootstrap.confidence,
+                self.spec.inconclusive_for(self.lm.name),
+            ),
+        )
 
     def observe(self) -> Observation:
         self.validate_against_model()
@@ -77,13 +86,38 @@ class Evaluator:
         configs = {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs())}
         spec, batch = self.spec, self.session.batch(self.data)
         bootstrap = self.session.bootstrap
-        setup = {**self.lm.describe(), "data": {"dataset": self.data.dataset, "samples": self.data.samples,
-                                                 "seq_len": self.data.seq_len, "ids_hash": batch.ids_hash},
-                 "intervals": {"method": "percentile bootstrap", "resamples": bootstrap.resamples,
-                               "confidence": bootstrap.confidence, "seed": bootstrap.seed}}
-        return Observation(spec.id, spec.claim, self.lm.name, spec.path, spec.line, spec.source, spec.notes, configs, checks,
-                           self.profiles(), setup, any(q.between_configs for q in spec.quantities()), self.figure(),
-                           bootstrap.confidence, spec.claims)
+        setup = {
+            **self.lm.describe(),
+            "data": {
+                "dataset": self.data.dataset,
+                "samples": self.data.samples,
+                "seq_len": self.data.seq_len,
+                "ids_hash": batch.ids_hash,
+            },
+            "intervals": {
+                "method": "percentile bootstrap",
+                "resamples": bootstrap.resamples,
+                "confidence": bootstrap.confidence,
+                "seed": bootstrap.seed,
+            },
+        }
+        return Observation(
+            spec.id,
+            spec.claim,
+            self.lm.name,
+            spec.path,
+            spec.line,
+            spec.source,
+            spec.notes,
+            configs,
+            checks,
+            self.profiles(),
+            setup,
+            any(q.between_configs for q in spec.quantities()),
+            self.figure(),
+            bootstrap.confidence,
+            spec.claims,
+        )
 
     def validate_against_model(self) -> None:
         """Reject what the model does not have, before any pass: layers past its depth, dims past
@@ -92,8 +126,13 @@ class Evaluator:
         spec, lm = self.spec, self.lm
         missing = sorted(d for d in spec.named_dims() if d >= lm.width)
         if missing:
-            raise SpecError(spec.path, spec.line, "dims", f"spec {spec.id!r} names dims {missing} that {lm.name} "
-                                                          f"does not have: its residual stream has {lm.width} dims (0-{lm.width - 1})")
+            raise SpecError(
+                spec.path,
+                spec.line,
+                "dims",
+                f"spec {spec.id!r} names dims {missing} that {lm.name} "
+                f"does not have: its residual stream has {lm.width} dims (0-{lm.width - 1})",
+            )
         for index, check in enumerate(spec.checks):
             for q in (check.quantity, check.versus):
                 if q is None:
@@ -148,7 +187,7 @@ class Evaluator:
         before, after = (self._apply(q.steps[:at], self._raw(q, config)) for config in between.value)
         diff = intervals.relative_change if between.kind == "change" else intervals.difference
         changed = {k: diff(before[k], after[k]) for k in before} if isinstance(before, dict) else diff(before, after)
-        return self._apply(q.steps[at + 1:], changed)
+        return self._apply(q.steps[at + 1 :], changed)
 
     def _raw(self, q: Quantity, config: str):
         try:
@@ -157,7 +196,9 @@ class Evaluator:
             raise SpecError(self.spec.path, self.spec.line, q.measure.name, str(exc)) from None
         if not q.measure.numeric:
             return value
-        return {k: as_estimate(v, q.measure) for k, v in value.items()} if isinstance(value, dict) else as_estimate(value, q.measure)
+        return (
+            {k: as_estimate(v, q.measure) for k, v in value.items()} if isinstance(value, dict) else as_estimate(value, q.measure)
+        )
 
     @staticmethod
     def _apply(steps, value):
@@ -185,13 +226,20 @@ def as_estimate(value, measure) -> Estimate:
     if isinstance(value, Estimate):
         return value
     if not measure.no_interval():
-        raise TypeError(f"measure {measure.name!r} returned a plain number without saying why it has no interval: "
-                        f"return an intervals.Estimate (e.g. view.mean(per_sequence)) or set its `fixed` reason")
+        raise TypeError(
+            f"measure {measure.name!r} returned a plain number without saying why it has no interval: "
+            f"return an intervals.Estimate (e.g. view.mean(per_sequence)) or set its `fixed` reason"
+        )
     return Estimate(math.nan if value is None else float(value), None, None, measure.no_interval())
 
 
-def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None,
-          confidence: float = intervals.CONFIDENCE, inconclusive_reason: str | None = None) -> Verdict:
+def judge(
+    spec: Spec,
+    observation: Observation,
+    xfail_reason: str | None = None,
+    confidence: float = intervals.CONFIDENCE,
+    inconclusive_reason: str | None = None,
+) -> Verdict:
     """Each check's bound applied to each of its observed rows: holds, contradicted or
     inconclusive (intervals.decide on its interval; an exact value or a set is decided as it
     is). A check with no rows is inconclusive."""
@@ -205,8 +253,16 @@ def judge(spec: Spec, observation: Observation, xfail_reason: str | None = None,
                 a, b = observed.sides["a"][key], observed.sides["b"][key]
                 text = f"{check.by} {expected} (a = {format_value(a, confidence)}, b = {format_value(b, confidence)})"
                 if reads_named_runs(check) and same_numbers(a, b):  # two names that build the same vector here
-                    rows.append(Row(key, text, value, intervals.INCONCLUSIVE, value.interval(confidence),
-                                    "its two sides are identical on this model: the comparison says nothing"))
+                    rows.append(
+                        Row(
+                            key,
+                            text,
+                            value,
+                            intervals.INCONCLUSIVE,
+                            value.interval(confidence),
+                            "its two sides are identical on this model: the comparison says nothing",
+                        )
+                    )
                     continue
             rows.append(judge_row(check.bound, key, text, value, confidence))
         if not rows:  # an empty layer range must not pass a check with nothing in it
@@ -244,8 +300,11 @@ def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
             note = f"undefined in {share:.1%} of resamples (more than a tail's share)"
         else:
             needed = intervals.units_to_decide(bound, value.value, interval, value.units.n)
-            note = (f"about {needed:.0f} {value.units.kind} would decide it (now {value.units.n})" if math.isfinite(needed)
-                    else "the estimate sits on the bound: no number of units decides it")
+            note = (
+                f"about {needed:.0f} {value.units.kind} would decide it (now {value.units.n})"
+                if math.isfinite(needed)
+                else "the estimate sits on the bound: no number of units decides it"
+            )
     return Row(key, expected, value, verdict, interval, note)
 
 

@@ -35,16 +35,25 @@ def plot_profile(ax, profile: dict, title: str = "") -> None:
     for key, style in (("top1", "o-"), ("top2", "s-"), ("top3", "^-"), ("median", "x--")):
         if key in profile:
             ax.plot(layers, profile[key], style, label=key.replace("top", "top-"), markersize=4)
-    _log_axes(ax, "layer (block output, 0-based)", f"|activation| ({PAPER_STATISTIC})",
-              title or "layer-wise top-1/2/3 and median |a|")
+    _log_axes(
+        ax, "layer (block output, 0-based)", f"|activation| ({PAPER_STATISTIC})", title or "layer-wise top-1/2/3 and median |a|"
+    )
 
 
 def plot_cells_3d(ax, cells: np.ndarray, layer: int, dims: list[int]) -> None:
     """cells: [tokens, dims] max |a| over sequences at one layer (first few tokens)."""
     tokens, width = cells.shape
     t, d = np.meshgrid(np.arange(tokens), np.arange(width), indexing="ij")
-    ax.bar3d(d.ravel(), t.ravel(), 0, 1.0, 0.6, cells.ravel(), shade=False,
-             color=np.where(np.isin(d.ravel(), dims), "tab:red", "tab:blue"))
+    ax.bar3d(
+        d.ravel(),
+        t.ravel(),
+        0,
+        1.0,
+        0.6,
+        cells.ravel(),
+        shade=False,
+        color=np.where(np.isin(d.ravel(), dims), "tab:red", "tab:blue"),
+    )
     ax.set_xlabel("dim")
     ax.set_ylabel("token position")
     ax.set_zlabel("max |a| over sequences")
@@ -70,8 +79,9 @@ def plot_ablation(ax_lines, ax_heat, observed: dict, fig) -> None:
     ax_lines.plot(layers, base, "k-o", label=reference, markersize=4)
     for name in others:
         ax_lines.plot(layers, observed[name]["top1"], "-o", label=name, markersize=3)
-    _log_axes(ax_lines, "layer", f"top-1 |activation| ({PAPER_STATISTIC})",
-              f"top-1 per layer: {reference} vs the other configurations")
+    _log_axes(
+        ax_lines, "layer", f"top-1 |activation| ({PAPER_STATISTIC})", f"top-1 per layer: {reference} vs the other configurations"
+    )
     change = np.array([100 * (np.asarray(observed[n]["top1"]) - base) / np.where(base == 0, 1, base) for n in others])
     limit = max(1.0, float(np.abs(change).max())) if change.size else 1.0
     image = ax_heat.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
@@ -86,8 +96,12 @@ def plot_mlp_flow(ax, flows: dict) -> None:
     for layer, flow in flows.items():
         names = list(flow)
         ax.plot(names, [flow[n] for n in names], "o-", label=f"layer {layer}")
-    _log_axes(ax, "MLP checkpoint (in -> up/gate -> act -> down_in -> out)",
-              "max |activation| (per sequence, mean over sequences)", "MLP checkpoint flow")
+    _log_axes(
+        ax,
+        "MLP checkpoint (in -> up/gate -> act -> down_in -> out)",
+        "max |activation| (per sequence, mean over sequences)",
+        "MLP checkpoint flow",
+    )
 
 
 def plot_cosines(ax, energy: dict, cosines: dict, fig) -> None:
@@ -129,8 +143,13 @@ def plot_norms(ax, norms: dict) -> None:
         layers = np.arange(len(series["with"]))
         ax.plot(layers, series["with"], "o-", markersize=3, label=f"{label}: with massive dims")
         ax.plot(layers, series["without"], "x--", markersize=3, label=f"{label}: without")
-    _log_axes(ax, "layer (block output, 0-based)", "mean norm of the window-pooled activation",
-              "activation norm with and without the massive dims", legend_size=7)
+    _log_axes(
+        ax,
+        "layer (block output, 0-based)",
+        "mean norm of the window-pooled activation",
+        "activation norm with and without the massive dims",
+        legend_size=7,
+    )
 
 
 def plot_steering(ax_trait, ax_coherence, sweeps: dict) -> None:
@@ -147,10 +166,17 @@ def plot_steering(ax_trait, ax_coherence, sweeps: dict) -> None:
     starts = {(label, round(coef, 6)) for s in sweeps.values() for label, coef in s["calibrated"].items()}
     for label, coef in sorted(starts):
         for ax in (ax_trait, ax_coherence):
-            ax.axvline(coef, color="grey", linestyle="-." if label == "calibrated" else ":", linewidth=1,
-                       label=f"{label.replace('_', ' ')} {coef:.4g}" if ax is ax_coherence else None)
-    for ax, ylabel, title in ((ax_trait, "trait score (0-100; dotted: unsteered)", "trait vs coefficient"),
-                              (ax_coherence, "coherence (0-100)", "coherence vs coefficient")):
+            ax.axvline(
+                coef,
+                color="grey",
+                linestyle="-." if label == "calibrated" else ":",
+                linewidth=1,
+                label=f"{label.replace('_', ' ')} {coef:.4g}" if ax is ax_coherence else None,
+            )
+    for ax, ylabel, title in (
+        (ax_trait, "trait score (0-100; dotted: unsteered)", "trait vs coefficient"),
+        (ax_coherence, "coherence (0-100)", "coherence vs coefficient"),
+    ):
         ax.set_xscale("log")
         ax.set_ylim(-2, 102)
         ax.set_xlabel("coefficient (x unit vector)")
@@ -164,8 +190,7 @@ def new_figure(panels: int, three_d: bool = False):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5 * panels, 4.8))
-    axes = [fig.add_subplot(1, panels, i + 1, projection="3d" if three_d and i == panels - 1 else None)
-            for i in range(panels)]
+    axes = [fig.add_subplot(1, panels, i + 1, projection="3d" if three_d and i == panels - 1 else None) for i in range(panels)]
     return fig, axes
 
 
@@ -180,9 +205,11 @@ def render(observation, verdict, path: Path) -> Path:
         drawn = [name for name in ("norms", "vector_cosine", "vector_energy") if panels.get(name)]
         fig, axes = new_figure(len(drawn))
         for name, ax in zip(drawn, axes):
-            {"norms": lambda: plot_norms(ax, panels["norms"]),
-             "vector_cosine": lambda: plot_cosines(ax, panels.get("vector_energy", {}), panels["vector_cosine"], fig),
-             "vector_energy": lambda: plot_energy(ax, panels["vector_energy"])}[name]()
+            {
+                "norms": lambda: plot_norms(ax, panels["norms"]),
+                "vector_cosine": lambda: plot_cosines(ax, panels.get("vector_energy", {}), panels["vector_cosine"], fig),
+                "vector_energy": lambda: plot_energy(ax, panels["vector_energy"]),
+            }[name]()
     elif "head_scores" in panels:
         fig, (ax,) = new_figure(1)
         plot_head_scores(ax, np.asarray(panels["head_scores"]), fig)

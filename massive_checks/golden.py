@@ -109,10 +109,16 @@ def read(path: Path) -> dict:
         document = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GoldenError(f"golden {path} is corrupt ({exc}); fix it or rewrite it with --update-golden") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("values"), dict) \
-            or not isinstance(document.get("meta"), dict):
-        raise GoldenError(f"golden {path} is not a massive_checks snapshot (format {FORMAT}, with meta and values "
-                          f"mappings); fix it or rewrite it with --update-golden")
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != FORMAT
+        or not isinstance(document.get("values"), dict)
+        or not isinstance(document.get("meta"), dict)
+    ):
+        raise GoldenError(
+            f"golden {path} is not a massive_checks snapshot (format {FORMAT}, with meta and values "
+            f"mappings); fix it or rewrite it with --update-golden"
+        )
     return document
 
 
@@ -179,9 +185,17 @@ def mismatch_lines(result: GoldenResult, update_command: str, limit: int = 30) -
     lines = [result.message]
     if result.mismatches:
         header = ("key", "expected", "observed", "abs err", "rel err", "tolerance")
-        rows = [header] + [(m.key, format_value(m.expected), format_value(m.observed), format_value(m.abs_error), format_value(m.rel_error),
-                            f"rtol {m.tolerance.rtol:g}, atol {m.tolerance.atol:g}" if m.tolerance else "exact")
-                           for m in result.mismatches[:limit]]
+        rows = [header] + [
+            (
+                m.key,
+                format_value(m.expected),
+                format_value(m.observed),
+                format_value(m.abs_error),
+                format_value(m.rel_error),
+                f"rtol {m.tolerance.rtol:g}, atol {m.tolerance.atol:g}" if m.tolerance else "exact",
+            )
+            for m in result.mismatches[:limit]
+        ]
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
         lines += ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         if len(result.mismatches) > limit:

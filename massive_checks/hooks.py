@@ -40,10 +40,18 @@ SITE_PATTERN = re.compile(
 )
 # site suffix -> (adapter field, which tensor of the hook call: "out", "out0", "out1" or "in")
 _WHERE = {
-    "out": ("blocks", "out0"), "attn.out": ("attn", "out0"), "attn.probs": ("attn", "out1"),
-    "attn.o_in": ("o_proj", "in"), "mlp.in": ("up", "in"), "mlp.up": ("up", "out"),
-    "mlp.gate": ("gate", "out"), "mlp.act": ("act", "out"), "mlp.down_in": ("down", "in"),
-    "mlp.out": ("down", "out"), "attn.resid": ("attn_resid", "out0"), "mlp.resid": ("mlp_resid", "out"),
+    "out": ("blocks", "out0"),
+    "attn.out": ("attn", "out0"),
+    "attn.probs": ("attn", "out1"),
+    "attn.o_in": ("o_proj", "in"),
+    "mlp.in": ("up", "in"),
+    "mlp.up": ("up", "out"),
+    "mlp.gate": ("gate", "out"),
+    "mlp.act": ("act", "out"),
+    "mlp.down_in": ("down", "in"),
+    "mlp.out": ("down", "out"),
+    "attn.resid": ("attn_resid", "out0"),
+    "mlp.resid": ("mlp_resid", "out"),
 }
 _RESID_FALLBACK = {"attn_resid": ("attn", "out0"), "mlp_resid": ("down", "out")}  # no post-norm: the output itself
 
@@ -140,13 +148,24 @@ class Attachment:
         self.vectors = vectors
         self._context: HookContext | None = None
 
-    def forward(self, network: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, start: int = 0, *,
-                step: int | None = None, positions: torch.Tensor | None = None, prompt_length: torch.Tensor | None = None,
-                token_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        network: torch.nn.Module,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        start: int = 0,
+        *,
+        step: int | None = None,
+        positions: torch.Tensor | None = None,
+        prompt_length: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """mask: the attention mask ([B, past + T] when decoding with a cache); token_mask [B, T]:
         which of this call's tokens are real (default: the mask itself)."""
-        self._context = HookContext(mask if token_mask is None else token_mask, start, step, positions, self.vectors,
-                                    prompt_length, _at_end=[])
+        self._context = HookContext(
+            mask if token_mask is None else token_mask, start, step, positions, self.vectors, prompt_length, _at_end=[]
+        )
         try:
             try:
                 output = network(input_ids=input_ids, attention_mask=mask, **kwargs)
@@ -165,8 +184,12 @@ class Attachment:
 
 
 @contextmanager
-def attach(lm: LoadedModel, pairs: list[tuple[str, HookFn]], vectors: Mapping[str, torch.Tensor] | None = None,
-           stop_after: int | None = None) -> Iterator[Attachment]:
+def attach(
+    lm: LoadedModel,
+    pairs: list[tuple[str, HookFn]],
+    vectors: Mapping[str, torch.Tensor] | None = None,
+    stop_after: int | None = None,
+) -> Iterator[Attachment]:
     """Attach (site, function) pairs, in order (edits before captures, so captures see edited
     tensors); all are removed when the block exits, also on errors. stop_after: a block index;
     forwards run through Attachment.forward end after that block (direct calls run to the end)."""
@@ -194,15 +217,18 @@ def _with_context(attachment: Attachment, fn: HookFn) -> Callable[[torch.Tensor]
             new = fn(tensor.view(*context.mask.shape, tensor.shape[-1]), context)
             return None if new is None else new.reshape(tensor.shape)
         return fn(tensor, context)
+
     return call
 
 
 def _register(module: torch.nn.Module, which: str, fn):
     """Run fn on the chosen tensor of the module's call; a tensor it returns replaces that one."""
     if which == "in":
+
         def pre_hook(_module, args):
             new = fn(args[0])
             return None if new is None else (new, *args[1:])
+
         pre_hook.massive_checks = True
         return module.register_forward_pre_hook(pre_hook)
 
@@ -212,7 +238,8 @@ def _register(module: torch.nn.Module, which: str, fn):
         new = fn(output[index] if is_tuple else output)
         if new is None:
             return None
-        return (*output[:index], new, *output[index + 1:]) if is_tuple else new
+        return (*output[:index], new, *output[index + 1 :]) if is_tuple else new
+
     hook.massive_checks = True
     return module.register_forward_hook(hook)
 
@@ -221,6 +248,7 @@ def _register_stop(block: torch.nn.Module, attachment: Attachment):
     def stop(_module, _args, _output):
         if attachment._context is not None:  # inside Attachment.forward, which catches it
             raise StopForward
+
     stop.massive_checks = True
     return block.register_forward_hook(stop)
 
@@ -228,5 +256,8 @@ def _register_stop(block: torch.nn.Module, attachment: Attachment):
 def hook_count(module: torch.nn.Module) -> int:
     """massive_checks hooks still registered in the module tree (0 after every context exits).
     Hooks that transformers installs itself are not counted."""
-    return sum(getattr(fn, "massive_checks", False)
-               for m in module.modules() for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()])
+    return sum(
+        getattr(fn, "massive_checks", False)
+        for m in module.modules()
+        for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+    )

@@ -131,16 +131,35 @@ class Estimate:
         return 0.0 if self.replicates is None else float(np.isnan(self.replicates).mean())
 
     # Arithmetic is replicate by replicate (combine): a measure may write top1 / (top1 + top2).
-    def __add__(self, other): return combine(np.add, self, other)
-    def __radd__(self, other): return combine(np.add, other, self)
-    def __sub__(self, other): return combine(np.subtract, self, other)
-    def __rsub__(self, other): return combine(np.subtract, other, self)
-    def __mul__(self, other): return combine(np.multiply, self, other)
-    def __rmul__(self, other): return combine(np.multiply, other, self)
-    def __truediv__(self, other): return combine(safe_divide, self, other)
-    def __rtruediv__(self, other): return combine(safe_divide, other, self)
-    def __neg__(self): return combine(np.negative, self)
-    def __abs__(self): return combine(np.abs, self)
+    def __add__(self, other):
+        return combine(np.add, self, other)
+
+    def __radd__(self, other):
+        return combine(np.add, other, self)
+
+    def __sub__(self, other):
+        return combine(np.subtract, self, other)
+
+    def __rsub__(self, other):
+        return combine(np.subtract, other, self)
+
+    def __mul__(self, other):
+        return combine(np.multiply, self, other)
+
+    def __rmul__(self, other):
+        return combine(np.multiply, other, self)
+
+    def __truediv__(self, other):
+        return combine(safe_divide, self, other)
+
+    def __rtruediv__(self, other):
+        return combine(safe_divide, other, self)
+
+    def __neg__(self):
+        return combine(np.negative, self)
+
+    def __abs__(self):
+        return combine(np.abs, self)
 
 
 class SharedSet(frozenset):
@@ -187,8 +206,9 @@ def combine(fn, *args) -> Estimate:
         if not resampled or len(resampled) < len(estimates):  # one side without an interval: none for the result
             return Estimate(value, None, None, "; ".join(dict.fromkeys(e.reason for e in estimates if e.reason)))
         size = len(resampled[0].replicates)
-        replicates = np.asarray(fn(*(a.replicates if isinstance(a, Estimate) else np.full(size, np.float64(a))
-                                     for a in args)), dtype=np.float64)
+        replicates = np.asarray(
+            fn(*(a.replicates if isinstance(a, Estimate) else np.full(size, np.float64(a)) for a in args)), dtype=np.float64
+        )
     return Estimate(value, replicates, joint_units([e.units for e in resampled]))
 
 
@@ -198,8 +218,11 @@ def joint_units(units: list[Units]) -> Units:
     distinct = {u.key: u for u in units}
     if len(distinct) == 1:
         return units[0]
-    return Units(" + ".join(sorted(distinct)), max(u.n for u in distinct.values()),
-                 " and ".join(sorted({u.kind for u in distinct.values()})))
+    return Units(
+        " + ".join(sorted(distinct)),
+        max(u.n for u in distinct.values()),
+        " and ".join(sorted({u.kind for u in distinct.values()})),
+    )
 
 
 def safe_divide(a, b):
@@ -222,9 +245,13 @@ def ratio(a, b) -> Estimate:
 
 def reduce(how: str, values: list) -> Estimate:
     """mean, max, min, mean_abs or max_abs over a list (a quantity's layers), per replicate."""
-    fn = {"mean": lambda *v: np.mean(np.stack(v), axis=0), "max": lambda *v: np.max(np.stack(v), axis=0),
-          "min": lambda *v: np.min(np.stack(v), axis=0), "mean_abs": lambda *v: np.mean(np.abs(np.stack(v)), axis=0),
-          "max_abs": lambda *v: np.max(np.abs(np.stack(v)), axis=0)}[how]
+    fn = {
+        "mean": lambda *v: np.mean(np.stack(v), axis=0),
+        "max": lambda *v: np.max(np.stack(v), axis=0),
+        "min": lambda *v: np.min(np.stack(v), axis=0),
+        "mean_abs": lambda *v: np.mean(np.abs(np.stack(v)), axis=0),
+        "max_abs": lambda *v: np.max(np.abs(np.stack(v)), axis=0),
+    }[how]
     return combine(fn, *values)
 
 

@@ -90,11 +90,15 @@ def parse(text: str) -> Request:
     if target in ("dims", "neurons", "massive") and not match["layers"]:
         raise ValueError(f"intervention {text!r}: {target} need @LAYERS, e.g. {target}:{match['sel']}@all")
     if target in ("attn", "mlp", "heads") and match["layers"]:
-        raise ValueError(f"intervention {text!r}: {target} takes its layers from its selection ({target}:2,3 or "
-                         f"{'heads:5.1' if target == 'heads' else target + ':2-4'}), not from @{match['layers']}")
+        raise ValueError(
+            f"intervention {text!r}: {target} takes its layers from its selection ({target}:2,3 or "
+            f"{'heads:5.1' if target == 'heads' else target + ':2-4'}), not from @{match['layers']}"
+        )
     if target in ("attn", "mlp") and match["tokens"]:
-        raise ValueError(f"intervention {text!r}: #{match['tokens']} does not apply to {target} (its whole output is "
-                         f"replaced); heads, dims and neurons take #TOKENS")
+        raise ValueError(
+            f"intervention {text!r}: #{match['tokens']} does not apply to {target} (its whole output is "
+            f"replaced); heads, dims and neurons take #TOKENS"
+        )
     if target in ("dims", "neurons"):
         _ints(match["sel"], text)
     if target == "heads" and match["sel"] != "all" and not re.fullmatch(r"(top|bottom)\d+", match["sel"]):
@@ -234,11 +238,15 @@ def canonical(ablations: list[Ablation]) -> Intervention:
     for a in ablations:
         own_units = a.units if a.rows is not None else None  # #massive: one dim per ablation, never merged
         merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value, a.rows, own_units), set()).update(a.units)
-    return tuple(sorted(
-        (Ablation(target, layer, tuple(sorted(units)), tokens, mode, value, rows)
-         for (target, layer, tokens, mode, value, rows, _), units in merged.items()),
-        key=lambda a: (a.target, a.layer, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
-    ))
+    return tuple(
+        sorted(
+            (
+                Ablation(target, layer, tuple(sorted(units)), tokens, mode, value, rows)
+                for (target, layer, tokens, mode, value, rows, _), units in merged.items()
+            ),
+            key=lambda a: (a.target, a.layer, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
+        )
+    )
 
 
 def describe(intervention: Intervention) -> str:
@@ -277,8 +285,14 @@ def ranges(values: list[int]) -> str:
 # The tensor each intervention edits. attn/mlp edit what is added to the residual stream (for
 # Gemma 2/3, after the post-attention / post-feedforward norm: zero removes the whole contribution,
 # =mean puts back its position-wise dataset mean there); heads edit the output projection's input.
-TARGET_SITE = {"heads": "attn.o_in", "attn": "attn.resid", "mlp": "mlp.resid", "dims": "out", "neurons": "mlp.down_in",
-               "massive": "out"}
+TARGET_SITE = {
+    "heads": "attn.o_in",
+    "attn": "attn.resid",
+    "mlp": "mlp.resid",
+    "dims": "out",
+    "neurons": "mlp.down_in",
+    "massive": "out",
+}
 
 
 def mean_sites(intervention: Intervention) -> set[str]:
@@ -304,7 +318,12 @@ def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
 def massive_slices_of_requests(requests: list[Request], n_layers: int) -> set[tuple[str, int]]:
     """(block output site, dim) pairs whose every-token values `#massive` edits read from the
     baseline, to find where each dim is massive per sequence."""
-    return {(f"blocks.{layer}.out", dim) for r in requests if r.tokens == "massive"
-            for layer in parse_layers(r.layers, n_layers) for dim in _ints(r.selection, r.text)}
+    return {
+        (f"blocks.{layer}.out", dim)
+        for r in requests
+        if r.tokens == "massive"
+        for layer in parse_layers(r.layers, n_layers)
+        for dim in _ints(r.selection, r.text)
+    }
     # massive:all cannot be planned: its dims are known only once the baseline has run (one more
     # baseline pass then reads their every-token values)

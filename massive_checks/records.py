@@ -10,7 +10,7 @@ from .intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, 
 
 STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
     "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
-             "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
+    "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
     "max_over_sequences": "top-k cells of the per-(token, dim) maximum of |a| over sequences",
 }
 

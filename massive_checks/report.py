@@ -17,7 +17,8 @@ from .records import STATISTIC_TEXT, CheckVerdict, Observation, Row, Verdict, fo
 def check_table(check: CheckVerdict, confidence: float = CONFIDENCE, only_failures: bool = False) -> list[str]:
     rows = [r for r in check.rows if not (only_failures and r.ok)]
     cells = [("", "where", "expected", f"observed [{confidence:.0%} interval]", "")] + [
-        (r.verdict, r.key, r.expected, format_value(r.observed, confidence), r.note) for r in rows]
+        (r.verdict, r.key, r.expected, format_value(r.observed, confidence), r.note) for r in rows
+    ]
     widths = [max(len(str(row[i])) for row in cells) for i in range(5)]
     return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
 
@@ -35,8 +36,10 @@ def failure_text(observation: Observation, verdict: Verdict) -> str:
     if verdict.xfail_reason and outcome != CONTRADICTED:
         lines.append(f"expected failure not confirmed: the spec says it is contradicted ({verdict.xfail_reason})")
     if verdict.inconclusive_reason and outcome != INCONCLUSIVE:
-        lines.append(f"the spec says this is inconclusive ({verdict.inconclusive_reason}); it is now decided: "
-                     f"{outcome} - update its `inconclusive:` key")
+        lines.append(
+            f"the spec says this is inconclusive ({verdict.inconclusive_reason}); it is now decided: "
+            f"{outcome} - update its `inconclusive:` key"
+        )
     lines.append(f"spec {observation.spec_id} ({observation.path}:{observation.line})")
     for name, description in observation.configs.items():
         if name != "baseline":
@@ -70,14 +73,30 @@ def _row_record(row: Row) -> dict:
 def outcome_record(observation: Observation, verdict: Verdict) -> dict:
     """The entry of one spec on one model in results.json."""
     return {
-        **_header(observation, verdict), "status": "passed" if verdict.passed else "failed", "configs": observation.configs,
-        "verdict": verdict.outcome, "confidence": observation.confidence,
-        "checks": [{"key": c.key, "description": c.description, "line": c.line, "ok": c.ok, "verdict": c.verdict,
-                    **({"reference": c.reference} if c.reference else {}),
-                    "rows": [_row_record(r) for r in c.rows]} for c in verdict.checks],
-        "observed": observation.profiles, "observed_statistic": "paper",
-        **({"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
-           if "steering" in observation.figure else {}),
+        **_header(observation, verdict),
+        "status": "passed" if verdict.passed else "failed",
+        "configs": observation.configs,
+        "verdict": verdict.outcome,
+        "confidence": observation.confidence,
+        "checks": [
+            {
+                "key": c.key,
+                "description": c.description,
+                "line": c.line,
+                "ok": c.ok,
+                "verdict": c.verdict,
+                **({"reference": c.reference} if c.reference else {}),
+                "rows": [_row_record(r) for r in c.rows],
+            }
+            for c in verdict.checks
+        ],
+        "observed": observation.profiles,
+        "observed_statistic": "paper",
+        **(
+            {"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
+            if "steering" in observation.figure
+            else {}
+        ),
     }
 
 
@@ -88,10 +107,19 @@ def error_record(observation: Observation, verdict: Verdict, error: Exception) -
 
 def _header(observation: Observation, verdict: Verdict) -> dict:
     expected = CONTRADICTED if verdict.xfail_reason else INCONCLUSIVE if verdict.inconclusive_reason else HOLDS
-    return {"spec": observation.spec_id, "model": observation.model, "claim": observation.claim, "source": observation.source,
-            "path": observation.path, "line": observation.line, "xfail_reason": verdict.xfail_reason,
-            "inconclusive_reason": verdict.inconclusive_reason, "expected": expected, "claims": list(observation.claims),
-            "notes": observation.notes}
+    return {
+        "spec": observation.spec_id,
+        "model": observation.model,
+        "claim": observation.claim,
+        "source": observation.source,
+        "path": observation.path,
+        "line": observation.line,
+        "xfail_reason": verdict.xfail_reason,
+        "inconclusive_reason": verdict.inconclusive_reason,
+        "expected": expected,
+        "claims": list(observation.claims),
+        "notes": observation.notes,
+    }
 
 
 def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
@@ -134,7 +162,9 @@ def summary_value(record: dict) -> str:
     check = next((c for c in checks if not c["ok"]), checks[0] if checks else None)
     if check is None or not check["rows"]:
         return "-"
-    percent = ", then relative change " in check["description"] and not check["description"].startswith(("ratio of", "difference of"))
+    percent = ", then relative change " in check["description"] and not check["description"].startswith(
+        ("ratio of", "difference of")
+    )
     rows = check["rows"]
     layers = [int(r["where"].split()[1]) for r in rows if r["where"].startswith("layer ")]
     values = [r["observed"] for r in rows]
@@ -200,10 +230,17 @@ def claims_markdown(results: list[dict]) -> str:
         lines.append(_markdown_row(cells))
     table_models, references = reference_table(results)
     if references:
-        lines += ["", "## The source's values vs the models'", "",
-                  "| claim | check | source | " + " | ".join(table_models) + " |", "|---" * (len(table_models) + 3) + "|"]
-        lines += [_markdown_row([claim, check, source] + [by_model.get(m, "-") for m in table_models])
-                  for claim, check, source, by_model in references]
+        lines += [
+            "",
+            "## The source's values vs the models'",
+            "",
+            "| claim | check | source | " + " | ".join(table_models) + " |",
+            "|---" * (len(table_models) + 3) + "|",
+        ]
+        lines += [
+            _markdown_row([claim, check, source] + [by_model.get(m, "-") for m in table_models])
+            for claim, check, source, by_model in references
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -225,20 +262,34 @@ def reference_table(results: list[dict]) -> tuple[list[str], list[tuple[str, str
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
-                 ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\textasciicircum{}"),
+    ):
         text = text.replace(a, b)
     return text.replace("\n", " ")
 
 
 def claims_latex(results: list[dict]) -> str:
     models, rows = claims_matrix(results)
-    body = [" & ".join(_latex_escape(c) for c in [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models])
-            + r" \\" for claim, text, by_model in rows]
+    body = [
+        " & ".join(_latex_escape(c) for c in [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models])
+        + r" \\"
+        for claim, text, by_model in rows
+    ]
     columns = "p{6cm}" + "p{4.5cm}" * len(models)
     header = " & ".join(["Claim"] + [_latex_escape(m) for m in models]) + r" \\"
-    return "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline",
-                      r"\end{tabular}"]) + "\n"
+    return (
+        "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline", r"\end{tabular}"]) + "\n"
+    )
 
 
 # --------------------------------------------------------------------------- HTML
@@ -272,11 +323,14 @@ def _check_html(check: dict) -> str:
     rows = "".join(
         f"<tr class='{css.get(r.get('verdict'), 'bad')}'><td>{escape(r.get('verdict', ''))}</td><td>{escape(r['where'])}</td>"
         f"<td>{escape(r['expected'])}</td><td>{escape(_row_value(r))}</td><td>{escape(r.get('note', ''))}</td></tr>"
-        for r in check["rows"])
+        for r in check["rows"]
+    )
     failed = sum(not r["ok"] for r in check["rows"])
-    return (f"<details {'open' if failed else ''}><summary>{escape(check['description'])} - "
-            f"{escape(check.get('verdict', ''))}: {len(check['rows']) - failed}/{len(check['rows'])} rows hold</summary>"
-            f"<table><tr><th></th><th>where</th><th>expected</th><th>observed [interval]</th><th></th></tr>{rows}</table></details>")
+    return (
+        f"<details {'open' if failed else ''}><summary>{escape(check['description'])} - "
+        f"{escape(check.get('verdict', ''))}: {len(check['rows']) - failed}/{len(check['rows'])} rows hold</summary>"
+        f"<table><tr><th></th><th>where</th><th>expected</th><th>observed [interval]</th><th></th></tr>{rows}</table></details>"
+    )
 
 
 def _image_html(directory: Path, record: dict) -> str:
@@ -296,27 +350,42 @@ def _spec_html(directory: Path, record: dict) -> str:
     failing = status in ("failed", "xpassed", "error")
     badge = "inconclusive" if status == "failed" and record.get("verdict") == INCONCLUSIVE else status
     notes = f"<p class='meta'>expected failure: {escape(record['xfail_reason'])}</p>" if record.get("xfail_reason") else ""
-    notes += (f"<p class='meta'>expected inconclusive: {escape(record['inconclusive_reason'])}</p>"
-              if record.get("inconclusive_reason") else "")
+    notes += (
+        f"<p class='meta'>expected inconclusive: {escape(record['inconclusive_reason'])}</p>"
+        if record.get("inconclusive_reason")
+        else ""
+    )
     notes += f"<p class='meta'>notes: {escape(record['notes'])}</p>" if record.get("notes") else ""
     notes += f"<p class='meta' style='color:#c62828'>{escape(record['error'])}</p>" if record.get("error") else ""
     configs = "".join(f"<li>{escape(k)}: {escape(v)}</li>" for k, v in record.get("configs", {}).items() if k != "baseline")
     golden = record.get("golden")
-    return (f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {badge}'>{escape(badge)}</span> "
-            f"<b>{escape(record['spec'])}</b><p>On <b>{escape(record['model'])}</b>: {escape(record['claim'])} - "
-            f"<i>{escape(verdict(record))}</i></p>{notes}"
-            f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
-            f"{'; golden ' + escape(golden['status']) if golden else ''}</p>"
-            f"{'<ul class=meta>' + configs + '</ul>' if configs else ''}"
-            f"{''.join(_check_html(c) for c in record['checks'])}{_samples_html(record)}{_image_html(directory, record)}</div>")
+    return (
+        f"<div class='spec{' failing' if failing else ''}' id='{escape(_anchor(record))}'><span class='badge {badge}'>{escape(badge)}</span> "
+        f"<b>{escape(record['spec'])}</b><p>On <b>{escape(record['model'])}</b>: {escape(record['claim'])} - "
+        f"<i>{escape(verdict(record))}</i></p>{notes}"
+        f"<p class='meta'>source: {escape(record.get('source') or '-')}; spec {escape(record['path'])}:{record['line']}"
+        f"{'; golden ' + escape(golden['status']) if golden else ''}</p>"
+        f"{'<ul class=meta>' + configs + '</ul>' if configs else ''}"
+        f"{''.join(_check_html(c) for c in record['checks'])}{_samples_html(record)}{_image_html(directory, record)}</div>"
+    )
 
 
 def _samples_html(record: dict) -> str:
     """Generated texts per steering configuration and coefficient (coef 0: the unsteered model)."""
-    rows = "".join(f"<tr><td>{escape(name)}</td><td>{escape(coef)}</td><td>{escape(text)}</td></tr>"
-                   for name, by_coef in record.get("samples", {}).items() for coef, texts in by_coef.items() for text in texts)
-    return (f"<details><summary>generated samples</summary><table><tr><th>steering</th><th>coef</th><th>text</th></tr>"
-            f"{rows}</table></details>") if rows else ""
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{escape(coef)}</td><td>{escape(text)}</td></tr>"
+        for name, by_coef in record.get("samples", {}).items()
+        for coef, texts in by_coef.items()
+        for text in texts
+    )
+    return (
+        (
+            f"<details><summary>generated samples</summary><table><tr><th>steering</th><th>coef</th><th>text</th></tr>"
+            f"{rows}</table></details>"
+        )
+        if rows
+        else ""
+    )
 
 
 def _anchor(record: dict) -> str:
@@ -335,11 +404,19 @@ def _matrix_html(results: list[dict]) -> str:
         cells = []
         for m in models:
             records = by_model.get(m)
-            cells.append("<td class='meta'>no spec on this model</td>" if not records else "<td>" + "<br>".join(
-                f"<a href='#{escape(_anchor(r))}'><span class='badge {escape(_badge(r))}'>{escape(verdict(r))}</span></a> "
-                f"{escape(r['spec'])}: {escape(summary_value(r))}" for r in records) + "</td>")
+            cells.append(
+                "<td class='meta'>no spec on this model</td>"
+                if not records
+                else "<td>"
+                + "<br>".join(
+                    f"<a href='#{escape(_anchor(r))}'><span class='badge {escape(_badge(r))}'>{escape(verdict(r))}</span></a> "
+                    f"{escape(r['spec'])}: {escape(summary_value(r))}"
+                    for r in records
+                )
+                + "</td>"
+            )
         body.append(f"<tr><td><b>{escape(claim)}</b><br>{escape(text)}</td>{''.join(cells)}</tr>")
-    return (f"<h2>Claims x models</h2><table class='matrix'><tr><th>claim</th>{head}</tr>{''.join(body)}</table>")
+    return f"<h2>Claims x models</h2><table class='matrix'><tr><th>claim</th>{head}</tr>{''.join(body)}</table>"
 
 
 def _reference_html(results: list[dict]) -> str:
@@ -347,11 +424,16 @@ def _reference_html(results: list[dict]) -> str:
     if not rows:
         return ""
     head = "".join(f"<th>{escape(m)}</th>" for m in models)
-    body = "".join(f"<tr><td>{escape(claim)}</td><td>{escape(check)}</td><td>{escape(source)}</td>"
-                   + "".join(f"<td>{escape(by_model.get(m, '-'))}</td>" for m in models) + "</tr>"
-                   for claim, check, source, by_model in rows)
-    return (f"<h2>The source's values vs the models'</h2><table class='matrix'><tr><th>claim</th><th>check</th>"
-            f"<th>source</th>{head}</tr>{body}</table>")
+    body = "".join(
+        f"<tr><td>{escape(claim)}</td><td>{escape(check)}</td><td>{escape(source)}</td>"
+        + "".join(f"<td>{escape(by_model.get(m, '-'))}</td>" for m in models)
+        + "</tr>"
+        for claim, check, source, by_model in rows
+    )
+    return (
+        f"<h2>The source's values vs the models'</h2><table class='matrix'><tr><th>claim</th><th>check</th>"
+        f"<th>source</th>{head}</tr>{body}</table>"
+    )
 
 
 def _badge(record: dict) -> str:
@@ -363,18 +445,28 @@ def write_html(directory: Path, results: list[dict], models: dict, unavailable: 
     sections = [_matrix_html(results), _reference_html(results)]
     for model in sorted({r["model"] for r in results} | set(unavailable)):
         records = [r for r in results if r["model"] == model]
-        counts = {s: sum(r.get("status") == s for r in records) for s in ("passed", "failed", "error", "xfailed", "undecided", "xpassed")}
+        counts = {
+            s: sum(r.get("status") == s for r in records)
+            for s in ("passed", "failed", "error", "xfailed", "undecided", "xpassed")
+        }
         header = models.get(model, {})
         meta = ", ".join(f"{k} {v}" for k, v in header.items() if k != "model")
-        problem = f"<p class='meta' style='color:#c62828'>not loaded: {escape(unavailable[model])}</p>" if model in unavailable else ""
-        sections.append(f"<h2>{escape(model)}</h2><p class='meta'>{escape(meta)}</p>{problem}<p>"
-                        + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + "</p>"
-                        + "".join(_spec_html(directory, r) for r in records))
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>massive_checks report</title>"
-            f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>massive_checks: claims report</h1>"
-            f"<label><input type='checkbox' onchange='onlyFailures(this)'> show only failures</label>"
-            f"{''.join(sections)}<p class='meta'>machine-readable twin: results.json; claims tables: claims.md, claims.tex</p>"
-            f"</body></html>")
+        problem = (
+            f"<p class='meta' style='color:#c62828'>not loaded: {escape(unavailable[model])}</p>" if model in unavailable else ""
+        )
+        sections.append(
+            f"<h2>{escape(model)}</h2><p class='meta'>{escape(meta)}</p>{problem}<p>"
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+            + "</p>"
+            + "".join(_spec_html(directory, r) for r in records)
+        )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>massive_checks report</title>"
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>massive_checks: claims report</h1>"
+        f"<label><input type='checkbox' onchange='onlyFailures(this)'> show only failures</label>"
+        f"{''.join(sections)}<p class='meta'>machine-readable twin: results.json; claims tables: claims.md, claims.tex</p>"
+        f"</body></html>"
+    )
     path = directory / "index.html"
     atomic_write(path, page)
     return path
@@ -385,18 +477,49 @@ def observations_table(results: list[dict]):
     value, interval, bound, verdict and the spec's status."""
     import pandas as pd
 
-    columns = ["spec", "model", "claims", "check", "line", "where", "value", "low", "high", "units", "expected",
-               "verdict", "check_verdict", "spec_verdict", "status", "note"]
+    columns = [
+        "spec",
+        "model",
+        "claims",
+        "check",
+        "line",
+        "where",
+        "value",
+        "low",
+        "high",
+        "units",
+        "expected",
+        "verdict",
+        "check_verdict",
+        "spec_verdict",
+        "status",
+        "note",
+    ]
     rows = []
     for r in results:
         for c in r.get("checks", []):
             for row in c["rows"]:
                 interval = row.get("interval") or [None, None]
-                rows.append({"spec": r["spec"], "model": r["model"], "claims": " ".join(r.get("claims", [])), "check": c["key"],
-                             "line": c["line"], "where": row["where"], "value": _csv_value(row["observed"]),
-                             "low": _csv_value(interval[0]), "high": _csv_value(interval[1]), "units": row.get("units"),
-                             "expected": row["expected"], "verdict": row.get("verdict"), "check_verdict": c.get("verdict"),
-                             "spec_verdict": r.get("verdict"), "status": r.get("status"), "note": row.get("note", "")})
+                rows.append(
+                    {
+                        "spec": r["spec"],
+                        "model": r["model"],
+                        "claims": " ".join(r.get("claims", [])),
+                        "check": c["key"],
+                        "line": c["line"],
+                        "where": row["where"],
+                        "value": _csv_value(row["observed"]),
+                        "low": _csv_value(interval[0]),
+                        "high": _csv_value(interval[1]),
+                        "units": row.get("units"),
+                        "expected": row["expected"],
+                        "verdict": row.get("verdict"),
+                        "check_verdict": c.get("verdict"),
+                        "spec_verdict": r.get("verdict"),
+                        "status": r.get("status"),
+                        "note": row.get("note", ""),
+                    }
+                )
     return pd.DataFrame(rows, columns=columns)
 
 

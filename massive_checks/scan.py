@@ -52,9 +52,10 @@ def scan(model_name: str, lm, data: DataConfig, out: Path, progress: bool = True
         ablated[name] = [top_cells(view, L, 1)[0].value for L in range(lm.n_layers)]
         steps.update()
     base_top1 = [row["top"][0]["value"] for row in summary["layers"]]
-    summary["ablation"] = {name: {"intervention": text, "top1": values,
-                                  "change": [stats.relative_change(b, a) for b, a in zip(base_top1, values)]}
-                           for (name, values), text in zip(ablated.items(), ("attn:all", "mlp:all"))}
+    summary["ablation"] = {
+        name: {"intervention": text, "top1": values, "change": [stats.relative_change(b, a) for b, a in zip(base_top1, values)]}
+        for (name, values), text in zip(ablated.items(), ("attn:all", "mlp:all"))
+    }
     emergence = summary["emergence_layer"]
     if emergence is not None:
         summary["mlp_flow"] = {c: value_of(mlp_stat(base, emergence, c, "max")) for c in mlp_flow(lm)}
@@ -100,11 +101,14 @@ def _write_figures(summary: dict, base, table, out: Path) -> None:
 def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path) -> Path:
     """A spec pinning the scan's findings, with slack where values vary (top-1 at half)."""
     spec_id = "scan-" + "".join(ch if ch.isalnum() else "-" for ch in model_name).strip("-")
-    header = [f"# Drafted by `massive-checks scan {model_name}` on {datetime.date.today()}: review before",
-              "# committing. Bounds pin what the scan found; top-1 gets 50% slack.",
-              f"id: {spec_id}", f"models: [{json.dumps(model_name)}]",
-              f"data: {{dataset: {json.dumps(data.dataset)}, samples: {data.samples}, seq_len: {data.seq_len}}}",
-              "golden: true"]
+    header = [
+        f"# Drafted by `massive-checks scan {model_name}` on {datetime.date.today()}: review before",
+        "# committing. Bounds pin what the scan found; top-1 gets 50% slack.",
+        f"id: {spec_id}",
+        f"models: [{json.dumps(model_name)}]",
+        f"data: {{dataset: {json.dumps(data.dataset)}, samples: {data.samples}, seq_len: {data.seq_len}}}",
+        "golden: true",
+    ]
     first, last, dims = summary["emergence_layer"], summary["last_massive_layer"], summary["massive_dims"]
     if first is None:
         claim = f"{model_name} has no massive activations (|a| > 100 and >= 1000x the median) on this data."
@@ -113,13 +117,17 @@ def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path
         span = f"{first}-{last}"
         floor = 0.5 * min(summary["layers"][L]["top"][0]["value"] for L in range(first, last + 1))
         dominant = summary["layers"][first]["top"][0]["dim"]
-        claim = (f"{model_name} has massive activations in dims {dims} at tokens {summary['massive_tokens']}, "
-                 f"emerging at block {first} and lasting to block {last}.")
-        checks = [f"  - {{measure: emergence_layer, equals: {first}}}",
-                  f"  - {{measure: massive_dims, subset_of: {dims}}}",
-                  f"  - {{measure: massive_dims, layers: {first}, contains: [{dominant}]}}",
-                  f"  - {{measure: massive_tokens, subset_of: {summary['massive_tokens']}}}",
-                  f"  - {{measure: top1, layers: {span}, at_least: {floor:.6g}}}"]
+        claim = (
+            f"{model_name} has massive activations in dims {dims} at tokens {summary['massive_tokens']}, "
+            f"emerging at block {first} and lasting to block {last}."
+        )
+        checks = [
+            f"  - {{measure: emergence_layer, equals: {first}}}",
+            f"  - {{measure: massive_dims, subset_of: {dims}}}",
+            f"  - {{measure: massive_dims, layers: {first}, contains: [{dominant}]}}",
+            f"  - {{measure: massive_tokens, subset_of: {summary['massive_tokens']}}}",
+            f"  - {{measure: top1, layers: {span}, at_least: {floor:.6g}}}",
+        ]
         if all(summary["layers"][L]["top"][0]["dim"] == dominant for L in range(first, last + 1)):
             checks.append(f"  - {{measure: top1_dim, layers: {span}, equals: {dominant}}}")
     text = "\n".join(header + [f"claim: {json.dumps(claim)}", "checks:"] + checks) + "\n"
@@ -137,17 +145,24 @@ def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out:
 
 
 def _write_page(summary: dict, out: Path, spec_path: Path) -> None:
-    rows = "".join(f"<tr><td>{r['layer']}</td><td>{r['top'][0]['value']:.4g}</td><td>{r['top'][0]['dim']}</td>"
-                   f"<td>{r['top'][0]['token']}</td><td>{r['median']:.4g}</td><td>{r['ratio']:.4g}</td></tr>"
-                   for r in summary["layers"])
-    images = "".join(f"<img src='{name}' style='max-width:100%'>" for name in ("profile.png", "heads.png", "ablation.png", "mlp.png")
-                     if (out / name).exists())
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>scan {escape(summary['model'])}</title></head>"
-            f"<body style='font-family:sans-serif;margin:2em'><h1>Scan of {escape(summary['model'])}</h1>"
-            f"<p>massive dims {summary['massive_dims']}, tokens {summary['massive_tokens']}, emerging at block "
-            f"{summary['emergence_layer']}; MLP explosion point {summary.get('explosion_point', '-')}.</p>"
-            f"<p>draft spec: {escape(spec_path)}</p>{images}<table border=1 cellpadding=3><tr><th>layer</th><th>top-1</th>"
-            f"<th>dim</th><th>token</th><th>median</th><th>ratio</th></tr>{rows}</table></body></html>")
+    rows = "".join(
+        f"<tr><td>{r['layer']}</td><td>{r['top'][0]['value']:.4g}</td><td>{r['top'][0]['dim']}</td>"
+        f"<td>{r['top'][0]['token']}</td><td>{r['median']:.4g}</td><td>{r['ratio']:.4g}</td></tr>"
+        for r in summary["layers"]
+    )
+    images = "".join(
+        f"<img src='{name}' style='max-width:100%'>"
+        for name in ("profile.png", "heads.png", "ablation.png", "mlp.png")
+        if (out / name).exists()
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>scan {escape(summary['model'])}</title></head>"
+        f"<body style='font-family:sans-serif;margin:2em'><h1>Scan of {escape(summary['model'])}</h1>"
+        f"<p>massive dims {summary['massive_dims']}, tokens {summary['massive_tokens']}, emerging at block "
+        f"{summary['emergence_layer']}; MLP explosion point {summary.get('explosion_point', '-')}.</p>"
+        f"<p>draft spec: {escape(spec_path)}</p>{images}<table border=1 cellpadding=3><tr><th>layer</th><th>top-1</th>"
+        f"<th>dim</th><th>token</th><th>median</th><th>ratio</th></tr>{rows}</table></body></html>"
+    )
     atomic_write(out / "index.html", page)
 
 
@@ -156,12 +171,27 @@ def diff(a: dict, b: dict) -> dict:
     layers = []
     for row_a, row_b in zip(a["layers"], b["layers"]):
         ta, tb = row_a["top"][0], row_b["top"][0]
-        layers.append({"layer": row_a["layer"], "top1_a": ta["value"], "top1_b": tb["value"],
-                       "change": stats.relative_change(ta["value"], tb["value"]), "dim_a": ta["dim"], "dim_b": tb["dim"]})
-    return {"a": a["model"], "b": b["model"], "layers": layers,
-            "massive_dims": {"a": a["massive_dims"], "b": b["massive_dims"],
-                             "only_a": sorted(set(a["massive_dims"]) - set(b["massive_dims"])),
-                             "only_b": sorted(set(b["massive_dims"]) - set(a["massive_dims"]))},
-            "massive_tokens": {"a": a["massive_tokens"], "b": b["massive_tokens"]},
-            "emergence_layer": {"a": a["emergence_layer"], "b": b["emergence_layer"]},
-            "n_layers": {"a": len(a["layers"]), "b": len(b["layers"])}}
+        layers.append(
+            {
+                "layer": row_a["layer"],
+                "top1_a": ta["value"],
+                "top1_b": tb["value"],
+                "change": stats.relative_change(ta["value"], tb["value"]),
+                "dim_a": ta["dim"],
+                "dim_b": tb["dim"],
+            }
+        )
+    return {
+        "a": a["model"],
+        "b": b["model"],
+        "layers": layers,
+        "massive_dims": {
+            "a": a["massive_dims"],
+            "b": b["massive_dims"],
+            "only_a": sorted(set(a["massive_dims"]) - set(b["massive_dims"])),
+            "only_b": sorted(set(b["massive_dims"]) - set(a["massive_dims"])),
+        },
+        "massive_tokens": {"a": a["massive_tokens"], "b": b["massive_tokens"]},
+        "emergence_layer": {"a": a["emergence_layer"], "b": b["emergence_layer"]},
+        "n_layers": {"a": len(a["layers"]), "b": len(b["layers"])},
+    }

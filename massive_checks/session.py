@@ -55,8 +55,14 @@ class ModelSession:
     """Everything computed on one loaded model; the cache key includes data and intervention.
     batch_size: sequences per forward chunk; None chooses it per pass from free memory."""
 
-    def __init__(self, lm: LoadedModel, batch_size: int | None = None, bootstrap: Bootstrap | None = None,
-                 judge_loader: Callable[[str], LoadedModel] | None = None, judge_model: str | None = None):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        batch_size: int | None = None,
+        bootstrap: Bootstrap | None = None,
+        judge_loader: Callable[[str], LoadedModel] | None = None,
+        judge_model: str | None = None,
+    ):
         self.lm, self.batch_size = lm, batch_size
         # Steering's coherence judge (judges.py): loaded once, by the suite where there is one.
         self._judge_loader = judge_loader or (lambda name: models.load(name, lm.device))
@@ -121,12 +127,15 @@ class ModelSession:
         losses: list[torch.Tensor] = []
         weights_needed = any(name.endswith(".attn.probs") for name in needs.sites)
         rows = self.chunk_rows(batch.input_ids.shape[1], needs.loss, weights_needed)
-        with torch.no_grad(), lm.attention(weights_needed), \
-                hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached:
+        with (
+            torch.no_grad(),
+            lm.attention(weights_needed),
+            hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached,
+        ):
             for start in range(0, batch.input_ids.shape[0], rows):
-                mask = batch.attention_mask[start:start + rows]
+                mask = batch.attention_mask[start : start + rows]
                 width = int(mask.sum(dim=1).max())  # drop all-padding columns of this chunk
-                ids = batch.input_ids[start:start + rows, :width].to(lm.device)
+                ids = batch.input_ids[start : start + rows, :width].to(lm.device)
                 mask = mask[:, :width].to(lm.device)
                 output = attached.forward(network, ids, mask, start, use_cache=False)
                 if needs.loss:
@@ -163,9 +172,16 @@ class ModelSession:
         cells = lambda layers, dims: massive_cells(baseline, layers, dims)
         return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, cells)
 
-    def view(self, data: DataConfig, intervention=BASELINE, massive=(100.0, 1000.0), plan_key: tuple = (),
-             sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None,
-             steering: Mapping | None = None) -> "ConfigView":
+    def view(
+        self,
+        data: DataConfig,
+        intervention=BASELINE,
+        massive=(100.0, 1000.0),
+        plan_key: tuple = (),
+        sibling: Callable[[str], "ConfigView"] | None = None,
+        vectors: Mapping | None = None,
+        steering: Mapping | None = None,
+    ) -> "ConfigView":
         return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors, steering)
 
 
@@ -180,10 +196,14 @@ def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) ->
 
 def numerics_message(lm: LoadedModel, site_name: str, config: str) -> str:
     dtype = str(lm.dtype).removeprefix("torch.")
-    limit = {"float16": "float16 overflows at 65504", "bfloat16": "bfloat16 overflows at ~3.4e38"}.get(dtype, f"{dtype} overflowed")
+    limit = {"float16": "float16 overflows at 65504", "bfloat16": "bfloat16 overflows at ~3.4e38"}.get(
+        dtype, f"{dtype} overflowed"
+    )
     advice = " - run with --dtype float32 or bfloat16" if dtype == "float16" else ""
-    return (f"numerics error on {lm.name}: inf/nan activations at {site_name} ({config}) in {dtype}; {limit}{advice}. "
-            f"Not a verdict on the claim.")
+    return (
+        f"numerics error on {lm.name}: inf/nan activations at {site_name} ({config}) in {dtype}; {limit}{advice}. "
+        f"Not a verdict on the claim."
+    )
 
 
 def _plan_key_of(intervention) -> tuple:
@@ -195,9 +215,17 @@ class ConfigView:
     """One (model, data, intervention) as measures see it: its captures, read from its shared
     pass (asking for a capture the pass lacks reruns it once with everything planned)."""
 
-    def __init__(self, session: ModelSession, data: DataConfig, intervention, massive, plan_key: tuple = (),
-                 sibling: Callable[[str], "ConfigView"] | None = None, vectors: Mapping | None = None,
-                 steering: Mapping | None = None):
+    def __init__(
+        self,
+        session: ModelSession,
+        data: DataConfig,
+        intervention,
+        massive,
+        plan_key: tuple = (),
+        sibling: Callable[[str], "ConfigView"] | None = None,
+        vectors: Mapping | None = None,
+        steering: Mapping | None = None,
+    ):
         self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
@@ -230,7 +258,9 @@ class ConfigView:
         return ConfigView(self.session, contrast.read(pairs).data(), BASELINE, (self.min_value, self.min_ratio))
 
     def captures(self, sites=(), medians=(), slices=()) -> dict[str, SiteStats]:
-        result = self.session.run(self.data, self.intervention, Needs(set(sites), set(medians), False, set(slices)), self.plan_key)
+        result = self.session.run(
+            self.data, self.intervention, Needs(set(sites), set(medians), False, set(slices)), self.plan_key
+        )
         for name in sites:
             if result.stats[name].overflow:  # a numerics error, never a verdict on the claim
                 raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))

@@ -34,7 +34,9 @@ SET_BOUNDS = ("subset_of", "contains", "excludes")
 BOUNDS = (*NUMBER_BOUNDS, "equals", *SET_BOUNDS)
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)]
-ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/-]+$", max_length=300)]  # as given to --model (hub ids have a /)
+ModelName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/-]+$", max_length=300)
+]  # as given to --model (hub ids have a /)
 Text = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 Number = float  # strict: ints and floats, finite, never booleans
 Layers = Union[Annotated[int, Field(ge=0)], Annotated[str, StringConstraints(max_length=1000)]]
@@ -56,6 +58,7 @@ class DataModel(_Strict):
 
 class MassiveModel(_Strict):
     """The paper's rule: |a| > min_value and |a| >= min_ratio x the sequence's median."""
+
     min_value: Annotated[Number, Field(gt=0)] = 100.0
     min_ratio: Annotated[Number, Field(gt=0)] = 1000.0
 
@@ -72,6 +75,7 @@ class GoldenModel(ToleranceModel):
 class StepModel(_Strict):
     """One step of a quantity, in order: a change between two configurations, or a reduction over
     the layer range."""
+
     change: Optional[ConfigPair] = None  # relative: (to - from) / |from|
     difference: Optional[ConfigPair] = None  # to - from
     over_layers: Optional[OverLayers] = None
@@ -91,9 +95,13 @@ def _quantity_fields(cls: type[Measure]) -> dict:
 
 
 # The bounds on a number (a measure's, or a compare's |a| / |b| or a - b), with approx's `rel`.
-NUMBER_BOUND_FIELDS = {"at_least": (Optional[Number], None), "at_most": (Optional[Number], None),
-                       "between": (Optional[Interval], None), "approx": (Optional[Number], None),
-                       "rel": (Optional[Annotated[Number, Field(gt=0)]], None)}
+NUMBER_BOUND_FIELDS = {
+    "at_least": (Optional[Number], None),
+    "at_most": (Optional[Number], None),
+    "between": (Optional[Interval], None),
+    "approx": (Optional[Number], None),
+    "rel": (Optional[Annotated[Number, Field(gt=0)]], None),
+}
 
 
 def _bound_fields(cls: type[Measure]) -> dict:
@@ -110,6 +118,7 @@ def _bound_fields(cls: type[Measure]) -> dict:
 class Schema:
     """The spec schema for the measures registered now: per measure, the flat model of a check
     (parameters, quantity keys, bounds) and of a compare side (no bounds); the spec model."""
+
     checks: dict
     sides: dict
     spec: type
@@ -138,16 +147,35 @@ def _build_schema() -> Schema:
     for name, cls in REGISTRY.items():
         base = _quantity_fields(cls)
         sides[name] = create_model(f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, **base)
-        checks[name] = create_model(f"{cls.__name__}Check", __base__=cls, __doc__=cls.__doc__,
-                                    id=(Optional[Name], None), reference=REFERENCE_FIELD, **base, **_bound_fields(cls))
+        checks[name] = create_model(
+            f"{cls.__name__}Check",
+            __base__=cls,
+            __doc__=cls.__doc__,
+            id=(Optional[Name], None),
+            reference=REFERENCE_FIELD,
+            **base,
+            **_bound_fields(cls),
+        )
     side_field = _union(sides)
-    pair = create_model("ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...),
-                        by=(Literal["ratio", "difference"], "ratio"))  # |a| / |b|, or a - b
-    compare = create_model("CompareCheck", __base__=_Strict, __doc__=COMPARE_DOC, id=(Optional[Name], None),
-                           reference=REFERENCE_FIELD, compare=(pair, ...), **NUMBER_BOUND_FIELDS)
+    pair = create_model(
+        "ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...), by=(Literal["ratio", "difference"], "ratio")
+    )  # |a| / |b|, or a - b
+    compare = create_model(
+        "CompareCheck",
+        __base__=_Strict,
+        __doc__=COMPARE_DOC,
+        id=(Optional[Name], None),
+        reference=REFERENCE_FIELD,
+        compare=(pair, ...),
+        **NUMBER_BOUND_FIELDS,
+    )
     check_field = _union(checks, {"compare": compare})
-    spec = create_model("SpecModel", __base__=_SpecBase, __doc__=_SpecBase.__doc__,
-                        checks=(Annotated[list[check_field], Field(min_length=1)], ...))
+    spec = create_model(
+        "SpecModel",
+        __base__=_SpecBase,
+        __doc__=_SpecBase.__doc__,
+        checks=(Annotated[list[check_field], Field(min_length=1)], ...),
+    )
     return Schema(checks, sides, spec)
 
 
@@ -169,12 +197,14 @@ COMPARE_DOC = "A bound on how two quantities compare: |a| / |b| (by: ratio) or a
 
 class CleanModel(_Strict):
     """Zero these dims (then renormalise): a list, or the top-k dims by mean |activation|."""
+
     dims: Optional[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]] = None
     top: Optional[Annotated[int, Field(ge=1)]] = None
 
 
 class VectorModel(_Strict):
     """A steering vector: a contrast set's pooled block outputs at one layer, and a method."""
+
     pairs: Annotated[str, StringConstraints(min_length=1)]  # built-in set (refusal, sentiment) or a JSONL file
     layer: Annotated[int, Field(ge=0)]  # block output (0-based)
     window: Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]  # last:K | first:K | all
@@ -184,6 +214,7 @@ class VectorModel(_Strict):
 
 class SweepModel(_Strict):
     """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
+
     start: Union[Literal[steer.CALIBRATED], Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
     factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
     steps: Annotated[int, Field(ge=1, le=20)] = 4
@@ -191,6 +222,7 @@ class SweepModel(_Strict):
 
 class TraitModel(_Strict):
     """Trait (pos) and anti-trait (neg) continuations whose log-odds at the response start score it."""
+
     pos: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
     neg: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
 
@@ -198,6 +230,7 @@ class TraitModel(_Strict):
 class SteeringModel(_Strict):
     """A steering configuration: a named vector's unit direction x coef after a block, swept over
     coefficients, its generated text judged for trait and coherence on held-out evaluation prompts."""
+
     vector: Name
     coefs: Optional[Annotated[list[Annotated[Number, Field(gt=0)]], Field(min_length=1)]] = None
     sweep: Optional[SweepModel] = None
@@ -205,16 +238,21 @@ class SteeringModel(_Strict):
     positions: Literal[steer.POSITIONS] = "all"
     first: bool = False  # steer position 0 too
     prompts: Annotated[int, Field(ge=1, le=1000)] = steer.PROMPTS
-    prompt_set: Optional[Annotated[str, StringConstraints(min_length=1)]] = None  # built-in set or file; default: the vector's contrast set's name
+    prompt_set: Optional[Annotated[str, StringConstraints(min_length=1)]] = (
+        None  # built-in set or file; default: the vector's contrast set's name
+    )
     max_new_tokens: Annotated[int, Field(ge=1, le=512)] = steer.MAX_NEW_TOKENS
     threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count
     trait: Optional[TraitModel] = None  # trait_logit's words; default: the built-in set's own
-    judge: Optional[Annotated[str, StringConstraints(min_length=1)]] = None  # trait judge: vader | refusal | entry point | module:function
+    judge: Optional[Annotated[str, StringConstraints(min_length=1)]] = (
+        None  # trait judge: vader | refusal | entry point | module:function
+    )
     judge_model: Optional[ModelName] = None  # coherence judge; default: --judge-model, else the other bundled model
 
 
 class DefaultsModel(_Strict):
     """`_defaults.yaml`: defaults for every spec in its directory and below."""
+
     models: Union[Literal["any"], ModelName, list[ModelName]] = "any"
     data: DataModel = DataModel()
     massive: MassiveModel = MassiveModel()
@@ -225,6 +263,7 @@ class DefaultsModel(_Strict):
 
 class _SpecBase(DefaultsModel):
     """One spec: a claim, the configurations it needs, and checks that must all hold."""
+
     id: Optional[Name] = None  # default: the file's stem (-N for the N-th document)
     claim: Text
     source: str = ""
@@ -297,7 +336,7 @@ class Quantity:
         parts.append(between.text() if between else f"[{self.config}]")
         if self.measure.layered:
             parts.append(f"layers {self.layers or 'all'}")
-        return " ".join(parts + [s.text() for s in self.steps[at + 1:]])
+        return " ".join(parts + [s.text() for s in self.steps[at + 1 :]])
 
     def describe(self) -> str:
         text = self.measure.text()
@@ -315,16 +354,21 @@ class Bound:
     def text(self) -> str:
         v = self.value
         return {
-            "between": lambda: f"in [{v[0]:g}, {v[1]:g}]", "at_least": lambda: f">= {v:g}",
-            "at_most": lambda: f"<= {v:g}", "approx": lambda: f"{v:g} ± {self.rel:.0%}",
-            "equals": lambda: f"== {_set_text(v) if isinstance(v, frozenset) else v}", "subset_of": lambda: f"⊆ {_set_text(v)}",
-            "contains": lambda: f"⊇ {_set_text(v)}", "excludes": lambda: f"∌ {_set_text(v)}",
+            "between": lambda: f"in [{v[0]:g}, {v[1]:g}]",
+            "at_least": lambda: f">= {v:g}",
+            "at_most": lambda: f"<= {v:g}",
+            "approx": lambda: f"{v:g} ± {self.rel:.0%}",
+            "equals": lambda: f"== {_set_text(v) if isinstance(v, frozenset) else v}",
+            "subset_of": lambda: f"⊆ {_set_text(v)}",
+            "contains": lambda: f"⊇ {_set_text(v)}",
+            "excludes": lambda: f"∌ {_set_text(v)}",
         }[self.kind]()
 
     def sides(self) -> set[str]:
         """Which ways this bound constrains the value: "low", "high" (numbers) or "set"."""
-        return {"between": {"low", "high"}, "approx": {"low", "high"}, "at_least": {"low"},
-                "at_most": {"high"}}.get(self.kind, {"set"})
+        return {"between": {"low", "high"}, "approx": {"low", "high"}, "at_least": {"low"}, "at_most": {"high"}}.get(
+            self.kind, {"set"}
+        )
 
     def holds(self, value) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -343,8 +387,11 @@ class Bound:
             if isinstance(value, (list, set, frozenset)):  # a set equals a set, or one element
                 return items == (target if isinstance(target, frozenset) else frozenset([target]))
             return value == target
-        return {"subset_of": lambda: items <= target, "contains": lambda: target <= items,
-                "excludes": lambda: not (target & items)}[kind]()
+        return {
+            "subset_of": lambda: items <= target,
+            "contains": lambda: target <= items,
+            "excludes": lambda: not (target & items),
+        }[kind]()
 
 
 def _set_text(values) -> str:
@@ -448,6 +495,7 @@ def load_file(path: str | Path) -> list[Spec]:
 @dataclass(frozen=True)
 class _Origin:
     """Where a value came from: its file and the mapping holding it (for lines)."""
+
     path: str
     mapping: Any
 
@@ -487,12 +535,16 @@ def _most_specific(errors: list[dict], doc) -> dict:
     """The error to report: an unknown key first (it explains the others), else the one reaching
     deepest into the document (a union reports one error per alternative; the deepest is the
     alternative the user wrote)."""
+
     def depth(error) -> int:
         node, found = doc, 0
         for part in error["loc"]:
-            if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+            if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and part < len(node)
+            ):
                 node, found = node[part], found + 1
         return found
+
     # among equally deep ones, the alternative of the type the user wrote (a too-long layers string
     # is a string error, not "should be a valid integer")
     wrote_a = lambda e: not e["type"].startswith(("int_", "float_", "bool_")) or not isinstance(e.get("input"), str)
@@ -509,8 +561,10 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     configs = _interventions(model, where)
     defined = _vectors(model, merged, where, origins)
     sweeps = _steering(model, merged, where, origins, defined)
-    checks = tuple(_check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined), sweeps)
-                   for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks)))
+    checks = tuple(
+        _check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, set(defined), sweeps)
+        for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks))
+    )
     measures = [q.measure for c in checks for q in (c.quantity, c.versus) if q is not None]
     used_sweeps = set().union(*(m.steering_refs() for m in measures))
     used = set().union(*(m.vector_refs() for m in measures)) | {sweeps[n].vector for n in used_sweeps}
@@ -520,14 +574,23 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
                 where.fail(doc[key], name, "is defined here but no check reads it", f"{key}.")
     _unique_check_ids(doc["checks"], checks, where)
     spec = Spec(
-        id=model.id or Path(path).stem + (f"-{index}" if index else ""), claim=model.claim, path=path, line=doc.line,
+        id=model.id or Path(path).stem + (f"-{index}" if index else ""),
+        claim=model.claim,
+        path=path,
+        line=doc.line,
         models=None if model.models == "any" else tuple([model.models] if isinstance(model.models, str) else model.models),
-        data=DataConfig(model.data.dataset, model.data.samples, model.data.seq_len), checks=checks,
-        interventions=configs, vectors={n: v for n, v in defined.items() if n in used},
-        steering={n: v for n, v in sweeps.items() if n in used_sweeps}, massive=(model.massive.min_value, model.massive.min_ratio),
+        data=DataConfig(model.data.dataset, model.data.samples, model.data.seq_len),
+        checks=checks,
+        interventions=configs,
+        vectors={n: v for n, v in defined.items() if n in used},
+        steering={n: v for n, v in sweeps.items() if n in used_sweeps},
+        massive=(model.massive.min_value, model.massive.min_ratio),
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
         inconclusive=dict(model.inconclusive) if isinstance(model.inconclusive, dict) else model.inconclusive,
-        claims=tuple(model.claims), golden=_golden(model.golden), source=model.source, notes=model.notes.strip(),
+        claims=tuple(model.claims),
+        golden=_golden(model.golden),
+        source=model.source,
+        notes=model.notes.strip(),
     )
     if model.models == []:
         where.fail(merged, "models", "names no model: list at least one, or write `any`")
@@ -538,14 +601,22 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
             where.fail(doc, key, f"names {', '.join(outside)}, which the spec does not run on (models: {list(spec.models)})")
     both = _expected_on(model.xfail) & _expected_on(model.inconclusive)
     if both:
-        where.fail(doc, "inconclusive", f"the claim is also an expected failure (xfail) on {', '.join(sorted(both))}: "
-                                        "a claim is expected contradicted or inconclusive, not both")
+        where.fail(
+            doc,
+            "inconclusive",
+            f"the claim is also an expected failure (xfail) on {', '.join(sorted(both))}: "
+            "a claim is expected contradicted or inconclusive, not both",
+        )
     identity = _Identity(configs, defined, sweeps)
     for i, (raw, check) in enumerate(zip(doc["checks"], checks)):
         _can_fail(raw, check, f"checks[{i}].", where, identity)
     if "massive" in doc and not _uses_massive_rule(spec):
-        where.fail(doc, "massive", "no check or intervention of this spec applies the massive rule "
-                                   f"({', '.join(sorted(n for n, c in REGISTRY.items() if c.uses_massive_rule))}, dims:...#massive)")
+        where.fail(
+            doc,
+            "massive",
+            "no check or intervention of this spec applies the massive rule "
+            f"({', '.join(sorted(n for n, c in REGISTRY.items() if c.uses_massive_rule))}, dims:...#massive)",
+        )
     return spec
 
 
@@ -577,35 +648,65 @@ class _Identity:
                 value = self.config(value)
             params[key] = value
         steps = tuple((s.kind, tuple(self.config(c) for c in s.value) if s.kind != "over_layers" else s.value) for s in q.steps)
-        return (q.measure.name, tuple(sorted(params.items(), key=lambda kv: kv[0])), self.config(q.config) if not q.between_configs else None,
-                q.layers or "all", steps)
+        return (
+            q.measure.name,
+            tuple(sorted(params.items(), key=lambda kv: kv[0])),
+            self.config(q.config) if not q.between_configs else None,
+            q.layers or "all",
+            steps,
+        )
 
 
 def _can_fail(raw, check: Check, prefix: str, where: _Where, identity: _Identity) -> None:
     """Checks that cannot fail are errors: a number compared with itself (a compare, change or
     difference whose two sides resolve to the same configuration, vector or steering run), and a
     bound that admits every value the quantity can take."""
-    sides = [(prefix, raw, check.quantity)] if check.versus is None else \
-        [(f"{prefix}compare.{side}.", raw["compare"][side], q) for side, q in (("a", check.quantity), ("b", check.versus))]
+    sides = (
+        [(prefix, raw, check.quantity)]
+        if check.versus is None
+        else [(f"{prefix}compare.{side}.", raw["compare"][side], q) for side, q in (("a", check.quantity), ("b", check.versus))]
+    )
     for side_prefix, side_raw, q in sides:
         step = q.between_configs
         if step is not None and identity.config(step.value[0]) == identity.config(step.value[1]):
-            where.fail(side_raw, step.kind if step.kind in side_raw else "steps", f"{list(step.value)} resolve to the same "
-                       f"configuration: this {step.kind} is 0 whatever the model does, so the check cannot fail", side_prefix)
+            where.fail(
+                side_raw,
+                step.kind if step.kind in side_raw else "steps",
+                f"{list(step.value)} resolve to the same "
+                f"configuration: this {step.kind} is 0 whatever the model does, so the check cannot fail",
+                side_prefix,
+            )
         names = [getattr(q.measure, f) for f in getattr(q.measure, "vector_fields", ())]
         if len(names) == 2 and identity.vectors.get(names[0]) == identity.vectors.get(names[1]):
-            where.fail(side_raw, "b", f"vectors {names[0]!r} and {names[1]!r} have the same definition: their "
-                                      f"{q.measure.name} is fixed, so the check cannot fail", side_prefix)
+            where.fail(
+                side_raw,
+                "b",
+                f"vectors {names[0]!r} and {names[1]!r} have the same definition: their "
+                f"{q.measure.name} is fixed, so the check cannot fail",
+                side_prefix,
+            )
     if check.versus is not None and identity.of(check.quantity) == identity.of(check.versus):
-        where.fail(raw, "compare", "its two sides resolve to the same quantity (the same measure on the same "
-                                   "configuration, vector or steering run): the comparison is fixed, so the check cannot fail", prefix)
+        where.fail(
+            raw,
+            "compare",
+            "its two sides resolve to the same quantity (the same measure on the same "
+            "configuration, vector or steering run): the comparison is fixed, so the check cannot fail",
+            prefix,
+        )
     low, high = check_range(check)
     if _admits_all(check.bound, low, high):
         what = check.quantity.measure.name if check.versus is None else f"the compare's {check.by}"
-        hint = " (an existence claim: bound a count, e.g. {measure: massive_positions, at_least: 1})" \
-            if check.quantity.measure.name == "emergence_layer" else ""
-        where.fail(raw, check.bound.kind, f"{check.bound.text()} admits every value {what} can take ([{low:g}, {high:g}]): "
-                                          f"the check cannot fail{hint}", prefix)
+        hint = (
+            " (an existence claim: bound a count, e.g. {measure: massive_positions, at_least: 1})"
+            if check.quantity.measure.name == "emergence_layer"
+            else ""
+        )
+        where.fail(
+            raw,
+            check.bound.kind,
+            f"{check.bound.text()} admits every value {what} can take ([{low:g}, {high:g}]): the check cannot fail{hint}",
+            prefix,
+        )
 
 
 def quantity_range(q: Quantity) -> tuple[float, float]:
@@ -633,8 +734,11 @@ def _admits_all(bound: Bound, low: float, high: float) -> bool:
     kind, target = bound.kind, bound.value
     if kind == "approx":
         kind, target = "between", (target - bound.rel * abs(target), target + bound.rel * abs(target))
-    return {"at_least": lambda: target <= low, "at_most": lambda: target >= high,
-            "between": lambda: target[0] <= low and target[1] >= high}.get(kind, lambda: False)()
+    return {
+        "at_least": lambda: target <= low,
+        "at_most": lambda: target >= high,
+        "between": lambda: target[0] <= low and target[1] >= high,
+    }.get(kind, lambda: False)()
 
 
 class _Where:
@@ -698,12 +802,22 @@ def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dic
     for name, s in model.steering.items():
         node, prefix = raw[name], f"steering.{name}."
         if s.vector not in defined:
-            at.fail(node, "vector", f"unknown vector {s.vector!r}; defined under vectors: {', '.join(sorted(defined)) or 'none'}", prefix)
+            at.fail(
+                node,
+                "vector",
+                f"unknown vector {s.vector!r}; defined under vectors: {', '.join(sorted(defined)) or 'none'}",
+                prefix,
+            )
         if s.coefs is None and s.sweep is None:
             at.fail(node, "vector", "give coefs: [..] or sweep: {start: .., factor: .., steps: ..}", prefix)
         pairs = defined[s.vector].pairs
         if s.trait is None and pairs not in contrast.TRAITS:
-            at.fail(node, "vector", f"contrast set {pairs!r} has no built-in trait words: give trait: {{pos: [..], neg: [..]}}", prefix)
+            at.fail(
+                node,
+                "vector",
+                f"contrast set {pairs!r} has no built-in trait words: give trait: {{pos: [..], neg: [..]}}",
+                prefix,
+            )
         if s.prompt_set is None and pairs not in contrast.BUILTIN_SETS:
             at.fail(node, "vector", f"contrast set {pairs!r} has no built-in evaluation prompts: give prompt_set: <file>", prefix)
         try:
@@ -711,17 +825,34 @@ def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dic
         except MassiveChecksError as exc:
             at.fail(node, "prompt_set" if s.prompt_set else "prompts", str(exc), prefix)
         if s.judge is None and pairs not in judges.DEFAULT_FOR_SET:
-            at.fail(node, "vector", f"contrast set {pairs!r} has no default trait judge: give judge: <vader | refusal | "
-                                    f"entry point | module:function>", prefix)
+            at.fail(
+                node,
+                "vector",
+                f"contrast set {pairs!r} has no default trait judge: give judge: <vader | refusal | "
+                f"entry point | module:function>",
+                prefix,
+            )
         try:
             judges.trait_judge(s.judge or judges.DEFAULT_FOR_SET[pairs])
         except ValueError as exc:
             at.fail(node, "judge", str(exc), prefix)
         sweep = None if s.sweep is None else steer.Sweep(s.sweep.start, float(s.sweep.factor), s.sweep.steps)
         trait = None if s.trait is None else (tuple(s.trait.pos), tuple(s.trait.neg))
-        parsed[name] = steer.SteeringDef(s.vector, tuple(float(c) for c in s.coefs or ()), sweep, s.layer, s.positions, s.first,
-                                         s.prompts, s.max_new_tokens, float(s.threshold), trait, s.judge, s.judge_model,
-                                         s.prompt_set)
+        parsed[name] = steer.SteeringDef(
+            s.vector,
+            tuple(float(c) for c in s.coefs or ()),
+            sweep,
+            s.layer,
+            s.positions,
+            s.first,
+            s.prompts,
+            s.max_new_tokens,
+            float(s.threshold),
+            trait,
+            s.judge,
+            s.judge_model,
+            s.prompt_set,
+        )
     return parsed
 
 
@@ -733,8 +864,9 @@ def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
         where.fail(mapping, "pairs", str(exc), prefix)
 
 
-def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(),
-           sweeps: dict | None = None) -> Check:
+def _check(
+    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(), sweeps: dict | None = None
+) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
         pair, raw_pair = parsed.compare, raw["compare"]
@@ -742,24 +874,39 @@ def _check(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: 
         b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, defined, sweeps)
         _comparable(raw_pair, a, b, prefix + "compare.", where)
         return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id, reference=parsed.reference)
-    return Check(_quantity(raw, parsed, prefix, configs, where, defined, sweeps), bound, raw.line, id=parsed.id,
-                 reference=parsed.reference)
+    return Check(
+        _quantity(raw, parsed, prefix, configs, where, defined, sweeps), bound, raw.line, id=parsed.id, reference=parsed.reference
+    )
 
 
 def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweeps: dict) -> None:
     """A steering measure names a defined configuration, and a numeric coef is one it runs."""
     for name in measure.steering_refs():
         if name not in sweeps:
-            where.fail(raw, "steering", f"unknown steering configuration {name!r}; defined under steering: "
-                                        f"{', '.join(sorted(sweeps)) or 'none'}", prefix)
+            where.fail(
+                raw,
+                "steering",
+                f"unknown steering configuration {name!r}; defined under steering: {', '.join(sorted(sweeps)) or 'none'}",
+                prefix,
+            )
         coef = getattr(measure, "coef", None)
         sweep = sweeps[name].sweep
         if coef in steer.CALIBRATED and (sweep is None or sweep.start not in steer.CALIBRATED):
-            where.fail(raw, "coef", f"{coef} is run only by a sweep from a calibrated start "
-                                    f"(steering {name!r}: sweep: {{start: calibrated_without_massive, ...}})", prefix)
+            where.fail(
+                raw,
+                "coef",
+                f"{coef} is run only by a sweep from a calibrated start "
+                f"(steering {name!r}: sweep: {{start: calibrated_without_massive, ...}})",
+                prefix,
+            )
         if isinstance(coef, float) and sweeps[name].sweep is None and coef not in sweeps[name].coefs:
-            where.fail(raw, "coef", f"{coef:g} is not among steering {name!r}'s coefs {list(sweeps[name].coefs)} "
-                                    f"(or use calibrated / calibrated_without_massive)", prefix)
+            where.fail(
+                raw,
+                "coef",
+                f"{coef:g} is not among steering {name!r}'s coefs {list(sweeps[name].coefs)} "
+                f"(or use calibrated / calibrated_without_massive)",
+                prefix,
+            )
 
 
 def _measure_of(parsed) -> Measure:
@@ -767,15 +914,20 @@ def _measure_of(parsed) -> Measure:
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
-def _quantity(raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(),
-              sweeps: dict | None = None) -> Quantity:
+def _quantity(
+    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(), sweeps: dict | None = None
+) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
     measure = _measure_of(parsed)
     _steering_reference(raw, measure, prefix, where, sweeps or {})
     for key in getattr(measure, "vector_fields", ()):
         if getattr(measure, key) not in defined:
-            where.fail(raw, key, f"unknown vector {getattr(measure, key)!r}; defined under vectors: "
-                                 f"{', '.join(sorted(defined)) or 'none'}", prefix)
+            where.fail(
+                raw,
+                key,
+                f"unknown vector {getattr(measure, key)!r}; defined under vectors: {', '.join(sorted(defined)) or 'none'}",
+                prefix,
+            )
     if hasattr(parsed, "pairs"):
         _readable_pairs(where, raw, parsed.pairs, prefix)
     for key in ("config", "versus"):
@@ -803,8 +955,13 @@ def _steps(raw, parsed, prefix: str, where: _Where) -> tuple[Step, ...]:
     if written is not None and short:
         where.fail(raw, short[0], "write every step inside steps: [...] (they apply in that order)", prefix)
     if len(short) > 1:
-        where.fail(raw, short[1], f"two steps ({' and '.join(short)}): write them as steps: [...] in the order they "
-                                  f"apply, e.g. steps: [{{{short[0]}: ...}}, {{{short[1]}: ...}}]", prefix)
+        where.fail(
+            raw,
+            short[1],
+            f"two steps ({' and '.join(short)}): write them as steps: [...] in the order they "
+            f"apply, e.g. steps: [{{{short[0]}: ...}}, {{{short[1]}: ...}}]",
+            prefix,
+        )
     steps = [Step(k, getattr(parsed, k)) for k in short]
     for i, step in enumerate(written or []):
         present = [k for k in ("change", "difference", "over_layers") if getattr(step, k) is not None]
@@ -816,7 +973,9 @@ def _steps(raw, parsed, prefix: str, where: _Where) -> tuple[Step, ...]:
         where.fail(raw, "steps", "at most one change (or difference) and one over_layers", prefix)
     per_layer = REGISTRY[parsed.measure].shape == "layers"
     if "over_layers" in kinds and not per_layer:
-        where.fail(raw, "steps", f"has no effect here: over_layers reduces a number per layer; {parsed.measure} is not one", prefix)
+        where.fail(
+            raw, "steps", f"has no effect here: over_layers reduces a number per layer; {parsed.measure} is not one", prefix
+        )
     if written is not None and not written:
         where.fail(raw, "steps", "an empty list of steps has no effect", prefix)
     return tuple(Step(s.kind, tuple(s.value) if s.kind != "over_layers" else s.value) for s in steps)
@@ -848,8 +1007,12 @@ def _comparable(pair, a: Quantity, b: Quantity, prefix: str, where: _Where) -> N
         if not q.numeric:
             where.fail(pair, side, f"compare needs numbers; {q.measure.name} is not a number", prefix)
     if a.single != b.single or (not a.single and (a.layers or "all") != (b.layers or "all")):
-        where.fail(pair, "a", "compare needs one value on each side (add over_layers) or the same layers on both "
-                              "sides (compared layer by layer)", prefix)
+        where.fail(
+            pair,
+            "a",
+            "compare needs one value on each side (add over_layers) or the same layers on both sides (compared layer by layer)",
+            prefix,
+        )
 
 
 def _unique_check_ids(raw_checks: list, parsed: tuple, where: _Where) -> None:
@@ -863,7 +1026,8 @@ def _unique_check_ids(raw_checks: list, parsed: tuple, where: _Where) -> None:
 
 def _uses_massive_rule(spec: Spec) -> bool:
     return any(q.measure.uses_massive_rule for q in spec.quantities()) or any(
-        r.at_massive_cells for requests in spec.interventions.values() for r in requests)
+        r.at_massive_cells for requests in spec.interventions.values() for r in requests
+    )
 
 
 # --------------------------------------------------------------------------- schema errors -> file:line:key
@@ -917,9 +1081,17 @@ def _message(error: dict, holder, key, value, loc) -> str:
             if key in WHY_NOT_HERE:
                 return "has no effect here: " + WHY_NOT_HERE[key].format(m=measure)
             return f"unknown key for {measure}; its keys: {', '.join(sorted(fields))}"
-        model = {"data": DataModel, "massive": MassiveModel, "golden": GoldenModel,
-                 "vectors": CleanModel if "clean" in loc else VectorModel,
-                 "steering": SweepModel if "sweep" in loc else TraitModel if "trait" in loc else SteeringModel}.get(loc[0]) if len(loc) > 1 else schema().spec
+        model = (
+            {
+                "data": DataModel,
+                "massive": MassiveModel,
+                "golden": GoldenModel,
+                "vectors": CleanModel if "clean" in loc else VectorModel,
+                "steering": SweepModel if "sweep" in loc else TraitModel if "trait" in loc else SteeringModel,
+            }.get(loc[0])
+            if len(loc) > 1
+            else schema().spec
+        )
         return f"unknown key; allowed: {', '.join(sorted(model.model_fields))}" if model else "unknown key"
     if kind.startswith("union_tag"):
         names = ", ".join(sorted(REGISTRY))

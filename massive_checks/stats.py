@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class Cell:
     value: float  # |a|
@@ -42,8 +41,10 @@ def massive_examples(cells: tuple, medians: torch.Tensor, min_value: float, min_
     sequence may have more than these (its K-th cell is massive too)."""
     values, features, tokens, _ = cells
     hits = is_massive(values, medians[:, None], min_value, min_ratio)  # [S, K]
-    found = sorted((Cell(float(values[s, j]), int(features[s, j]), int(tokens[s, j]), s) for s, j in hits.nonzero().tolist()),
-                   key=lambda c: (-c.value, c.sequence, c.token, c.dim))
+    found = sorted(
+        (Cell(float(values[s, j]), int(features[s, j]), int(tokens[s, j]), s) for s, j in hits.nonzero().tolist()),
+        key=lambda c: (-c.value, c.sequence, c.token, c.dim),
+    )
     return found, bool(hits[:, -1].any())
 
 
@@ -71,7 +72,6 @@ def key_attention(key_attn: torch.Tensor, key_tokens: torch.Tensor | None = None
     if key_tokens is None:
         return key_attn[:, :, 0]
     return key_attn.gather(2, key_tokens.view(-1, 1, 1).expand(-1, key_attn.shape[1], 1)).squeeze(2)
-
 
 
 def rank_heads(scores: torch.Tensor) -> list[tuple[int, int]]:

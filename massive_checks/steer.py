@@ -42,6 +42,7 @@ PROMPTS, MAX_NEW_TOKENS = 60, 32  # a steering configuration's defaults
 @dataclass(frozen=True)
 class Steering:
     """Where and how much: block `layer`'s output, `coef` a float or one per batch row [B]."""
+
     layer: int
     coef: float | torch.Tensor
     positions: str = "all"  # all | prompt | generated
@@ -55,12 +56,13 @@ CALIBRATED = ("calibrated", "calibrated_without_massive")  # the two C15 base co
 class Sweep:
     """Coefficients start x factor^k for k = -steps..steps: geometric steps both ways from a start
     (a number, or a calibrated base coefficient: `calibrated`, `calibrated_without_massive`)."""
+
     start: str | float
     factor: float
     steps: int
 
     def coefs(self, start: float) -> tuple[float, ...]:
-        return tuple(start * self.factor ** k for k in range(-self.steps, self.steps + 1))
+        return tuple(start * self.factor**k for k in range(-self.steps, self.steps + 1))
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class SteeringDef:
     judges.DEFAULT_FOR_SET), `judge_model` the coherence judge (default: the session's); `threshold`
     is the coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
     of trait_logit (default: the built-in set's own, contrast.TRAITS)."""
+
     vector: str
     coefs: tuple[float, ...] = ()
     sweep: Sweep | None = None
@@ -98,6 +101,7 @@ def steer_edit(steering: Steering, vector: torch.Tensor) -> HookFn:
     def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:
         chosen = chosen_positions(context, steering).to(x.device)  # [B, T]
         return x + offset.to(x.device, x.dtype) * chosen[..., None].to(x.dtype)
+
     return edit
 
 
@@ -137,14 +141,20 @@ def _left_padded(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
 @torch.no_grad()
-def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, steering: Steering | None = None,
-             vector: torch.Tensor | None = None, use_cache: bool = True) -> list[list[int]]:
+def generate(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    steering: Steering | None = None,
+    vector: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """Greedy continuations (token ids, max_new_tokens each, cut after an end-of-sequence token).
     Prompts are left-padded into one batch; positions count real tokens, so a token's position is
     the same with and without the cache, and with and without padding."""
@@ -160,9 +170,19 @@ def generate(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, ste
                 step_ids, step_mask, step_pos = new[-1][:, None], torch.ones_like(new[-1])[:, None], positions[:, -1:]
             else:
                 step_ids, step_mask, step_pos = ids, mask, positions
-            output = attached.forward(lm.model, step_ids, mask, step=step, positions=step_pos, prompt_length=prompt_length,
-                                      token_mask=step_mask, position_ids=step_pos, use_cache=use_cache,
-                                      logits_to_keep=1, **cache_argument(lm.model, past))
+            output = attached.forward(
+                lm.model,
+                step_ids,
+                mask,
+                step=step,
+                positions=step_pos,
+                prompt_length=prompt_length,
+                token_mask=step_mask,
+                position_ids=step_pos,
+                use_cache=use_cache,
+                logits_to_keep=1,
+                **cache_argument(lm.model, past),
+            )
             past = cache_of(output) if use_cache else None
             token = output.logits[:, -1].argmax(dim=-1)  # [B]
             new.append(token)
@@ -196,8 +216,13 @@ def _cut_at_eos(row: list[int], eos: int | None) -> list[int]:
 
 
 @torch.no_grad()
-def continuation_logprobs(lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]],
-                          steering: Steering | None = None, vector: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_logprobs(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    steering: Steering | None = None,
+    vector: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[N] log P(continuation_i | prompt_i) (sum over its tokens) and [N] its token count, under the
     (steered) model; one left-padded batch, so every continuation ends the row and logits are
     computed for the last (longest continuation + 1) positions only."""
@@ -206,10 +231,16 @@ def continuation_logprobs(lm: LoadedModel, prompts: list[list[int]], continuatio
     prompt_length = torch.tensor([len(p) for p in prompts])
     positions = hooks.token_positions(mask)
     with steered(lm, steering, vector) as attached:
-        logits = attached.forward(lm.model, ids.to(lm.device), mask.to(lm.device), positions=positions.to(lm.device),
-                                  prompt_length=prompt_length.to(lm.device), position_ids=positions.to(lm.device),
-                                  logits_to_keep=keep).logits[:, -keep:]  # [N, keep, V]
-    targets = ids[:, -keep + 1:]  # [N, keep - 1]: the tokens those logits predict
+        logits = attached.forward(
+            lm.model,
+            ids.to(lm.device),
+            mask.to(lm.device),
+            positions=positions.to(lm.device),
+            prompt_length=prompt_length.to(lm.device),
+            position_ids=positions.to(lm.device),
+            logits_to_keep=keep,
+        ).logits[:, -keep:]  # [N, keep, V]
+    targets = ids[:, -keep + 1 :]  # [N, keep - 1]: the tokens those logits predict
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.to(lm.device)[..., None]).squeeze(-1).cpu()
     counts = torch.tensor([len(c) for c in continuations])
     scored = torch.arange(keep - 1)[None, :] >= (keep - 1 - counts)[:, None]  # the last len(c) targets
@@ -217,8 +248,13 @@ def continuation_logprobs(lm: LoadedModel, prompts: list[list[int]], continuatio
 
 
 @torch.no_grad()
-def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, list[list[int]]],
-                   steering: Steering | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+def trait_log_odds(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    trait: dict[str, list[list[int]]],
+    steering: Steering | None = None,
+    vector: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[P] logsumexp log P(pos continuations) - logsumexp log P(neg), per prompt, under the (steered)
     model. Each prompt runs once; its KV cache is repeated for its continuations (right-padded
     after it). A per-row steering (coef [P], vector [P, D]) steers each prompt with its own."""
@@ -231,22 +267,40 @@ def trait_log_odds(lm: LoadedModel, prompts: list[list[int]], trait: dict[str, l
     cont = torch.full((n, width), _pad_id(lm), dtype=torch.long)
     cont_mask = torch.zeros((n, width), dtype=torch.long)
     for i, c in enumerate(continuations):
-        cont[i, :len(c)], cont_mask[i, :len(c)] = torch.tensor(c), 1
+        cont[i, : len(c)], cont_mask[i, : len(c)] = torch.tensor(c), 1
     cont, cont_mask = cont.repeat(len(prompts), 1).to(lm.device), cont_mask.repeat(len(prompts), 1).to(lm.device)  # [P*n, C]
     with steered(lm, steering, vector) as attached:
-        first = attached.forward(lm.model, ids, mask, positions=positions, prompt_length=prompt_length, position_ids=positions,
-                                 use_cache=True, logits_to_keep=1)
+        first = attached.forward(
+            lm.model,
+            ids,
+            mask,
+            positions=positions,
+            prompt_length=prompt_length,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per continuation row
-        steering = Steering(steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first)
+        steering = Steering(
+            steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first
+        )
         vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
     past = cache_of(first)
     past.batch_repeat_interleave(n)
     rows_length = prompt_length.repeat_interleave(n)
     cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [P*n, C]
     with steered(lm, steering, vector) as attached:
-        rest = attached.forward(lm.model, cont, torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1),
-                                positions=cont_positions, prompt_length=rows_length, token_mask=cont_mask,
-                                position_ids=cont_positions, use_cache=True, **cache_argument(lm.model, past))
+        rest = attached.forward(
+            lm.model,
+            cont,
+            torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1),
+            positions=cont_positions,
+            prompt_length=rows_length,
+            token_mask=cont_mask,
+            position_ids=cont_positions,
+            use_cache=True,
+            **cache_argument(lm.model, past),
+        )
     logits = torch.cat([first.logits[:, -1:].repeat_interleave(n, dim=0), rest.logits[:, :-1]], dim=1)  # [P*n, C, V]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [P*n, C]
     per_prompt = torch.where(cont_mask.bool(), logp, 0.0).sum(dim=1).view(len(prompts), n).cpu()
@@ -271,6 +325,7 @@ def judge_losses(judge: LoadedModel, prompts: list[str], texts: list[str], batch
 @dataclass(frozen=True)
 class Judging:
     """How a sweep's texts are judged: the trait judge (judges.trait_judge) and the judge model."""
+
     trait_name: str
     trait: judges.TraitJudge
     model: judges.JudgeModel
@@ -280,6 +335,7 @@ class Judging:
 class Texts:
     """The continuations of one run (or of the unsteered model) on a sweep's prompts, judged.
     Every field is per prompt, in prompt order: [P]."""
+
     tokens: tuple[tuple[int, ...], ...]
     texts: tuple[str, ...]  # decoded continuations, without the prompts
     traits: tuple[float, ...]  # the trait judge's score x 100
@@ -291,6 +347,7 @@ class Texts:
 @dataclass(frozen=True)
 class SteeringResult:
     """One coefficient of a sweep: its scores (means over prompts) and its judged texts."""
+
     coef: float
     trait: float  # the judged trait score (0-100)
     trait_logit: float  # the log-odds trait score (0-100)
@@ -302,11 +359,18 @@ class SteeringResult:
         return self.judged.texts
 
 
-def unsteered(lm: LoadedModel, prompts: list[list[int]], prompt_texts: list[str], trait: dict[str, list[list[int]]],
-              max_new_tokens: int, judging: Judging, batch_size: int = GENERATION_ROWS) -> Texts:
+def unsteered(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    prompt_texts: list[str],
+    trait: dict[str, list[list[int]]],
+    max_new_tokens: int,
+    judging: Judging,
+    batch_size: int = GENERATION_ROWS,
+) -> Texts:
     """The unsteered model's continuations on a sweep's prompts, judged (coherence's reference)."""
     tokens = _chunked(lambda ps: generate(lm, ps, max_new_tokens), prompts, batch_size)
-    odds = torch.cat([trait_log_odds(lm, prompts[i:i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
+    odds = torch.cat([trait_log_odds(lm, prompts[i : i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
     return _judged(lm, tokens, odds.tolist(), prompt_texts, judging)
 
 
@@ -315,21 +379,38 @@ def _judged(lm: LoadedModel, tokens: list[list[int]], log_odds: list[float], pro
     traits = 100.0 * judges.judge_texts(judging.trait, texts, judging.trait_name)
     logits = 100.0 * torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64))
     losses = judge_losses(judging.model.lm, prompt_texts, texts)
-    return Texts(tuple(map(tuple, tokens)), tuple(texts), tuple(traits.tolist()), tuple(logits.tolist()),
-                 tuple(losses.tolist()), tuple(judges.distinct_2s(texts).tolist()))
+    return Texts(
+        tuple(map(tuple, tokens)),
+        tuple(texts),
+        tuple(traits.tolist()),
+        tuple(logits.tolist()),
+        tuple(losses.tolist()),
+        tuple(judges.distinct_2s(texts).tolist()),
+    )
 
 
 def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> SteeringResult:
     """Means over prompts; coherence against the unsteered texts (judges.py)."""
-    coherence = judges.mean_coherence(np.array(judged.losses), np.array(judged.distinct), np.array(baseline.losses),
-                                      np.array(baseline.distinct), chance)
+    coherence = judges.mean_coherence(
+        np.array(judged.losses), np.array(judged.distinct), np.array(baseline.losses), np.array(baseline.distinct), chance
+    )
     return SteeringResult(float(coef), float(np.mean(judged.traits)), float(np.mean(judged.logits)), coherence, judged)
 
 
-def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, prompts: list[list[int]],
-          prompt_texts: list[str], trait: dict[str, list[list[int]]], max_new_tokens: int, judging: Judging,
-          positions: str = "all", first: bool = False, batch_size: int = GENERATION_ROWS,
-          baseline: Texts | None = None) -> list[SteeringResult]:
+def sweep(
+    lm: LoadedModel,
+    runs: list[tuple[torch.Tensor, float]],
+    layer: int,
+    prompts: list[list[int]],
+    prompt_texts: list[str],
+    trait: dict[str, list[list[int]]],
+    max_new_tokens: int,
+    judging: Judging,
+    positions: str = "all",
+    first: bool = False,
+    batch_size: int = GENERATION_ROWS,
+    baseline: Texts | None = None,
+) -> list[SteeringResult]:
     """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
     order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row
     with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
@@ -340,14 +421,17 @@ def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, p
     tokens: dict[tuple[int, int], list[int]] = {}
     log_odds: dict[tuple[int, int], float] = {}
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         chunk_prompts = [prompts[j] for _, j in chunk]
         steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
         vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
         tokens.update(zip(chunk, generate(lm, chunk_prompts, max_new_tokens, steering, vectors)))
         log_odds.update(zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()))
-    judged_rows = _judged(lm, [tokens[r] for r in rows], [log_odds[r] for r in rows], [prompt_texts[j] for _, j in rows],
-                          judging) if rows else None
+    judged_rows = (
+        _judged(lm, [tokens[r] for r in rows], [log_odds[r] for r in rows], [prompt_texts[j] for _, j in rows], judging)
+        if rows
+        else None
+    )
     results, chance = [], judging.model.chance
     for i, (_, coef) in enumerate(runs):
         if coef == 0:
@@ -359,17 +443,28 @@ def sweep(lm: LoadedModel, runs: list[tuple[torch.Tensor, float]], layer: int, p
     return results
 
 
-def run(lm: LoadedModel, vector: torch.Tensor, layer: int, coefs: list[float], prompts: list[list[int]],
-        prompt_texts: list[str], trait: dict[str, list[list[int]]], max_new_tokens: int, judging: Judging,
-        positions: str = "all", first: bool = False) -> list[SteeringResult]:
+def run(
+    lm: LoadedModel,
+    vector: torch.Tensor,
+    layer: int,
+    coefs: list[float],
+    prompts: list[list[int]],
+    prompt_texts: list[str],
+    trait: dict[str, list[list[int]]],
+    max_new_tokens: int,
+    judging: Judging,
+    positions: str = "all",
+    first: bool = False,
+) -> list[SteeringResult]:
     """Every score of the model steered at each coefficient (coef 0 is the unsteered model)."""
-    return sweep(lm, [(vector, float(c)) for c in coefs], layer, prompts, prompt_texts, trait, max_new_tokens, judging,
-                 positions, first)
+    return sweep(
+        lm, [(vector, float(c)) for c in coefs], layer, prompts, prompt_texts, trait, max_new_tokens, judging, positions, first
+    )
 
 
 def _chunked(fn, items: list, size: int) -> list:
-    return [out for start in range(0, len(items), size) for out in fn(items[start:start + size])]
+    return [out for start in range(0, len(items), size) for out in fn(items[start : start + size])]
 
 
 def _chunked_tensor(fn, a: list, b: list, size: int) -> torch.Tensor:
-    return torch.cat([fn(a[start:start + size], b[start:start + size]) for start in range(0, len(a), size)])
+    return torch.cat([fn(a[start : start + size], b[start : start + size]) for start in range(0, len(a), size)])

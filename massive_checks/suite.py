@@ -96,8 +96,13 @@ class Suite:
             except MassiveChecksError as exc:
                 self.unavailable[name] = str(exc)
                 raise ModelUnavailable(f"model {name!r} could not be loaded: see 'massive_checks: models' below") from None
-            session = ModelSession(lm, o.batch_size, intervals.Bootstrap(o.resamples, o.confidence),
-                                   judge_loader=lambda other: self.session(other, judge=True).lm, judge_model=o.judge_model)
+            session = ModelSession(
+                lm,
+                o.batch_size,
+                intervals.Bootstrap(o.resamples, o.confidence),
+                judge_loader=lambda other: self.session(other, judge=True).lm,
+                judge_model=o.judge_model,
+            )
             for spec in self.planned.get(name, []):
                 self._plan_one(session, spec)
             self.sessions[name] = session
@@ -126,7 +131,9 @@ class Suite:
             session = self.session(model)
             observation, verdict = Evaluator(spec, session, self.data_for(spec)).evaluate()
         except MassiveChecksError as exc:
-            self.records.append(report.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc))
+            self.records.append(
+                report.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc)
+            )
             raise
         observation.path = self.relative(spec.path)
         golden_result = self._golden(spec, observation, verdict) if spec.golden else None
@@ -138,8 +145,20 @@ class Suite:
         return SpecRun(observation, verdict, golden_result, record)
 
     def _header(self, spec: Spec, model: str) -> Observation:
-        return Observation(spec.id, spec.claim, model, self.relative(spec.path), spec.line, spec.source, spec.notes, {}, [], {},
-                           confidence=self.options.confidence, claims=spec.claims)
+        return Observation(
+            spec.id,
+            spec.claim,
+            model,
+            self.relative(spec.path),
+            spec.line,
+            spec.source,
+            spec.notes,
+            {},
+            [],
+            {},
+            confidence=self.options.confidence,
+            claims=spec.claims,
+        )
 
     def _golden(self, spec: Spec, observation: Observation, verdict: Verdict) -> golden.GoldenResult:
         path = golden.golden_path(self.golden_root(), observation.model, spec.id)
@@ -194,8 +213,14 @@ class Suite:
     def export(self) -> dict:
         """Plain data: what a worker sends its controller (its figures drawn)."""
         self.settle_figures()
-        return {"results": self.records, "models": self.headers, "unavailable": self.unavailable, "loads": self.loads,
-                "judge_loads": self.judge_loads, "threads": self.threads}
+        return {
+            "results": self.records,
+            "models": self.headers,
+            "unavailable": self.unavailable,
+            "loads": self.loads,
+            "judge_loads": self.judge_loads,
+            "threads": self.threads,
+        }
 
     def merge(self, exported: dict) -> None:
         self.records += exported.get("results", [])

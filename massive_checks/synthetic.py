@@ -32,8 +32,15 @@ def _configs():
 
     L, D, H, F = TINY["layers"], TINY["width"], TINY["heads"], TINY["ffn"]
     common = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    llama_like = dict(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, num_key_value_heads=2,
-                      intermediate_size=F, max_position_embeddings=512, **common)
+    llama_like = dict(
+        num_hidden_layers=L,
+        hidden_size=D,
+        num_attention_heads=H,
+        num_key_value_heads=2,
+        intermediate_size=F,
+        max_position_embeddings=512,
+        **common,
+    )
     return {
         "tiny-gpt2": (T.GPT2Config(n_layer=L, n_embd=D, n_head=H, n_inner=F, n_positions=512, **common), False),
         "tiny-llama": (T.LlamaConfig(**llama_like), True),
@@ -42,20 +49,56 @@ def _configs():
         "tiny-gemma": (T.GemmaConfig(head_dim=D // H, **llama_like), True),
         "tiny-gemma2": (T.Gemma2Config(head_dim=D // H, **llama_like), True),
         "tiny-gemma3": (T.Gemma3TextConfig(head_dim=D // H, **llama_like), True),
-        "tiny-neox": (T.GPTNeoXConfig(num_hidden_layers=L, hidden_size=D, num_attention_heads=H,
-                                      intermediate_size=F, max_position_embeddings=512, **common), True),
-        "tiny-opt": (T.OPTConfig(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, ffn_dim=F,
-                                 word_embed_proj_dim=D, max_position_embeddings=512, **common), True),
-        "tiny-gemma3-mm": (T.Gemma3Config(
-            text_config=T.Gemma3TextConfig(head_dim=D // H, **llama_like).to_dict(), mm_tokens_per_image=4,
-            vision_config=T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, image_size=28, patch_size=14).to_dict()), True),
+        "tiny-neox": (
+            T.GPTNeoXConfig(
+                num_hidden_layers=L,
+                hidden_size=D,
+                num_attention_heads=H,
+                intermediate_size=F,
+                max_position_embeddings=512,
+                **common,
+            ),
+            True,
+        ),
+        "tiny-opt": (
+            T.OPTConfig(
+                num_hidden_layers=L,
+                hidden_size=D,
+                num_attention_heads=H,
+                ffn_dim=F,
+                word_embed_proj_dim=D,
+                max_position_embeddings=512,
+                **common,
+            ),
+            True,
+        ),
+        "tiny-gemma3-mm": (
+            T.Gemma3Config(
+                text_config=T.Gemma3TextConfig(head_dim=D // H, **llama_like).to_dict(),
+                mm_tokens_per_image=4,
+                vision_config=T.SiglipVisionConfig(
+                    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+                ).to_dict(),
+            ),
+            True,
+        ),
         "planted-llama": (T.LlamaConfig(**{**llama_like, "num_hidden_layers": 4}), True),
     }
 
 
-BUILDERS = ("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gemma", "tiny-gemma2",
-            "tiny-gemma3", "tiny-gemma3-mm", "tiny-neox", "tiny-opt", "planted-llama")
+BUILDERS = (
+    "tiny-gpt2",
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-gemma",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-gemma3-mm",
+    "tiny-neox",
+    "tiny-opt",
+    "planted-llama",
+)
 
 # Ground truth of planted-llama: block `layer`'s MLP writes ~1e3 into residual `dim` at the
 # first token (<s>, position 0). `trigger` is a residual dim that only <s> carries.

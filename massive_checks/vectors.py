@@ -43,8 +43,11 @@ class Cleaning:
         return cls("dims", tuple(sorted(value)))
 
     def text(self) -> str:
-        return {"dims": lambda: f"dims {list(self.dims)}", "top": lambda: f"top-{self.k} dims by |activation|",
-                "massive": lambda: "massive dims"}[self.kind]()
+        return {
+            "dims": lambda: f"dims {list(self.dims)}",
+            "top": lambda: f"top-{self.k} dims by |activation|",
+            "massive": lambda: "massive dims",
+        }[self.kind]()
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,10 @@ def logistic_optimum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if decrement <= 1e-10 * max(1.0, abs(value)):
             return theta - step  # in Newton's quadratic region: one more full step squares the error
         theta = theta - _armijo(objective, theta, value, step, decrement) * step
-    raise ArithmeticError(f"the probe's logistic regression did not converge in {PROBE_MAX_NEWTON_STEPS} "
-                          f"Newton steps (Newton decrement {decrement:.3g}); are the activations finite?")
+    raise ArithmeticError(
+        f"the probe's logistic regression did not converge in {PROBE_MAX_NEWTON_STEPS} "
+        f"Newton steps (Newton decrement {decrement:.3g}); are the activations finite?"
+    )
 
 
 def _armijo(objective, theta: torch.Tensor, value: float, step: torch.Tensor, decrement: float) -> float:
@@ -219,7 +224,6 @@ def norms(acts: torch.Tensor, without=()) -> torch.Tensor:
     a = acts.double().clone()
     a[:, list(without)] = 0.0
     return a.norm(dim=1)
-
 
 
 def energy_of_dims(acts: torch.Tensor, dims) -> float:

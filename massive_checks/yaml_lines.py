@@ -10,6 +10,7 @@ import yaml
 
 from .errors import SpecError
 
+
 class _Map(dict):
     """A mapping that remembers the line of each key (1-based)."""
 
@@ -40,8 +41,12 @@ class _LineLoader(yaml.SafeLoader):
             if isinstance(exc, SpecError):
                 raise
             text = node.value if isinstance(node.value, str) else f"a {node.id}"
-            raise SpecError(self.name, node.start_mark.line + 1, "", f"{text[:40]!r} cannot be read as "
-                                                                    f"{node.tag.rsplit(':', 1)[-1]} ({type(exc).__name__}: {str(exc)[:80]})") from None
+            raise SpecError(
+                self.name,
+                node.start_mark.line + 1,
+                "",
+                f"{text[:40]!r} cannot be read as {node.tag.rsplit(':', 1)[-1]} ({type(exc).__name__}: {str(exc)[:80]})",
+            ) from None
 
 
 def _construct_mapping(loader, node):
@@ -69,7 +74,8 @@ _LineLoader.yaml_implicit_resolvers = {
 }
 for _first in "tTfF":
     _LineLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
-        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    )
 
 
 def _deepest_line(text: str, limit: int = 200) -> int:

@@ -13,8 +13,17 @@ from conftest import SMALL_DATA
 
 ARCHITECTURES = [name for name in synthetic.BUILDERS if name.startswith("tiny-")]
 D, F, H = synthetic.TINY["width"], synthetic.TINY["ffn"], synthetic.TINY["heads"]
-WIDTHS = {"out": D, "attn.out": D, "attn.o_in": D, "mlp.in": D, "mlp.up": F, "mlp.gate": F, "mlp.act": F,
-          "mlp.down_in": F, "mlp.out": D}
+WIDTHS = {
+    "out": D,
+    "attn.out": D,
+    "attn.o_in": D,
+    "mlp.in": D,
+    "mlp.up": F,
+    "mlp.gate": F,
+    "mlp.act": F,
+    "mlp.down_in": F,
+    "mlp.out": D,
+}
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

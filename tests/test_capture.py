@@ -76,7 +76,9 @@ def assert_profile_matches(session: ModelSession, data: DataConfig, rtol: float)
     for layer, (top, median) in enumerate(expected):
         observed = P.top_cells(view, layer, 3)
         assert [(c.dim, c.token) for c in observed] == [(c.dim, c.token) for c in top], f"layer {layer}"
-        torch.testing.assert_close(torch.tensor([c.value for c in observed]), torch.tensor([c.value for c in top]), rtol=rtol, atol=0)
+        torch.testing.assert_close(
+            torch.tensor([c.value for c in observed]), torch.tensor([c.value for c in top]), rtol=rtol, atol=0
+        )
         assert P.median(view, layer).value == pytest.approx(median, rel=rtol), f"median, layer {layer}"
 
 
@@ -99,8 +101,9 @@ def test_padding_is_excluded(session_for, name):
     stats = session.run(SMALL_DATA).stats[hooks.site(1, "out")]
     n = int(batch.lengths[shortest])
     with torch.no_grad():
-        alone = reference_block_outputs(session.lm, batch.input_ids[shortest:shortest + 1, :n],
-                                        batch.attention_mask[shortest:shortest + 1, :n])[1][0]
+        alone = reference_block_outputs(
+            session.lm, batch.input_ids[shortest : shortest + 1, :n], batch.attention_mask[shortest : shortest + 1, :n]
+        )[1][0]
     values, dims, tokens = stats.top()
     assert float(values[shortest]) == pytest.approx(float(alone.abs().max()), rel=1e-5)
     assert int(tokens[shortest]) < n
@@ -111,7 +114,9 @@ def test_batch_size_does_not_change_results(session_for):
     one = session_for("tiny-llama", batch_size=1).view(SMALL_DATA)
     all_at_once = session_for("tiny-llama", batch_size=6).view(SMALL_DATA)
     for layer in range(one.lm.n_layers):
-        assert [c.value for c in P.top_cells(one, layer, 3)] == pytest.approx([c.value for c in P.top_cells(all_at_once, layer, 3)], rel=1e-5)
+        assert [c.value for c in P.top_cells(one, layer, 3)] == pytest.approx(
+            [c.value for c in P.top_cells(all_at_once, layer, 3)], rel=1e-5
+        )
         assert P.median(one, layer).value == pytest.approx(P.median(all_at_once, layer).value, rel=1e-5)
 
 
@@ -151,9 +156,11 @@ def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for,
     from massive_checks.spec import load_file
 
     path = tmp_path / "two.yaml"
-    path.write_text("id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, at_least: 1.0e-6}\n"
-                    "---\nid: two\nclaim: c\ninterventions:\n  y: ['mlp:1']\nchecks:\n"
-                    "  - {measure: median, change: [baseline, y], layers: 2, at_least: -0.9}\n")
+    path.write_text(
+        "id: one\nclaim: c\ninterventions:\n  x: ['mlp:1']\nchecks:\n  - {measure: top1, config: x, at_least: 1.0e-6}\n"
+        "---\nid: two\nclaim: c\ninterventions:\n  y: ['mlp:1']\nchecks:\n"
+        "  - {measure: median, change: [baseline, y], layers: 2, at_least: -0.9}\n"
+    )
     session = session_for("tiny-llama")
     specs = load_file(path)
     for spec in specs:
@@ -229,7 +236,7 @@ def test_lower_median_is_the_median_of_real_cells(by_sort):
             act = act.round()  # ties
         mask = torch.ones(B, T, dtype=torch.long)
         for b in range(B):
-            mask[b, int(torch.randint(1, T + 1, (1,))):] = 0
+            mask[b, int(torch.randint(1, T + 1, (1,))) :] = 0
         if trial % 10 == 0:
             mask[-1] = 0  # a row without real cells: NaN, as nanmedian gives
         padding = ~mask.bool()[..., None]
@@ -269,8 +276,14 @@ def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
     from massive_checks import capture
 
     monkeypatch.setattr(capture, "PACK_BYTES", 64)  # bytes: 16 float32 values
-    tensors = [torch.randn(2, 3), torch.arange(5), torch.randn(2, 2).t(), torch.randn(40), torch.tensor(7.0),
-               torch.tensor([True, False])]
+    tensors = [
+        torch.randn(2, 3),
+        torch.arange(5),
+        torch.randn(2, 2).t(),
+        torch.randn(40),
+        torch.tensor(7.0),
+        torch.tensor([True, False]),
+    ]
     # float32: 24 + 16 bytes fit one group; 160 bytes go alone; the scalar starts the next group
     assert capture._pack_groups(tensors) == [[0, 2], [3], [4], [1], [5]]
     copies = capture.to_host(tensors, packed=True)
@@ -334,8 +347,9 @@ def test_stop_early_runs_no_block_after_the_deepest_site(load_model, monkeypatch
     ids, mask = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     sites = [hooks.site(0, "out"), hooks.site(1, "mlp.out")]
     ran: list[int] = []
-    counters = [lm.module(f"{lm.adapter.blocks}.{L}").register_forward_hook(lambda *_, L=L: ran.append(L))
-                for L in range(lm.n_layers)]
+    counters = [
+        lm.module(f"{lm.adapter.blocks}.{L}").register_forward_hook(lambda *_, L=L: ran.append(L)) for L in range(lm.n_layers)
+    ]
     try:
         with torch.no_grad(), capture_stats(lm, sites, median_sites=set(sites)) as full:
             assert full.forward(lm.model, ids, mask).logits is not None
@@ -376,8 +390,11 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
     lm = load_model("tiny-llama")
     data = DataConfig(samples=5, seq_len=20)
     sites = {hooks.site(L, name) for L in range(lm.n_layers) for name in ("out", "attn.o_in", "mlp.act", "mlp.out")}
-    needs = Needs(sites=sites, medians={hooks.site(L, "out") for L in range(lm.n_layers)} | {"blocks.1.mlp.act"},
-                  slices={("blocks.0.out", 3), ("blocks.2.mlp.act", 7)})
+    needs = Needs(
+        sites=sites,
+        medians={hooks.site(L, "out") for L in range(lm.n_layers)} | {"blocks.1.mlp.act"},
+        slices={("blocks.0.out", 3), ("blocks.2.mlp.act", 7)},
+    )
     intervention = (Ablation("dims", 1, units=(2,)),)
 
     def run():
@@ -387,8 +404,11 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
     held = []
     monkeypatch.setattr(capture, "GPU_WAYS", True)
     monkeypatch.setattr(capture, "HOLD_BYTES", hold_bytes)
-    monkeypatch.setattr(capture.HeldHidden, "flush", lambda self, key, flush=capture.HeldHidden.flush:
-                        held.append(len(self.stacks[key][1])) or flush(self, key))
+    monkeypatch.setattr(
+        capture.HeldHidden,
+        "flush",
+        lambda self, key, flush=capture.HeldHidden.flush: held.append(len(self.stacks[key][1])) or flush(self, key),
+    )
     got = run()
     assert sum(held) == len(sites) * 3  # every site of every chunk went through a stack
     stacks = 4  # per chunk: (width, median or not) of out, o_in and mlp.out, and of mlp.act

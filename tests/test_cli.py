@@ -11,7 +11,6 @@ from massive_checks import cli
 from massive_checks.synthetic import PLANT
 
 
-
 def run_json(capsys, *argv):
     assert cli.main(list(argv)) == 0
     return json.loads(capsys.readouterr().out)
@@ -31,13 +30,24 @@ def test_profile_json_schema_and_planted_truth(capsys):
         assert paper["median"] == row["median"] and paper["ratio"] == pytest.approx(paper["top"][0] / paper["median"])
     assert set(doc["statistics"]) == {"paper", "max_over_sequences"}
     assert {(m["layer"], m["dim"], m["token"]) for m in doc["massive"]} == {
-        (layer, PLANT["dim"], PLANT["token"]) for layer in range(PLANT["layer"], 4)}
+        (layer, PLANT["dim"], PLANT["token"]) for layer in range(PLANT["layer"], 4)
+    }
     assert all(set(m) == {"layer", "value", "dim", "token", "sequence"} for m in doc["massive"])
 
 
 def test_profile_with_ablation_composes(capsys):
-    doc = run_json(capsys, "profile", "planted-llama", "--samples", "4", "--json",
-                   "--ablate", f"mlp:{PLANT['layer']}", "--ablate", "heads:0.1")
+    doc = run_json(
+        capsys,
+        "profile",
+        "planted-llama",
+        "--samples",
+        "4",
+        "--json",
+        "--ablate",
+        f"mlp:{PLANT['layer']}",
+        "--ablate",
+        "heads:0.1",
+    )
     assert doc["massive"] == []
     assert doc["intervention"] == f"heads@0[1] + mlp@{PLANT['layer']}"
 
@@ -48,12 +58,13 @@ def test_heads_json_equals_plain_transformers(capsys, load_model):
     assert scores == sorted(scores, reverse=True) and len(scores) == 3 * 4
     lm = load_model("tiny-gpt2")
     from massive_checks.data import DataConfig, tokenize
+
     batch = tokenize(lm.tokenizer, DataConfig(samples=5, seq_len=24))
     with torch.no_grad():
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_attentions=True)
     for head in doc["heads"]:
         probs = out.attentions[head["layer"]][:, head["head"]]  # [B, T, T]
-        per_seq = [probs[b, 1:int(n), 0].mean() for b, n in enumerate(batch.lengths)]
+        per_seq = [probs[b, 1 : int(n), 0].mean() for b, n in enumerate(batch.lengths)]
         assert head["score"] == pytest.approx(float(torch.stack(per_seq).mean()), rel=1e-5)
 
 

@@ -30,11 +30,14 @@ def test_txt_and_jsonl_datasets(tmp_path, load_model):
     assert a.attention_mask.sum(1).tolist() == [8, 8]
 
 
-@pytest.mark.parametrize("content, suffix, message", [
-    ('{"txt": 1}\n', ".jsonl", 'needs a string field "text"'),
-    ("not json\n", ".jsonl", "d.jsonl:1: not valid JSON"),
-    ("a,b\n", ".csv", "expected a .txt"),
-])
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        ('{"txt": 1}\n', ".jsonl", 'needs a string field "text"'),
+        ("not json\n", ".jsonl", "d.jsonl:1: not valid JSON"),
+        ("a,b\n", ".csv", "expected a .txt"),
+    ],
+)
 def test_bad_dataset_files_are_clear_errors(tmp_path, content, suffix, message):
     path = tmp_path / f"d{suffix}"
     path.write_text(content)

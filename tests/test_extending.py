@@ -32,6 +32,7 @@ def top1_share():
 
     class Top1Share(PerLayer):
         """top-1 / (top-1 + top-2 + top-3) of the block output."""
+
         measure: Literal["top1_share"] = "top1_share"
 
         def at(self, view, layer):
@@ -46,9 +47,11 @@ def top1_share():
 def test_a_measure_is_one_registered_class(tmp_path, top1_share, session_for):
     path = tmp_path / "specs" / "share.yaml"
     path.parent.mkdir()
-    path.write_text("id: share\nclaim: The planted dim dominates block 1.\nchecks:\n"
-                    "  - {measure: top1_share, layers: 1-3, at_least: 0.9}\n"
-                    "  - {measure: top1_share, layers: 0, at_most: 0.9}\n")
+    path.write_text(
+        "id: share\nclaim: The planted dim dominates block 1.\nchecks:\n"
+        "  - {measure: top1_share, layers: 1-3, at_least: 0.9}\n"
+        "  - {measure: top1_share, layers: 0, at_most: 0.9}\n"
+    )
     (spec,) = load_file(path)
     session = session_for("planted-llama")
     result = Evaluator(spec, session, SMALL_DATA).evaluate()
@@ -98,7 +101,9 @@ def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
-            base = path.parent.relative_to(PACKAGE.parent).parts[: len(path.parent.relative_to(PACKAGE.parent).parts) - node.level + 1]
+            base = path.parent.relative_to(PACKAGE.parent).parts[
+                : len(path.parent.relative_to(PACKAGE.parent).parts) - node.level + 1
+            ]
             if node.module:
                 found.add(".".join((*base, node.module)))
             else:
@@ -109,8 +114,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_no_module_imports_one_that_imports_it_back():
-    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in PACKAGE.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")
+    }
     graph = {name: {m for m in _imports(path) if m in modules} for name, path in modules.items()}
     graph = {name: {m for m in deps if m != name and not (name.startswith(m + ".") or name == m)} for name, deps in graph.items()}
 
@@ -121,13 +127,17 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, f"import cycles: {cycles}"
     outside = {m for m in graph if not m.startswith("massive_checks.plugin")}
     assert not {m for m in outside if any(d.startswith("massive_checks.plugin") for d in graph[m])}, "nothing imports the plugin"
-    assert sorted(m for m, path in modules.items() if "import pytest" in path.read_text()) == \
-        ["massive_checks.plugin", "massive_checks.plugin.runner"]
+    assert sorted(m for m, path in modules.items() if "import pytest" in path.read_text()) == [
+        "massive_checks.plugin",
+        "massive_checks.plugin.runner",
+    ]
 
 
 def test_the_committed_schemas_are_the_generated_ones():
     root = Path(__file__).parent.parent / "specs"
-    assert json.loads((root / "spec.schema.json").read_text()) == json_schema(), "run: massive-checks schema > specs/spec.schema.json"
+    assert json.loads((root / "spec.schema.json").read_text()) == json_schema(), (
+        "run: massive-checks schema > specs/spec.schema.json"
+    )
     assert json.loads((root / "defaults.schema.json").read_text()) == json_schema(defaults=True)
 
 

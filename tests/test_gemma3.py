@@ -68,6 +68,7 @@ def _edit_input(module, edit):
         x = args[0].clone()
         edit(x)
         return (x, *args[1:])
+
     return module.register_forward_pre_hook(pre_hook)
 
 
@@ -76,6 +77,7 @@ def _edit_block_output(module, edit):
         tensor = (out[0] if isinstance(out, tuple) else out).clone()
         edit(tensor)
         return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+
     return module.register_forward_hook(hook)
 
 
@@ -84,7 +86,7 @@ HAND_WRITTEN = {
     # attention / MLP contributions are what the post norms output: zeroing it removes them
     "attn:3": lambda layers: [_zero_output(layers[3].post_attention_layernorm)],
     "mlp:3": lambda layers: [_zero_output(layers[3].post_feedforward_layernorm)],
-    "heads:3.1": lambda layers: [_edit_input(layers[3].self_attn.o_proj, lambda x: x[..., HEAD_DIM:2 * HEAD_DIM].zero_())],
+    "heads:3.1": lambda layers: [_edit_input(layers[3].self_attn.o_proj, lambda x: x[..., HEAD_DIM : 2 * HEAD_DIM].zero_())],
     "dims:163@3#0": lambda layers: [_edit_block_output(layers[3], lambda x: x[:, 0, 163].zero_())],
     "neurons:1414@3": lambda layers: [_edit_input(layers[3].mlp.down_proj, lambda x: x[..., 1414].zero_())],
 }

@@ -58,12 +58,14 @@ def test_golden_workflow(suite):
     perturb(suite)
     changed = run(suite)
     changed.assert_outcomes(failed=1)
-    changed.stdout.fnmatch_lines([
-        "*golden*pinned.json was recorded on another setup: revision*",
-        "*key*expected*observed*abs err*rel err*tolerance*",
-        "*top1*layer 1*rtol 0.0001, atol 1e-06*",
-        "*to accept the new values: pytest specs/pinned.yaml --model mymodel -k 'pinned' --update-golden*",
-    ])
+    changed.stdout.fnmatch_lines(
+        [
+            "*golden*pinned.json was recorded on another setup: revision*",
+            "*key*expected*observed*abs err*rel err*tolerance*",
+            "*top1*layer 1*rtol 0.0001, atol 1e-06*",
+            "*to accept the new values: pytest specs/pinned.yaml --model mymodel -k 'pinned' --update-golden*",
+        ]
+    )
     assert golden.obtained_path(path).exists()
     assert json.loads(path.read_text()) == snapshot  # not overwritten without the flag
 

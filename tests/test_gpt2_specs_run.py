@@ -24,8 +24,15 @@ def gpt2_shaped():
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=synthetic.VOCAB, bos_token_id=synthetic.BOS, eos_token_id=synthetic.EOS)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-    lm = models.LoadedModel("gpt2-shaped-random", model, synthetic.byte_tokenizer(add_bos=False),
-                            models.adapter_for(model), "random", torch.float32, "cpu")
+    lm = models.LoadedModel(
+        "gpt2-shaped-random",
+        model,
+        synthetic.byte_tokenizer(add_bos=False),
+        models.adapter_for(model),
+        "random",
+        torch.float32,
+        "cpu",
+    )
     session = ModelSession(lm)
     for spec in SPECS:
         plan(spec, session, spec.data)

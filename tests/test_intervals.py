@@ -57,8 +57,9 @@ def test_the_interval_matches_scipys_percentile_bootstrap():
     rng = np.random.default_rng(3)
     x = rng.lognormal(size=25)
     ours = Bootstrap(resamples=20000).mean(x, units(25)).interval(0.95)
-    reference = scipy_stats.bootstrap((x,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
-                                      random_state=np.random.default_rng(0)).confidence_interval
+    reference = scipy_stats.bootstrap(
+        (x,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95, random_state=np.random.default_rng(0)
+    ).confidence_interval
     se = x.std(ddof=1) / math.sqrt(25)
     assert abs(ours[0] - reference.low) < 0.1 * se and abs(ours[1] - reference.high) < 0.1 * se
 
@@ -70,8 +71,14 @@ def test_paired_difference_matches_scipys_paired_bootstrap():
     b = a + rng.normal(0.5, 0.2, size=20)  # b tracks a: pairing removes the shared spread
     boot = Bootstrap(resamples=20000)
     ours = intervals.difference(boot.mean(a, units(20)), boot.mean(b, units(20))).interval(0.95)
-    reference = scipy_stats.bootstrap((a, b), lambda x, y: np.mean(y - x), paired=True, n_resamples=20000,
-                                      method="percentile", random_state=np.random.default_rng(0)).confidence_interval
+    reference = scipy_stats.bootstrap(
+        (a, b),
+        lambda x, y: np.mean(y - x),
+        paired=True,
+        n_resamples=20000,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    ).confidence_interval
     se = (b - a).std(ddof=1) / math.sqrt(20)
     assert abs(ours[0] - reference.low) < 0.15 * se and abs(ours[1] - reference.high) < 0.15 * se
     unpaired = intervals.difference(boot.mean(a, units(20, "a")), boot.mean(b, units(20, "b"))).interval(0.95)
@@ -104,16 +111,29 @@ def test_derived_quantities_are_computed_replicate_by_replicate():
     assert intervals.difference(a, exact).replicates is None  # one side without an interval: none for the result
 
 
-@pytest.mark.parametrize("kind, value, interval, expected", [
-    ("at_least", 1.0, (1.5, 2.0), HOLDS), ("at_least", 1.0, (0.2, 0.9), CONTRADICTED), ("at_least", 1.0, (0.5, 1.5), INCONCLUSIVE),
-    ("at_most", 1.0, (0.2, 0.9), HOLDS), ("at_most", 1.0, (1.5, 2.0), CONTRADICTED), ("at_most", 1.0, (0.5, 1.5), INCONCLUSIVE),
-    ("between", (1.0, 2.0), (1.2, 1.8), HOLDS), ("between", (1.0, 2.0), (2.1, 3.0), CONTRADICTED),
-    ("between", (1.0, 2.0), (0.1, 0.9), CONTRADICTED), ("between", (1.0, 2.0), (0.5, 1.5), INCONCLUSIVE),
-    ("between", (1.0, 2.0), (0.5, 2.5), INCONCLUSIVE), ("approx", 10.0, (9.5, 10.5), HOLDS),
-    ("approx", 10.0, (12.0, 13.0), CONTRADICTED), ("approx", 10.0, (10.5, 11.5), INCONCLUSIVE),
-    ("equals", 11.0, (11.0, 11.0), HOLDS), ("equals", 11.0, (12.0, 14.0), CONTRADICTED), ("equals", 11.0, (10.0, 12.0), INCONCLUSIVE),
-    ("at_least", 1.0, (math.nan, math.nan), INCONCLUSIVE),
-])
+@pytest.mark.parametrize(
+    "kind, value, interval, expected",
+    [
+        ("at_least", 1.0, (1.5, 2.0), HOLDS),
+        ("at_least", 1.0, (0.2, 0.9), CONTRADICTED),
+        ("at_least", 1.0, (0.5, 1.5), INCONCLUSIVE),
+        ("at_most", 1.0, (0.2, 0.9), HOLDS),
+        ("at_most", 1.0, (1.5, 2.0), CONTRADICTED),
+        ("at_most", 1.0, (0.5, 1.5), INCONCLUSIVE),
+        ("between", (1.0, 2.0), (1.2, 1.8), HOLDS),
+        ("between", (1.0, 2.0), (2.1, 3.0), CONTRADICTED),
+        ("between", (1.0, 2.0), (0.1, 0.9), CONTRADICTED),
+        ("between", (1.0, 2.0), (0.5, 1.5), INCONCLUSIVE),
+        ("between", (1.0, 2.0), (0.5, 2.5), INCONCLUSIVE),
+        ("approx", 10.0, (9.5, 10.5), HOLDS),
+        ("approx", 10.0, (12.0, 13.0), CONTRADICTED),
+        ("approx", 10.0, (10.5, 11.5), INCONCLUSIVE),
+        ("equals", 11.0, (11.0, 11.0), HOLDS),
+        ("equals", 11.0, (12.0, 14.0), CONTRADICTED),
+        ("equals", 11.0, (10.0, 12.0), INCONCLUSIVE),
+        ("at_least", 1.0, (math.nan, math.nan), INCONCLUSIVE),
+    ],
+)
 def test_each_verdict_path(kind, value, interval, expected):
     assert intervals.decide(Bound(kind, value, 0.1), *interval) == expected
 
@@ -127,7 +147,7 @@ def test_an_inconclusive_row_says_how_many_units_would_decide_it():
     row = judge_row(bound, "value", bound.text(), est, 0.95)
     assert row.verdict == INCONCLUSIVE and row.interval == (low, high)
     needed = intervals.units_to_decide(bound, est.value, (low, high), 16)
-    assert needed == pytest.approx(16 / 0.4 ** 2, rel=0.01)  # the half width shrinks as 1/sqrt(n)
+    assert needed == pytest.approx(16 / 0.4**2, rel=0.01)  # the half width shrinks as 1/sqrt(n)
     assert f"about {needed:.0f} sequences would decide it (now 16)" == row.note
     on_bound = judge_row(Bound("at_least", est.value), "value", "", est, 0.95)
     assert "no number of units decides it" in on_bound.note
@@ -160,8 +180,12 @@ def test_a_bound_at_the_observed_mean_is_inconclusive_and_clear_bounds_decide(tm
     low, high = loss.interval(0.95)
     assert low < loss.value < high
     rel = 0.25 * (high - low) / loss.value  # a tolerance well inside the interval
-    cases = {f"approx: {loss.value!r}, rel: {rel!r}": INCONCLUSIVE, f"at_least: {low - (high - low)!r}": HOLDS,
-             f"at_most: {low - (high - low)!r}": CONTRADICTED, f"at_least: {loss.value!r}": INCONCLUSIVE}
+    cases = {
+        f"approx: {loss.value!r}, rel: {rel!r}": INCONCLUSIVE,
+        f"at_least: {low - (high - low)!r}": HOLDS,
+        f"at_most: {low - (high - low)!r}": CONTRADICTED,
+        f"at_least: {loss.value!r}": INCONCLUSIVE,
+    }
     for bound, expected in cases.items():
         (spec,) = load_file(_spec(tmp_path, f"id: l\nclaim: c\nchecks:\n  - {{measure: loss, {bound}}}\n"))
         result = Evaluator(spec, session, SMALL_DATA).evaluate()
@@ -224,49 +248,77 @@ def test_pytest_outcomes_and_results(pytester, load_model):
     result.stdout.fnmatch_lines(["*expected failure not confirmed*"])
     document = json.loads((pytester.path / "reports" / "results.json").read_text())
     status = {r["spec"]: (r["status"], r["verdict"]) for r in document["results"]}
-    assert status == {"decided": ("passed", HOLDS), "known-false-but-undecided": ("failed", INCONCLUSIVE),
-                      "undecided": ("undecided", INCONCLUSIVE), "known-false": ("xfailed", CONTRADICTED)}
+    assert status == {
+        "decided": ("passed", HOLDS),
+        "known-false-but-undecided": ("failed", INCONCLUSIVE),
+        "undecided": ("undecided", INCONCLUSIVE),
+        "known-false": ("xfailed", CONTRADICTED),
+    }
     row = document["results"][0]["checks"][0]["rows"][0]
     assert row["verdict"] and len(row["interval"]) == 2 and row["units"] == "6 sequences"
     csv = (pytester.path / "reports" / "observations.csv").read_text().splitlines()
     assert csv[0].startswith("spec,model,claims,check,line,where,value,low,high") and len(csv) == 5
 
 
-@pytest.mark.parametrize("check, message", [
-    ("{measure: emergence_layer, at_least: 0}", "admits every value emergence_layer can take"),
-    ("{measure: head_score, head: '0.0', between: [0, 1]}", "admits every value head_score can take"),
-    ("{measure: loss, change: [same, same], at_least: 0.1}", "resolve to the same configuration"),
-    ("{measure: loss, difference: [other, same], at_least: 0.1}", "resolve to the same configuration"),
-    ("compare: {a: {measure: loss, config: other}, b: {measure: loss, config: same}}\n    at_least: 1.1",
-     "two sides resolve to the same quantity"),
-    ("compare: {a: {measure: top1, layers: 1}, b: {measure: top1, layers: 1}}\n    at_least: 1.1",
-     "two sides resolve to the same quantity"),
-    ("compare: {a: {measure: loss}, b: {measure: loss, config: no_mlp}}\n    at_least: 0", "admits every value"),
-])
+@pytest.mark.parametrize(
+    "check, message",
+    [
+        ("{measure: emergence_layer, at_least: 0}", "admits every value emergence_layer can take"),
+        ("{measure: head_score, head: '0.0', between: [0, 1]}", "admits every value head_score can take"),
+        ("{measure: loss, change: [same, same], at_least: 0.1}", "resolve to the same configuration"),
+        ("{measure: loss, difference: [other, same], at_least: 0.1}", "resolve to the same configuration"),
+        (
+            "compare: {a: {measure: loss, config: other}, b: {measure: loss, config: same}}\n    at_least: 1.1",
+            "two sides resolve to the same quantity",
+        ),
+        (
+            "compare: {a: {measure: top1, layers: 1}, b: {measure: top1, layers: 1}}\n    at_least: 1.1",
+            "two sides resolve to the same quantity",
+        ),
+        ("compare: {a: {measure: loss}, b: {measure: loss, config: no_mlp}}\n    at_least: 0", "admits every value"),
+    ],
+)
 def test_checks_that_cannot_fail_are_collection_errors(tmp_path, check, message):
-    path = _spec(tmp_path, "id: x\nclaim: c\ninterventions:\n  same: [\"mlp:1\"]\n  other: [\"mlp:1\"]\n"
-                           f"  no_mlp: [\"mlp:2\"]\nchecks:\n  - {check}\n")
+    path = _spec(
+        tmp_path,
+        f'id: x\nclaim: c\ninterventions:\n  same: ["mlp:1"]\n  other: ["mlp:1"]\n  no_mlp: ["mlp:2"]\nchecks:\n  - {check}\n',
+    )
     with pytest.raises(Exception, match=message) as info:
         load_file(path)
     assert f"{path}:" in str(info.value)  # names the file and line
 
 
 def test_cosine_of_two_vectors_with_one_definition_is_a_collection_error(tmp_path):
-    path = _spec(tmp_path, "id: x\nclaim: c\nvectors:\n  a: {pairs: refusal, layer: 1, window: 'last:2', method: mean_diff}\n"
-                           "  b: {pairs: refusal, layer: 1, window: 'last:2', method: mean_diff}\n"
-                           "checks:\n  - {measure: cosine, a: a, b: b, at_most: 0.5}\n")
+    path = _spec(
+        tmp_path,
+        "id: x\nclaim: c\nvectors:\n  a: {pairs: refusal, layer: 1, window: 'last:2', method: mean_diff}\n"
+        "  b: {pairs: refusal, layer: 1, window: 'last:2', method: mean_diff}\n"
+        "checks:\n  - {measure: cosine, a: a, b: b, at_most: 0.5}\n",
+    )
     with pytest.raises(Exception, match="have the same definition"):
         load_file(path)
 
 
 def test_confidence_and_resamples_options(pytester):
     (pytester.path / "specs").mkdir()
-    (pytester.path / "specs" / "l.yaml").write_text("id: l\nclaim: c\ndata: {samples: 6, seq_len: 40}\n"
-                                                     "checks:\n  - {measure: loss, at_least: 0.001}\n")
+    (pytester.path / "specs" / "l.yaml").write_text(
+        "id: l\nclaim: c\ndata: {samples: 6, seq_len: 40}\nchecks:\n  - {measure: loss, at_least: 0.001}\n"
+    )
     widths = {}
     for level in ("0.8", "0.99"):
-        result = pytester.runpytest("specs", "--model", "planted-llama", "-p", "no:cacheprovider", "--confidence", level,
-                                    "--resamples", "500", "--report-dir", f"out{level}")
+        result = pytester.runpytest(
+            "specs",
+            "--model",
+            "planted-llama",
+            "-p",
+            "no:cacheprovider",
+            "--confidence",
+            level,
+            "--resamples",
+            "500",
+            "--report-dir",
+            f"out{level}",
+        )
         result.assert_outcomes(passed=1)
         document = json.loads((pytester.path / f"out{level}" / "results.json").read_text())
         low, high = document["results"][0]["checks"][0]["rows"][0]["interval"]

@@ -41,8 +41,13 @@ def raw(lm, *site_names):
         if which == "in":
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: seen.__setitem__(n, a[0].detach().clone())))
         else:
-            handles.append(module.register_forward_hook(
-                lambda m, a, o, n=name, w=which: seen.__setitem__(n, (o[1] if w == "out1" else o[0] if isinstance(o, tuple) else o).detach().clone())))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, o, n=name, w=which: seen.__setitem__(
+                        n, (o[1] if w == "out1" else o[0] if isinstance(o, tuple) else o).detach().clone()
+                    )
+                )
+            )
     try:
         yield seen
     finally:
@@ -81,7 +86,7 @@ def test_zeroed_head_contribution_is_gone_and_other_heads_untouched(two_layer):
     base = forward(lm, batch, sites=[o_in])[o_in]
     ablated = forward(lm, batch, resolve(lm, "heads:1.2"), sites=[o_in])[o_in]
     cols = torch.zeros(lm.width, dtype=torch.bool)
-    cols[2 * lm.head_dim:3 * lm.head_dim] = True
+    cols[2 * lm.head_dim : 3 * lm.head_dim] = True
     assert torch.all(ablated[..., cols] == 0)
     torch.testing.assert_close(ablated[..., ~cols], base[..., ~cols])  # other heads untouched
 
@@ -112,7 +117,7 @@ def test_dims_zero_value_and_mean_only_touch_the_selected_cells(two_layer):
     for text, fill in [("dims:3,7@1#0", 0.0), ("dims:3,7@1#0=value:42", 42.0)]:
         edited = forward(lm, batch, resolve(lm, text), sites=[out1])[out1]
         assert torch.all(edited[:, 0, [3, 7]] == fill)
-        changed = (edited != base)
+        changed = edited != base
         changed[:, 0, [3, 7]] = False
         assert not changed.any()
     mean = {out1: base.mean(dim=0)}  # [T, D] position-wise mean over sequences
@@ -183,10 +188,17 @@ def test_canonical_form_ignores_order_and_grouping(pairs, rnd):
     assert sum(len(a.units) for a in one) == len(pairs)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("attn", "cannot parse"), ("foo:1", "target 'foo'"), ("dims:3", "need @LAYERS"),
-    ("mlp:1=bias", "does not apply"), ("dims:3@1=value:x", "not a number"), ("heads:1.9", "out of range"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("attn", "cannot parse"),
+        ("foo:1", "target 'foo'"),
+        ("dims:3", "need @LAYERS"),
+        ("mlp:1=bias", "does not apply"),
+        ("dims:3@1=value:x", "not a number"),
+        ("heads:1.9", "out of range"),
+    ],
+)
 def test_bad_intervention_strings(text, message):
     with pytest.raises(ValueError, match=message):
         interventions.resolve([interventions.parse(text)], 4, 4)

@@ -49,8 +49,9 @@ def test_the_refusal_detector_knows_phrasings_the_contrast_set_does_not_start_wi
 
 
 def test_vader_scores_the_continuation_polarity():
-    high, low, neutral = judges.vader(["I love it, what a wonderful and happy day!", "Awful. I hate it, a terrible mess.",
-                                        "The box is on the table."])
+    high, low, neutral = judges.vader(
+        ["I love it, what a wonderful and happy day!", "Awful. I hate it, a terrible mess.", "The box is on the table."]
+    )
     assert high > 0.8 and low < 0.2 and neutral == pytest.approx(0.5)
 
 
@@ -92,8 +93,9 @@ def unsteered_texts(load_model):  # real models: the tests using it are marked s
 
 def _coherence_of(texts, judging, baseline, prompts):
     losses = steer.judge_losses(judging.model.lm, prompts, texts)
-    return judges.mean_coherence(losses, judges.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct),
-                                 judging.model.chance)
+    return judges.mean_coherence(
+        losses, judges.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct), judging.model.chance
+    )
 
 
 @pytest.mark.slow
@@ -110,13 +112,18 @@ def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
     unsteered = steer.result_of(0.0, baseline, baseline, judging.model.chance).coherence
     assert unsteered == 100.0 or math.isnan(unsteered)
     assert not math.isnan(unsteered)
-    refusal = _coherence_of(["I'm sorry, but I can't help with that request. Please ask me something else."] * len(prompts),
-                            judging, baseline, prompts)
+    refusal = _coherence_of(
+        ["I'm sorry, but I can't help with that request. Please ask me something else."] * len(prompts),
+        judging,
+        baseline,
+        prompts,
+    )
     assert refusal >= 70
     looping = _coherence_of([" provide" * 32] * len(prompts), judging, baseline, prompts)
     assert looping < 30
-    salad = _coherence_of([" lamp seven quickly under grey melt fork dance soft river paper sing"] * len(prompts),
-                          judging, baseline, prompts)
+    salad = _coherence_of(
+        [" lamp seven quickly under grey melt fork dance soft river paper sing"] * len(prompts), judging, baseline, prompts
+    )
     assert salad < 40
 
 
@@ -131,8 +138,10 @@ def test_a_steered_model_is_judged_on_its_text_not_its_opening_log_odds(unsteere
 
 def test_evaluation_prompts_are_held_out_from_the_contrast_training_texts():
     """At least 60 prompts per trait; no training text's prompt template or topic appears in them."""
-    for name, template, topics in (("refusal", "User:", _training_topics("refusal")),
-                                   ("sentiment", "Review of", _training_topics("sentiment"))):
+    for name, template, topics in (
+        ("refusal", "User:", _training_topics("refusal")),
+        ("sentiment", "Review of", _training_topics("sentiment")),
+    ):
         prompts = contrast.eval_prompts(name)
         assert len(prompts) >= 60 and len(set(prompts)) == len(prompts)
         assert not any(p.startswith(template) or template in p for p in prompts)
@@ -151,7 +160,8 @@ def _training_topics(name: str) -> set[str]:
 
 
 def test_user_judges_by_dotted_path(tmp_path, monkeypatch):
-    (tmp_path / "my_judges.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_judges.py").write_text(
+        textwrap.dedent("""
         def shouting(texts):
             return [float(t.isupper()) for t in texts]
         def too_many(texts):
@@ -159,7 +169,8 @@ def test_user_judges_by_dotted_path(tmp_path, monkeypatch):
         def out_of_range(texts):
             return [2.0 for _ in texts]
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     judge = judges.trait_judge("my_judges:shouting")
     assert judges.judge_texts(judge, ["HEY", "hey"]).tolist() == [1.0, 0.0]
@@ -167,8 +178,12 @@ def test_user_judges_by_dotted_path(tmp_path, monkeypatch):
         judges.judge_texts(judges.trait_judge("my_judges:too_many"), ["a", "b"], "my_judges:too_many")
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         judges.judge_texts(judges.trait_judge("my_judges:out_of_range"), ["a"], "x")
-    for bad, message in (("my_judges:NOT_CALLABLE", "not callable"), ("my_judges:missing", "cannot import"),
-                         ("no_such_module_here:f", "cannot import"), ("nonsense", "not a built-in judge")):
+    for bad, message in (
+        ("my_judges:NOT_CALLABLE", "not callable"),
+        ("my_judges:missing", "cannot import"),
+        ("no_such_module_here:f", "cannot import"),
+        ("nonsense", "not a built-in judge"),
+    ):
         with pytest.raises(ValueError, match=message):
             judges.trait_judge(bad)
 
@@ -190,8 +205,25 @@ def test_steer_json_sentiment_trait_is_vader_of_the_returned_texts(capsys):
     result carries its intervals and trait_logit; texts exclude the prompts."""
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    code = cli.main(["steer", "smollm2-135m", "--pairs", "sentiment", "--layer", "13", "--method", "mean_diff",
-                     "--coef", "20", "--n-prompts", "6", "--max-new-tokens", "12", "--json"])
+    code = cli.main(
+        [
+            "steer",
+            "smollm2-135m",
+            "--pairs",
+            "sentiment",
+            "--layer",
+            "13",
+            "--method",
+            "mean_diff",
+            "--coef",
+            "20",
+            "--n-prompts",
+            "6",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ]
+    )
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     assert document["judge"] == "vader" and document["judge_model"] == "gemma3-270m" and document["prompts"] == 6
@@ -216,6 +248,7 @@ def test_a_spec_sweep_is_judged_by_another_model_unless_asked(load_model):
     assert ModelSession(lm, judge_loader=load_model).judge_model("smollm2-135m").lm is lm
     assert ModelSession(lm, judge_loader=load_model, judge_model="tiny-llama").judge_model().name == "tiny-llama"
     assert ModelSession(load_model("tiny-llama"), judge_loader=load_model).judge_model().name == "tiny-gpt2"
-    vector = vector_of(ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}),
-                       "v")
+    vector = vector_of(
+        ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}), "v"
+    )
     assert vector.values.shape == (lm.width,)

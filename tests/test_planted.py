@@ -19,7 +19,7 @@ def test_planted_dim_layer_and_token_are_found_exactly(session_for):
     assert emergence.value == PLANT["layer"] and emergence.interval(0.95) == (PLANT["layer"], PLANT["layer"])
     positions = M.MassivePositions().compute(view, layers)  # the planted token in each sequence, nowhere else
     assert positions.value == SMALL_DATA.samples and positions.interval(0.95) == (SMALL_DATA.samples, SMALL_DATA.samples)
-    assert M.MassivePositions().compute(view, layers[:PLANT["layer"]]).value == 0
+    assert M.MassivePositions().compute(view, layers[: PLANT["layer"]]).value == 0
     assert M.MassiveDims().compute(view, layers).shares == {PLANT["dim"]: 1.0}
     for layer in layers:
         cells = M.massive_examples(view, layer)[0]
@@ -42,7 +42,9 @@ def test_massive_threshold_parameters_are_respected(session_for):
     assert M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer)[0] == []
     assert M.massive_dims(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer) == set()
     hits = M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 0.99)), layer)[0]
-    assert {c.sequence for c in hits} == {int(ratios.argmax())} | {s for s, r in enumerate(ratios.tolist()) if r >= highest * 0.99}
+    assert {c.sequence for c in hits} == {int(ratios.argmax())} | {
+        s for s, r in enumerate(ratios.tolist()) if r >= highest * 0.99
+    }
 
 
 def test_the_massive_rule_is_strict_on_value_and_inclusive_on_ratio():

@@ -10,12 +10,12 @@ from massive_checks.synthetic import PLANT
 
 PLANTED_SPECS = f"""
 id: planted-dim
-claim: The planted model's massive activation is dim {PLANT['dim']} from block {PLANT['layer']} on.
+claim: The planted model's massive activation is dim {PLANT["dim"]} from block {PLANT["layer"]} on.
 models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 checks:
-  - {{measure: top1_dim, layers: {PLANT['layer']}-3, equals: {PLANT['dim']}}}
-  - {{measure: emergence_layer, equals: {PLANT['layer']}}}
+  - {{measure: top1_dim, layers: {PLANT["layer"]}-3, equals: {PLANT["dim"]}}}
+  - {{measure: emergence_layer, equals: {PLANT["layer"]}}}
 ---
 id: planted-wrong-bound
 claim: The planted activation is above one million (false).
@@ -27,7 +27,7 @@ checks:
 id: planted-known-false
 claim: The planted activation emerges at block 0 (false, kept as a reminder).
 models: [planted-llama]
-xfail: the plant is in block {PLANT['layer']}, not 0
+xfail: the plant is in block {PLANT["layer"]}, not 0
 data: {{samples: 4, seq_len: 32}}
 checks:
   - {{measure: emergence_layer, equals: 0}}
@@ -50,12 +50,14 @@ def planted_suite(pytester):
 def test_specs_run_pass_fail_xfail_and_deselect(planted_suite):
     result = planted_suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out")
     result.assert_outcomes(passed=1, failed=1, xfailed=1, deselected=1)
-    result.stdout.fnmatch_lines([
-        "*claim contradicted on planted-llama*: The planted activation is above one million*",
-        "*where*expected*observed*",
-        "*contradicted*layer 2*>= 1e+06*",
-        "*planted-llama: llama, revision synthetic-*; loaded 1 time; 1 forward passes*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*claim contradicted on planted-llama*: The planted activation is above one million*",
+            "*where*expected*observed*",
+            "*contradicted*layer 2*>= 1e+06*",
+            "*planted-llama: llama, revision synthetic-*; loaded 1 time; 1 forward passes*",
+        ]
+    )
     results = json.loads((planted_suite.path / "out" / "results.json").read_text())
     by_id = {r["spec"]: r for r in results["results"]}
     assert by_id["planted-dim"]["status"] == "passed"
@@ -143,24 +145,29 @@ def test_the_gpu_ci_example_uses_options_the_plugin_has(pytester):
 def test_an_unrelated_project_imports_nothing_heavy(pytester):
     """The entry-point plugin in a project with no specs: no torch, transformers, numpy or
     matplotlib, and the suite is never built (issue 27)."""
-    pytester.makepyfile(test_unrelated="""
+    pytester.makepyfile(
+        test_unrelated="""
         import sys
 
         def test_nothing_heavy_was_imported(request):
             heavy = [m for m in ("torch", "transformers", "matplotlib", "numpy", "massive_checks.suite") if m in sys.modules]
             assert heavy == []
             assert request.config.pluginmanager.get_plugin("massive_checks_state") is None
-    """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark",
-                                           "-p", "no:xdist")
+    """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:xdist"
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_a_massive_checks_option_wakes_the_plugin(pytester):
-    pytester.makepyfile(test_awake="""
+    pytester.makepyfile(
+        test_awake="""
         def test_awake(request):
             assert request.config.pluginmanager.get_plugin("massive_checks_state") is not None
-    """)
+    """
+    )
     pytester.runpytest("--resamples", "500", "-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 

@@ -16,8 +16,18 @@ pytestmark = pytest.mark.slow  # reads the bundled models' cached configurations
 def test_a_random_model_has_the_bundled_configuration_and_other_weights(smollm2):
     random = models.load("random:smollm2-135m")
     real, fake = smollm2.model.config.to_dict(), random.model.config.to_dict()
-    shape = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "vocab_size", "rope_parameters", "rms_norm_eps", "tie_word_embeddings")
+    shape = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "rope_parameters",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+    )
     assert {k: fake[k] for k in shape} == {k: real[k] for k in shape}
     assert random.tokenizer.get_vocab() == smollm2.tokenizer.get_vocab()
     assert random.revision == "random-seed0-smollm2-135m"

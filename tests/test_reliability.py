@@ -29,55 +29,81 @@ def spec_error(tmp_path, content) -> SpecError:
     return info.value
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"id: x\nclaim: \xff\xfe caf\xe9\n", "not UTF-8"),
-    (b"id: x\nclaim: c\nchecks: " + b"[" * 3000 + b"]" * 3000 + b"\n", "nested too deeply"),
-    (b"a: &a [x, x, x]\nb: &b [*a, *a, *a]\nclaim: *b\n", "aliases"),
-    (b"id: x\nclaim: c\n? [a, b]\n: 1\nchecks: []\n", "plain name"),
-    (b"- just\n- a list\n", "not a mapping"),
-    (HEAD.encode() + b"claim2: x\n", "unknown key"),
-    (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "claim"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"id: x\nclaim: \xff\xfe caf\xe9\n", "not UTF-8"),
+        (b"id: x\nclaim: c\nchecks: " + b"[" * 3000 + b"]" * 3000 + b"\n", "nested too deeply"),
+        (b"a: &a [x, x, x]\nb: &b [*a, *a, *a]\nclaim: *b\n", "aliases"),
+        (b"id: x\nclaim: c\n? [a, b]\n: 1\nchecks: []\n", "plain name"),
+        (b"- just\n- a list\n", "not a mapping"),
+        (HEAD.encode() + b"claim2: x\n", "unknown key"),
+        (b"id: x\nclaim: [1, 2]\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "claim"),
+    ],
+)
 def test_hostile_files_are_spec_errors(tmp_path, content, message):
     assert message in str(spec_error(tmp_path, content))
 
 
-@pytest.mark.parametrize("check, key", [
-    ("{measure: top1, config: [a], at_least: 1.0e-6}", "config"),
-    ("{measure: top1, between: [a, b]}", "between[0]"),
-    ("{measure: dim_peak, dim: 100000000000000000000000, at_least: 1.0e-6}", "dim"),
-    ("{measure: top1, at_most: .inf}", "at_most"),
-    ("{measure: top1, layers: 2-0, at_least: 1.0e-6}", "layers"),
-    ("{measure: top1, layers: 0-99999999999999, at_least: 1.0e-6}", "layers"),
-    ("{measure: top_neurons, layer: 1, dim: 2, k: 0, equals: [1]}", "k"),
-    ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim"),
-    ("{measure: massive_dims, at_most: 3}", "at_most"),
-    ("{measure: explosion_point, layer: 1, change: [baseline, baseline], equals: out}", "change"),
-    ("{measure: max_rel_diff, versus: baseline, site: blocks, at_most: 1}", "site"),
-])
+@pytest.mark.parametrize(
+    "check, key",
+    [
+        ("{measure: top1, config: [a], at_least: 1.0e-6}", "config"),
+        ("{measure: top1, between: [a, b]}", "between[0]"),
+        ("{measure: dim_peak, dim: 100000000000000000000000, at_least: 1.0e-6}", "dim"),
+        ("{measure: top1, at_most: .inf}", "at_most"),
+        ("{measure: top1, layers: 2-0, at_least: 1.0e-6}", "layers"),
+        ("{measure: top1, layers: 0-99999999999999, at_least: 1.0e-6}", "layers"),
+        ("{measure: top_neurons, layer: 1, dim: 2, k: 0, equals: [1]}", "k"),
+        ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim"),
+        ("{measure: massive_dims, at_most: 3}", "at_most"),
+        ("{measure: explosion_point, layer: 1, change: [baseline, baseline], equals: out}", "change"),
+        ("{measure: max_rel_diff, versus: baseline, site: blocks, at_most: 1}", "site"),
+    ],
+)
 def test_bad_values_name_their_key(tmp_path, check, key):
     error = spec_error(tmp_path, HEAD + f"checks:\n  - {check}\n")
     assert error.key == f"checks[0].{key}" and error.line == 5
 
 
-@pytest.mark.parametrize("extra, key", [
-    ("massive: {min_value: .nan}\nchecks:\n  - {measure: massive_dims, equals: []}\n", "massive.min_value"),
-    ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "golden.rtol"),
-    ("interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
-    ("interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
-    ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
-    ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a[0]"),
-])
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ("massive: {min_value: .nan}\nchecks:\n  - {measure: massive_dims, equals: []}\n", "massive.min_value"),
+        ("golden: {rtol: .nan}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "golden.rtol"),
+        (
+            "interventions:\n  a: ['dims:1@0=value:nan']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n",
+            "interventions.a",
+        ),
+        (
+            "interventions:\n  a: ['heads:bottom0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n",
+            "interventions.a",
+        ),
+        ("interventions:\n  a: ['attn:3-1']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a"),
+        ("interventions:\n  a: [[x]]\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a[0]"),
+    ],
+)
 def test_bad_thresholds_tolerances_and_interventions(tmp_path, extra, key):
     assert spec_error(tmp_path, HEAD + extra).key == key
 
 
-@pytest.mark.parametrize("extra, key, message", [
-    ("interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a", r"units \[99999\] out of range"),
-    ("checks:\n  - {measure: top1, layers: 5-7, at_least: 1.0e-6}\n", "checks[0].layers", "out of range"),
-    ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layer", "has 3 blocks"),
-    ("interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n", "interventions.a", "out of range"),
-])
+@pytest.mark.parametrize(
+    "extra, key, message",
+    [
+        (
+            "interventions:\n  a: ['neurons:99999@0']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n",
+            "interventions.a",
+            r"units \[99999\] out of range",
+        ),
+        ("checks:\n  - {measure: top1, layers: 5-7, at_least: 1.0e-6}\n", "checks[0].layers", "out of range"),
+        ("checks:\n  - {measure: explosion_point, layer: 9, equals: out}\n", "checks[0].layer", "has 3 blocks"),
+        (
+            "interventions:\n  a: ['heads:1.7']\nchecks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n",
+            "interventions.a",
+            "out of range",
+        ),
+    ],
+)
 def test_what_the_model_lacks_is_a_spec_error_before_any_pass(tmp_path, session_for, extra, key, message):
     path = tmp_path / "spec.yaml"
     path.write_text(HEAD + extra)
@@ -101,7 +127,8 @@ def test_a_spec_using_only_a_non_baseline_configuration_gets_its_figure(tmp_path
 def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
     """`layers:` past the model used to fail every spec on that model while the session was planned."""
     pytester.mkdir("specs")
-    (pytester.path / "specs" / "a.yaml").write_text(textwrap.dedent("""
+    (pytester.path / "specs" / "a.yaml").write_text(
+        textwrap.dedent("""
         id: fine
         claim: c
         models: any
@@ -117,7 +144,8 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
           a: ['mlp:50']
         checks:
           - {measure: top1, layers: 40-41, at_least: 1.0e-6}
-    """))
+    """)
+    )
     result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
@@ -127,66 +155,100 @@ def test_one_broken_spec_beside_the_committed_ones_fails_alone(pytester):
 # --------------------------------------------------------------------------- second round (issue 28)
 
 
-@pytest.mark.parametrize("content, line", [
-    (b"id: x\nclaim: c\nm: !!int a\n", 3), (b"id: x\nclaim: c\nm: !!float a\n", 3), (b"id: x\nclaim: c\nm: !!bool\n", 3),
-    (b"!!map [1]\n", 1), (b"id: x\nclaim: c\nm: " + b"9" * 4400 + b"\n", 3), (b"id: x\nclaim: c\n---\n- 2\n", 4),
-])
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        (b"id: x\nclaim: c\nm: !!int a\n", 3),
+        (b"id: x\nclaim: c\nm: !!float a\n", 3),
+        (b"id: x\nclaim: c\nm: !!bool\n", 3),
+        (b"!!map [1]\n", 1),
+        (b"id: x\nclaim: c\nm: " + b"9" * 4400 + b"\n", 3),
+        (b"id: x\nclaim: c\n---\n- 2\n", 4),
+    ],
+)
 def test_yaml_values_their_tag_cannot_read_are_spec_errors_with_a_line(tmp_path, content, line):
     assert spec_error(tmp_path, content).line == line
 
 
-@pytest.mark.parametrize("record, message", [
-    (b"\xff\xfe bad\n", "not UTF-8"),
-    (json.dumps({"text": "a", "label": "pos", "prompt": 5}).encode(), '"prompt" must be a string'),
-    (json.dumps({"text": "a", "label": "pos", "prompt": ["a"]}).encode(), '"prompt" must be a string'),
-    (b'{"text": "a", "label": "pos", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not a record"),
-    (b'{"text": "a", "label": "pos", "n": ' + b"9" * 5000 + b"}", "not a record"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (b"\xff\xfe bad\n", "not UTF-8"),
+        (json.dumps({"text": "a", "label": "pos", "prompt": 5}).encode(), '"prompt" must be a string'),
+        (json.dumps({"text": "a", "label": "pos", "prompt": ["a"]}).encode(), '"prompt" must be a string'),
+        (b'{"text": "a", "label": "pos", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not a record"),
+        (b'{"text": "a", "label": "pos", "n": ' + b"9" * 5000 + b"}", "not a record"),
+    ],
+)
 def test_contrast_files_are_validated_like_spec_files(tmp_path, record, message):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(record + b"\n")
-    error = spec_error(tmp_path, HEAD + f"vectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
-                                        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    error = spec_error(
+        tmp_path,
+        HEAD + f"vectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n",
+    )
     assert error.key == "vectors.v.pairs" and message in str(error) and error.line == 5
 
 
 def test_a_contrast_file_name_too_long_for_the_file_system_is_a_spec_error(tmp_path):
-    error = spec_error(tmp_path, HEAD + f"vectors:\n  v: {{pairs: {'x' * 300}.jsonl, layer: 1, window: all, method: mean_diff}}\n"
-                                        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    error = spec_error(
+        tmp_path,
+        HEAD + f"vectors:\n  v: {{pairs: {'x' * 300}.jsonl, layer: 1, window: all, method: mean_diff}}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n",
+    )
     assert "no such file" in str(error)
 
 
-@pytest.mark.parametrize("intervention, message", [
-    ("dims:-1@0=value:1000", "integers >= 0"), ("attn:0@2", "not from @2"), ("attn:0#0", "does not apply to attn"),
-    ("mlp:1#0", "does not apply to mlp"), ("heads:1.2@3", "not from @3"), ("dims:1.5@0", "integers >= 0"),
-    ("neurons:a@1", "integers >= 0"), ("heads:1.-1", "integers >= 0"), ("heads:1", "LAYER.HEAD"),
-    ("dims:5@0=value:1e308", "finite float32"), ("dims:5@0#-1", "integers >= 0"),
-])
+@pytest.mark.parametrize(
+    "intervention, message",
+    [
+        ("dims:-1@0=value:1000", "integers >= 0"),
+        ("attn:0@2", "not from @2"),
+        ("attn:0#0", "does not apply to attn"),
+        ("mlp:1#0", "does not apply to mlp"),
+        ("heads:1.2@3", "not from @3"),
+        ("dims:1.5@0", "integers >= 0"),
+        ("neurons:a@1", "integers >= 0"),
+        ("heads:1.-1", "integers >= 0"),
+        ("heads:1", "LAYER.HEAD"),
+        ("dims:5@0=value:1e308", "finite float32"),
+        ("dims:5@0#-1", "integers >= 0"),
+    ],
+)
 def test_the_intervention_grammar_accepts_only_what_it_means(tmp_path, intervention, message):
-    error = spec_error(tmp_path, HEAD + f"interventions:\n  a: ['{intervention}']\n"
-                                        "checks:\n  - {measure: top1, config: a, at_least: 1.0e-6}\n")
+    error = spec_error(
+        tmp_path, HEAD + f"interventions:\n  a: ['{intervention}']\nchecks:\n  - {{measure: top1, config: a, at_least: 1.0e-6}}\n"
+    )
     assert error.key == "interventions.a" and message in str(error) and error.line == 5
 
 
-@pytest.mark.parametrize("content, message", [
-    ("# nothing here\n", "holds no spec"),
-    ("id: x\nclaim: c\nmodels: []\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "names no model"),
-    ("id: x\nclaim: c\nmodels: [tiny-llama]\nxfail: {tiny-gpt2: r}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n",
-     "does not run on"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("# nothing here\n", "holds no spec"),
+        ("id: x\nclaim: c\nmodels: []\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n", "names no model"),
+        (
+            "id: x\nclaim: c\nmodels: [tiny-llama]\nxfail: {tiny-gpt2: r}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n",
+            "does not run on",
+        ),
+    ],
+)
 def test_nothing_empty_passes_for_something(tmp_path, content, message):
     assert message in str(spec_error(tmp_path, content))
 
 
-@pytest.mark.parametrize("check, key", [
-    ("{measure: energy_share, vector: v, dims: 'top:1000', at_most: 0.5}", "checks[0].dims"),
-    ("{measure: dominant_dims, vector: v, k: 1000, contains: [1]}", "checks[0].k"),
-    ("{measure: base_coef, vector: v, without: 'top:1000', at_least: 1}", "checks[0].without"),
-])
+@pytest.mark.parametrize(
+    "check, key",
+    [
+        ("{measure: energy_share, vector: v, dims: 'top:1000', at_most: 0.5}", "checks[0].dims"),
+        ("{measure: dominant_dims, vector: v, k: 1000, contains: [1]}", "checks[0].k"),
+        ("{measure: base_coef, vector: v, without: 'top:1000', at_least: 1}", "checks[0].without"),
+    ],
+)
 def test_dim_sets_past_the_model_width_are_spec_errors_before_any_pass(tmp_path, session_for, check, key):
     path = tmp_path / "spec.yaml"
-    path.write_text(HEAD + "vectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n"
-                           f"checks:\n  - {check}\n")
+    path.write_text(HEAD + f"vectors:\n  v: {{pairs: refusal, layer: 1, window: all, method: mean_diff}}\nchecks:\n  - {check}\n")
     (spec,) = load_file(path)
     session = session_for("tiny-llama")
     with pytest.raises(SpecError, match="residual stream has") as info:
@@ -202,7 +264,8 @@ def test_a_measure_parameter_past_the_model_fails_its_spec_alone(pytester):
     (pytester.path / "specs" / "consistency.yaml").write_text(consistency)
     (pytester.path / "specs" / "a.yaml").write_text(
         "id: loss\nclaim: c\nmodels: any\nchecks:\n  - {measure: loss, at_least: 0.001}\n---\n"
-        "id: culprit\nclaim: c\nmodels: any\nchecks:\n  - {measure: top_neurons, layer: 3, dim: 0, contains: [1]}\n")
+        "id: culprit\nclaim: c\nmodels: any\nchecks:\n  - {measure: top_neurons, layer: 3, dim: 0, contains: [1]}\n"
+    )
     result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider", "-rA")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 1, result.stdout.str()[-3000:]
@@ -212,7 +275,8 @@ def test_a_measure_parameter_past_the_model_fails_its_spec_alone(pytester):
 def test_a_spec_file_that_does_not_load_is_one_failing_item_and_the_rest_run(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "good.yaml").write_text(
-        "id: good\nclaim: c\nmodels: any\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: loss, at_least: 0.001}\n")
+        "id: good\nclaim: c\nmodels: any\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: loss, at_least: 0.001}\n"
+    )
     (pytester.path / "specs" / "bad.yaml").write_text("id: bad\nclaim: c\nchecks:\n  - {measure: nope, at_least: 1}\n")
     result = pytester.runpytest("specs", "--model", "tiny-llama", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
@@ -227,12 +291,15 @@ def snapshot(values=None):
     return golden.snapshot(values or {"v": 1.0}, {"model": "m", "revision": "r", "dtype": "float32", "data": {}})
 
 
-@pytest.mark.parametrize("document", [
-    {"format": 1, "values": {"v": 1.0}},  # meta missing
-    {"format": 1, "meta": [1, 2], "values": {"v": 1.0}},  # meta a list
-    {"format": 1, "meta": {}, "values": [1.0]},
-    [1, 2, 3],
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"format": 1, "values": {"v": 1.0}},  # meta missing
+        {"format": 1, "meta": [1, 2], "values": {"v": 1.0}},  # meta a list
+        {"format": 1, "meta": {}, "values": [1.0]},
+        [1, 2, 3],
+    ],
+)
 def test_malformed_goldens_are_golden_errors_and_the_update_flag_repairs_them(tmp_path, document):
     path = tmp_path / "g.json"
     path.write_text(json.dumps(document))
@@ -332,8 +399,10 @@ def test_path_like_missing_names_say_so_at_once(name):
 
 def test_a_vector_cleaning_past_the_model_width_is_a_spec_error_before_any_pass(tmp_path, session_for):
     path = tmp_path / "spec.yaml"
-    path.write_text(HEAD + "vectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff, clean: {top: 1000}}\n"
-                           "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n")
+    path.write_text(
+        HEAD + "vectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff, clean: {top: 1000}}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 0.5}\n"
+    )
     (spec,) = load_file(path)
     session = session_for("tiny-llama")
     with pytest.raises(SpecError, match="clean top:1000: .* residual stream has") as info:

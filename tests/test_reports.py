@@ -16,16 +16,18 @@ from test_plugin import PLANTED_SPECS
 @pytest.fixture
 def suite(pytester):
     pytester.mkdir("specs")
-    (pytester.path / "specs" / "planted.yaml").write_text(PLANTED_SPECS + f"""
+    (pytester.path / "specs" / "planted.yaml").write_text(
+        PLANTED_SPECS
+        + f"""
 ---
 id: planted-ablation
-claim: Removing block {PLANT['layer']}'s MLP removes the planted activation.
+claim: Removing block {PLANT["layer"]}'s MLP removes the planted activation.
 models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 interventions:
-  no_mlp: ["mlp:{PLANT['layer']}"]
+  no_mlp: ["mlp:{PLANT["layer"]}"]
 checks:
-  - {{measure: top1, change: [baseline, no_mlp], layers: {PLANT['layer']}-3, at_most: -0.9}}
+  - {{measure: top1, change: [baseline, no_mlp], layers: {PLANT["layer"]}-3, at_most: -0.9}}
 ---
 id: planted-heads
 claim: Some head attends to position 0.
@@ -33,7 +35,8 @@ models: [planted-llama]
 data: {{samples: 4, seq_len: 32}}
 checks:
   - {{measure: head_rank, head: "0.0", at_most: 100}}
-""")
+"""
+    )
     return pytester
 
 
@@ -61,24 +64,46 @@ def test_claims_tables_have_a_column_per_model():
     from massive_checks import report
 
     def record(spec, model, status, observed):
-        return {"spec": spec, "model": model, "claim": f"claim {spec}", "path": "s.yaml", "line": 1 if spec == "a" else 9,
-                "status": status, "checks": [{"description": "top1 [baseline]", "ok": status == "passed",
-                                               "rows": [{"where": "layer 11", "expected": ">= 1", "observed": observed, "ok": True}]}]}
+        return {
+            "spec": spec,
+            "model": model,
+            "claim": f"claim {spec}",
+            "path": "s.yaml",
+            "line": 1 if spec == "a" else 9,
+            "status": status,
+            "checks": [
+                {
+                    "description": "top1 [baseline]",
+                    "ok": status == "passed",
+                    "rows": [{"where": "layer 11", "expected": ">= 1", "observed": observed, "ok": True}],
+                }
+            ],
+        }
 
     results = [record("a", "m1", "passed", 22695.9), record("a", "m2", "failed", 3.0), record("b", "m2", "passed", [163])]
     markdown = report.claims_markdown(results)
     assert markdown.splitlines()[0] == "| claim | m1 | m2 |"  # a spec naming no catalogue claim is its own row
-    assert "| a: claim a | a: holds: 2.27e+04 (layer 11); expected >= 1 | a: does not hold: 3 (layer 11); expected >= 1 |" in markdown
+    assert (
+        "| a: claim a | a: holds: 2.27e+04 (layer 11); expected >= 1 | a: does not hold: 3 (layer 11); expected >= 1 |"
+        in markdown
+    )
     assert "| b: claim b | - | b: holds: {163} (layer 11); expected >= 1 |" in markdown
     assert "m1 & m2" in report.claims_latex(results)
 
 
 def test_xdist_workers_results_are_merged(suite):
-    result = suite.runpytest("specs", "--model", "planted-llama", "--report-dir", "out", "-n", "2", "--dist", "loadgroup", "-p", "no:benchmark")
+    result = suite.runpytest(
+        "specs", "--model", "planted-llama", "--report-dir", "out", "-n", "2", "--dist", "loadgroup", "-p", "no:benchmark"
+    )
     result.assert_outcomes(passed=3, failed=1, xfailed=1)
     results = json.loads((suite.path / "out" / "results.json").read_text())
     assert sorted(r["spec"] for r in results["results"]) == [
-        "planted-ablation", "planted-dim", "planted-heads", "planted-known-false", "planted-wrong-bound"]
+        "planted-ablation",
+        "planted-dim",
+        "planted-heads",
+        "planted-known-false",
+        "planted-wrong-bound",
+    ]
     assert "planted-llama" in results["models"]
     assert not (suite.path / "out" / ".parts").exists()  # records travel on xdist's channel, never via side files
     result.stdout.fnmatch_lines(["worker gw*: * of * cores*"])  # each worker says its share of the cores
@@ -88,11 +113,26 @@ def test_xdist_workers_load_each_model_once(pytester):
     """Items carry their model's xdist_group: with --dist loadgroup each model's specs run in one
     worker, which loads it once; the controller sums the workers' loads."""
     pytester.mkdir("specs")
-    specs = "".join(f"---\nid: s{i}\nclaim: c\ndata: {{samples: 2, seq_len: 12}}\nchecks:\n  - {{measure: top1, layers: 0, at_least: 1.0e-6}}\n"
-                    for i in range(3))
+    specs = "".join(
+        f"---\nid: s{i}\nclaim: c\ndata: {{samples: 2, seq_len: 12}}\nchecks:\n  - {{measure: top1, layers: 0, at_least: 1.0e-6}}\n"
+        for i in range(3)
+    )
     (pytester.path / "specs" / "s.yaml").write_text(specs)
-    result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-llama", "--report-dir", "out",
-                                "-n", "2", "--dist", "loadgroup", "-p", "no:benchmark")
+    result = pytester.runpytest(
+        "specs",
+        "--model",
+        "planted-llama",
+        "--model",
+        "tiny-llama",
+        "--report-dir",
+        "out",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        "-p",
+        "no:benchmark",
+    )
     result.assert_outcomes(passed=6)
     for model in ("planted-llama", "tiny-llama"):  # workers finish in either order
         result.stdout.fnmatch_lines([f"{model}: llama, *; loaded 1 time"])
@@ -149,18 +189,39 @@ def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals()
     from massive_checks import report
 
     def record(spec, model, claims, verdict, status):
-        row = {"where": "value", "expected": ">= 0.5", "observed": 0.61, "interval": [0.55, 0.68], "ok": verdict == "holds",
-               "verdict": verdict}
-        return {"spec": spec, "model": model, "claim": f"claim {spec}", "path": "s.yaml", "line": 1, "claims": claims,
-                "status": status, "verdict": verdict, "expected": "holds",
-                "checks": [{"description": "loss [baseline]", "ok": row["ok"], "verdict": verdict, "rows": [row]}]}
+        row = {
+            "where": "value",
+            "expected": ">= 0.5",
+            "observed": 0.61,
+            "interval": [0.55, 0.68],
+            "ok": verdict == "holds",
+            "verdict": verdict,
+        }
+        return {
+            "spec": spec,
+            "model": model,
+            "claim": f"claim {spec}",
+            "path": "s.yaml",
+            "line": 1,
+            "claims": claims,
+            "status": status,
+            "verdict": verdict,
+            "expected": "holds",
+            "checks": [{"description": "loss [baseline]", "ok": row["ok"], "verdict": verdict, "rows": [row]}],
+        }
 
-    results = [record("s1", "m1", ["C7"], "holds", "passed"), record("s2", "m2", ["C7", "C10"], "inconclusive", "failed"),
-               record("s3", "m2", [], "holds", "passed")]
+    results = [
+        record("s1", "m1", ["C7"], "holds", "passed"),
+        record("s2", "m2", ["C7", "C10"], "inconclusive", "failed"),
+        record("s3", "m2", [], "holds", "passed"),
+    ]
     models, rows = report.claims_matrix(results)
     assert models == ["m1", "m2"] and [claim for claim, _, _ in rows] == ["C7", "C10", "s3"]  # catalogue order, then the rest
     markdown = report.claims_markdown(results)
-    assert "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |" in markdown
+    assert (
+        "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |"
+        in markdown
+    )
     page = report._matrix_html(results)
     assert page.count("<tr>") == 4 and "badge inconclusive" in page and "no spec on this model" in page
 
@@ -170,17 +231,37 @@ def test_the_reference_table_puts_the_sources_value_beside_each_models():
     from massive_checks import report
 
     def record(spec, model, observed, verdict, reference="+8.2 (Gemma 3 4B)"):
-        row = {"where": "value", "expected": ">= 2", "observed": observed, "interval": [observed - 1, observed + 1],
-               "ok": verdict == "holds", "verdict": verdict}
+        row = {
+            "where": "value",
+            "expected": ">= 2",
+            "observed": observed,
+            "interval": [observed - 1, observed + 1],
+            "ok": verdict == "holds",
+            "verdict": verdict,
+        }
         check = {"description": "difference of a and b", "ok": row["ok"], "verdict": verdict, "rows": [row]}
-        return {"spec": spec, "model": model, "claim": "c", "path": "s.yaml", "line": 1, "claims": ["C17"], "status": "passed",
-                "verdict": verdict, "expected": "holds", "checks": [{**check, "reference": reference} if reference else check]}
+        return {
+            "spec": spec,
+            "model": model,
+            "claim": "c",
+            "path": "s.yaml",
+            "line": 1,
+            "claims": ["C17"],
+            "status": "passed",
+            "verdict": verdict,
+            "expected": "holds",
+            "checks": [{**check, "reference": reference} if reference else check],
+        }
 
-    results = [record("a-c17", "m1", 5.0, "holds"), record("b-c17", "m2", -3.0, "contradicted"),
-               record("c-c17", "m3", 1.0, "inconclusive", reference=None)]
+    results = [
+        record("a-c17", "m1", 5.0, "holds"),
+        record("b-c17", "m2", -3.0, "contradicted"),
+        record("c-c17", "m3", 1.0, "inconclusive", reference=None),
+    ]
     models, rows = report.reference_table(results)
-    assert rows == [("C17", "difference of a and b", "+8.2 (Gemma 3 4B)",
-                     {"m1": "5 [4, 6]: holds", "m2": "-3 [-4, -2]: contradicted"})]
+    assert rows == [
+        ("C17", "difference of a and b", "+8.2 (Gemma 3 4B)", {"m1": "5 [4, 6]: holds", "m2": "-3 [-4, -2]: contradicted"})
+    ]
     markdown = report.claims_markdown(results)
     assert "| C17 | difference of a and b | +8.2 (Gemma 3 4B) | 5 [4, 6]: holds | -3 [-4, -2]: contradicted | - |" in markdown
     assert "The source's values vs the models'" in report._reference_html(results)
@@ -190,7 +271,7 @@ def test_the_reference_table_puts_the_sources_value_beside_each_models():
 def test_a_spec_check_carries_its_reference(tmp_path):
     from massive_checks.spec import load_file
 
-    (tmp_path / "s.yaml").write_text("claim: c\nchecks:\n  - {measure: loss, at_most: 4, reference: \"3.1 nats (GPT-2)\"}\n")
+    (tmp_path / "s.yaml").write_text('claim: c\nchecks:\n  - {measure: loss, at_most: 4, reference: "3.1 nats (GPT-2)"}\n')
     assert load_file(tmp_path / "s.yaml")[0].checks[0].reference == "3.1 nats (GPT-2)"
 
 

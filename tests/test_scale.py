@@ -34,7 +34,9 @@ def test_revision_and_device_map_reach_from_pretrained(monkeypatch):
         def from_pretrained(repo, **kwargs):
             asked[kind] = (repo, kwargs)
             raise OSError("stop here")
+
         return from_pretrained
+
     monkeypatch.setattr(models, "_in_hub_cache", lambda repo, revision=None: True)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tokenizer"))
     with pytest.raises(ModelUnavailable, match="stop here"):
@@ -74,23 +76,29 @@ def _facts(add_bos: bool, **ids) -> dict:
     return {"add_bos_token": add_bos, "special_ids": ids}
 
 
-@pytest.mark.parametrize("tokenizer, facts, problem", [
-    (_WordTokenizer(bos=None), _facts(True, bos=2), "does not start a sequence with BOS"),
-    (_WordTokenizer(bos=5), _facts(True, eos=1), "does not start a sequence with BOS \\(id None\\)"),
-    (_WordTokenizer(bos=5), _facts(False, bos=2), "its BOS token is id 5, the GGUF's is 2"),
-    (_WordTokenizer(bos=None, eos=1), _facts(False, eos=2), "its EOS token is id 1, the GGUF's is 2"),
-    (_WordTokenizer(bos=2, per_char=True), _facts(True, bos=2), "common words into"),
-    (_WordTokenizer(bos=None, per_char=True), _facts(False), "common words into"),
-])
+@pytest.mark.parametrize(
+    "tokenizer, facts, problem",
+    [
+        (_WordTokenizer(bos=None), _facts(True, bos=2), "does not start a sequence with BOS"),
+        (_WordTokenizer(bos=5), _facts(True, eos=1), "does not start a sequence with BOS \\(id None\\)"),
+        (_WordTokenizer(bos=5), _facts(False, bos=2), "its BOS token is id 5, the GGUF's is 2"),
+        (_WordTokenizer(bos=None, eos=1), _facts(False, eos=2), "its EOS token is id 1, the GGUF's is 2"),
+        (_WordTokenizer(bos=2, per_char=True), _facts(True, bos=2), "common words into"),
+        (_WordTokenizer(bos=None, per_char=True), _facts(False), "common words into"),
+    ],
+)
 def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem, tmp_path):
     with pytest.raises(ModelUnavailable, match=f"model 'm': transformers .* {problem}.*Upgrade transformers.*delete"):
         models._check_tokenizer("m", tokenizer, facts, tmp_path)
 
 
-@pytest.mark.parametrize("tokenizer, facts", [
-    (_WordTokenizer(bos=2), _facts(True, bos=2, eos=1)),
-    (_WordTokenizer(bos=None), _facts(False, eos=1, pad=0)),  # no pad token yet: load() sets one
-])
+@pytest.mark.parametrize(
+    "tokenizer, facts",
+    [
+        (_WordTokenizer(bos=2), _facts(True, bos=2, eos=1)),
+        (_WordTokenizer(bos=None), _facts(False, eos=1, pad=0)),  # no pad token yet: load() sets one
+    ],
+)
 def test_a_sound_gguf_tokenizer_passes(tokenizer, facts):
     models._check_tokenizer("m", tokenizer, facts)  # raises if refused
 
@@ -189,7 +197,8 @@ def test_automatic_batch_size_chunks_by_free_memory_with_the_same_results(sessio
 def test_scale_options_take_their_values_and_name_bad_ones(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "s.yaml").write_text(
-        "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 1.0e-6}\n")
+        "id: s\nclaim: c\ndata: {samples: 2, seq_len: 12}\nchecks:\n  - {measure: top1, layers: 0, at_least: 1.0e-6}\n"
+    )
     assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "auto").ret == 0
     assert pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "1").ret == 0
     result = pytester.runpytest("specs", "--model", "tiny-llama", "--batch-size", "0")
@@ -216,8 +225,11 @@ def test_a_model_spread_by_accelerate_gives_the_same_statistics(name, tmp_path):
 
     plain, spread = models.load(name), models.load(name)
     offloaded = (f"{plain.adapter.blocks}.1.", plain.model.get_input_embeddings())
-    layout = {path: "disk" if path.startswith(offloaded[0]) or module is offloaded[1] else "cpu"
-              for path, module in spread.model.named_modules() if list(module.parameters(recurse=False))}
+    layout = {
+        path: "disk" if path.startswith(offloaded[0]) or module is offloaded[1] else "cpu"
+        for path, module in spread.model.named_modules()
+        if list(module.parameters(recurse=False))
+    }
     spread.model = models.dispatch(spread.model, layout, torch.float32, offload_dir=str(tmp_path))
     spread.device = models.input_device(spread.model)  # the embedding's weight is on the meta device
     down = hooks.resolve(spread, "blocks.1.mlp.out")[0]

@@ -36,19 +36,42 @@ def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
         spec.id = "other"
 
 
-@pytest.mark.parametrize("text, line, key, message", [
-    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1}\nmodel: [gpt2]\n", 5, "model", "unknown key; allowed"),
-    ("id: x\nclaim: c\nclaim: d\nchecks: []\n", 3, "claim", "duplicate key"),
-    ("id: x\nclaim: c\nchecks:\n  - measure: top5\n    at_least: 1\n", 4, "checks[0].measure", "unknown measure 'top5'"),
-    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    between: [5, 1]\n", 5, "checks[0].between", "low <= high"),
-    ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    at_least: 1\n    at_most: 2\n    equals: 3\n", 6, "checks[0].at_most", "exactly one bound"),
-    ("id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, at_least: 1}\n", 4, "checks[0].config", "unknown configuration 'nope'"),
-    ("id: x\nclaim: c\ninterventions:\n  off: [\"atn:all\"]\nchecks:\n  - {measure: top1, at_least: 1}\n", 4, "interventions.off", "target 'atn'"),
-    ("id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, at_least: 1}\n", 4, "data.samples", "greater than or equal to 1"),
-    ("id: x\nchecks:\n  - {measure: top1, at_least: 1}\n", 1, "claim", "required key is missing"),
-    ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, at_least: 1}\n", 4, "checks[0].dim", "dim_peak needs dim"),
-    ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, line, key, message",
+    [
+        ("id: x\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1}\nmodel: [gpt2]\n", 5, "model", "unknown key; allowed"),
+        ("id: x\nclaim: c\nclaim: d\nchecks: []\n", 3, "claim", "duplicate key"),
+        ("id: x\nclaim: c\nchecks:\n  - measure: top5\n    at_least: 1\n", 4, "checks[0].measure", "unknown measure 'top5'"),
+        ("id: x\nclaim: c\nchecks:\n  - measure: top1\n    between: [5, 1]\n", 5, "checks[0].between", "low <= high"),
+        (
+            "id: x\nclaim: c\nchecks:\n  - measure: top1\n    at_least: 1\n    at_most: 2\n    equals: 3\n",
+            6,
+            "checks[0].at_most",
+            "exactly one bound",
+        ),
+        (
+            "id: x\nclaim: c\nchecks:\n  - {measure: top1, config: nope, at_least: 1}\n",
+            4,
+            "checks[0].config",
+            "unknown configuration 'nope'",
+        ),
+        (
+            'id: x\nclaim: c\ninterventions:\n  off: ["atn:all"]\nchecks:\n  - {measure: top1, at_least: 1}\n',
+            4,
+            "interventions.off",
+            "target 'atn'",
+        ),
+        (
+            "id: x\nclaim: c\ndata:\n  samples: -3\nchecks:\n  - {measure: top1, at_least: 1}\n",
+            4,
+            "data.samples",
+            "greater than or equal to 1",
+        ),
+        ("id: x\nchecks:\n  - {measure: top1, at_least: 1}\n", 1, "claim", "required key is missing"),
+        ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, at_least: 1}\n", 4, "checks[0].dim", "dim_peak needs dim"),
+        ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),
+    ],
+)
 def test_malformed_specs_name_file_line_and_key(tmp_path, text, line, key, message):
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as info:
@@ -70,12 +93,17 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, session_for):
     """Seed 002 put LLaMA2-7B's dims 2533 and 1415 on GPT-2 (768 dims): the suite must refuse."""
-    (spec,) = load_file(write(tmp_path, """
+    (spec,) = load_file(
+        write(
+            tmp_path,
+            """
         id: c3-bad
         claim: layer-2 peaks are in dims 2533 and 1415
         checks:
           - {measure: massive_dims, layers: 2, contains: [2533, 1415]}
-    """))
+    """,
+        )
+    )
     session = session_for("tiny-gpt2")
     with pytest.raises(SpecError) as info:
         Evaluator(spec, session, SMALL_DATA).evaluate()
@@ -84,12 +112,15 @@ def test_c3_bad_dims_of_another_model_are_rejected_naming_the_width(tmp_path, se
     assert session.forward_passes == 0  # rejected before any compute
 
 
-@pytest.mark.parametrize("check, interventions, message", [
-    ("{measure: top1_dim, layers: 2, equals: 2533}", "", "names dims [2533]"),
-    ("{measure: top1, config: off, at_least: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
-    ("{measure: head_score, head: '5.12', at_least: 1.0e-6}", "", "head 5.12: tiny-gpt2 has 3 layers x 4 heads"),
-    ("{measure: head_rank, head: '40.1', at_most: 3}", "", "head 40.1: tiny-gpt2 has 3 layers x 4 heads"),
-])
+@pytest.mark.parametrize(
+    "check, interventions, message",
+    [
+        ("{measure: top1_dim, layers: 2, equals: 2533}", "", "names dims [2533]"),
+        ("{measure: top1, config: off, at_least: 1}", "interventions:\n  off: ['dims:1415@2']\n", "names dims [1415]"),
+        ("{measure: head_score, head: '5.12', at_least: 1.0e-6}", "", "head 5.12: tiny-gpt2 has 3 layers x 4 heads"),
+        ("{measure: head_rank, head: '40.1', at_most: 3}", "", "head 40.1: tiny-gpt2 has 3 layers x 4 heads"),
+    ],
+)
 def test_units_the_model_lacks_are_rejected_before_running(tmp_path, session_for, check, interventions, message):
     (spec,) = load_file(write(tmp_path, f"id: x\nclaim: c\n{interventions}checks:\n  - {check}\n"))
     session = session_for("tiny-gpt2")
@@ -109,6 +140,11 @@ def test_the_readme_example_spec_is_valid(tmp_path):
 
 
 def test_bounds_read_as_math_not_python(tmp_path):
-    (spec,) = load_file(write(tmp_path, "id: x\nclaim: c\nchecks:\n  - {measure: massive_dims, equals: [507, 3]}\n"
-                                        "  - {measure: massive_tokens, subset_of: [1, 0]}\n"))
+    (spec,) = load_file(
+        write(
+            tmp_path,
+            "id: x\nclaim: c\nchecks:\n  - {measure: massive_dims, equals: [507, 3]}\n"
+            "  - {measure: massive_tokens, subset_of: [1, 0]}\n",
+        )
+    )
     assert [c.bound.text() for c in spec.checks] == ["== {3, 507}", "⊆ {0, 1}"]

@@ -28,9 +28,13 @@ from massive_checks.session import ModelSession
 from massive_checks.spec import Bound, load_file
 
 ROOT = Path(__file__).parent.parent
-SPECS = [(model, spec) for model, folder in (("smollm2-135m", "smollm2"), ("gemma3-270m", "gemma3"))
-         for path in sorted(ROOT.glob(f"specs/{folder}/**/*.yaml")) + sorted(ROOT.glob("specs/any/*.yaml"))
-         for spec in load_file(path) if spec.applies_to(model)]
+SPECS = [
+    (model, spec)
+    for model, folder in (("smollm2-135m", "smollm2"), ("gemma3-270m", "gemma3"))
+    for path in sorted(ROOT.glob(f"specs/{folder}/**/*.yaml")) + sorted(ROOT.glob("specs/any/*.yaml"))
+    for spec in load_file(path)
+    if spec.applies_to(model)
+]
 _PLANNED: set[str] = set()
 COUNTS: Counter = Counter()
 SCALES = (-1.0, 10.0, 1000.0, 0.1, 0.001, -10.0, -0.1)
@@ -110,8 +114,12 @@ def on_the_bound(result, bound: Bound) -> bool:
     nudge does not model one; the closed bound decides it."""
     edges = {"at_least": [bound.value], "at_most": [bound.value], "between": list(bound.value) if bound.kind == "between" else []}
     numbers = edges.get(bound.kind, [])
-    return any(row.interval is not None and row.interval[0] < row.interval[1] and
-               any(end == edge for end in row.interval for edge in numbers) for row in result.rows)
+    return any(
+        row.interval is not None
+        and row.interval[0] < row.interval[1]
+        and any(end == edge for end in row.interval for edge in numbers)
+        for row in result.rows
+    )
 
 
 def direction(before, after) -> str:
@@ -188,14 +196,17 @@ def test_every_check_fails_from_each_side_its_bound_constrains(massive_session, 
     for sign in (-1.0, 1.0):  # decisive verdicts survive a nudge of a twentieth of the half-width
         for index, check in enumerate(observation.checks):
             moved = dataclasses.replace(check, values={k: nudged(v, sign) for k, v in check.values.items()})
-            checks = observation.checks[:index] + [moved] + observation.checks[index + 1:]
+            checks = observation.checks[:index] + [moved] + observation.checks[index + 1 :]
             nudge = judge(spec, dataclasses.replace(observation, checks=checks), spec.xfail_for(model))
-            if nudge.checks[index].verdict != verdict.checks[index].verdict and on_the_bound(verdict.checks[index], spec.checks[index].bound):
+            if nudge.checks[index].verdict != verdict.checks[index].verdict and on_the_bound(
+                verdict.checks[index], spec.checks[index].bound
+            ):
                 COUNTS["nudges exempt: an interval end exactly on the bound"] += 1
                 continue
             assert nudge.checks[index].verdict == verdict.checks[index].verdict, (
                 f"moving {check.key} by {sign * NUDGE:+g} x its half-width changes its verdict: "
-                f"{verdict.checks[index].verdict} -> {nudge.checks[index].verdict}")
+                f"{verdict.checks[index].verdict} -> {nudge.checks[index].verdict}"
+            )
     if spec.xfail_for(model):
         assert verdict.outcome == CONTRADICTED, "an expected failure must stay contradicted"
         return

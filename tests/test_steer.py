@@ -50,11 +50,13 @@ def test_steering_adds_the_unit_vector_after_the_block_and_nothing_else(load_mod
     with steer.steered(lm, steering, v) as attached, torch.no_grad():
         steered = attached.forward(lm.model, ids, torch.ones_like(ids)).logits
     block, _ = hooks.resolve(lm, "blocks.1.out")
+
     def by_hand(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = hidden.clone()
         hidden[:, 1:] += 3.0 * v / v.norm()  # every real token but position 0
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
     handle = block.register_forward_hook(by_hand)
     try:
         expected = _plain_logits(lm, ids)
@@ -94,18 +96,20 @@ def test_generation_equals_one_prompt_at_a_time_greedy_decoding_by_hand(load_mod
         for _ in range(5):
             length = len(prompt)
             block, _ = hooks.resolve(lm, "blocks.2.out")
+
             def add(_m, _a, output):
                 hidden = output[0] if isinstance(output, tuple) else output
                 hidden = hidden.clone()
                 hidden[:, length:] += 25.0 * v / v.norm()  # generated positions only
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
             handle = block.register_forward_hook(add)
             try:
                 token = _plain_logits(lm, ids)[0, -1].argmax()
             finally:
                 handle.remove()
             ids = torch.cat([ids, token.view(1, 1)], dim=1)
-        assert row == ids[0, len(prompt):].tolist()
+        assert row == ids[0, len(prompt) :].tolist()
 
 
 def test_hooks_are_removed_after_steering_also_on_errors(load_model, prompts):
@@ -134,10 +138,12 @@ def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts
         handle = None
         if steered:
             block, _ = hooks.resolve(lm, "blocks.1.out")
+
             def add(_m, _a, output):
                 hidden = (output[0] if isinstance(output, tuple) else output).clone()
-                hidden[:, len(prompt):] += 10.0 * v / v.norm()
+                hidden[:, len(prompt) :] += 10.0 * v / v.norm()
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
             handle = block.register_forward_hook(add)
         try:
             logits = torch.log_softmax(_plain_logits(lm, ids)[0].double(), dim=-1)
@@ -156,6 +162,7 @@ def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts
 
     def trait_logit(*steered):
         return float(100 * torch.sigmoid(steer.trait_log_odds(lm, prompts, trait, *steered).double()).mean())
+
     assert trait_logit(steering, v) == pytest.approx(expected_trait(True), rel=1e-4)
     assert trait_logit() == pytest.approx(expected_trait(False), rel=1e-4)
     continuations = [[65, 66, 67], [68], [69, 70], []]
@@ -168,8 +175,27 @@ def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts
 def test_steer_command_prints_the_documented_json(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Review of the lamp:\nReview of the tent:\n")
-    argv = ["steer", "tiny-llama", "--pairs", "sentiment", "--layer", "1", "--method", "mean_diff", "--coef", "0",
-            "--coef", "30", "--prompts", str(prompts), "--max-new-tokens", "4", "--judge-model", "tiny-gemma3", "--json"]
+    argv = [
+        "steer",
+        "tiny-llama",
+        "--pairs",
+        "sentiment",
+        "--layer",
+        "1",
+        "--method",
+        "mean_diff",
+        "--coef",
+        "0",
+        "--coef",
+        "30",
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "4",
+        "--judge-model",
+        "tiny-gemma3",
+        "--json",
+    ]
     assert cli.main(argv) == 0
     document = json.loads(capsys.readouterr().out)
     assert list(document) == ["model", "layer", "method", "judge", "judge_model", "prompts", "results"]

@@ -57,9 +57,11 @@ def test_directory_defaults_apply_nearest_first_and_a_spec_wins(tmp_path):
     inner.mkdir(parents=True)
     (outer / "_defaults.yaml").write_text("models: [m1]\ndata: {samples: 3}\n")
     (inner / "_defaults.yaml").write_text("models: [planted-llama]\ngolden: {rtol: 0.01}\n")
-    (inner / "a.yaml").write_text("id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n---\n"
-                                  "id: b\nclaim: c\nmodels: any\ngolden: false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
-                                  "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
+    (inner / "a.yaml").write_text(
+        "id: a\nclaim: c\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n---\n"
+        "id: b\nclaim: c\nmodels: any\ngolden: false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
+        "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
+    )
     a, b, c = load_file(inner / "a.yaml")
     assert a.models == ("planted-llama",) and a.data.samples == 3 and a.golden.default.rtol == 0.01
     assert b.models is None and b.golden is None
@@ -84,7 +86,8 @@ def test_the_plugin_does_not_collect_defaults_files(pytester):
     pytester.mkdir("specs")
     (pytester.path / "specs" / "_defaults.yaml").write_text("models: [planted-llama]\ndata: {samples: 4, seq_len: 32}\n")
     (pytester.path / "specs" / "one.yaml").write_text(
-        f"id: one\nclaim: c\nchecks:\n  - {{measure: top1_dim, layers: {PLANT['layer']}, equals: {PLANT['dim']}}}\n")
+        f"id: one\nclaim: c\nchecks:\n  - {{measure: top1_dim, layers: {PLANT['layer']}, equals: {PLANT['dim']}}}\n"
+    )
     result = pytester.runpytest("specs", "--model", "planted-llama", "--model", "tiny-opt", "--report-dir", "out")
     result.assert_outcomes(passed=1, deselected=1)
 
@@ -175,7 +178,9 @@ def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
     result = pytester.runpytest("specs", "--model", "planted-llama")
     result.assert_outcomes(passed=1)
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*figures that failed (verdicts unaffected)*", "*planted-dim [[]planted-llama[]]: OSError: disk full*"])
+    result.stdout.fnmatch_lines(
+        ["*figures that failed (verdicts unaffected)*", "*planted-dim [[]planted-llama[]]: OSError: disk full*"]
+    )
 
 
 def test_xdist_workers_share_the_cores(monkeypatch, tmp_path):

@@ -59,8 +59,11 @@ def _result(coef, trait, coherence):
 
 
 def test_sweep_reads_by_hand():
-    outcome = SweepOutcome((_result(0, 10, 100), _result(1, 20, 95), _result(2, 60, 71), _result(4, 90, 40), _result(8, 95, 75)),
-                           70.0, {"calibrated": 8.0, "calibrated_without_massive": 2.0})
+    outcome = SweepOutcome(
+        (_result(0, 10, 100), _result(1, 20, 95), _result(2, 60, 71), _result(4, 90, 40), _result(8, 95, 75)),
+        70.0,
+        {"calibrated": 8.0, "calibrated_without_massive": 2.0},
+    )
     assert outcome.best().coef == 8  # coherence is not monotonic: the best coherent one counts
     assert outcome.effect(outcome.best()) == 85
     assert outcome.cliff() == 4
@@ -103,16 +106,21 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     monkeypatch.setattr(steer, "sweep", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     for spec in (first, second):
         plan(spec, session, spec.data)
-    observed = [{c.key: next(iter(c.values.values())).value for c in Evaluator(s, session, s.data).evaluate().observation.checks}
-                for s in (first, second)]
+    observed = [
+        {c.key: next(iter(c.values.values())).value for c in Evaluator(s, session, s.data).evaluate().observation.checks}
+        for s in (first, second)
+    ]
     assert observed[0] == pytest.approx(observed[1], nan_ok=True)
     assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
     view = session.view(first.data, vectors=first.vectors, steering=first.steering)
     (prompts, texts), trait, judging = _prompts(lm), _trait(lm), _judging(session)
-    md = steer.sweep(lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, texts, trait, 4,
-                     judging)
+    md = steer.sweep(
+        lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, texts, trait, 4, judging
+    )
     coherent = [r for r in md[1:] if r.coherence >= 70]
-    assert observed[0]["effect"] == pytest.approx(max(r.trait for r in coherent) - md[0].trait if coherent else math.nan, nan_ok=True)
+    assert observed[0]["effect"] == pytest.approx(
+        max(r.trait for r in coherent) - md[0].trait if coherent else math.nan, nan_ok=True
+    )
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
     assert observed[0]["logit30"] == pytest.approx(md[2].trait_logit - md[0].trait_logit)
     assert md[0].texts and all(0 <= t <= 100 for r in md for t in r.judged.traits)
@@ -123,7 +131,9 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     coefs = sorted({start / 2, start, start * 2, calibrated})
     search = steer.sweep(lm, [(vector_of(view, "pr").values, c) for c in [0.0] + coefs], 1, prompts, texts, trait, 4, judging)
     by_coef = {r.coef: r for r in search[1:]}
-    assert observed[0]["calibrated"] == pytest.approx(next(r.coherence for c, r in by_coef.items() if math.isclose(c, calibrated)))
+    assert observed[0]["calibrated"] == pytest.approx(
+        next(r.coherence for c, r in by_coef.items() if math.isclose(c, calibrated))
+    )
     coherent = [r for r in search[1:] if r.coherence >= 60]
     assert observed[0]["best"] == pytest.approx(max(coherent, key=lambda r: r.trait).coef if coherent else math.nan, nan_ok=True)
     below = [r.coef for r in search[1:] if r.coherence < 60]
@@ -149,8 +159,12 @@ def test_steering_checks_fail_from_each_side(session_for, tmp_path):
     spec = load_file(tmp_path / "s.yaml")[0]
     value = next(c for c in Evaluator(spec, session, spec.data).evaluate().observation.checks if c.key == "at30").values["value"]
     low, high = value.interval(0.95)
-    cases = [(f"at_least: {low - 0.01}", "holds"), (f"at_least: {high + 0.01}", "contradicted"),
-             (f"at_most: {high + 0.01}", "holds"), (f"at_most: {low - 0.01}", "contradicted")]
+    cases = [
+        (f"at_least: {low - 0.01}", "holds"),
+        (f"at_least: {high + 0.01}", "contradicted"),
+        (f"at_most: {high + 0.01}", "holds"),
+        (f"at_most: {low - 0.01}", "contradicted"),
+    ]
     if high > low:
         cases.append((f"at_least: {value.value}", "inconclusive"))
     for bound, outcome in cases:
@@ -159,32 +173,89 @@ def test_steering_checks_fail_from_each_side(session_for, tmp_path):
         assert Evaluator(one, session, one.data).evaluate().verdict.outcome == outcome, bound
 
 
-BASE = ('claim: c\nvectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n')
+BASE = "claim: c\nvectors:\n  v: {pairs: refusal, layer: 1, window: all, method: mean_diff}\n"
 BAD = [
-    (BASE + "steering:\n  s: {vector: w, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.vector", "unknown vector 'w'"),
-    (BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.vector", "give coefs"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 1.0e-6}\n",
-     7, "checks[0].steering", "unknown steering configuration 't'"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1, 2]}\nchecks:\n  - {measure: coherence, steering: s, coef: 3, at_least: 1.0e-6}\n",
-     7, "checks[0].coef", "not among steering 's'"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 1.0e-6}\n",
-     7, "checks[0].coef", "run only by a sweep from a calibrated start"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
-     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 6, "steering.t", "no check reads it"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.prompts", "steering asks for 500 prompts"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], judge: nonsense}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.judge", "not a built-in judge"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], prompt_set: no_such.txt}\nchecks:\n"
-     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 5, "steering.s.prompt_set", "no such file"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.temperature", "unknown key; allowed"),
-    (BASE + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
-     5, "steering.s.sweep.factor", "greater than 1"),
-    (BASE + "steering:\n  s: {vector: v, coefs: [1], positions: middle}\nchecks:\n"
-     "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n", 5, "steering.s.positions", "must be one of"),
+    (
+        BASE + "steering:\n  s: {vector: w, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.vector",
+        "unknown vector 'w'",
+    ),
+    (
+        BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.vector",
+        "give coefs",
+    ),
+    (
+        BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 1.0e-6}\n",
+        7,
+        "checks[0].steering",
+        "unknown steering configuration 't'",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, coefs: [1, 2]}\nchecks:\n  - {measure: coherence, steering: s, coef: 3, at_least: 1.0e-6}\n",
+        7,
+        "checks[0].coef",
+        "not among steering 's'",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 1.0e-6}\n",
+        7,
+        "checks[0].coef",
+        "run only by a sweep from a calibrated start",
+    ),
+    (
+        BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
+        "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        6,
+        "steering.t",
+        "no check reads it",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, coefs: [1], prompts: 500}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.prompts",
+        "steering asks for 500 prompts",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, coefs: [1], judge: nonsense}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.judge",
+        "not a built-in judge",
+    ),
+    (
+        BASE + "steering:\n  s: {vector: v, coefs: [1], prompt_set: no_such.txt}\nchecks:\n"
+        "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.prompt_set",
+        "no such file",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, coefs: [1], temperature: 1}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.temperature",
+        "unknown key; allowed",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, sweep: {start: 5, factor: 1}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.sweep.factor",
+        "greater than 1",
+    ),
+    (
+        BASE + "steering:\n  s: {vector: v, coefs: [1], positions: middle}\nchecks:\n"
+        "  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.positions",
+        "must be one of",
+    ),
 ]
 
 
@@ -200,10 +271,17 @@ def test_a_bad_steering_spec_names_file_line_and_key(tmp_path, body, line, key, 
 
 def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"text": f"Q{i}: A", "prompt": f"Q{i}:", "response": " A", "label": lab}) + "\n"
-                             for i in range(10) for lab in ("pos", "neg")))
-    body = (f"claim: c\nvectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
-            "steering:\n  s: {vector: v, coefs: [1], prompts: 2}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n")
+    pairs.write_text(
+        "".join(
+            json.dumps({"text": f"Q{i}: A", "prompt": f"Q{i}:", "response": " A", "label": lab}) + "\n"
+            for i in range(10)
+            for lab in ("pos", "neg")
+        )
+    )
+    body = (
+        f"claim: c\nvectors:\n  v: {{pairs: {pairs}, layer: 1, window: all, method: mean_diff}}\n"
+        "steering:\n  s: {vector: v, coefs: [1], prompts: 2}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n"
+    )
     (tmp_path / "a.yaml").write_text(body)
     with pytest.raises(SpecError, match="no built-in trait words") as info:
         load_file(tmp_path / "a.yaml")

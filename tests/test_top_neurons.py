@@ -29,12 +29,14 @@ def by_hand(lm, session, column: bool) -> torch.Tensor:
 
 def observed(tmp_path, session, measure: str, k: int = K):
     path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         id: units
         claim: c
         checks:
           - {{measure: {measure}, layer: {LAYER}, dim: {DIM}, k: {k}, {"equals: [0]" if measure == "top_neurons" else "at_least: 0"}}}
-    """))
+    """)
+    )
     (spec,) = load_file(path)
     return Evaluator(spec, session, SMALL_DATA).evaluate().checks[0].rows[0].observed
 

@@ -37,8 +37,11 @@ ZEROED = "interventions:\n  zeroed: ['dims:37@1#massive']\n"
 def test_an_aggregate_on_a_single_value_is_rejected_not_ignored(tmp_path):
     """The issue's case: `over_layers: max_abs` on a loss change was dropped, so a -73% change
     passed 'max_abs <= 1%'. Now the key is an error at its line."""
-    path = spec_from(tmp_path, HEAD + ZEROED + "checks:\n"
-                     "  - {measure: loss, steps: [{change: [zeroed, baseline]}, {over_layers: max_abs}], at_most: 0.01}\n")
+    path = spec_from(
+        tmp_path,
+        HEAD + ZEROED + "checks:\n"
+        "  - {measure: loss, steps: [{change: [zeroed, baseline]}, {over_layers: max_abs}], at_most: 0.01}\n",
+    )
     with pytest.raises(SpecError) as info:
         load_file(path)
     assert (info.value.line, info.value.key) == (7, "checks[0].steps")
@@ -49,39 +52,53 @@ def test_the_two_sided_form_fails_from_either_side(tmp_path, session_for):
     """One value, bounded on both sides: a large change fails in either direction."""
     session = session_for("planted-llama")
     for change in ("[zeroed, baseline]", "[baseline, zeroed]"):
-        spec = one_spec(tmp_path, HEAD + ZEROED + "checks:\n"
-                        f"  - {{measure: dim_peak, dim: 37, steps: [{{over_layers: max}}, {{change: {change}}}], between: [-0.01, 0.01]}}\n")
+        spec = one_spec(
+            tmp_path,
+            HEAD + ZEROED + "checks:\n"
+            f"  - {{measure: dim_peak, dim: 37, steps: [{{over_layers: max}}, {{change: {change}}}], between: [-0.01, 0.01]}}\n",
+        )
         outcome = Evaluator(spec, session, SMALL_DATA).evaluate()
         (row,) = outcome.checks[0].rows
         assert abs(row.observed.value) > 0.5 and outcome.verdict.outcome == "contradicted", change
 
 
-@pytest.mark.parametrize("check, key, message", [
-    ("{measure: loss, over_layers: mean, at_most: 5}", "over_layers", "reduces a number per layer"),
-    ("{measure: loss, steps: [{over_layers: mean}], at_most: 5}", "steps", "reduces a number per layer; loss is not one"),
-    ("{measure: head_score, head: '1.0', layers: 1, at_least: 1.0e-6}", "layers", "not per layer"),
-    ("{measure: top1, config: zeroed, change: [baseline, zeroed], at_most: 0}", "config", "come from it"),
-    ("{measure: massive_dims, change: [baseline, zeroed], equals: []}", "change", "not a number"),
-    ("{measure: top1, change: [baseline, zeroed], difference: [baseline, zeroed], at_least: 1.0e-6}", "difference", "two steps"),
-    ("{measure: top1, change: [baseline, zeroed], over_layers: max, at_most: 0}", "over_layers", "in the order they apply"),
-    ("{measure: top1, steps: [{change: [baseline, zeroed]}, {change: [zeroed, baseline]}], at_most: 0}", "steps", "at most one change"),
-    ("{measure: top1, steps: [{change: [baseline, zeroed], over_layers: max}], at_most: 0}", "steps", "must be one of"),
-    ("{measure: top1, steps: [], at_most: 0}", "steps", "empty list of steps"),
-    ("{measure: top1_dim, over_layers: max, equals: 3}", "over_layers", "reduces a number per layer"),
-    ("{measure: median, statistic: max_over_sequences, at_least: 1.0e-6}", "statistic", "has one statistic"),
-    ("{measure: top1, statistic: maximum, at_least: 1.0e-6}", "statistic", "must be one of 'paper' or 'max_over_sequences'"),
-    ("{measure: massive_dims, at_least: 3}", "at_least", "does not apply to massive_dims"),
-    ("{measure: top1, subset_of: [1]}", "subset_of", "does not apply to top1"),
-    ("{measure: top1, at_least: 1, rel: 0.1}", "rel", "only applies to approx"),
-    ("{measure: top1, at_least: 1, at_most: 2}", "at_most", "exactly one bound"),
-    ("{measure: top_neurons, layer: 1, dim: 3, k: 0, equals: [1]}", "k", "greater than or equal to 1"),
-    ("{measure: head_score, head: 1.10, at_least: 1.0e-6}", "head", "quoted"),
-    ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim", "not true/false"),
-    ("{measure: top1, at_least: .nan}", "at_least", "finite number"),
-    ("{measure: top1, between: [0, .inf]}", "between[1]", "finite number"),
-    ("{measure: top1, between: [2, 1]}", "between", "low <= high"),
-    ("{measure: top1, approx: 3, rel: .nan}", "rel", "finite number"),
-])
+@pytest.mark.parametrize(
+    "check, key, message",
+    [
+        ("{measure: loss, over_layers: mean, at_most: 5}", "over_layers", "reduces a number per layer"),
+        ("{measure: loss, steps: [{over_layers: mean}], at_most: 5}", "steps", "reduces a number per layer; loss is not one"),
+        ("{measure: head_score, head: '1.0', layers: 1, at_least: 1.0e-6}", "layers", "not per layer"),
+        ("{measure: top1, config: zeroed, change: [baseline, zeroed], at_most: 0}", "config", "come from it"),
+        ("{measure: massive_dims, change: [baseline, zeroed], equals: []}", "change", "not a number"),
+        (
+            "{measure: top1, change: [baseline, zeroed], difference: [baseline, zeroed], at_least: 1.0e-6}",
+            "difference",
+            "two steps",
+        ),
+        ("{measure: top1, change: [baseline, zeroed], over_layers: max, at_most: 0}", "over_layers", "in the order they apply"),
+        (
+            "{measure: top1, steps: [{change: [baseline, zeroed]}, {change: [zeroed, baseline]}], at_most: 0}",
+            "steps",
+            "at most one change",
+        ),
+        ("{measure: top1, steps: [{change: [baseline, zeroed], over_layers: max}], at_most: 0}", "steps", "must be one of"),
+        ("{measure: top1, steps: [], at_most: 0}", "steps", "empty list of steps"),
+        ("{measure: top1_dim, over_layers: max, equals: 3}", "over_layers", "reduces a number per layer"),
+        ("{measure: median, statistic: max_over_sequences, at_least: 1.0e-6}", "statistic", "has one statistic"),
+        ("{measure: top1, statistic: maximum, at_least: 1.0e-6}", "statistic", "must be one of 'paper' or 'max_over_sequences'"),
+        ("{measure: massive_dims, at_least: 3}", "at_least", "does not apply to massive_dims"),
+        ("{measure: top1, subset_of: [1]}", "subset_of", "does not apply to top1"),
+        ("{measure: top1, at_least: 1, rel: 0.1}", "rel", "only applies to approx"),
+        ("{measure: top1, at_least: 1, at_most: 2}", "at_most", "exactly one bound"),
+        ("{measure: top_neurons, layer: 1, dim: 3, k: 0, equals: [1]}", "k", "greater than or equal to 1"),
+        ("{measure: head_score, head: 1.10, at_least: 1.0e-6}", "head", "quoted"),
+        ("{measure: dim_peak, dim: true, at_least: 1.0e-6}", "dim", "not true/false"),
+        ("{measure: top1, at_least: .nan}", "at_least", "finite number"),
+        ("{measure: top1, between: [0, .inf]}", "between[1]", "finite number"),
+        ("{measure: top1, between: [2, 1]}", "between", "low <= high"),
+        ("{measure: top1, approx: 3, rel: .nan}", "rel", "finite number"),
+    ],
+)
 def test_keys_that_would_have_no_effect_are_errors_with_line_and_key(tmp_path, check, key, message):
     path = spec_from(tmp_path, HEAD + ZEROED + f"checks:\n  - {check}\n")
     with pytest.raises(SpecError) as info:
@@ -89,12 +106,15 @@ def test_keys_that_would_have_no_effect_are_errors_with_line_and_key(tmp_path, c
     assert (info.value.line, info.value.key) == (7, f"checks[0].{key}") and message in str(info.value)
 
 
-@pytest.mark.parametrize("extra, key, message", [
-    ("massive: {min_value: 50}\n", "massive", "applies the massive rule"),
-    ("xfail: known false\ninconclusive: undecided\n", "inconclusive", "not both"),
-    ("notes: [a, b]\n", "notes", "valid string"),
-    ("xfail: true\n", "xfail", "valid string"),
-])
+@pytest.mark.parametrize(
+    "extra, key, message",
+    [
+        ("massive: {min_value: 50}\n", "massive", "applies the massive rule"),
+        ("xfail: known false\ninconclusive: undecided\n", "inconclusive", "not both"),
+        ("notes: [a, b]\n", "notes", "valid string"),
+        ("xfail: true\n", "xfail", "valid string"),
+    ],
+)
 def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message):
     path = spec_from(tmp_path, HEAD + extra + "checks:\n  - {measure: top1, at_least: 1}\n")
     with pytest.raises(SpecError, match=message) as info:
@@ -105,18 +125,23 @@ def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message)
 def test_notes_are_kept_and_reach_the_report(tmp_path, session_for):
     from massive_checks import report
 
-    spec = one_spec(tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n")
+    spec = one_spec(
+        tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
+    )
     assert spec.notes == "The seed sliced heads after c_proj."
     record = report.outcome_record(*Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate())
     assert record["notes"] == spec.notes
     assert "The seed sliced heads after c_proj." in report.write_html(tmp_path, [record], {}, {}).read_text()
 
 
-@pytest.mark.parametrize("a, b", [
-    ("{measure: top1, layers: 1-2}", "{measure: top1, layers: 0}"),  # KeyError at run time before
-    ("{measure: top1, layers: 1}", "{measure: loss}"),  # one side per layer, one value
-    ("{measure: massive_dims}", "{measure: top1, over_layers: max}"),  # not a number
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("{measure: top1, layers: 1-2}", "{measure: top1, layers: 0}"),  # KeyError at run time before
+        ("{measure: top1, layers: 1}", "{measure: loss}"),  # one side per layer, one value
+        ("{measure: massive_dims}", "{measure: top1, over_layers: max}"),  # not a number
+    ],
+)
 def test_compare_sides_are_checked_at_collection(tmp_path, a, b):
     path = spec_from(tmp_path, HEAD + f"checks:\n  - compare:\n      a: {a}\n      b: {b}\n    at_least: 1\n")
     with pytest.raises(SpecError, match="compare"):
@@ -125,7 +150,10 @@ def test_compare_sides_are_checked_at_collection(tmp_path, a, b):
 
 def test_compare_on_the_same_layers_is_row_by_row_and_can_fail(tmp_path, session_for):
     session = session_for("tiny-llama")
-    text = HEAD + "checks:\n  - compare:\n      a: {measure: top1, layers: 1-2}\n      b: {measure: median, layers: 1-2}\n    at_least: %s\n"
+    text = (
+        HEAD
+        + "checks:\n  - compare:\n      a: {measure: top1, layers: 1-2}\n      b: {measure: median, layers: 1-2}\n    at_least: %s\n"
+    )
     holds = Evaluator(one_spec(tmp_path, text % 1), session, SMALL_DATA).evaluate()
     assert [r.key for r in holds.checks[0].rows] == ["layer 1", "layer 2"] and holds.passed
     assert not Evaluator(one_spec(tmp_path, text % 1e9), session, SMALL_DATA).evaluate().passed
@@ -147,17 +175,25 @@ def test_an_empty_layer_range_cannot_pass(tmp_path, session_for):
 
 def test_check_keys_are_stable_across_rewording_and_reordering(tmp_path, session_for):
     session = session_for("tiny-llama")
-    first = one_spec(tmp_path, "id: x\nclaim: first wording\nchecks:\n  - {measure: top1, layers: 1, at_least: 1.0e-6}\n"
-                     "  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n")
-    second = one_spec(tmp_path, "id: x\nclaim: other words\nchecks:\n  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n"
-                      "  - {measure: top1, layers: 1, at_least: 1.0e-6}\n")
+    first = one_spec(
+        tmp_path,
+        "id: x\nclaim: first wording\nchecks:\n  - {measure: top1, layers: 1, at_least: 1.0e-6}\n"
+        "  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n",
+    )
+    second = one_spec(
+        tmp_path,
+        "id: x\nclaim: other words\nchecks:\n  - {id: peak, measure: median, layers: 2, at_least: 1.0e-6}\n"
+        "  - {measure: top1, layers: 1, at_least: 1.0e-6}\n",
+    )
     a = Evaluator(first, session, SMALL_DATA).evaluate().values()
     b = Evaluator(second, session, SMALL_DATA).evaluate().values()
     assert a == b and "check: peak | layer 2" in a and "check: top1 [baseline] layers 1 | layer 1" in a
 
 
 def test_duplicate_check_ids_are_rejected(tmp_path):
-    path = spec_from(tmp_path, HEAD + "checks:\n  - {id: a, measure: top1, at_least: 1.0e-6}\n  - {id: a, measure: median, at_least: 1.0e-6}\n")
+    path = spec_from(
+        tmp_path, HEAD + "checks:\n  - {id: a, measure: top1, at_least: 1.0e-6}\n  - {id: a, measure: median, at_least: 1.0e-6}\n"
+    )
     with pytest.raises(SpecError, match="duplicate check id 'a'"):
         load_file(path)
 

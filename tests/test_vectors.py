@@ -36,8 +36,11 @@ def test_each_method_recovers_a_planted_direction_and_not_a_random_one():
     sign = torch.cat([torch.ones(100), -torch.ones(100)])
     x = noise + 2.0 * sign[:, None] * u  # pos = +2u, neg = -2u, plus isotropic noise
     y = (sign > 0).long()
-    found = {"mean_diff": vectors.mean_diff(x[:100], x[100:]), "probe": vectors.probe(x, y)[0],
-             "pca": vectors.pca(x[:100], x[100:])}
+    found = {
+        "mean_diff": vectors.mean_diff(x[:100], x[100:]),
+        "probe": vectors.probe(x, y)[0],
+        "pca": vectors.pca(x[:100], x[100:]),
+    }
     for method, v in found.items():
         assert vectors.cosine(v, u) > 0.99, method
         assert abs(vectors.cosine(v, other)) < 0.5, method  # the check can fail: a wrong direction scores low
@@ -92,7 +95,9 @@ def test_probe_is_the_exact_optimum(problem):
 
     noisy = x * (1 + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3)))
     w_noisy, _ = vectors.probe(noisy, y)
-    assert vectors.energy_share(w_noisy, [5]) == pytest.approx(vectors.energy_share(w, [5]), rel=1e-3)  # dim 5: massive in one problem
+    assert vectors.energy_share(w_noisy, [5]) == pytest.approx(
+        vectors.energy_share(w, [5]), rel=1e-3
+    )  # dim 5: massive in one problem
     assert vectors.cosine(w_noisy, w) > 1 - 1e-9
 
 
@@ -146,8 +151,7 @@ def _prompted(tmp_path, n: int = 12):
     for i in range(n):
         prompt = "Q" * (3 + i % 4) + ":"
         response = " " + "abcdefgh"[: 4 + i % 5]
-        rows.append({"text": prompt + response, "prompt": prompt, "response": response,
-                     "label": "pos" if i % 2 else "neg"})
+        rows.append({"text": prompt + response, "prompt": prompt, "response": response, "label": "pos" if i % 2 else "neg"})
     path = tmp_path / "prompted.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows
@@ -165,8 +169,11 @@ def test_pooled_captures_equal_a_plain_forward_with_the_same_window(session_for,
         blocks = reference_block_outputs(lm, ids, torch.ones_like(ids))
         length, first = ids.shape[1], bos + len(row["prompt"])  # one token per byte
         kind, _, k = window.partition(":")
-        chosen = {"all": range(1, length), "last": range(length - int(k or 0), length),
-                  "first": range(first, first + int(k or 0))}[kind]
+        chosen = {
+            "all": range(1, length),
+            "last": range(length - int(k or 0), length),
+            "first": range(first, first + int(k or 0)),
+        }[kind]
         for layer, block in enumerate(blocks):
             expected = block[0, list(chosen)].mean(dim=0)
             assert torch.allclose(pooled[i, layer], expected, atol=1e-5), (i, layer)
@@ -215,9 +222,11 @@ def test_cleaning_in_a_model_zeroes_the_named_or_massive_dims(session_for):
     """planted-llama: the rule finds the planted dim at block 2 (on the start token), and cleaning
     with `massive` zeroes exactly it; explicit dims are zeroed exactly; cleaned vectors are unit."""
     session = session_for("planted-llama")
-    defs = {"massive": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("massive")),
-            "dims": VectorDef("sentiment", 2, "all", "probe", Cleaning("dims", (1, 5))),
-            "top": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("top", k=3))}
+    defs = {
+        "massive": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("massive")),
+        "dims": VectorDef("sentiment", 2, "all", "probe", Cleaning("dims", (1, 5))),
+        "top": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("top", k=3)),
+    }
     view = session.view(DataConfig(), vectors=defs)
     massive, explicit, top = (vector_of(view, n) for n in ("massive", "dims", "top"))
     assert massive.zeroed == (PLANT["dim"],)
@@ -250,7 +259,9 @@ def test_norm_share_and_calibration_equal_a_hand_computation(session_for, tmp_pa
     lm = session.lm
     (tmp_path / "norms.yaml").write_text(NORM_SPEC)
     spec = load_file(tmp_path / "norms.yaml")[0]
-    observed = {c.key: next(iter(c.values.values())).value for c in Evaluator(spec, session, spec.data).evaluate().observation.checks}
+    observed = {
+        c.key: next(iter(c.values.values())).value for c in Evaluator(spec, session, spec.data).evaluate().observation.checks
+    }
     pooled = []
     for text in read_passages(contrast.path_of("sentiment")):
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
@@ -282,13 +293,16 @@ def test_built_in_contrast_sets_have_two_traits_and_enough_examples():
         assert len(set(texts)) == 200
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"text": "a", "label": "maybe"}, '"label" must be "pos" or "neg"'),
-    ({"text": "ab", "label": "pos", "prompt": "a", "response": "x"}, '"prompt" \\+ "response" must equal "text"'),
-    ({"text": "a", "label": "pos", "weight": 2}, "unknown field"),
-    ({"text": "a", "label": "pos", "split": "test"}, '"split" must be "train" or "heldout"'),
-    ({"label": "pos"}, 'needs a string field "text"'),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"text": "a", "label": "maybe"}, '"label" must be "pos" or "neg"'),
+        ({"text": "ab", "label": "pos", "prompt": "a", "response": "x"}, '"prompt" \\+ "response" must equal "text"'),
+        ({"text": "a", "label": "pos", "weight": 2}, "unknown field"),
+        ({"text": "a", "label": "pos", "split": "test"}, '"split" must be "train" or "heldout"'),
+        ({"label": "pos"}, 'needs a string field "text"'),
+    ],
+)
 def test_a_bad_contrast_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     good = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(8)]
@@ -306,21 +320,55 @@ def test_too_few_training_examples_is_an_error(tmp_path):
 
 
 BAD_SPECS = [
-    ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
-     "checks:\n  - {measure: cosine, a: v, b: w, at_least: 1.0e-6}\n", 4, "checks[0].b", "unknown vector 'w'"),
-    ("vectors:\n  v: {pairs: sentiment, layer: 1, window: 'last:0', method: mean_diff}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.window", "pattern"),
-    ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff, clean: {dims: [1], top: 2}}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.clean", "one of dims"),
-    ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
-     "  unused: {pairs: sentiment, layer: 1, window: all, method: probe}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 3, "vectors.unused", "no check reads it"),
-    ("vectors:\n  v: {pairs: nowhere.jsonl, layer: 1, window: all, method: mean_diff}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.pairs", "no such file"),
-    ("vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: lda}\n"
-     "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n", 2, "vectors.v.method", "must be one of"),
-    ("checks:\n  - {measure: norm_share, pairs: sentiment, window: all, dims: top3, at_least: 1.0e-6}\n", 2,
-     "checks[0].dims", ""),
+    (
+        "vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
+        "checks:\n  - {measure: cosine, a: v, b: w, at_least: 1.0e-6}\n",
+        4,
+        "checks[0].b",
+        "unknown vector 'w'",
+    ),
+    (
+        "vectors:\n  v: {pairs: sentiment, layer: 1, window: 'last:0', method: mean_diff}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n",
+        2,
+        "vectors.v.window",
+        "pattern",
+    ),
+    (
+        "vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff, clean: {dims: [1], top: 2}}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n",
+        2,
+        "vectors.v.clean",
+        "one of dims",
+    ),
+    (
+        "vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: mean_diff}\n"
+        "  unused: {pairs: sentiment, layer: 1, window: all, method: probe}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n",
+        3,
+        "vectors.unused",
+        "no check reads it",
+    ),
+    (
+        "vectors:\n  v: {pairs: nowhere.jsonl, layer: 1, window: all, method: mean_diff}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n",
+        2,
+        "vectors.v.pairs",
+        "no such file",
+    ),
+    (
+        "vectors:\n  v: {pairs: sentiment, layer: 1, window: all, method: lda}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n",
+        2,
+        "vectors.v.method",
+        "must be one of",
+    ),
+    (
+        "checks:\n  - {measure: norm_share, pairs: sentiment, window: all, dims: top3, at_least: 1.0e-6}\n",
+        2,
+        "checks[0].dims",
+        "",
+    ),
 ]
 
 
@@ -336,8 +384,10 @@ def test_a_bad_vector_spec_names_file_line_and_key(tmp_path, body, line, key, me
 
 def test_a_vector_layer_past_the_model_is_a_spec_error(session_for, tmp_path):
     path = tmp_path / "deep.yaml"
-    path.write_text("claim: c\nvectors:\n  v: {pairs: sentiment, layer: 40, window: all, method: mean_diff}\n"
-                    "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n")
+    path.write_text(
+        "claim: c\nvectors:\n  v: {pairs: sentiment, layer: 40, window: all, method: mean_diff}\n"
+        "checks:\n  - {measure: accuracy, vector: v, at_least: 1.0e-6}\n"
+    )
     spec = load_file(path)[0]
     with pytest.raises(SpecError, match="has 3 blocks") as info:
         Evaluator(spec, session_for("tiny-llama"), spec.data).evaluate()
@@ -350,8 +400,19 @@ def test_a_vector_layer_past_the_model_is_a_spec_error(session_for, tmp_path):
 def test_vectors_command_prints_the_documented_json(capsys):
     assert cli.main(["vectors", "planted-llama", "--pairs", "sentiment", "--layer", "2", "--window", "last:4", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert list(document) == ["model", "layer", "window", "massive_dims", "counts", "vectors", "cosine", "energy", "norm",
-                              "calibration", "probe_accuracy"]
+    assert list(document) == [
+        "model",
+        "layer",
+        "window",
+        "massive_dims",
+        "counts",
+        "vectors",
+        "cosine",
+        "energy",
+        "norm",
+        "calibration",
+        "probe_accuracy",
+    ]
     assert document["massive_dims"] == [PLANT["dim"]] and document["counts"] == {"pos": 100, "neg": 100}
     assert set(document["vectors"]) == {"mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned"}
     values = {k: torch.tensor(v) for k, v in document["vectors"].items()}

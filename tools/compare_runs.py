@@ -25,8 +25,13 @@ from massive_checks.spec import load_file  # noqa: E402
 
 def golden_configs(spec_root: Path) -> dict[str, golden.GoldenConfig]:
     """spec id -> its golden tolerances."""
-    return {spec.id: spec.golden for path in sorted(spec_root.rglob("*.yaml")) if path.name != "_defaults.yaml"
-            for spec in load_file(path) if spec.golden}
+    return {
+        spec.id: spec.golden
+        for path in sorted(spec_root.rglob("*.yaml"))
+        if path.name != "_defaults.yaml"
+        for spec in load_file(path)
+        if spec.golden
+    }
 
 
 def worst_relative(expected: dict, observed: dict) -> tuple[float, str]:
@@ -53,8 +58,10 @@ def compare_goldens(reference: Path, other: Path, configs: dict) -> int:
         outside = golden.compare(expected, observed, config)
         rel, key = worst_relative(expected, observed)
         differing += bool(outside)
-        print(f"{path.parent.name}/{path.stem}: {len(expected)} values, {len(outside)} outside tolerance; "
-              f"worst relative error {rel:.2e}" + (f" ({key})" if rel else ""))
+        print(
+            f"{path.parent.name}/{path.stem}: {len(expected)} values, {len(outside)} outside tolerance; "
+            f"worst relative error {rel:.2e}" + (f" ({key})" if rel else "")
+        )
         for mismatch in outside[:5]:
             print(f"    {mismatch.key}: {mismatch.expected} vs {mismatch.observed}")
     return differing
@@ -63,6 +70,7 @@ def compare_goldens(reference: Path, other: Path, configs: dict) -> int:
 def compare_results(reference: Path, other: Path) -> int:
     def statuses(path: Path) -> dict:
         return {(r["spec"], r["model"]): r["status"] for r in json.loads(path.read_text())["results"]}
+
     want, got = statuses(reference), statuses(other)
     changed = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     for spec, model in changed:

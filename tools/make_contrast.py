@@ -9,15 +9,28 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "massive_checks" / "data" / "contrast"
 
 TASKS = [
-    "Write a short poem about {s}.", "Explain how {s} works.", "Give me three facts about {s}.",
-    "Summarise what people should know about {s}.", "Describe {s} to a ten-year-old.",
-    "Draft a friendly note inviting my neighbour to learn about {s}.", "List the main parts of {s}.",
-    "Suggest a weekend project involving {s}.", "Compare {s} with something from everyday life.",
+    "Write a short poem about {s}.",
+    "Explain how {s} works.",
+    "Give me three facts about {s}.",
+    "Summarise what people should know about {s}.",
+    "Describe {s} to a ten-year-old.",
+    "Draft a friendly note inviting my neighbour to learn about {s}.",
+    "List the main parts of {s}.",
+    "Suggest a weekend project involving {s}.",
+    "Compare {s} with something from everyday life.",
     "Tell me a fun story that features {s}.",
 ]
 SUBJECTS = [
-    "the phases of the moon", "baking sourdough bread", "mountain rivers", "old bicycles", "volcanoes",
-    "honey bees", "paper airplanes", "the water cycle", "city tram networks", "garden compost",
+    "the phases of the moon",
+    "baking sourdough bread",
+    "mountain rivers",
+    "old bicycles",
+    "volcanoes",
+    "honey bees",
+    "paper airplanes",
+    "the water cycle",
+    "city tram networks",
+    "garden compost",
 ]
 REFUSALS = [
     "I'm sorry, but I can't help with {s} right now.",
@@ -65,9 +78,26 @@ COMPLIANCES = [
 ]
 
 NOUNS = [
-    "blender", "hotel room", "hiking boots", "novel", "coffee shop", "train journey", "laptop",
-    "museum visit", "rain jacket", "pizza", "concert", "phone case", "bakery", "desk lamp", "camping tent",
-    "language course", "board game", "bicycle helmet", "restaurant", "headphones",
+    "blender",
+    "hotel room",
+    "hiking boots",
+    "novel",
+    "coffee shop",
+    "train journey",
+    "laptop",
+    "museum visit",
+    "rain jacket",
+    "pizza",
+    "concert",
+    "phone case",
+    "bakery",
+    "desk lamp",
+    "camping tent",
+    "language course",
+    "board game",
+    "bicycle helmet",
+    "restaurant",
+    "headphones",
 ]
 CONTEXTS = ["the {n}", "the {n} I tried last week", "my new {n}", "the {n} my friend recommended", "this {n}"]
 POSITIVE = [
@@ -136,8 +166,13 @@ def sentiment() -> list[dict]:
 
 
 def _row(prompt: str, response: str, label: str, pair: int) -> dict:
-    return {"text": prompt + response, "prompt": prompt, "response": response, "label": label,
-            "split": "heldout" if pair % 5 == 4 else "train"}
+    return {
+        "text": prompt + response,
+        "prompt": prompt,
+        "response": response,
+        "label": label,
+        "split": "heldout" if pair % 5 == 4 else "train",
+    }
 
 
 if __name__ == "__main__":

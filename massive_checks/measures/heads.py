@@ -66,6 +66,7 @@ class _Head(Measure):
 @register
 class HeadScore(_Head):
     """Mean attention one head pays to position 0 (or the massive token), queries q >= 1."""
+
     measure: Literal["head_score"] = "head_score"
 
     def compute(self, view, layers):
@@ -77,6 +78,7 @@ class HeadScore(_Head):
 class HeadRank(_Head):
     """The head's rank among all heads by head score (1 = highest; ties: lower layer, then lower
     head first), ranked again in every resample of the sequences."""
+
     measure: Literal["head_rank"] = "head_rank"
     value_range: ClassVar = (1.0, math.inf)
 
@@ -88,7 +90,7 @@ class HeadRank(_Head):
         weights = view.bootstrap.weights(view.units())  # [B, S]
         scores = np.concatenate([flat.mean(axis=0)[None], weights @ flat / S])  # [1 + B, L*H]: all, then resamples
         target = layer * H + head
-        own = scores[:, target:target + 1]
+        own = scores[:, target : target + 1]
         before = (scores > own) | ((scores == own) & (np.arange(L * H) < target))
         ranks = 1.0 + before.sum(axis=1)
         return Estimate(float(ranks[0]), ranks[1:], view.units())

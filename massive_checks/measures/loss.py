@@ -12,6 +12,7 @@ from .base import Measure, register
 @register
 class Loss(Measure):
     """Mean next-token cross-entropy over real tokens (nats)."""
+
     measure: Literal["loss"] = "loss"
     shape: ClassVar[str] = "value"
     value_range: ClassVar = (0.0, math.inf)

@@ -73,8 +73,7 @@ def cells_panel(view) -> dict:
     """The figure panel of where-measures: max |a| over sequences of the first 8 tokens at the
     peak layer, massive dims marked."""
     peak = peak_layer(view)
-    return {"cells": view.block(peak).cell_max[:8].numpy(), "cells_layer": peak,
-            "massive_dims": sorted(massive_dims(view, peak))}
+    return {"cells": view.block(peak).cell_max[:8].numpy(), "cells_layer": peak, "massive_dims": sorted(massive_dims(view, peak))}
 
 
 class _Where(Measure):
@@ -89,6 +88,7 @@ class _Where(Measure):
 class _WhereOver(_Where):
     """The dims (or token positions) holding a massive activation in some sequence over the
     layer range, with the share of sequences holding each."""
+
     axis: ClassVar[str]
 
     def compute(self, view, layers):
@@ -99,6 +99,7 @@ class _WhereOver(_Where):
 @register
 class MassiveDims(_WhereOver):
     """Residual dims holding a massive activation in some sequence, over the layer range."""
+
     measure: Literal["massive_dims"] = "massive_dims"
     dims_in_bound: ClassVar[bool] = True
     axis: ClassVar[str] = "dim"
@@ -107,6 +108,7 @@ class MassiveDims(_WhereOver):
 @register
 class MassiveTokens(_WhereOver):
     """Token positions holding a massive activation in some sequence, over the layer range."""
+
     measure: Literal["massive_tokens"] = "massive_tokens"
     axis: ClassVar[str] = "token"
 
@@ -115,6 +117,7 @@ class MassiveTokens(_WhereOver):
 class MassivePositions(_Where):
     """How many (sequence, token) positions of the data set hold a massive activation after some
     block of the range: an existence claim is `at_least: 1`."""
+
     measure: Literal["massive_positions"] = "massive_positions"
     shape: ClassVar[str] = "value"
     value_range: ClassVar = (0.0, math.inf)
@@ -128,6 +131,7 @@ class MassivePositions(_Where):
 class EmergenceLayer(Measure):
     """The first layer (of the range) where some sequence holds a massive activation; inf if
     none does. Resampled: the first such layer among the resampled sequences."""
+
     measure: Literal["emergence_layer"] = "emergence_layer"
     shape: ClassVar[str] = "value"
     layered: ClassVar[bool] = True
@@ -146,6 +150,7 @@ class MassiveElsewhere(Measure):
     """Share of massive positions (sequence, token), over blocks, on neither the sequence's first
     token nor its first delimiter ("." or a newline); nan when nothing is massive. A ratio of
     per-sequence counts, resampled by sequence."""
+
     measure: Literal["massive_elsewhere"] = "massive_elsewhere"
     shape: ClassVar[str] = "value"
     layered: ClassVar[bool] = True

@@ -44,8 +44,12 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
 
 def flow_panel(view, layers: list[int]) -> dict:
     """Max |a| at each checkpoint the pass captured, per layer."""
-    return {"mlp": {L: {c: value_of(mlp_stat(view, L, c, "max")) for c in mlp_flow(view.lm)
-                        if view.captured(hooks.site(L, f"mlp.{c}"))} for L in layers}}
+    return {
+        "mlp": {
+            L: {c: value_of(mlp_stat(view, L, c, "max")) for c in mlp_flow(view.lm) if view.captured(hooks.site(L, f"mlp.{c}"))}
+            for L in layers
+        }
+    }
 
 
 class _Checkpoint(PerLayer):
@@ -63,6 +67,7 @@ class _Checkpoint(PerLayer):
 @register
 class MlpMax(_Checkpoint):
     """max |a| at an MLP checkpoint."""
+
     measure: Literal["mlp_max"] = "mlp_max"
     statistic: Statistic = "paper"
 
@@ -79,6 +84,7 @@ class MlpMax(_Checkpoint):
 @register
 class MlpMedian(_Checkpoint):
     """median |a| at an MLP checkpoint (per sequence, averaged)."""
+
     measure: Literal["mlp_median"] = "mlp_median"
 
     def needs(self, lm, layers):
@@ -92,6 +98,7 @@ class MlpMedian(_Checkpoint):
 @register
 class ExplosionPoint(Measure):
     """The MLP checkpoint (in flow order) whose max |a| grows most over the previous one."""
+
     measure: Literal["explosion_point"] = "explosion_point"
     layer: int = Field(ge=0, lt=10**9)
     shape: ClassVar[str] = "label"
@@ -131,6 +138,7 @@ class _Units(Measure):
 class TopNeurons(_Units):
     """The k intermediate units contributing most (|activation x weight|) to output `dim` at the
     token where it peaks."""
+
     measure: Literal["top_neurons"] = "top_neurons"
     shape: ClassVar[str] = "set"
 
@@ -141,10 +149,13 @@ class TopNeurons(_Units):
 @register
 class TopNeuronsShare(_Units):
     """What those k units' contributions add up to, as a share of the dim's output (less bias)."""
+
     measure: Literal["top_neurons_share"] = "top_neurons_share"
     shape: ClassVar[str] = "value"
-    fixed: ClassVar[str] = ("read at one fixed token (where the dim peaks) from position-wise means over sequences; "
-                            "per-sequence unit activations are not kept, so it has no interval")
+    fixed: ClassVar[str] = (
+        "read at one fixed token (where the dim peaks) from position-wise means over sequences; "
+        "per-sequence unit activations are not kept, so it has no interval"
+    )
 
     def compute(self, view, layers):
         return stats.top_share(neuron_contributions(view, self.layer, self.dim), self.k)

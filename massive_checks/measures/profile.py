@@ -18,8 +18,10 @@ from .base import Measure, PerLayer, Statistic, register
 from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
 
 
-EXTREME = ("max_over_sequences is an extreme over sequences: the bootstrap does not estimate an "
-           "extreme's sampling spread (use the paper statistic for an interval)")
+EXTREME = (
+    "max_over_sequences is an extreme over sequences: the bootstrap does not estimate an "
+    "extreme's sampling spread (use the paper statistic for an interval)"
+)
 
 
 def top_value(view, layer: int, k: int, statistic: str = "paper") -> Estimate | float:
@@ -59,6 +61,7 @@ def profile_of(view) -> dict:
 
 class _BlockMeasure(PerLayer):
     """A number per layer of the block output, computed by the function it was registered with."""
+
     compute_at: ClassVar  # (view, layer, statistic) -> Estimate (paper) or float
     value_range: ClassVar = (0.0, math.inf)
 
@@ -80,14 +83,16 @@ def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: 
 Top1 = _block_measure("Top1", "top1", "The largest |a| of the block output.", lambda v, L, st: top_value(v, L, 1, st))
 Top2 = _block_measure("Top2", "top2", "The second largest |a| of the block output.", lambda v, L, st: top_value(v, L, 2, st))
 Top3 = _block_measure("Top3", "top3", "The third largest |a| of the block output.", lambda v, L, st: top_value(v, L, 3, st))
-Median = _block_measure("Median", "median", "Median |a| of the block output (per sequence, averaged).",
-                        lambda v, L, st: median(v, L), statistic=False)
+Median = _block_measure(
+    "Median", "median", "Median |a| of the block output (per sequence, averaged).", lambda v, L, st: median(v, L), statistic=False
+)
 Ratio = _block_measure("Ratio", "ratio", "top-1 / median of the block output.", ratio)
 
 
 class _TopWhere(Measure):
     """The dim (or token) of the top-1: the set over sequences of each one's top-1 ("paper"), or
     the single top cell of the max over sequences."""
+
     shape: ClassVar[str] = "label_per_layer"
     layered: ClassVar[bool] = True
     statistic: Statistic = "paper"
@@ -110,6 +115,7 @@ class _TopWhere(Measure):
 @register
 class Top1Dim(_TopWhere):
     """The residual dim of the top-1 activation."""
+
     measure: Literal["top1_dim"] = "top1_dim"
     axis: ClassVar[str] = "dim"
     dims_in_bound: ClassVar[bool] = True
@@ -118,6 +124,7 @@ class Top1Dim(_TopWhere):
 @register
 class Top1Token(_TopWhere):
     """The token position of the top-1 activation."""
+
     measure: Literal["top1_token"] = "top1_token"
     axis: ClassVar[str] = "token"
 
@@ -125,6 +132,7 @@ class Top1Token(_TopWhere):
 @register
 class DimPeak(PerLayer):
     """max |a| of one residual dim over real tokens."""
+
     measure: Literal["dim_peak"] = "dim_peak"
     dim: int = Field(ge=0, lt=10**9)
     statistic: Statistic = "paper"
@@ -152,15 +160,29 @@ def profile_document(view) -> dict:
     ("top", "median", "ratio" of top-1 cell / median) and the paper's statistic ("paper")."""
     layers, n = [], view.lm.n_layers
     for layer in range(n):
-        paper = {"top": [value_of(top_value(view, layer, k)) for k in (1, 2, 3)], "median": value_of(median(view, layer)),
-                 "ratio": value_of(ratio(view, layer))}
-        layers.append({"layer": layer, "top": [c.as_dict() for c in top_cells(view, layer)], "median": value_of(median(view, layer)),
-                       "ratio": ratio(view, layer, "max_over_sequences"), "paper": paper})
+        paper = {
+            "top": [value_of(top_value(view, layer, k)) for k in (1, 2, 3)],
+            "median": value_of(median(view, layer)),
+            "ratio": value_of(ratio(view, layer)),
+        }
+        layers.append(
+            {
+                "layer": layer,
+                "top": [c.as_dict() for c in top_cells(view, layer)],
+                "median": value_of(median(view, layer)),
+                "ratio": ratio(view, layer, "max_over_sequences"),
+                "paper": paper,
+            }
+        )
     examples = [massive_examples(view, layer) for layer in range(n)]
     massive = [{"layer": layer, **cell.as_dict()} for layer, (cells, _) in enumerate(examples) for cell in cells]
-    return {"model": view.lm.name, "intervention": interventions.describe(view.intervention),
-            "statistics": STATISTIC_TEXT, "layers": layers, "massive": massive,
-            "massive_truncated_layers": [layer for layer, (_, more) in enumerate(examples) if more],
-            "massive_dims_per_layer": {layer: sorted(massive_dims(view, layer)) for layer in range(n)},
-            "massive_tokens_per_layer": {layer: sorted(massive_tokens(view, layer)) for layer in range(n)}}
-
+    return {
+        "model": view.lm.name,
+        "intervention": interventions.describe(view.intervention),
+        "statistics": STATISTIC_TEXT,
+        "layers": layers,
+        "massive": massive,
+        "massive_truncated_layers": [layer for layer, (_, more) in enumerate(examples) if more],
+        "massive_dims_per_layer": {layer: sorted(massive_dims(view, layer)) for layer in range(n)},
+        "massive_tokens_per_layer": {layer: sorted(massive_tokens(view, layer)) for layer in range(n)},
+    }

@@ -9,14 +9,16 @@ from .. import hooks, stats
 from ..capture import Needs
 from .base import PerLayer, register
 
-Site = Literal["out", "attn.out", "attn.resid", "attn.o_in", "mlp.in", "mlp.up", "mlp.gate", "mlp.act", "mlp.down_in",
-               "mlp.out", "mlp.resid"]
+Site = Literal[
+    "out", "attn.out", "attn.resid", "attn.o_in", "mlp.in", "mlp.up", "mlp.gate", "mlp.act", "mlp.down_in", "mlp.out", "mlp.resid"
+]
 
 
 @register
 class MaxRelDiff(PerLayer):
     """max |x - y| / max |y| between this configuration and `versus` at a site (per-cell maxima
     and position-wise means, whichever differs more)."""
+
     measure: Literal["max_rel_diff"] = "max_rel_diff"
     value_range: ClassVar = (0.0, math.inf)
     fixed: ClassVar[str] = "an extreme over every cell (0 exactly when two captures agree): an exact comparison, not an estimate"

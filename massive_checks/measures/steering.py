@@ -20,8 +20,11 @@ from .base import Measure, PerLayer, register
 from .massive import massive_dims
 
 VectorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
-DimSet = Union[Literal["massive"], Annotated[str, StringConstraints(pattern=r"^top:[1-9][0-9]*$")],
-               Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]]
+DimSet = Union[
+    Literal["massive"],
+    Annotated[str, StringConstraints(pattern=r"^top:[1-9][0-9]*$")],
+    Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)],
+]
 WindowText = Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]
 
 
@@ -63,11 +66,20 @@ def build(pairs_view, definition: VectorDef) -> Vector:
         threshold = vectors.midpoint(acts[train], y[train], values)
     else:  # the probe's own decision: x . w + b > 0
         threshold = -intercept
-    correct = {"train": vectors.correct(acts[train], y[train], values, threshold),
-               "heldout": vectors.correct(acts[heldout], y[heldout], values, threshold)}
-    return Vector(values, zeroed, float(correct["train"].double().mean()),
-                  float(correct["heldout"].double().mean()) if bool(heldout.any()) else float("nan"),
-                  replicates, units, why, correct)
+    correct = {
+        "train": vectors.correct(acts[train], y[train], values, threshold),
+        "heldout": vectors.correct(acts[heldout], y[heldout], values, threshold),
+    }
+    return Vector(
+        values,
+        zeroed,
+        float(correct["train"].double().mean()),
+        float(correct["heldout"].double().mean()) if bool(heldout.any()) else float("nan"),
+        replicates,
+        units,
+        why,
+        correct,
+    )
 
 
 def split_units(pairs_view, members: torch.Tensor, split: str) -> Units:
@@ -127,8 +139,9 @@ def vectors_panel(view, names: list[str]) -> dict:
     """Energy share of each vector's 8 dominant dims, and the cosine of each pair (of the vectors
     the spec reads)."""
     built = {name: vector_of(view, name) for name in names}
-    energy = {name: {d: vectors.energy_share(v.values, [d]) for d in vectors.dominant_dims(v.values, 8)}
-              for name, v in built.items()}
+    energy = {
+        name: {d: vectors.energy_share(v.values, [d]) for d in vectors.dominant_dims(v.values, 8)} for name, v in built.items()
+    }
     cosines = {f"{a}|{b}": vectors.cosine(built[a].values, built[b].values) for a in names for b in names if a < b}
     return {"vector_energy": energy, "vector_cosine": cosines}
 
@@ -136,6 +149,7 @@ def vectors_panel(view, names: list[str]) -> dict:
 @register
 class Cosine(_OnVectors):
     """Cosine similarity between two named vectors."""
+
     measure: Literal["cosine"] = "cosine"
     a: VectorName
     b: VectorName
@@ -150,6 +164,7 @@ class Cosine(_OnVectors):
 class EnergyShare(_OnVectors):
     """Share of a vector's squared norm in a set of dims (the massive dims at its layer, the top-K
     dims by mean |activation| in its window, or a list), ||v_S||^2 / ||v||^2."""
+
     measure: Literal["energy_share"] = "energy_share"
     vector: VectorName
     dims: DimSet = "massive"
@@ -166,13 +181,15 @@ class EnergyShare(_OnVectors):
     def compute(self, view, layers):
         definition = view.vector_def(self.vector)
         dims = dims_of(view.contrast(definition.pairs), definition.window, definition.layer, self.dims)
-        return vector_estimate(view, (self.vector,), lambda v: vectors.energy_share(v, dims),
-                               lambda rows: vectors.energy_share_rows(rows, dims))
+        return vector_estimate(
+            view, (self.vector,), lambda v: vectors.energy_share(v, dims), lambda rows: vectors.energy_share_rows(rows, dims)
+        )
 
 
 @register
 class DominantDims(_OnVectors):
     """The k dims with the largest |v_d| of a vector."""
+
     measure: Literal["dominant_dims"] = "dominant_dims"
     vector: VectorName
     k: Annotated[int, Field(ge=1)] = 1
@@ -190,6 +207,7 @@ class DominantDims(_OnVectors):
 @register
 class ZeroedDims(_OnVectors):
     """The dims a cleaned vector set to 0 (empty for an uncleaned vector)."""
+
     measure: Literal["zeroed_dims"] = "zeroed_dims"
     vector: VectorName
     shape: ClassVar[str] = "set"
@@ -203,6 +221,7 @@ class ZeroedDims(_OnVectors):
 class Accuracy(_OnVectors):
     """Share of contrast examples the vector classifies right (pos when x . v is above the probe's
     own threshold, or for other vectors the midpoint of the two training classes' projections)."""
+
     measure: Literal["accuracy"] = "accuracy"
     vector: VectorName
     split: Literal["train", "heldout"] = "heldout"
@@ -213,8 +232,11 @@ class Accuracy(_OnVectors):
         not in this interval)."""
         built = vector_of(view, self.vector)
         pairs_view = view.contrast(view.vector_def(self.vector).pairs)
-        members = contrast.read(view.vector_def(self.vector).pairs).train if self.split == "train" else \
-            contrast.read(view.vector_def(self.vector).pairs).heldout
+        members = (
+            contrast.read(view.vector_def(self.vector).pairs).train
+            if self.split == "train"
+            else contrast.read(view.vector_def(self.vector).pairs).heldout
+        )
         return pairs_view.bootstrap.mean(built.correct[self.split].double().numpy(), split_units(pairs_view, members, self.split))
 
 
@@ -223,6 +245,7 @@ class BaseCoef(_OnVectors):
     """The calibrated base steering coefficient (C15): the mean activation norm at the vector's
     layer and window (`without` a dim set, or over every dim) / the norm of the unit vector steered
     with (= 1: a coefficient scales the unit vector)."""
+
     measure: Literal["base_coef"] = "base_coef"
     vector: VectorName
     without: Optional[DimSet] = None
@@ -257,15 +280,21 @@ class _OnActivations(PerLayer):
     def figure(self, view, layers):
         pairs_view = view.contrast(self.pairs)
         every = range(view.lm.n_layers)
-        return {"norms": {f"{self.pairs}, window {self.window}": {
-            "with": [activation_norm(pairs_view, self.window, L, None).value for L in every],
-            "without": [activation_norm(pairs_view, self.window, L, "massive").value for L in every]}}}
+        return {
+            "norms": {
+                f"{self.pairs}, window {self.window}": {
+                    "with": [activation_norm(pairs_view, self.window, L, None).value for L in every],
+                    "without": [activation_norm(pairs_view, self.window, L, "massive").value for L in every],
+                }
+            }
+        }
 
 
 @register
 class ActivationNorm(_OnActivations):
     """Mean over the contrast examples of the norm of the window-pooled block output, over every
     dim or `without` a dim set (massive: the paper's rule at that layer; top:K; a list) (C14)."""
+
     measure: Literal["activation_norm"] = "activation_norm"
     without: Optional[DimSet] = None
     value_range: ClassVar = (0.0, math.inf)
@@ -284,6 +313,7 @@ class ActivationNorm(_OnActivations):
 class NormShare(_OnActivations):
     """Share of the window-pooled activations' squared norm in a dim set at that layer (default:
     the massive dims): sum_i ||a_i,S||^2 / sum_i ||a_i||^2, 0 where the set is empty (C14)."""
+
     measure: Literal["norm_share"] = "norm_share"
     dims: DimSet = "massive"
     value_range: ClassVar = (0.0, 1.0)
@@ -326,14 +356,23 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
     dims = sorted(massive_dims(pairs_view, layer))
     norm_with, norm_without = (activation_norm(pairs_view, window, layer, w).value for w in (None, "massive"))
     return {
-        "model": session.lm.name, "layer": layer, "window": window, "massive_dims": dims,
+        "model": session.lm.name,
+        "layer": layer,
+        "window": window,
+        "massive_dims": dims,
         "counts": contrast.read(pairs).counts(),
         "vectors": {name: v.values.tolist() for name, v in built.items()},
-        "cosine": {f"{a}|{b}": vectors.cosine(built[a].values, built[b].values)
-                   for i, a in enumerate(CLI_VECTORS) for b in CLI_VECTORS[i + 1:]},
+        "cosine": {
+            f"{a}|{b}": vectors.cosine(built[a].values, built[b].values)
+            for i, a in enumerate(CLI_VECTORS)
+            for b in CLI_VECTORS[i + 1 :]
+        },
         "energy": {name: vectors.energy_share(built[name].values, dims) for name in ("mean_diff", "probe")},
-        "norm": {"with": norm_with, "without": norm_without,
-                 "share": vectors.energy_of_dims(pairs_view.pooled(window, layer), dims)},
+        "norm": {
+            "with": norm_with,
+            "without": norm_without,
+            "share": vectors.energy_of_dims(pairs_view.pooled(window, layer), dims),
+        },
         "calibration": {"with": norm_with, "without": norm_without},  # base_coef: the norm / ||unit vector|| (1)
         "probe_accuracy": {"train": built["probe"].train_accuracy, "heldout": built["probe"].heldout_accuracy},
     }

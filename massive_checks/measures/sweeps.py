@@ -97,9 +97,13 @@ class SweepOutcome:
         coherence scores, {"trait_ci": [lo, hi], "coherence_ci": [lo, hi]}."""
         trait, coherence = self.resampled(bootstrap)
         units = self.units()
-        return [{"trait_ci": _ends(Estimate(r.trait, trait[:, c], units), bootstrap),
-                 "coherence_ci": _ends(Estimate(r.coherence, coherence[:, c], units), bootstrap)}
-                for c, r in enumerate(self.results)]
+        return [
+            {
+                "trait_ci": _ends(Estimate(r.trait, trait[:, c], units), bootstrap),
+                "coherence_ci": _ends(Estimate(r.coherence, coherence[:, c], units), bootstrap),
+            }
+            for c, r in enumerate(self.results)
+        ]
 
     def best_index(self, trait: np.ndarray, coherence: np.ndarray) -> np.ndarray:
         """[B] index of the best coherent coefficient > 0 per resample (-1: none coherent)."""
@@ -128,8 +132,10 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     lm, vector_def = view.lm, view.vector_def(definition.vector)
     layer = vector_def.layer if definition.layer is None else definition.layer
     pairs_view = view.contrast(vector_def.pairs)
-    calibrated = {name: activation_norm(pairs_view, vector_def.window, layer, without).value
-                  for name, without in zip(CALIBRATED, (None, "massive"))}
+    calibrated = {
+        name: activation_norm(pairs_view, vector_def.window, layer, without).value
+        for name, without in zip(CALIBRATED, (None, "massive"))
+    }
     coefs = set(definition.coefs)
     start = math.nan
     if definition.sweep is not None:
@@ -145,15 +151,42 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
     judging = steer.Judging(judge_name, judges.trait_judge(judge_name), view.session.judge_model(definition.judge_model))
     vector = vector_of(view, definition.vector).values
-    unsteered_key = ("unsteered", tuple(texts), tuple(map(tuple, trait["pos"] + trait["neg"])), len(trait["pos"]),
-                     definition.max_new_tokens, judge_name, judging.model.name)
-    baseline = view.session.memo(unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging))
-    results = steer.sweep(lm, [(vector, c) for c in coefs], layer, prompts, texts, trait, definition.max_new_tokens, judging,
-                          definition.positions, definition.first, baseline=baseline)
+    unsteered_key = (
+        "unsteered",
+        tuple(texts),
+        tuple(map(tuple, trait["pos"] + trait["neg"])),
+        len(trait["pos"]),
+        definition.max_new_tokens,
+        judge_name,
+        judging.model.name,
+    )
+    baseline = view.session.memo(
+        unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging)
+    )
+    results = steer.sweep(
+        lm,
+        [(vector, c) for c in coefs],
+        layer,
+        prompts,
+        texts,
+        trait,
+        definition.max_new_tokens,
+        judging,
+        definition.positions,
+        definition.first,
+        baseline=baseline,
+    )
     prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
     start = calibrated.get(start, start)
-    return SweepOutcome(tuple(results), definition.threshold, calibrated, prompts_key, float(start), judging.model.chance,
-                        (judge_name, judging.model.name))
+    return SweepOutcome(
+        tuple(results),
+        definition.threshold,
+        calibrated,
+        prompts_key,
+        float(start),
+        judging.model.chance,
+        (judge_name, judging.model.name),
+    )
 
 
 class _OnSteering(Measure):
@@ -176,12 +209,21 @@ def steering_panel(view, name: str) -> dict:
     shown = [outcome.baseline] + [r for r in (outcome.best(),) if r is not None]
     if not math.isnan(outcome.cliff()):
         shown.append(outcome.at(outcome.cliff()))
-    return {"steering": {name: {
-        "coefs": [r.coef for r in outcome.results[1:]], "trait": [r.trait for r in outcome.results[1:]],
-        "trait_logit": [r.trait_logit for r in outcome.results[1:]],
-        "coherence": [r.coherence for r in outcome.results[1:]], "baseline_trait": outcome.baseline.trait,
-        "threshold": outcome.threshold, "calibrated": dict(outcome.calibrated), "judged_by": list(outcome.judged_by),
-        "samples": {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown}}}}
+    return {
+        "steering": {
+            name: {
+                "coefs": [r.coef for r in outcome.results[1:]],
+                "trait": [r.trait for r in outcome.results[1:]],
+                "trait_logit": [r.trait_logit for r in outcome.results[1:]],
+                "coherence": [r.coherence for r in outcome.results[1:]],
+                "baseline_trait": outcome.baseline.trait,
+                "threshold": outcome.threshold,
+                "calibrated": dict(outcome.calibrated),
+                "judged_by": list(outcome.judged_by),
+                "samples": {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown},
+            }
+        }
+    }
 
 
 @register
@@ -191,6 +233,7 @@ class TraitEffect(_OnSteering):
     (nan when none is: the claim cannot be checked). `score: trait` is the judged score of the
     generated text; `score: logit` the fast log-odds score (circular for vectors built from the
     responses whose opening words it scores)."""
+
     measure: Literal["trait_effect"] = "trait_effect"
     coef: Optional[Coef] = None
     score: Literal["trait", "logit"] = "trait"
@@ -203,18 +246,22 @@ class TraitEffect(_OnSteering):
         value = math.nan if result is None else outcome.effect(result, self.score)
         if self.coef is not None:
             column = outcome.results.index(result)
-            return outcome.estimate(view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0], self.score)
+            return outcome.estimate(
+                view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0], self.score
+            )
 
         def best_effect(trait, coherence, coefs):
             best = outcome.best_index(trait, coherence)
             picked = np.take_along_axis(trait, np.maximum(best, 0)[:, None], axis=1)[:, 0]
             return np.where(best >= 0, picked - trait[:, 0], np.nan)
+
         return outcome.estimate(view.bootstrap, value, best_effect, self.score)
 
 
 @register
 class Coherence(_OnSteering):
     """Coherence (0-100) of the model steered at `coef` (a swept coefficient, or a calibrated one)."""
+
     measure: Literal["coherence"] = "coherence"
     coef: Coef
     value_range: ClassVar = (0.0, 100.0)
@@ -229,6 +276,7 @@ class Coherence(_OnSteering):
 @register
 class BestCoef(_OnSteering):
     """The coefficient with the largest trait effect at or above the coherence threshold (nan: none)."""
+
     measure: Literal["best_coef"] = "best_coef"
     value_range: ClassVar = (0.0, math.inf)
 
@@ -239,6 +287,7 @@ class BestCoef(_OnSteering):
         def best_coef(trait, coherence, coefs):
             index = outcome.best_index(trait, coherence)
             return np.where(index >= 0, coefs[np.maximum(index, 0)], np.nan)
+
         return outcome.estimate(view.bootstrap, math.nan if best is None else best.coef, best_coef)
 
 
@@ -247,6 +296,7 @@ class CoherenceCliff(_OnSteering):
     """The smallest swept coefficient whose coherence falls below the threshold (nan: none does);
     `per_start: true`: as a multiple of the geometric sweep's start coefficient (1 / factor^steps:
     its lowest coefficient already breaks coherence)."""
+
     measure: Literal["coherence_cliff"] = "coherence_cliff"
     per_start: bool = False
     value_range: ClassVar = (0.0, math.inf)
@@ -260,5 +310,5 @@ class CoherenceCliff(_OnSteering):
         def cliff(trait, coherence, coefs):
             below = coherence[:, 1:] < outcome.threshold
             return np.where(below.any(axis=1), coefs[1:][below.argmax(axis=1)], np.nan) / unit
-        return outcome.estimate(view.bootstrap, outcome.cliff() / unit, cliff)
 
+        return outcome.estimate(view.bootstrap, outcome.cliff() / unit, cliff)

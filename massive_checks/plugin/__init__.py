@@ -32,39 +32,78 @@ def pytest_addoption(parser):
         def addoption(*names, **kw):
             plain.addoption(*names, **kw)
             OPTION_DEFAULTS[names[0].lstrip("-").replace("-", "_")] = kw.get("default", False)
+
     group = Group()
-    group.addoption("--model", action="append", default=None, metavar="NAME",
-                    help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
-                         f"local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), a synthetic "
-                         f"test model, or random:SHAPE (random weights of a real shape, for benchmarks only: "
-                         f"random:smollm2-135m, random:gemma3-270m, random:llama-3b, random:llama-8b). Default: the "
-                         f"bundled ones")
+    group.addoption(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
+        f"local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), a synthetic "
+        f"test model, or random:SHAPE (random weights of a real shape, for benchmarks only: "
+        f"random:smollm2-135m, random:gemma3-270m, random:llama-3b, random:llama-8b). Default: the "
+        f"bundled ones",
+    )
     group.addoption("--device", default="cpu", help="torch device (default cpu)")
     group.addoption("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype")
-    group.addoption("--device-map", default=None, choices=DEVICE_MAPS,
-                    help="spread models larger than one device over all GPUs, with accelerate")
+    group.addoption(
+        "--device-map",
+        default=None,
+        choices=DEVICE_MAPS,
+        help="spread models larger than one device over all GPUs, with accelerate",
+    )
     group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
     group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
     group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
-    group.addoption("--batch-size", type=_count_or_auto(1, "a positive number"), default=None, metavar="N|auto",
-                    help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 "
-                         "on cpu and 64 on cuda)")
+    group.addoption(
+        "--batch-size",
+        type=_count_or_auto(1, "a positive number"),
+        default=None,
+        metavar="N|auto",
+        help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 on cpu and 64 on cuda)",
+    )
     group.addoption("--report-dir", default="reports", help="where results.json and reports go")
-    group.addoption("--figure-workers", type=_count_or_auto(0, "a number (0: draw in this process)"), default=None,
-                    metavar="N|auto", help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)")
+    group.addoption(
+        "--figure-workers",
+        type=_count_or_auto(0, "a number (0: draw in this process)"),
+        default=None,
+        metavar="N|auto",
+        help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)",
+    )
     group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
     group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
     group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
-    group.addoption("--update-golden", nargs="?", const="all", default=None, choices=("all", "new"),
-                    help="rewrite missing and failing golden snapshots; =new: write missing ones only")
-    group.addoption("--confidence", type=_share, default=CONFIDENCE, metavar="LEVEL",
-                    help=f"confidence level of every interval (default {CONFIDENCE}): a check holds when its whole "
-                         f"interval satisfies its bound")
-    group.addoption("--resamples", type=_count_or_auto(100, "a whole number >= 100", auto=False), default=RESAMPLES,
-                    metavar="N", help=f"bootstrap resamples per set of sampling units (default {RESAMPLES})")
-    group.addoption("--judge-model", default=None, metavar="NAME",
-                    help="model judging steered text's fluency (coherence), unless a steering configuration names "
-                         "its judge_model. Default: the other bundled model (a model never judges itself unless asked)")
+    group.addoption(
+        "--update-golden",
+        nargs="?",
+        const="all",
+        default=None,
+        choices=("all", "new"),
+        help="rewrite missing and failing golden snapshots; =new: write missing ones only",
+    )
+    group.addoption(
+        "--confidence",
+        type=_share,
+        default=CONFIDENCE,
+        metavar="LEVEL",
+        help=f"confidence level of every interval (default {CONFIDENCE}): a check holds when its whole "
+        f"interval satisfies its bound",
+    )
+    group.addoption(
+        "--resamples",
+        type=_count_or_auto(100, "a whole number >= 100", auto=False),
+        default=RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples per set of sampling units (default {RESAMPLES})",
+    )
+    group.addoption(
+        "--judge-model",
+        default=None,
+        metavar="NAME",
+        help="model judging steered text's fluency (coherence), unless a steering configuration names "
+        "its judge_model. Default: the other bundled model (a model never judges itself unless asked)",
+    )
 
 
 def _share(text: str) -> float:
@@ -80,12 +119,14 @@ def _share(text: str) -> float:
 
 def _count_or_auto(least: int, wanted: str, auto: bool = True):
     """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
+
     def parse(text: str) -> int | None:
         if auto and text == "auto":
             return None
         if not text.isdigit() or int(text) < least:
             raise argparse.ArgumentTypeError(f"{text!r}: write {wanted}{' or auto' if auto else ''}")
         return int(text)
+
     return parse
 
 
@@ -172,6 +213,7 @@ class XdistHooks:
         class ByModel(LoadGroupScheduling):
             def _split_scope(self, nodeid: str) -> str:
                 return model_of_nodeid(nodeid) or model_of_test(nodeid, names) or super()._split_scope(nodeid)
+
         return ByModel(config, log)
 
     def pytest_testnodedown(self, node, error):  # controller: a worker finished; take its records
@@ -184,7 +226,7 @@ def model_of_test(nodeid: str, names: tuple[str, ...]) -> str | None:
     """`tests/t.py::test_x[<model>:<anything>]` -> the model, when it is one of `names`."""
     if not nodeid.endswith("]") or "[" not in nodeid:
         return None
-    head = nodeid[nodeid.rindex("[") + 1:-1].split(":", 1)[0]
+    head = nodeid[nodeid.rindex("[") + 1 : -1].split(":", 1)[0]
     return head if head in names else None
 
 
@@ -193,4 +235,4 @@ def model_of_nodeid(nodeid: str) -> str | None:
     path, _, name = nodeid.partition("::")
     if not path.endswith((".yaml", ".yml")) or "[" not in name or not name.endswith("]"):
         return None
-    return name[name.index("[") + 1:-1]
+    return name[name.index("[") + 1 : -1]

@@ -16,18 +16,31 @@ from ..suite import Options, Suite
 from . import WORKER_KEY
 
 
-
 def build(config) -> "MassiveChecks":
     """The session's suite and its hooks, from the command line's options (registered by the caller)."""
     option = config.getoption
-    suite = Suite(Options(
-        models=option("--model") or list(models.BUNDLED_GGUF), device=option("--device"), dtype=option("--dtype"),
-        trust_remote_code=option("trust_remote_code"), allow_pickle=option("allow_pickle"), device_map=option("device_map"),
-        batch_size=option("batch_size"),
-        dataset=option("dataset"), samples=option("samples"), seq_len=option("seq_len"), root=config.rootpath,
-        report_dir=option("report_dir"), golden_dir=option("golden_dir"), update_golden=option("update_golden"),
-        figure_workers=option("figure_workers"), confidence=option("confidence"),
-        resamples=option("resamples"), judge_model=option("judge_model")))
+    suite = Suite(
+        Options(
+            models=option("--model") or list(models.BUNDLED_GGUF),
+            device=option("--device"),
+            dtype=option("--dtype"),
+            trust_remote_code=option("trust_remote_code"),
+            allow_pickle=option("allow_pickle"),
+            device_map=option("device_map"),
+            batch_size=option("batch_size"),
+            dataset=option("dataset"),
+            samples=option("samples"),
+            seq_len=option("seq_len"),
+            root=config.rootpath,
+            report_dir=option("report_dir"),
+            golden_dir=option("golden_dir"),
+            update_golden=option("update_golden"),
+            figure_workers=option("figure_workers"),
+            confidence=option("confidence"),
+            resamples=option("resamples"),
+            judge_model=option("judge_model"),
+        )
+    )
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # an xdist worker: its share of the cores
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
@@ -86,8 +99,9 @@ class SpecFile(pytest.File):
                 if reason:  # a known-false claim must be contradicted; passing is reported as XPASS(strict)
                     item.add_marker(pytest.mark.xfail(reason=reason, strict=True, raises=ExpectedOutcome))
                 elif undecided:
-                    item.add_marker(pytest.mark.xfail(reason=f"inconclusive as expected: {undecided}", strict=True,
-                                                      raises=ExpectedOutcome))
+                    item.add_marker(
+                        pytest.mark.xfail(reason=f"inconclusive as expected: {undecided}", strict=True, raises=ExpectedOutcome)
+                    )
                 yield item
 
     def repr_failure(self, excinfo):
@@ -130,8 +144,15 @@ class SpecItem(pytest.Item):
         expected = verdict.xfail_reason or verdict.inconclusive_reason
         if verdict.as_expected and result.golden_failed:  # the numbers its claim or reason rests on moved
             lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
-            raise GoldenMismatch("\n".join([f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, "
-                                            f"but its golden snapshot does not match:", *lines]))
+            raise GoldenMismatch(
+                "\n".join(
+                    [
+                        f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, "
+                        f"but its golden snapshot does not match:",
+                        *lines,
+                    ]
+                )
+            )
         if expected and verdict.as_expected:
             raise ExpectedOutcome(report.failure_text(result.observation, verdict))
         if expected and not (verdict.xfail_reason and verdict.passed):  # (a known-false claim that holds: XPASS)
@@ -194,9 +215,11 @@ class MassiveChecks:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         o = self.suite.options
         if reporter is not None and not hasattr(self.config, "workerinput"):
-            reporter.write_line(f"massive_checks {__version__}: models {', '.join(o.models)}; device {o.device}; dtype "
-                                f"{o.dtype}; torch {torch.__version__}; transformers {transformers.__version__}; golden dir "
-                                f"{o.golden_dir}")
+            reporter.write_line(
+                f"massive_checks {__version__}: models {', '.join(o.models)}; device {o.device}; dtype "
+                f"{o.dtype}; torch {torch.__version__}; transformers {transformers.__version__}; golden dir "
+                f"{o.golden_dir}"
+            )
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -234,9 +257,11 @@ class MassiveChecks:
                 passes = f"; {session.forward_passes} forward passes" if session else ""
                 loads, judging = suite.loads.get(name, 0), suite.judge_loads.get(name, 0)
                 judged = f" (and {judging} as a judge of steered text)" if judging else ""
-                terminalreporter.line(f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
-                                      f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{judged}{passes}",
-                                      yellow=loads > 1)
+                terminalreporter.line(
+                    f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
+                    f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{judged}{passes}",
+                    yellow=loads > 1,
+                )
             for worker, threads in sorted(suite.threads.items()):
                 terminalreporter.line(f"worker {worker}: {threads}")
             if any(count > 1 for count in suite.loads.values()):
@@ -262,4 +287,3 @@ def _status(test_report) -> str:
             return "xpassed"
         return "undecided" if test_report.wasxfail.startswith("inconclusive as expected") else "xfailed"
     return test_report.outcome
-
