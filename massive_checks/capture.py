@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .hooks import HookContext, HookFn
+from .models import free_bytes
 
 
 @dataclass
@@ -123,6 +124,7 @@ class SiteStats:
 
     with_median: bool = False  # keep per-sequence medians (one batched call per chunk: lower_median)
     slice_dims: tuple = ()  # features kept at every token
+    pass_sites: int = 1  # sites captured in its pass: the most a held stack of its shape needs (HeldHidden)
 
     def add(self, tensor: torch.Tensor | None, context: HookContext) -> None:
         """The hook function: statistics of one chunk's tensor at this site; never edits it."""
@@ -158,7 +160,7 @@ class SiteStats:
         """One chunk's hidden-like tensor [B, T, F]. On a GPU it is held (one copy) and its
         statistics computed with other sites' at the end of the forward call: a small model's
         forward on a GPU is bound by kernel launches, and this runs at every block."""
-        if gpu_ways(act) and context.deferrable and 2 * act.numel() * 4 <= HOLD_BYTES:  # 2+ sites per stack
+        if gpu_ways(act) and context.deferrable and 2 * act.numel() * act.element_size() <= _hold_bytes_of(context, act):
             holder = context.shared(("held", act.device), lambda: _held(context))
             holder.hold(self, act)
         else:
@@ -173,7 +175,7 @@ class SiteStats:
         self.seq_token_max.append(stats["token_max"])
         self.seq_cells.append(stats["cells"])
         if self.slice_dims:
-            self.seq_slices.append((self.slice_dims, stats["signed"][..., list(self.slice_dims)]))
+            self.seq_slices.append((self.slice_dims, stats["signed"][..., list(self.slice_dims)].float()))
         if self.with_median:
             self.seq_median.append(stats["median"])
         self.width = stats["signed"].shape[-1]
@@ -194,6 +196,7 @@ class SiteStats:
 
     # -------- finished views (cpu tensors)
     def mean(self) -> torch.Tensor:  # [T, F] position-wise mean over sequences
+        assert self.total is not None and self.count is not None, "mean() before any chunk"
         return self.total / self.count.clamp(min=1)[:, None]
 
     def cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -253,16 +256,18 @@ def gpu_ways(tensor: torch.Tensor) -> bool:
 
 
 def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContext, owned: bool = False) -> None:
-    """Statistics of G sites' tensors of one chunk at once: acts [G, B, T, F] float32, written only
-    where `owned` (else it may be a view of the model's own tensor). All sites share with_median."""
+    """Statistics of G sites' tensors of one chunk at once: acts [G, B, T, F], written only where
+    `owned` (else it may be a view of the model's own tensor). All sites share with_median. In a
+    half-precision dtype every statistic but the sum is one of its values, so exact in that dtype:
+    only the sum accumulates in float32, and only the kept results are float32 copies."""
     padding = context.shared(("padding", acts.device), lambda: ~context.mask.to(acts.device).bool()[..., None])  # [B, T, 1]
     signed = acts.masked_fill_(padding, 0.0) if owned else acts.masked_fill(padding, 0.0)  # [G, B, T, F]; padding -> 0
     magnitude = signed.abs()
     count = context.shared(("count", acts.device), lambda: (~padding[..., 0]).sum(dim=0).float())  # [T]
-    cell_max, total = magnitude.amax(dim=1), signed.sum(dim=1)  # [G, T, F]
-    dim_max, token_max = magnitude.amax(dim=2), magnitude.amax(dim=3)  # [G, B, F], [G, B, T]
+    cell_max, total = magnitude.amax(dim=1).float(), signed.sum(dim=1, dtype=torch.float32)  # [G, T, F]
+    dim_max, token_max = magnitude.amax(dim=2).float(), magnitude.amax(dim=3).float()  # [G, B, F], [G, B, T]
     values, flat = magnitude.flatten(2).topk(min(SEQ_CELLS, magnitude[0, 0].numel()), dim=2)  # [G, B, K]
-    top_signed = signed.flatten(2).gather(2, flat)
+    values, top_signed = values.float(), signed.flatten(2).gather(2, flat).float()
     median = None
     if sites[0].with_median:
         tokens = context.shared(("real tokens", acts.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
@@ -270,7 +275,7 @@ def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContex
             ("median at", acts.device, acts.shape[2:]),  # per width: sites differ in F
             lambda: sorted_median_at(tokens * acts.shape[-1], acts[0, 0].numel()),
         )
-        median = lower_median(magnitude, padding, at)  # [G, B]
+        median = lower_median(magnitude, padding, at).float()  # [G, B]
     for g, site in enumerate(sites):
         site.keep(
             {
@@ -286,15 +291,32 @@ def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContex
         )
 
 
-# float32 bytes of one held stack. Its statistics' peak is ~5x this (the stack, |a|, the sorted
-# values and their int64 indices for medians): what batching sites costs in memory.
-HOLD_BYTES = 16 * 2**20
+# A held stack's bytes: a share of the device's free memory (like the batch size), so all blocks
+# of a forward call are usually one stack (one topk, one median selection for all). Its statistics
+# peak at ~3x the stack (the stack, |a|, the median's int32 digits per SELECT_CELLS). HOLD_BYTES
+# set: that size (tests).
+HOLD_SHARE = 0.05
+HOLD_MIN_BYTES = 16 * 2**20
+HOLD_BYTES: int | None = None
+
+
+def _hold_bytes_of(context: HookContext, act: torch.Tensor) -> int:
+    """hold_bytes, read once per forward call (a device query per hook call is host work)."""
+    return context.shared(("hold bytes", act.device), lambda: hold_bytes(act.device))
+
+
+def hold_bytes(device: torch.device) -> int:
+    """HOLD_SHARE of the device's free memory (with the GPU's ways forced on the cpu: of the
+    machine's available memory, so launch counts there are a GPU's)."""
+    if HOLD_BYTES is not None:
+        return HOLD_BYTES
+    return max(HOLD_MIN_BYTES, int((free_bytes(device) or 0) * HOLD_SHARE))
 
 
 class HeldHidden:
-    """On a GPU: the hidden-like tensors of one forward call, copied into float32 stacks (one per
-    shape and median need), whose statistics are computed G sites at a time when a stack fills
-    and when the call ends. ~12 launches per G sites instead of per site: on an H100 a SmolLM2
+    """On a GPU: the hidden-like tensors of one forward call, copied into stacks in the model's
+    dtype (one per shape, dtype and median need; at most the pass's site count deep), whose
+    statistics are computed G sites at a time when a stack fills and when the call ends. ~12 launches per G sites instead of per site: on an H100 a SmolLM2
     pass was bound by launches (2,610 per pass), and topk and sort cost ~0.3 ms of cpu each."""
 
     def __init__(self, context: HookContext):
@@ -302,12 +324,12 @@ class HeldHidden:
         self.stacks: dict[tuple, tuple[torch.Tensor, list[SiteStats]]] = {}
 
     def hold(self, site: SiteStats, act: torch.Tensor) -> None:
-        key = (tuple(act.shape), site.with_median)
+        key = (tuple(act.shape), act.dtype, site.with_median)
         if key not in self.stacks:
-            rows = max(1, HOLD_BYTES // (act.numel() * 4))
-            self.stacks[key] = (torch.empty((rows, *act.shape), dtype=torch.float32, device=act.device), [])
+            rows = max(1, min(site.pass_sites, _hold_bytes_of(self.context, act) // (act.numel() * act.element_size())))
+            self.stacks[key] = (torch.empty((rows, *act.shape), dtype=act.dtype, device=act.device), [])
         stack, sites = self.stacks[key]
-        stack[len(sites)].copy_(act.detach())  # one launch; also the float32 conversion
+        stack[len(sites)].copy_(act.detach())  # one launch
         sites.append(site)
         if len(sites) == len(stack):
             self.flush(key)
@@ -327,27 +349,56 @@ def _held(context: HookContext) -> HeldHidden:
     return holder
 
 
-SORT_CELLS = 2**27  # cells sorted at once by lower_median on a GPU (1.5 GiB with the int64 indices)
+SELECT_CELLS = 2**26  # cells selected at once by lower_median on a GPU (their int32 digits: 256 MiB)
+DIGIT_BITS = 8  # bits of the value read per selection pass: 4 passes for float32, 2 for bfloat16
+_BITS_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
 
 
 def lower_median(
-    magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor], by_sort: bool | None = None
+    magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor], by_select: bool | None = None
 ) -> torch.Tensor:
     """Each sequence's lower median of its real cells (what torch.nanmedian returns; NaN where a
     row has none): magnitude [..., B, T, F] >= 0 with padding cells at 0, padding [B, T, 1] bool,
     at from sorted_median_at -> [..., B]. On a GPU nanmedian (and kthvalue) runs one thread block
     per row: 5.6 ms for one 2048x576 row on an H100, 35x a segmented sort, and 9.8x the whole
-    plain forward at 1x2048 once done at 30 blocks. So on a GPU: sort the rows, read the median
-    where `at` says. On the cpu nanmedian is the faster."""
-    if not (gpu_ways(magnitude) if by_sort is None else by_sort):
+    plain forward at 1x2048 once done at 30 blocks; a full sort was a quarter of a 3B model's
+    profile pass. So on a GPU: select the value at `at` by its bits (select_at), no sort. On the
+    cpu nanmedian is the faster."""
+    if not (gpu_ways(magnitude) if by_select is None else by_select):
         return magnitude.masked_fill(padding, float("nan")).flatten(-2).nanmedian(dim=-1).values
     flat = magnitude.flatten(-2)  # [..., B, N]
-    rows = max(1, SORT_CELLS // max(flat.shape[-1], 1))
-    parts = [part.sort(dim=1).values for part in flat.reshape(-1, flat.shape[-1]).split(rows)]
-    ordered = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(flat.shape)
     index, empty = at
-    index = index.expand(flat.shape[:-1])[..., None]  # [..., B, 1]
-    return ordered.gather(-1, index).squeeze(-1).masked_fill(empty, float("nan"))
+    index = index.expand(flat.shape[:-1]).reshape(-1)  # [R]
+    rows = max(1, SELECT_CELLS // max(flat.shape[-1], 1))
+    rows_flat = flat.reshape(-1, flat.shape[-1])
+    parts = [select_at(part, index[i : i + rows]) for i, part in zip(range(0, len(index), rows), rows_flat.split(rows))]
+    chosen = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(flat.shape[:-1])
+    return chosen.masked_fill(empty, float("nan"))
+
+
+def select_at(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[R] the k-th smallest (0-based) of each row of values [R, N] >= 0, exactly, without sorting:
+    a radix selection on the bits. A non-negative float orders as its bits read as an integer, so
+    the answer's bits are found DIGIT_BITS at a time, highest first: per pass one histogram of the
+    digit over the cells that still match the answer's higher bits, and the digit whose cumulative
+    count passes k. NaN (bits above inf's) is largest, as in a sort."""
+    bits = values.view(_BITS_OF[values.dtype])  # [R, N]; the sign bit is 0
+    width, rows = bits.element_size() * 8, values.shape[0]
+    bins = 2**DIGIT_BITS
+    offsets = torch.arange(rows, device=values.device, dtype=torch.int32)[:, None] * (bins + 1)  # [R, 1]: a row's bins
+    answer = torch.zeros(rows, dtype=torch.int64, device=values.device)  # the bits found so far
+    k = k.to(values.device, torch.int64).clone()
+    for shift in range(width - DIGIT_BITS, -1, -DIGIT_BITS):
+        digit = ((bits >> shift) & (bins - 1)).to(torch.int32)  # [R, N]
+        if shift + DIGIT_BITS < width:  # cells whose higher bits differ from the answer's go to an extra bin
+            higher = (bits >> (shift + DIGIT_BITS)) != (answer >> (shift + DIGIT_BITS)).to(bits.dtype)[:, None]
+            digit = digit.masked_fill_(higher, bins)
+        counts = torch.bincount((digit + offsets).view(-1), minlength=rows * (bins + 1)).view(rows, bins + 1)[:, :bins]
+        passed = counts.cumsum(dim=1)  # [R, bins]
+        chosen = (passed <= k[:, None]).sum(dim=1)  # [R]: the first digit whose cumulative count exceeds k
+        k -= torch.where(chosen > 0, passed.gather(1, (chosen - 1).clamp(min=0)[:, None]).squeeze(1), 0)
+        answer |= chosen << shift
+    return answer.to(bits.dtype).view(values.dtype)
 
 
 def sorted_median_at(real: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,8 +415,13 @@ def finish_all(accumulators: dict[str, SiteStats]) -> dict[str, SiteStats]:
     overflow check on the copies."""
     sites = list(accumulators.values())
     kept: list[torch.Tensor] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor)
+        return tensor
+
     for site in sites:
-        site.map_tensors(lambda t: kept.append(t) or t)
+        site.map_tensors(keep)
     copies = iter(to_host(kept))
     for site in sites:
         site.map_tensors(lambda _: next(copies))
@@ -390,7 +446,9 @@ def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[tor
         for i, part in zip(group, host.split([tensors[i].numel() for i in group])):
             copies[i] = part.view(tensors[i].shape)
     wait_for_device()
-    return copies
+    done = [copy for copy in copies if copy is not None]
+    assert len(done) == len(tensors), "a tensor in no pack group"
+    return done
 
 
 def _pack_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
@@ -444,18 +502,23 @@ def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteSt
     for name, dim in sorted(needs.slices):
         slices[name] = (*slices.get(name, ()), dim)
     accumulators = {
-        name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ())) for name in sorted(needs.sites)
+        name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ()), pass_sites=len(needs.sites))
+        for name in sorted(needs.sites)
     }
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
 
 
 def pooled_pairs(
-    needs: Needs, mask: torch.Tensor, response_start: torch.Tensor
+    needs: Needs, mask: torch.Tensor, response_start: torch.Tensor | None
 ) -> tuple[list[tuple[str, HookFn]], dict[tuple[str, str], Pooled]]:
     """(site, hook function) pairs pooling each window at every captured block output; the
     accumulators keyed by (site, window text). mask [S, T], response_start [S]: the dataset's."""
     blocks = sorted(name for name in needs.sites if name.endswith(".out") and name.count(".") == 2)
     windows = {text: Window.parse(text) for text in sorted(needs.pooled)}
+    if not windows:
+        return [], {}
+    if response_start is None:
+        raise ValueError(f"windows {', '.join(windows)} need a contrast set (its responses' first tokens)")
     for window in windows.values():
         window.require_tokens(mask, response_start)  # before the pass, not a device sync per hook call
     accumulators = {(name, text): Pooled(window, response_start) for name in blocks for text, window in windows.items()}

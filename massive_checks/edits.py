@@ -44,6 +44,7 @@ def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None) -> HookFn:
 
     def replacement(x: torch.Tensor) -> torch.Tensor:  # what the selected entries become
         if ablation.mode == "mean" and ablation.rows is None:
+            assert mean is not None, "a mean ablation without the baseline's mean"
             return mean[: x.shape[1]].to(x.device, x.dtype).expand_as(x)  # [T, F] -> [B, T, F]
         if ablation.mode in ("value", "mean"):  # #massive's mean is a value: the massive cells' mean
             return torch.full_like(x, ablation.value)

@@ -274,7 +274,7 @@ def judge(
 def reads_named_runs(check: Check) -> bool:
     """A compare of named vectors or steering runs (which two definitions can make the same on a
     model; equal values of two sites are a finding, not a coincidence of names)."""
-    return any(q.measure.vector_refs() or q.measure.steering_refs() for q in (check.quantity, check.versus))
+    return any(q.measure.vector_refs() or q.measure.steering_refs() for q in (check.quantity, check.versus) if q is not None)
 
 
 def same_numbers(a: Estimate, b: Estimate) -> bool:
@@ -298,7 +298,7 @@ def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
             note = "undefined on these units"
         elif not all(map(math.isfinite, interval)) and share:
             note = f"undefined in {share:.1%} of resamples (more than a tail's share)"
-        else:
+        elif value.units is not None:  # an interval comes from resampled units
             needed = intervals.units_to_decide(bound, value.value, interval, value.units.n)
             note = (
                 f"about {needed:.0f} {value.units.kind} would decide it (now {value.units.n})"

@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
@@ -14,9 +15,8 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report or golden is for everyone to read
     try:
-        binary = isinstance(content, bytes)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            handle.write(content)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -29,7 +29,7 @@ def _umask() -> int:
     return mask
 
 
-def jsonable(value):
+def jsonable(value: Any) -> Any:
     """Sets -> sorted lists, tuples -> lists, inf/nan -> strings: JSON-safe and comparable."""
     if isinstance(value, (set, frozenset)):
         return sorted(value)

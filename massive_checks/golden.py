@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from .errors import GoldenError
 from .files import atomic_write, jsonable
@@ -47,12 +48,13 @@ class Mismatch:
 
     @property
     def abs_error(self) -> float | None:
-        return abs(self.observed - self.expected) if _is_number(self.observed) and _is_number(self.expected) else None
+        observed, expected = self.observed, self.expected
+        return abs(observed - expected) if _is_number(observed) and _is_number(expected) else None
 
     @property
     def rel_error(self) -> float | None:
-        err = self.abs_error
-        return None if err is None else (err / abs(self.expected) if self.expected else math.inf)
+        err, expected = self.abs_error, self.expected
+        return None if err is None or not _is_number(expected) else (err / abs(expected) if expected else math.inf)
 
 
 @dataclass
@@ -227,5 +229,5 @@ def orphans(root: Path, collected_files: set[str], live: set[tuple[str, str]], a
     return found
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

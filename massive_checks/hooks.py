@@ -28,11 +28,13 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Hashable, Iterator, Mapping, TypeVar
 
 import torch
 
 from .models import LoadedModel
+
+T = TypeVar("T")
 
 SITE_PATTERN = re.compile(
     r"^blocks\.(\d+)\.(out|attn\.out|attn\.resid|attn\.o_in|attn\.probs|mlp\.in|mlp\.up|mlp\.gate|mlp\.act|mlp\.down_in"
@@ -101,7 +103,7 @@ class HookContext:
     _shared: dict = field(default_factory=dict, repr=False, compare=False)  # per forward call, see shared()
     _at_end: list | None = field(default=None, repr=False, compare=False)  # see at_end()
 
-    def shared(self, key, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
         """A value derived from this call's mask (e.g. the padding mask on a device), computed by
         the first hook that asks and reused by the others: one kernel per call, not per site."""
         if key not in self._shared:
@@ -116,6 +118,7 @@ class HookContext:
     def at_end(self, finish: Callable[[], None]) -> None:
         """Run finish() once this forward call has returned (statistics held for a batched
         computation). Only where `deferrable`."""
+        assert self._at_end is not None, "at_end outside Attachment.forward"
         self._at_end.append(finish)
 
     def absolute_positions(self) -> torch.Tensor:
@@ -137,7 +140,7 @@ class StopForward(Exception):
 
 def last_layer(site_names) -> int:
     """The deepest block any of these sites is in (a forward may stop after it)."""
-    return max(int(SITE_PATTERN.match(name).group(1)) for name in site_names)
+    return max(layer_of(name) for name in site_names)
 
 
 class Attachment:
@@ -171,7 +174,7 @@ class Attachment:
                 output = network(input_ids=input_ids, attention_mask=mask, **kwargs)
             except StopForward:
                 output = None  # stopped after the last block a capture reads: no later blocks, no logits
-            for finish in self._context._at_end:
+            for finish in self._context._at_end or ():
                 finish()
             return output
         finally:
@@ -210,7 +213,7 @@ def attach(
 def _with_context(attachment: Attachment, fn: HookFn) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def call(tensor: torch.Tensor | None):
         if tensor is None:  # attention weights of a non-eager implementation: the function says so
-            return fn(tensor, attachment._context)
+            return fn(tensor, attachment._context)  # type: ignore[arg-type]  # HookFns of attention weights take None
         context = attachment.context_for(tensor)
         if tensor.dim() == 2 and context.mask.dim() == 2 and tensor.shape[0] == context.mask.numel():
             # Some MLPs (OPT) run on flattened tokens [B*T, F]: present them as [B, T, F].
@@ -221,6 +224,12 @@ def _with_context(attachment: Attachment, fn: HookFn) -> Callable[[torch.Tensor]
     return call
 
 
+def _marked(hook: Callable) -> Callable:
+    """Mark a hook as ours, so tests can find any left on a model."""
+    setattr(hook, "massive_checks", True)  # noqa: B010  (a function attribute mypy does not know)
+    return hook
+
+
 def _register(module: torch.nn.Module, which: str, fn):
     """Run fn on the chosen tensor of the module's call; a tensor it returns replaces that one."""
     if which == "in":
@@ -229,8 +238,7 @@ def _register(module: torch.nn.Module, which: str, fn):
             new = fn(args[0])
             return None if new is None else (new, *args[1:])
 
-        pre_hook.massive_checks = True
-        return module.register_forward_pre_hook(pre_hook)
+        return module.register_forward_pre_hook(_marked(pre_hook))
 
     def hook(_module, _args, output):
         is_tuple = isinstance(output, tuple)
@@ -240,8 +248,7 @@ def _register(module: torch.nn.Module, which: str, fn):
             return None
         return (*output[:index], new, *output[index + 1 :]) if is_tuple else new
 
-    hook.massive_checks = True
-    return module.register_forward_hook(hook)
+    return module.register_forward_hook(_marked(hook))
 
 
 def _register_stop(block: torch.nn.Module, attachment: Attachment):
@@ -249,8 +256,7 @@ def _register_stop(block: torch.nn.Module, attachment: Attachment):
         if attachment._context is not None:  # inside Attachment.forward, which catches it
             raise StopForward
 
-    stop.massive_checks = True
-    return block.register_forward_hook(stop)
+    return block.register_forward_hook(_marked(stop))
 
 
 def hook_count(module: torch.nn.Module) -> int:

@@ -202,14 +202,14 @@ def combine(fn, *args) -> Estimate:
     estimates = [a for a in args if isinstance(a, Estimate)]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         value = float(fn(*(np.float64(value_of(a)) for a in args)))
-        resampled = [e for e in estimates if e.replicates is not None]
+        resampled = [e for e in estimates if e.replicates is not None and e.units is not None]
         if not resampled or len(resampled) < len(estimates):  # one side without an interval: none for the result
             return Estimate(value, None, None, "; ".join(dict.fromkeys(e.reason for e in estimates if e.reason)))
-        size = len(resampled[0].replicates)
+        size = len(resampled[0].replicates)  # type: ignore[arg-type]  # replicates checked above
         replicates = np.asarray(
             fn(*(a.replicates if isinstance(a, Estimate) else np.full(size, np.float64(a)) for a in args)), dtype=np.float64
         )
-    return Estimate(value, replicates, joint_units([e.units for e in resampled]))
+    return Estimate(value, replicates, joint_units([e.units for e in resampled if e.units is not None]))
 
 
 def joint_units(units: list[Units]) -> Units:

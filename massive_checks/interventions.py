@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 TARGETS = ("attn", "mlp", "heads", "dims", "neurons", "massive")
@@ -130,17 +131,19 @@ MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before i
 FLOAT32_MAX = 3.4028234663852886e38  # the largest value an activation can be set to
 
 
-def parse_layers(text: str, n_layers: int | None) -> list[int]:
+def parse_layers(text: str | None, n_layers: int | None) -> list[int]:
     """'all' | '5' | '2-10' | '2,3,7' (0-based, inclusive ranges) -> sorted layer list.
     n_layers None: check the syntax only (at collection, before any model is known)."""
+    if text is None:
+        raise ValueError("layers: missing (write 'all', 'L', 'A-B' or a comma list of those)")
     if text == "all":
         return list(range(n_layers or 0))
-    spans = []
+    spans: list[tuple[int, int]] = []
     for part in str(text).split(","):
-        low, _, high = part.strip().partition("-")
-        if not (low.isdigit() and (high.isdigit() or not high)):
+        low_text, _, high_text = part.strip().partition("-")
+        if not (low_text.isdigit() and (high_text.isdigit() or not high_text)):
             raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list of those")
-        low, high = int(low), int(high or low)
+        low, high = int(low_text), int(high_text or low_text)
         if high < low:
             raise ValueError(f"layers {text!r}: {low}-{high} is an empty range (write the lower block first)")
         if high >= (n_layers if n_layers is not None else MAX_LAYERS):
@@ -212,7 +215,7 @@ def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[
         return list(head_ranking[:k] if ranked[1] == "top" else head_ranking[-k:])
     if selection == "all":
         return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for item in selection.split(","):
         layer_text, _, head_text = item.partition(".")
         heads = range(n_heads) if head_text == "*" else _ints(head_text, request.text)
@@ -273,7 +276,8 @@ def _where_and_mode(tokens, rows, mode: str, value: float) -> str:
 
 def ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'"""
-    values, spans = sorted(values), []
+    values = sorted(values)
+    spans: list[list[int]] = []  # [low, high]
     for v in values:
         if spans and v == spans[-1][1] + 1:
             spans[-1][1] = v
@@ -302,13 +306,15 @@ def mean_sites(intervention: Intervention) -> set[str]:
 
 def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
     """The same, before resolution (ranked heads are not known yet: all layers, to be safe)."""
-    sites = set()
+    sites: set[str] = set()
     for r in requests:
         if r.mode != "mean" or r.at_massive_cells:  # these carry their own mean
             continue
         if r.target == "heads":
             ranked = r.selection == "all" or r.selection.startswith(("top", "bottom"))
-            layers = range(n_layers) if ranked else {int(item.partition(".")[0]) for item in r.selection.split(",")}
+            layers: Iterable[int] = (
+                range(n_layers) if ranked else {int(item.partition(".")[0]) for item in r.selection.split(",")}
+            )
         else:
             layers = parse_layers(r.selection if r.target in ("attn", "mlp") else r.layers, n_layers)
         sites |= {f"blocks.{layer}.{TARGET_SITE[r.target]}" for layer in layers}

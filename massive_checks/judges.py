@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -224,7 +224,10 @@ class JudgeModel:
     """The model that judges fluency: its loaded model and its name (for reports)."""
 
     name: str
-    lm: object  # models.LoadedModel
+    lm: Any  # models.LoadedModel (judges.py imports no torch)
+    # (prompt, continuation) -> per-token loss, filled by steer.judged_losses: runs of a session
+    # (other coefficients, other cleanings) often generate the same text, judged once
+    losses: dict[tuple[str, str], float] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def chance(self) -> float:

@@ -12,6 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ class Adapter:
     mlp_resid: str | None = None
 
 
-_LLAMA_LIKE = dict(
+_LLAMA_LIKE: dict[str, Any] = dict(
     blocks="model.layers",
     attn="model.layers.{L}.self_attn",
     o_proj="model.layers.{L}.self_attn.o_proj",
@@ -53,7 +54,7 @@ _LLAMA_LIKE = dict(
     act="model.layers.{L}.mlp.act_fn",
     down="model.layers.{L}.mlp.down_proj",
 )
-_POST_NORMS = dict(
+_POST_NORMS: dict[str, Any] = dict(
     attn_resid="model.layers.{L}.post_attention_layernorm", mlp_resid="model.layers.{L}.post_feedforward_layernorm"
 )
 ADAPTERS: dict[str, Adapter] = {
@@ -111,8 +112,8 @@ def adapter_for(model) -> Adapter:
 @dataclass
 class LoadedModel:
     name: str  # what the user asked for, e.g. "smollm2-135m"
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any  # a transformers PreTrainedModel (its config and forward keywords are untyped)
+    tokenizer: Any  # a transformers tokenizer
     adapter: Adapter
     revision: str  # hub revision or a hash of the weights: keys caches and goldens
     dtype: torch.dtype
@@ -144,19 +145,11 @@ class LoadedModel:
         weight = self.module(self.adapter.down.format(L=0)).weight
         return weight.shape[0 if self.adapter.conv1d else 1]
 
-    def module(self, path: str) -> torch.nn.Module:
+    def module(self, path: str) -> Any:  # a torch.nn.Module (typed Any: its attributes are Tensor | Module to mypy)
         return self.model.get_submodule(path)
 
     def free_memory(self) -> int | None:
-        """Bytes free where the activations live: the GPU's free memory, or the machine's
-        available memory for the cpu; None when unknown."""
-        if self.device.startswith("cuda"):
-            return torch.cuda.mem_get_info(torch.device(self.device))[0]
-        try:
-            line = next(row for row in Path("/proc/meminfo").read_text().splitlines() if row.startswith("MemAvailable:"))
-            return int(line.split()[1]) * 1024
-        except (OSError, StopIteration, ValueError):
-            return None
+        return free_bytes(torch.device(self.device))
 
     def activation_bytes(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
         """A generous estimate of one sequence's peak activation memory in a forward pass with
@@ -248,9 +241,19 @@ def load(
     return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
 
 
-def dispatch(
-    model: torch.nn.Module, device_map: str | dict, dtype: torch.dtype, offload_dir: str | None = None
-) -> torch.nn.Module:
+def free_bytes(device: torch.device) -> int | None:
+    """Bytes free where a device's tensors live: the GPU's free memory, or the machine's available
+    memory for the cpu; None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        line = next(row for row in Path("/proc/meminfo").read_text().splitlines() if row.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def dispatch(model: Any, device_map: str | dict, dtype: torch.dtype, offload_dir: str | None = None) -> Any:
     """Spread a model loaded on the cpu over the devices, whole blocks each, with accelerate: what
     from_pretrained(device_map=...) does for hub models. device_map: a strategy of DEVICE_MAPS,
     or an explicit {module path: device} ("disk" entries need offload_dir)."""
@@ -269,7 +272,7 @@ def dispatch(
     return dispatch_model(model, device_map, offload_dir=offload_dir)
 
 
-def input_device(model: torch.nn.Module) -> str:
+def input_device(model: Any) -> str:
     """Where a dispatched model's inputs go: the embedding's execution device (its weight may be
     offloaded, on the meta device)."""
     embedding = model.get_input_embeddings()
@@ -277,7 +280,7 @@ def input_device(model: torch.nn.Module) -> str:
     return str(torch.device(device if device is not None else embedding.weight.device))
 
 
-def parameter(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+def parameter(module: Any, name: str) -> torch.Tensor | None:
     """module.<name> (weight, bias), also where accelerate offloaded it to the cpu or disk: there
     the module holds a meta tensor outside its own forward, and the values sit in its hook."""
     tensor = getattr(module, name, None)
@@ -286,7 +289,7 @@ def parameter(module: torch.nn.Module, name: str) -> torch.Tensor | None:
     return tensor
 
 
-def _set_attention(model: torch.nn.Module, implementation: str) -> bool:
+def _set_attention(model: Any, implementation: str) -> bool:
     """Switch the attention implementation; False where the model does not support it."""
     try:
         model.set_attn_implementation(implementation)
@@ -445,7 +448,7 @@ BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> 
 RANDOM = "random:"
 # Random-initialised models of real shapes, for benchmarks only (no claim holds on random weights):
 # shape -> (the bundled model whose configuration and tokenizer it starts from, fields replaced).
-RANDOM_SHAPES = {
+RANDOM_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2-135m": (BUNDLED, {}),
     "gemma3-270m": ("gemma3-270m", {}),
     "llama-3b": (

@@ -141,6 +141,7 @@ def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out:
     observation, verdict = Evaluator(spec, session, data).evaluate()
     observation.path = str(spec_path)
     path = golden.golden_path(out / "golden", session.lm.name, spec.id)
+    assert spec.golden is not None, f"{spec_path}: the scan's specs all keep goldens"
     golden.check(path, golden.snapshot_of(observation, verdict), spec.golden, update="all")
 
 

@@ -85,9 +85,8 @@ class ModelSession:
         session's default (--judge-model), else another model than this one (models.default_judge).
         It is this session's own model only when named so."""
         name = name or self.judge_default or models.default_judge(self.lm.name)
-        if name == self.lm.name:
-            return JudgeModel(name, self.lm)
-        return self.memo(("judge model", name), lambda: JudgeModel(name, self._judge_loader(name)))
+        load = (lambda: self.lm) if name == self.lm.name else (lambda: self._judge_loader(name))
+        return self.memo(("judge model", name), lambda: JudgeModel(name, load()))
 
     def batch(self, data: DataConfig) -> Batch:
         if data not in self._batches:
@@ -279,6 +278,7 @@ class ConfigView:
     def loss(self) -> Estimate:
         """Mean next-token loss over real targets (token-weighted), resampled by sequence."""
         per_sequence = self.session.run(self.data, self.intervention, Needs(loss=True), self.plan_key).token_loss
+        assert per_sequence is not None, "a pass that measured the loss"
         return self.bootstrap.ratio_of_totals(per_sequence[:, 0].numpy(), per_sequence[:, 1].numpy(), self.units())
 
     # -- sampling units (intervals.py): the data set's sequences

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import AbstractSet as Set
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
@@ -95,7 +96,7 @@ def _quantity_fields(cls: type[Measure]) -> dict:
 
 
 # The bounds on a number (a measure's, or a compare's |a| / |b| or a - b), with approx's `rel`.
-NUMBER_BOUND_FIELDS = {
+NUMBER_BOUND_FIELDS: dict[str, Any] = {
     "at_least": (Optional[Number], None),
     "at_most": (Optional[Number], None),
     "between": (Optional[Interval], None),
@@ -119,9 +120,9 @@ class Schema:
     """The spec schema for the measures registered now: per measure, the flat model of a check
     (parameters, quantity keys, bounds) and of a compare side (no bounds); the spec model."""
 
-    checks: dict
-    sides: dict
-    spec: type
+    checks: Mapping[str, type[BaseModel]]
+    sides: Mapping[str, type[BaseModel]]
+    spec: type[BaseModel]
 
 
 _SCHEMAS: dict[tuple, Schema] = {}
@@ -139,7 +140,7 @@ def schema() -> Schema:
 
 # A check's `reference`: the source's own value for what the check measures (e.g. "+33.0 - +24.8 on
 # Gemma 3 4B"), shown beside the models' values in the reports' reference table; never judged.
-REFERENCE_FIELD = (Optional[Annotated[str, StringConstraints(min_length=1, max_length=300)]], None)
+REFERENCE_FIELD: Any = (Optional[Annotated[str, StringConstraints(min_length=1, max_length=300)]], None)
 
 
 def _build_schema() -> Schema:
@@ -156,9 +157,10 @@ def _build_schema() -> Schema:
             **base,
             **_bound_fields(cls),
         )
-    side_field = _union(sides)
+    side_field: Any = _union(sides)
+    by_field: Any = (Literal["ratio", "difference"], "ratio")
     pair = create_model(
-        "ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...), by=(Literal["ratio", "difference"], "ratio")
+        "ComparePair", __base__=_Strict, a=(side_field, ...), b=(side_field, ...), by=by_field
     )  # |a| / |b|, or a - b
     compare = create_model(
         "CompareCheck",
@@ -169,7 +171,7 @@ def _build_schema() -> Schema:
         compare=(pair, ...),
         **NUMBER_BOUND_FIELDS,
     )
-    check_field = _union(checks, {"compare": compare})
+    check_field: Any = _union(checks, {"compare": compare})
     spec = create_model(
         "SpecModel",
         __base__=_SpecBase,
@@ -208,14 +210,14 @@ class VectorModel(_Strict):
     pairs: Annotated[str, StringConstraints(min_length=1)]  # built-in set (refusal, sentiment) or a JSONL file
     layer: Annotated[int, Field(ge=0)]  # block output (0-based)
     window: Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]  # last:K | first:K | all
-    method: Literal[vectors.METHODS]
+    method: vectors.Method
     clean: Union[Literal["massive"], CleanModel, None] = None  # massive | {dims: [..]} | {top: K}
 
 
 class SweepModel(_Strict):
     """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
 
-    start: Union[Literal[steer.CALIBRATED], Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
+    start: Union[steer.Calibrated, Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
     factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
     steps: Annotated[int, Field(ge=1, le=20)] = 4
 
@@ -235,7 +237,7 @@ class SteeringModel(_Strict):
     coefs: Optional[Annotated[list[Annotated[Number, Field(gt=0)]], Field(min_length=1)]] = None
     sweep: Optional[SweepModel] = None
     layer: Optional[Annotated[int, Field(ge=0)]] = None  # default: the vector's layer
-    positions: Literal[steer.POSITIONS] = "all"
+    positions: steer.Position = "all"
     first: bool = False  # steer position 0 too
     prompts: Annotated[int, Field(ge=1, le=1000)] = steer.PROMPTS
     prompt_set: Optional[Annotated[str, StringConstraints(min_length=1)]] = (
@@ -348,7 +350,7 @@ class Quantity:
 @dataclass(frozen=True)
 class Bound:
     kind: str  # at_least | at_most | between | approx | equals | subset_of | contains | excludes
-    value: object
+    value: Any  # a number, [low, high], a label or a frozenset (by kind)
     rel: float = 0.1  # approx only
 
     def text(self) -> str:
@@ -524,11 +526,11 @@ def _read_defaults(path: Path) -> dict[str, tuple[Any, _Origin]]:
     return {key: (value, _Origin(str(path), doc)) for key, value in doc.items()}
 
 
-def _validate(model: type[BaseModel], doc, path: str, origins: dict) -> BaseModel:
+def _validate(model: type[BaseModel], doc, path: str, origins: dict) -> Any:  # the model's instance, its fields read by name
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        raise _spec_error(_most_specific(exc.errors(), doc), doc, path, origins) from None
+        raise _spec_error(_most_specific(list(map(dict, exc.errors())), doc), doc, path, origins) from None
 
 
 def _most_specific(errors: list[dict], doc) -> dict:
@@ -596,9 +598,10 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
         where.fail(merged, "models", "names no model: list at least one, or write `any`")
     for key in ("xfail", "inconclusive"):
         named = _expected_on(getattr(model, key)) - {"*"}
-        outside = sorted(named - set(spec.models)) if spec.models is not None else []
+        runs_on = list(spec.models) if spec.models is not None else None
+        outside = sorted(named - set(runs_on)) if runs_on is not None else []
         if outside:
-            where.fail(doc, key, f"names {', '.join(outside)}, which the spec does not run on (models: {list(spec.models)})")
+            where.fail(doc, key, f"names {', '.join(outside)}, which the spec does not run on (models: {runs_on})")
     both = _expected_on(model.xfail) & _expected_on(model.inconclusive)
     if both:
         where.fail(
@@ -785,7 +788,9 @@ def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.V
         if isinstance(clean, CleanModel):
             if (clean.dims is None) == (clean.top is None):
                 at.fail(node, "clean", "give one of dims: [..] or top: K (or write clean: massive)", f"vectors.{name}.")
-            clean = vectors.Cleaning("dims", tuple(sorted(clean.dims))) if clean.dims else vectors.Cleaning("top", k=clean.top)
+            clean = (
+                vectors.Cleaning("dims", tuple(sorted(clean.dims))) if clean.dims else vectors.Cleaning("top", k=clean.top or 0)
+            )
         elif clean == "massive":
             clean = vectors.Cleaning("massive")
         _readable_pairs(at, node, v.pairs, f"vectors.{name}.")
@@ -865,7 +870,7 @@ def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
 
 
 def _check(
-    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(), sweeps: dict | None = None
+    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: Set[str] = frozenset(), sweeps: dict | None = None
 ) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
@@ -915,7 +920,7 @@ def _measure_of(parsed) -> Measure:
 
 
 def _quantity(
-    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: set[str] = frozenset(), sweeps: dict | None = None
+    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: Set[str] = frozenset(), sweeps: dict | None = None
 ) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
     measure = _measure_of(parsed)
@@ -1045,7 +1050,8 @@ WHY_NOT_HERE = {  # keys a measure's schema lacks, and why (a key with no effect
 def _spec_error(error: dict, doc, path: str, origins: dict) -> SpecError:
     """A pydantic error -> SpecError at the file, line and key it is about (a key filled from a
     `_defaults.yaml` points there)."""
-    loc, mapping, parts = list(error["loc"]), doc, []
+    loc, mapping = list(error["loc"]), doc
+    parts: list[str] = []
     if loc and loc[0] in origins:
         path, mapping = origins[loc[0]].path, origins[loc[0]].mapping
     holder, key, line = mapping, None, getattr(mapping, "line", None)
@@ -1064,7 +1070,7 @@ def _spec_error(error: dict, doc, path: str, origins: dict) -> SpecError:
         parts.append(f".{loc[-1]}" if parts else loc[-1])
     if kind.startswith("union_tag") and isinstance(mapping, dict) and "measure" in mapping:
         parts.append(".measure")
-        line = mapping.key_lines.get("measure", line)
+        line = getattr(mapping, "key_lines", {}).get("measure", line)
     return SpecError(path, line, "".join(parts), _message(error, holder, key, mapping, loc))
 
 
@@ -1081,7 +1087,7 @@ def _message(error: dict, holder, key, value, loc) -> str:
             if key in WHY_NOT_HERE:
                 return "has no effect here: " + WHY_NOT_HERE[key].format(m=measure)
             return f"unknown key for {measure}; its keys: {', '.join(sorted(fields))}"
-        model = (
+        model: Any = (
             {
                 "data": DataModel,
                 "massive": MassiveModel,

@@ -90,7 +90,7 @@ def explosion_point(maxima: dict[str, float]) -> str:
     """The checkpoint (in flow order) whose max |a| grows most over the previous one."""
     names = list(maxima)
     growth = {b: maxima[b] / maxima[a] if maxima[a] else float("inf") for a, b in zip(names, names[1:])}
-    return max(growth, key=growth.get)
+    return max(growth, key=lambda name: growth[name])
 
 
 def neuron_contributions(down_in_mean: torch.Tensor, weight: torch.Tensor, dim: int, conv1d: bool) -> torch.Tensor:

@@ -25,6 +25,7 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 import torch
@@ -33,7 +34,8 @@ from . import hooks, judges
 from .hooks import HookContext, HookFn
 from .models import LoadedModel
 
-POSITIONS = ("all", "prompt", "generated")
+Position = Literal["all", "prompt", "generated"]
+POSITIONS: tuple[str, ...] = get_args(Position)
 GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
 JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)
 PROMPTS, MAX_NEW_TOKENS = 60, 32  # a steering configuration's defaults
@@ -49,7 +51,8 @@ class Steering:
     first: bool = False  # steer position 0 too
 
 
-CALIBRATED = ("calibrated", "calibrated_without_massive")  # the two C15 base coefficients
+Calibrated = Literal["calibrated", "calibrated_without_massive"]  # the two C15 base coefficients
+CALIBRATED: tuple[str, ...] = get_args(Calibrated)
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,13 @@ def chosen_positions(context: HookContext, steering: Steering) -> torch.Tensor:
 
 def steered(lm: LoadedModel, steering: Steering | None, vector: torch.Tensor | None):
     """hooks.attach with the steering edit (nothing attached for None)."""
-    pairs = [] if steering is None else [(hooks.site(steering.layer, "out"), steer_edit(steering, vector))]
+    if steering is None or vector is None:
+        return hooks.attach(lm, [])
+    pairs = [(hooks.site(steering.layer, "out"), steer_edit(steering, vector))]
     return hooks.attach(lm, pairs)
 
 
-def encode_trait(tokenizer, words: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+def encode_trait(tokenizer, words: Mapping[str, Sequence[str]]) -> dict[str, list[list[int]]]:
     """{"pos": [text, ..], "neg": [..]} -> the same with each continuation's token ids (no special tokens)."""
     return {label: [tokenizer(w, add_special_tokens=False)["input_ids"] for w in texts] for label, texts in words.items()}
 
@@ -196,11 +201,11 @@ def generate(
 def cache_argument(model, cache) -> dict:
     """The KV cache as the model's forward takes it: `cache=` (transformers >= 5.25, where
     `past_key_values=` is deprecated, to be removed in 5.40) or `past_key_values=` (earlier)."""
-    return {_cache_keyword(type(model)): cache}
+    return {_cache_keyword(type(model)): cache}  # type: ignore[arg-type]  # a class is hashable
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_keyword(model_class: type) -> str:
+def _cache_keyword(model_class: Any) -> str:
     """Read once per model class, not at every generation step."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
@@ -280,7 +285,7 @@ def trait_log_odds(
             use_cache=True,
             logits_to_keep=1,
         )
-    if steering is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per continuation row
+    if steering is not None and vector is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per row
         steering = Steering(
             steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first
         )
@@ -320,6 +325,17 @@ def judge_losses(judge: LoadedModel, prompts: list[str], texts: list[str], batch
     prompt_ids = [judge.tokenizer(p)["input_ids"] for p in prompts]
     text_ids = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in texts]
     return _chunked_tensor(lambda ps, cs: continuation_losses(judge, ps, cs), prompt_ids, text_ids, batch_size).double().numpy()
+
+
+def judged_losses(judge: judges.JudgeModel, prompts: list[str], texts: list[str]) -> np.ndarray:
+    """judge_losses through the judge's memo: each distinct (prompt, continuation) is judged once
+    a session (in batches of the distinct ones), so a text two runs share costs one judge row."""
+    rows = list(zip(prompts, texts))
+    missing = list(dict.fromkeys(row for row in rows if row not in judge.losses))
+    if missing:
+        values = judge_losses(judge.lm, [p for p, _ in missing], [t for _, t in missing])
+        judge.losses.update(zip(missing, values.tolist()))
+    return np.array([judge.losses[row] for row in rows], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -378,7 +394,7 @@ def _judged(lm: LoadedModel, tokens: list[list[int]], log_odds: list[float], pro
     texts = [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
     traits = 100.0 * judges.judge_texts(judging.trait, texts, judging.trait_name)
     logits = 100.0 * torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64))
-    losses = judge_losses(judging.model.lm, prompt_texts, texts)
+    losses = judged_losses(judging.model, prompt_texts, texts)
     return Texts(
         tuple(map(tuple, tokens)),
         tuple(texts),

@@ -163,6 +163,7 @@ class Suite:
     def _golden(self, spec: Spec, observation: Observation, verdict: Verdict) -> golden.GoldenResult:
         path = golden.golden_path(self.golden_root(), observation.model, spec.id)
         document = golden.snapshot_of(observation, verdict)
+        assert spec.golden is not None, "a golden check of a spec without golden"
         return golden.check(path, document, spec.golden, self.options.update_golden)
 
     def _figure(self, observation: Observation, verdict: Verdict) -> str:

@@ -5,6 +5,8 @@ They need no network: the tokenizer is byte-level and built in memory."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 VOCAB = 260  # 256 bytes + <s> (256), </s> (257), <pad> (258), spare
@@ -31,8 +33,8 @@ def _configs():
     import transformers as T
 
     L, D, H, F = TINY["layers"], TINY["width"], TINY["heads"], TINY["ffn"]
-    common = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    llama_like = dict(
+    common: dict[str, Any] = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    llama_like: dict[str, Any] = dict(
         num_hidden_layers=L,
         hidden_size=D,
         num_attention_heads=H,

@@ -16,10 +16,12 @@ Conventions (claims.md section F):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
 
-METHODS = ("mean_diff", "probe", "pca")
+Method = Literal["mean_diff", "probe", "pca"]
+METHODS: tuple[str, ...] = get_args(Method)
 PROBE_C = 1.0  # inverse L2 strength (scikit-learn's default), in the raw activation space
 PROBE_MAX_NEWTON_STEPS = 100  # ~20 suffice on the bundled models; more means non-finite or degenerate input
 
@@ -72,7 +74,7 @@ class Vector:
     train_accuracy: float  # of the vector as a classifier (see accuracy())
     heldout_accuracy: float
     replicates: torch.Tensor | None = None  # [B, D] refit on resamples of the training examples (None: not resampled)
-    units: object = None  # intervals.Units of those training examples
+    units: Any = None  # intervals.Units of those training examples (vectors.py imports no intervals)
     no_interval: str = ""  # why there are no replicates
     correct: dict = field(default_factory=dict)  # split -> [N] bool per example (accuracy's units)
 

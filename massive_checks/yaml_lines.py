@@ -117,11 +117,11 @@ def read_documents(path: str | Path) -> list:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         position = getattr(exc, "position", None)  # the reader's errors (control characters) give a character position
-        line = mark.line + 1 if mark else text[:position].count("\n") + 1 if position is not None else None
-        raise SpecError(path, line, "", f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        error_line = mark.line + 1 if mark else text[:position].count("\n") + 1 if position is not None else None
+        raise SpecError(path, error_line, "", f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise SpecError(path, _deepest_line(text), "", "nested too deeply to be a spec") from None
-    for index, (doc, line) in enumerate(zip(documents, lines)):
+    for index, (doc, doc_line) in enumerate(zip(documents, lines)):
         if doc is not None and not isinstance(doc, dict):
-            raise SpecError(path, line, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")
+            raise SpecError(path, doc_line, "", f"document {index + 1} is a {type(doc).__name__}, not a mapping of spec keys")
     return documents

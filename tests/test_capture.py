@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import hooks, stats, synthetic
+from massive_checks import hooks, models, stats, synthetic
 from massive_checks.apply import capture_stats
 from massive_checks.measures import massive as M
 from massive_checks.measures import profile as P
@@ -222,10 +222,10 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
     assert got[1, :, 4:].abs().max() == 0  # no real query after the last real key of a 5-token row
 
 
-@pytest.mark.parametrize("by_sort", [False, True], ids=["nanmedian", "sort"])
-def test_lower_median_is_the_median_of_real_cells(by_sort):
-    """Both ways (the cpu's nanmedian, the GPU's sort) give torch.median of each row's real cells:
-    padding excluded, the lower of two middle values, ties kept."""
+@pytest.mark.parametrize("by_select", [False, True], ids=["nanmedian", "select"])
+def test_lower_median_is_the_median_of_real_cells(by_select):
+    """Both ways (the cpu's nanmedian, the GPU's radix selection) give torch.median of each row's
+    real cells: padding excluded, the lower of two middle values, ties kept."""
     from massive_checks.capture import lower_median, sorted_median_at
 
     torch.manual_seed(0)
@@ -242,12 +242,55 @@ def test_lower_median_is_the_median_of_real_cells(by_sort):
         padding = ~mask.bool()[..., None]
         magnitude = act.abs().masked_fill(padding, 0.0)
         expected = torch.stack([act[b, : int(mask[b].sum())].abs().flatten().median() for b in range(B)])
-        got = lower_median(magnitude, padding, sorted_median_at(mask.sum(1) * F, T * F), by_sort=by_sort)
+        got = lower_median(magnitude, padding, sorted_median_at(mask.sum(1) * F, T * F), by_select=by_select)
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=f"trial {trial}")
 
 
-def test_medians_by_sort_at_sites_of_two_widths_in_one_chunk(monkeypatch):
-    """The sort way's median positions depend on the width F: sites of different widths in one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_radix_selection_equals_the_sorted_rows_value(dtype):
+    """select_at (the GPU's median, no sort) gives the k-th value of each sorted row bit for bit, in
+    every float dtype a model runs in: ties, zeros, inf and NaN (largest, as sort puts it)."""
+    from massive_checks.capture import select_at
+
+    torch.manual_seed(0)
+    for trial in range(60):
+        rows, n = 6, int(torch.randint(1, 400, (1,)))
+        values = torch.randn(rows, n).abs().mul(10.0 ** float(torch.randint(-3, 5, (1,)))).to(dtype)
+        if trial % 3 == 0:
+            values = values.round()  # ties and zeros
+        if trial % 5 == 0:
+            values[0, : n // 2] = 0.0
+            values[1, -1] = float("inf")
+            values[2, 0] = float("nan")
+        k = torch.randint(0, n, (rows,))
+        k[3] = 0
+        k[4] = n - 1
+        want = values.sort(dim=1).values.gather(1, k[:, None]).squeeze(1)
+        got = select_at(values, k)
+        assert got.dtype == dtype
+        assert torch.equal(want.nan_to_num(-1.0), got.nan_to_num(-1.0)), f"trial {trial}"
+
+
+def test_median_selection_in_row_chunks_equals_nanmedian(monkeypatch):
+    """Rows selected a few at a time (SELECT_CELLS), with padding, a row without real cells and a
+    leading [G] dimension of sites: equal to the cpu's nanmedian."""
+    from massive_checks import capture
+
+    torch.manual_seed(1)
+    G, B, T, F = 3, 4, 7, 5
+    act = torch.randn(G, B, T, F)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6, [0] * 7])
+    padding = ~mask.bool()[..., None]
+    magnitude = act.abs().masked_fill(padding, 0.0)
+    at = capture.sorted_median_at(mask.sum(1) * F, T * F)
+    want = capture.lower_median(magnitude, padding, at, by_select=False)
+    monkeypatch.setattr(capture, "SELECT_CELLS", 2 * T * F)  # two rows per selection
+    got = capture.lower_median(magnitude, padding, at, by_select=True)
+    assert torch.equal(want.nan_to_num(-1.0), got.nan_to_num(-1.0)) and got[:, 3].isnan().all()
+
+
+def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
+    """The selection way's median positions depend on the width F: sites of different widths in one
     chunk (block outputs, MLP internals) each get their own, equal to the cpu's nanmedian."""
     import functools
 
@@ -265,7 +308,7 @@ def test_medians_by_sort_at_sites_of_two_widths_in_one_chunk(monkeypatch):
         return [site.finish().median() for site in sites]
 
     expected = medians()
-    monkeypatch.setattr(capture, "lower_median", functools.partial(capture.lower_median, by_sort=True))
+    monkeypatch.setattr(capture, "lower_median", functools.partial(capture.lower_median, by_select=True))
     for got, want in zip(medians(), expected):
         assert torch.equal(got, want)
 
@@ -376,18 +419,23 @@ def _all_views(site):
     return views + ([site.median()] if site.with_median else []) + [site.slice(d) for d in site.slice_dims]
 
 
-@pytest.mark.parametrize("hold_bytes", [2**30, 40 * 2**10], ids=["one-stack", "stacks-fill-mid-forward"])
-def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_bytes):
+@pytest.mark.parametrize(
+    "hold_bytes, dtype",
+    [(2**30, "float32"), (40 * 2**10, "float32"), (2**30, "bfloat16"), (20 * 2**10, "bfloat16")],
+    ids=["one-stack", "stacks-fill-mid-forward", "bfloat16-one-stack", "bfloat16-stacks-fill-mid-forward"],
+)
+def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_bytes, dtype):
     """The GPU's way, forced on the cpu: hidden-like tensors held per forward call and their
     statistics computed G sites at a time (stacks of several widths and median needs, 3 uneven
     chunks, an ablation edit before the captures) equal the per-site computation, bit for bit.
-    With a HOLD_BYTES of two [2, 20, 128] float32 tensors (mlp.act; four of width 64) the stacks
-    fill and are flushed in the middle of the forward."""
+    With a HOLD_BYTES of two [2, 20, 128] float32 tensors (mlp.act; four of width 64; in bfloat16
+    half the bytes) the stacks fill and are flushed in the middle of the forward. A bfloat16 model's
+    stacks stay bfloat16 (no float32 copy); its statistics equal those of float32 copies."""
     from massive_checks import capture
     from massive_checks.capture import Needs
     from massive_checks.interventions import Ablation
 
-    lm = load_model("tiny-llama")
+    lm = load_model("tiny-llama") if dtype == "float32" else models.load("tiny-llama", dtype=dtype)
     data = DataConfig(samples=5, seq_len=20)
     sites = {hooks.site(L, name) for L in range(lm.n_layers) for name in ("out", "attn.o_in", "mlp.act", "mlp.out")}
     needs = Needs(
@@ -401,16 +449,19 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
         return ModelSession(lm, batch_size=2).run(data, intervention, needs).stats
 
     want = run()
-    held = []
+    held, dtypes = [], set()
     monkeypatch.setattr(capture, "GPU_WAYS", True)
     monkeypatch.setattr(capture, "HOLD_BYTES", hold_bytes)
     monkeypatch.setattr(
         capture.HeldHidden,
         "flush",
-        lambda self, key, flush=capture.HeldHidden.flush: held.append(len(self.stacks[key][1])) or flush(self, key),
+        lambda self, key, flush=capture.HeldHidden.flush: (
+            held.append(len(self.stacks[key][1])) or dtypes.add(self.stacks[key][0].dtype) or flush(self, key)
+        ),
     )
     got = run()
     assert sum(held) == len(sites) * 3  # every site of every chunk went through a stack
+    assert dtypes == {lm.dtype}  # held in the model's dtype
     stacks = 4  # per chunk: (width, median or not) of out, o_in and mlp.out, and of mlp.act
     assert max(held) > 1 and (len(held) == 3 * stacks) == (hold_bytes > 2**20)  # batched; full stacks flushed early
     for name in sorted(sites):

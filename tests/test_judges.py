@@ -252,3 +252,19 @@ def test_a_spec_sweep_is_judged_by_another_model_unless_asked(load_model):
         ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}), "v"
     )
     assert vector.values.shape == (lm.width,)
+
+
+def test_a_session_judges_each_distinct_text_once(load_model, monkeypatch):
+    """Steering runs often generate the same continuation: the judge model scores each distinct
+    (prompt, continuation) once a session, with the loss it gives that row judged alone."""
+    lm = load_model("tiny-llama")
+    judge = judges.JudgeModel("tiny-llama", lm)
+    judged, real = [], steer.judge_losses
+    monkeypatch.setattr(steer, "judge_losses", lambda model, ps, ts: judged.extend(zip(ps, ts)) or real(model, ps, ts))
+    prompts, texts = ["a b", "c d", "a b", "e"], ["x y z", "w", "x y z", ""]
+    first = steer.judged_losses(judge, prompts, texts)
+    again = steer.judged_losses(judge, ["c d", "a b", "e"], ["w", "x y z", "v"])
+    assert judged == [("a b", "x y z"), ("c d", "w"), ("e", ""), ("e", "v")]
+    np.testing.assert_allclose(first, real(lm, prompts, texts), rtol=1e-5, equal_nan=True)
+    assert first[0] == first[2] and np.isnan(first[3]) and not np.isnan(first[1])
+    assert list(again[:2]) == [first[1], first[0]] and again[2] == real(lm, ["e"], ["v"])[0]

@@ -39,7 +39,9 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
     token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
     down_in = view.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
     down = hooks.resolve(view.lm, hooks.site(layer, "mlp.out"))[0]
-    return stats.neuron_contributions(down_in, parameter(down, "weight"), dim, view.lm.adapter.conv1d)
+    weight = parameter(down, "weight")
+    assert weight is not None, "a down projection has a weight"
+    return stats.neuron_contributions(down_in, weight, dim, view.lm.adapter.conv1d)
 
 
 def flow_panel(view, layers: list[int]) -> dict:

@@ -7,7 +7,7 @@ and one dim's peak. Two statistics (claims.md, "The statistic behind the numbers
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
@@ -46,7 +46,7 @@ def ratio(view, layer: int, statistic: str = "paper") -> Estimate | float:
     ratio of means, resampled as one (paired)."""
     top = top_value(view, layer, 1, statistic)
     if statistic != "paper":
-        return stats.ratio(top, value_of(median(view, layer)))
+        return stats.ratio(value_of(top), value_of(median(view, layer)))
     return top / median(view, layer)  # replicate by replicate (intervals.safe_divide)
 
 
@@ -74,7 +74,7 @@ class _BlockMeasure(PerLayer):
 
 def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: bool = True) -> type[Measure]:
     """Register a per-layer measure of the block output (with `statistic` if it has two)."""
-    fields = {"measure": (Literal[name], name), **({"statistic": (Statistic, "paper")} if statistic else {})}
+    fields: dict[str, Any] = {"measure": (Literal[name], name), **({"statistic": (Statistic, "paper")} if statistic else {})}
     cls = create_model(class_name, __base__=_BlockMeasure, __doc__=doc, **fields)
     cls.compute_at = staticmethod(compute_at)
     return register(cls)

@@ -97,7 +97,8 @@ def vector_estimate(view, names: tuple[str, ...], fn_values, fn_rows) -> Estimat
     missing = next((v.no_interval for v in built if v.replicates is None), None)
     if missing is not None:
         return Estimate(value, None, None, reason=missing or "the vector has no replicates")
-    return Estimate(value, fn_rows(*(v.replicates for v in built)).numpy(), intervals.joint_units([v.units for v in built]))
+    units = [v.units for v in built if v.units is not None]  # a vector with replicates has units
+    return Estimate(value, fn_rows(*(v.replicates for v in built)).numpy(), intervals.joint_units(units))
 
 
 def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:

@@ -24,12 +24,12 @@ from pydantic import Field, StringConstraints
 
 from .. import contrast, judges, steer
 from ..intervals import Estimate, Units
-from ..steer import CALIBRATED, SteeringDef, SteeringResult
+from ..steer import CALIBRATED, Calibrated, SteeringDef, SteeringResult
 from .base import Measure, register
 from .steering import activation_norm, vector_of
 
 SteeringName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
-Coef = Union[Annotated[float, Field(gt=0)], Literal[CALIBRATED]]
+Coef = Union[Annotated[float, Field(gt=0)], Calibrated]
 SAMPLES = 2  # generated texts per shown coefficient in reports
 
 
@@ -136,14 +136,14 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         name: activation_norm(pairs_view, vector_def.window, layer, without).value
         for name, without in zip(CALIBRATED, (None, "massive"))
     }
-    coefs = set(definition.coefs)
+    chosen: set[float] = set(definition.coefs)
     start = math.nan
     if definition.sweep is not None:
-        start = definition.sweep.start
-        coefs |= set(definition.sweep.coefs(calibrated.get(start, start)))
-        if start in CALIBRATED:  # a search from a calibrated start also runs the other one (C15)
-            coefs |= set(calibrated.values())
-    coefs = [0.0] + sorted(coefs)
+        start = calibrated[definition.sweep.start] if isinstance(definition.sweep.start, str) else definition.sweep.start
+        chosen |= set(definition.sweep.coefs(start))
+        if isinstance(definition.sweep.start, str):  # a search from a calibrated start also runs the other one (C15)
+            chosen |= set(calibrated.values())
+    coefs = [0.0] + sorted(chosen)
     texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     words = dict(zip(("pos", "neg"), definition.trait)) if definition.trait else contrast.TRAITS[vector_def.pairs]
@@ -177,7 +177,6 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         baseline=baseline,
     )
     prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
-    start = calibrated.get(start, start)
     return SweepOutcome(
         tuple(results),
         definition.threshold,
