@@ -350,7 +350,8 @@ def _held(context: HookContext) -> HeldHidden:
 
 
 SELECT_CELLS = 2**26  # cells selected at once by lower_median on a GPU (their int32 digits: 256 MiB)
-DIGIT_BITS = 8  # bits of the value read per selection pass: 4 passes for float32, 2 for bfloat16
+DIGIT_BITS = 16  # bits of the value read per selection pass: 2 passes for float32, 1 for bfloat16
+SELECT_ROWS = 2**24 // (2**DIGIT_BITS + 1)  # rows selected at once: their histograms' int64 counts, 128 MiB
 _BITS_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
 
 
@@ -369,7 +370,7 @@ def lower_median(
     flat = magnitude.flatten(-2)  # [..., B, N]
     index, empty = at
     index = index.expand(flat.shape[:-1]).reshape(-1)  # [R]
-    rows = max(1, SELECT_CELLS // max(flat.shape[-1], 1))
+    rows = max(1, min(SELECT_ROWS, SELECT_CELLS // max(flat.shape[-1], 1)))
     rows_flat = flat.reshape(-1, flat.shape[-1])
     parts = [select_at(part, index[i : i + rows]) for i, part in zip(range(0, len(index), rows), rows_flat.split(rows))]
     chosen = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(flat.shape[:-1])
