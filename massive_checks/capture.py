@@ -8,84 +8,13 @@ Accumulators (each a class with `add(tensor, ctx)` and `finish()`):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 
+from .definitions import Needs, Window  # noqa: F401  (re-exported: what a pass captures, a pooled window)
 from .hooks import HookContext, HookFn
 from .models import free_bytes
-
-
-@dataclass
-class Needs:
-    """What a forward pass must capture. Block outputs (with medians) are always captured."""
-
-    sites: set[str] = field(default_factory=set)
-    medians: set[str] = field(default_factory=set)
-    loss: bool = False
-    slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
-    pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
-
-    def covers(self, other: "Needs") -> bool:
-        return (
-            other.sites <= self.sites
-            and other.medians <= self.medians
-            and other.slices <= self.slices
-            and other.pooled <= self.pooled
-            and (self.loss or not other.loss)
-        )
-
-    def merge(self, other: "Needs") -> "Needs":
-        self.sites |= other.sites
-        self.medians |= other.medians
-        self.slices |= other.slices
-        self.pooled |= other.pooled
-        self.loss = self.loss or other.loss
-        return self
-
-
-_WINDOW = re.compile(r"^(?:(last|first):([1-9][0-9]*)|(all))$")
-
-
-@dataclass(frozen=True)
-class Window:
-    """Which tokens of each example a pooled capture averages. Position 0 (where start-token
-    massive activations sit) is never in a window.
-      last:K   the last K real tokens
-      first:K  the first K tokens of the response (of the text after position 0 without a prompt)
-      all      every real token after position 0"""
-
-    kind: str
-    k: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> "Window":
-        match = _WINDOW.match(str(text))
-        if not match:
-            raise ValueError(f"window {text!r}: write last:K, first:K (K >= 1) or all")
-        return cls("all") if match.group(3) else cls(match.group(1), int(match.group(2)))
-
-    def text(self) -> str:
-        return "all" if self.kind == "all" else f"{self.kind}:{self.k}"
-
-    def mask(self, mask: torch.Tensor, response_start: torch.Tensor) -> torch.Tensor:
-        """[B, T] bool: the window's tokens. mask [B, T] 1 = real; response_start [B]."""
-        positions = torch.arange(mask.shape[1], device=mask.device)[None, :]  # [1, T]
-        real = mask.bool() & (positions >= 1)
-        if self.kind == "all":
-            return real
-        if self.kind == "last":
-            lengths = mask.sum(dim=1, keepdim=True)  # right-padded: real tokens are 0 .. length-1
-            return real & (positions >= lengths - self.k)
-        start = response_start.to(mask.device)[:, None]
-        return real & (positions >= start) & (positions < start + self.k)
-
-    def require_tokens(self, mask: torch.Tensor, response_start: torch.Tensor) -> None:
-        """Checked before a pass (mask [S, T], response_start [S]): every example has a token."""
-        empty = (self.mask(mask, response_start).sum(dim=1) == 0).nonzero()
-        if len(empty):
-            raise ValueError(f"example {int(empty[0]) + 1} has no token in window {self.text()}")
 
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these

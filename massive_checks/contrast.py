@@ -21,11 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .data import DataConfig, jsonl_lines, read_passages
 from .errors import DataError
+from .lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported at first use: spec.py reads this module without torch
 
 BUILTIN_SETS = ("refusal", "sentiment")
 LABELS = ("pos", "neg")
@@ -42,9 +47,17 @@ MAX_TOKENS = 512  # contrast texts are whole: longer ones are an error (windows 
 @dataclass(frozen=True)
 class ContrastSet:
     path: str
-    labels: torch.Tensor  # [S] 1 = pos, 0 = neg
-    heldout: torch.Tensor  # [S] bool
+    is_pos: tuple[bool, ...]  # [S] per example: labelled pos (else neg)
+    is_heldout: tuple[bool, ...]  # [S] per example: in the held-out split
     prompts: tuple[str | None, ...] = ()  # [S] each example's prompt (None: a text without one)
+
+    @property
+    def labels(self) -> torch.Tensor:  # [S] 1 = pos, 0 = neg
+        return torch.tensor(self.is_pos, dtype=torch.long)
+
+    @property
+    def heldout(self) -> torch.Tensor:  # [S] bool
+        return torch.tensor(self.is_heldout, dtype=torch.bool)
 
     @property
     def train(self) -> torch.Tensor:  # [S] bool
@@ -52,10 +65,10 @@ class ContrastSet:
 
     def data(self) -> DataConfig:
         """The data configuration of its forward pass: every example, whole."""
-        return DataConfig(self.path, samples=len(self.labels), seq_len=MAX_TOKENS, whole=True)
+        return DataConfig(self.path, samples=len(self.is_pos), seq_len=MAX_TOKENS, whole=True)
 
     def counts(self) -> dict:
-        return {label: int((self.labels == (1 if label == "pos" else 0)).sum()) for label in LABELS}
+        return {label: sum(pos == (label == "pos") for pos in self.is_pos) for label in LABELS}
 
 
 def path_of(pairs: str) -> str:
@@ -91,12 +104,11 @@ def _read(path: Path) -> ContrastSet:
         labels.append(label == "pos")
         splits.append(split == "heldout")
         prompts.append(record.get("prompt"))
-    labels_t, heldout = torch.tensor(labels, dtype=torch.long), torch.tensor(splits, dtype=torch.bool)
     for label in LABELS:
-        n = int(((labels_t == (label == "pos")) & ~heldout).sum())
+        n = sum(pos == (label == "pos") and not held for pos, held in zip(labels, splits))
         if n < 2:
             raise DataError(f"{path}: {n} training examples labelled {label!r}; a vector needs at least 2 of each")
-    return ContrastSet(str(path), labels_t, heldout, tuple(prompts))
+    return ContrastSet(str(path), tuple(labels), tuple(splits), tuple(prompts))
 
 
 def _validate(record: dict, where: str) -> None:

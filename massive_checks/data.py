@@ -7,10 +7,15 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DataError
+from .lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported at first use: spec.py reads this module without torch
 
 BUILTIN = "builtin"
 

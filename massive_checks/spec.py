@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
-from . import contrast, interventions, judges, steer, vectors
-from .capture import Window
+from . import contrast, definitions, interventions, judges, vectors
+from .definitions import Window
 from .constants import DEFAULTS_FILE
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError, SpecError
@@ -217,7 +217,7 @@ class VectorModel(_Strict):
 class SweepModel(_Strict):
     """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
 
-    start: Union[steer.Calibrated, Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
+    start: Union[definitions.Calibrated, Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
     factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
     steps: Annotated[int, Field(ge=1, le=20)] = 4
 
@@ -237,13 +237,13 @@ class SteeringModel(_Strict):
     coefs: Optional[Annotated[list[Annotated[Number, Field(gt=0)]], Field(min_length=1)]] = None
     sweep: Optional[SweepModel] = None
     layer: Optional[Annotated[int, Field(ge=0)]] = None  # default: the vector's layer
-    positions: steer.Position = "all"
+    positions: definitions.Position = "all"
     first: bool = False  # steer position 0 too
-    prompts: Annotated[int, Field(ge=1, le=1000)] = steer.PROMPTS
+    prompts: Annotated[int, Field(ge=1, le=1000)] = definitions.PROMPTS
     prompt_set: Optional[Annotated[str, StringConstraints(min_length=1)]] = (
         None  # built-in set or file; default: the vector's contrast set's name
     )
-    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = steer.MAX_NEW_TOKENS
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = definitions.MAX_NEW_TOKENS
     threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count
     trait: Optional[TraitModel] = None  # trait_logit's words; default: the built-in set's own
     judge: Optional[Annotated[str, StringConstraints(min_length=1)]] = (
@@ -430,7 +430,7 @@ class Spec:
     checks: tuple[Check, ...]
     interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
     vectors: dict = field(default_factory=dict, hash=False)  # name -> vectors.VectorDef
-    steering: dict = field(default_factory=dict, hash=False)  # name -> steer.SteeringDef
+    steering: dict = field(default_factory=dict, hash=False)  # name -> definitions.SteeringDef
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
     xfail: str | dict | None = None  # reason (every model), or {model: reason}
     inconclusive: str | dict | None = None  # reason (every model), or {model: reason}
@@ -798,7 +798,7 @@ def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.V
     return defined
 
 
-def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dict[str, steer.SteeringDef]:
+def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dict[str, definitions.SteeringDef]:
     """`steering:` -> SteeringDef per name: its vector is defined, it has coefficients, and its
     trait words are known (the built-in sets' own, or given)."""
     raw = merged.get("steering", {})
@@ -841,9 +841,9 @@ def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dic
             judges.trait_judge(s.judge or judges.DEFAULT_FOR_SET[pairs])
         except ValueError as exc:
             at.fail(node, "judge", str(exc), prefix)
-        sweep = None if s.sweep is None else steer.Sweep(s.sweep.start, float(s.sweep.factor), s.sweep.steps)
+        sweep = None if s.sweep is None else definitions.Sweep(s.sweep.start, float(s.sweep.factor), s.sweep.steps)
         trait = None if s.trait is None else (tuple(s.trait.pos), tuple(s.trait.neg))
-        parsed[name] = steer.SteeringDef(
+        parsed[name] = definitions.SteeringDef(
             s.vector,
             tuple(float(c) for c in s.coefs or ()),
             sweep,
@@ -896,7 +896,7 @@ def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweep
             )
         coef = getattr(measure, "coef", None)
         sweep = sweeps[name].sweep
-        if coef in steer.CALIBRATED and (sweep is None or sweep.start not in steer.CALIBRATED):
+        if coef in definitions.CALIBRATED and (sweep is None or sweep.start not in definitions.CALIBRATED):
             where.fail(
                 raw,
                 "coef",

@@ -25,20 +25,27 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import hooks, judges
 from .hooks import HookContext, HookFn
+from .definitions import (  # noqa: F401  (re-exported: the steering definitions a spec is parsed into)
+    CALIBRATED,
+    MAX_NEW_TOKENS,
+    POSITIONS,
+    PROMPTS,
+    Calibrated,
+    Position,
+    SteeringDef,
+    Sweep,
+)
 from .models import LoadedModel
 
-Position = Literal["all", "prompt", "generated"]
-POSITIONS: tuple[str, ...] = get_args(Position)
 GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
 JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)
-PROMPTS, MAX_NEW_TOKENS = 60, 32  # a steering configuration's defaults
 
 
 @dataclass(frozen=True)
@@ -49,48 +56,6 @@ class Steering:
     coef: float | torch.Tensor
     positions: str = "all"  # all | prompt | generated
     first: bool = False  # steer position 0 too
-
-
-Calibrated = Literal["calibrated", "calibrated_without_massive"]  # the two C15 base coefficients
-CALIBRATED: tuple[str, ...] = get_args(Calibrated)
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """Coefficients start x factor^k for k = -steps..steps: geometric steps both ways from a start
-    (a number, or a calibrated base coefficient: `calibrated`, `calibrated_without_massive`)."""
-
-    start: str | float
-    factor: float
-    steps: int
-
-    def coefs(self, start: float) -> tuple[float, ...]:
-        return tuple(start * self.factor**k for k in range(-self.steps, self.steps + 1))
-
-
-@dataclass(frozen=True)
-class SteeringDef:
-    """A spec's named steering configuration: a named vector added after block `layer` (default:
-    the vector's own) at explicit `coefs` or a `sweep`, on the first `prompts` evaluation prompts
-    of `prompt_set` (default: the built-in set named like the vector's contrast set) with
-    `max_new_tokens` greedy tokens; `judge` names the trait judge (default: the contrast set's,
-    judges.DEFAULT_FOR_SET), `judge_model` the coherence judge (default: the session's); `threshold`
-    is the coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
-    of trait_logit (default: the built-in set's own, contrast.TRAITS)."""
-
-    vector: str
-    coefs: tuple[float, ...] = ()
-    sweep: Sweep | None = None
-    layer: int | None = None
-    positions: str = "all"
-    first: bool = False
-    prompts: int = PROMPTS
-    max_new_tokens: int = MAX_NEW_TOKENS
-    threshold: float = 70.0
-    trait: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-    judge: str | None = None
-    judge_model: str | None = None
-    prompt_set: str | None = None
 
 
 def steer_edit(steering: Steering, vector: torch.Tensor) -> HookFn:

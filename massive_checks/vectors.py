@@ -16,9 +16,15 @@ Conventions (claims.md section F):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
+from .lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = LazyModule("torch")  # imported at first use: spec.py reads this module without torch
+
 
 Method = Literal["mean_diff", "probe", "pca"]
 METHODS: tuple[str, ...] = get_args(Method)

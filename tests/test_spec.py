@@ -148,3 +148,22 @@ def test_bounds_read_as_math_not_python(tmp_path):
         )
     )
     assert [c.bound.text() for c in spec.checks] == ["== {3, 507}", "⊆ {0, 1}"]
+
+
+def test_every_committed_spec_loads_without_torch():
+    """The spec language (spec.py, the measure classes, contrast files, windows and steering
+    definitions) reads every committed spec without importing torch or transformers: the engine
+    is imported when a pass runs (issue 27). In a fresh interpreter, as a user's script would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    specs = [str(p) for p in sorted(root.glob("specs/**/*.yaml")) if p.name != "_defaults.yaml"]
+    script = (
+        "import sys\nfrom massive_checks.spec import load_file, json_schema\n"
+        "n = sum(len(load_file(path)) for path in sys.argv[1:])\njson_schema()\n"
+        "print(n, sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *specs], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) >= len(specs) and out[1:] == ["[]"]

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from ..capture import Needs
+from ..definitions import Needs
 
 Statistic = Literal["paper", "max_over_sequences"]
 STATISTICS = get_args(Statistic)

@@ -3,19 +3,26 @@ token), from eager attention weights captured in hooks."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import math
 
 import numpy as np
-import torch
 from pydantic import field_validator
 
-from .. import hooks, stats
-from ..capture import Needs
+from ..definitions import Needs
 from ..intervals import Estimate
+from ..lazy import LazyModule
 from .base import Measure, register
 from .massive import peak_layer
+
+if TYPE_CHECKING:
+    import torch
+    from .. import hooks, stats
+else:  # imported at first use: spec.py reads the measure classes without torch
+    torch = LazyModule("torch")
+    hooks = LazyModule("massive_checks.hooks")
+    stats = LazyModule("massive_checks.stats")
 
 
 def head_scores_per_sequence(view, to: str = "first") -> torch.Tensor:

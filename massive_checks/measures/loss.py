@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
-from ..capture import Needs
+from ..definitions import Needs
 from .base import Measure, register
 
 

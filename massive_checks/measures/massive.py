@@ -4,13 +4,20 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 
-from .. import hooks, stats
 from ..intervals import SharedSet
+from ..lazy import LazyModule
 from .base import Measure, register
+
+if TYPE_CHECKING:
+    import torch
+    from .. import hooks, stats
+else:  # imported at first use: spec.py reads the measure classes without torch
+    torch = LazyModule("torch")
+    hooks = LazyModule("massive_checks.hooks")
+    stats = LazyModule("massive_checks.stats")
 
 
 def massive_dims(view, layer: int) -> set[int]:

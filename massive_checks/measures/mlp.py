@@ -4,17 +4,24 @@ residual dim."""
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
-import torch
 from pydantic import Field
 
-from .. import hooks, stats
-from ..capture import Needs
+from ..definitions import Needs
 from ..intervals import Estimate, value_of
-from ..models import parameter
+from ..lazy import LazyModule
 from .base import Measure, PerLayer, Statistic, register
 from .profile import EXTREME
+
+if TYPE_CHECKING:
+    import torch
+    from .. import hooks, models, stats
+else:  # imported at first use: spec.py reads the measure classes without torch
+    torch = LazyModule("torch")
+    hooks = LazyModule("massive_checks.hooks")
+    stats = LazyModule("massive_checks.stats")
+    models = LazyModule("massive_checks.models")
 
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
 MLP_FLOW = get_args(Checkpoint)  # checkpoint order inside an MLP
@@ -39,7 +46,7 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
     token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
     down_in = view.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
     down = hooks.resolve(view.lm, hooks.site(layer, "mlp.out"))[0]
-    weight = parameter(down, "weight")
+    weight = models.parameter(down, "weight")
     assert weight is not None, "a down projection has a weight"
     return stats.neuron_contributions(down_in, weight, dim, view.lm.adapter.conv1d)
 

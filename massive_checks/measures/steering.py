@@ -5,19 +5,24 @@ calibrates a steering coefficient (claims C14-C16). Vectors are the spec's named
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Mapping, Optional, Union
 
 from pydantic import Field, StringConstraints
 
 import math
 
-import torch
 
 from .. import contrast, intervals, vectors
 from ..intervals import Estimate, Units
 from ..vectors import Vector, VectorDef
+from ..lazy import LazyModule
 from .base import Measure, PerLayer, register
 from .massive import massive_dims
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported at first use: spec.py reads the measure classes without torch
+    torch = LazyModule("torch")
 
 VectorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 DimSet = Union[

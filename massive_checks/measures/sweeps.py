@@ -18,15 +18,22 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from typing import Annotated, ClassVar, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints
 
-from .. import contrast, judges, steer
+from .. import contrast, judges
+from ..definitions import CALIBRATED, Calibrated, SteeringDef
 from ..intervals import Estimate, Units
-from ..steer import CALIBRATED, Calibrated, SteeringDef, SteeringResult
+from ..lazy import LazyModule
 from .base import Measure, register
 from .steering import activation_norm, vector_of
+
+if TYPE_CHECKING:
+    from .. import steer
+    from ..steer import SteeringResult
+else:  # imported at first use: spec.py reads the measure classes without torch
+    steer = LazyModule("massive_checks.steer")
 
 SteeringName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 Coef = Union[Annotated[float, Field(gt=0)], Calibrated]
