@@ -7,11 +7,12 @@ import json
 import math
 import sys
 
-from . import interventions, intervals, models
+from . import interventions, models
 from .data import BUILTIN, DataConfig
 from .errors import MassiveChecksError
 from .measures.heads import head_score_table
 from .measures.profile import profile_document
+from .options import add_suite_options
 from .session import ModelSession
 
 
@@ -107,21 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--trait-pos", action="append", help="trait continuation (repeatable; default: the set's own)")
     steer.add_argument("--trait-neg", action="append", help="anti-trait continuation (repeatable)")
     commands.add_parser("models", help="list built-in model names")
-    check = commands.add_parser("check", help="run spec files without pytest (exit 1 if a claim fails)")
-    check.add_argument("paths", nargs="+", help="spec files or directories")
-    check.add_argument("--model", action="append", required=True, help="model (repeatable)")
-    check.add_argument("--device", default="cpu")
-    check.add_argument("--dtype", default="float32", choices=sorted(models.DTYPES))
-    check.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS, help="spread models over all GPUs")
-    check.add_argument("--report-dir", default="reports")
-    check.add_argument("--confidence", type=float, default=intervals.CONFIDENCE, help="confidence level of every interval")
-    check.add_argument("--resamples", type=int, default=intervals.RESAMPLES, help="bootstrap resamples per set of units")
-    check.add_argument(
-        "--figure-workers",
-        type=int,
-        default=None,
-        help="processes drawing figures while passes run (default: 0 on the cpu, up to 4 beside a GPU)",
+    check = commands.add_parser(
+        "check", help="run spec files without pytest (exit 1 if a claim fails): the plugin's suite and options"
     )
+    check.add_argument("paths", nargs="+", help="spec files or directories")
+    add_suite_options(check.add_argument)
     schema = commands.add_parser("schema", help="print the JSON Schema of spec files (editors validate and complete with it)")
     schema.add_argument("--defaults", action="store_true", help="the schema of _defaults.yaml files instead")
     return parser
@@ -345,9 +336,10 @@ def cmd_check(args) -> int:
     """The suite without pytest: every spec on every model it applies to, reports written."""
     from pathlib import Path
 
+    from .constants import DEFAULTS_FILE
     from .report import failure_text
-    from .spec import DEFAULTS_FILE, load_file
-    from .suite import Options, Suite
+    from .spec import load_file
+    from .suite import Suite, options_from
 
     files = [
         f
@@ -355,19 +347,8 @@ def cmd_check(args) -> int:
         for f in (sorted(p.rglob("*.y*ml")) if p.is_dir() else [p])
         if f.suffix in (".yaml", ".yml") and f.name != DEFAULTS_FILE
     ]
-    suite = Suite(
-        Options(
-            models=args.model,
-            device=args.device,
-            dtype=args.dtype,
-            device_map=args.device_map,
-            report_dir=args.report_dir,
-            figure_workers=args.figure_workers,
-            confidence=args.confidence,
-            resamples=args.resamples,
-        )
-    )
-    pairs = [(spec, model) for f in files for spec in load_file(f) for model in args.model if spec.applies_to(model)]
+    suite = Suite(options_from(lambda dest: getattr(args, dest), Path(".")))
+    pairs = [(spec, model) for f in files for spec in load_file(f) for model in suite.options.models if spec.applies_to(model)]
     for spec, model in pairs:
         suite.plan(spec, model)
     false_claims = 0

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from . import figures, golden, intervals, models, report
 from .cores import CoreShare
 from .data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable
+from .options import SUITE_OPTIONS
 from .evaluate import Evaluator, plan
 from .records import Observation, Verdict
 from .session import ModelSession
@@ -44,6 +46,13 @@ class Options:
     confidence: float = intervals.CONFIDENCE  # of every interval
     resamples: int = intervals.RESAMPLES  # bootstrap resamples per set of sampling units
     judge_model: str | None = None  # steering's coherence judge; None: models.default_judge
+
+
+def options_from(option: Callable[[str], Any], root: Path) -> Options:
+    """Options from the values of options.SUITE_OPTIONS, read by dest (the plugin's getoption, the
+    CLI's parsed arguments): one list of options for both ways to run specs."""
+    values = {dest: option(dest) for dest in SUITE_OPTIONS}
+    return Options(models=values.pop("model") or list(models.BUNDLED_GGUF), root=root, **values)
 
 
 @dataclass

@@ -165,8 +165,25 @@ def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
 
 
 def test_a_negative_figure_worker_count_is_a_clear_error(tmp_path, specs_dir, capsys):
-    code = cli.main(["check", str(specs_dir), "--model", "planted-llama", "--figure-workers", "-1"])
-    assert code == 2 and "figure workers: -1; write 0 (draw in this process) or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the option's type refuses it, as the plugin's does
+        cli.main(["check", str(specs_dir), "--model", "planted-llama", "--figure-workers", "-1"])
+    assert exit_.value.code == 2 and "'-1': write a number (0: draw in this process) or auto" in capsys.readouterr().err
+
+
+def test_check_takes_the_plugins_options_into_the_same_suite_options(tmp_path, specs_dir, pytester):
+    """`massive-checks check` and the pytest plugin register one list of options (options.py) and
+    build the suite's Options with one function (suite.options_from)."""
+    from massive_checks.options import SUITE_OPTIONS
+    from massive_checks.suite import options_from
+
+    argv = ["check", "specs", "--model", "m", "--golden-dir", "g", "--update-golden", "--batch-size", "4", "--samples", "3"]
+    args = cli.build_parser().parse_args(argv + ["--judge-model", "j", "--resamples", "500", "--trust-remote-code"])
+    options = options_from(lambda dest: getattr(args, dest), tmp_path)
+    assert (options.models, options.golden_dir, options.update_golden, options.batch_size) == (["m"], "g", "all", 4)
+    assert (options.samples, options.judge_model, options.resamples, options.trust_remote_code) == (3, "j", 500, True)
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    for dest in SUITE_OPTIONS:
+        assert "--" + dest.replace("_", "-") in help_text, dest
 
 
 def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):

@@ -7,15 +7,14 @@ an xdist controller) receives spec records from a worker."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from ..constants import BUNDLED_MODELS, CONFIDENCE, DEFAULTS_FILE, DEVICE_MAPS, DTYPE_NAMES, RESAMPLES
+from ..constants import BUNDLED_MODELS, DEFAULTS_FILE
+from ..options import add_suite_options
 
 STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
 WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
@@ -33,101 +32,7 @@ def pytest_addoption(parser):
             plain.addoption(*names, **kw)
             OPTION_DEFAULTS[names[0].lstrip("-").replace("-", "_")] = kw.get("default", False)
 
-    group = Group()
-    group.addoption(
-        "--model",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help=f"model to run specs on (repeatable): a hub id (NAME@REVISION for a branch, tag or commit), a "
-        f"local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), a synthetic "
-        f"test model, or random:SHAPE (random weights of a real shape, for benchmarks only: "
-        f"random:smollm2-135m, random:gemma3-270m, random:llama-3b, random:llama-8b). Default: the "
-        f"bundled ones",
-    )
-    group.addoption("--device", default="cpu", help="torch device (default cpu)")
-    group.addoption("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype")
-    group.addoption(
-        "--device-map",
-        default=None,
-        choices=DEVICE_MAPS,
-        help="spread models larger than one device over all GPUs, with accelerate",
-    )
-    group.addoption("--dataset", default=None, help="text file (.txt one passage per line, .jsonl with 'text')")
-    group.addoption("--samples", type=int, default=None, help="passages per spec (overrides specs)")
-    group.addoption("--seq-len", type=int, default=None, help="tokens per passage (overrides specs)")
-    group.addoption(
-        "--batch-size",
-        type=_count_or_auto(1, "a positive number"),
-        default=None,
-        metavar="N|auto",
-        help="sequences per forward chunk (default auto: what fits in half the free memory, at most 8 on cpu and 64 on cuda)",
-    )
-    group.addoption("--report-dir", default="reports", help="where results.json and reports go")
-    group.addoption(
-        "--figure-workers",
-        type=_count_or_auto(0, "a number (0: draw in this process)"),
-        default=None,
-        metavar="N|auto",
-        help="processes drawing figures while passes run (auto: 0 on the cpu, up to 4 beside a GPU)",
-    )
-    group.addoption("--trust-remote-code", action="store_true", help="allow hub models' own code (off by default)")
-    group.addoption("--allow-pickle", action="store_true", help="load pickle (*.bin) weights; safetensors only by default")
-    group.addoption("--golden-dir", default="golden", help="where golden snapshots live (default golden/)")
-    group.addoption(
-        "--update-golden",
-        nargs="?",
-        const="all",
-        default=None,
-        choices=("all", "new"),
-        help="rewrite missing and failing golden snapshots; =new: write missing ones only",
-    )
-    group.addoption(
-        "--confidence",
-        type=_share,
-        default=CONFIDENCE,
-        metavar="LEVEL",
-        help=f"confidence level of every interval (default {CONFIDENCE}): a check holds when its whole "
-        f"interval satisfies its bound",
-    )
-    group.addoption(
-        "--resamples",
-        type=_count_or_auto(100, "a whole number >= 100", auto=False),
-        default=RESAMPLES,
-        metavar="N",
-        help=f"bootstrap resamples per set of sampling units (default {RESAMPLES})",
-    )
-    group.addoption(
-        "--judge-model",
-        default=None,
-        metavar="NAME",
-        help="model judging steered text's fluency (coherence), unless a steering configuration names "
-        "its judge_model. Default: the other bundled model (a model never judges itself unless asked)",
-    )
-
-
-def _share(text: str) -> float:
-    """--confidence: a level strictly between 0.5 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.5 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a level between 0.5 and 1, e.g. 0.95")
-    return value
-
-
-def _count_or_auto(least: int, wanted: str, auto: bool = True):
-    """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
-
-    def parse(text: str) -> int | None:
-        if auto and text == "auto":
-            return None
-        if not text.isdigit() or int(text) < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: write {wanted}{' or auto' if auto else ''}")
-        return int(text)
-
-    return parse
+    add_suite_options(Group.addoption)
 
 
 def pytest_configure(config):

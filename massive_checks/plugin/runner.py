@@ -13,35 +13,14 @@ from .. import golden, models, report
 from ..errors import MassiveChecksError, SpecError
 from ..files import jsonable
 from ..spec import Spec, load_file
-from ..suite import Options, Suite
+from ..suite import Suite, options_from
 from . import WORKER_KEY
 
 
 def build(config) -> "MassiveChecks":
     """The session's suite and its hooks, from the command line's options (registered by the caller)."""
     option = config.getoption
-    suite = Suite(
-        Options(
-            models=option("--model") or list(models.BUNDLED_GGUF),
-            device=option("--device"),
-            dtype=option("--dtype"),
-            trust_remote_code=option("trust_remote_code"),
-            allow_pickle=option("allow_pickle"),
-            device_map=option("device_map"),
-            batch_size=option("batch_size"),
-            dataset=option("dataset"),
-            samples=option("samples"),
-            seq_len=option("seq_len"),
-            root=config.rootpath,
-            report_dir=option("report_dir"),
-            golden_dir=option("golden_dir"),
-            update_golden=option("update_golden"),
-            figure_workers=option("figure_workers"),
-            confidence=option("confidence"),
-            resamples=option("resamples"),
-            judge_model=option("judge_model"),
-        )
-    )
+    suite = Suite(options_from(option, config.rootpath))
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # an xdist worker: its share of the cores
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
