@@ -1,6 +1,6 @@
 """Interventions as hook functions (hooks.attach): each canonical Ablation becomes one (site,
-function) pair that returns an edited copy of the tensor. Also `add_vector`, an edit that adds a
-named vector (HookContext.vectors) to the residual stream: what steering builds on."""
+function) pair that returns an edited copy of the tensor. (An edit of your own is such a function
+too, and may read named vectors from HookContext.vectors: tests/test_extending.py.)"""
 
 from __future__ import annotations
 
@@ -25,16 +25,6 @@ def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | N
             mean = means[name]
         pairs.append((name, _edit(lm, ablation, mean)))
     return pairs
-
-
-def add_vector(name: str, coefficient: float) -> HookFn:
-    """x + coefficient x vectors[name] at every real token (x: [B, T, D], vector [D])."""
-
-    def edit(x: torch.Tensor, context: HookContext) -> torch.Tensor:
-        vector = context.vectors[name].to(x.device, x.dtype)
-        return x + coefficient * vector * context.mask.to(x.device, x.dtype)[..., None]
-
-    return edit
 
 
 def _edit(lm: LoadedModel, ablation, mean: torch.Tensor | None) -> HookFn:

@@ -54,11 +54,6 @@ def massive_indices(maxima: torch.Tensor, medians: torch.Tensor, min_value: floa
     return {int(i) for i in is_massive(maxima, medians[:, None], min_value, min_ratio).any(dim=0).nonzero().flatten()}
 
 
-def paper_top(cells: tuple, k: int) -> float:
-    """The paper's top-k: each sequence's k-th largest |a| (flattened), averaged over sequences."""
-    return float(cells[0][:, k - 1].mean())
-
-
 def ratio(top1: float, median: float) -> float:
     return top1 / median if median > 0 else float("inf")
 

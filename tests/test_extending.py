@@ -1,4 +1,4 @@
-"""Following the README's "How to add a measure, an intervention, an architecture": a measure is
+"""Following docs/design.md, "How to add a measure, an intervention, an architecture": a measure is
 one registered class; an edit is a hook function next to captures; the modules import each other
 without a cycle; the committed JSON Schema is the one the registry generates."""
 
@@ -15,7 +15,6 @@ import torch
 from massive_checks import hooks, stats
 from massive_checks.apply import capture_stats
 from massive_checks.capture import stat_pairs, Needs
-from massive_checks.edits import add_vector
 from massive_checks.evaluate import Evaluator
 from massive_checks.measures import REGISTRY, PerLayer, register
 from massive_checks.measures.profile import top_value
@@ -28,7 +27,7 @@ PACKAGE = Path(__file__).parent.parent / "massive_checks"
 
 @pytest.fixture
 def top1_share():
-    """The README's example measure: top-1 over the sum of the top-3 (paper statistic), one class."""
+    """docs/design.md's example measure: top-1 over the sum of the top-3 (paper statistic), one class."""
 
     class Top1Share(PerLayer):
         """top-1 / (top-1 + top-2 + top-3) of the block output."""
@@ -67,8 +66,18 @@ def test_a_measure_is_one_registered_class(tmp_path, top1_share, session_for):
         load_file(path)
 
 
+def add_vector(name: str, coefficient: float):
+    """A user's edit: x + coefficient x vectors[name] at every real token (x: [B, T, D], vector [D])."""
+
+    def edit(x: torch.Tensor, context) -> torch.Tensor:
+        vector = context.vectors[name].to(x.device, x.dtype)
+        return x + coefficient * vector * context.mask.to(x.device, x.dtype)[..., None]
+
+    return edit
+
+
 def test_an_edit_is_a_hook_function_that_can_use_a_named_vector(load_model):
-    """add_vector reads the vector from the hook context; captures after it see the edit."""
+    """A user's edit reads a named vector from the hook context; captures after it see the edit."""
     lm = load_model("tiny-llama")
     ids = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
