@@ -115,7 +115,7 @@ def _share(text: str) -> float:
     return value
 
 
-def _count_or_auto(least: int, wanted: str, auto: bool = True):
+def _count_or_auto(least: int, wanted: str, auto: bool = True) -> Callable[[str], int | None]:
     """An option's type: a whole number >= least, or (with auto) auto: None, chosen at run time."""
 
     def parse(text: str) -> int | None:

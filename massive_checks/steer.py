@@ -21,11 +21,12 @@ each continuation, per prompt, so every score has a bootstrap interval over prom
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -124,10 +125,12 @@ def generate(
     steering: Steering | None = None,
     vector: torch.Tensor | None = None,
     use_cache: bool = True,
+    prefilled: Callable[[Any], None] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (token ids, max_new_tokens each, cut after an end-of-sequence token).
     Prompts are left-padded into one batch; positions count real tokens, so a token's position is
-    the same with and without the cache, and with and without padding."""
+    the same with and without the cache, and with and without padding. `prefilled` is called with
+    the prompts' forward output (logits, KV cache) before decoding goes on from it."""
     ids, mask = _left_padded(lm, prompts)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     prompt_length = mask.sum(dim=1)
@@ -154,6 +157,8 @@ def generate(
                 **cache_argument(lm.model, past),
             )
             past = cache_of(output) if use_cache else None
+            if step == 0 and prefilled is not None:
+                prefilled(output)
             token = output.logits[:, -1].argmax(dim=-1)  # [B]
             new.append(token)
             ids = torch.cat([ids, token[:, None]], dim=1)
@@ -161,6 +166,23 @@ def generate(
             positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
     tokens = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
     return [_cut_at_eos(row, lm.tokenizer.eos_token_id) for row in tokens]
+
+
+def with_trait_log_odds(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    trait: dict[str, list[list[int]]],
+    max_new_tokens: int,
+    steering: Steering | None = None,
+    vector: torch.Tensor | None = None,
+) -> tuple[list[list[int]], torch.Tensor]:
+    """generate and trait_log_odds of one batch from one prompt forward: generation's first step
+    is the forward trait_log_odds starts from, so its logits and a copy of its KV cache are kept
+    (the same numbers as running it twice, at two thirds of the prompts' cost)."""
+    kept: list[tuple[torch.Tensor, Any]] = []
+    keep = lambda output: kept.append((output.logits[:, -1:], copy.deepcopy(cache_of(output))))
+    tokens = generate(lm, prompts, max_new_tokens, steering, vector, prefilled=keep)
+    return tokens, trait_log_odds(lm, prompts, trait, steering, vector, prefill=kept[0] if kept else None)
 
 
 def cache_argument(model, cache) -> dict:
@@ -187,34 +209,63 @@ def _cut_at_eos(row: list[int], eos: int | None) -> list[int]:
 
 @torch.no_grad()
 def continuation_logprobs(
+    lm: LoadedModel, prompts: list[list[int]], continuations: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] log P(continuation_i | prompt_i) (sum over its tokens) and [N] its token count, under the
+    unsteered model. Each distinct prompt runs once; its KV cache is gathered to its rows and the
+    continuations are teacher-forced after it (a judge scores many runs' texts on one prompt set)."""
+    distinct = list(dict.fromkeys(map(tuple, prompts)))
+    row_of = {prompt: i for i, prompt in enumerate(distinct)}
+    index = torch.tensor([row_of[tuple(p)] for p in prompts])  # [N]: each row's prompt
+    ids, mask = _left_padded(lm, [list(p) for p in distinct])
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    positions = hooks.token_positions(mask)
+    with steered(lm, None, None) as attached:
+        first = attached.forward(
+            lm.model, ids, mask, positions=positions, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+    logp = _teacher_forced(lm, (first.logits[:, -1:], cache_of(first)), index.to(lm.device), mask, continuations)
+    return logp.sum(dim=1).cpu(), torch.tensor([len(c) for c in continuations])
+
+
+def _teacher_forced(
     lm: LoadedModel,
-    prompts: list[list[int]],
+    prefill: tuple[torch.Tensor, Any],
+    index: torch.Tensor,
+    prompt_mask: torch.Tensor,
     continuations: list[list[int]],
     steering: Steering | None = None,
     vector: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N] log P(continuation_i | prompt_i) (sum over its tokens) and [N] its token count, under the
-    (steered) model; one left-padded batch, so every continuation ends the row and logits are
-    computed for the last (longest continuation + 1) positions only."""
-    ids, mask = _left_padded(lm, [p + c for p, c in zip(prompts, continuations)])
-    keep = max(len(c) for c in continuations) + 1
-    prompt_length = torch.tensor([len(p) for p in prompts])
-    positions = hooks.token_positions(mask)
+) -> torch.Tensor:
+    """[N, C] log P of each continuation's tokens (0 after its end), row i continuing prompt
+    index[i]: prefill is the prompts' forward, (last logits [U, 1, V], its KV cache, gathered to
+    the rows here), prompt_mask [U, T] their left-padded mask. The continuations are right-padded
+    after the prompt; a per-row steering (coef [N], vector [N, D]) steers each row with its own."""
+    last_logits, past = prefill
+    n, width = len(continuations), max(len(c) for c in continuations)
+    cont = torch.full((n, width), _pad_id(lm), dtype=torch.long)
+    cont_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(continuations):
+        cont[i, : len(c)], cont_mask[i, : len(c)] = torch.tensor(c, dtype=torch.long), 1
+    cont, cont_mask = cont.to(lm.device), cont_mask.to(lm.device)
+    past.batch_select_indices(index)
+    rows_length = prompt_mask.sum(dim=1)[index]
+    cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [N, C]
     with steered(lm, steering, vector) as attached:
-        logits = attached.forward(
+        rest = attached.forward(
             lm.model,
-            ids.to(lm.device),
-            mask.to(lm.device),
-            positions=positions.to(lm.device),
-            prompt_length=prompt_length.to(lm.device),
-            position_ids=positions.to(lm.device),
-            logits_to_keep=keep,
-        ).logits[:, -keep:]  # [N, keep, V]
-    targets = ids[:, -keep + 1 :]  # [N, keep - 1]: the tokens those logits predict
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.to(lm.device)[..., None]).squeeze(-1).cpu()
-    counts = torch.tensor([len(c) for c in continuations])
-    scored = torch.arange(keep - 1)[None, :] >= (keep - 1 - counts)[:, None]  # the last len(c) targets
-    return torch.where(scored, logp, 0.0).sum(dim=1), counts
+            cont,
+            torch.cat([prompt_mask[index], cont_mask], dim=1),
+            positions=cont_positions,
+            prompt_length=rows_length,
+            token_mask=cont_mask,
+            position_ids=cont_positions,
+            use_cache=True,
+            **cache_argument(lm.model, past),
+        )
+    logits = torch.cat([last_logits[index], rest.logits[:, :-1]], dim=1)  # [N, C, V]: what predicts each token
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [N, C]
+    return torch.where(cont_mask.bool(), logp, 0.0)
 
 
 @torch.no_grad()
@@ -224,56 +275,39 @@ def trait_log_odds(
     trait: dict[str, list[list[int]]],
     steering: Steering | None = None,
     vector: torch.Tensor | None = None,
+    prefill: tuple[torch.Tensor, Any] | None = None,
 ) -> torch.Tensor:
     """[P] logsumexp log P(pos continuations) - logsumexp log P(neg), per prompt, under the (steered)
     model. Each prompt runs once; its KV cache is repeated for its continuations (right-padded
-    after it). A per-row steering (coef [P], vector [P, D]) steers each prompt with its own."""
+    after it). A per-row steering (coef [P], vector [P, D]) steers each prompt with its own.
+    prefill: the prompts' last logits [P, 1, V] and a KV cache of their own, from the same
+    steered forward (generate's first step: with_trait_log_odds); else that forward runs here."""
     continuations = trait["pos"] + trait["neg"]
-    n, width = len(continuations), max(len(c) for c in continuations)
+    n = len(continuations)
     ids, mask = _left_padded(lm, prompts)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    prompt_length = mask.sum(dim=1)
     positions = hooks.token_positions(mask)
-    cont = torch.full((n, width), _pad_id(lm), dtype=torch.long)
-    cont_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, c in enumerate(continuations):
-        cont[i, : len(c)], cont_mask[i, : len(c)] = torch.tensor(c), 1
-    cont, cont_mask = cont.repeat(len(prompts), 1).to(lm.device), cont_mask.repeat(len(prompts), 1).to(lm.device)  # [P*n, C]
-    with steered(lm, steering, vector) as attached:
-        first = attached.forward(
-            lm.model,
-            ids,
-            mask,
-            positions=positions,
-            prompt_length=prompt_length,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    if prefill is None:
+        with steered(lm, steering, vector) as attached:
+            first = attached.forward(
+                lm.model,
+                ids,
+                mask,
+                positions=positions,
+                prompt_length=mask.sum(dim=1),
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        prefill = (first.logits[:, -1:], cache_of(first))
     if steering is not None and vector is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per row
         steering = Steering(
             steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first
         )
         vector = vector.repeat_interleave(n, dim=0) if vector.dim() == 2 else vector
-    past = cache_of(first)
-    past.batch_repeat_interleave(n)
-    rows_length = prompt_length.repeat_interleave(n)
-    cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [P*n, C]
-    with steered(lm, steering, vector) as attached:
-        rest = attached.forward(
-            lm.model,
-            cont,
-            torch.cat([mask.repeat_interleave(n, dim=0), cont_mask], dim=1),
-            positions=cont_positions,
-            prompt_length=rows_length,
-            token_mask=cont_mask,
-            position_ids=cont_positions,
-            use_cache=True,
-            **cache_argument(lm.model, past),
-        )
-    logits = torch.cat([first.logits[:, -1:].repeat_interleave(n, dim=0), rest.logits[:, :-1]], dim=1)  # [P*n, C, V]
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [P*n, C]
-    per_prompt = torch.where(cont_mask.bool(), logp, 0.0).sum(dim=1).view(len(prompts), n).cpu()
+    index = torch.arange(len(prompts), device=lm.device).repeat_interleave(n)  # [P*n]: each prompt's n continuations
+    logp = _teacher_forced(lm, prefill, index, mask, continuations * len(prompts), steering, vector)  # [P*n, C]
+    per_prompt = logp.sum(dim=1).view(len(prompts), n).cpu()
     n_pos = len(trait["pos"])
     return per_prompt[:, :n_pos].logsumexp(dim=1) - per_prompt[:, n_pos:].logsumexp(dim=1)
 
@@ -287,9 +321,13 @@ def continuation_losses(lm: LoadedModel, prompts: list[list[int]], continuations
 def judge_losses(judge: LoadedModel, prompts: list[str], texts: list[str], batch_size: int = JUDGE_ROWS) -> np.ndarray:
     """[N] per-token loss of each decoded continuation under the judge model, given its prompt,
     both tokenized by the judge's own tokenizer (nan for an empty continuation)."""
-    prompt_ids = [judge.tokenizer(p)["input_ids"] for p in prompts]
-    text_ids = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t in texts]
-    return _chunked_tensor(lambda ps, cs: continuation_losses(judge, ps, cs), prompt_ids, text_ids, batch_size).double().numpy()
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])  # a prompt's rows in few batches: its forward shared
+    prompt_ids = [judge.tokenizer(prompts[i])["input_ids"] for i in order]
+    text_ids = [judge.tokenizer(texts[i], add_special_tokens=False)["input_ids"] if texts[i] else [] for i in order]
+    losses = _chunked_tensor(lambda ps, cs: continuation_losses(judge, ps, cs), prompt_ids, text_ids, batch_size)
+    restored = torch.empty_like(losses)
+    restored[torch.tensor(order, dtype=torch.long)] = losses
+    return restored.double().numpy()
 
 
 def judged_losses(judge: judges.JudgeModel, prompts: list[str], texts: list[str]) -> np.ndarray:
@@ -350,8 +388,11 @@ def unsteered(
     batch_size: int = GENERATION_ROWS,
 ) -> Texts:
     """The unsteered model's continuations on a sweep's prompts, judged (coherence's reference)."""
-    tokens = _chunked(lambda ps: generate(lm, ps, max_new_tokens), prompts, batch_size)
-    odds = torch.cat([trait_log_odds(lm, prompts[i : i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
+    batches = [
+        with_trait_log_odds(lm, prompts[i : i + batch_size], trait, max_new_tokens) for i in range(0, len(prompts), batch_size)
+    ]
+    tokens = [row for batch_tokens, _ in batches for row in batch_tokens]
+    odds = torch.cat([batch_odds for _, batch_odds in batches])
     return _judged(lm, tokens, odds.tolist(), prompt_texts, judging)
 
 
@@ -406,8 +447,9 @@ def sweep(
         chunk_prompts = [prompts[j] for _, j in chunk]
         steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
         vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
-        tokens.update(zip(chunk, generate(lm, chunk_prompts, max_new_tokens, steering, vectors)))
-        log_odds.update(zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()))
+        chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
+        tokens.update(zip(chunk, chunk_tokens))
+        log_odds.update(zip(chunk, chunk_odds.tolist()))
     judged_rows = (
         _judged(lm, [tokens[r] for r in rows], [log_odds[r] for r in rows], [prompt_texts[j] for _, j in rows], judging)
         if rows
@@ -441,10 +483,6 @@ def run(
     return sweep(
         lm, [(vector, float(c)) for c in coefs], layer, prompts, prompt_texts, trait, max_new_tokens, judging, positions, first
     )
-
-
-def _chunked(fn, items: list, size: int) -> list:
-    return [out for start in range(0, len(items), size) for out in fn(items[start : start + size])]
 
 
 def _chunked_tensor(fn, a: list, b: list, size: int) -> torch.Tensor:

@@ -86,6 +86,22 @@ def test_generation_with_the_cache_equals_generation_without_it_under_steering(l
     assert cached != steer.generate(lm, prompts, 8)  # the steering changes what is generated
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
+def test_trait_log_odds_from_the_generations_prompt_forward_equal_their_own(load_model, prompts, name):
+    """with_trait_log_odds reuses generation's first forward (logits and a copy of its KV cache)
+    for trait_log_odds: the same tokens and the same log-odds, bit for bit, as running both, with
+    one steering per row and without steering."""
+    lm = load_model(name)
+    trait = {"pos": [[104, 105], [120]], "neg": [[121, 122, 123]]}
+    per_row = Steering(1, torch.tensor([5.0, 40.0, 0.0]), "all")
+    vectors = torch.stack([_vector(lm, seed) for seed in range(3)])
+    for steering, vector in ((per_row, vectors), (None, None)):
+        tokens, odds = steer.with_trait_log_odds(lm, prompts, trait, 6, steering, vector)
+        assert tokens == steer.generate(lm, prompts, 6, steering, vector)
+        assert torch.equal(odds, steer.trait_log_odds(lm, prompts, trait, steering, vector))
+    assert steer.with_trait_log_odds(lm, prompts, trait, 0)[0] == [[], [], []]  # no step: its own prompt forward
+
+
 def test_generation_equals_one_prompt_at_a_time_greedy_decoding_by_hand(load_model, prompts):
     """Left padding and real-token positions: each batched row equals its own unpadded greedy loop."""
     lm = load_model("tiny-llama")
