@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AbstractSet as Set
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, NoReturn, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
@@ -82,7 +82,7 @@ class StepModel(_Strict):
     over_layers: Optional[OverLayers] = None
 
 
-def _quantity_fields(cls: type[Measure]) -> dict:
+def _quantity_fields(cls: type[Measure]) -> dict[str, Any]:
     fields: dict[str, Any] = {"config": (Name, "baseline")}
     if cls.layered:
         fields["layers"] = (Optional[Layers], None)
@@ -105,7 +105,7 @@ NUMBER_BOUND_FIELDS: dict[str, Any] = {
 }
 
 
-def _bound_fields(cls: type[Measure]) -> dict:
+def _bound_fields(cls: type[Measure]) -> dict[str, Any]:
     ints = list[Annotated[int, Field(ge=0)]]
     if cls.shape in NUMERIC_SHAPES:
         return {**NUMBER_BOUND_FIELDS, "equals": (Optional[Number], None)}
@@ -125,7 +125,7 @@ class Schema:
     spec: type[BaseModel]
 
 
-_SCHEMAS: dict[tuple, Schema] = {}
+_SCHEMAS: dict[tuple[tuple[str, type[Measure]], ...], Schema] = {}
 
 
 def schema() -> Schema:
@@ -181,7 +181,7 @@ def _build_schema() -> Schema:
     return Schema(checks, sides, spec)
 
 
-def _measure_tag(value) -> str | None:
+def _measure_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         if "compare" in value:
             return "compare"
@@ -189,7 +189,7 @@ def _measure_tag(value) -> str | None:
     return None
 
 
-def _union(models: dict, extra: dict | None = None):
+def _union(models: Mapping[str, type[BaseModel]], extra: Mapping[str, type[BaseModel]] | None = None) -> Any:
     tagged = [Annotated[model, Tag(name)] for name, model in {**models, **(extra or {})}.items()]
     return Annotated[Union[tuple(tagged)], Discriminator(_measure_tag)]
 
@@ -278,7 +278,7 @@ class _SpecBase(DefaultsModel):
     claims: list[ClaimId] = []  # the catalogue's claims it encodes (claims.md: C1-C18), for the claims matrix
 
 
-def json_schema(defaults: bool = False) -> dict:
+def json_schema(defaults: bool = False) -> dict[str, Any]:
     """The JSON Schema of a spec document (or of `_defaults.yaml`), for editors."""
     document = (DefaultsModel if defaults else schema().spec).model_json_schema()
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -372,31 +372,31 @@ class Bound:
             self.kind, {"set"}
         )
 
-    def holds(self, value) -> bool:
+    def holds(self, value: Any) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         kind, target = self.kind, self.value
         if kind == "between":
-            return target[0] <= value <= target[1]
+            return bool(target[0] <= value <= target[1])
         if kind == "at_least":
-            return value >= target
+            return bool(value >= target)
         if kind == "at_most":
-            return value <= target
+            return bool(value <= target)
         if kind == "approx":
-            return abs(value - target) <= self.rel * abs(target)
+            return bool(abs(value - target) <= self.rel * abs(target))
         items = frozenset(value) if isinstance(value, (list, set, frozenset)) else frozenset([value])
         if kind == "equals":
             if isinstance(value, (list, set, frozenset)):  # a set equals a set, or one element
                 return items == (target if isinstance(target, frozenset) else frozenset([target]))
-            return value == target
-        return {
-            "subset_of": lambda: items <= target,
-            "contains": lambda: target <= items,
-            "excludes": lambda: not (target & items),
-        }[kind]()
+            return bool(value == target)
+        if kind == "subset_of":
+            return bool(items <= target)
+        if kind == "contains":
+            return bool(target <= items)
+        return not (target & items)  # excludes
 
 
-def _set_text(values) -> str:
+def _set_text(values: Any) -> str:
     return "{" + ", ".join(map(str, sorted(values))) + "}"
 
 
@@ -428,12 +428,12 @@ class Spec:
     models: tuple[str, ...] | None  # None: any model
     data: DataConfig
     checks: tuple[Check, ...]
-    interventions: dict = field(default_factory=dict, hash=False)  # name -> [Request]
-    vectors: dict = field(default_factory=dict, hash=False)  # name -> vectors.VectorDef
-    steering: dict = field(default_factory=dict, hash=False)  # name -> definitions.SteeringDef
+    interventions: dict[str, Any] = field(default_factory=dict, hash=False)  # name -> [Request]
+    vectors: dict[str, Any] = field(default_factory=dict, hash=False)  # name -> vectors.VectorDef
+    steering: dict[str, Any] = field(default_factory=dict, hash=False)  # name -> definitions.SteeringDef
     massive: tuple[float, float] = (100.0, 1000.0)  # (min |a|, min ratio to the median)
-    xfail: str | dict | None = None  # reason (every model), or {model: reason}
-    inconclusive: str | dict | None = None  # reason (every model), or {model: reason}
+    xfail: str | dict[str, str] | None = None  # reason (every model), or {model: reason}
+    inconclusive: str | dict[str, str] | None = None  # reason (every model), or {model: reason}
     claims: tuple[str, ...] = ()
     golden: GoldenConfig | None = None  # when the spec compares against a snapshot
     source: str = ""
@@ -526,19 +526,21 @@ def _read_defaults(path: Path) -> dict[str, tuple[Any, _Origin]]:
     return {key: (value, _Origin(str(path), doc)) for key, value in doc.items()}
 
 
-def _validate(model: type[BaseModel], doc, path: str, origins: dict) -> Any:  # the model's instance, its fields read by name
+def _validate(
+    model: type[BaseModel], doc: Any, path: str, origins: dict[str, Any]
+) -> Any:  # the model's instance, its fields read by name
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
         raise _spec_error(_most_specific(list(map(dict, exc.errors())), doc), doc, path, origins) from None
 
 
-def _most_specific(errors: list[dict], doc) -> dict:
+def _most_specific(errors: list[dict[str, Any]], doc: Any) -> dict[str, Any]:
     """The error to report: an unknown key first (it explains the others), else the one reaching
     deepest into the document (a union reports one error per alternative; the deepest is the
     alternative the user wrote)."""
 
-    def depth(error) -> int:
+    def depth(error: dict[str, Any]) -> int:
         node, found = doc, 0
         for part in error["loc"]:
             if (isinstance(node, dict) and part in node) or (
@@ -549,11 +551,13 @@ def _most_specific(errors: list[dict], doc) -> dict:
 
     # among equally deep ones, the alternative of the type the user wrote (a too-long layers string
     # is a string error, not "should be a valid integer")
-    wrote_a = lambda e: not e["type"].startswith(("int_", "float_", "bool_")) or not isinstance(e.get("input"), str)
+    def wrote_a(e: dict[str, Any]) -> bool:
+        return not e["type"].startswith(("int_", "float_", "bool_")) or not isinstance(e.get("input"), str)
+
     return max(errors, key=lambda e: (e["type"] == "extra_forbidden", depth(e), wrote_a(e)))
 
 
-def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
+def _spec(path: str, doc: Any, index: int, defaults: dict[str, Any]) -> Spec:
     own = dict(doc)
     merged = type(doc)({**{k: v for k, (v, _) in defaults.items() if k not in doc}, **own})
     merged.line, merged.key_lines = doc.line, dict(doc.key_lines)
@@ -623,7 +627,7 @@ def _spec(path: str, doc, index: int, defaults: dict) -> Spec:
     return spec
 
 
-def _expected_on(reason) -> set[str]:
+def _expected_on(reason: Any) -> set[str]:
     """Models an xfail / inconclusive value names ("*": every model)."""
     return set() if reason is None else set(reason) if isinstance(reason, dict) else {"*"}
 
@@ -633,13 +637,13 @@ class _Identity:
     by their interventions, vectors and steering runs by theirs): two quantities that resolve to
     the same thing compare a number with itself."""
 
-    def __init__(self, configs: dict, vectors: dict, sweeps: dict):
+    def __init__(self, configs: dict[str, Any], vectors: dict[str, Any], sweeps: dict[str, Any]) -> None:
         self.configs, self.vectors, self.sweeps = configs, vectors, sweeps
 
-    def config(self, name: str) -> tuple:
+    def config(self, name: str) -> tuple[Any, ...]:
         return tuple(sorted(r.text for r in self.configs.get(name, [])))
 
-    def of(self, q: Quantity) -> tuple:
+    def of(self, q: Quantity) -> tuple[Any, ...]:
         params = {}
         for key, value in q.measure.params().items():
             if key in getattr(q.measure, "vector_fields", ()):
@@ -660,7 +664,7 @@ class _Identity:
         )
 
 
-def _can_fail(raw, check: Check, prefix: str, where: _Where, identity: _Identity) -> None:
+def _can_fail(raw: Any, check: Check, prefix: str, where: _Where, identity: _Identity) -> None:
     """Checks that cannot fail are errors: a number compared with itself (a compare, change or
     difference whose two sides resolve to the same configuration, vector or steering run), and a
     bound that admits every value the quantity can take."""
@@ -737,25 +741,25 @@ def _admits_all(bound: Bound, low: float, high: float) -> bool:
     kind, target = bound.kind, bound.value
     if kind == "approx":
         kind, target = "between", (target - bound.rel * abs(target), target + bound.rel * abs(target))
-    return {
-        "at_least": lambda: target <= low,
-        "at_most": lambda: target >= high,
-        "between": lambda: target[0] <= low and target[1] >= high,
-    }.get(kind, lambda: False)()
+    if kind == "at_least":
+        return bool(target <= low)
+    if kind == "at_most":
+        return bool(target >= high)
+    return kind == "between" and bool(target[0] <= low and target[1] >= high)
 
 
 class _Where:
     """Raises SpecError pointing at a key of a raw mapping."""
 
-    def __init__(self, path: str, doc):
+    def __init__(self, path: str, doc: Any) -> None:
         self.path, self.doc = path, doc
 
-    def fail(self, mapping, key, message: str, prefix: str = ""):
+    def fail(self, mapping: Any, key: Any, message: str, prefix: str = "") -> NoReturn:
         line = getattr(mapping, "key_lines", {}).get(key, getattr(mapping, "line", None))
         raise SpecError(self.path, line, prefix + str(key), message)
 
 
-def _golden(raw) -> GoldenConfig | None:
+def _golden(raw: Any) -> GoldenConfig | None:
     if raw is False:
         return None
     if raw is True:
@@ -764,7 +768,7 @@ def _golden(raw) -> GoldenConfig | None:
     return GoldenConfig(Tolerance(raw.rtol, raw.atol), keys)
 
 
-def _interventions(model, where: _Where) -> dict:
+def _interventions(model: Any, where: _Where) -> dict[str, Any]:
     raw = where.doc.get("interventions", {})
     parsed = {}
     for name, items in model.interventions.items():
@@ -777,7 +781,7 @@ def _interventions(model, where: _Where) -> dict:
     return parsed
 
 
-def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.VectorDef]:
+def _vectors(model: Any, merged: Any, where: _Where, origins: dict[str, Any]) -> dict[str, vectors.VectorDef]:
     """`vectors:` -> VectorDef per name; a contrast file that does not exist is an error here."""
     raw = merged.get("vectors", {})
     at = _Where(origins["vectors"].path, origins["vectors"].mapping) if "vectors" in origins else where
@@ -798,7 +802,9 @@ def _vectors(model, merged, where: _Where, origins: dict) -> dict[str, vectors.V
     return defined
 
 
-def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dict[str, definitions.SteeringDef]:
+def _steering(
+    model: Any, merged: Any, where: _Where, origins: dict[str, Any], defined: dict[str, Any]
+) -> dict[str, definitions.SteeringDef]:
     """`steering:` -> SteeringDef per name: its vector is defined, it has coefficients, and its
     trait words are known (the built-in sets' own, or given)."""
     raw = merged.get("steering", {})
@@ -861,7 +867,7 @@ def _steering(model, merged, where: _Where, origins: dict, defined: dict) -> dic
     return parsed
 
 
-def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
+def _readable_pairs(where: _Where, mapping: Any, pairs: str, prefix: str) -> None:
     """A contrast set named in a spec exists and reads (file, line and key otherwise)."""
     try:
         contrast.read(pairs)
@@ -870,7 +876,13 @@ def _readable_pairs(where: _Where, mapping, pairs: str, prefix: str) -> None:
 
 
 def _check(
-    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: Set[str] = frozenset(), sweeps: dict | None = None
+    raw: Any,
+    parsed: Any,
+    prefix: str,
+    configs: set[str],
+    where: _Where,
+    defined: Set[str] = frozenset(),
+    sweeps: dict[str, Any] | None = None,
 ) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
@@ -884,7 +896,7 @@ def _check(
     )
 
 
-def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweeps: dict) -> None:
+def _steering_reference(raw: Any, measure: Measure, prefix: str, where: _Where, sweeps: dict[str, Any]) -> None:
     """A steering measure names a defined configuration, and a numeric coef is one it runs."""
     for name in measure.steering_refs():
         if name not in sweeps:
@@ -914,13 +926,19 @@ def _steering_reference(raw, measure: Measure, prefix: str, where: _Where, sweep
             )
 
 
-def _measure_of(parsed) -> Measure:
+def _measure_of(parsed: Any) -> Measure:
     cls = REGISTRY[parsed.measure]
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
 def _quantity(
-    raw, parsed, prefix: str, configs: set[str], where: _Where, defined: Set[str] = frozenset(), sweeps: dict | None = None
+    raw: Any,
+    parsed: Any,
+    prefix: str,
+    configs: set[str],
+    where: _Where,
+    defined: Set[str] = frozenset(),
+    sweeps: dict[str, Any] | None = None,
 ) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
     measure = _measure_of(parsed)
@@ -953,7 +971,7 @@ def _quantity(
     return Quantity(measure, parsed.config, None if layers in (None, "all") else str(layers), steps)
 
 
-def _steps(raw, parsed, prefix: str, where: _Where) -> tuple[Step, ...]:
+def _steps(raw: Any, parsed: Any, prefix: str, where: _Where) -> tuple[Step, ...]:
     """Top-level change / difference / over_layers (one of them), or `steps:` in order."""
     short = [k for k in ("change", "difference", "over_layers") if getattr(parsed, k, None) is not None]
     written = getattr(parsed, "steps", None)
@@ -986,7 +1004,7 @@ def _steps(raw, parsed, prefix: str, where: _Where) -> tuple[Step, ...]:
     return tuple(Step(s.kind, tuple(s.value) if s.kind != "over_layers" else s.value) for s in steps)
 
 
-def _bound(raw, parsed, prefix: str, where: _Where) -> Bound:
+def _bound(raw: Any, parsed: Any, prefix: str, where: _Where) -> Bound:
     present = [k for k in BOUNDS if getattr(parsed, k, None) is not None]
     if len(present) != 1:
         key = present[1] if present else ("compare" if "compare" in raw else "measure")
@@ -1006,7 +1024,7 @@ def _bound(raw, parsed, prefix: str, where: _Where) -> Bound:
     return Bound(kind, value, getattr(parsed, "rel", None) or 0.1)
 
 
-def _comparable(pair, a: Quantity, b: Quantity, prefix: str, where: _Where) -> None:
+def _comparable(pair: Any, a: Quantity, b: Quantity, prefix: str, where: _Where) -> None:
     """Needs numbers on both sides, and one value each or the same layers each."""
     for side, q in (("a", a), ("b", b)):
         if not q.numeric:
@@ -1020,7 +1038,7 @@ def _comparable(pair, a: Quantity, b: Quantity, prefix: str, where: _Where) -> N
         )
 
 
-def _unique_check_ids(raw_checks: list, parsed: tuple, where: _Where) -> None:
+def _unique_check_ids(raw_checks: list[Any], parsed: tuple[Check, ...], where: _Where) -> None:
     seen = set()
     for raw, check in zip(raw_checks, parsed):
         if check.id is not None:
@@ -1047,7 +1065,7 @@ WHY_NOT_HERE = {  # keys a measure's schema lacks, and why (a key with no effect
 }
 
 
-def _spec_error(error: dict, doc, path: str, origins: dict) -> SpecError:
+def _spec_error(error: dict[str, Any], doc: Any, path: str, origins: dict[str, Any]) -> SpecError:
     """A pydantic error -> SpecError at the file, line and key it is about (a key filled from a
     `_defaults.yaml` points there)."""
     loc, mapping = list(error["loc"]), doc
@@ -1074,7 +1092,7 @@ def _spec_error(error: dict, doc, path: str, origins: dict) -> SpecError:
     return SpecError(path, line, "".join(parts), _message(error, holder, key, mapping, loc))
 
 
-def _message(error: dict, holder, key, value, loc) -> str:
+def _message(error: dict[str, Any], holder: Any, key: Any, value: Any, loc: list[Any]) -> str:
     kind = error["type"]
     measure = holder.get("measure") if isinstance(holder, dict) else None
     if kind == "extra_forbidden":
@@ -1114,4 +1132,4 @@ def _message(error: dict, holder, key, value, loc) -> str:
         return "must be a number, not true/false"
     if kind == "literal_error":
         return f"must be one of {error['ctx']['expected']}"
-    return error["msg"]
+    return str(error["msg"])
