@@ -106,9 +106,13 @@ def test_captures_see_padding_only_through_the_context(load_model):
 
 
 def _imports(path: Path) -> set[str]:
-    """massive_checks modules a module imports, at any level (also inside functions)."""
+    """massive_checks modules a module imports, at any level (also inside functions, and at first
+    use through lazy.LazyModule)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LazyModule" and node.args:
+            name = getattr(node.args[0], "value", "")
+            found.update([name] if isinstance(name, str) and name.startswith("massive_checks") else [])
         if isinstance(node, ast.ImportFrom) and node.level:
             base = path.parent.relative_to(PACKAGE.parent).parts[
                 : len(path.parent.relative_to(PACKAGE.parent).parts) - node.level + 1
@@ -120,6 +124,68 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("massive_checks"))
     return found
+
+
+# The layers docs/design.md draws, lowest first: loading a module loads only modules of its own
+# layer or below. (A measure reaches the engine at first use, through lazy.LazyModule: the spec
+# language loads without torch.)
+LAYERS = (
+    ("base", ("constants", "errors", "files", "lazy", "yaml_lines", "options")),
+    (
+        "language",
+        (
+            "definitions",
+            "interventions",
+            "intervals",
+            "judges",
+            "records",
+            "golden",
+            "data",
+            "contrast",
+            "vectors",
+            "measures",
+            "spec",
+        ),
+    ),
+    ("engine", ("models", "hooks", "capture", "edits", "stats", "steer", "synthetic", "cores", "session", "apply")),
+    ("pipeline", ("evaluate", "figures", "report", "suite", "scan")),
+    ("entry points", ("cli", "plugin")),
+)
+
+
+def _loaded_on_import(path: Path) -> set[str]:
+    """massive_checks modules a module imports when it is loaded: its top-level imports, not those
+    inside functions or under TYPE_CHECKING."""
+    parts, found = path.relative_to(PACKAGE.parent).parts, set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, ast.If):
+                visit(node.orelse if "TYPE_CHECKING" in ast.unparse(node.test) else node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + [n for h in node.handlers for n in h.body] + node.orelse + node.finalbody)
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                base = parts[: len(parts) - node.level]
+                found.update([".".join((*base, node.module))] if node.module else (".".join((*base, a.name)) for a in node.names))
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("massive_checks"))
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_loading_a_layer_loads_only_layers_below_it():
+    layer = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
+    files = sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
+    unit = lambda p: p.relative_to(PACKAGE).parts[0].removesuffix(".py")  # measures/base.py -> measures
+    assert {unit(p) for p in files} == set(layer), "every module (or subpackage) has one layer"
+    upward = [
+        f"{p.relative_to(PACKAGE)} ({LAYERS[layer[unit(p)]][0]}) loads {dep} ({LAYERS[layer[dep.split('.')[1]]][0]})"
+        for p in files
+        for dep in sorted(_loaded_on_import(p) - {"massive_checks"})
+        if layer[dep.split(".")[1]] > layer[unit(p)]
+    ]
+    assert not upward, upward
 
 
 def test_no_module_imports_one_that_imports_it_back():
