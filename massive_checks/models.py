@@ -12,7 +12,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -628,6 +628,7 @@ def _file_digest(path: Path) -> str:
 # writer to its terminal reporter; the CLI prints to stderr.
 NOTICES: list = []
 DEQUANTIZE_SECONDS = {BUNDLED: 25, "gemma3-270m": 65}  # measured on 2 CPU cores
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long step
 
 
 def notice(message: str) -> None:
@@ -645,8 +646,37 @@ def _write_dequantized_cache(name: str, gguf: Path, target: Path) -> None:
         f"float32 once, {'about ' + str(expected) + ' s' if expected else 'about a minute per 250 MiB'}; cached in "
         f"{target.parent}, later loads take seconds"
     )
-    _dequantize(name, gguf, target)
+    with _progress(name, "dequantizing", expected):
+        _dequantize(name, gguf, target)
     notice(f"{name}: dequantized and cached in {time.perf_counter() - started:.0f} s")
+
+
+@contextmanager
+def _progress(name: str, doing: str, expected: float | None) -> Iterator[None]:
+    """While the block runs, a notice every PROGRESS_EVERY seconds: a bar of the elapsed time
+    against the expected (a step inside a library reports nothing of its own), e.g.
+    `gemma3-270m: dequantizing [########------------] 26 s of about 65 s`."""
+    import threading
+    import time
+
+    started, done = time.perf_counter(), threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_EVERY):
+            elapsed = time.perf_counter() - started
+            if expected:
+                filled = min(20, round(20 * elapsed / expected))
+                notice(f"{name}: {doing} [{'#' * filled}{'-' * (20 - filled)}] {elapsed:.0f} s of about {expected} s")
+            else:
+                notice(f"{name}: {doing}, {elapsed:.0f} s so far")
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 def _dequantize(name: str, gguf: Path, target: Path) -> None:

@@ -183,4 +183,30 @@ def test_a_first_load_announces_its_dequantization(tmp_path, monkeypatch):
     gguf.write_bytes(b"\0" * 2**20)
     models._write_dequantized_cache("gemma3-270m", gguf, tmp_path / "cache" / "x")
     assert "gemma3-270m: first use on this machine" in heard[0] and "about 65 s" in heard[0] and "1 MiB" in heard[0]
-    assert heard[1].startswith("gemma3-270m: dequantized and cached in")
+    assert heard[1].startswith("gemma3-270m: dequantized and cached in") and len(heard) == 2  # quick: no progress line
+
+
+def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
+    """While the step runs, a line every PROGRESS_EVERY seconds: a bar of the elapsed time against
+    the expected, which model and what it does; none after it ends."""
+    import time
+
+    from massive_checks import models
+
+    heard = []
+    monkeypatch.setattr(models, "NOTICES", [heard.append])
+    monkeypatch.setattr(models, "PROGRESS_EVERY", 0.05)
+    monkeypatch.setattr(models, "DEQUANTIZE_SECONDS", {"gemma3-270m": 0.4})
+    monkeypatch.setattr(models, "_dequantize", lambda name, gguf, target: time.sleep(0.3))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"\0" * 1024)
+    models._write_dequantized_cache("gemma3-270m", gguf, tmp_path / "cache" / "x")
+    bars = [line for line in heard if "[" in line]
+    assert 2 <= len(bars) <= 7 and all(line.startswith("gemma3-270m: dequantizing [") for line in bars)
+    filled = [line.split("[")[1].split("]")[0].count("#") for line in bars]
+    assert (
+        filled == sorted(filled) and filled[-1] > filled[0] and all(len(line.split("[")[1].split("]")[0]) == 20 for line in bars)
+    )
+    assert heard[-1].startswith("gemma3-270m: dequantized and cached in")
+    time.sleep(0.15)
+    assert not heard[-1].startswith("gemma3-270m: dequantizing")  # the ticker stopped with the step
