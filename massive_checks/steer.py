@@ -217,15 +217,38 @@ def continuation_logprobs(
     distinct = list(dict.fromkeys(map(tuple, prompts)))
     row_of = {prompt: i for i, prompt in enumerate(distinct)}
     index = torch.tensor([row_of[tuple(p)] for p in prompts])  # [N]: each row's prompt
-    ids, mask = _left_padded(lm, [list(p) for p in distinct])
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    positions = hooks.token_positions(mask)
-    with steered(lm, None, None) as attached:
-        first = attached.forward(
-            lm.model, ids, mask, positions=positions, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
-    logp = _teacher_forced(lm, (first.logits[:, -1:], cache_of(first)), index.to(lm.device), mask, continuations)
+    mask, prefill = _prompts_forward(lm, [list(p) for p in distinct])
+    logp = _teacher_forced(lm, prefill, index.to(lm.device), mask, continuations)
     return logp.sum(dim=1).cpu(), torch.tensor([len(c) for c in continuations])
+
+
+def _prompts_forward(
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    steering: Steering | None = None,
+    vector: torch.Tensor | None = None,
+    prefill: tuple[torch.Tensor, Any] | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, Any]]:
+    """The prompts' left-padded mask [P, T] and their (steered) forward: the last logits [P, 1, V]
+    and the KV cache, what _teacher_forced continues from. A given prefill (generation's own first
+    forward) is used as it is."""
+    ids, mask = _left_padded(lm, prompts)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    if prefill is not None:
+        return mask, prefill
+    positions = hooks.token_positions(mask)
+    with steered(lm, steering, vector) as attached:
+        first = attached.forward(
+            lm.model,
+            ids,
+            mask,
+            positions=positions,
+            prompt_length=mask.sum(dim=1),
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return mask, (first.logits[:, -1:], cache_of(first))
 
 
 def _teacher_forced(
@@ -284,22 +307,7 @@ def trait_log_odds(
     steered forward (generate's first step: with_trait_log_odds); else that forward runs here."""
     continuations = trait["pos"] + trait["neg"]
     n = len(continuations)
-    ids, mask = _left_padded(lm, prompts)
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    positions = hooks.token_positions(mask)
-    if prefill is None:
-        with steered(lm, steering, vector) as attached:
-            first = attached.forward(
-                lm.model,
-                ids,
-                mask,
-                positions=positions,
-                prompt_length=mask.sum(dim=1),
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        prefill = (first.logits[:, -1:], cache_of(first))
+    mask, prefill = _prompts_forward(lm, prompts, steering, vector, prefill)
     if steering is not None and vector is not None and torch.as_tensor(steering.coef).dim() == 1:  # one per prompt -> one per row
         steering = Steering(
             steering.layer, torch.as_tensor(steering.coef).repeat_interleave(n), steering.positions, steering.first
