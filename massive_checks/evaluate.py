@@ -114,7 +114,8 @@ class Evaluator:
             self.profiles(),
             setup,
             any(q.between_configs for q in spec.quantities()),
-            self.figure(),
+            self.panels(),
+            self.samples(),
             bootstrap.confidence,
             spec.claims,
         )
@@ -166,16 +167,17 @@ class Evaluator:
         every spec carries in results.json, in the paper's statistic."""
         return {name: profile_of(self.view(name)) for name in sorted(self.spec.configs() | {"baseline"})}
 
-    def figure(self) -> dict:
-        """Panels the spec's measures draw, from captures their passes already hold."""
-        panels: dict = {}
-        for q in self.spec.quantities():
-            for name, data in q.measure.figure(self.view("baseline"), layers_of(q, self.lm.n_layers)).items():
-                if isinstance(data, dict) and isinstance(panels.get(name), dict):  # per-layer / per-vector entries
-                    panels[name].update(data)
-                else:
-                    panels.setdefault(name, data)
-        return panels
+    def panels(self) -> list:
+        """Panels the spec's measures draw, from captures their passes already hold, in check order."""
+        return [
+            panel
+            for q in self.spec.quantities()
+            for panel in q.measure.figure(self.view("baseline"), layers_of(q, self.lm.n_layers))
+        ]
+
+    def samples(self) -> dict:
+        """Texts the spec's measures generated: {steering name: {coef: [text, ..]}}."""
+        return {name: shown for q in self.spec.quantities() for name, shown in q.measure.samples(self.view("baseline")).items()}
 
     # -- quantities
     def value(self, q: Quantity):

@@ -1,6 +1,6 @@
 """Figures, one per (spec, model): explicit matplotlib Figure objects saved to PNG by the Agg
 canvas, never through pyplot, so the user's matplotlib backend and pyplot state stay untouched.
-Each plot_* draws on axes it is given; render() picks the views a spec needs."""
+render() lays out the panels (panels.py) a spec's measures returned."""
 
 from __future__ import annotations
 
@@ -11,224 +11,51 @@ import textwrap
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from .files import atomic_write
+from .panels import AblationPanel, Panel, ProfilePanel, merged
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
-PAPER_STATISTIC = "per sequence, mean over sequences"  # what observed profiles hold (records.STATISTIC_TEXT)
 
 
-def _log_axes(ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
-    """The styling every log-scale line panel shares."""
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=legend_size)
-    ax.grid(alpha=0.3)
-
-
-def plot_profile(ax, profile: dict, title: str = "") -> None:
-    """profile: {"top1": [L], "top2": [L], "top3": [L], "median": [L]} of one configuration."""
-    layers = np.arange(len(profile["top1"]))
-    for key, style in (("top1", "o-"), ("top2", "s-"), ("top3", "^-"), ("median", "x--")):
-        if key in profile:
-            ax.plot(layers, profile[key], style, label=key.replace("top", "top-"), markersize=4)
-    _log_axes(
-        ax, "layer (block output, 0-based)", f"|activation| ({PAPER_STATISTIC})", title or "layer-wise top-1/2/3 and median |a|"
-    )
-
-
-def plot_cells_3d(ax, cells: np.ndarray, layer: int, dims: list[int]) -> None:
-    """cells: [tokens, dims] max |a| over sequences at one layer (first few tokens)."""
-    tokens, width = cells.shape
-    t, d = np.meshgrid(np.arange(tokens), np.arange(width), indexing="ij")
-    ax.bar3d(
-        d.ravel(),
-        t.ravel(),
-        0,
-        1.0,
-        0.6,
-        cells.ravel(),
-        shade=False,
-        color=np.where(np.isin(d.ravel(), dims), "tab:red", "tab:blue"),
-    )
-    ax.set_xlabel("dim")
-    ax.set_ylabel("token position")
-    ax.set_zlabel("max |a| over sequences")
-    ax.set_title(f"|activation| at layer {layer}, massive dims {dims or 'none'} in red", fontsize=9)
-
-
-def plot_head_scores(ax, table: np.ndarray, fig) -> None:
-    """table: [layers, heads] mean attention to position 0."""
-    image = ax.imshow(table, aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, float(table.max())))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title("head score: mean attention to position 0 (queries q >= 1)")
-    fig.colorbar(image, ax=ax, label="attention weight")
-
-
-def plot_ablation(ax_lines, ax_heat, observed: dict, fig) -> None:
-    """observed: configuration -> {"top1": [L], ...}; lines per configuration, % change heatmap
-    against the baseline (or, for specs without one, the first configuration)."""
-    reference = "baseline" if "baseline" in observed else next(iter(observed))
-    base = np.asarray(observed[reference]["top1"])
-    layers = np.arange(len(base))
-    others = [name for name in observed if name != reference]
-    ax_lines.plot(layers, base, "k-o", label=reference, markersize=4)
-    for name in others:
-        ax_lines.plot(layers, observed[name]["top1"], "-o", label=name, markersize=3)
-    _log_axes(
-        ax_lines, "layer", f"top-1 |activation| ({PAPER_STATISTIC})", f"top-1 per layer: {reference} vs the other configurations"
-    )
-    change = np.array([100 * (np.asarray(observed[n]["top1"]) - base) / np.where(base == 0, 1, base) for n in others])
-    limit = max(1.0, float(np.abs(change).max())) if change.size else 1.0
-    image = ax_heat.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
-    ax_heat.set_yticks(range(len(others)), others)
-    ax_heat.set_xlabel("layer")
-    ax_heat.set_title(f"% change of top-1 vs {reference}")
-    fig.colorbar(image, ax=ax_heat, label="%")
-
-
-def plot_mlp_flow(ax, flows: dict) -> None:
-    """flows: layer -> {checkpoint: max |a|} in flow order."""
-    for layer, flow in flows.items():
-        names = list(flow)
-        ax.plot(names, [flow[n] for n in names], "o-", label=f"layer {layer}")
-    _log_axes(
-        ax,
-        "MLP checkpoint (in -> up/gate -> act -> down_in -> out)",
-        "max |activation| (per sequence, mean over sequences)",
-        "MLP checkpoint flow",
-    )
-
-
-def plot_cosines(ax, energy: dict, cosines: dict, fig) -> None:
-    """cosines: {"a|b": cosine} between named vectors; a matrix (blank where not measured)."""
-    names = sorted({n for pair in cosines for n in pair.split("|")} | set(energy))
-    matrix = np.full((len(names), len(names)), np.nan)
-    np.fill_diagonal(matrix, 1.0)
-    for pair, value in cosines.items():
-        a, b = pair.split("|")
-        matrix[names.index(a), names.index(b)] = matrix[names.index(b), names.index(a)] = value
-    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for (i, j), value in np.ndenumerate(matrix):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
-    ax.set_title("cosine between vectors")
-    fig.colorbar(image, ax=ax, label="cosine")
-
-
-def plot_energy(ax, energy: dict) -> None:
-    """energy: vector -> {dim: share of its squared norm} for its dominant dims."""
-    names = sorted(energy)
-    dims = sorted({int(d) for shares in energy.values() for d in shares})
-    width = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        shares = {int(d): v for d, v in energy[name].items()}
-        ax.bar(np.arange(len(dims)) + i * width, [shares.get(d, 0.0) for d in dims], width, label=name)
-    ax.set_xticks(np.arange(len(dims)) + 0.4 - width / 2, [str(d) for d in dims], rotation=90, fontsize=7)
-    ax.set_xlabel("dim (each vector's 8 largest |v_d|)")
-    ax.set_ylabel("share of the vector's squared norm")
-    ax.set_title("energy per dim")
-    ax.legend(fontsize=7)
-
-
-def plot_norms(ax, norms: dict) -> None:
-    """norms: "pairs, window" -> {"with": [L], "without": [L]} mean activation norm per layer."""
-    for label, series in norms.items():
-        layers = np.arange(len(series["with"]))
-        ax.plot(layers, series["with"], "o-", markersize=3, label=f"{label}: with massive dims")
-        ax.plot(layers, series["without"], "x--", markersize=3, label=f"{label}: without")
-    _log_axes(
-        ax,
-        "layer (block output, 0-based)",
-        "mean norm of the window-pooled activation",
-        "activation norm with and without the massive dims",
-        legend_size=7,
-    )
-
-
-def plot_steering(ax_trait, ax_coherence, sweeps: dict) -> None:
-    """sweeps: configuration -> {"coefs", "trait", "coherence" (0-100 per coef), "baseline_trait",
-    "threshold", "calibrated": {name: coef}}; log x, the threshold and the calibrated starts drawn."""
-    for i, (name, sweep) in enumerate(sweeps.items()):
-        color = f"C{i % 10}"
-        ax_trait.plot(sweep["coefs"], sweep["trait"], "o-", color=color, markersize=3, label=name)
-        ax_trait.axhline(sweep["baseline_trait"], color=color, linestyle=":", linewidth=0.8)
-        ax_coherence.plot(sweep["coefs"], sweep["coherence"], "o-", color=color, markersize=3, label=name)
-    thresholds = {s["threshold"] for s in sweeps.values()}
-    for threshold in thresholds:
-        ax_coherence.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    starts = {(label, round(coef, 6)) for s in sweeps.values() for label, coef in s["calibrated"].items()}
-    for label, coef in sorted(starts):
-        for ax in (ax_trait, ax_coherence):
-            ax.axvline(
-                coef,
-                color="grey",
-                linestyle="-." if label == "calibrated" else ":",
-                linewidth=1,
-                label=f"{label.replace('_', ' ')} {coef:.4g}" if ax is ax_coherence else None,
-            )
-    for ax, ylabel, title in (
-        (ax_trait, "trait score (0-100; dotted: unsteered)", "trait vs coefficient"),
-        (ax_coherence, "coherence (0-100)", "coherence vs coefficient"),
-    ):
-        ax.set_xscale("log")
-        ax.set_ylim(-2, 102)
-        ax.set_xlabel("coefficient (x unit vector)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-
-
-def new_figure(panels: int, three_d: bool = False):
+def new_figure(panels: list[Panel]):
+    """A figure with each panel's axes side by side (a 3D panel's last axis in 3D)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5 * panels, 4.8))
-    axes = [fig.add_subplot(1, panels, i + 1, projection="3d" if three_d and i == panels - 1 else None) for i in range(panels)]
+    count = sum(panel.axes for panel in panels)
+    fig = Figure(figsize=(6.5 * count, 4.8))
+    axes, at = [], 0
+    for panel in panels:
+        kinds = [None] * (panel.axes - 1) + ["3d" if panel.three_d else None]
+        axes.append([fig.add_subplot(1, count, at + i + 1, projection=kind) for i, kind in enumerate(kinds)])
+        at += panel.axes
     return fig, axes
 
 
+def layout(observation) -> list[Panel]:
+    """Every panel the spec's measures returned (merged by kind), after its layer profile where
+    one of them asks for it or none was returned: per configuration (ablation lines and % change)
+    when the spec compares some, else the baseline's."""
+    drawn = merged(observation.panels)
+    profiles = observation.profiles
+    if observation.changes or len(profiles) > 1:
+        return [AblationPanel(profiles), *drawn]
+    if not drawn or any(panel.with_profile for panel in drawn):
+        return [ProfilePanel(profiles["baseline"]), *drawn]
+    return drawn
+
+
 def render(observation, verdict, path: Path) -> Path:
-    """The figure for one spec on one model (records.Observation and Verdict): the panels its
-    measures asked for, or its layer profile (per configuration when it compares some)."""
-    panels, profiles = observation.figure, observation.profiles
-    if "steering" in panels:
-        fig, (a, b) = new_figure(2)
-        plot_steering(a, b, panels["steering"])
-    elif "norms" in panels or "vector_energy" in panels:
-        drawn = [name for name in ("norms", "vector_cosine", "vector_energy") if panels.get(name)]
-        fig, axes = new_figure(len(drawn))
-        for name, ax in zip(drawn, axes):
-            {
-                "norms": lambda: plot_norms(ax, panels["norms"]),
-                "vector_cosine": lambda: plot_cosines(ax, panels.get("vector_energy", {}), panels["vector_cosine"], fig),
-                "vector_energy": lambda: plot_energy(ax, panels["vector_energy"]),
-            }[name]()
-    elif "head_scores" in panels:
-        fig, (ax,) = new_figure(1)
-        plot_head_scores(ax, np.asarray(panels["head_scores"]), fig)
-    elif observation.changes or len(profiles) > 1:
-        fig, (a, b) = new_figure(2)
-        plot_ablation(a, b, profiles, fig)
-    elif "mlp" in panels:
-        fig, (a, b) = new_figure(2)
-        plot_mlp_flow(a, panels["mlp"])
-        plot_profile(b, next(iter(profiles.values())))
-    elif "cells" in panels:
-        fig, (a, b) = new_figure(2, three_d=True)
-        plot_profile(a, profiles["baseline"])
-        plot_cells_3d(b, np.asarray(panels["cells"]), panels["cells_layer"], panels["massive_dims"])
-    else:
-        fig, (ax,) = new_figure(1)
-        plot_profile(ax, profiles["baseline"])
+    """The figure for one spec on one model (records.Observation and Verdict)."""
     state = verdict.outcome.upper()  # HOLDS / CONTRADICTED / INCONCLUSIVE
-    return save(fig, path, f"{observation.model} - {observation.spec_id} [{state}]\n{observation.claim}")
+    return draw(layout(observation), path, f"{observation.model} - {observation.spec_id} [{state}]\n{observation.claim}")
+
+
+def draw(panels: list[Panel], path: Path, title: str) -> Path:
+    """One figure of these panels side by side, saved to path."""
+    fig, axes = new_figure(panels)
+    for panel, its_axes in zip(panels, axes):
+        panel.draw(its_axes, fig)
+    return save(fig, path, title)
 
 
 def save(fig, path: Path, title: str) -> Path:

@@ -40,7 +40,8 @@ class Observation:
     profiles: dict  # configuration -> {"top1": [per layer], "top2", "top3", "median"} (paper statistic)
     setup: dict = field(default_factory=dict)  # model description, dtype, device, versions, data (goldens' meta)
     changes: bool = False  # some check compares configurations
-    figure: dict = field(default_factory=dict)  # panel name -> arrays, for figures only (not serialized)
+    panels: list = field(default_factory=list)  # panels.Panel its measures draw (figures only; not serialized)
+    samples: dict = field(default_factory=dict)  # steering name -> {coef: [generated text, ..]} (reports)
     confidence: float = CONFIDENCE  # of the intervals
     claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
 

@@ -92,11 +92,7 @@ def outcome_record(observation: Observation, verdict: Verdict) -> dict:
         ],
         "observed": observation.profiles,
         "observed_statistic": "paper",
-        **(
-            {"samples": {name: sweep["samples"] for name, sweep in observation.figure["steering"].items()}}
-            if "steering" in observation.figure
-            else {}
-        ),
+        **({"samples": observation.samples} if observation.samples else {}),
     }
 
 

@@ -18,6 +18,7 @@ from .intervals import value_of
 from .measures.heads import head_score_table
 from .measures.massive import cells_panel
 from .measures.mlp import mlp_flow, mlp_stat
+from .panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
 from .measures.profile import profile_document, top_cells
 from .report import escape
 from .session import ModelSession
@@ -78,24 +79,20 @@ def _head(table, layer_head) -> dict:
 
 
 def _write_figures(summary: dict, base, table, out: Path) -> None:
-    fig, (a, b) = figures.new_figure(2, three_d=True)
     profile = {f"top{k + 1}": [row["top"][k]["value"] for row in summary["layers"]] for k in range(3)}
     profile["median"] = [row["median"] for row in summary["layers"]]
-    figures.plot_profile(a, profile, f"{summary['model']}: layer-wise profile")
-    panel = cells_panel(base)
-    figures.plot_cells_3d(b, panel["cells"], panel["cells_layer"], panel["massive_dims"])
-    figures.save(fig, out / "profile.png", f"{summary['model']}: massive activation scan")
-    fig, (a,) = figures.new_figure(1)
-    figures.plot_head_scores(a, np.asarray(table), fig)
-    figures.save(fig, out / "heads.png", f"{summary['model']}: head scores")
-    fig, (a, b) = figures.new_figure(2)
+    model = summary["model"]
+    figures.draw(
+        [ProfilePanel(profile, f"{model}: layer-wise profile"), *cells_panel(base)],
+        out / "profile.png",
+        f"{model}: massive activation scan",
+    )
+    figures.draw([HeadScoresPanel(np.asarray(table))], out / "heads.png", f"{model}: head scores")
     observed = {"baseline": {"top1": profile["top1"]}, **{k: {"top1": v["top1"]} for k, v in summary["ablation"].items()}}
-    figures.plot_ablation(a, b, observed, fig)
-    figures.save(fig, out / "ablation.png", f"{summary['model']}: attention vs MLP ablation")
+    figures.draw([AblationPanel(observed)], out / "ablation.png", f"{model}: attention vs MLP ablation")
     if "mlp_flow" in summary:
-        fig, (a,) = figures.new_figure(1)
-        figures.plot_mlp_flow(a, {summary["emergence_layer"]: summary["mlp_flow"]})
-        figures.save(fig, out / "mlp.png", f"{summary['model']}: MLP of block {summary['emergence_layer']}")
+        layer = summary["emergence_layer"]
+        figures.draw([FlowPanel({layer: summary["mlp_flow"]})], out / "mlp.png", f"{model}: MLP of block {layer}")
 
 
 def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path) -> Path:

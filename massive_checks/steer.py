@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -262,33 +263,74 @@ def _teacher_forced(
 ) -> torch.Tensor:
     """[N, C] log P of each continuation's tokens (0 after its end), row i continuing prompt
     index[i]: prefill is the prompts' forward, (last logits [U, 1, V], its KV cache, gathered to
-    the rows here), prompt_mask [U, T] their left-padded mask. The continuations are right-padded
-    after the prompt; a per-row steering (coef [N], vector [N, D]) steers each row with its own."""
+    the rows here), prompt_mask [U, T] their left-padded mask. A continuation's first token is
+    read from the prompt's last logits; only its other tokens need a forward, which feeds it every
+    token but its last (whose logits nothing reads), right-padded after the prompt. A per-row
+    steering (coef [N], vector [N, D]) steers each row with its own."""
     last_logits, past = prefill
+    cont, cont_mask = _right_padded(lm, continuations)  # [N, C]
+    first = torch.log_softmax(last_logits[:, -1].float(), dim=-1)[index, cont[:, 0]]  # [N]
+    longer = torch.nonzero(cont_mask[:, 1:].any(dim=1)).flatten()  # [L]: rows of 2 tokens or more
+    rest = torch.zeros((len(continuations), cont.shape[1] - 1), device=cont.device)  # [N, C-1]
+    if len(longer):
+        rest[longer] = _continued(
+            lm, past, index[longer], prompt_mask, cont[longer], cont_mask[longer], *_rows_of(steering, vector, longer)
+        )
+    return torch.where(cont_mask.bool(), torch.cat([first[:, None], rest], dim=1), 0.0)
+
+
+def _right_padded(lm: LoadedModel, continuations: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuations left-aligned in one batch: ids [N, C] (padding: the pad token) and mask [N, C]."""
     n, width = len(continuations), max(len(c) for c in continuations)
     cont = torch.full((n, width), _pad_id(lm), dtype=torch.long)
     cont_mask = torch.zeros((n, width), dtype=torch.long)
     for i, c in enumerate(continuations):
         cont[i, : len(c)], cont_mask[i, : len(c)] = torch.tensor(c, dtype=torch.long), 1
-    cont, cont_mask = cont.to(lm.device), cont_mask.to(lm.device)
+    return cont.to(lm.device), cont_mask.to(lm.device)
+
+
+def _rows_of(
+    steering: Steering | None, vector: torch.Tensor | None, rows: torch.Tensor
+) -> tuple[Steering | None, torch.Tensor | None]:
+    """A per-row steering (coef [N], vector [N, D]) cut to `rows`; one for all rows as it is."""
+    if steering is None or vector is None:
+        return steering, vector
+    coef = torch.as_tensor(steering.coef)
+    if coef.dim() == 1:
+        steering = Steering(steering.layer, coef[rows.cpu()], steering.positions, steering.first)
+    return steering, vector[rows.cpu()] if vector.dim() == 2 else vector
+
+
+def _continued(
+    lm: LoadedModel,
+    past: Any,
+    index: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cont: torch.Tensor,
+    cont_mask: torch.Tensor,
+    steering: Steering | None,
+    vector: torch.Tensor | None,
+) -> torch.Tensor:
+    """[L, C-1] log P of tokens 1.. of each continuation cont [L, C] (0 after its end), teacher-forced
+    from the prompts' KV cache gathered to the rows (row i continues prompt index[i])."""
     past.batch_select_indices(index)
+    fed, fed_mask = cont[:, :-1], cont_mask[:, 1:]  # every token but the last: what predicts tokens 1..
     rows_length = prompt_mask.sum(dim=1)[index]
-    cont_positions = rows_length[:, None] + torch.arange(width, device=lm.device)[None, :]  # [N, C]
+    positions = rows_length[:, None] + torch.arange(fed.shape[1], device=lm.device)[None, :]  # [L, C-1]
     with steered(lm, steering, vector) as attached:
-        rest = attached.forward(
+        output = attached.forward(
             lm.model,
-            cont,
-            torch.cat([prompt_mask[index], cont_mask], dim=1),
-            positions=cont_positions,
+            fed,
+            torch.cat([prompt_mask[index], fed_mask], dim=1),
+            positions=positions,
             prompt_length=rows_length,
-            token_mask=cont_mask,
-            position_ids=cont_positions,
+            token_mask=fed_mask,
+            position_ids=positions,
             use_cache=True,
             **cache_argument(lm.model, past),
         )
-    logits = torch.cat([last_logits[index], rest.logits[:, :-1]], dim=1)  # [N, C, V]: what predicts each token
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, cont[..., None]).squeeze(-1)  # [N, C]
-    return torch.where(cont_mask.bool(), logp, 0.0)
+    logp = torch.log_softmax(output.logits.float(), dim=-1).gather(-1, cont[:, 1:, None]).squeeze(-1)  # [L, C-1]
+    return torch.where(fed_mask.bool(), logp, 0.0)
 
 
 @torch.no_grad()
@@ -440,38 +482,49 @@ def sweep(
     first: bool = False,
     batch_size: int = GENERATION_ROWS,
     baseline: Texts | None = None,
+    generated: dict | None = None,
 ) -> list[SteeringResult]:
     """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
     order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row
     with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
     one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
-    several sweeps on the same prompts."""
+    several sweeps on the same prompts. `generated` (a session's dict, filled here) keeps each
+    run's tokens and log-odds by what determines them, so a run another sweep already made (two
+    cleanings that zero the same dims give the same vector) is not generated again."""
     baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size)
-    rows = [(i, j) for i, (_, coef) in enumerate(runs) if coef != 0 for j in range(len(prompts))]
-    tokens: dict[tuple[int, int], list[int]] = {}
-    log_odds: dict[tuple[int, int], float] = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    generated = {} if generated is None else generated
+    setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
+    keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
+    fresh = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and key not in generated}
+    to_generate = [(i, j) for i in sorted(fresh.values()) for j in range(len(prompts))]
+    for start in range(0, len(to_generate), batch_size):
+        chunk = to_generate[start : start + batch_size]
         chunk_prompts = [prompts[j] for _, j in chunk]
         steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
         vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
         chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
-        tokens.update(zip(chunk, chunk_tokens))
-        log_odds.update(zip(chunk, chunk_odds.tolist()))
-    judged_rows = (
-        _judged(lm, [tokens[r] for r in rows], [log_odds[r] for r in rows], [prompt_texts[j] for _, j in rows], judging)
-        if rows
-        else None
-    )
+        for (i, j), row_tokens, row_odds in zip(chunk, chunk_tokens, chunk_odds.tolist()):
+            generated.setdefault(keys[i], ([None] * len(prompts), [math.nan] * len(prompts)))
+            generated[keys[i]][0][j], generated[keys[i]][1][j] = row_tokens, row_odds
+    steered_runs = [i for i, (_, coef) in enumerate(runs) if coef != 0]
+    rows = [(i, j) for i in steered_runs for j in range(len(prompts))]  # every steered run's rows, in run order
+    tokens = [generated[keys[i]][0][j] for i, j in rows]
+    log_odds = [generated[keys[i]][1][j] for i, j in rows]
+    judged_rows = _judged(lm, tokens, log_odds, [prompt_texts[j] for _, j in rows], judging) if rows else None
     results, chance = [], judging.model.chance
     for i, (_, coef) in enumerate(runs):
         if coef == 0:
             results.append(result_of(0.0, baseline, baseline, chance))
             continue
-        at = [k for k, row in enumerate(rows) if row[0] == i]  # this run's rows, in prompt order
-        judged = Texts(*(tuple(getattr(judged_rows, f)[k] for k in at) for f in Texts.__dataclass_fields__))
+        start = steered_runs.index(i) * len(prompts)  # this run's rows, in prompt order
+        judged = Texts(*(getattr(judged_rows, f)[start : start + len(prompts)] for f in Texts.__dataclass_fields__))
         results.append(result_of(coef, judged, baseline, chance))
     return results
+
+
+def _digest(value) -> str:
+    """A short fingerprint of bytes, or of a value's repr (token ids: lists and dicts of ints)."""
+    return hashlib.sha256(value if isinstance(value, bytes) else repr(value).encode()).hexdigest()[:32]
 
 
 def run(

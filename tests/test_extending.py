@@ -139,6 +139,7 @@ LAYERS = (
             "intervals",
             "judges",
             "records",
+            "panels",
             "golden",
             "data",
             "contrast",

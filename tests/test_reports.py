@@ -292,3 +292,57 @@ def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def _observation(panels, profiles=None, changes=False):
+    from massive_checks.records import Observation
+
+    profile = {"top1": [1.0, 50.0, 40.0], "top2": [1.0, 20.0, 10.0], "top3": [1.0, 5.0, 4.0], "median": [0.5, 0.6, 0.7]}
+    return Observation(
+        "s", "a claim", "m", "p", 1, "", "", {}, [], profiles or {"baseline": profile}, changes=changes, panels=panels
+    )
+
+
+def test_every_panel_a_spec_returns_is_drawn_and_one_kind_merges(tmp_path):
+    """Panels of several kinds are all laid out (none dropped by a fixed order), panels of one kind
+    from several checks merge their entries, and a panel class written outside the package is
+    drawn like the built-in ones: a new figure is one class."""
+    from dataclasses import dataclass
+
+    from massive_checks import figures, panels
+    from massive_checks.records import Verdict
+
+    drawn = []
+
+    @dataclass(frozen=True)
+    class Marker(panels.Panel):
+        label: str
+
+        def draw(self, axes, fig):
+            drawn.append((self.label, len(axes)))
+            axes[0].plot([0, 1], [0, 1])
+
+    flows = [panels.FlowPanel({3: {"in": 1.0, "out": 9.0}}), panels.FlowPanel({4: {"in": 2.0, "out": 8.0}})]
+    steering = panels.SteeringPanel(
+        {
+            "probe": {
+                "coefs": [1.0, 10.0],
+                "trait": [1, 9],
+                "coherence": [99, 60],
+                "baseline_trait": 0.0,
+                "threshold": 70,
+                "calibrated": {},
+            }
+        }
+    )
+    ablated = _observation([*flows, steering, Marker("mine")], {"baseline": {"top1": [1.0, 2.0]}, "mlp": {"top1": [1.0, 1.5]}})
+    layout = figures.layout(ablated)
+    assert [type(p).__name__ for p in layout] == ["AblationPanel", "FlowPanel", "SteeringPanel", "Marker"]
+    assert list(layout[1].flows) == [3, 4]  # both checks' layers, in order
+    fig, axes = figures.new_figure(layout)
+    assert [len(a) for a in axes] == [2, 1, 2, 1] and len(fig.axes) == 6
+    assert figures.render(ablated, Verdict([]), tmp_path / "f.png").stat().st_size > 1000
+    assert drawn == [("mine", 1)]
+    assert [type(p).__name__ for p in figures.layout(_observation([steering]))] == ["SteeringPanel"]  # no profile asked
+    assert [type(p).__name__ for p in figures.layout(_observation(flows[:1]))] == ["ProfilePanel", "FlowPanel"]
+    assert [type(p).__name__ for p in figures.layout(_observation([]))] == ["ProfilePanel"]

@@ -175,8 +175,18 @@ def session_of(massive_session, model: str) -> ModelSession:
         _PLANNED.add(model)
         for name, spec in SPECS:
             if name == model:
-                plan(spec, session, spec.data)
+                for planned in (spec, *layer_shift_mutants(spec, session.lm.n_layers)):
+                    plan(planned, session, spec.data)
     return session
+
+
+def layer_shift_mutants(spec, n_layers: int):
+    """The spec with one check read at other layers (shifted_layers), one spec per mutant: planned
+    with the committed specs, their captures join the passes those run, instead of running each
+    pass again for every mutant that needs one more site."""
+    for check in spec.checks:
+        for shifted in shifted_layers(check.quantity, n_layers):
+            yield dataclasses.replace(spec, checks=(dataclasses.replace(check, quantity=shifted),))
 
 
 def killed(spec, check, session, evaluator) -> bool:

@@ -102,6 +102,21 @@ def test_trait_log_odds_from_the_generations_prompt_forward_equal_their_own(load
     assert steer.with_trait_log_odds(lm, prompts, trait, 0)[0] == [[], [], []]  # no step: its own prompt forward
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_per_row_trait_log_odds_equal_each_prompt_steered_alone(load_model, prompts, name):
+    """One-token continuations are read from the prompt's logits and skip the forward, so the rows
+    that do run carry a subset of the per-row coefs and vectors: each prompt's log-odds must still
+    be those of that prompt steered alone by its own vector and coef."""
+    lm = load_model(name)
+    trait = {"pos": [[104, 105], [120]], "neg": [[121, 122, 123], [99]]}
+    coefs, vectors = [5.0, 40.0, 12.0], torch.stack([_vector(lm, seed) for seed in range(3)])
+    together = steer.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors)
+    alone = [float(steer.trait_log_odds(lm, [p], trait, Steering(1, c), v)[0]) for p, c, v in zip(prompts, coefs, vectors)]
+    assert together.tolist() == pytest.approx(alone, rel=1e-5, abs=1e-5)
+    swapped = steer.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors.flip(0))
+    assert not torch.allclose(swapped, together, atol=1e-3)  # the rows' own vectors matter
+
+
 def test_generation_equals_one_prompt_at_a_time_greedy_decoding_by_hand(load_model, prompts):
     """Left padding and real-token positions: each batched row equals its own unpadded greedy loop."""
     lm = load_model("tiny-llama")

@@ -156,7 +156,7 @@ def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
     from massive_checks.figures import FigureQueue
     from massive_checks.records import Observation, Verdict
 
-    observation = Observation("s", "c", "m", "p", 1, "", "", {}, [], {"baseline": {}}, figure={"x": lambda: 0})
+    observation = Observation("s", "c", "m", "p", 1, "", "", {}, [], {"baseline": {}}, panels=[lambda: 0])
     queue = FigureQueue(workers=1)
     queue.submit(observation, Verdict([]), tmp_path / "s.png")
     errors = queue.wait()

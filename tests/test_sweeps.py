@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from massive_checks import contrast, judges, steer
+from massive_checks import contrast, judges, report, steer
 from massive_checks.errors import SpecError
 from massive_checks.evaluate import Evaluator, plan
 from massive_checks.measures.steering import activation_norm, vector_of
@@ -52,6 +52,28 @@ def test_a_batched_sweep_equals_each_run_alone(session_for, name):
         assert batched.coherence == pytest.approx(alone.coherence, rel=1e-4, nan_ok=True)
     assert together[0].coherence == 100.0
     assert together[2].texts != together[0].texts  # a strong coefficient changes what is generated
+
+
+def test_a_run_already_generated_is_read_not_generated_again(session_for, monkeypatch):
+    """Two sweeps with an equal vector (another tensor, the same values) at a shared coefficient:
+    the second generates only its new run, and reads the shared one with the same scores."""
+    session = session_for("tiny-llama", judge_model="tiny-gpt2")
+    lm, judging = session.lm, _judging(session)
+    vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(1))
+    (prompts, texts), trait = _prompts(lm), _trait(lm)
+    rows: list[int] = []
+    real = steer.with_trait_log_odds
+    monkeypatch.setattr(steer, "with_trait_log_odds", lambda lm, p, *a: rows.append(len(p)) or real(lm, p, *a))
+    generated: dict = {}
+    first = steer.sweep(lm, [(vector, 0.0), (vector, 20.0)], 1, prompts, texts, trait, 5, judging, generated=generated)
+    steered_rows = sum(rows)
+    runs = [(vector.clone(), 20.0), (vector, 9.0), (vector, 9.0)]
+    second = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, baseline=first[0].judged, generated=generated)
+    assert sum(rows) - steered_rows == len(prompts)  # the coef-9 run, once
+    assert second[0].judged == first[1].judged and second[1].judged == second[2].judged
+    before = sum(rows)
+    third = steer.sweep(lm, [(vector, 20.0)], 2, prompts, texts, trait, 5, judging, baseline=first[0].judged, generated=generated)
+    assert sum(rows) - before == len(prompts) and third[0].trait_logit != first[1].trait_logit  # another layer: another run
 
 
 def _result(coef, trait, coherence):
@@ -106,10 +128,8 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     monkeypatch.setattr(steer, "sweep", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     for spec in (first, second):
         plan(spec, session, spec.data)
-    observed = [
-        {c.key: next(iter(c.values.values())).value for c in Evaluator(s, session, s.data).evaluate().observation.checks}
-        for s in (first, second)
-    ]
+    outcomes = [Evaluator(s, session, s.data).evaluate() for s in (first, second)]
+    observed = [{c.key: next(iter(c.values.values())).value for c in o.observation.checks} for o in outcomes]
     assert observed[0] == pytest.approx(observed[1], nan_ok=True)
     assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
     view = session.view(first.data, vectors=first.vectors, steering=first.steering)
@@ -124,6 +144,8 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
     assert observed[0]["logit30"] == pytest.approx(md[2].trait_logit - md[0].trait_logit)
     assert md[0].texts and all(0 <= t <= 100 for r in md for t in r.judged.traits)
+    samples = report.outcome_record(*outcomes[0])["samples"]  # results.json: texts of the unsteered model and the shown coefs
+    assert set(samples) == {"md", "search"} and samples["md"]["0"] == list(md[0].texts[:2])
     assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
     pairs_view = view.contrast("refusal")
     start = activation_norm(pairs_view, "first:5", 1, "massive").value

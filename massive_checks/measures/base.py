@@ -70,8 +70,12 @@ class Measure(BaseModel):
         params = self.params()
         return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
 
-    def figure(self, view, layers: list[int]) -> dict:
-        """Arrays for its figure panel, from captures the pass already holds ({} : none)."""
+    def figure(self, view, layers: list[int]) -> list:
+        """Its figure panels (panels.Panel), from captures the pass already holds ([]: none)."""
+        return []
+
+    def samples(self, view) -> dict:
+        """Texts it generated, shown in reports ({}: none): {steering name: {coef: [text, ..]}}."""
         return {}
 
     def no_interval(self) -> str:

@@ -13,6 +13,7 @@ from pydantic import field_validator
 from ..definitions import Needs
 from ..intervals import Estimate
 from ..lazy import LazyModule
+from ..panels import HeadScoresPanel
 from .base import Measure, register
 from .massive import peak_layer
 
@@ -67,7 +68,7 @@ class _Head(Measure):
             raise ValueError(f"head {self.head}: {lm.name} has {lm.n_layers} layers x {lm.n_heads} heads")
 
     def figure(self, view, layers):
-        return {"head_scores": head_score_table(view).tolist()}
+        return [HeadScoresPanel(np.asarray(head_score_table(view)))]
 
 
 @register

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..intervals import SharedSet
 from ..lazy import LazyModule
+from ..panels import CellsPanel
 from .base import Measure, register
 
 if TYPE_CHECKING:
@@ -76,11 +77,11 @@ def peak_layer(view) -> int:
     return max(range(view.lm.n_layers), key=lambda L: float(view.block(L).cell_max.max()))
 
 
-def cells_panel(view) -> dict:
+def cells_panel(view) -> list[CellsPanel]:
     """The figure panel of where-measures: max |a| over sequences of the first 8 tokens at the
     peak layer, massive dims marked."""
     peak = peak_layer(view)
-    return {"cells": view.block(peak).cell_max[:8].numpy(), "cells_layer": peak, "massive_dims": sorted(massive_dims(view, peak))}
+    return [CellsPanel(view.block(peak).cell_max[:8].numpy(), peak, tuple(sorted(massive_dims(view, peak))))]
 
 
 class _Where(Measure):

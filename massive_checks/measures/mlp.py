@@ -11,6 +11,7 @@ from pydantic import Field
 from ..definitions import Needs
 from ..intervals import Estimate, value_of
 from ..lazy import LazyModule
+from ..panels import FlowPanel
 from .base import Measure, PerLayer, Statistic, register
 from .profile import EXTREME
 
@@ -51,14 +52,20 @@ def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
     return stats.neuron_contributions(down_in, weight, dim, view.lm.adapter.conv1d)
 
 
-def flow_panel(view, layers: list[int]) -> dict:
+def flow_panel(view, layers: list[int]) -> list[FlowPanel]:
     """Max |a| at each checkpoint the pass captured, per layer."""
-    return {
-        "mlp": {
-            L: {c: value_of(mlp_stat(view, L, c, "max")) for c in mlp_flow(view.lm) if view.captured(hooks.site(L, f"mlp.{c}"))}
-            for L in layers
-        }
-    }
+    return [
+        FlowPanel(
+            {
+                L: {
+                    c: value_of(mlp_stat(view, L, c, "max"))
+                    for c in mlp_flow(view.lm)
+                    if view.captured(hooks.site(L, f"mlp.{c}"))
+                }
+                for L in layers
+            }
+        )
+    ]
 
 
 class _Checkpoint(PerLayer):

@@ -16,6 +16,7 @@ from .. import contrast, intervals, vectors
 from ..intervals import Estimate, Units
 from ..vectors import Vector, VectorDef
 from ..lazy import LazyModule
+from ..panels import CosinePanel, EnergyPanel, NormsPanel
 from .base import Measure, PerLayer, register
 from .massive import massive_dims
 
@@ -141,7 +142,7 @@ class _OnVectors(Measure):
         return vectors_panel(view, sorted(view.vectors))
 
 
-def vectors_panel(view, names: list[str]) -> dict:
+def vectors_panel(view, names: list[str]) -> list:
     """Energy share of each vector's 8 dominant dims, and the cosine of each pair (of the vectors
     the spec reads)."""
     built = {name: vector_of(view, name) for name in names}
@@ -149,7 +150,7 @@ def vectors_panel(view, names: list[str]) -> dict:
         name: {d: vectors.energy_share(v.values, [d]) for d in vectors.dominant_dims(v.values, 8)} for name, v in built.items()
     }
     cosines = {f"{a}|{b}": vectors.cosine(built[a].values, built[b].values) for a in names for b in names if a < b}
-    return {"vector_energy": energy, "vector_cosine": cosines}
+    return [EnergyPanel(energy), CosinePanel(tuple(names), cosines)]
 
 
 @register
@@ -286,14 +287,16 @@ class _OnActivations(PerLayer):
     def figure(self, view, layers):
         pairs_view = view.contrast(self.pairs)
         every = range(view.lm.n_layers)
-        return {
-            "norms": {
-                f"{self.pairs}, window {self.window}": {
-                    "with": [activation_norm(pairs_view, self.window, L, None).value for L in every],
-                    "without": [activation_norm(pairs_view, self.window, L, "massive").value for L in every],
+        return [
+            NormsPanel(
+                {
+                    f"{self.pairs}, window {self.window}": {
+                        "with": [activation_norm(pairs_view, self.window, L, None).value for L in every],
+                        "without": [activation_norm(pairs_view, self.window, L, "massive").value for L in every],
+                    }
                 }
-            }
-        }
+            )
+        ]
 
 
 @register

@@ -26,6 +26,7 @@ from .. import contrast, judges
 from ..definitions import CALIBRATED, Calibrated, SteeringDef
 from ..intervals import Estimate, Units
 from ..lazy import LazyModule
+from ..panels import SteeringPanel
 from .base import Measure, register
 from .steering import activation_norm, vector_of
 
@@ -182,6 +183,7 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         definition.positions,
         definition.first,
         baseline=baseline,
+        generated=view.session.memo(("steered runs",), dict),  # runs other sweeps made: not generated again
     )
     prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
     return SweepOutcome(
@@ -205,18 +207,23 @@ class _OnSteering(Measure):
         return {self.steering}
 
     def figure(self, view, layers):
-        return steering_panel(view, self.steering)
+        return [steering_panel(view, self.steering)]
+
+    def samples(self, view):
+        """Generated samples: unsteered, at the best coherent coefficient, and at the cliff."""
+        outcome = sweep_of(view, self.steering)
+        shown = [outcome.baseline] + [r for r in (outcome.best(),) if r is not None]
+        if not math.isnan(outcome.cliff()):
+            shown.append(outcome.at(outcome.cliff()))
+        return {self.steering: {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown}}
 
 
-def steering_panel(view, name: str) -> dict:
+def steering_panel(view, name: str) -> SteeringPanel:
     """Trait and coherence per coefficient of one configuration, its threshold and calibrated
-    coefficients, and generated samples (unsteered, best coherent coefficient, the cliff)."""
+    coefficients."""
     outcome = sweep_of(view, name)
-    shown = [outcome.baseline] + [r for r in (outcome.best(),) if r is not None]
-    if not math.isnan(outcome.cliff()):
-        shown.append(outcome.at(outcome.cliff()))
-    return {
-        "steering": {
+    return SteeringPanel(
+        {
             name: {
                 "coefs": [r.coef for r in outcome.results[1:]],
                 "trait": [r.trait for r in outcome.results[1:]],
@@ -226,10 +233,9 @@ def steering_panel(view, name: str) -> dict:
                 "threshold": outcome.threshold,
                 "calibrated": dict(outcome.calibrated),
                 "judged_by": list(outcome.judged_by),
-                "samples": {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown},
             }
         }
-    }
+    )
 
 
 @register
