@@ -376,6 +376,24 @@ def test_overflow_is_seen_in_real_cells_only(where, overflow):
     assert stats_.finish().overflow is overflow
 
 
+def test_overflow_is_flagged_on_its_own_site_when_all_sites_are_checked_at_once():
+    """check_finite sums every site's parts of one shape in one op: the flag still lands on the
+    site (and only the site) whose chunk held the inf, whichever chunk and shape it was."""
+    from massive_checks.capture import SiteStats, finish_all
+    from massive_checks.hooks import HookContext
+
+    mask = torch.ones(2, 4, dtype=torch.long)
+    sites = {name: SiteStats() for name in ("a", "b", "c", "narrow")}
+    for chunk in range(2):
+        for name, site in sites.items():
+            act = torch.randn(2, 4, 2 if name == "narrow" else 3)
+            if (name, chunk) in {("b", 1), ("narrow", 0)}:
+                act[0, 2, 1] = float("-inf")
+            site.add(act, HookContext(mask))
+    finish_all(sites)
+    assert {name: site.overflow for name, site in sites.items()} == {"a": False, "b": True, "c": False, "narrow": True}
+
+
 @pytest.mark.parametrize("gpu_ways", [False, True], ids=["per-site", "held"])
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
 def test_stop_early_runs_no_block_after_the_deepest_site(load_model, monkeypatch, model, gpu_ways):
