@@ -13,10 +13,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ratios import interleaved_ratio, record
-from massive_checks import hooks
-from massive_checks.capture import Needs
-from massive_checks.data import DataConfig
-from massive_checks.session import ModelSession
+from massive_checks.engine import hooks
+from massive_checks.engine.capture import Needs
+from massive_checks.engine.data import DataConfig
+from massive_checks.engine.session import ModelSession
 
 
 def _on_device(lm, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +69,7 @@ def test_head_score_pass_vs_plain_eager_forward(benchmark, lm, long_texts):
 
 def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
     """capture_stats(stop_early=True) at the first quarter of the blocks: no later blocks, no logits."""
-    from massive_checks.apply import capture_stats
+    from massive_checks.engine.apply import capture_stats
 
     data = DataConfig(long_texts, samples=8, seq_len=128)
     batch = ModelSession(lm, batch_size=8).batch(data)
@@ -116,7 +116,7 @@ def test_launching_ops_profile_pass_vs_plain_forward(benchmark, lm, long_texts, 
     """Launch count, device-independent: counted on any device with the GPU's ways forced (held
     stacks, medians by sort, packed copies to the host), so a cpu run predicts the GPU's
     launch-bound overhead."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "GPU_WAYS", True)
     data = DataConfig(long_texts, samples=8, seq_len=128)
@@ -130,7 +130,7 @@ def test_host_time_profile_pass_vs_plain_forward(benchmark, lm, long_texts, monk
     """The host's cpu time per pass (all threads), the GPU's ways forced: on a GPU it is the work
     that bounds a launch-bound pass (launches, hooks' Python, topk and sort set-up); on the cpu it
     is all the work, so there it says what the GPU's ways cost a cpu."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "GPU_WAYS", True)
     data = DataConfig(long_texts, samples=8, seq_len=128)
@@ -152,9 +152,9 @@ def test_profile_overhead_scaling(benchmark, lm, long_texts, batch_size, seq_len
 MEMORY_SCRIPT = """
 import gc, json, sys, torch
 from pathlib import Path
-from massive_checks import models
-from massive_checks.data import DataConfig
-from massive_checks.session import ModelSession
+from massive_checks.engine import models
+from massive_checks.engine.data import DataConfig
+from massive_checks.engine.session import ModelSession
 what, setup = sys.argv[1], json.loads(sys.argv[2])
 torch.set_num_threads(1)
 lm = models.load(**setup)
@@ -177,7 +177,7 @@ with torch.no_grad():
             lm.model(input_ids=batch.input_ids.to(lm.device), attention_mask=batch.attention_mask.to(lm.device),
                      use_cache=False)
     else:
-        from massive_checks import capture
+        from massive_checks.engine import capture
         capture.GPU_WAYS = what == "profile-gpu-ways"  # forced on the cpu: the GPU's held stacks, sorts, copies
         session.run(data)
 peak = torch.cuda.max_memory_allocated() // 1024 if cuda else status("VmHWM:")

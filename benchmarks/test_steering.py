@@ -10,8 +10,8 @@ import time
 import torch
 
 from ratios import record
-from massive_checks import contrast, judges, steer
-from massive_checks.session import ModelSession
+from massive_checks.steering import contrast, judges, steer
+from massive_checks.engine.session import ModelSession
 
 PROMPTS, TOKENS, COEFS = 20, 16, (10.0, 30.0, 90.0)
 

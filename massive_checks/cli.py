@@ -7,13 +7,14 @@ import json
 import math
 import sys
 
-from . import interventions, models
-from .data import BUILTIN, DataConfig
+from .spec import interventions
+from .engine import models
+from .engine.data import BUILTIN, DataConfig
 from .errors import MassiveChecksError
 from .measures.heads import head_score_table
 from .measures.profile import profile_document
 from .options import add_suite_options
-from .session import ModelSession
+from .engine.session import ModelSession
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument(
         "--judge",
         default=None,
-        help="trait judge: vader, refusal, an entry point of group massive_checks.judges "
+        help="trait judge: vader, refusal, an entry point of group massive_checks.steering.judges "
         "or module:function (default: the contrast set's, e.g. refusal -> refusal)",
     )
     steer.add_argument("--judge-model", default=None, help="model judging fluency (default: the other bundled model)")
@@ -213,7 +214,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_vectors(args) -> int:
-    from .capture import Window
+    from .engine.capture import Window
     from .measures.steering import vectors_document
 
     window = Window.parse(args.window).text()
@@ -244,9 +245,9 @@ def cmd_vectors(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from . import contrast, judges, steer
-    from .capture import Window
-    from .intervals import Bootstrap
+    from .steering import contrast, judges, steer
+    from .engine.capture import Window
+    from .spec.intervals import Bootstrap
     from .measures.steering import named_definition, vector_of
     from .measures.sweeps import SweepOutcome
 
@@ -325,7 +326,7 @@ def steering_record(result, intervals: dict) -> dict:
 
 
 def cmd_models(args) -> int:
-    from .synthetic import BUILDERS
+    from .engine.synthetic import BUILDERS
 
     print("\n".join([*models.BUNDLED_GGUF, *BUILDERS]))
     print("\n".join(f"{name}  (random weights of a real shape, seed 0: for benchmarks only)" for name in models.random_names()))
@@ -337,8 +338,8 @@ def cmd_check(args) -> int:
     from pathlib import Path
 
     from .constants import DEFAULTS_FILE
-    from .report import failure_text
-    from .spec import load_file
+    from .output.report import failure_text
+    from .spec.language import load_file
     from .suite import Suite, options_from
 
     files = [
@@ -374,7 +375,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .spec import json_schema
+    from .spec.language import json_schema
 
     print(json.dumps(json_schema(defaults=args.defaults), indent=1, sort_keys=True))
     return 0

@@ -7,4 +7,4 @@ DTYPE_NAMES = ("bfloat16", "float16", "float32")  # models.DTYPES's keys
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 RESAMPLES = 2000  # bootstrap resamples per set of sampling units (intervals.py)
 CONFIDENCE = 0.95  # of every interval
-DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (spec.py)
+DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (spec/language.py)

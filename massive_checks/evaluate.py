@@ -10,16 +10,17 @@ import math
 
 import numpy as np
 
-from . import contrast, interventions, intervals
-from .capture import Needs
+from .steering import contrast
+from .spec import interventions, intervals
+from .engine.capture import Needs
 from .errors import SpecError
-from .interventions import BASELINE
-from .intervals import CONTRADICTED, HOLDS, Estimate
+from .spec.interventions import BASELINE
+from .spec.intervals import CONTRADICTED, HOLDS, Estimate
 from .measures.profile import profile_of
 from .measures.steering import check_dim_set
-from .records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
-from .session import ConfigView, ModelSession
-from .spec import Check, Quantity, Spec
+from .output.records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
+from .engine.session import ConfigView, ModelSession
+from .spec.language import Check, Quantity, Spec
 
 
 def plan_key(requests: list) -> tuple:

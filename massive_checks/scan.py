@@ -10,19 +10,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import figures, golden, interventions, stats
-from .data import DataConfig
+from .output import figures, golden
+from .spec import interventions
+from .engine import stats
+from .engine.data import DataConfig
 from .evaluate import Evaluator
 from .files import atomic_write
-from .intervals import value_of
+from .spec.intervals import value_of
 from .measures.heads import head_score_table
 from .measures.massive import cells_panel
 from .measures.mlp import mlp_flow, mlp_stat
-from .panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
+from .output.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
 from .measures.profile import profile_document, top_cells
-from .report import escape
-from .session import ModelSession
-from .spec import load_file
+from .output.report import escape
+from .engine.session import ModelSession
+from .spec.language import load_file
 
 
 def profile_summary(session: ModelSession, data: DataConfig) -> dict:

@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import figures, golden, intervals, models, report
-from .cores import CoreShare
-from .data import DataConfig
+from .output import figures, golden, report
+from .spec import intervals
+from .engine import models
+from .engine.cores import CoreShare
+from .engine.data import DataConfig
 from .errors import MassiveChecksError, ModelUnavailable
 from .options import SUITE_OPTIONS
 from .evaluate import Evaluator, plan
-from .records import Observation, Verdict
-from .session import ModelSession
-from .spec import Spec
+from .output.records import Observation, Verdict
+from .engine.session import ModelSession
+from .spec.language import Spec
 
 
 @dataclass

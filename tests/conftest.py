@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from massive_checks import hooks, models
-from massive_checks.data import DataConfig
-from massive_checks.session import ModelSession
+from massive_checks.engine import hooks, models
+from massive_checks.engine.data import DataConfig
+from massive_checks.engine.session import ModelSession
 
 pytest_plugins = ["pytester"]
 
@@ -33,7 +33,7 @@ def _load(name: str) -> models.LoadedModel:
 def _import_model_code_once():
     """pytester's in-process runs restore sys.modules afterwards, which drops transformers
     modules first imported inside them and breaks its lazy imports. Import them all up front."""
-    from massive_checks import synthetic
+    from massive_checks.engine import synthetic
 
     for name in synthetic.BUILDERS:
         _load(name)

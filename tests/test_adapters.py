@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import hooks, models, synthetic
+from massive_checks.engine import hooks, models, synthetic
 from massive_checks.errors import UnsupportedArchitecture
-from massive_checks.capture import Needs
+from massive_checks.engine.capture import Needs
 
 from conftest import SMALL_DATA
 

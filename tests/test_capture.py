@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import hooks, models, stats, synthetic
-from massive_checks.apply import capture_stats
+from massive_checks.engine import hooks, models, stats, synthetic
+from massive_checks.engine.apply import capture_stats
 from massive_checks.measures import massive as M
 from massive_checks.measures import profile as P
-from massive_checks.data import DataConfig
-from massive_checks.session import ModelSession
+from massive_checks.engine.data import DataConfig
+from massive_checks.engine.session import ModelSession
 
 from conftest import SMALL_DATA, reference_block_outputs
 
@@ -172,7 +172,7 @@ def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for,
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3-mm"])
 def test_a_pass_without_a_loss_computes_no_logits(session_for, name):
-    from massive_checks.capture import Needs
+    from massive_checks.engine.capture import Needs
 
     session = session_for(name)
     calls = []
@@ -213,7 +213,7 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
     the loop over queries q > k, padding excluded; in bfloat16 the sums are float32."""
     torch.manual_seed(0)
     probs, mask = _causal_probs(3, 4, 9, [9, 5, 2], dtype)
-    from massive_checks.capture import SiteStats
+    from massive_checks.engine.capture import SiteStats
 
     stats_ = SiteStats()
     stats_.add_probs(probs, mask)
@@ -226,7 +226,7 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
 def test_lower_median_is_the_median_of_real_cells(by_select):
     """Both ways (the cpu's nanmedian, the GPU's radix selection) give torch.median of each row's
     real cells: padding excluded, the lower of two middle values, ties kept."""
-    from massive_checks.capture import lower_median, sorted_median_at
+    from massive_checks.engine.capture import lower_median, sorted_median_at
 
     torch.manual_seed(0)
     for trial in range(100):
@@ -250,7 +250,7 @@ def test_lower_median_is_the_median_of_real_cells(by_select):
 def test_radix_selection_equals_the_sorted_rows_value(dtype):
     """select_at (the GPU's median, no sort) gives the k-th value of each sorted row bit for bit, in
     every float dtype a model runs in: ties, zeros, inf and NaN (largest, as sort puts it)."""
-    from massive_checks.capture import select_at
+    from massive_checks.engine.capture import select_at
 
     torch.manual_seed(0)
     for trial in range(60):
@@ -274,7 +274,7 @@ def test_radix_selection_equals_the_sorted_rows_value(dtype):
 def test_median_selection_in_row_chunks_equals_nanmedian(monkeypatch):
     """Rows selected a few at a time (SELECT_CELLS), with padding, a row without real cells and a
     leading [G] dimension of sites: equal to the cpu's nanmedian."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     torch.manual_seed(1)
     G, B, T, F = 3, 4, 7, 5
@@ -294,8 +294,8 @@ def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
     chunk (block outputs, MLP internals) each get their own, equal to the cpu's nanmedian."""
     import functools
 
-    from massive_checks import capture
-    from massive_checks.hooks import HookContext
+    from massive_checks.engine import capture
+    from massive_checks.engine.hooks import HookContext
 
     torch.manual_seed(0)
     acts = [torch.randn(3, 6, 4), torch.randn(3, 6, 10), torch.randn(3, 6, 4)]
@@ -316,7 +316,7 @@ def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
 def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
     """to_host's GPU way (forced here): per dtype, groups of up to PACK_BYTES, one copy each; every
     tensor comes back equal, in its own shape, non-contiguous ones included."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "PACK_BYTES", 64)  # bytes: 16 float32 values
     tensors = [
@@ -337,8 +337,8 @@ def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
 def test_finish_all_puts_each_packed_copy_back_in_its_place(monkeypatch):
     """Statistics of several sites (medians, slices, several chunks) are the same through the
     packed copies as through one copy per tensor."""
-    from massive_checks import capture
-    from massive_checks.hooks import HookContext
+    from massive_checks.engine import capture
+    from massive_checks.engine.hooks import HookContext
 
     def filled():
         torch.manual_seed(0)
@@ -366,8 +366,8 @@ def test_finish_all_puts_each_packed_copy_back_in_its_place(monkeypatch):
 @pytest.mark.parametrize("where, overflow", [("real", True), ("padding", False)])
 def test_overflow_is_seen_in_real_cells_only(where, overflow):
     """An inf in a real token's cell is an overflow (a numerics error later); one at padding is not."""
-    from massive_checks.capture import SiteStats
-    from massive_checks.hooks import HookContext
+    from massive_checks.engine.capture import SiteStats
+    from massive_checks.engine.hooks import HookContext
 
     act, mask = torch.randn(2, 5, 3), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
     act[1, 1 if where == "real" else 3, 2] = float("inf")
@@ -379,8 +379,8 @@ def test_overflow_is_seen_in_real_cells_only(where, overflow):
 def test_overflow_is_flagged_on_its_own_site_when_all_sites_are_checked_at_once():
     """check_finite sums every site's parts of one shape in one op: the flag still lands on the
     site (and only the site) whose chunk held the inf, whichever chunk and shape it was."""
-    from massive_checks.capture import SiteStats, finish_all
-    from massive_checks.hooks import HookContext
+    from massive_checks.engine.capture import SiteStats, finish_all
+    from massive_checks.engine.hooks import HookContext
 
     mask = torch.ones(2, 4, dtype=torch.long)
     sites = {name: SiteStats() for name in ("a", "b", "c", "narrow")}
@@ -401,7 +401,7 @@ def test_stop_early_runs_no_block_after_the_deepest_site(load_model, monkeypatch
     and returns None, with the same statistics as a full forward; a direct call still runs to the
     end; no hook is left behind. Also with the GPU's held statistics forced: they are computed
     after a stopped forward too, and a direct call (nothing runs at its end) computes them at once."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "GPU_WAYS", gpu_ways)
     lm = load_model(model)
@@ -449,9 +449,9 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
     With a HOLD_BYTES of two [2, 20, 128] float32 tensors (mlp.act; four of width 64; in bfloat16
     half the bytes) the stacks fill and are flushed in the middle of the forward. A bfloat16 model's
     stacks stay bfloat16 (no float32 copy); its statistics equal those of float32 copies."""
-    from massive_checks import capture
-    from massive_checks.capture import Needs
-    from massive_checks.interventions import Ablation
+    from massive_checks.engine import capture
+    from massive_checks.engine.capture import Needs
+    from massive_checks.spec.interventions import Ablation
 
     lm = load_model("tiny-llama") if dtype == "float32" else models.load("tiny-llama", dtype=dtype)
     data = DataConfig(samples=5, seq_len=20)

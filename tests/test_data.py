@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from massive_checks.data import DataConfig, read_passages, tokenize
+from massive_checks.engine.data import DataConfig, read_passages, tokenize
 from massive_checks.errors import DataError
 
 

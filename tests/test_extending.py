@@ -12,9 +12,9 @@ from typing import Literal
 import pytest
 import torch
 
-from massive_checks import hooks, stats
-from massive_checks.apply import capture_stats
-from massive_checks.capture import stat_pairs, Needs
+from massive_checks.engine import hooks, stats
+from massive_checks.engine.apply import capture_stats
+from massive_checks.engine.capture import stat_pairs, Needs
 from massive_checks.evaluate import Evaluator
 from massive_checks.measures import REGISTRY, PerLayer, register
 from massive_checks.measures.profile import top_value
@@ -105,6 +105,21 @@ def test_captures_see_padding_only_through_the_context(load_model):
     assert float(masked[site].token_max()[1, 3]) == 0.0 < float(unmasked[site].token_max()[1, 3])
 
 
+def _module_names() -> set[str]:
+    return {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__") for p in PACKAGE.rglob("*.py")
+    }
+
+
+def _imported_from(path: Path, node: ast.ImportFrom) -> set[str]:
+    """The modules a relative `from X import a, b` reads: X.a where a is a submodule (not X's
+    package init, which holds no imports of its own at load), else X."""
+    parts = path.relative_to(PACKAGE.parent).parts
+    source = ".".join(parts[: len(parts) - node.level] + ((node.module,) if node.module else ()))
+    modules = _module_names()
+    return {f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names}
+
+
 def _imports(path: Path) -> set[str]:
     """massive_checks modules a module imports, at any level (also inside functions, and at first
     use through lazy.LazyModule)."""
@@ -114,13 +129,7 @@ def _imports(path: Path) -> set[str]:
             name = getattr(node.args[0], "value", "")
             found.update([name] if isinstance(name, str) and name.startswith("massive_checks") else [])
         if isinstance(node, ast.ImportFrom) and node.level:
-            base = path.parent.relative_to(PACKAGE.parent).parts[
-                : len(path.parent.relative_to(PACKAGE.parent).parts) - node.level + 1
-            ]
-            if node.module:
-                found.add(".".join((*base, node.module)))
-            else:
-                found.update(".".join((*base, alias.name)) for alias in node.names)
+            found.update(_imported_from(path, node))
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("massive_checks"))
     return found
@@ -128,36 +137,60 @@ def _imports(path: Path) -> set[str]:
 
 # The layers docs/design.md draws, lowest first: loading a module loads only modules of its own
 # layer or below. (A measure reaches the engine at first use, through lazy.LazyModule: the spec
-# language loads without torch.)
+# language loads without torch.) The subpackages group modules by topic; spec/, engine/,
+# steering/ and output/ hold modules of several layers, so their modules are placed one by one
+# (their package inits import nothing at load), measures/ and plugin/ as a whole.
 LAYERS = (
-    ("base", ("constants", "errors", "files", "lazy", "yaml_lines", "options")),
+    ("base", ("constants", "errors", "files", "lazy", "yaml_lines", "options", "engine", "steering", "output")),
     (
         "language",
         (
-            "definitions",
-            "interventions",
-            "intervals",
-            "judges",
-            "records",
-            "panels",
-            "golden",
-            "data",
-            "contrast",
-            "vectors",
-            "measures",
             "spec",
+            "spec.definitions",
+            "spec.interventions",
+            "spec.intervals",
+            "spec.language",
+            "steering.judges",
+            "steering.contrast",
+            "steering.vectors",
+            "output.records",
+            "output.panels",
+            "output.golden",
+            "engine.data",
+            "measures",
         ),
     ),
-    ("engine", ("models", "hooks", "capture", "edits", "stats", "steer", "synthetic", "cores", "session", "apply")),
-    ("pipeline", ("evaluate", "figures", "report", "suite", "scan")),
+    (
+        "engine",
+        (
+            "engine.models",
+            "engine.hooks",
+            "engine.capture",
+            "engine.edits",
+            "engine.stats",
+            "engine.synthetic",
+            "engine.cores",
+            "engine.session",
+            "engine.apply",
+            "steering.steer",
+        ),
+    ),
+    ("pipeline", ("evaluate", "output.figures", "output.report", "suite", "scan")),
     ("entry points", ("cli", "plugin")),
 )
+SPLIT = ("spec", "engine", "steering", "output")  # subpackages whose modules are placed one by one
+
+
+def _unit(module: str) -> str:
+    """massive_checks.engine.models -> engine.models; massive_checks.measures.base -> measures."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:2]) if parts[0] in SPLIT else parts[0]
 
 
 def _loaded_on_import(path: Path) -> set[str]:
     """massive_checks modules a module imports when it is loaded: its top-level imports, not those
     inside functions or under TYPE_CHECKING."""
-    parts, found = path.relative_to(PACKAGE.parent).parts, set()
+    found: set[str] = set()
 
     def visit(body):
         for node in body:
@@ -166,8 +199,7 @@ def _loaded_on_import(path: Path) -> set[str]:
             elif isinstance(node, ast.Try):
                 visit(node.body + [n for h in node.handlers for n in h.body] + node.orelse + node.finalbody)
             elif isinstance(node, ast.ImportFrom) and node.level:
-                base = parts[: len(parts) - node.level]
-                found.update([".".join((*base, node.module))] if node.module else (".".join((*base, a.name)) for a in node.names))
+                found.update(_imported_from(path, node))
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.startswith("massive_checks"))
 
@@ -178,13 +210,13 @@ def _loaded_on_import(path: Path) -> set[str]:
 def test_loading_a_layer_loads_only_layers_below_it():
     layer = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
     files = sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py")
-    unit = lambda p: p.relative_to(PACKAGE).parts[0].removesuffix(".py")  # measures/base.py -> measures
+    unit = lambda p: _unit(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"))
     assert {unit(p) for p in files} == set(layer), "every module (or subpackage) has one layer"
     upward = [
-        f"{p.relative_to(PACKAGE)} ({LAYERS[layer[unit(p)]][0]}) loads {dep} ({LAYERS[layer[dep.split('.')[1]]][0]})"
+        f"{p.relative_to(PACKAGE)} ({LAYERS[layer[unit(p)]][0]}) loads {dep} ({LAYERS[layer[_unit(dep)]][0]})"
         for p in files
         for dep in sorted(_loaded_on_import(p) - {"massive_checks"})
-        if layer[dep.split(".")[1]] > layer[unit(p)]
+        if layer[_unit(dep)] > layer[unit(p)]
     ]
     assert not upward, upward
 
@@ -236,5 +268,5 @@ def test_every_committed_spec_validates_against_the_json_schema():
 
 
 def test_package_modules_import_stats_not_the_reverse():
-    assert "massive_checks.measures" not in _imports(PACKAGE / "stats.py")
+    assert "massive_checks.measures" not in _imports(PACKAGE / "engine" / "stats.py")
     assert stats.is_massive(200.0, 0.1, 100.0, 1000.0)

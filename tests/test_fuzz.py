@@ -19,12 +19,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from massive_checks import hooks, interventions
-from massive_checks.apply import capture_stats
-from massive_checks.data import DataConfig
+from massive_checks.engine import hooks
+from massive_checks.spec import interventions
+from massive_checks.engine.apply import capture_stats
+from massive_checks.engine.data import DataConfig
 from massive_checks.errors import MassiveChecksError, SpecError
 from massive_checks.evaluate import Evaluator
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 from massive_checks.measures import REGISTRY
 from massive_checks.measures.mlp import MLP_FLOW
 from massive_checks.spec import load_file, schema

@@ -11,13 +11,15 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks import cli, interventions, models
-from massive_checks.apply import intervene
-from massive_checks.data import DataConfig
+from massive_checks import cli
+from massive_checks.spec import interventions
+from massive_checks.engine import models
+from massive_checks.engine.apply import intervene
+from massive_checks.engine.data import DataConfig
 from massive_checks.errors import ModelUnavailable
 from massive_checks.measures.massive import massive_dims
 from massive_checks.measures.profile import top_value
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 
 from conftest import reference_block_outputs
 

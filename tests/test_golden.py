@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from massive_checks import golden, synthetic
+from massive_checks.output import golden
+from massive_checks.engine import synthetic
 
 SPEC = """
 id: pinned
@@ -127,7 +128,7 @@ def test_tolerances_are_per_key():
 def test_atomic_writes_leave_readable_files(tmp_path):
     import stat
 
-    from massive_checks.report import atomic_write
+    from massive_checks.output.report import atomic_write
 
     path = tmp_path / "a" / "b.json"
     atomic_write(path, "{}")
@@ -137,7 +138,7 @@ def test_atomic_writes_leave_readable_files(tmp_path):
 def test_infinite_and_undefined_values_match_themselves():
     """An interval end that is unbounded (inf) or a value that is undefined (nan) matches the same
     in the snapshot (inf - inf is nan, which no tolerance admits)."""
-    from massive_checks.golden import GoldenConfig, compare
+    from massive_checks.output.golden import GoldenConfig, compare
 
     same = {"low": -math.inf, "high": math.inf, "none": math.nan}
     assert compare(same, dict(same), GoldenConfig()) == []

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from massive_checks import models, synthetic
+from massive_checks.engine import models, synthetic
 from massive_checks.evaluate import Evaluator, plan
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 from massive_checks.spec import load_file
 
 SPECS = [spec for path in sorted(Path(__file__).parent.parent.glob("specs/gpt2/*.yaml")) for spec in load_file(path)]

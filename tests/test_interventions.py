@@ -9,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massive_checks import hooks, interventions, models, synthetic
-from massive_checks.apply import intervene
-from massive_checks.data import DataConfig, tokenize
+from massive_checks.engine import hooks, models, synthetic
+from massive_checks.spec import interventions
+from massive_checks.engine.apply import intervene
+from massive_checks.engine.data import DataConfig, tokenize
 from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
 

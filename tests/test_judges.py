@@ -13,10 +13,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from massive_checks import cli, contrast, judges, steer
-from massive_checks.data import DataConfig
+from massive_checks import cli
+from massive_checks.steering import contrast, judges, steer
+from massive_checks.engine.data import DataConfig
 from massive_checks.measures.steering import named_definition, vector_of
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 
 REFUSING = [
     "I'm sorry, but I can't help with that.",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from massive_checks import stats, interventions
+from massive_checks.engine import stats
+from massive_checks.spec import interventions
 from massive_checks.measures import massive as M
 from massive_checks.measures import profile as P
-from massive_checks.synthetic import PLANT
+from massive_checks.engine.synthetic import PLANT
 
 from conftest import SMALL_DATA
 
@@ -85,9 +86,9 @@ def test_zeroing_the_planted_dim_at_its_token_removes_it_downstream(session_for)
 def test_float16_overflow_is_a_clear_error(load_model):
     import torch
 
-    from massive_checks import models
+    from massive_checks.engine import models
     from massive_checks.errors import ActivationOverflow
-    from massive_checks.session import ModelSession
+    from massive_checks.engine.session import ModelSession
 
     lm = models.load("planted-llama", dtype="float16")
     with torch.no_grad():  # grow the planted value (~908) past float16's 65504

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from massive_checks.synthetic import PLANT
+from massive_checks.engine.synthetic import PLANT
 
 PLANTED_SPECS = f"""
 id: planted-dim
@@ -174,7 +174,7 @@ def test_a_massive_checks_option_wakes_the_plugin(pytester):
 def test_a_first_load_announces_its_dequantization(tmp_path, monkeypatch):
     """Which model, that it happens once, and about how long: through the writers in NOTICES (the
     plugin's writes through pytest's terminal reporter, the CLI's to stderr)."""
-    from massive_checks import models
+    from massive_checks.engine import models
 
     heard = []
     monkeypatch.setattr(models, "NOTICES", [heard.append])
@@ -191,7 +191,7 @@ def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
     the expected, which model and what it does; none after it ends."""
     import time
 
-    from massive_checks import models
+    from massive_checks.engine import models
 
     heard = []
     monkeypatch.setattr(models, "NOTICES", [heard.append])

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import cli, models
+from massive_checks import cli
+from massive_checks.engine import models
 from massive_checks.errors import ModelUnavailable
 
 pytestmark = pytest.mark.slow  # reads the bundled models' cached configurations

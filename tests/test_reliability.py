@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from massive_checks import golden
+from massive_checks.output import golden
 from massive_checks.errors import GoldenError, SpecError
 from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
@@ -115,7 +115,7 @@ def test_what_the_model_lacks_is_a_spec_error_before_any_pass(tmp_path, session_
 
 
 def test_a_spec_using_only_a_non_baseline_configuration_gets_its_figure(tmp_path, session_for):
-    from massive_checks import figures
+    from massive_checks.output import figures
 
     path = tmp_path / "spec.yaml"
     path.write_text(HEAD + "interventions:\n  a: ['mlp:all']\nchecks:\n  - {measure: massive_dims, config: a, equals: []}\n")
@@ -339,7 +339,7 @@ def test_a_write_failure_is_a_golden_error(tmp_path, monkeypatch):
 
 
 def test_the_overflow_message_names_the_real_dtype(session_for):
-    from massive_checks.session import numerics_message
+    from massive_checks.engine.session import numerics_message
 
     lm = session_for("tiny-llama").lm
     message = numerics_message(lm, "blocks.1.out", "baseline")
@@ -361,7 +361,7 @@ def saved_model(tmp_path_factory, load_model):
 def test_corrupt_weights_are_one_clear_error(tmp_path, saved_model):
     import shutil
 
-    from massive_checks import models
+    from massive_checks.engine import models
     from massive_checks.errors import ModelUnavailable
 
     broken = tmp_path / "broken"
@@ -376,7 +376,7 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
 
     import torch
 
-    from massive_checks import models
+    from massive_checks.engine import models
     from massive_checks.errors import ModelUnavailable
 
     pickled = tmp_path / "pickled"
@@ -390,7 +390,7 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
 
 @pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing/dir", "a/b/c"])
 def test_path_like_missing_names_say_so_at_once(name):
-    from massive_checks import models
+    from massive_checks.engine import models
     from massive_checks.errors import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="no such directory"):

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from massive_checks import cli
-from massive_checks.synthetic import PLANT
+from massive_checks.engine.synthetic import PLANT
 
 from test_plugin import PLANTED_SPECS
 
@@ -61,7 +61,7 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
 
 
 def test_claims_tables_have_a_column_per_model():
-    from massive_checks import report
+    from massive_checks.output import report
 
     def record(spec, model, status, observed):
         return {
@@ -186,7 +186,7 @@ def test_diff_of_two_checkpoints(capsys):
 
 
 def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals():
-    from massive_checks import report
+    from massive_checks.output import report
 
     def record(spec, model, claims, verdict, status):
         row = {
@@ -228,7 +228,7 @@ def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals()
 
 def test_the_reference_table_puts_the_sources_value_beside_each_models():
     """A check's `reference` (never judged) is one row across models, keyed by claim and check."""
-    from massive_checks import report
+    from massive_checks.output import report
 
     def record(spec, model, observed, verdict, reference="+8.2 (Gemma 3 4B)"):
         row = {
@@ -280,7 +280,7 @@ def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
     from matplotlib.figure import Figure
 
-    from massive_checks import figures
+    from massive_checks.output import figures
 
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # a backend the user chose (pyplot is not switched through it here)
@@ -295,7 +295,7 @@ def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
 
 
 def _observation(panels, profiles=None, changes=False):
-    from massive_checks.records import Observation
+    from massive_checks.output.records import Observation
 
     profile = {"top1": [1.0, 50.0, 40.0], "top2": [1.0, 20.0, 10.0], "top3": [1.0, 5.0, 4.0], "median": [0.5, 0.6, 0.7]}
     return Observation(
@@ -309,8 +309,8 @@ def test_every_panel_a_spec_returns_is_drawn_and_one_kind_merges(tmp_path):
     drawn like the built-in ones: a new figure is one class."""
     from dataclasses import dataclass
 
-    from massive_checks import figures, panels
-    from massive_checks.records import Verdict
+    from massive_checks.output import figures, panels
+    from massive_checks.output.records import Verdict
 
     drawn = []
 

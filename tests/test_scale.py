@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks import hooks, models
-from massive_checks.capture import Needs
-from massive_checks.data import DataConfig
+from massive_checks.engine import hooks, models
+from massive_checks.engine.capture import Needs
+from massive_checks.engine.data import DataConfig
 from massive_checks.errors import ModelUnavailable
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 
 DATA = DataConfig(samples=4, seq_len=24)
 
@@ -160,7 +160,7 @@ def test_passes_use_sdpa_unless_they_read_attention_weights(session_for, load_mo
 
 
 def test_automatic_batch_size_fits_half_the_free_memory():
-    from massive_checks.session import MAX_ROWS, rows_per_chunk
+    from massive_checks.engine.session import MAX_ROWS, rows_per_chunk
 
     row = 100 * 2**20  # 100 MiB per sequence
     assert rows_per_chunk(row, 2 * 350 * 2**20, "cuda:0") == 3  # 350 MiB usable: 3 whole rows
@@ -221,7 +221,7 @@ def test_a_model_spread_by_accelerate_gives_the_same_statistics(name, tmp_path):
     call, beside ours, and outside a call they are meta tensors. Every statistic equals the plain
     model's, at the offloaded block too, also under a bias-mode ablation of the offloaded block
     (its output projection's bias) and for neuron contributions (its down projection's weight)."""
-    from massive_checks.interventions import Ablation
+    from massive_checks.spec.interventions import Ablation
 
     plain, spread = models.load(name), models.load(name)
     offloaded = (f"{plain.adapter.blocks}.1.", plain.model.get_input_embeddings())
@@ -261,7 +261,7 @@ def test_device_map_places_cpu_loaded_models_in_the_asked_dtype():
 def test_host_copies_are_packed_per_device():
     """A model spread over GPUs keeps each block's statistics on its own GPU: one packed copy
     never joins tensors of two devices (meta tensors stand in for a second device here)."""
-    from massive_checks import capture
+    from massive_checks.engine import capture
 
     tensors = [torch.zeros(3), torch.zeros(3, device="meta"), torch.zeros(2), torch.zeros(2, device="meta")]
     assert capture._pack_groups(tensors) == [[0, 2], [1, 3]]

@@ -151,7 +151,7 @@ def test_bounds_read_as_math_not_python(tmp_path):
 
 
 def test_every_committed_spec_loads_without_torch():
-    """The spec language (spec.py, the measure classes, contrast files, windows and steering
+    """The spec language (spec/language.py, the measure classes, contrast files, windows and steering
     definitions) reads every committed spec without importing torch or transformers: the engine
     is imported when a pass runs (issue 27). In a fresh interpreter, as a user's script would."""
     import subprocess

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from massive_checks import interventions
+from massive_checks.spec import interventions
 from massive_checks.evaluate import Evaluator, judge, plan
-from massive_checks.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
+from massive_checks.spec.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.session import ModelSession
+from massive_checks.engine.session import ModelSession
 from massive_checks.spec import Bound, load_file
 
 ROOT = Path(__file__).parent.parent

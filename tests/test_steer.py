@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from massive_checks import cli, hooks, steer
-from massive_checks.hooks import HookContext
-from massive_checks.steer import Steering
+from massive_checks import cli
+from massive_checks.engine import hooks
+from massive_checks.steering import steer
+from massive_checks.engine.hooks import HookContext
+from massive_checks.steering.steer import Steering
 
 
 @pytest.fixture(scope="module")

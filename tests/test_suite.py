@@ -11,7 +11,7 @@ from massive_checks import cli
 from massive_checks.errors import SpecError
 from massive_checks.spec import load_file
 from massive_checks.suite import Options, Suite
-from massive_checks.synthetic import PLANT
+from massive_checks.engine.synthetic import PLANT
 
 from test_plugin import PLANTED_SPECS
 
@@ -127,7 +127,7 @@ def test_figures_drawn_in_a_worker_process_are_those_drawn_inline(tmp_path, spec
 
 
 def test_a_failed_figure_is_reported_never_a_verdict_and_leaves_no_stale_png(tmp_path, specs_dir, monkeypatch):
-    from massive_checks import figures
+    from massive_checks.output import figures
 
     stale = tmp_path / "reports" / "planted-llama" / "planted-dim.png"
     stale.parent.mkdir(parents=True)
@@ -153,8 +153,8 @@ def test_a_failed_figure_is_reported_never_a_verdict_and_leaves_no_stale_png(tmp
 def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
     """What a worker process fails on (here: an observation that does not pickle) comes back from
     wait() as that figure's error; the pool is shut down."""
-    from massive_checks.figures import FigureQueue
-    from massive_checks.records import Observation, Verdict
+    from massive_checks.output.figures import FigureQueue
+    from massive_checks.output.records import Observation, Verdict
 
     observation = Observation("s", "c", "m", "p", 1, "", "", {}, [], {"baseline": {}}, panels=[lambda: 0])
     queue = FigureQueue(workers=1)
@@ -187,7 +187,7 @@ def test_check_takes_the_plugins_options_into_the_same_suite_options(tmp_path, s
 
 
 def test_a_failed_figure_fails_the_pytest_run(pytester, monkeypatch):
-    from massive_checks import figures
+    from massive_checks.output import figures
 
     pytester.mkdir("specs")
     (pytester.path / "specs" / "planted.yaml").write_text(PLANTED_SPECS.split("---")[0])
@@ -207,7 +207,7 @@ def test_xdist_workers_share_the_cores(monkeypatch, tmp_path):
 
     import torch
 
-    from massive_checks.cores import THREAD_VARIABLES, CoreShare, available_cores
+    from massive_checks.engine.cores import THREAD_VARIABLES, CoreShare, available_cores
 
     before, cores = torch.get_num_threads(), available_cores()
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))

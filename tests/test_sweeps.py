@@ -11,13 +11,14 @@ import math
 import pytest
 import torch
 
-from massive_checks import contrast, judges, report, steer
+from massive_checks.steering import contrast, judges, steer
+from massive_checks.output import report
 from massive_checks.errors import SpecError
 from massive_checks.evaluate import Evaluator, plan
 from massive_checks.measures.steering import activation_norm, vector_of
 from massive_checks.measures.sweeps import SweepOutcome
 from massive_checks.spec import load_file
-from massive_checks.steer import SteeringResult, Sweep, Texts
+from massive_checks.steering.steer import SteeringResult, Sweep, Texts
 
 
 def _prompts(lm, n=3):

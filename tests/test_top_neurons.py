@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks import hooks
+from massive_checks.engine import hooks
 from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
 

@@ -8,13 +8,14 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks import hooks, interventions
+from massive_checks.engine import hooks
+from massive_checks.spec import interventions
 from massive_checks.measures import massive as M
-from massive_checks.data import DataConfig
+from massive_checks.engine.data import DataConfig
 from massive_checks.errors import SpecError
 from massive_checks.evaluate import Evaluator
 from massive_checks.spec import load_file
-from massive_checks.synthetic import PLANT
+from massive_checks.engine.synthetic import PLANT
 
 from conftest import SMALL_DATA
 
@@ -123,7 +124,7 @@ def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message)
 
 
 def test_notes_are_kept_and_reach_the_report(tmp_path, session_for):
-    from massive_checks import report
+    from massive_checks.output import report
 
     spec = one_spec(
         tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"

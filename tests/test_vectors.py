@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from conftest import reference_block_outputs
-from massive_checks import cli, contrast, vectors
-from massive_checks.capture import Window
-from massive_checks.data import DataConfig, read_passages
+from massive_checks import cli
+from massive_checks.steering import contrast, vectors
+from massive_checks.engine.capture import Window
+from massive_checks.engine.data import DataConfig, read_passages
 from massive_checks.errors import DataError, SpecError
 from massive_checks.evaluate import Evaluator
 from massive_checks.measures.steering import vector_of
 from massive_checks.spec import load_file
-from massive_checks.synthetic import PLANT
-from massive_checks.vectors import Cleaning, VectorDef
+from massive_checks.engine.synthetic import PLANT
+from massive_checks.steering.vectors import Cleaning, VectorDef
 
 
 def _unit(generator, width: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from massive_checks import golden  # noqa: E402
+from massive_checks.output import golden  # noqa: E402
 from massive_checks.spec import load_file  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from ..definitions import Needs
+from ..spec.definitions import Needs
 
 Statistic = Literal["paper", "max_over_sequences"]
 STATISTICS = get_args(Statistic)

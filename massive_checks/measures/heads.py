@@ -10,20 +10,20 @@ import math
 import numpy as np
 from pydantic import field_validator
 
-from ..definitions import Needs
-from ..intervals import Estimate
+from ..spec.definitions import Needs
+from ..spec.intervals import Estimate
 from ..lazy import LazyModule
-from ..panels import HeadScoresPanel
+from ..output.panels import HeadScoresPanel
 from .base import Measure, register
 from .massive import peak_layer
 
 if TYPE_CHECKING:
     import torch
-    from .. import hooks, stats
-else:  # imported at first use: spec.py reads the measure classes without torch
+    from ..engine import hooks, stats
+else:  # imported at first use: spec/language.py reads the measure classes without torch
     torch = LazyModule("torch")
-    hooks = LazyModule("massive_checks.hooks")
-    stats = LazyModule("massive_checks.stats")
+    hooks = LazyModule("massive_checks.engine.hooks")
+    stats = LazyModule("massive_checks.engine.stats")
 
 
 def head_scores_per_sequence(view, to: str = "first") -> torch.Tensor:

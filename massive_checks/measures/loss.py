@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
-from ..definitions import Needs
+from ..spec.definitions import Needs
 from .base import Measure, register
 
 

@@ -7,18 +7,18 @@ import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 
-from ..intervals import SharedSet
+from ..spec.intervals import SharedSet
 from ..lazy import LazyModule
-from ..panels import CellsPanel
+from ..output.panels import CellsPanel
 from .base import Measure, register
 
 if TYPE_CHECKING:
     import torch
-    from .. import hooks, stats
-else:  # imported at first use: spec.py reads the measure classes without torch
+    from ..engine import hooks, stats
+else:  # imported at first use: spec/language.py reads the measure classes without torch
     torch = LazyModule("torch")
-    hooks = LazyModule("massive_checks.hooks")
-    stats = LazyModule("massive_checks.stats")
+    hooks = LazyModule("massive_checks.engine.hooks")
+    stats = LazyModule("massive_checks.engine.stats")
 
 
 def massive_dims(view, layer: int) -> set[int]:

@@ -8,21 +8,21 @@ from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 from pydantic import Field
 
-from ..definitions import Needs
-from ..intervals import Estimate, value_of
+from ..spec.definitions import Needs
+from ..spec.intervals import Estimate, value_of
 from ..lazy import LazyModule
-from ..panels import FlowPanel
+from ..output.panels import FlowPanel
 from .base import Measure, PerLayer, Statistic, register
 from .profile import EXTREME
 
 if TYPE_CHECKING:
     import torch
-    from .. import hooks, models, stats
-else:  # imported at first use: spec.py reads the measure classes without torch
+    from ..engine import hooks, models, stats
+else:  # imported at first use: spec/language.py reads the measure classes without torch
     torch = LazyModule("torch")
-    hooks = LazyModule("massive_checks.hooks")
-    stats = LazyModule("massive_checks.stats")
-    models = LazyModule("massive_checks.models")
+    hooks = LazyModule("massive_checks.engine.hooks")
+    stats = LazyModule("massive_checks.engine.stats")
+    models = LazyModule("massive_checks.engine.models")
 
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
 MLP_FLOW = get_args(Checkpoint)  # checkpoint order inside an MLP

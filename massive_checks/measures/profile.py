@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from .. import interventions
-from ..intervals import Estimate, SharedSet, value_of
-from ..records import STATISTIC_TEXT
+from ..spec import interventions
+from ..spec.intervals import Estimate, SharedSet, value_of
+from ..output.records import STATISTIC_TEXT
 from ..lazy import LazyModule
 from .base import Measure, PerLayer, Statistic, register
 from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
 
 if TYPE_CHECKING:
-    from .. import stats
-else:  # imported at first use: spec.py reads the measure classes without torch
-    stats = LazyModule("massive_checks.stats")
+    from ..engine import stats
+else:  # imported at first use: spec/language.py reads the measure classes without torch
+    stats = LazyModule("massive_checks.engine.stats")
 
 
 EXTREME = (

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ..definitions import Needs
+from ..spec.definitions import Needs
 from ..lazy import LazyModule
 from .base import PerLayer, register
 
 if TYPE_CHECKING:
-    from .. import hooks, stats
-else:  # imported at first use: spec.py reads the measure classes without torch
-    hooks = LazyModule("massive_checks.hooks")
-    stats = LazyModule("massive_checks.stats")
+    from ..engine import hooks, stats
+else:  # imported at first use: spec/language.py reads the measure classes without torch
+    hooks = LazyModule("massive_checks.engine.hooks")
+    stats = LazyModule("massive_checks.engine.stats")
 
 Site = Literal[
     "out", "attn.out", "attn.resid", "attn.o_in", "mlp.in", "mlp.up", "mlp.gate", "mlp.act", "mlp.down_in", "mlp.out", "mlp.resid"

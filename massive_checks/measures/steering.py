@@ -12,17 +12,18 @@ from pydantic import Field, StringConstraints
 import math
 
 
-from .. import contrast, intervals, vectors
-from ..intervals import Estimate, Units
-from ..vectors import Vector, VectorDef
+from ..steering import contrast, vectors
+from ..spec import intervals
+from ..spec.intervals import Estimate, Units
+from ..steering.vectors import Vector, VectorDef
 from ..lazy import LazyModule
-from ..panels import CosinePanel, EnergyPanel, NormsPanel
+from ..output.panels import CosinePanel, EnergyPanel, NormsPanel
 from .base import Measure, PerLayer, register
 from .massive import massive_dims
 
 if TYPE_CHECKING:
     import torch
-else:  # imported at first use: spec.py reads the measure classes without torch
+else:  # imported at first use: spec/language.py reads the measure classes without torch
     torch = LazyModule("torch")
 
 VectorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -355,8 +356,8 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.
     """`massive-checks vectors`: mean_diff and probe at one layer and window, cleaned of the
     massive dims, their geometry, the norm with and without the massive dims, and calibration.
     Vectors unnormalised, cleaned ones unit norm; energy and norm share over the massive dims."""
-    from ..data import DataConfig
-    from ..interventions import BASELINE
+    from ..engine.data import DataConfig
+    from ..spec.interventions import BASELINE
 
     definitions = {name: named_definition(name, pairs, layer, window) for name in CLI_VECTORS}
     view = session.view(DataConfig(), BASELINE, massive, vectors=definitions)

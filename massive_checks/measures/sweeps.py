@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints
 
-from .. import contrast, judges
-from ..definitions import CALIBRATED, Calibrated, SteeringDef
-from ..intervals import Estimate, Units
+from ..steering import contrast, judges
+from ..spec.definitions import CALIBRATED, Calibrated, SteeringDef
+from ..spec.intervals import Estimate, Units
 from ..lazy import LazyModule
-from ..panels import SteeringPanel
+from ..output.panels import SteeringPanel
 from .base import Measure, register
 from .steering import activation_norm, vector_of
 
 if TYPE_CHECKING:
-    from .. import steer
-    from ..steer import SteeringResult
-else:  # imported at first use: spec.py reads the measure classes without torch
-    steer = LazyModule("massive_checks.steer")
+    from ..steering import steer
+    from ..steering.steer import SteeringResult
+else:  # imported at first use: spec/language.py reads the measure classes without torch
+    steer = LazyModule("massive_checks.steering.steer")
 
 SteeringName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 Coef = Union[Annotated[float, Field(gt=0)], Calibrated]

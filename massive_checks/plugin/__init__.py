@@ -86,7 +86,7 @@ def ablate():
             model(...)
 
     Mean-mode ablations take their means from `data` (default: the built-in text)."""
-    from ..apply import ablate as apply
+    from ..engine.apply import ablate as apply
 
     return apply
 
@@ -94,7 +94,7 @@ def ablate():
 @pytest.fixture
 def capture_stats():
     """capture_stats(lm, sites, median_sites=(), stop_early=False) -> context yielding {site: SiteStats} (see apply.py)."""
-    from ..apply import capture_stats as capture
+    from ..engine.apply import capture_stats as capture
 
     return capture
 

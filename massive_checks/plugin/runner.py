@@ -9,10 +9,11 @@ from typing import Callable
 
 import pytest
 
-from .. import golden, models, report
+from ..output import golden, report
+from ..engine import models
 from ..errors import MassiveChecksError, SpecError
 from ..files import jsonable
-from ..spec import Spec, load_file
+from ..spec.language import Spec, load_file
 from ..suite import Suite, options_from
 from . import WORKER_KEY
 

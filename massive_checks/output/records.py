@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet, worst
+from ..spec.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet, worst
 
 STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
     "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "

@@ -1,5 +1,5 @@
 """Typed values a spec is parsed into, shared by the spec language and the engine, without torch:
-what a pass captures, token windows and steering definitions. spec.py builds them once from a spec's text; capture.py
+what a pass captures, token windows and steering definitions. spec/language.py builds them once from a spec's text; capture.py
 and steer.py compute with them (and re-export them)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
 
-from .lazy import LazyModule
+from ..lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch

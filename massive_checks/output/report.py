@@ -8,9 +8,9 @@ import math
 import re
 from pathlib import Path
 
-from .files import atomic_write, jsonable
-from .interventions import ranges
-from .intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
+from ..files import atomic_write, jsonable
+from ..spec.interventions import ranges
+from ..spec.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
 from .records import STATISTIC_TEXT, CheckVerdict, Observation, Row, Verdict, format_value
 
 

@@ -23,12 +23,23 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .constants import CONFIDENCE, RESAMPLES  # noqa: F401  (one definition, read by the plugin's options)
+from ..constants import CONFIDENCE, RESAMPLES  # noqa: F401  (one definition, read by the plugin's options)
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+Operand = Union["Estimate", float]  # what estimate arithmetic takes: an estimate or a plain number
+
+
+class NumericBound(Protocol):
+    """What a verdict reads of a bound on a number (spec.language.Bound)."""
+
+    kind: str
+    value: Any
+    rel: float
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,9 @@ class Bootstrap:
     resamples: int = RESAMPLES
     confidence: float = CONFIDENCE
     seed: int = 0
-    _weights: dict = field(default_factory=dict, repr=False)
+    _weights: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0.5 < self.confidence < 1:
             raise ValueError(f"confidence {self.confidence}: a level between 0.5 and 1, e.g. 0.95")
         if self.resamples < 100:
@@ -70,7 +81,7 @@ class Bootstrap:
             self._weights[(units.key, units.n)] = cached
         return cached
 
-    def mean(self, per_unit, units: Units) -> "Estimate":
+    def mean(self, per_unit: ArrayLike, units: Units) -> "Estimate":
         """The mean over units of per-unit values [n] (nan: a unit without a value, left out)."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
         if units.n == 0:
@@ -82,16 +93,16 @@ class Bootstrap:
             replicates = (w @ np.where(present, x, 0.0)) / (w @ present)
         return Estimate(value, replicates, units)
 
-    def total(self, per_unit, units: Units) -> "Estimate":
+    def total(self, per_unit: ArrayLike, units: Units) -> "Estimate":
         """The sum over units of per-unit values [n]."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
         return Estimate(float(x.sum()), self.weights(units) @ x, units)
 
-    def ratio_of_totals(self, numerator, denominator, units: Units) -> "Estimate":
+    def ratio_of_totals(self, numerator: ArrayLike, denominator: ArrayLike, units: Units) -> "Estimate":
         """sum(numerator) / sum(denominator) over units (e.g. a token-weighted mean loss)."""
         return combine(safe_divide, self.total(numerator, units), self.total(denominator, units))
 
-    def minimum(self, per_unit, units: Units) -> "Estimate":
+    def minimum(self, per_unit: ArrayLike, units: Units) -> "Estimate":
         """The smallest per-unit value (inf: no unit has one) - e.g. the first layer any
         sequence reaches."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
@@ -131,71 +142,72 @@ class Estimate:
         return 0.0 if self.replicates is None else float(np.isnan(self.replicates).mean())
 
     # Arithmetic is replicate by replicate (combine): a measure may write top1 / (top1 + top2).
-    def __add__(self, other):
+    def __add__(self, other: Operand) -> Estimate:
         return combine(np.add, self, other)
 
-    def __radd__(self, other):
+    def __radd__(self, other: Operand) -> Estimate:
         return combine(np.add, other, self)
 
-    def __sub__(self, other):
+    def __sub__(self, other: Operand) -> Estimate:
         return combine(np.subtract, self, other)
 
-    def __rsub__(self, other):
+    def __rsub__(self, other: Operand) -> Estimate:
         return combine(np.subtract, other, self)
 
-    def __mul__(self, other):
+    def __mul__(self, other: Operand) -> Estimate:
         return combine(np.multiply, self, other)
 
-    def __rmul__(self, other):
+    def __rmul__(self, other: Operand) -> Estimate:
         return combine(np.multiply, other, self)
 
-    def __truediv__(self, other):
+    def __truediv__(self, other: Operand) -> Estimate:
         return combine(safe_divide, self, other)
 
-    def __rtruediv__(self, other):
+    def __rtruediv__(self, other: Operand) -> Estimate:
         return combine(safe_divide, other, self)
 
-    def __neg__(self):
+    def __neg__(self) -> Estimate:
         return combine(np.negative, self)
 
-    def __abs__(self):
+    def __abs__(self) -> Estimate:
         return combine(np.abs, self)
 
 
-class SharedSet(frozenset):
+class SharedSet(frozenset[int]):
     """A set observed over sampling units (massive dims, each sequence's top-1 dim, ...), with
     each element's share of the units it was seen in. Bounds read it as a plain set."""
 
-    shares: dict
+    shares: dict[int, float]
     units: Units | None
 
-    def __new__(cls, shares: dict, units: Units | None = None):
+    def __new__(cls, shares: dict[int, float], units: Units | None = None) -> "SharedSet":
         obj = super().__new__(cls, shares)
         obj.shares, obj.units = dict(sorted(shares.items())), units
         return obj
 
     @classmethod
-    def of_hits(cls, hits, units: Units) -> "SharedSet":
+    def of_hits(cls, hits: ArrayLike, units: Units) -> "SharedSet":
         """hits [n, E] bool: which elements each unit holds -> the set of elements some unit holds."""
         hits = np.asarray(hits, dtype=bool)
         share = hits.mean(axis=0) if len(hits) else np.zeros(hits.shape[1])
         return cls({int(e): float(share[e]) for e in np.flatnonzero(hits.any(axis=0))}, units)
 
     @classmethod
-    def of_labels(cls, labels, units: Units) -> "SharedSet":
+    def of_labels(cls, labels: ArrayLike, units: Units) -> "SharedSet":
         """labels [n]: one element per unit (e.g. each sequence's top-1 dim)."""
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         return cls({int(v): float(c) / units.n for v, c in zip(values, counts)}, units)
 
-    def __reduce__(self):  # pickles (xdist) as itself
+    def __reduce__(self) -> tuple[type["SharedSet"], tuple[dict[int, float], Units | None]]:  # pickles (xdist) as itself
         return (SharedSet, (self.shares, self.units))
 
 
-def value_of(x) -> float:
+def value_of(x: Any) -> Any:
+    """An estimate's value; anything else (a number, a set, a label) as it is."""
     return x.value if isinstance(x, Estimate) else x
 
 
-def combine(fn, *args) -> Estimate:
+def combine(fn: Callable[..., Any], *args: Operand) -> Estimate:
     """fn applied to the values and, replicate by replicate, to the replicates (paired where the
     arguments share units; a plain number is the same in every replicate; an estimate without
     replicates leaves the result without them)."""
@@ -225,25 +237,26 @@ def joint_units(units: list[Units]) -> Units:
     )
 
 
-def safe_divide(a, b):
+def safe_divide(a: Any, b: Any) -> Any:
+    """a / b elementwise, inf where only b is 0, nan where both are (numbers or arrays)."""
     return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.where(a != 0, np.inf, np.nan))
 
 
-def relative_change(before, after) -> Estimate:
+def relative_change(before: Operand, after: Operand) -> Estimate:
     """(after - before) / |before| (inf where before is 0 and after is not)."""
     return combine(lambda b, a: safe_divide(a - b, np.abs(b)), before, after)
 
 
-def difference(before, after) -> Estimate:
+def difference(before: Operand, after: Operand) -> Estimate:
     return combine(lambda b, a: a - b, before, after)
 
 
-def ratio(a, b) -> Estimate:
+def ratio(a: Operand, b: Operand) -> Estimate:
     """|a| / |b|."""
     return combine(lambda x, y: safe_divide(np.abs(x), np.abs(y)), a, b)
 
 
-def reduce(how: str, values: list) -> Estimate:
+def reduce(how: str, values: list[Operand]) -> Estimate:
     """mean, max, min, mean_abs or max_abs over a list (a quantity's layers), per replicate."""
     fn = {
         "mean": lambda *v: np.mean(np.stack(v), axis=0),
@@ -258,7 +271,7 @@ def reduce(how: str, values: list) -> Estimate:
 # --------------------------------------------------------------------------- verdicts
 
 
-def decide(bound, low: float, high: float) -> str:
+def decide(bound: NumericBound, low: float, high: float) -> str:
     """The verdict of a numeric bound (spec.Bound) on an interval [low, high] (low == high: an
     exact value)."""
     if math.isnan(low) or math.isnan(high):
@@ -280,7 +293,7 @@ def decide(bound, low: float, high: float) -> str:
     raise ValueError(f"bound {kind!r} is not a bound on a number")
 
 
-def nearest_edge(bound, value: float) -> float | None:
+def nearest_edge(bound: NumericBound, value: float) -> float | None:
     """The bound's edge nearest to `value` (where an interval around it would have to clear)."""
     kind, target = bound.kind, bound.value
     if kind == "at_least" or kind == "at_most" or kind == "equals":
@@ -288,11 +301,11 @@ def nearest_edge(bound, value: float) -> float | None:
     if kind == "approx":
         target = (target - bound.rel * abs(target), target + bound.rel * abs(target))
     if kind in ("between", "approx"):
-        return min(target, key=lambda edge: abs(edge - value))
+        return float(min(target, key=lambda edge: abs(edge - value)))
     return None
 
 
-def units_to_decide(bound, value: float, interval: tuple[float, float], n: int) -> float:
+def units_to_decide(bound: NumericBound, value: float, interval: tuple[float, float], n: int) -> float:
     """A rough number of units whose interval would clear the nearest edge of the bound: the half
     width on that side shrinks as 1 / sqrt(n). inf when the value sits on the edge."""
     edge = nearest_edge(bound, value)
@@ -305,7 +318,7 @@ def units_to_decide(bound, value: float, interval: tuple[float, float], n: int) 
     return max(float(n), math.ceil(needed)) if math.isfinite(needed) else math.inf
 
 
-def worst(verdicts) -> str:
+def worst(verdicts: Iterable[str]) -> str:
     """Of several rows (or checks): contradicted if any is, holds if all do, else inconclusive."""
     verdicts = list(verdicts)
     if CONTRADICTED in verdicts:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .hooks import HookContext, HookFn, resolve, site
-from .interventions import TARGET_SITE
+from ..spec.interventions import TARGET_SITE
 from .models import LoadedModel, parameter
 
 

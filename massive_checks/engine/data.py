@@ -9,13 +9,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DataError
-from .lazy import LazyModule
+from ..errors import DataError
+from ..lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch
 else:
-    torch = LazyModule("torch")  # imported at first use: spec.py reads this module without torch
+    torch = LazyModule("torch")  # imported at first use: spec/language.py reads this module without torch
 
 BUILTIN = "builtin"
 

@@ -32,9 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import hooks, judges
-from .hooks import HookContext, HookFn
-from .definitions import (  # noqa: F401  (re-exported: the steering definitions a spec is parsed into)
+from ..engine import hooks
+from . import judges
+from ..engine.hooks import HookContext, HookFn
+from ..spec.definitions import (  # noqa: F401  (re-exported: the steering definitions a spec is parsed into)
     CALIBRATED,
     MAX_NEW_TOKENS,
     POSITIONS,
@@ -44,7 +45,7 @@ from .definitions import (  # noqa: F401  (re-exported: the steering definitions
     SteeringDef,
     Sweep,
 )
-from .models import LoadedModel
+from ..engine.models import LoadedModel
 
 GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
 JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)

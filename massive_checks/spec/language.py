@@ -19,15 +19,16 @@ from typing import Annotated, Any, Literal, Mapping, NoReturn, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError, create_model
 
-from . import contrast, definitions, interventions, judges, vectors
+from ..steering import contrast, judges, vectors
+from . import definitions, interventions
 from .definitions import Window
-from .constants import DEFAULTS_FILE
-from .data import BUILTIN, DataConfig
-from .errors import MassiveChecksError, SpecError
-from .golden import GoldenConfig, Tolerance
-from .measures import REGISTRY, Measure
-from .measures.base import NUMERIC_SHAPES
-from .yaml_lines import read_documents
+from ..constants import DEFAULTS_FILE
+from ..engine.data import BUILTIN, DataConfig
+from ..errors import MassiveChecksError, SpecError
+from ..output.golden import GoldenConfig, Tolerance
+from ..measures import REGISTRY, Measure
+from ..measures.base import NUMERIC_SHAPES
+from ..yaml_lines import read_documents
 
 DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors", "steering")
 NUMBER_BOUNDS = ("at_least", "at_most", "between", "approx")

@@ -11,7 +11,7 @@ import textwrap
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from .files import atomic_write
+from ..files import atomic_write
 from .panels import AblationPanel, Panel, ProfilePanel, merged
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes

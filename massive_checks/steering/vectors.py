@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .lazy import LazyModule
+from ..lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch
 else:
-    torch = LazyModule("torch")  # imported at first use: spec.py reads this module without torch
+    torch = LazyModule("torch")  # imported at first use: spec/language.py reads this module without torch
 
 
 Method = Literal["mean_diff", "probe", "pca"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any, Callable, Sequence
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,8 +51,11 @@ class Ablation:
         return text + _where_and_mode(self.tokens, self.rows, self.mode, self.value)
 
 
-Intervention = tuple  # tuple[Ablation, ...], sorted and merged: the canonical, hashable key
+Intervention = tuple[Ablation, ...]  # sorted and merged: the canonical, hashable key
 BASELINE: Intervention = ()
+HeadRanking = Sequence[tuple[int, int]]  # (layer, head), best first
+# (layers, dims or None: every dim) -> {(layer, dim): (positions per sequence, mean signed value there)}
+MassiveCells = Callable[[list[int], "list[int] | None"], dict[tuple[int, int], tuple[tuple[tuple[int, ...], ...], float]]]
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,13 @@ def parse_layers(text: str | None, n_layers: int | None) -> list[int]:
     return sorted({layer for low, high in spans for layer in range(low, high + 1)})
 
 
-def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=None, massive_cells=None) -> Intervention:
+def resolve(
+    requests: list[Request],
+    n_layers: int,
+    n_heads: int,
+    head_ranking: HeadRanking | None = None,
+    massive_cells: MassiveCells | None = None,
+) -> Intervention:
     """Requests -> canonical Intervention. head_ranking: [(layer, head)] best first, for top/bottom.
     massive_cells: where the massive cells are, for #massive and massive:all: (layers, dims) ->
     {(layer, dim): (positions per sequence, mean signed value there)} in the baseline."""
@@ -163,11 +173,16 @@ def resolve(requests: list[Request], n_layers: int, n_heads: int, head_ranking=N
     return canonical(ablations)
 
 
-def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, massive_cells) -> list[Ablation]:
+def _resolve_one(
+    request: Request, n_layers: int, n_heads: int, head_ranking: HeadRanking | None, massive_cells: MassiveCells | None
+) -> list[Ablation]:
     if request.at_massive_cells:
         return _at_massive_cells(request, n_layers, massive_cells)
     tokens = None if request.tokens in (None, "all") else tuple(_ints(request.tokens, request.text))
-    make = lambda layer, units=(): Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
+
+    def make(layer: int, units: Sequence[int] = ()) -> Ablation:
+        return Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
+
     if request.target in ("attn", "mlp"):
         return [make(layer) for layer in parse_layers(request.selection, n_layers)]
     if request.target == "heads":
@@ -176,7 +191,7 @@ def _resolve_one(request: Request, n_layers: int, n_heads: int, head_ranking, ma
     return [make(layer, _ints(request.selection, request.text)) for layer in layers]
 
 
-def _at_massive_cells(request: Request, n_layers: int, massive_cells) -> list[Ablation]:
+def _at_massive_cells(request: Request, n_layers: int, massive_cells: MassiveCells | None) -> list[Ablation]:
     """One ablation per (layer, dim), at the positions where that dim is massive per sequence."""
     if massive_cells is None:
         raise ValueError(f"intervention {request.text!r} needs the baseline's massive cells")
@@ -205,7 +220,7 @@ def check_against_model(requests: list[Request], n_layers: int, n_heads: int, ml
                 raise ValueError(f"intervention {request.text!r}: units {bad} out of range (the MLP has {mlp_width})")
 
 
-def _heads(request: Request, n_layers: int, n_heads: int, head_ranking) -> list[tuple[int, int]]:
+def _heads(request: Request, n_layers: int, n_heads: int, head_ranking: HeadRanking | None) -> list[tuple[int, int]]:
     selection = request.selection
     ranked = re.fullmatch(r"(top|bottom)(\d+)", selection)
     if ranked:
@@ -237,7 +252,7 @@ def _ints(text: str, context: str) -> list[int]:
 
 def canonical(ablations: list[Ablation]) -> Intervention:
     """Merge ablations that differ only in units; sort. Equal configurations -> equal tuples."""
-    merged: dict[tuple, set[int]] = {}
+    merged: dict[tuple[Any, ...], set[int]] = {}
     for a in ablations:
         own_units = a.units if a.rows is not None else None  # #massive: one dim per ablation, never merged
         merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value, a.rows, own_units), set()).update(a.units)
@@ -256,7 +271,7 @@ def describe(intervention: Intervention) -> str:
     """Readable summary: ablations that differ only in layer are grouped, e.g. 'attn@0-29'."""
     if not intervention:
         return "baseline"
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for a in intervention:  # #massive cells differ per layer: grouped by "massive", not by position
         where = a.tokens if a.rows is None else "massive"
         value = a.value if a.rows is None or a.mode != "mean" else None
@@ -269,7 +284,7 @@ def describe(intervention: Intervention) -> str:
     return " + ".join(parts)
 
 
-def _where_and_mode(tokens, rows, mode: str, value: float) -> str:
+def _where_and_mode(tokens: Sequence[int] | None, rows: object, mode: str, value: float) -> str:
     text = "#massive" if rows is not None else (f"#{','.join(map(str, tokens))}" if tokens is not None else "")
     return text + ("" if mode == "zero" else f"={mode}" + (f":{value:g}" if mode == "value" else ""))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .definitions import Needs, Window  # noqa: F401  (re-exported: what a pass captures, a pooled window)
+from ..spec.definitions import Needs, Window  # noqa: F401  (re-exported: what a pass captures, a pooled window)
 from .hooks import HookContext, HookFn
 from .models import free_bytes
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from . import interventions
+from ..spec import interventions
 from .capture import Needs, SiteStats, finish_all, stat_pairs
 from .data import DataConfig
 from .edits import edit_pairs

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
-from .errors import GoldenError
-from .files import atomic_write, jsonable
+from ..errors import GoldenError
+from ..files import atomic_write, jsonable
 from .records import format_value
 
 FORMAT = 1

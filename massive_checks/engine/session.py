@@ -9,16 +9,18 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import contrast, hooks, interventions, models
+from ..steering import contrast
+from . import hooks, models
+from ..spec import interventions
 from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
-from .errors import ActivationOverflow
-from .intervals import Bootstrap, Estimate, Units
-from .judges import JudgeModel
-from .interventions import BASELINE
-from .measures.heads import head_score_table
-from .measures.massive import massive_cells
+from ..errors import ActivationOverflow
+from ..spec.intervals import Bootstrap, Estimate, Units
+from ..steering.judges import JudgeModel
+from ..spec.interventions import BASELINE
+from ..measures.heads import head_score_table
+from ..measures.massive import massive_cells
 from .models import LoadedModel
 from .stats import rank_heads
 

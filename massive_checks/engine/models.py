@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .constants import BUNDLED_MODELS, DEVICE_MAPS  # noqa: F401  (read by the plugin's options)
-from .errors import ModelUnavailable, UnsupportedArchitecture
+from ..constants import BUNDLED_MODELS, DEVICE_MAPS  # noqa: F401  (read by the plugin's options)
+from ..errors import ModelUnavailable, UnsupportedArchitecture
 
 # --------------------------------------------------------------------------- adapters
 
@@ -179,7 +179,7 @@ class LoadedModel:
     def describe(self) -> dict:
         import transformers
 
-        from . import __version__
+        from .. import __version__
 
         return {
             "model": self.name,
