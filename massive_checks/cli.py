@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument(
         "--judge",
         default=None,
-        help="trait judge: vader, refusal, an entry point of group massive_checks.steering.judges "
+        help="trait judge: vader, refusal, an entry point of group massive_checks.judges "
         "or module:function (default: the contrast set's, e.g. refusal -> refusal)",
     )
     steer.add_argument("--judge-model", default=None, help="model judging fluency (default: the other bundled model)")

@@ -12,7 +12,7 @@ Trait judges (text -> a score in [0, 1] per continuation; a run's trait = 100 x 
            Direction", arXiv 2406.11717, its refusal substrings), rewritten and extended here;
            matched case-insensitively, with curly apostrophes read as straight ones. A substring
            detector: "I can't wait" counts as a refusal, as it does in those papers.
-  a user judge, named by an entry point of group `massive_checks.steering.judges` or a dotted path
+  a user judge, named by an entry point of group `massive_checks.judges` or a dotted path
            `package.module:function`: function(texts: list[str]) -> one number in [0, 1] per text.
 
 Coherence (0-100 per continuation, judged by a model other than the steered one, against the
@@ -117,7 +117,7 @@ DEFAULT_FOR_SET = {"refusal": "refusal", "sentiment": "vader"}  # the built-in c
 
 
 def trait_judge(name: str) -> TraitJudge:
-    """A trait judge by name: built-in, an entry point of group massive_checks.steering.judges, or a dotted
+    """A trait judge by name: built-in, an entry point of group massive_checks.judges, or a dotted
     path `module:function`. ValueError naming what was tried."""
     if name in BUILT_IN:
         return BUILT_IN[name]
