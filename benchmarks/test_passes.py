@@ -49,7 +49,7 @@ def _pass(lm, data, needs=None, batch_size=None):
 
 
 def test_profile_pass_vs_plain_forward(benchmark, lm, long_texts):
-    data = DataConfig(long_texts, samples=8, seq_len=128)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     ratio, *_ = interleaved_ratio(profile, _plain(lm, batch))
     record("profile pass vs plain full forward, 8x128", ratio, "target <= 0.9x")
@@ -59,7 +59,7 @@ def test_profile_pass_vs_plain_forward(benchmark, lm, long_texts):
 
 
 def test_head_score_pass_vs_plain_eager_forward(benchmark, lm, long_texts):
-    data = DataConfig(long_texts, samples=8, seq_len=512)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=512)
     needs = Needs(sites={hooks.site(L, "attn.probs") for L in range(lm.n_layers)})
     heads, batch = _pass(lm, data, needs)
     ratio, *_ = interleaved_ratio(heads, _plain(lm, batch, eager=True), rounds=3)
@@ -71,7 +71,7 @@ def test_early_stop_capture_vs_plain_forward(benchmark, lm, long_texts):
     """capture_stats(stop_early=True) at the first quarter of the blocks: no later blocks, no logits."""
     from massive_checks.engine.apply import capture_stats
 
-    data = DataConfig(long_texts, samples=8, seq_len=128)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     batch = ModelSession(lm, batch_size=8).batch(data)
     ids, mask = _on_device(lm, batch)
     last = lm.n_layers // 4 - 1
@@ -119,7 +119,7 @@ def test_launching_ops_profile_pass_vs_plain_forward(benchmark, lm, long_texts, 
     from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "GPU_WAYS", True)
-    data = DataConfig(long_texts, samples=8, seq_len=128)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     ops, floor = _launching_ops(profile), _launching_ops(_plain(lm, batch, head=False))
     record(f"launching ops, profile pass ({ops}) vs forward without the LM head ({floor}), 8x128", ops / floor, "target <= 1.05x")
@@ -133,7 +133,7 @@ def test_host_time_profile_pass_vs_plain_forward(benchmark, lm, long_texts, monk
     from massive_checks.engine import capture
 
     monkeypatch.setattr(capture, "GPU_WAYS", True)
-    data = DataConfig(long_texts, samples=8, seq_len=128)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     ratio, ours, plain = interleaved_ratio(profile, _plain(lm, batch), clock=time.process_time)
     record(f"host cpu time, profile pass ({ours * 1e3:.0f} ms) vs plain full forward ({plain * 1e3:.0f} ms), 8x128", ratio)
@@ -142,7 +142,7 @@ def test_host_time_profile_pass_vs_plain_forward(benchmark, lm, long_texts, monk
 
 @pytest.mark.parametrize("batch_size, seq_len", [(1, 128), (1, 512), (1, 2048), (8, 128), (32, 128)])
 def test_profile_overhead_scaling(benchmark, lm, long_texts, batch_size, seq_len):
-    data = DataConfig(long_texts, samples=batch_size, seq_len=seq_len)
+    data = DataConfig(dataset=long_texts, samples=batch_size, seq_len=seq_len)
     profile, batch = _pass(lm, data)
     ratio, *_ = interleaved_ratio(profile, _plain(lm, batch, head=False), rounds=3)
     record(f"profile pass vs forward without the LM head, {batch_size}x{seq_len}", ratio)
@@ -213,7 +213,7 @@ def test_profile_pass_extra_memory_vs_plain_forward(benchmark, setup):
 def test_nnsight_save_all_block_outputs_vs_plain_forward(benchmark, lm, long_texts):
     """The peer: nnsight saving every block output (the issue's 1.03x), beside our profile pass."""
     nnsight = pytest.importorskip("nnsight")
-    data = DataConfig(long_texts, samples=8, seq_len=128)
+    data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     wrapped = nnsight.NNsight(lm.model)
     blocks = lm.adapter.blocks.split(".")

@@ -1,3 +1,3 @@
 """massive_checks: turn claims about massive activations into a pytest regression suite."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"

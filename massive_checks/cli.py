@@ -10,6 +10,7 @@ import sys
 from .spec import interventions
 from .engine import models
 from .engine.data import BUILTIN, DataConfig
+from .constants import MASSIVE_RULE
 from .errors import MassiveChecksError
 from .measures.heads import head_score_table
 from .measures.profile import profile_document
@@ -32,11 +33,16 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _massive_options(parser) -> None:
+    parser.add_argument("--min-value", type=float, default=MASSIVE_RULE[0], help="massive: |a| above this")
+    parser.add_argument("--min-ratio", type=float, default=MASSIVE_RULE[1], help="massive: |a| / median at least this")
+
+
 def _data_options(parser: argparse.ArgumentParser) -> None:
     _model_options(parser)
     parser.add_argument("--dataset", default=BUILTIN, help=".txt (one passage per line) or .jsonl ('text')")
-    parser.add_argument("--samples", type=int, default=DataConfig.samples)
-    parser.add_argument("--seq-len", type=int, default=DataConfig.seq_len)
+    parser.add_argument("--samples", type=int, default=DataConfig().samples)
+    parser.add_argument("--seq-len", type=int, default=DataConfig().seq_len)
 
 
 def _vector_options(parser: argparse.ArgumentParser, layer_help: str) -> None:
@@ -57,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="intervention, repeatable: attn:all, mlp:2,3, heads:5.1,6.1, dims:447@all, ...",
     )
-    profile.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
-    profile.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
+    _massive_options(profile)
     heads = commands.add_parser("heads", help="per-head mean attention to position 0 (queries q >= 1)")
     _data_options(heads)
     scan = commands.add_parser("scan", help="profile a checkpoint; write a report, a draft spec and its golden")
@@ -72,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _vector_options(vectors, "block output (0-based)")
     vectors.add_argument("--window", required=True, help="tokens pooled per example: last:K, first:K (of the response) or all")
-    vectors.add_argument("--min-value", type=float, default=100.0, help="massive: |a| above this")
-    vectors.add_argument("--min-ratio", type=float, default=1000.0, help="massive: |a| / median at least this")
+    _massive_options(vectors)
     steer = commands.add_parser(
         "steer",
         help="steer with a vector at coefficients (coef 0, the unsteered model, first); judged trait, "
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _session(args) -> tuple[ModelSession, DataConfig]:
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
-    return ModelSession(lm), DataConfig(args.dataset, args.samples, args.seq_len)
+    return ModelSession(lm), DataConfig(dataset=args.dataset, samples=args.samples, seq_len=args.seq_len)
 
 
 def cmd_profile(args) -> int:
@@ -177,7 +181,9 @@ def cmd_scan(args) -> int:
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     out = Path(args.out or f"reports/scan-{args.model.replace('/', '__')}")
-    summary = scan(args.model, lm, DataConfig(args.dataset, args.samples, args.seq_len), out, progress=not args.json)
+    summary = scan(
+        args.model, lm, DataConfig(dataset=args.dataset, samples=args.samples, seq_len=args.seq_len), out, progress=not args.json
+    )
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -193,7 +199,7 @@ def cmd_scan(args) -> int:
 def cmd_diff(args) -> int:
     from .scan import diff, profile_summary
 
-    data = DataConfig(args.dataset, args.samples, args.seq_len)
+    data = DataConfig(dataset=args.dataset, samples=args.samples, seq_len=args.seq_len)
     summaries = [
         profile_summary(ModelSession(models.load(name, args.device, args.dtype, device_map=args.device_map)), data)
         for name in (args.model, args.other)
@@ -339,7 +345,7 @@ def cmd_check(args) -> int:
 
     from .constants import DEFAULTS_FILE
     from .output.report import failure_text
-    from .spec.language import load_file
+    from .spec.loading import load_file
     from .suite import Suite, options_from
 
     files = [
@@ -375,7 +381,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .spec.language import json_schema
+    from .spec.schema import json_schema
 
     print(json.dumps(json_schema(defaults=args.defaults), indent=1, sort_keys=True))
     return 0

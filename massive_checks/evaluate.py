@@ -20,7 +20,7 @@ from .measures.profile import profile_of
 from .measures.steering import check_dim_set
 from .output.records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
 from .engine.session import ConfigView, ModelSession
-from .spec.language import Check, Quantity, Spec
+from .spec.objects import Check, Quantity, Spec
 
 
 def plan_key(requests: list) -> tuple:

@@ -24,7 +24,7 @@ from .output.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePan
 from .measures.profile import profile_document, top_cells
 from .output.report import escape
 from .engine.session import ModelSession
-from .spec.language import load_file
+from .spec.loading import load_file
 
 
 def profile_summary(session: ModelSession, data: DataConfig) -> dict:

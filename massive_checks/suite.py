@@ -25,7 +25,7 @@ from .options import SUITE_OPTIONS
 from .evaluate import Evaluator, plan
 from .output.records import Observation, Verdict
 from .engine.session import ModelSession
-from .spec.language import Spec
+from .spec.objects import Spec
 
 
 @dataclass
@@ -87,7 +87,13 @@ class Suite:
     # -- models and plans
     def data_for(self, spec: Spec) -> DataConfig:
         o = self.options
-        return DataConfig(o.dataset or spec.data.dataset, o.samples or spec.data.samples, o.seq_len or spec.data.seq_len)
+        data = spec.data
+        return DataConfig(
+            dataset=o.dataset or data.dataset,
+            samples=o.samples or data.samples,
+            seq_len=o.seq_len or data.seq_len,
+            whole=data.whole,
+        )
 
     def plan(self, spec: Spec, model: str) -> None:
         """Announce a spec before its model's passes run (all specs, before the first)."""

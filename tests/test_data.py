@@ -24,8 +24,8 @@ def test_txt_and_jsonl_datasets(tmp_path, load_model):
     jsonl.write_text(json.dumps({"text": "first passage"}) + "\n" + json.dumps({"text": "second passage"}) + "\n")
     assert read_passages(str(txt)) == read_passages(str(jsonl)) == ["first passage", "second passage"]
     tokenizer = load_model("tiny-llama").tokenizer
-    a = tokenize(tokenizer, DataConfig(str(txt), samples=2, seq_len=8))
-    b = tokenize(tokenizer, DataConfig(str(jsonl), samples=2, seq_len=8))
+    a = tokenize(tokenizer, DataConfig(dataset=str(txt), samples=2, seq_len=8))
+    b = tokenize(tokenizer, DataConfig(dataset=str(jsonl), samples=2, seq_len=8))
     assert a.ids_hash == b.ids_hash and a.input_ids.shape == (2, 8)
     assert a.attention_mask.sum(1).tolist() == [8, 8]
 
@@ -49,4 +49,4 @@ def test_too_few_passages_is_an_error(tmp_path, load_model):
     path = tmp_path / "d.txt"
     path.write_text("only one\n")
     with pytest.raises(DataError, match="has 1 passages, 4 requested"):
-        tokenize(load_model("tiny-llama").tokenizer, DataConfig(str(path), samples=4))
+        tokenize(load_model("tiny-llama").tokenizer, DataConfig(dataset=str(path), samples=4))

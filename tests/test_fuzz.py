@@ -28,7 +28,8 @@ from massive_checks.evaluate import Evaluator
 from massive_checks.engine.session import ModelSession
 from massive_checks.measures import REGISTRY
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.spec import load_file, schema
+from massive_checks.spec import load_file
+from massive_checks.spec.schema import for_registry
 
 ROOT = Path(__file__).parent.parent
 COMMITTED = [p.read_bytes() for p in sorted(ROOT.glob("specs/**/*.yaml"))]
@@ -207,7 +208,7 @@ def plausible_check(draw) -> dict:
     kind), with optional keys drawn from what the measure takes and, now and then, one that does
     not belong."""
     measure = draw(st.sampled_from(sorted(REGISTRY)))
-    cls, fields = REGISTRY[measure], schema().checks[measure].model_fields
+    cls, fields = REGISTRY[measure], for_registry().checks[measure].model_fields
     params = [name for name in cls.model_fields if name != "measure"]
     check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
     optional = [

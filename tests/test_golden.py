@@ -113,7 +113,7 @@ def test_orphans_are_named_and_selection_is_respected(suite):
 
 
 def test_tolerances_are_per_key():
-    config = golden.GoldenConfig(golden.Tolerance(rtol=1e-4), (("*median*", golden.Tolerance(rtol=0.1)),))
+    config = golden.GoldenConfig(rtol=1e-4, keys={"*median*": golden.Tolerance(rtol=0.1)})
     expected = {"a top1 | layer 1": 1000.0, "a median | layer 1": 1.0, "dims": [1, 2]}
     observed = {"a top1 | layer 1": 1000.05, "a median | layer 1": 1.05, "dims": [1, 2]}
     assert golden.compare(expected, observed, config) == []

@@ -340,7 +340,9 @@ def test_resamples_do_not_depend_on_where_the_data_file_lives(tmp_path, session_
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "texts.txt").write_text(text)
     session = session_for("planted-llama")
-    views = [session.view(DataConfig(str(tmp_path / folder / "texts.txt"), 6, 40)) for folder in ("a", "b")]
+    views = [
+        session.view(DataConfig(dataset=str(tmp_path / folder / "texts.txt"), samples=6, seq_len=40)) for folder in ("a", "b")
+    ]
     assert views[0].units() == views[1].units()
     losses = [view.loss() for view in views]
     assert losses[0].interval(0.95) == losses[1].interval(0.95)

@@ -36,6 +36,59 @@ def test_valid_spec_loads_into_frozen_dataclasses(tmp_path):
         spec.id = "other"
 
 
+TYPED = """
+id: typed
+claim: a claim
+data: {samples: 3, seq_len: 20, whole: true}
+golden: {rtol: 0.01, keys: {"*median*": {rtol: 0.5}}}
+vectors:
+  a: {pairs: sentiment, layer: 1, window: "last:4", method: mean_diff, clean: massive}
+  b: {pairs: sentiment, layer: 1, window: all, method: probe, clean: {dims: [7, 2]}}
+steering:
+  s: {vector: a, sweep: {start: 2, steps: 1}, prompts: 2, trait: {pos: [" yes"], neg: [" no"]}}
+checks:
+  - {measure: cosine, a: a, b: b, at_least: -0.5}
+  - {measure: best_coef, steering: s, steps: [{change: [baseline, baseline2]}], at_least: -1.0e-3}
+interventions:
+  baseline2: "mlp:0"
+"""
+
+
+def test_what_a_spec_writes_is_parsed_once_into_the_runtime_objects(tmp_path):
+    """The schema's models are the objects the engine reads: no hand-converted twin in between,
+    YAML lists held as (hashable) tuples, `clean: massive` and `golden.keys` in their runtime form."""
+    from massive_checks.engine.data import DataConfig
+    from massive_checks.output.golden import GoldenConfig, Tolerance
+    from massive_checks.spec.definitions import SteeringDef, Sweep, Trait
+    from massive_checks.steering.vectors import Cleaning, VectorDef
+
+    (spec,) = load_file(write(tmp_path, TYPED))
+    assert spec.data == DataConfig(samples=3, seq_len=20, whole=True)
+    assert spec.golden == GoldenConfig(rtol=0.01, keys={"*median*": Tolerance(rtol=0.5)})
+    assert spec.golden.tolerance("top1 median") == Tolerance(rtol=0.5) and spec.golden.tolerance("x").rtol == 0.01
+    a, b = spec.vectors["a"], spec.vectors["b"]
+    assert isinstance(a, VectorDef) and a.clean == Cleaning.massive() and a.clean.kind == "massive"
+    assert b.clean == Cleaning(dims=(2, 7)) and b.clean.kind == "dims"  # sorted: [7, 2] and [2, 7] are one set
+    steering = spec.steering["s"]
+    assert isinstance(steering, SteeringDef) and steering.sweep == Sweep(start=2.0, steps=1)
+    assert steering.trait == Trait(pos=(" yes",), neg=(" no",)) and steering.coefs == ()
+    assert spec.checks[1].quantity.steps[0].value == ("baseline", "baseline2")
+    assert len({a, b, steering, spec.data, spec.golden}) == 5  # frozen and hashable: they key memos
+    with pytest.raises(ValueError, match="frozen"):
+        spec.data.samples = 4
+
+
+@pytest.mark.parametrize(
+    "clean, message",
+    [("{}", "give one of dims"), ("{dims: [1], top: 2}", "give one of dims"), ("{dims: []}", "List should have at least 1")],
+)
+def test_a_cleaning_names_one_way(tmp_path, clean, message):
+    text = TYPED.replace("clean: {dims: [7, 2]}", f"clean: {clean}")
+    with pytest.raises(SpecError, match=message) as info:
+        load_file(write(tmp_path, text))
+    assert info.value.key.startswith("vectors.b.clean") and info.value.line == 8
+
+
 @pytest.mark.parametrize(
     "text, line, key, message",
     [
@@ -151,7 +204,7 @@ def test_bounds_read_as_math_not_python(tmp_path):
 
 
 def test_every_committed_spec_loads_without_torch():
-    """The spec language (spec/language.py, the measure classes, contrast files, windows and steering
+    """The spec language (spec/, the measure classes, contrast files, windows and steering
     definitions) reads every committed spec without importing torch or transformers: the engine
     is imported when a pass runs (issue 27). In a fresh interpreter, as a user's script would."""
     import subprocess

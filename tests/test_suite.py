@@ -63,7 +63,7 @@ def test_directory_defaults_apply_nearest_first_and_a_spec_wins(tmp_path):
         "---\nid: c\nclaim: c\nxfail: known false\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
     )
     a, b, c = load_file(inner / "a.yaml")
-    assert a.models == ("planted-llama",) and a.data.samples == 3 and a.golden.default.rtol == 0.01
+    assert a.models == ("planted-llama",) and a.data.samples == 3 and a.golden.rtol == 0.01
     assert b.models is None and b.golden is None
     assert c.golden is not None  # expected failures are snapshotted too: their reasons' numbers stay checked
     assert load_file(inner / "_defaults.yaml") == []  # holds no spec

@@ -96,7 +96,7 @@ def test_sweep_reads_by_hand():
     nothing = SweepOutcome((_result(0, 10, 100), _result(5, 90, 20)), 70.0, {})
     assert nothing.best() is None and nothing.cliff() == 5
     assert math.isnan(SweepOutcome((_result(0, 10, 100), _result(1, 12, 99)), 70.0, {}).cliff())
-    assert Sweep(10.0, 2.0, 2).coefs(10.0) == (2.5, 5.0, 10.0, 20.0, 40.0)
+    assert Sweep(start=10.0, factor=2.0, steps=2).coefs(10.0) == (2.5, 5.0, 10.0, 20.0, 40.0)
 
 
 SPEC = """\
@@ -320,4 +320,4 @@ def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
         load_file(tmp_path / "c.yaml")
     (tmp_path / "d.yaml").write_text(with_prompts.replace("prompts: 2,", "prompts: 2, judge: vader,"))
     loaded = load_file(tmp_path / "d.yaml")[0].steering["s"]
-    assert (loaded.trait, loaded.judge) == (((" yes",), (" no",)), "vader")
+    assert (loaded.trait.pos, loaded.trait.neg, loaded.judge) == ((" yes",), (" no",), "vader")

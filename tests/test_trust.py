@@ -209,7 +209,7 @@ def second_start_token(tmp_path):
     lines = ["plain text number %d, long enough to pad the others" % i for i in range(5)]
     lines[2] = "abc <s> and then some more text"
     path.write_text("\n".join(lines) + "\n")
-    return DataConfig(str(path), samples=5, seq_len=40)
+    return DataConfig(dataset=str(path), samples=5, seq_len=40)
 
 
 def dim_after_block(session, data, texts):

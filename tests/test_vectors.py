@@ -208,7 +208,7 @@ def test_mean_diff_and_probe_recover_a_direction_planted_in_a_model(session_for,
         with torch.no_grad():
             embed[ids[0]] += 10 * u
             embed[ids[1]] -= 10 * u
-        defs = {m: VectorDef(str(path), 0, "last:4", m) for m in vectors.METHODS}
+        defs = {m: VectorDef(pairs=str(path), layer=0, window="last:4", method=m) for m in vectors.METHODS}
         view = session.view(DataConfig(), vectors=defs)
         for method in vectors.METHODS:
             found = vector_of(view, method)
@@ -224,9 +224,9 @@ def test_cleaning_in_a_model_zeroes_the_named_or_massive_dims(session_for):
     with `massive` zeroes exactly it; explicit dims are zeroed exactly; cleaned vectors are unit."""
     session = session_for("planted-llama")
     defs = {
-        "massive": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("massive")),
-        "dims": VectorDef("sentiment", 2, "all", "probe", Cleaning("dims", (1, 5))),
-        "top": VectorDef("sentiment", 2, "all", "mean_diff", Cleaning("top", k=3)),
+        "massive": VectorDef(pairs="sentiment", layer=2, window="all", method="mean_diff", clean=Cleaning.massive()),
+        "dims": VectorDef(pairs="sentiment", layer=2, window="all", method="probe", clean=Cleaning(dims=(1, 5))),
+        "top": VectorDef(pairs="sentiment", layer=2, window="all", method="mean_diff", clean=Cleaning(top=3)),
     }
     view = session.view(DataConfig(), vectors=defs)
     massive, explicit, top = (vector_of(view, n) for n in ("massive", "dims", "top"))

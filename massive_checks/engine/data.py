@@ -7,24 +7,28 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import Field
 
 from ..errors import DataError
 from ..lazy import LazyModule
+from ..spec.definitions import Frozen, NonEmpty
 
 if TYPE_CHECKING:
     import torch
 else:
-    torch = LazyModule("torch")  # imported at first use: spec/language.py reads this module without torch
+    torch = LazyModule("torch")  # imported at first use: the spec schema reads this module without torch
 
 BUILTIN = "builtin"
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = BUILTIN  # "builtin" or a path to .txt (one passage per line) / .jsonl ("text")
-    samples: int = 16  # number of passages used, taken in file order (deterministic)
-    seq_len: int = 128  # passages are truncated to this many tokens; shorter ones are padded
+class DataConfig(Frozen):
+    """The texts a pass reads: the first `samples` passages of a dataset, tokenized to `seq_len`."""
+
+    dataset: NonEmpty = BUILTIN  # "builtin" or a path to .txt (one passage per line) / .jsonl ("text")
+    samples: Annotated[int, Field(ge=1, le=100_000)] = 16  # taken in file order (deterministic)
+    seq_len: Annotated[int, Field(ge=1, le=100_000)] = 128  # longer passages are truncated; shorter ones padded
     whole: bool = False  # a longer passage is an error, never truncated (contrast sets: windows count from the end)
 
 

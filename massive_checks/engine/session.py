@@ -15,6 +15,7 @@ from ..spec import interventions
 from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
 from .data import Batch, DataConfig, tokenize
 from .edits import edit_pairs
+from ..constants import MASSIVE_RULE
 from ..errors import ActivationOverflow
 from ..spec.intervals import Bootstrap, Estimate, Units
 from ..steering.judges import JudgeModel
@@ -163,7 +164,7 @@ class ModelSession:
         baseline = self.run(data, BASELINE, Needs(sites=sites))
         return {name: baseline.stats[name].mean() for name in sites}
 
-    def resolve(self, data: DataConfig, requests: list, massive=(100.0, 1000.0)) -> tuple:
+    def resolve(self, data: DataConfig, requests: list, massive=MASSIVE_RULE) -> tuple:
         """Intervention requests -> canonical intervention (ranking heads, or finding the massive
         cells in the baseline, first if asked)."""
         baseline = self.view(data, BASELINE, massive)
@@ -177,7 +178,7 @@ class ModelSession:
         self,
         data: DataConfig,
         intervention=BASELINE,
-        massive=(100.0, 1000.0),
+        massive=MASSIVE_RULE,
         plan_key: tuple = (),
         sibling: Callable[[str], "ConfigView"] | None = None,
         vectors: Mapping | None = None,

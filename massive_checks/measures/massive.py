@@ -15,7 +15,7 @@ from .base import Measure, register
 if TYPE_CHECKING:
     import torch
     from ..engine import hooks, stats
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")

@@ -18,7 +18,7 @@ from .profile import EXTREME
 if TYPE_CHECKING:
     import torch
     from ..engine import hooks, models, stats
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")

@@ -20,7 +20,7 @@ from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
 
 if TYPE_CHECKING:
     from ..engine import stats
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     stats = LazyModule("massive_checks.engine.stats")
 
 

@@ -11,7 +11,7 @@ from .base import PerLayer, register
 
 if TYPE_CHECKING:
     from ..engine import hooks, stats
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")
 

@@ -16,6 +16,8 @@ from ..steering import contrast, vectors
 from ..spec import intervals
 from ..spec.intervals import Estimate, Units
 from ..steering.vectors import Vector, VectorDef
+from ..spec.definitions import Name as VectorName, WindowText
+from ..constants import MASSIVE_RULE
 from ..lazy import LazyModule
 from ..output.panels import CosinePanel, EnergyPanel, NormsPanel
 from .base import Measure, PerLayer, register
@@ -23,16 +25,14 @@ from .massive import massive_dims
 
 if TYPE_CHECKING:
     import torch
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
 
-VectorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 DimSet = Union[
     Literal["massive"],
     Annotated[str, StringConstraints(pattern=r"^top:[1-9][0-9]*$")],
     Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)],
 ]
-WindowText = Annotated[str, StringConstraints(pattern=r"^((last|first):[1-9][0-9]*|all)$")]
 
 
 def vector_of(view, name: str) -> Vector:
@@ -112,12 +112,12 @@ def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
     """A dim set at one layer of a contrast set: a vectors.Cleaning, or a measure's `dims` /
     `without` (massive | top:K | a list). massive: the paper's rule on the contrast texts' block
     output (every real token); top: the K dims of largest mean |activation| in the window."""
-    dim_set = which if isinstance(which, vectors.Cleaning) else vectors.Cleaning.of(which)
-    if dim_set.kind == "massive":
-        return tuple(sorted(massive_dims(pairs_view, layer)))
-    if dim_set.kind == "top":
-        return vectors.top_dims(pairs_view.pooled(window, layer), dim_set.k)
-    return dim_set.dims
+    dim_set = vectors.Cleaning.of(which)
+    if dim_set.top is not None:
+        return vectors.top_dims(pairs_view.pooled(window, layer), dim_set.top)
+    if dim_set.dims is not None:
+        return dim_set.dims
+    return tuple(sorted(massive_dims(pairs_view, layer)))
 
 
 def check_dim_set(which, lm, key: str) -> None:
@@ -125,9 +125,9 @@ def check_dim_set(which, lm, key: str) -> None:
     for more dims than the model has."""
     if which is None:
         return
-    dim_set = which if isinstance(which, vectors.Cleaning) else vectors.Cleaning.of(which)
-    if dim_set.kind == "top" and dim_set.k > lm.width:
-        raise ValueError(f"{key} top:{dim_set.k}: {lm.name}'s residual stream has {lm.width} dims")
+    top = vectors.Cleaning.of(which).top
+    if top is not None and top > lm.width:
+        raise ValueError(f"{key} top:{top}: {lm.name}'s residual stream has {lm.width} dims")
 
 
 class _OnVectors(Measure):
@@ -348,11 +348,13 @@ CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
 
 def named_definition(name: str, pairs: str, layer: int, window: str) -> VectorDef:
     """A command-line vector name (a method, `_cleaned`: its massive dims zeroed) -> its definition."""
-    cleaned = name.endswith("_cleaned")
-    return VectorDef(pairs, layer, window, name.removesuffix("_cleaned"), vectors.Cleaning("massive") if cleaned else None)
+    clean = vectors.Cleaning.massive() if name.endswith("_cleaned") else None
+    return VectorDef.model_validate(
+        {"pairs": pairs, "layer": layer, "window": window, "method": name.removesuffix("_cleaned"), "clean": clean}
+    )
 
 
-def vectors_document(session, pairs: str, layer: int, window: str, massive=(100.0, 1000.0)) -> dict:
+def vectors_document(session, pairs: str, layer: int, window: str, massive=MASSIVE_RULE) -> dict:
     """`massive-checks vectors`: mean_diff and probe at one layer and window, cleaned of the
     massive dims, their geometry, the norm with and without the massive dims, and calibration.
     Vectors unnormalised, cleaned ones unit norm; energy and norm share over the massive dims."""

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
 from ..steering import contrast, judges
 from ..spec.definitions import CALIBRATED, Calibrated, SteeringDef
+from ..spec.definitions import Name as SteeringName
 from ..spec.intervals import Estimate, Units
 from ..lazy import LazyModule
 from ..output.panels import SteeringPanel
@@ -33,10 +34,9 @@ from .steering import activation_norm, vector_of
 if TYPE_CHECKING:
     from ..steering import steer
     from ..steering.steer import SteeringResult
-else:  # imported at first use: spec/language.py reads the measure classes without torch
+else:  # imported at first use: the spec schema reads the measure classes without torch
     steer = LazyModule("massive_checks.steering.steer")
 
-SteeringName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$")]
 Coef = Union[Annotated[float, Field(gt=0)], Calibrated]
 SAMPLES = 2  # generated texts per shown coefficient in reports
 
@@ -154,7 +154,7 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
     coefs = [0.0] + sorted(chosen)
     texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    words = dict(zip(("pos", "neg"), definition.trait)) if definition.trait else contrast.TRAITS[vector_def.pairs]
+    words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
     trait = steer.encode_trait(lm.tokenizer, words)
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
     judging = steer.Judging(judge_name, judges.trait_judge(judge_name), view.session.judge_model(definition.judge_model))

@@ -13,7 +13,8 @@ from ..output import golden, report
 from ..engine import models
 from ..errors import MassiveChecksError, SpecError
 from ..files import jsonable
-from ..spec.language import Spec, load_file
+from ..spec.loading import load_file
+from ..spec.objects import Spec
 from ..suite import Suite, options_from
 from . import WORKER_KEY
 

@@ -1,9 +1,11 @@
-"""The spec language: the YAML schema and its loader (language.py), the definitions a spec is
-parsed into (definitions.py), the intervention grammar (interventions.py) and the statistics a
-verdict reads (intervals.py). `massive_checks.spec.load_file` is the public loader.
+"""The spec language: what a spec file may write (schema.py, with the typed values of
+definitions.py), how a file becomes Spec objects (loading.py, objects.py), the rules a schema
+cannot say (rules.py) and the errors in the user's words (messages.py); the intervention grammar
+(interventions.py) and the statistics a verdict reads (intervals.py).
+`massive_checks.spec.load_file` is the public loader.
 
-The loader imports the measures, which import definitions from this package, so it is imported
-at first use of a name it defines: `spec.definitions` loads without it (and without torch)."""
+The schema is built from the measures, which import definitions from this package, so a name is
+imported at first use: `spec.definitions` loads without the rest (and nothing here loads torch)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .language import Bound, Check, Quantity, Spec, json_schema, load_file  # noqa: F401
+    from .loading import load_file  # noqa: F401
+    from .objects import Bound, Check, Quantity, Spec  # noqa: F401
+    from .schema import json_schema  # noqa: F401
 
-SUBMODULES = ("language", "definitions", "interventions", "intervals")
+SUBMODULES = ("definitions", "interventions", "intervals", "schema", "objects", "loading", "rules", "messages")
+PUBLIC = {  # name -> the module defining it
+    "load_file": "loading",
+    "Bound": "objects",
+    "Check": "objects",
+    "Quantity": "objects",
+    "Spec": "objects",
+    "json_schema": "schema",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """A submodule, or a name the loader (language.py) defines, imported at first use."""
+    """A submodule, or a public name, imported at first use."""
     if name in SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    try:
-        return getattr(importlib.import_module(f"{__name__}.language"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    if name in PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

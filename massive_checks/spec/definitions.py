@@ -1,12 +1,17 @@
 """Typed values a spec is parsed into, shared by the spec language and the engine, without torch:
-what a pass captures, token windows and steering definitions. spec/language.py builds them once from a spec's text; capture.py
-and steer.py compute with them (and re-export them)."""
+what a pass captures, token windows and steering definitions.
+
+The values a spec writes are frozen pydantic models (`Frozen`): the schema validates YAML into
+them once, and the engine computes with the same objects (no schema twin to convert by hand).
+Their JSON Schema is what a spec file may write; capture.py and steer.py re-export them."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from ..lazy import LazyModule
 
@@ -14,6 +19,31 @@ if TYPE_CHECKING:
     import torch
 else:
     torch = LazyModule("torch")
+
+
+class Frozen(BaseModel):
+    """A value written in a spec: strict types (no "5" for 5, no true for 1), finite numbers,
+    unknown keys refused, immutable and hashable once built."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# A YAML list held as a tuple (hashable): last in Annotated[tuple[X, ...], Field(..), AS_TUPLE], so that
+# the length constraints stay on the tuple (and its JSON Schema is the list's).
+AS_TUPLE = BeforeValidator(_as_tuple)
+
+
+Number = float  # strict: ints and floats, finite, never booleans
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)]
+ModelName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_.@/-]+$", max_length=300)
+]  # as given to --model (hub ids have a /)
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+Index = Annotated[int, Field(ge=0)]
 
 
 @dataclass
@@ -44,7 +74,9 @@ class Needs:
         return self
 
 
-_WINDOW = re.compile(r"^(?:(last|first):([1-9][0-9]*)|(all))$")
+WINDOW_PATTERN = r"^((last|first):[1-9][0-9]*|all)$"  # last:K | first:K | all
+_WINDOW = re.compile(WINDOW_PATTERN)
+WindowText = Annotated[str, StringConstraints(pattern=WINDOW_PATTERN)]  # a window as a spec writes it (canonical)
 
 
 @dataclass(frozen=True)
@@ -63,7 +95,8 @@ class Window:
         match = _WINDOW.match(str(text))
         if not match:
             raise ValueError(f"window {text!r}: write last:K, first:K (K >= 1) or all")
-        return cls("all") if match.group(3) else cls(match.group(1), int(match.group(2)))
+        kind, _, k = match.group(1).partition(":")
+        return cls(kind, int(k) if k else 0)
 
     def text(self) -> str:
         return "all" if self.kind == "all" else f"{self.kind}:{self.k}"
@@ -96,39 +129,38 @@ Calibrated = Literal["calibrated", "calibrated_without_massive"]  # the two C15 
 CALIBRATED: tuple[str, ...] = get_args(Calibrated)
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """Coefficients start x factor^k for k = -steps..steps: geometric steps both ways from a start
-    (a number, or a calibrated base coefficient: `calibrated`, `calibrated_without_massive`)."""
+class Sweep(Frozen):
+    """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
 
-    start: str | float
-    factor: float
-    steps: int
+    start: Union[Calibrated, Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
+    factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
+    steps: Annotated[int, Field(ge=1, le=20)] = 4
 
     def coefs(self, start: float) -> tuple[float, ...]:
         return tuple(start * self.factor**k for k in range(-self.steps, self.steps + 1))
 
 
-@dataclass(frozen=True)
-class SteeringDef:
-    """A spec's named steering configuration: a named vector added after block `layer` (default:
-    the vector's own) at explicit `coefs` or a `sweep`, on the first `prompts` evaluation prompts
-    of `prompt_set` (default: the built-in set named like the vector's contrast set) with
-    `max_new_tokens` greedy tokens; `judge` names the trait judge (default: the contrast set's,
-    judges.DEFAULT_FOR_SET), `judge_model` the coherence judge (default: the session's); `threshold`
-    is the coherence a coefficient needs to count (the seed's 70); `trait` = (pos words, neg words)
-    of trait_logit (default: the built-in set's own, contrast.TRAITS)."""
+class Trait(Frozen):
+    """Trait (pos) and anti-trait (neg) continuations whose log-odds at the response start score it."""
 
-    vector: str
-    coefs: tuple[float, ...] = ()
-    sweep: Sweep | None = None
-    layer: int | None = None
-    positions: str = "all"
-    first: bool = False
-    prompts: int = PROMPTS
-    max_new_tokens: int = MAX_NEW_TOKENS
-    threshold: float = 70.0
-    trait: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-    judge: str | None = None
-    judge_model: str | None = None
-    prompt_set: str | None = None
+    pos: Annotated[tuple[NonEmpty, ...], Field(min_length=1), AS_TUPLE]
+    neg: Annotated[tuple[NonEmpty, ...], Field(min_length=1), AS_TUPLE]
+
+
+class SteeringDef(Frozen):
+    """A steering configuration: a named vector's unit direction x coef after a block, swept over
+    coefficients, its generated text judged for trait and coherence on held-out evaluation prompts."""
+
+    vector: Name
+    coefs: Annotated[tuple[Annotated[Number, Field(gt=0)], ...], Field(min_length=1), AS_TUPLE] = ()
+    sweep: Optional[Sweep] = None
+    layer: Optional[Index] = None  # default: the vector's layer
+    positions: Position = "all"
+    first: bool = False  # steer position 0 too
+    prompts: Annotated[int, Field(ge=1, le=1000)] = PROMPTS
+    prompt_set: Optional[NonEmpty] = None  # built-in set or file; default: the vector's contrast set's name
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = MAX_NEW_TOKENS
+    threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count (the seed's 70)
+    trait: Optional[Trait] = None  # trait_logit's words; default: the built-in set's own (contrast.TRAITS)
+    judge: Optional[NonEmpty] = None  # trait judge: vader | refusal | entry point | module:function
+    judge_model: Optional[ModelName] = None  # coherence judge; default: --judge-model, else the other bundled model

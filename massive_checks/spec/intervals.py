@@ -35,7 +35,7 @@ Operand = Union["Estimate", float]  # what estimate arithmetic takes: an estimat
 
 
 class NumericBound(Protocol):
-    """What a verdict reads of a bound on a number (spec.language.Bound)."""
+    """What a verdict reads of a bound on a number (spec.objects.Bound)."""
 
     kind: str
     value: Any

@@ -30,7 +30,7 @@ from ..lazy import LazyModule
 if TYPE_CHECKING:
     import torch
 else:
-    torch = LazyModule("torch")  # imported at first use: spec/language.py reads this module without torch
+    torch = LazyModule("torch")  # imported at first use: the spec schema reads this module without torch
 
 BUILTIN_SETS = ("refusal", "sentiment")
 LABELS = ("pos", "neg")
@@ -65,7 +65,7 @@ class ContrastSet:
 
     def data(self) -> DataConfig:
         """The data configuration of its forward pass: every example, whole."""
-        return DataConfig(self.path, samples=len(self.is_pos), seq_len=MAX_TOKENS, whole=True)
+        return DataConfig(dataset=self.path, samples=len(self.is_pos), seq_len=MAX_TOKENS, whole=True)
 
     def counts(self) -> dict:
         return {label: sum(pos == (label == "pos") for pos in self.is_pos) for label in LABELS}

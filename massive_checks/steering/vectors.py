@@ -16,14 +16,18 @@ Conventions (claims.md section F):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union, get_args
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..lazy import LazyModule
+from ..spec.definitions import AS_TUPLE, Frozen, Index, NonEmpty, WindowText
 
 if TYPE_CHECKING:
     import torch
 else:
-    torch = LazyModule("torch")  # imported at first use: spec/language.py reads this module without torch
+    torch = LazyModule("torch")  # imported at first use: the spec schema reads this module without torch
 
 
 Method = Literal["mean_diff", "probe", "pca"]
@@ -32,41 +36,69 @@ PROBE_C = 1.0  # inverse L2 strength (scikit-learn's default), in the raw activa
 PROBE_MAX_NEWTON_STEPS = 100  # ~20 suffice on the bundled models; more means non-finite or degenerate input
 
 
-@dataclass(frozen=True)
-class Cleaning:
-    """Which dims a cleaned vector zeroes: explicit dims, the top-k dims by mean |activation| in
-    the window, or the massive dims at the vector's layer (the paper's rule on the contrast texts)."""
+def _sorted(dims: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(dims))
 
-    kind: str  # dims | top | massive
-    dims: tuple[int, ...] = ()
-    k: int = 0
+
+class Cleaning(Frozen):
+    """Zero these dims (then renormalise): `dims: [..]`, the `top: K` dims by mean |activation| in
+    the window, or (written `clean: massive`) the massive dims at the vector's layer (the paper's
+    rule on the contrast texts)."""
+
+    dims: Optional[Annotated[tuple[Index, ...], Field(min_length=1), AS_TUPLE, AfterValidator(_sorted)]] = None
+    top: Optional[Annotated[int, Field(ge=1)]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way(cls, written: Any) -> Any:
+        """A mapping gives exactly one of dims and top (massive is Cleaning.massive(), built, not written)."""
+        if isinstance(written, dict) and sum(written.get(k) is not None for k in ("dims", "top")) != 1:
+            raise PydanticCustomError("cleaning", "give one of dims: [..] or top: K (or write clean: massive)")
+        return written
 
     @classmethod
-    def of(cls, value) -> "Cleaning":
-        """From a measure's `dims` / `without`: "massive", "top:K" or a list of dims."""
+    def massive(cls) -> "Cleaning":
+        return cls.model_construct()  # neither dims nor top: the one way not written as a mapping
+
+    @classmethod
+    def of(cls, value: Any) -> "Cleaning":
+        """From a spec's `clean:` or a measure's `dims` / `without`: "massive", "top:K", a list of
+        dims, a Cleaning."""
+        if isinstance(value, Cleaning):
+            return value
         if value == "massive":
-            return cls("massive")
+            return cls.massive()
         if isinstance(value, str):
-            return cls("top", k=int(value.removeprefix("top:")))
-        return cls("dims", tuple(sorted(value)))
+            return cls(top=int(value.removeprefix("top:")))
+        return cls(dims=tuple(value))
+
+    @property
+    def kind(self) -> str:
+        return "dims" if self.dims is not None else "top" if self.top is not None else "massive"
 
     def text(self) -> str:
         return {
-            "dims": lambda: f"dims {list(self.dims)}",
-            "top": lambda: f"top-{self.k} dims by |activation|",
+            "dims": lambda: f"dims {list(self.dims or ())}",
+            "top": lambda: f"top-{self.top} dims by |activation|",
             "massive": lambda: "massive dims",
         }[self.kind]()
 
 
-@dataclass(frozen=True)
-class VectorDef:
-    """A named vector of a spec: contrast set, layer (block output), window, method, cleaning."""
+def _massive_word(value: Any) -> Any:
+    return Cleaning.massive() if value == "massive" else value
 
-    pairs: str
-    layer: int
-    window: str
-    method: str
-    clean: Cleaning | None = None
+
+class VectorDef(Frozen):
+    """A steering vector: a contrast set's pooled block outputs at one layer, and a method."""
+
+    pairs: NonEmpty  # built-in set (refusal, sentiment) or a JSONL file
+    layer: Index  # block output (0-based)
+    window: WindowText  # last:K | first:K | all
+    method: Method
+    clean: Annotated[
+        Optional[Cleaning],
+        BeforeValidator(_massive_word, json_schema_input_type=Union[Literal["massive"], Cleaning, None]),
+    ] = None  # massive | {dims: [..]} | {top: K}
 
     def text(self) -> str:
         cleaned = f", cleaned: {self.clean.text()}" if self.clean else ""
