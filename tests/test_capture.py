@@ -474,7 +474,7 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
         capture.HeldHidden,
         "flush",
         lambda self, key, flush=capture.HeldHidden.flush: (
-            held.append(len(self.stacks[key][1])) or dtypes.add(self.stacks[key][0].dtype) or flush(self, key)
+            held.append(len(self.groups[key])) or dtypes.add(self.groups[key][0][1].dtype) or flush(self, key)
         ),
     )
     got = run()
@@ -485,3 +485,24 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
     for name in sorted(sites):
         for a, b in zip(_all_views(want[name]), _all_views(got[name]), strict=True):
             assert torch.equal(a, b), name
+
+
+def test_a_held_tensor_written_after_its_hook_is_an_error(load_model, monkeypatch):
+    """Held statistics read references, not copies: a model that writes a captured tensor in place
+    after the hook (none of the supported architectures does) fails the pass, naming the cause,
+    instead of computing statistics of the written values."""
+    from massive_checks.engine import capture, session as session_module
+    from massive_checks.engine.capture import Needs
+
+    lm = load_model("tiny-llama")
+    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    pooled_pairs = session_module.pooled_pairs
+
+    def with_a_writer(*args):  # pooling runs after the captures: a write after the hook
+        pairs, pools = pooled_pairs(*args)
+        return pairs + [("blocks.0.out", lambda x, context: x.mul_(2.0))], pools
+
+    monkeypatch.setattr(session_module, "pooled_pairs", with_a_writer)
+    needs = Needs(sites={"blocks.0.out", "blocks.1.out"}, medians={"blocks.0.out", "blocks.1.out"})
+    with pytest.raises(RuntimeError, match="in place after its hook"):
+        ModelSession(lm).run(DataConfig(samples=2, seq_len=12), (), needs)

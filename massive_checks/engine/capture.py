@@ -80,7 +80,7 @@ class SiteStats:
         self.seq_cells = [tuple(fn(t) for t in cells) for cells in self.seq_cells]
 
     def add_hidden(self, act: torch.Tensor, context: HookContext) -> None:
-        """One chunk's hidden-like tensor [B, T, F]. On a GPU it is held (one copy) and its
+        """One chunk's hidden-like tensor [B, T, F]. On a GPU it is held (a reference) and its
         statistics computed with other sites' at the end of the forward call: a small model's
         forward on a GPU is bound by kernel launches, and this runs at every block."""
         if gpu_ways(act) and context.deferrable and 2 * act.numel() * act.element_size() <= _hold_bytes_of(context, act):
@@ -183,17 +183,18 @@ def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContex
     `owned` (else it may be a view of the model's own tensor). All sites share with_median. In a
     half-precision dtype every statistic but the sum is one of its values, so exact in that dtype:
     only the sum accumulates in float32, and only the kept results are float32 copies."""
-    padding = context.shared(("padding", acts.device), lambda: ~context.mask.to(acts.device).bool()[..., None])  # [B, T, 1]
+    real = context.shared(("real", acts.device), lambda: context.mask.to(acts.device).bool())  # [B, T]
+    padding = context.shared(("padding", acts.device), lambda: ~real[..., None])  # [B, T, 1]
     signed = acts.masked_fill_(padding, 0.0) if owned else acts.masked_fill(padding, 0.0)  # [G, B, T, F]; padding -> 0
     magnitude = signed.abs()
-    count = context.shared(("count", acts.device), lambda: (~padding[..., 0]).sum(dim=0).float())  # [T]
+    count = context.shared(("count", acts.device), lambda: real.sum(dim=0).float())  # [T]
     cell_max, total = magnitude.amax(dim=1).float(), signed.sum(dim=1, dtype=torch.float32)  # [G, T, F]
     dim_max, token_max = magnitude.amax(dim=2).float(), magnitude.amax(dim=3).float()  # [G, B, F], [G, B, T]
     values, flat = magnitude.flatten(2).topk(min(SEQ_CELLS, magnitude[0, 0].numel()), dim=2)  # [G, B, K]
     values, top_signed = values.float(), signed.flatten(2).gather(2, flat).float()
     median = None
     if sites[0].with_median:
-        tokens = context.shared(("real tokens", acts.device), lambda: (~padding[..., 0]).sum(dim=1))  # [B]
+        tokens = context.shared(("real tokens", acts.device), lambda: real.sum(dim=1))  # [B]
         at = context.shared(
             ("median at", acts.device, acts.shape[2:]),  # per width: sites differ in F
             lambda: sorted_median_at(tokens * acts.shape[-1], acts[0, 0].numel()),
@@ -237,33 +238,49 @@ def hold_bytes(device: torch.device) -> int:
 
 
 class HeldHidden:
-    """On a GPU: the hidden-like tensors of one forward call, copied into stacks in the model's
-    dtype (one per shape, dtype and median need; at most the pass's site count deep), whose
-    statistics are computed G sites at a time when a stack fills and when the call ends: a few
-    launches per G sites instead of per site. On an H100 a SmolLM2 pass was bound by launches
-    (2,610 per pass), and topk and sort cost ~0.3 ms of cpu each."""
+    """On a GPU: the hidden-like tensors of one forward call, held (references, no copy) in groups
+    by shape, dtype and median need (at most the pass's site count deep, and a share of the free
+    memory), whose statistics are computed G sites at a time when a group fills and when the call
+    ends: one stacking copy and a few launches per G sites instead of per site. On an H100 a
+    SmolLM2 pass was bound by launches (2,610 per pass), and topk and sort cost ~0.3 ms of cpu each.
+
+    Holding a reference is exact as long as the model does not write the tensor again after the
+    hook (the supported architectures never do: edits and residual adds make new tensors); each
+    tensor's version counter is checked when its group is stacked, and a write is an error, never
+    a silently wrong statistic."""
 
     def __init__(self, context: HookContext):
         self.context = context
-        self.stacks: dict[tuple, tuple[torch.Tensor, list[SiteStats]]] = {}
+        self.groups: dict[tuple, list[tuple[SiteStats, torch.Tensor, int]]] = {}  # key -> (site, tensor, version)
+        self.depth: dict[tuple, int] = {}  # key -> how many tensors a group holds before its statistics run
 
     def hold(self, site: SiteStats, act: torch.Tensor) -> None:
         key = (tuple(act.shape), act.dtype, site.with_median)
-        if key not in self.stacks:
-            rows = max(1, min(site.pass_sites, _hold_bytes_of(self.context, act) // (act.numel() * act.element_size())))
-            self.stacks[key] = (torch.empty((rows, *act.shape), dtype=act.dtype, device=act.device), [])
-        stack, sites = self.stacks[key]
-        stack[len(sites)].copy_(act.detach())  # one launch
-        sites.append(site)
-        if len(sites) == len(stack):
+        if key not in self.depth:
+            self.depth[key] = max(
+                1, min(site.pass_sites, _hold_bytes_of(self.context, act) // (act.numel() * act.element_size()))
+            )
+        group = self.groups.setdefault(key, [])
+        group.append((site, act.detach(), act._version))  # detach shares the version counter
+        if len(group) == self.depth[key]:
             self.flush(key)
 
     def flush(self, key: tuple) -> None:
-        stack, sites = self.stacks.pop(key)
-        hidden_stats(sites, stack[: len(sites)], self.context, owned=True)
+        group = self.groups.pop(key)
+        if any(act._version != version for _, act, version in group):
+            raise RuntimeError(
+                f"the model wrote a captured {list(key[0])} tensor in place after its hook ran, so a held reference no "
+                "longer holds what the hook saw (set massive_checks.engine.capture.GPU_WAYS = False; please report the architecture)"
+            )
+        sites, acts = [site for site, _, _ in group], [act for _, act, _ in group]
+        del group  # the stack below is the only copy the statistics need
+        if len(acts) == 1:  # a view of the model's tensor: not written
+            hidden_stats(sites, acts[0][None], self.context)
+        else:
+            hidden_stats(sites, torch.stack(acts), self.context, owned=True)  # [G, B, T, F]: one launch
 
     def flush_all(self) -> None:
-        for key in list(self.stacks):
+        for key in list(self.groups):
             self.flush(key)
 
 
@@ -306,23 +323,30 @@ def select_at(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     a radix selection on the bits. A non-negative float orders as its bits read as an integer, so
     the answer's bits are found DIGIT_BITS at a time, highest first: per pass one histogram of the
     digit over the cells that still match the answer's higher bits, and the digit whose cumulative
-    count passes k. NaN (bits above inf's) is largest, as in a sort."""
+    count passes k. NaN (bits above inf's) is largest, as in a sort. ~10 ops per pass (on a GPU,
+    launches: a small model's pass is bound by them)."""
     bits = values.view(_BITS_OF[values.dtype])  # [R, N]; the sign bit is 0
     width, rows = bits.element_size() * 8, values.shape[0]
     bins = 2**DIGIT_BITS
     offsets = torch.arange(rows, device=values.device, dtype=torch.int32)[:, None] * (bins + 1)  # [R, 1]: a row's bins
-    answer = torch.zeros(rows, dtype=torch.int64, device=values.device)  # the bits found so far
-    k = k.to(values.device, torch.int64).clone()
+    k = k.to(values.device, torch.int64)
+    answer: torch.Tensor | None = None  # the bits found so far [R]
+    previous: tuple[torch.Tensor, torch.Tensor] | None = None  # the last pass's (digit [R, N], chosen digit [R])
     for shift in range(width - DIGIT_BITS, -1, -DIGIT_BITS):
-        digit = ((bits >> shift) & (bins - 1)).to(torch.int32)  # [R, N]
-        if shift + DIGIT_BITS < width:  # cells whose higher bits differ from the answer's go to an extra bin
-            higher = (bits >> (shift + DIGIT_BITS)) != (answer >> (shift + DIGIT_BITS)).to(bits.dtype)[:, None]
-            digit = digit.masked_fill_(higher, bins)
+        shifted = bits >> shift if shift else bits
+        top = shift + DIGIT_BITS == width  # the highest digit needs no mask: the sign bit is 0
+        digit = (shifted if top else shifted & (bins - 1)).to(torch.int32)  # [R, N]
+        if previous is not None:  # a cell whose higher digits differ from the answer's goes to the extra bin
+            digit = digit.masked_fill_(previous[0] != previous[1][:, None], bins)  # (marked `bins` already: differs)
         counts = torch.bincount((digit + offsets).view(-1), minlength=rows * (bins + 1)).view(rows, bins + 1)[:, :bins]
         passed = counts.cumsum(dim=1)  # [R, bins]
-        chosen = (passed <= k[:, None]).sum(dim=1)  # [R]: the first digit whose cumulative count exceeds k
-        k -= torch.where(chosen > 0, passed.gather(1, (chosen - 1).clamp(min=0)[:, None]).squeeze(1), 0)
-        answer |= chosen << shift
+        chosen = (passed <= k[:, None]).sum(dim=1)  # [R]: the first digit whose cumulative count exceeds k (< bins)
+        if shift:  # the cells below the chosen digit come before the answer
+            k = k - (passed - counts).gather(1, chosen[:, None]).squeeze(1)
+        part = chosen << shift if shift else chosen
+        answer = part if answer is None else answer | part
+        previous = digit, chosen
+    assert answer is not None
     return answer.to(bits.dtype).view(values.dtype)
 
 
