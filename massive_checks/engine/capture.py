@@ -272,12 +272,13 @@ class HeldHidden:
                 f"the model wrote a captured {list(key[0])} tensor in place after its hook ran, so a held reference no "
                 "longer holds what the hook saw (set massive_checks.engine.capture.GPU_WAYS = False; please report the architecture)"
             )
-        sites, acts = [site for site, _, _ in group], [act for _, act, _ in group]
-        del group  # the stack below is the only copy the statistics need
-        if len(acts) == 1:  # a view of the model's tensor: not written
-            hidden_stats(sites, acts[0][None], self.context)
-        else:
-            hidden_stats(sites, torch.stack(acts), self.context, owned=True)  # [G, B, T, F]: one launch
+        sites = [site for site, _, _ in group]
+        if len(group) == 1:  # a view of the model's tensor: not written
+            hidden_stats(sites, group[0][1][None], self.context)
+            return
+        stack = torch.stack([act for _, act, _ in group])  # [G, B, T, F]: one launch
+        del group  # the references go before the statistics' temporaries come
+        hidden_stats(sites, stack, self.context, owned=True)
 
     def flush_all(self) -> None:
         for key in list(self.groups):
@@ -290,9 +291,13 @@ def _held(context: HookContext) -> HeldHidden:
     return holder
 
 
-SELECT_CELLS = 2**26  # cells selected at once by lower_median on a GPU (their int32 digits: 256 MiB)
+SELECT_CELLS = (
+    2**27
+)  # cells selected at once by lower_median on a GPU (their int32 digits: 512 MiB; a 3B model's 28 blocks at 8x128 are 88M)
 DIGIT_BITS = 16  # bits of the value read per selection pass: 2 passes for float32, 1 for bfloat16
-SELECT_ROWS = 2**24 // (2**DIGIT_BITS + 1)  # rows selected at once: their histograms' int64 counts, 128 MiB
+SELECT_ROWS = 2**25 // (
+    2**DIGIT_BITS + 1
+)  # rows selected at once: their histograms' int64 counts, 256 MiB (an 8B model: 32 blocks x 8 rows)
 _BITS_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
 
 
@@ -393,7 +398,7 @@ def check_finite(sites: list[SiteStats]) -> None:
             site.overflow = site.overflow or not math.isfinite(total)
 
 
-PACK_BYTES = 16 * 2**20  # device bytes joined per copy by to_host: its only extra memory
+PACK_BYTES = 128 * 2**20  # device bytes joined per copy by to_host: its only extra memory (a 3B pass keeps ~100 MB)
 
 
 def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[torch.Tensor]:
