@@ -32,7 +32,7 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
     lm = session.lm
     per_config: dict[str, Needs] = {"baseline": Needs()}
     for q in spec.quantities():
-        needs = q.measure.needs(lm, layers_of(q, lm.n_layers))
+        needs = q.measure.needs(lm, q.blocks(lm.n_layers))
         for config in q.configs():
             per_config.setdefault(config, Needs()).merge(needs)
     for config, needs in per_config.items():
@@ -46,10 +46,6 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
     contrast_needs = {(spec.vectors[name].pairs, spec.vectors[name].window) for name in steered}
     for pairs, window in contrast_needs.union(*(q.measure.contrast_needs(spec.vectors) for q in spec.quantities())):
         session.plan(contrast.read(pairs).data(), (), Needs(pooled={window}))  # one pass per contrast set
-
-
-def layers_of(q: Quantity, n_layers: int) -> list[int]:
-    return interventions.parse_layers(q.layers or "all", n_layers)
 
 
 class Evaluator:
@@ -140,7 +136,7 @@ class Evaluator:
                 if q is None:
                     continue
                 try:
-                    q.measure.check_model(lm, layers_of(q, lm.n_layers))
+                    q.measure.check_model(lm, q.blocks(lm.n_layers))
                 except ValueError as exc:  # messages start with the key: "head 5.12: ...", "layer 9: ..."
                     first = str(exc).split(" ", 1)[0].rstrip(":")
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
@@ -171,9 +167,7 @@ class Evaluator:
     def panels(self) -> list:
         """Panels the spec's measures draw, from captures their passes already hold, in check order."""
         return [
-            panel
-            for q in self.spec.quantities()
-            for panel in q.measure.figure(self.view("baseline"), layers_of(q, self.lm.n_layers))
+            panel for q in self.spec.quantities() for panel in q.measure.figure(self.view("baseline"), q.blocks(self.lm.n_layers))
         ]
 
     def samples(self) -> dict:
@@ -194,7 +188,7 @@ class Evaluator:
 
     def _raw(self, q: Quantity, config: str):
         try:
-            value = q.measure.compute(self.view(config), layers_of(q, self.lm.n_layers))
+            value = q.measure.compute(self.view(config), q.blocks(self.lm.n_layers))
         except ValueError as exc:  # what a model lacks, found only while measuring
             raise SpecError(self.spec.path, self.spec.line, q.measure.name, str(exc)) from None
         if not q.measure.numeric:

@@ -220,3 +220,18 @@ def test_every_committed_spec_loads_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", script, *specs], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[0]) >= len(specs) and out[1:] == ["[]"]
+
+
+def test_a_layer_range_is_parsed_once_and_resolved_against_the_model(tmp_path):
+    """A check's `layers` becomes a LayerSet at loading (syntax, order, at most MAX_LAYERS); the
+    model's depth resolves it later, and its text as written keys the check."""
+    from massive_checks.spec.interventions import LayerSet
+
+    (spec,) = load_file(write(tmp_path, VALID.replace("layers: 1-2", "layers: '4-5,1'")))
+    quantity = spec.checks[0].quantity
+    assert quantity.layers == LayerSet("4-5,1", ((4, 5), (1, 1))) and "layers 4-5,1" in spec.checks[0].key()
+    assert quantity.blocks(6) == [1, 4, 5]
+    with pytest.raises(ValueError, match="block 5 is out of range for a model with 5 blocks"):
+        quantity.blocks(5)
+    (every,) = load_file(write(tmp_path, VALID.replace("layers: 1-2", "layers: all")))
+    assert every.checks[0].quantity.layers is None and every.checks[0].quantity.blocks(3) == [0, 1, 2]

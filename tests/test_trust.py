@@ -160,17 +160,13 @@ def test_compare_on_the_same_layers_is_row_by_row_and_can_fail(tmp_path, session
     assert not Evaluator(one_spec(tmp_path, text % 1e9), session, SMALL_DATA).evaluate().passed
 
 
-def test_an_empty_layer_range_cannot_pass(tmp_path, session_for):
-    from massive_checks import evaluate
+def test_an_empty_layer_range_cannot_pass(tmp_path, session_for, monkeypatch):
+    from massive_checks.spec.objects import Quantity
 
     spec = one_spec(tmp_path, HEAD + "checks:\n  - {measure: top1, layers: '1', at_least: 1.0e-6}\n")
     evaluator = Evaluator(spec, session_for("tiny-llama"), SMALL_DATA)
-    real = evaluate.layers_of
-    evaluate.layers_of = lambda q, n: []  # what an empty range gives
-    try:
-        outcome = evaluator.evaluate()
-    finally:
-        evaluate.layers_of = real
+    monkeypatch.setattr(Quantity, "blocks", lambda self, n_layers: [])  # what an empty range gives
+    outcome = evaluator.evaluate()
     assert outcome.checks[0].rows[0].key == "no layers" and not outcome.passed
 
 

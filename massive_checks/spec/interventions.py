@@ -135,26 +135,57 @@ MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before i
 FLOAT32_MAX = 3.4028234663852886e38  # the largest value an activation can be set to
 
 
+@dataclass(frozen=True)
+class LayerSet:
+    """Blocks as a spec writes them, parsed once: 'all' | 'L' | 'A-B' | a comma list of those
+    (0-based, inclusive ranges). `text` as written (keys, reports); `spans` [(low, high)], None
+    for every block. Its blocks need the model's depth (`blocks`)."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...] | None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "LayerSet":
+        """Syntax and order; a block past MAX_LAYERS is an error (the model's depth comes later)."""
+        if text is None:
+            raise ValueError("layers: missing (write 'all', 'L', 'A-B' or a comma list of those)")
+        text = str(text)
+        if text == "all":
+            return cls(text, None)
+        spans: list[tuple[int, int]] = []
+        for part in text.split(","):
+            low_text, _, high_text = part.strip().partition("-")
+            if not (low_text.isdigit() and (high_text.isdigit() or not high_text)):
+                raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list of those")
+            low, high = int(low_text), int(high_text or low_text)
+            if high < low:
+                raise ValueError(f"layers {text!r}: {low}-{high} is an empty range (write the lower block first)")
+            if high >= MAX_LAYERS:
+                raise ValueError(f"layers {text!r}: block {high} is out of range for {MAX_LAYERS} blocks")
+            spans.append((low, high))
+        return cls(text, tuple(spans))
+
+    def blocks(self, n_layers: int) -> list[int]:
+        """The sorted blocks of a model with n_layers blocks (a block past them is an error)."""
+        if self.spans is None:
+            return list(range(n_layers))
+        past = [high for _, high in self.spans if high >= n_layers]
+        if past:
+            high = past[0]
+            raise ValueError(
+                f"layers {self.text!r}: block {high} is out of range for a model with {n_layers} blocks (0-{n_layers - 1})"
+            )
+        return sorted({layer for low, high in self.spans for layer in range(low, high + 1)})
+
+
+EVERY_LAYER = LayerSet("all", None)
+
+
 def parse_layers(text: str | None, n_layers: int | None) -> list[int]:
-    """'all' | '5' | '2-10' | '2,3,7' (0-based, inclusive ranges) -> sorted layer list.
+    """'all' | '5' | '2-10' | '2,3,7' -> sorted layer list (LayerSet.parse, then its blocks).
     n_layers None: check the syntax only (at collection, before any model is known)."""
-    if text is None:
-        raise ValueError("layers: missing (write 'all', 'L', 'A-B' or a comma list of those)")
-    if text == "all":
-        return list(range(n_layers or 0))
-    spans: list[tuple[int, int]] = []
-    for part in str(text).split(","):
-        low_text, _, high_text = part.strip().partition("-")
-        if not (low_text.isdigit() and (high_text.isdigit() or not high_text)):
-            raise ValueError(f"layers {text!r}: expected 'all', 'L', 'A-B' or a comma list of those")
-        low, high = int(low_text), int(high_text or low_text)
-        if high < low:
-            raise ValueError(f"layers {text!r}: {low}-{high} is an empty range (write the lower block first)")
-        if high >= (n_layers if n_layers is not None else MAX_LAYERS):
-            limit = f"a model with {n_layers} blocks (0-{n_layers - 1})" if n_layers is not None else f"{MAX_LAYERS} blocks"
-            raise ValueError(f"layers {text!r}: block {high} is out of range for {limit}")
-        spans.append((low, high))
-    return sorted({layer for low, high in spans for layer in range(low, high + 1)})
+    layer_set = LayerSet.parse(text)
+    return [] if n_layers is None else layer_set.blocks(n_layers)
 
 
 def resolve(

@@ -200,13 +200,14 @@ def _quantity(
             where.fail(raw, key, f"{step.value} names an unknown configuration; defined: {', '.join(sorted(configs))}", prefix)
     if "config" in raw and any(s.kind != "over_layers" for s in steps):
         where.fail(raw, "config", "has no effect here: with a change or difference, the configurations come from it", prefix)
-    layers = getattr(parsed, "layers", None)
-    if layers is not None:
+    written = getattr(parsed, "layers", None)
+    layers = None
+    if written is not None:
         try:
-            interventions.parse_layers(str(layers), None)  # syntax and order; the model's depth is checked later
+            layers = interventions.LayerSet.parse(str(written))  # syntax and order; the model's depth is checked later
         except ValueError as exc:
             where.fail(raw, "layers", str(exc), prefix)
-    return Quantity(measure, parsed.config, None if layers in (None, "all") else str(layers), steps)
+    return Quantity(measure, parsed.config, None if layers is None or layers.spans is None else layers, steps)
 
 
 def _steps(raw: Any, parsed: Any, prefix: str, where: Where) -> tuple[Step, ...]:

@@ -12,6 +12,7 @@ from ..constants import MASSIVE_RULE
 from ..engine.data import DataConfig
 from ..measures import Measure
 from ..output.golden import GoldenConfig
+from .interventions import EVERY_LAYER, LayerSet
 from .schema import Step
 
 
@@ -21,8 +22,16 @@ class Quantity:
 
     measure: Measure
     config: str = "baseline"
-    layers: str | None = None  # None: every layer
+    layers: LayerSet | None = None  # None: every layer
     steps: tuple[Step, ...] = ()
+
+    @property
+    def layers_text(self) -> str:
+        return (self.layers or EVERY_LAYER).text
+
+    def blocks(self, n_layers: int) -> list[int]:
+        """The blocks this quantity reads on a model with n_layers blocks."""
+        return (self.layers or EVERY_LAYER).blocks(n_layers)
 
     @property
     def between_configs(self) -> Step | None:
@@ -51,13 +60,13 @@ class Quantity:
         parts += [s.text() for s in self.steps[:at]]
         parts.append(between.text() if between else f"[{self.config}]")
         if self.measure.layered:
-            parts.append(f"layers {self.layers or 'all'}")
+            parts.append(f"layers {self.layers_text}")
         return " ".join(parts + [s.text() for s in self.steps[at + 1 :]])
 
     def describe(self) -> str:
         text = self.measure.text()
         text += f" [{self.config}]" if not self.between_configs else ""
-        text += f", layers {self.layers or 'all'}" if self.measure.layered else ""
+        text += f", layers {self.layers_text}" if self.measure.layered else ""
         return text + "".join(f", then {s.text()}" for s in self.steps)
 
 

@@ -172,7 +172,7 @@ def comparable(pair: Any, a: Quantity, b: Quantity, prefix: str, where: Where) -
     for side, q in (("a", a), ("b", b)):
         if not q.numeric:
             where.fail(pair, side, f"compare needs numbers; {q.measure.name} is not a number", prefix)
-    if a.single != b.single or (not a.single and (a.layers or "all") != (b.layers or "all")):
+    if a.single != b.single or (not a.single and a.layers_text != b.layers_text):
         where.fail(
             pair,
             "a",
@@ -228,7 +228,7 @@ class _Identity:
             q.measure.name,
             tuple(sorted(params.items(), key=lambda kv: kv[0])),
             self.config(q.config) if not q.between_configs else None,
-            q.layers or "all",
+            q.layers_text,
             steps,
         )
 
