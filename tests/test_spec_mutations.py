@@ -160,10 +160,10 @@ def shifted_layers(q, n_layers: int):
     if layer is not None:
         yield dataclasses.replace(q, measure=q.measure.model_copy(update={"layer": layer - 1 if layer else layer + 1}))
     elif q.layers is not None:
-        layers = interventions.parse_layers(q.layers, n_layers)
+        layers = q.blocks(n_layers)
         offset = -layers[0] if layers[0] else n_layers - 1 - layers[-1]
         if offset:
-            yield dataclasses.replace(q, layers=",".join(str(L + offset) for L in layers))
+            yield dataclasses.replace(q, layers=interventions.LayerSet.parse(",".join(str(L + offset) for L in layers)))
 
 
 def session_of(massive_session, model: str) -> ModelSession:
