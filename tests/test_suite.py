@@ -69,6 +69,18 @@ def test_directory_defaults_apply_nearest_first_and_a_spec_wins(tmp_path):
     assert load_file(inner / "_defaults.yaml") == []  # holds no spec
 
 
+def test_data_options_override_a_spec_and_keep_whole(tmp_path):
+    """--dataset/--samples/--seq-len override a spec's data; `whole: true` (a passage longer than
+    seq_len is an error, not truncated) survives the override."""
+    (tmp_path / "a.yaml").write_text(
+        "id: a\nclaim: c\ndata: {samples: 3, seq_len: 20, whole: true}\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
+    )
+    (spec,) = load_file(tmp_path / "a.yaml")
+    assert Suite(Options(models=["planted-llama"], root=tmp_path)).data_for(spec) == spec.data
+    data = Suite(Options(models=["planted-llama"], root=tmp_path, samples=5)).data_for(spec)
+    assert (data.samples, data.seq_len, data.whole) == (5, 20, True)
+
+
 def test_a_bad_default_names_the_defaults_file(tmp_path):
     folder = tmp_path / "specs"
     folder.mkdir()
