@@ -69,6 +69,7 @@ class Request:
     tokens: str | None
     mode: str
     value: float
+    blocks: LayerSet | None = None  # the blocks it edits, parsed once: @LAYERS, or attn/mlp's selection (None: heads)
 
     @property
     def at_massive_cells(self) -> bool:
@@ -125,10 +126,9 @@ def parse(text: str) -> Request:
     ranked = re.fullmatch(r"(top|bottom)(\d+)", match["sel"])
     if target == "heads" and ranked and int(ranked[2]) < 1:
         raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
-    for layers in (match["layers"], match["sel"] if target in ("attn", "mlp") else None):
-        if layers and layers != "all":
-            parse_layers(layers, None)  # syntax and order; the model's depth is checked later
-    return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number)
+    written = match["sel"] if target in ("attn", "mlp") else match["layers"]
+    blocks = None if target == "heads" else LayerSet.parse(written)  # syntax and order; the model's depth comes later
+    return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number, blocks)
 
 
 MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before it is built
@@ -215,18 +215,17 @@ def _resolve_one(
         return Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
 
     if request.target in ("attn", "mlp"):
-        return [make(layer) for layer in parse_layers(request.selection, n_layers)]
+        return [make(layer) for layer in _blocks(request, n_layers)]
     if request.target == "heads":
         return [make(layer, [head]) for layer, head in _heads(request, n_layers, n_heads, head_ranking)]
-    layers = parse_layers(request.layers, n_layers)
-    return [make(layer, _ints(request.selection, request.text)) for layer in layers]
+    return [make(layer, _ints(request.selection, request.text)) for layer in _blocks(request, n_layers)]
 
 
 def _at_massive_cells(request: Request, n_layers: int, massive_cells: MassiveCells | None) -> list[Ablation]:
     """One ablation per (layer, dim), at the positions where that dim is massive per sequence."""
     if massive_cells is None:
         raise ValueError(f"intervention {request.text!r} needs the baseline's massive cells")
-    layers = parse_layers(request.layers, n_layers)
+    layers = _blocks(request, n_layers)
     dims = None if request.target == "massive" else _ints(request.selection, request.text)
     ablations = []
     for (layer, dim), (rows, mean) in massive_cells(layers, dims).items():
@@ -239,16 +238,20 @@ def check_against_model(requests: list[Request], n_layers: int, n_heads: int, ml
     """ValueError naming what a model lacks (layers, heads, MLP units), before anything runs."""
     every_head = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     for request in requests:
-        if request.target in ("attn", "mlp"):
-            parse_layers(request.selection, n_layers)
-        elif request.target == "heads":
+        if request.target == "heads":
             _heads(request, n_layers, n_heads, every_head)
         else:
-            parse_layers(request.layers, n_layers)
+            _blocks(request, n_layers)
         if request.target == "neurons":
             bad = [u for u in _ints(request.selection, request.text) if u >= mlp_width]
             if bad:
                 raise ValueError(f"intervention {request.text!r}: units {bad} out of range (the MLP has {mlp_width})")
+
+
+def _blocks(request: Request, n_layers: int) -> list[int]:
+    """The blocks a request of a target other than heads edits, on a model of n_layers blocks."""
+    assert request.blocks is not None, f"intervention {request.text!r} has no layers of its own"
+    return request.blocks.blocks(n_layers)
 
 
 def _heads(request: Request, n_layers: int, n_heads: int, head_ranking: HeadRanking | None) -> list[tuple[int, int]]:
@@ -362,7 +365,7 @@ def mean_sites_of_requests(requests: list[Request], n_layers: int) -> set[str]:
                 range(n_layers) if ranked else {int(item.partition(".")[0]) for item in r.selection.split(",")}
             )
         else:
-            layers = parse_layers(r.selection if r.target in ("attn", "mlp") else r.layers, n_layers)
+            layers = _blocks(r, n_layers)
         sites |= {f"blocks.{layer}.{TARGET_SITE[r.target]}" for layer in layers}
     return sites
 
@@ -374,7 +377,7 @@ def massive_slices_of_requests(requests: list[Request], n_layers: int) -> set[tu
         (f"blocks.{layer}.out", dim)
         for r in requests
         if r.tokens == "massive"
-        for layer in parse_layers(r.layers, n_layers)
+        for layer in _blocks(r, n_layers)
         for dim in _ints(r.selection, r.text)
     }
     # massive:all cannot be planned: its dims are known only once the baseline has run (one more
