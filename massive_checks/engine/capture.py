@@ -291,13 +291,12 @@ def _held(context: HookContext) -> HeldHidden:
     return holder
 
 
-SELECT_CELLS = (
-    2**27
-)  # cells selected at once by lower_median on a GPU (their int32 digits: 512 MiB; a 3B model's 28 blocks at 8x128 are 88M)
+# Cells selected at once by lower_median on a GPU (their int32 digits: 512 MiB; a 3B model's 28
+# blocks at 8x128 are 88M cells, one selection), and rows (their histograms' int64 counts: 256 MiB;
+# an 8B model's 32 blocks x 8 rows).
+SELECT_CELLS = 2**27
 DIGIT_BITS = 16  # bits of the value read per selection pass: 2 passes for float32, 1 for bfloat16
-SELECT_ROWS = 2**25 // (
-    2**DIGIT_BITS + 1
-)  # rows selected at once: their histograms' int64 counts, 256 MiB (an 8B model: 32 blocks x 8 rows)
+SELECT_ROWS = 2**25 // (2**DIGIT_BITS + 1)
 _BITS_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
 
 

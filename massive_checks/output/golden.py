@@ -52,9 +52,8 @@ class GoldenConfig(Tolerance):
     keys: Annotated[tuple[tuple[str, Tolerance], ...], BeforeValidator(_pairs, json_schema_input_type=dict[str, Tolerance])] = ()
 
     def tolerance(self, key: str) -> Tolerance:
-        return next(
-            (tol for pattern, tol in self.keys if fnmatch.fnmatchcase(key, pattern)), Tolerance(rtol=self.rtol, atol=self.atol)
-        )
+        """The first matching glob's tolerance, else this config's own rtol and atol (it is one)."""
+        return next((tol for pattern, tol in self.keys if fnmatch.fnmatchcase(key, pattern)), self)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def _spec(path: str, doc: Any, index: int, defaults: dict[str, Any]) -> Spec:
     _vectors(model, merged, where, origins)
     _steering(model, merged, where, origins)
     checks = tuple(
-        _check(raw, parsed, f"checks[{i}].", set(configs) | {"baseline"}, where, model.vectors, model.steering)
+        _check(raw, parsed, f"checks[{i}].", _Defined(set(configs) | {"baseline"}, model.vectors, model.steering), where)
         for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks))
     )
     used, used_sweeps = rules.used_definitions(checks, model.steering)
@@ -151,25 +151,24 @@ def _steering(model: Any, merged: Any, where: Where, origins: dict[str, Any]) ->
         rules.steering_rules(s, raw[name], at, f"steering.{name}.", model.vectors)
 
 
-def _check(
-    raw: Any,
-    parsed: Any,
-    prefix: str,
-    configs: set[str],
-    where: Where,
-    vectors: Mapping[str, Any],
-    sweeps: Mapping[str, Any],
-) -> Check:
+@dataclass(frozen=True)
+class _Defined:
+    """The names a spec defines that its checks may refer to."""
+
+    configs: set[str]  # configurations, baseline included
+    vectors: Mapping[str, Any]  # name -> VectorDef
+    sweeps: Mapping[str, Any]  # name -> SteeringDef
+
+
+def _check(raw: Any, parsed: Any, prefix: str, defined: _Defined, where: Where) -> Check:
     bound = _bound(raw, parsed, prefix, where)
     if hasattr(parsed, "compare"):
         pair, raw_pair = parsed.compare, raw["compare"]
-        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", configs, where, vectors, sweeps)
-        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", configs, where, vectors, sweeps)
+        a = _quantity(raw_pair["a"], pair.a, prefix + "compare.a.", defined, where)
+        b = _quantity(raw_pair["b"], pair.b, prefix + "compare.b.", defined, where)
         rules.comparable(raw_pair, a, b, prefix + "compare.", where)
         return Check(a, bound, raw.line, versus=b, by=pair.by, id=parsed.id, reference=parsed.reference)
-    return Check(
-        _quantity(raw, parsed, prefix, configs, where, vectors, sweeps), bound, raw.line, id=parsed.id, reference=parsed.reference
-    )
+    return Check(_quantity(raw, parsed, prefix, defined, where), bound, raw.line, id=parsed.id, reference=parsed.reference)
 
 
 def _measure_of(parsed: Any) -> Measure:
@@ -177,18 +176,11 @@ def _measure_of(parsed: Any) -> Measure:
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
-def _quantity(
-    raw: Any,
-    parsed: Any,
-    prefix: str,
-    configs: set[str],
-    where: Where,
-    vectors: Mapping[str, Any],
-    sweeps: Mapping[str, Any],
-) -> Quantity:
+def _quantity(raw: Any, parsed: Any, prefix: str, defined: _Defined, where: Where) -> Quantity:
     steps = _steps(raw, parsed, prefix, where)
     measure = _measure_of(parsed)
-    rules.quantity_rules(raw, measure, prefix, where, vectors, sweeps)
+    rules.quantity_rules(raw, measure, prefix, where, defined.vectors, defined.sweeps)
+    configs = defined.configs
     if hasattr(parsed, "pairs"):
         rules.readable_pairs(where, raw, parsed.pairs, prefix)
     for key in ("config", "versus"):
