@@ -16,8 +16,9 @@ from massive_checks.output import report
 from massive_checks.errors import SpecError
 from massive_checks.evaluate import Evaluator, plan
 from massive_checks.measures.steering import activation_norm, vector_of
-from massive_checks.measures.sweeps import SweepOutcome
+from massive_checks.measures.sweeps import SweepOutcome, sweep_of
 from massive_checks.spec import load_file
+from massive_checks.spec.intervals import Bootstrap
 from massive_checks.steering.steer import SteeringResult, Sweep, Texts
 
 
@@ -77,6 +78,35 @@ def test_a_run_already_generated_is_read_not_generated_again(session_for, monkey
     assert sum(rows) - before == len(prompts) and third[0].trait_logit != first[1].trait_logit  # another layer: another run
 
 
+def test_log_odds_left_out_then_asked_for_equal_a_sweep_with_them(session_for, monkeypatch):
+    """A sweep without logits computes no log-odds (trait_logit nan, Texts.logits None); a later
+    sweep that asks for them on the same runs generates nothing again, and its scores equal a
+    sweep that computed everything at once."""
+    session = session_for("tiny-llama", judge_model="tiny-gpt2")
+    lm, judging = session.lm, _judging(session)
+    vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(2))
+    (prompts, texts), trait = _prompts(lm), _trait(lm)
+    runs = [(vector, 0.0), (vector, 6.0), (vector, 25.0)]
+    generated: dict = {}
+    odds_rows: list[int] = []
+    real_odds = steer.trait_log_odds
+    monkeypatch.setattr(steer, "trait_log_odds", lambda lm, p, *a, **kw: odds_rows.append(len(p)) or real_odds(lm, p, *a, **kw))
+    without = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, generated=generated, logits=False)
+    assert odds_rows == [] and all(math.isnan(r.trait_logit) and r.judged.logits is None for r in without)
+    generate = steer.generate
+    monkeypatch.setattr(steer, "generate", lambda *a, **kw: pytest.fail("generated again"))
+    later = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, baseline=without[0].judged, generated=generated)
+    monkeypatch.setattr(steer, "generate", generate)
+    at_once = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging)
+    for a, b, c in zip(without, later, at_once):
+        assert a.texts == b.texts == c.texts and a.trait == b.trait == c.trait and a.judged.losses == b.judged.losses
+        assert b.judged.logits == pytest.approx(c.judged.logits, rel=1e-5, abs=1e-6)
+    assert len(set(r.trait_logit for r in at_once)) > 1  # the coefs move the log-odds
+    outcome = SweepOutcome(tuple(without), 70.0, {})
+    with pytest.raises(ValueError, match="without the trait log-odds"):
+        outcome.estimate(Bootstrap(), 0.0, lambda trait, coherence, coefs: trait[:, 0], "logit")
+
+
 def _result(coef, trait, coherence):
     return SteeringResult(coef, trait, trait, coherence, Texts((), (), (trait,), (trait,), (1.0,), (1.0,)))
 
@@ -124,16 +154,24 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     lm = session.lm
     (tmp_path / "s.yaml").write_text(SPEC + "---\n" + SPEC.replace("claim:", "id: again\nclaim:"))
     first, second = load_file(tmp_path / "s.yaml")
-    calls = []
-    real = steer.sweep
-    monkeypatch.setattr(steer, "sweep", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    generated_rows, odds_rows = [], []
+    real_generate, real_odds = steer.generate, steer.trait_log_odds
+    monkeypatch.setattr(
+        steer, "generate", lambda lm, p, *a, **kw: generated_rows.append(len(p)) or real_generate(lm, p, *a, **kw)
+    )
+    monkeypatch.setattr(steer, "trait_log_odds", lambda lm, p, *a, **kw: odds_rows.append(len(p)) or real_odds(lm, p, *a, **kw))
     for spec in (first, second):
         plan(spec, session, spec.data)
     outcomes = [Evaluator(s, session, s.data).evaluate() for s in (first, second)]
     observed = [{c.key: next(iter(c.values.values())).value for c in o.observation.checks} for o in outcomes]
     assert observed[0] == pytest.approx(observed[1], nan_ok=True)
-    assert len(calls) == 2  # one sweep per configuration per session, however many specs read it
     view = session.view(first.data, vectors=first.vectors, steering=first.steering)
+    search_runs = len(sweep_of(view, "search").results) - 1  # memoized: nothing runs again
+    # Each (run, prompt) row is generated once a session, however many specs and scores read it
+    # (3 prompts: the unsteered model, md's 3 coefs, search's runs); the trait log-odds run only
+    # for md, the one configuration a `score: logit` check reads, after its generations.
+    assert sum(generated_rows) == 3 * (1 + 3 + search_runs)
+    assert sum(odds_rows) == 3 * (1 + 3)
     (prompts, texts), trait, judging = _prompts(lm), _trait(lm), _judging(session)
     md = steer.sweep(
         lm, [(vector_of(view, "md").values, c) for c in (0.0, 3.0, 30.0, 300.0)], 1, prompts, texts, trait, 4, judging

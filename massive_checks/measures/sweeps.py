@@ -87,6 +87,8 @@ class SweepOutcome:
         resample's mean unsteered loss) redone. score: "trait" (judged) or "logit"."""
         weights = bootstrap.weights(self.units())  # [B, P]
         field = "traits" if score == "trait" else "logits"
+        if any(getattr(r.judged, field) is None for r in self.results):
+            raise ValueError("score: logit on a sweep run without the trait log-odds (sweep_of(..., logits=True))")
         traits = np.array([getattr(r.judged, field) for r in self.results])  # [C, P]
         losses = np.array([r.judged.losses for r in self.results], dtype=np.float64)  # [C, P]
         distinct = np.array([r.judged.distinct for r in self.results])  # [C, P]
@@ -129,14 +131,17 @@ def _score(result: SteeringResult, score: str) -> float:
     return result.trait if score == "trait" else result.trait_logit
 
 
-def sweep_of(view, name: str) -> SweepOutcome:
-    """The spec's steering configuration `name` on this model, swept once per session."""
+def sweep_of(view, name: str, logits: bool = False) -> SweepOutcome:
+    """The spec's steering configuration `name` on this model, swept once per session; with
+    `logits`, the trait log-odds too (trait_logit: only `score: logit` reads them). Asked both
+    ways, the second sweep reads the first's generations and judgements and computes only what
+    the first left out."""
     definition = view.steering_def(name)
-    key = ("sweep", definition, view.vector_def(definition.vector), view.min_value, view.min_ratio)
-    return view.session.memo(key, lambda: _sweep(view, definition))
+    key = ("sweep", definition, view.vector_def(definition.vector), view.min_value, view.min_ratio, logits)
+    return view.session.memo(key, lambda: _sweep(view, definition, logits))
 
 
-def _sweep(view, definition: SteeringDef) -> SweepOutcome:
+def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     lm, vector_def = view.lm, view.vector_def(definition.vector)
     layer = vector_def.layer if definition.layer is None else definition.layer
     pairs_view = view.contrast(vector_def.pairs)
@@ -169,8 +174,10 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         judging.model.name,
     )
     baseline = view.session.memo(
-        unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging)
+        unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging, logits=False)
     )
+    if logits:
+        baseline = view.session.memo((*unsteered_key, "logits"), lambda: steer.with_logits(lm, baseline, prompts, trait))
     results = steer.sweep(
         lm,
         [(vector, c) for c in coefs],
@@ -184,6 +191,7 @@ def _sweep(view, definition: SteeringDef) -> SweepOutcome:
         definition.first,
         baseline=baseline,
         generated=view.session.memo(("steered runs",), dict),  # runs other sweeps made: not generated again
+        logits=logits,
     )
     prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
     return SweepOutcome(
@@ -227,7 +235,6 @@ def steering_panel(view, name: str) -> SteeringPanel:
             name: {
                 "coefs": [r.coef for r in outcome.results[1:]],
                 "trait": [r.trait for r in outcome.results[1:]],
-                "trait_logit": [r.trait_logit for r in outcome.results[1:]],
                 "coherence": [r.coherence for r in outcome.results[1:]],
                 "baseline_trait": outcome.baseline.trait,
                 "threshold": outcome.threshold,
@@ -253,7 +260,7 @@ class TraitEffect(_OnSteering):
 
     def compute(self, view, layers):
         """Resampled over prompts: the best coherent coefficient is chosen again in each resample."""
-        outcome = sweep_of(view, self.steering)
+        outcome = sweep_of(view, self.steering, logits=self.score == "logit")
         result = outcome.best(self.score) if self.coef is None else outcome.at(self.coef)
         value = math.nan if result is None else outcome.effect(result, self.score)
         if self.coef is not None:

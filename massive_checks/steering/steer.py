@@ -16,12 +16,15 @@ each continuation, per prompt, so every score has a bootstrap interval over prom
                logsumexp_c log P(c | prompt) over the trait continuations (e.g. " I'm sorry")
                - the same over the anti-trait ones, P under the steered model (teacher forcing).
                Circular for vectors built from responses that begin with those words: a check
-               of "does the model refuse" reads `trait`.
+               of "does the model refuse" reads `trait`. Computed only where it is read (a
+               `score: logit` check, `massive-checks steer`): its teacher-forced forwards cost
+               about a quarter of a sweep.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -409,9 +412,15 @@ class Texts:
     tokens: tuple[tuple[int, ...], ...]
     texts: tuple[str, ...]  # decoded continuations, without the prompts
     traits: tuple[float, ...]  # the trait judge's score x 100
-    logits: tuple[float, ...]  # 100 x sigmoid(trait log-odds at the response start): trait_logit
+    logits: tuple[float, ...] | None  # 100 x sigmoid(trait log-odds at the response start): trait_logit; None: not asked
     losses: tuple[float, ...]  # per-token loss under the judge model (nan: empty continuation)
     distinct: tuple[float, ...]  # judges.distinct_2: coherence's repetition penalty reads it
+
+    def rows(self, start: int, count: int) -> Texts:
+        """The prompts start .. start + count - 1 of every field."""
+        cut = slice(start, start + count)
+        logits = None if self.logits is None else self.logits[cut]
+        return Texts(self.tokens[cut], self.texts[cut], self.traits[cut], logits, self.losses[cut], self.distinct[cut])
 
 
 @dataclass(frozen=True)
@@ -420,7 +429,7 @@ class SteeringResult:
 
     coef: float
     trait: float  # the judged trait score (0-100)
-    trait_logit: float  # the log-odds trait score (0-100)
+    trait_logit: float  # the log-odds trait score (0-100); nan: the sweep ran without log-odds
     coherence: float  # 0-100 (judges.py), against the unsteered model's texts
     judged: Texts
 
@@ -437,29 +446,52 @@ def unsteered(
     max_new_tokens: int,
     judging: Judging,
     batch_size: int = GENERATION_ROWS,
+    logits: bool = True,
 ) -> Texts:
-    """The unsteered model's continuations on a sweep's prompts, judged (coherence's reference)."""
-    batches = [
-        with_trait_log_odds(lm, prompts[i : i + batch_size], trait, max_new_tokens) for i in range(0, len(prompts), batch_size)
-    ]
-    tokens = [row for batch_tokens, _ in batches for row in batch_tokens]
-    odds = torch.cat([batch_odds for _, batch_odds in batches])
-    return _judged(lm, tokens, odds.tolist(), prompt_texts, judging)
+    """The unsteered model's continuations on a sweep's prompts, judged (coherence's reference);
+    with `logits`, their trait log-odds too (else Texts.logits is None)."""
+    tokens: list[list[int]] = []
+    odds: list[float] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        if logits:
+            batch_tokens, batch_odds = with_trait_log_odds(lm, batch, trait, max_new_tokens)
+            odds += batch_odds.tolist()
+        else:
+            batch_tokens = generate(lm, batch, max_new_tokens)
+        tokens += batch_tokens
+    return _judged(lm, tokens, odds if logits else None, prompt_texts, judging)
 
 
-def _judged(lm: LoadedModel, tokens: list[list[int]], log_odds: list[float], prompt_texts: list[str], judging: Judging) -> Texts:
+def with_logits(
+    lm: LoadedModel, texts: Texts, prompts: list[list[int]], trait: dict[str, list[list[int]]], batch_size: int = GENERATION_ROWS
+) -> Texts:
+    """The unsteered Texts with their trait log-odds added (a baseline judged without them)."""
+    if texts.logits is not None:
+        return texts
+    odds = torch.cat([trait_log_odds(lm, prompts[i : i + batch_size], trait) for i in range(0, len(prompts), batch_size)])
+    return dataclasses.replace(texts, logits=_logit_scores(odds.tolist()))
+
+
+def _judged(
+    lm: LoadedModel, tokens: list[list[int]], log_odds: list[float] | None, prompt_texts: list[str], judging: Judging
+) -> Texts:
     texts = [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
     traits = 100.0 * judges.judge_texts(judging.trait, texts, judging.trait_name)
-    logits = 100.0 * torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64))
     losses = judged_losses(judging.model, prompt_texts, texts)
     return Texts(
         tuple(map(tuple, tokens)),
         tuple(texts),
         tuple(traits.tolist()),
-        tuple(logits.tolist()),
+        None if log_odds is None else _logit_scores(log_odds),
         tuple(losses.tolist()),
         tuple(judges.distinct_2s(texts).tolist()),
     )
+
+
+def _logit_scores(log_odds: list[float]) -> tuple[float, ...]:
+    """trait_logit per prompt: 100 x sigmoid(log-odds)."""
+    return tuple((100.0 * torch.sigmoid(torch.tensor(log_odds, dtype=torch.float64))).tolist())
 
 
 def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> SteeringResult:
@@ -467,7 +499,8 @@ def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> Ste
     coherence = judges.mean_coherence(
         np.array(judged.losses), np.array(judged.distinct), np.array(baseline.losses), np.array(baseline.distinct), chance
     )
-    return SteeringResult(float(coef), float(np.mean(judged.traits)), float(np.mean(judged.logits)), coherence, judged)
+    trait_logit = math.nan if judged.logits is None else float(np.mean(judged.logits))
+    return SteeringResult(float(coef), float(np.mean(judged.traits)), trait_logit, coherence, judged)
 
 
 def sweep(
@@ -484,6 +517,7 @@ def sweep(
     batch_size: int = GENERATION_ROWS,
     baseline: Texts | None = None,
     generated: dict | None = None,
+    logits: bool = True,
 ) -> list[SteeringResult]:
     """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
     order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row
@@ -491,26 +525,38 @@ def sweep(
     one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
     several sweeps on the same prompts. `generated` (a session's dict, filled here) keeps each
     run's tokens and log-odds by what determines them, so a run another sweep already made (two
-    cleanings that zero the same dims give the same vector) is not generated again."""
-    baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size)
+    cleanings that zero the same dims give the same vector) is not generated again. Without
+    `logits` no trait log-odds are computed (their teacher-forced forwards cost about a quarter of
+    a sweep) and trait_logit is nan; a later sweep that asks for them computes only those."""
+    baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size, logits)
+    if logits:
+        baseline = with_logits(lm, baseline, prompts, trait, batch_size)
     generated = {} if generated is None else generated
     setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
     keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
     fresh = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and key not in generated}
-    to_generate = [(i, j) for i in sorted(fresh.values()) for j in range(len(prompts))]
-    for start in range(0, len(to_generate), batch_size):
-        chunk = to_generate[start : start + batch_size]
-        chunk_prompts = [prompts[j] for _, j in chunk]
-        steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
-        vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
-        chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
-        for (i, j), row_tokens, row_odds in zip(chunk, chunk_tokens, chunk_odds.tolist()):
-            generated.setdefault(keys[i], ([None] * len(prompts), [math.nan] * len(prompts)))
-            generated[keys[i]][0][j], generated[keys[i]][1][j] = row_tokens, row_odds
+    for chunk, chunk_prompts, steering, vectors in _row_batches(
+        runs, sorted(fresh.values()), prompts, layer, positions, first, batch_size
+    ):
+        if logits:
+            chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
+        else:
+            chunk_tokens, chunk_odds = generate(lm, chunk_prompts, max_new_tokens, steering, vectors), None
+        for n, (i, j) in enumerate(chunk):
+            generated.setdefault(keys[i], ([None] * len(prompts), [None] * len(prompts)))
+            generated[keys[i]][0][j] = chunk_tokens[n]
+            generated[keys[i]][1][j] = None if chunk_odds is None else float(chunk_odds[n])
+    if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
+        lacking = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and None in generated[key][1]}
+        for chunk, chunk_prompts, steering, vectors in _row_batches(
+            runs, sorted(lacking.values()), prompts, layer, positions, first, batch_size
+        ):
+            for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
+                generated[keys[i]][1][j] = odds
     steered_runs = [i for i, (_, coef) in enumerate(runs) if coef != 0]
     rows = [(i, j) for i in steered_runs for j in range(len(prompts))]  # every steered run's rows, in run order
     tokens = [generated[keys[i]][0][j] for i, j in rows]
-    log_odds = [generated[keys[i]][1][j] for i, j in rows]
+    log_odds = [generated[keys[i]][1][j] for i, j in rows] if logits else None
     judged_rows = _judged(lm, tokens, log_odds, [prompt_texts[j] for _, j in rows], judging) if rows else None
     results, chance = [], judging.model.chance
     for i, (_, coef) in enumerate(runs):
@@ -518,9 +564,22 @@ def sweep(
             results.append(result_of(0.0, baseline, baseline, chance))
             continue
         start = steered_runs.index(i) * len(prompts)  # this run's rows, in prompt order
-        judged = Texts(*(getattr(judged_rows, f)[start : start + len(prompts)] for f in Texts.__dataclass_fields__))
-        results.append(result_of(coef, judged, baseline, chance))
+        assert judged_rows is not None  # a steered run has rows
+        results.append(result_of(coef, judged_rows.rows(start, len(prompts)), baseline, chance))
     return results
+
+
+def _row_batches(
+    runs, run_indices: list[int], prompts: list[list[int]], layer: int, positions: str, first: bool, batch_size: int
+):
+    """Every (run, prompt) row of the given runs, in batches of `batch_size`: (rows [(i, j)], their
+    prompts, a per-row Steering (coef [B]), their vectors [B, D])."""
+    rows = [(i, j) for i in run_indices for j in range(len(prompts))]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
+        vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
+        yield chunk, [prompts[j] for _, j in chunk], steering, vectors
 
 
 def _digest(value) -> str:
