@@ -60,9 +60,15 @@ def draw(panels: list[Panel], path: Path, title: str) -> Path:
 
 def save(fig, path: Path, title: str) -> Path:
     """Title (wrapped to the figure's width), save atomically (never a half-written PNG), close."""
-    width = int(fig.get_figwidth() * 12)  # ~12 characters per inch at 9 pt
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=9)
-    fig.tight_layout()
+    width, height = fig.get_size_inches()
+    wrapped = "\n".join(textwrap.fill(line, int(width * 12)) for line in title.splitlines())  # ~12 characters per inch at 9 pt
+    fig.suptitle(wrapped, fontsize=9)
+    # Fixed margins in inches (room for tick labels, axis labels and the title's lines) instead of
+    # tight_layout, whose extra layout draw was a quarter of a figure's time.
+    title_inches = 0.45 + 0.16 * (wrapped.count("\n") + 1)
+    fig.subplots_adjust(
+        left=0.85 / width, right=1 - 0.45 / width, bottom=1.05 / height, top=1 - title_inches / height, wspace=0.3
+    )
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=90, metadata=METADATA)  # a bare Figure prints through Agg, whatever the backend
     atomic_write(path, png.getvalue())

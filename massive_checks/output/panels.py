@@ -184,21 +184,41 @@ def plot_profile(ax, profile: dict, title: str = "") -> None:
 def plot_cells_3d(ax, cells: np.ndarray, layer: int, dims: list[int]) -> None:
     """cells: [tokens, dims] max |a| over sequences at one layer (first few tokens)."""
     tokens, width = cells.shape
+    from matplotlib.colors import to_rgba
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # type: ignore[import-untyped]
+
     t, d = np.meshgrid(np.arange(tokens), np.arange(width), indexing="ij")
-    ax.bar3d(
-        d.ravel(),
-        t.ravel(),
-        0,
-        1.0,
-        0.6,
-        cells.ravel(),
-        shade=False,
-        color=np.where(np.isin(d.ravel(), dims), "tab:red", "tab:blue"),
-    )
+    colors = np.where(np.isin(d.ravel(), dims)[:, None], to_rgba("tab:red"), to_rgba("tab:blue"))  # [bars, 4]
+    # One collection with a float color array per face: ax.bar3d converts each face's color one
+    # at a time (~0.45 s a figure at 8 x 576 cells).
+    bars = Poly3DCollection(_box_faces(d.ravel(), t.ravel(), 1.0, 0.6, cells.ravel()), facecolors=np.repeat(colors, 6, axis=0))
+    ax.add_collection3d(bars)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, tokens)
+    ax.set_zlim(0, max(float(cells.max()), 1e-9))
     ax.set_xlabel("dim")
     ax.set_ylabel("token position")
     ax.set_zlabel("max |a| over sequences")
     ax.set_title(f"|activation| at layer {layer}, massive dims {dims or 'none'} in red", fontsize=9)
+
+
+def _box_faces(x: np.ndarray, y: np.ndarray, dx: float, dy: float, heights: np.ndarray) -> np.ndarray:
+    """[6 x bars, 4, 3]: the six faces (four corners each) of a box per bar, standing at (x, y) on
+    z = 0, dx by dy wide and `heights` tall."""
+    unit = np.array(
+        [
+            [(0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 0)],  # bottom
+            [(0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)],  # top
+            [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],  # front
+            [(0, 1, 0), (0, 1, 1), (1, 1, 1), (1, 1, 0)],  # back
+            [(0, 0, 0), (0, 0, 1), (0, 1, 1), (0, 1, 0)],  # left
+            [(1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1)],  # right
+        ],
+        dtype=np.float64,
+    )  # [6, 4, 3]
+    origin = np.stack([x, y, np.zeros_like(heights)], axis=-1).astype(np.float64)  # [bars, 3]
+    size = np.stack([np.full_like(heights, dx), np.full_like(heights, dy), heights], axis=-1).astype(np.float64)
+    return (origin[:, None, None, :] + size[:, None, None, :] * unit[None]).reshape(-1, 4, 3)
 
 
 def plot_head_scores(ax, table: np.ndarray, fig) -> None:
