@@ -222,9 +222,9 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
     assert got[1, :, 4:].abs().max() == 0  # no real query after the last real key of a 5-token row
 
 
-@pytest.mark.parametrize("by_select", [False, True], ids=["nanmedian", "select"])
+@pytest.mark.parametrize("by_select", [False, True], ids=["partition", "select"])
 def test_lower_median_is_the_median_of_real_cells(by_select):
-    """Both ways (the cpu's nanmedian, the GPU's radix selection) give torch.median of each row's
+    """Both ways (the cpu's partition, the GPU's radix selection) give torch.median of each row's
     real cells: padding excluded, the lower of two middle values, ties kept."""
     from massive_checks.engine.capture import lower_median, sorted_median_at
 
@@ -246,11 +246,15 @@ def test_lower_median_is_the_median_of_real_cells(by_select):
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=f"trial {trial}")
 
 
+@pytest.mark.parametrize("way", ["select_at", "partition_at"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_radix_selection_equals_the_sorted_rows_value(dtype):
-    """select_at (the GPU's median, no sort) gives the k-th value of each sorted row bit for bit, in
-    every float dtype a model runs in: ties, zeros, inf and NaN (largest, as sort puts it)."""
-    from massive_checks.engine.capture import select_at
+def test_selection_equals_the_sorted_rows_value(dtype, way):
+    """select_at (the GPU's median, no sort) and partition_at (the cpu's) give the k-th value of
+    each sorted row bit for bit, in every float dtype a model runs in: ties, zeros, inf and NaN
+    (largest, as sort puts it), rows with their own k and rows sharing one."""
+    from massive_checks.engine import capture
+
+    select_at = getattr(capture, way)
 
     torch.manual_seed(0)
     for trial in range(60):
@@ -265,15 +269,17 @@ def test_radix_selection_equals_the_sorted_rows_value(dtype):
         k = torch.randint(0, n, (rows,))
         k[3] = 0
         k[4] = n - 1
+        if trial % 4 == 0:
+            k[:] = k[0]  # one k for every row
         want = values.sort(dim=1).values.gather(1, k[:, None]).squeeze(1)
         got = select_at(values, k)
         assert got.dtype == dtype
         assert torch.equal(want.nan_to_num(-1.0), got.nan_to_num(-1.0)), f"trial {trial}"
 
 
-def test_median_selection_in_row_chunks_equals_nanmedian(monkeypatch):
+def test_median_selection_in_row_chunks_equals_the_cpu_way(monkeypatch):
     """Rows selected a few at a time (SELECT_CELLS), with padding, a row without real cells and a
-    leading [G] dimension of sites: equal to the cpu's nanmedian."""
+    leading [G] dimension of sites: equal to the cpu's way, and to torch's nanmedian."""
     from massive_checks.engine import capture
 
     torch.manual_seed(1)
@@ -284,6 +290,8 @@ def test_median_selection_in_row_chunks_equals_nanmedian(monkeypatch):
     magnitude = act.abs().masked_fill(padding, 0.0)
     at = capture.sorted_median_at(mask.sum(1) * F, T * F)
     want = capture.lower_median(magnitude, padding, at, by_select=False)
+    nanmedian = magnitude.masked_fill(padding, float("nan")).flatten(-2).nanmedian(dim=-1).values
+    assert torch.equal(want.nan_to_num(-1.0), nanmedian.nan_to_num(-1.0))
     monkeypatch.setattr(capture, "SELECT_CELLS", 2 * T * F)  # two rows per selection
     got = capture.lower_median(magnitude, padding, at, by_select=True)
     assert torch.equal(want.nan_to_num(-1.0), got.nan_to_num(-1.0)) and got[:, 3].isnan().all()
@@ -291,7 +299,7 @@ def test_median_selection_in_row_chunks_equals_nanmedian(monkeypatch):
 
 def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
     """The selection way's median positions depend on the width F: sites of different widths in one
-    chunk (block outputs, MLP internals) each get their own, equal to the cpu's nanmedian."""
+    chunk (block outputs, MLP internals) each get their own, equal to the cpu's way."""
     import functools
 
     from massive_checks.engine import capture
