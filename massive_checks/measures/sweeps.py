@@ -177,7 +177,9 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
         unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging, logits=False)
     )
     if logits:
-        baseline = view.session.memo((*unsteered_key, "logits"), lambda: steer.with_logits(lm, baseline, prompts, trait))
+        baseline = view.session.memo(
+            (*unsteered_key, "logits"), lambda: steer.unsteered_with_logits(lm, baseline, prompts, trait)
+        )
     results = steer.sweep(
         lm,
         [(vector, c) for c in coefs],

@@ -463,7 +463,7 @@ def unsteered(
     return _judged(lm, tokens, odds if logits else None, prompt_texts, judging)
 
 
-def with_logits(
+def unsteered_with_logits(
     lm: LoadedModel, texts: Texts, prompts: list[list[int]], trait: dict[str, list[list[int]]], batch_size: int = GENERATION_ROWS
 ) -> Texts:
     """The unsteered Texts with their trait log-odds added (a baseline judged without them)."""
@@ -530,7 +530,7 @@ def sweep(
     a sweep) and trait_logit is nan; a later sweep that asks for them computes only those."""
     baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size, logits)
     if logits:
-        baseline = with_logits(lm, baseline, prompts, trait, batch_size)
+        baseline = unsteered_with_logits(lm, baseline, prompts, trait, batch_size)
     generated = {} if generated is None else generated
     setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
     keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
