@@ -112,7 +112,7 @@ def parse(text: str) -> Request:
             layer_text, dot, head_text = item.partition(".")
             if not dot:
                 raise ValueError(f"intervention {text!r}: {item!r} is not LAYER.HEAD (e.g. heads:5.1,6.*)")
-            parse_layers(layer_text, None)
+            LayerSet.parse(layer_text)  # syntax and order; the model's depth comes later
             if head_text != "*":
                 _ints(head_text, text)
     if match["tokens"] not in (None, "all", "massive"):
@@ -179,13 +179,6 @@ class LayerSet:
 
 
 EVERY_LAYER = LayerSet("all", None)
-
-
-def parse_layers(text: str | None, n_layers: int | None) -> list[int]:
-    """'all' | '5' | '2-10' | '2,3,7' -> sorted layer list (LayerSet.parse, then its blocks).
-    n_layers None: check the syntax only (at collection, before any model is known)."""
-    layer_set = LayerSet.parse(text)
-    return [] if n_layers is None else layer_set.blocks(n_layers)
 
 
 def resolve(
@@ -268,7 +261,7 @@ def _heads(request: Request, n_layers: int, n_heads: int, head_ranking: HeadRank
     for item in selection.split(","):
         layer_text, _, head_text = item.partition(".")
         heads = range(n_heads) if head_text == "*" else _ints(head_text, request.text)
-        for layer in parse_layers(layer_text, n_layers):
+        for layer in LayerSet.parse(layer_text).blocks(n_layers):
             bad = [h for h in heads if not 0 <= h < n_heads]
             if bad:
                 raise ValueError(f"intervention {request.text!r}: heads {bad} out of range (model has {n_heads})")

@@ -534,10 +534,8 @@ def sweep(
     generated = {} if generated is None else generated
     setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
     keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
-    fresh = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and key not in generated}
-    for chunk, chunk_prompts, steering, vectors in _row_batches(
-        runs, sorted(fresh.values()), prompts, layer, positions, first, batch_size
-    ):
+    fresh = _distinct_runs(keys, runs, lambda key: key not in generated)
+    for chunk, chunk_prompts, steering, vectors in _row_batches(runs, fresh, prompts, layer, positions, first, batch_size):
         if logits:
             chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
         else:
@@ -547,10 +545,8 @@ def sweep(
             generated[keys[i]][0][j] = chunk_tokens[n]
             generated[keys[i]][1][j] = None if chunk_odds is None else float(chunk_odds[n])
     if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
-        lacking = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and None in generated[key][1]}
-        for chunk, chunk_prompts, steering, vectors in _row_batches(
-            runs, sorted(lacking.values()), prompts, layer, positions, first, batch_size
-        ):
+        lacking = _distinct_runs(keys, runs, lambda key: None in generated[key][1])
+        for chunk, chunk_prompts, steering, vectors in _row_batches(runs, lacking, prompts, layer, positions, first, batch_size):
             for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
                 generated[keys[i]][1][j] = odds
     steered_runs = [i for i, (_, coef) in enumerate(runs) if coef != 0]
@@ -567,6 +563,13 @@ def sweep(
         assert judged_rows is not None  # a steered run has rows
         results.append(result_of(coef, judged_rows.rows(start, len(prompts)), baseline, chance))
     return results
+
+
+def _distinct_runs(keys: list, runs: list, wanted: Callable[[Any], bool]) -> list[int]:
+    """The first index of each steered run (coef != 0) whose key `wanted` picks, in run order: a run
+    a sweep lists twice is generated once."""
+    first = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and wanted(key)}
+    return sorted(first.values())
 
 
 def _row_batches(
