@@ -122,11 +122,31 @@ def test_the_bundled_gguf_facts_and_a_cache_without_them_is_rebuilt(smollm2, tmp
         models.load(models.BUNDLED)  # a cached tokenizer is checked at every load, before the weights
 
 
+def test_one_gguf_parse_shares_one_reader_per_file_and_restores_gguf(tmp_path, monkeypatch):
+    import gguf
+
+    built = []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, mode="r": built.append(path) or object())
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError, match="inside"), models._one_gguf_parse():
+        first, again = gguf.GGUFReader(tmp_path / "a.gguf"), gguf.GGUFReader(str(tmp_path / "a.gguf"))
+        other = gguf.GGUFReader(tmp_path / "b.gguf")
+        assert first is again and first is not other
+        raise RuntimeError("inside")
+    assert gguf.GGUFReader is original and len(built) == 2  # restored on the error
+
+
 @pytest.mark.slow
 def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monkeypatch):
+    import gguf
+
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))  # its own dequantized cache
     path, key = models.BUNDLED_GGUF[models.BUNDLED]()
+    parses = []
+    reader = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *args, **kwargs: parses.append(args) or reader(*args, **kwargs))
     local = models.load(str(path))
+    assert len(parses) == 1  # the tokenizer check, the tokenizer, the config and the weights share one parse
     assert local.revision == smollm2.revision == f"gguf-{key}"
     ids = torch.tensor([[1, 520, 4325, 314, 253]])
     with torch.no_grad():
