@@ -112,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     steer.add_argument("--trait-pos", action="append", help="trait continuation (repeatable; default: the set's own)")
     steer.add_argument("--trait-neg", action="append", help="anti-trait continuation (repeatable)")
-    commands.add_parser("models", help="list built-in model names")
+    listing = commands.add_parser("models", help="list built-in model names, or load models once (warms their caches)")
+    listing.add_argument(
+        "--load",
+        action="append",
+        metavar="MODEL",
+        help="load this model (repeatable): a first use downloads or dequantizes it into its cache, so a CI "
+        "set-up step can do that before the suite; prints what loaded",
+    )
     check = commands.add_parser(
         "check", help="run spec files without pytest (exit 1 if a claim fails): the plugin's suite and options"
     )
@@ -334,6 +341,11 @@ def steering_record(result, intervals: dict) -> dict:
 def cmd_models(args) -> int:
     from .engine.synthetic import BUILDERS
 
+    if args.load:
+        for name in args.load:
+            facts = models.load(name).describe()
+            print(f"{name}: {facts['architecture']}, revision {facts['revision']}, {facts['dtype']} on {facts['device']}")
+        return 0
     print("\n".join([*models.BUNDLED_GGUF, *BUILDERS]))
     print("\n".join(f"{name}  (random weights of a real shape, seed 0: for benchmarks only)" for name in models.random_names()))
     return 0

@@ -75,6 +75,16 @@ def test_unloadable_model_is_an_error_not_a_traceback(capsys, monkeypatch):
     assert "model 'gpt2' could not be loaded" in err and "Traceback" not in err
 
 
+def test_models_load_loads_each_model_and_says_what_loaded(capsys, monkeypatch):
+    assert cli.main(["models", "--load", "tiny-llama", "--load", "planted-llama"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["tiny-llama", "planted-llama"]
+    assert all("llama, revision synthetic-" in line and "float32 on cpu" in line for line in lines)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli.main(["models", "--load", "tiny-llama", "--load", "gpt2"]) == 2  # the set-up step fails, naming it
+    assert "model 'gpt2' could not be loaded" in capsys.readouterr().err
+
+
 def test_bad_ablation_is_an_error(capsys):
     assert cli.main(["profile", "tiny-llama", "--ablate", "attn:99"]) == 2
     assert "out of range for a model with 3 blocks" in capsys.readouterr().err
