@@ -1,5 +1,5 @@
 """The spec suite on one model (default SmolLM2-135M, float32, CPU, one thread) against its floor: the model load plus,
-for each forward pass the suite ran, one plain forward on the same data in the same chunks (SDPA
+for each forward pass the suite ran, one plain forward on the same data in the same chunks, run right after that pass (SDPA
 attention with the LM head, as transformers runs by default; eager where the pass needs attention
 weights, which SDPA cannot return).
 
@@ -30,11 +30,15 @@ SPEC_FILES = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.
 
 class PassLog:
     """Wraps ModelSession._forward: each pass's data and attention, and the time spent in passes
-    (a pass that first runs the baseline for its means counts only its own time)."""
+    (a pass that first runs the baseline for its means counts only its own time). With `floor`,
+    each pass is followed at once by its floor, a plain forward of the same data timed by
+    floor(session, data, eager, rows) -> seconds: pass and floor run seconds apart, so the
+    machine's drift over a run (its speed moved by up to 1.5x between runs) cancels."""
 
-    def __init__(self):
+    def __init__(self, floor=None):
         self.passes: list[tuple] = []  # (data, weights needed, rows per chunk)
         self.seconds, self._nested = 0.0, []
+        self.floor, self.floor_seconds = floor, 0.0
 
     def wrap(self, forward):
         log = self
@@ -53,6 +57,11 @@ class PassLog:
             weights = any(name.endswith(".attn.probs") for name in result.needs.sites)
             rows = session.chunk_rows(session.batch(data).input_ids.shape[1], result.needs.loss, weights)
             log.passes.append((data, weights, rows))
+            if log.floor is not None:
+                spent = log.floor(session, data, weights, rows)
+                log.floor_seconds += spent
+                if log._nested:  # not the enclosing pass's own time either
+                    log._nested[-1] += spent
             return result
 
         return recorded
@@ -99,34 +108,34 @@ def _run_suite(setup: dict, tmp: Path, log: PassLog, monkeypatch, figure_workers
     return time.perf_counter() - start, len(specs), figure_time[0]
 
 
-def _floor(setup: dict, lm, session: ModelSession, passes: list[tuple]) -> tuple[float, float]:
-    """(load time, time of one plain forward per pass, in the pass's chunks)."""
+def _plain_forwards(session: ModelSession, data, eager: bool, batch_size: int) -> float:
+    """Seconds of one plain forward of a pass's data on the session's model, in the pass's own chunks."""
+    lm, batch = session.lm, session.batch(data)
+    start = time.perf_counter()
+    with torch.no_grad(), lm.attention(weights_needed=eager):
+        for first in range(0, batch.input_ids.shape[0], batch_size):
+            mask = batch.attention_mask[first : first + batch_size]
+            width = int(mask.sum(dim=1).max())
+            lm.model(
+                input_ids=batch.input_ids[first : first + batch_size, :width].to(lm.device),
+                attention_mask=mask[:, :width].to(lm.device),
+                use_cache=False,
+            )
+        synchronize()
+    return time.perf_counter() - start
+
+
+def test_suite_vs_its_floor(benchmark, setup, lm, tmp_path, monkeypatch):  # lm: imports warm before the load is timed
+    """The suite's wall time (its floors excluded) against the model load, timed just before it,
+    plus each pass's plain forward, timed right after that pass."""
+    log = PassLog(floor=_plain_forwards)
     start = time.perf_counter()
     models.load(**setup)
     load = time.perf_counter() - start
-    total = 0.0
-    for data, eager, batch_size in passes:  # the pass's own chunks
-        batch = session.batch(data)
-        start = time.perf_counter()
-        with torch.no_grad(), lm.attention(weights_needed=eager):
-            for first in range(0, batch.input_ids.shape[0], batch_size):
-                mask = batch.attention_mask[first : first + batch_size]
-                width = int(mask.sum(dim=1).max())
-                lm.model(
-                    input_ids=batch.input_ids[first : first + batch_size, :width].to(lm.device),
-                    attention_mask=mask[:, :width].to(lm.device),
-                    use_cache=False,
-                )
-            synchronize()
-        total += time.perf_counter() - start
-    return load, total
-
-
-def test_suite_vs_its_floor(benchmark, setup, lm, tmp_path, monkeypatch):
-    log = PassLog()
     suite_time, n_specs, figure_time = _run_suite(setup, tmp_path, log, monkeypatch)
     monkeypatch.undo()
-    load, forwards = _floor(setup, lm, ModelSession(lm), log.passes)
+    suite_time -= log.floor_seconds
+    forwards = log.floor_seconds
     floor = load + forwards
     by_kind = defaultdict(int)
     for _, eager, _ in log.passes:
