@@ -6,8 +6,9 @@
 #
 #   bash benchmarks/gpu_shapes.sh [OUT] ["random:smollm2-135m:float32 random:llama-3b:bfloat16 ..."]
 #
-# On the lent GPU machine (see ../shared/gpu/README.md): carry .whl, the wheels it lacks; they are
-# installed into /tmp/site first. OUT/summary.txt gets, per shape and dtype, the ratio table the
+# On the lent GPU machine (see ../shared/gpu/README.md): fetch the wheels it lacks once here
+# (bash ../shared/gpu/fetch_wheels.sh), then one device call with carry [".whl"] and the command
+# `bash benchmarks/gpu_shapes.sh "$OUT"`; the wheels are installed into /tmp/site first. OUT/summary.txt gets, per shape and dtype, the ratio table the
 # benchmarks print, then the agreement; logs stay under OUT. Runs on a cpu too (DEVICE=cpu), slowly.
 set -u
 out=${1:-${OUT:-gpu-shapes}}
