@@ -59,10 +59,7 @@ def test_the_models_command_lists_the_random_shapes(capsys):
 def test_the_shipped_configurations_are_what_transformers_reads_from_the_gguf(base):
     from transformers import AutoConfig
 
-    gguf, key = models.BUNDLED_GGUF[base]()
-    target = models._cache_dir(base, key)
-    if not models._cache_is_complete(target):
-        models._write_dequantized_cache(base, gguf, target)
+    target = models.dequantized_cache(base, *models.BUNDLED_GGUF[base]())
     from_gguf = json.loads(AutoConfig.from_pretrained(target).to_json_string(use_diff=False))  # as JSON writes it (string keys)
     shipped = json.loads((models.SHAPES_DIR / f"{base}.json").read_text())
     assert {k: v for k, v in from_gguf.items() if k in shipped} == shipped

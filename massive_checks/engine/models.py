@@ -516,10 +516,7 @@ def _random_tokenizer(shape: str, base: str) -> tuple[Any, str]:
 
         notice(f"{RANDOM + shape}: a byte-level tokenizer, since {base}'s is not installed ({_first_line(exc)})")
         return byte_tokenizer(add_bos=True), "-byte-tokenizer"
-    target = _cache_dir(base, key)
-    if not _cache_is_complete(target):
-        _write_dequantized_cache(base, gguf, target)
-    return AutoTokenizer.from_pretrained(target), ""
+    return AutoTokenizer.from_pretrained(dequantized_cache(base, gguf, key)), ""
 
 
 def default_judge(steered: str) -> str:
@@ -540,14 +537,20 @@ def _cache_dir(name: str, key: str) -> Path:
     return cache_root() / f"{name}-{key}"
 
 
+def dequantized_cache(name: str, gguf: Path, key: str) -> Path:
+    """The folder of a GGUF's float32 cache (keyed by the file's hash), written on first use."""
+    target = _cache_dir(name, key)
+    if not _cache_is_complete(target):
+        _write_dequantized_cache(name, gguf, target)
+    return target
+
+
 def _load_gguf(name: str, gguf: Path, key: str):
     """Dequantize a GGUF once to a float32 transformers directory (keyed by the file's hash);
     later loads read that. The tokenizer is checked against the GGUF's own settings both times."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = _cache_dir(name, key)
-    if not _cache_is_complete(target):
-        _write_dequantized_cache(name, gguf, target)
+    target = dequantized_cache(name, gguf, key)
     tokenizer = AutoTokenizer.from_pretrained(target)
     _check_tokenizer(name, tokenizer, json.loads((target / GGUF_FACTS).read_text()), target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
