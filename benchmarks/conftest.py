@@ -41,7 +41,7 @@ def lm(setup):
 def long_texts(tmp_path_factory) -> str:
     """32 passages of ~3,500 tokens each (the built-in passages joined, each line starting at
     another one), for sequence lengths the built-in passages (~130 tokens) cannot reach."""
-    from massive_checks.engine.data import read_passages
+    from massive_checks.language.data import read_passages
 
     passages = read_passages("builtin")
     lines = [" ".join(passages[i:] + passages[:i]) for i in range(32)]

@@ -14,8 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ratios import interleaved_ratio, record
 from massive_checks.engine import hooks
-from massive_checks.engine.capture import Needs
-from massive_checks.engine.data import DataConfig
+from massive_checks.engine.needs import Needs
+from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
 
 
@@ -153,7 +153,7 @@ MEMORY_SCRIPT = """
 import gc, json, sys, torch
 from pathlib import Path
 from massive_checks.engine import models
-from massive_checks.engine.data import DataConfig
+from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
 what, setup = sys.argv[1], json.loads(sys.argv[2])
 torch.set_num_threads(1)

@@ -11,7 +11,9 @@ import time
 import torch
 
 from ratios import record
-from massive_checks.steering import contrast, judges, steer
+from massive_checks.steering import coherence
+from massive_checks.language import contrast, judges
+from massive_checks.steering import steer
 from massive_checks.engine.session import ModelSession
 
 PROMPTS, TOKENS, COEFS = 20, 16, (10.0, 30.0, 90.0)
@@ -22,7 +24,7 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     texts = contrast.eval_prompts("refusal", PROMPTS)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
-    judging = steer.Judging("refusal", judges.refusal, session.judge_model())
+    judging = steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
     vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(0))
     runs = [(vector, 0.0)] + [(vector, c) for c in COEFS]
     steer.sweep(lm, runs[:2], 1, prompts[:2], texts[:2], trait, 2, judging)  # warm-up
@@ -30,7 +32,7 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     sweep_time = {}
     for logits in (False, True):
         session = ModelSession(lm)  # the judge's memo starts empty each time
-        judging = steer.Judging("refusal", judges.refusal, session.judge_model())
+        judging = steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
         start = time.perf_counter()
         results = steer.sweep(lm, runs, lm.n_layers // 2, prompts, texts, trait, TOKENS, judging, logits=logits)
         sweep_time[logits] = time.perf_counter() - start

@@ -18,11 +18,11 @@ import torch
 from ratios import record, synchronize
 from massive_checks.output import figures
 from massive_checks.engine import models
-from massive_checks.errors import MassiveChecksError
+from massive_checks.base.errors import MassiveChecksError
 from massive_checks.engine.session import ModelSession
-from massive_checks.spec import load_file
+from massive_checks.language import load_file
 from massive_checks.engine.cores import available_cores
-from massive_checks.suite import Options, Suite
+from massive_checks.pipeline.suite import Options, Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILES = [path for path in sorted((ROOT / "specs").rglob("*.yaml")) if path.name not in ("_defaults.yaml", "steering.yaml")]
@@ -196,8 +196,8 @@ class Stopwatch:
 def test_interval_share_of_the_suite(benchmark, setup, lm, tmp_path, monkeypatch):
     """The bootstrap's share of the whole suite (steering specs included): every function that
     draws resamples, computes replicates or intervals, or judges them, timed in place."""
-    from massive_checks import evaluate
-    from massive_checks.spec import intervals
+    from massive_checks.pipeline import evaluate
+    from massive_checks.language import intervals
     from massive_checks.steering import vectors
     from massive_checks.measures import heads, sweeps
 

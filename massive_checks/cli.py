@@ -7,15 +7,15 @@ import json
 import math
 import sys
 
-from .spec import interventions
-from .engine import models
-from .engine.data import BUILTIN, DataConfig
-from .constants import MASSIVE_RULE
-from .errors import MassiveChecksError
-from .measures.heads import head_score_table
-from .measures.profile import profile_document
-from .options import add_suite_options
-from .engine.session import ModelSession
+from massive_checks.steering import coherence
+from massive_checks.language import interventions
+from massive_checks.engine import readings, models
+from massive_checks.language.data import BUILTIN, DataConfig
+from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.base.errors import MassiveChecksError
+from massive_checks.measures.profile import profile_document
+from massive_checks.base.options import add_suite_options
+from massive_checks.engine.session import ModelSession
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +170,7 @@ def cmd_profile(args) -> int:
 
 def cmd_heads(args) -> int:
     session, data = _session(args)
-    table = head_score_table(session.view(data), "first")  # [L, H]
+    table = readings.head_score_table(session.view(data), "first")  # [L, H]
     rows = [{"layer": L, "head": H, "score": float(table[L, H])} for L in range(table.shape[0]) for H in range(table.shape[1])]
     rows.sort(key=lambda r: (-r["score"], r["layer"], r["head"]))
     if args.json:
@@ -184,7 +184,7 @@ def cmd_heads(args) -> int:
 def cmd_scan(args) -> int:
     from pathlib import Path
 
-    from .scan import scan
+    from massive_checks.pipeline.scan import scan
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     out = Path(args.out or f"reports/scan-{args.model.replace('/', '__')}")
@@ -204,7 +204,7 @@ def cmd_scan(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from .scan import diff, profile_summary
+    from massive_checks.pipeline.scan import diff, profile_summary
 
     data = DataConfig(dataset=args.dataset, samples=args.samples, seq_len=args.seq_len)
     summaries = [
@@ -227,8 +227,8 @@ def cmd_diff(args) -> int:
 
 
 def cmd_vectors(args) -> int:
-    from .engine.capture import Window
-    from .measures.steering import vectors_document
+    from massive_checks.language.definitions import Window
+    from massive_checks.measures.steering import vectors_document
 
     window = Window.parse(args.window).text()
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
@@ -258,11 +258,12 @@ def cmd_vectors(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from .steering import contrast, judges, steer
-    from .engine.capture import Window
-    from .spec.intervals import Bootstrap
-    from .measures.steering import named_definition, vector_of
-    from .measures.sweeps import SweepOutcome
+    from massive_checks.language import contrast, judges
+    from massive_checks.steering import steer
+    from massive_checks.language.definitions import Window
+    from massive_checks.language.intervals import Bootstrap
+    from massive_checks.measures.steering import named_definition, vector_of
+    from massive_checks.measures.sweeps import SweepOutcome
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     lm.check_layer(args.layer, f"--layer {args.layer}")
@@ -285,7 +286,7 @@ def cmd_steer(args) -> int:
     judge_name = args.judge or judges.DEFAULT_FOR_SET.get(args.pairs)
     if judge_name is None:
         raise ValueError(f"{args.pairs}: no default trait judge; give --judge (vader, refusal, or module:function)")
-    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), session.judge_model())
+    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), coherence.fluency_model(session))
     coefs = [0.0] + [c for c in args.coef if c != 0]
     results = steer.run(
         lm,
@@ -339,7 +340,7 @@ def steering_record(result, intervals: dict) -> dict:
 
 
 def cmd_models(args) -> int:
-    from .engine.synthetic import BUILDERS
+    from massive_checks.engine.synthetic import BUILDERS
 
     if args.load:
         for name in args.load:
@@ -355,10 +356,11 @@ def cmd_check(args) -> int:
     """The suite without pytest: every spec on every model it applies to, reports written."""
     from pathlib import Path
 
-    from .constants import DEFAULTS_FILE
-    from .output.report import failure_text
-    from .spec.loading import load_file
-    from .suite import Suite, options_from
+    from massive_checks.base.constants import DEFAULTS_FILE
+    from massive_checks.output.records import AS_EXPECTED
+    from massive_checks.output.report import failure_text
+    from massive_checks.language.loading import load_file
+    from massive_checks.pipeline.suite import Suite, options_from
 
     files = [
         f
@@ -378,13 +380,11 @@ def cmd_check(args) -> int:
             print(f"ERROR  {spec.id} [{model}]: {exc}")
             false_claims += 1
             continue
-        verdict = result.verdict
-        ok = verdict.as_expected and not result.golden_failed
-        label = ("PASS" if verdict.passed else "XFAIL" if verdict.xfail_reason else "UNDECIDED") if ok else "FAIL"
-        print(f"{label:5}  {spec.id} [{model}]  ({verdict.outcome})")
+        verdict, status = result.verdict, result.record["status"]
+        print(f"{status.upper():9}  {spec.id} [{model}]  ({verdict.outcome})")
         if not verdict.as_expected:
             print(failure_text(result.observation, verdict))
-        false_claims += not ok
+        false_claims += status not in AS_EXPECTED
     suite.finish()
     for record in suite.figure_errors:
         print(f"FIGURE FAILED  {record['spec']} [{record['model']}]: {record['figure_error']}")
@@ -393,7 +393,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .spec.schema import json_schema
+    from massive_checks.language.schema import json_schema
 
     print(json.dumps(json_schema(defaults=args.defaults), indent=1, sort_keys=True))
     return 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks, models
-from massive_checks.engine.data import DataConfig
+from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
 
 pytest_plugins = ["pytester"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks, models, synthetic
-from massive_checks.errors import UnsupportedArchitecture
-from massive_checks.engine.capture import Needs
+from massive_checks.base.errors import UnsupportedArchitecture
+from massive_checks.engine.needs import Needs
 
 from conftest import SMALL_DATA
 

@@ -7,9 +7,9 @@ import torch
 
 from massive_checks.engine import hooks, models, stats, synthetic
 from massive_checks.engine.apply import capture_stats
-from massive_checks.measures import massive as M
+from massive_checks.engine import readings
 from massive_checks.measures import profile as P
-from massive_checks.engine.data import DataConfig
+from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
 
 from conftest import SMALL_DATA, reference_block_outputs
@@ -124,7 +124,7 @@ def test_one_forward_pass_per_data_and_intervention(session_for):
     session = session_for("tiny-llama")
     view = session.view(SMALL_DATA)
     for layer in range(session.lm.n_layers):
-        P.top_cells(view, layer), P.median(view, layer).value, M.massive_examples(view, layer)[0]
+        P.top_cells(view, layer), P.median(view, layer).value, readings.massive_examples(view, layer)[0]
     P.profile_document(session.view(SMALL_DATA))
     assert session.forward_passes == 1
     P.profile_document(session.view(DataConfig(samples=3, seq_len=40)))  # other data: its own pass
@@ -152,8 +152,8 @@ def test_unknown_site_names_the_valid_ones(load_model):
 
 
 def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for, tmp_path):
-    from massive_checks.evaluate import Evaluator, plan
-    from massive_checks.spec import load_file
+    from massive_checks.pipeline.evaluate import Evaluator, plan
+    from massive_checks.language import load_file
 
     path = tmp_path / "two.yaml"
     path.write_text(
@@ -172,7 +172,7 @@ def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for,
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3-mm"])
 def test_a_pass_without_a_loss_computes_no_logits(session_for, name):
-    from massive_checks.engine.capture import Needs
+    from massive_checks.engine.needs import Needs
 
     session = session_for(name)
     calls = []
@@ -458,8 +458,8 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
     half the bytes) the stacks fill and are flushed in the middle of the forward. A bfloat16 model's
     stacks stay bfloat16 (no float32 copy); its statistics equal those of float32 copies."""
     from massive_checks.engine import capture
-    from massive_checks.engine.capture import Needs
-    from massive_checks.spec.interventions import Ablation
+    from massive_checks.engine.needs import Needs
+    from massive_checks.language.interventions import Ablation
 
     lm = load_model("tiny-llama") if dtype == "float32" else models.load("tiny-llama", dtype=dtype)
     data = DataConfig(samples=5, seq_len=20)
@@ -500,7 +500,7 @@ def test_a_held_tensor_written_after_its_hook_is_an_error(load_model, monkeypatc
     after the hook (none of the supported architectures does) fails the pass, naming the cause,
     instead of computing statistics of the written values."""
     from massive_checks.engine import capture, session as session_module
-    from massive_checks.engine.capture import Needs
+    from massive_checks.engine.needs import Needs
 
     lm = load_model("tiny-llama")
     monkeypatch.setattr(capture, "GPU_WAYS", True)

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from massive_checks import cli
-from massive_checks.spec import interventions
+from massive_checks.language import interventions
 from massive_checks.engine import models
 from massive_checks.engine.apply import intervene
-from massive_checks.engine.data import DataConfig
-from massive_checks.errors import ModelUnavailable
-from massive_checks.measures.massive import massive_dims
+from massive_checks.language.data import DataConfig
+from massive_checks.base.errors import ModelUnavailable
+from massive_checks.engine.readings import massive_dims
 from massive_checks.measures.profile import top_value
 from massive_checks.engine.session import ModelSession
 

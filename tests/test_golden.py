@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from massive_checks.language import tolerance
 from massive_checks.output import golden
 from massive_checks.engine import synthetic
 
@@ -113,7 +114,7 @@ def test_orphans_are_named_and_selection_is_respected(suite):
 
 
 def test_tolerances_are_per_key():
-    config = golden.GoldenConfig(rtol=1e-4, keys={"*median*": golden.Tolerance(rtol=0.1)})
+    config = tolerance.GoldenConfig(rtol=1e-4, keys={"*median*": tolerance.Tolerance(rtol=0.1)})
     expected = {"a top1 | layer 1": 1000.0, "a median | layer 1": 1.0, "dims": [1, 2]}
     observed = {"a top1 | layer 1": 1000.05, "a median | layer 1": 1.05, "dims": [1, 2]}
     assert golden.compare(expected, observed, config) == []
@@ -138,7 +139,8 @@ def test_atomic_writes_leave_readable_files(tmp_path):
 def test_infinite_and_undefined_values_match_themselves():
     """An interval end that is unbounded (inf) or a value that is undefined (nan) matches the same
     in the snapshot (inf - inf is nan, which no tolerance admits)."""
-    from massive_checks.output.golden import GoldenConfig, compare
+    from massive_checks.output.golden import compare
+    from massive_checks.language.tolerance import GoldenConfig
 
     same = {"low": -math.inf, "high": math.inf, "none": math.nan}
     assert compare(same, dict(same), GoldenConfig()) == []

@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from massive_checks.spec import intervals
-from massive_checks.evaluate import Evaluator, judge_row
-from massive_checks.spec.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Estimate, SharedSet, Units
-from massive_checks.spec import Bound, load_file
+from massive_checks.language import intervals
+from massive_checks.pipeline.evaluate import Evaluator, judge_row
+from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Estimate, SharedSet, Units
+from massive_checks.language import Bound, load_file
 
 from conftest import SMALL_DATA
 
@@ -198,7 +198,7 @@ def test_paired_change_between_configurations(session_for):
     """A change reads both configurations on the same resamples: its replicates are the change
     of the two sides' replicates, resample by resample."""
     session = session_for("planted-llama")
-    from massive_checks.spec import interventions
+    from massive_checks.language import interventions
 
     no_mlp = session.resolve(SMALL_DATA, [interventions.parse("mlp:2")])
     base, ablated = session.view(SMALL_DATA).loss(), session.view(SMALL_DATA, no_mlp).loss()
@@ -333,7 +333,7 @@ def test_confidence_and_resamples_options(pytester):
 def test_resamples_do_not_depend_on_where_the_data_file_lives(tmp_path, session_for):
     """The units' key (the seed of their resamples) is the file's name and its token ids' hash,
     never its path: a checkout elsewhere reproduces the goldens' intervals."""
-    from massive_checks.engine.data import DataConfig, read_passages
+    from massive_checks.language.data import DataConfig, read_passages
 
     text = "\n".join(read_passages("builtin")[:6]) + "\n"
     for folder in ("a", "b"):

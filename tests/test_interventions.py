@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from massive_checks.engine import hooks, models, synthetic
-from massive_checks.spec import interventions
+from massive_checks.language import interventions
 from massive_checks.engine.apply import intervene
-from massive_checks.engine.data import DataConfig, tokenize
-from massive_checks.evaluate import Evaluator
-from massive_checks.spec import load_file
+from massive_checks.language.data import DataConfig
+from massive_checks.engine.batches import tokenize
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.language import load_file
 
 from conftest import SMALL_DATA
 

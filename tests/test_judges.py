@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from massive_checks import cli
-from massive_checks.steering import contrast, judges, steer
-from massive_checks.engine.data import DataConfig
+from massive_checks.language import contrast, judges
+from massive_checks.steering import coherence
+from massive_checks.steering import steer
+from massive_checks.language.data import DataConfig
 from massive_checks.measures.steering import named_definition, vector_of
 from massive_checks.engine.session import ModelSession
 
@@ -57,10 +59,10 @@ def test_vader_scores_the_continuation_polarity():
 
 
 def test_distinct_2():
-    assert judges.distinct_2("the cat sat on the mat") == 1.0
-    assert judges.distinct_2(" provide" * 32) == pytest.approx(1 / 31)
-    assert judges.distinct_2("a b a b a b") == pytest.approx(2 / 5)
-    assert judges.distinct_2("one") == 1.0
+    assert coherence.distinct_2("the cat sat on the mat") == 1.0
+    assert coherence.distinct_2(" provide" * 32) == pytest.approx(1 / 31)
+    assert coherence.distinct_2("a b a b a b") == pytest.approx(2 / 5)
+    assert coherence.distinct_2("one") == 1.0
 
 
 def test_coherence_scores_follow_the_definition():
@@ -69,14 +71,14 @@ def test_coherence_scores_follow_the_definition():
     chance, one = 10.0, np.ones(7)
     losses = np.array([2.0, 1.0, 6.0, 10.0, 12.0, math.nan, 3.0])
     reference = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0])  # mean 2.2857
-    scores = judges.coherence_scores(losses, one, reference, one, float(reference.mean()), chance)
+    scores = coherence.coherence_scores(losses, one, reference, one, float(reference.mean()), chance)
     assert scores[[0, 1, 3, 4, 6]].tolist() == [100.0, 100.0, 0.0, 0.0, 100.0]
     assert scores[2] == pytest.approx(100 * (10 - 6) / (10 - reference.mean()))  # R is the mean where it is larger
     assert math.isnan(scores[5])
     distinct = np.array([0.1, 0.25, 1.0])
-    varied = judges.coherence_scores(np.full(3, 2.0), distinct, np.full(3, 2.0), np.array([1.0, 0.25, 0.2]), 2.0, chance)
+    varied = coherence.coherence_scores(np.full(3, 2.0), distinct, np.full(3, 2.0), np.array([1.0, 0.25, 0.2]), 2.0, chance)
     assert varied.tolist() == [pytest.approx(20.0), 100.0, 100.0]  # 0.1 / 0.5; as varied as the unsteered; more varied
-    unsteered = judges.mean_coherence(reference, np.full(7, 0.3), reference, np.full(7, 0.3), chance)
+    unsteered = coherence.mean_coherence(reference, np.full(7, 0.3), reference, np.full(7, 0.3), chance)
     assert unsteered == 100.0
 
 
@@ -87,15 +89,15 @@ def unsteered_texts(load_model):  # real models: the tests using it are marked s
     session = ModelSession(lm, judge_loader=load_model)
     texts = contrast.eval_prompts("refusal", 8)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    judging = steer.Judging("refusal", judges.refusal, session.judge_model())
+    judging = steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
     trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
     return lm, texts, judging, steer.unsteered(lm, prompts, texts, trait, 32, judging)
 
 
 def _coherence_of(texts, judging, baseline, prompts):
     losses = steer.judge_losses(judging.model.lm, prompts, texts)
-    return judges.mean_coherence(
-        losses, judges.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct), judging.model.chance
+    return coherence.mean_coherence(
+        losses, coherence.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct), judging.model.chance
     )
 
 
@@ -245,10 +247,10 @@ def test_steer_json_sentiment_trait_is_vader_of_the_returned_texts(capsys):
 def test_a_spec_sweep_is_judged_by_another_model_unless_asked(load_model):
     """The session's default judge is the other bundled model; naming the steered model is allowed."""
     lm = load_model("smollm2-135m")
-    assert ModelSession(lm, judge_loader=load_model).judge_model().name == "gemma3-270m"
-    assert ModelSession(lm, judge_loader=load_model).judge_model("smollm2-135m").lm is lm
-    assert ModelSession(lm, judge_loader=load_model, judge_model="tiny-llama").judge_model().name == "tiny-llama"
-    assert ModelSession(load_model("tiny-llama"), judge_loader=load_model).judge_model().name == "tiny-gpt2"
+    assert coherence.fluency_model(ModelSession(lm, judge_loader=load_model)).name == "gemma3-270m"
+    assert coherence.fluency_model(ModelSession(lm, judge_loader=load_model), "smollm2-135m").lm is lm
+    assert coherence.fluency_model(ModelSession(lm, judge_loader=load_model, judge_model="tiny-llama")).name == "tiny-llama"
+    assert coherence.fluency_model(ModelSession(load_model("tiny-llama"), judge_loader=load_model)).name == "tiny-gpt2"
     vector = vector_of(
         ModelSession(lm).view(DataConfig(), vectors={"v": named_definition("probe", "refusal", 13, "first:5")}), "v"
     )
@@ -259,7 +261,7 @@ def test_a_session_judges_each_distinct_text_once(load_model, monkeypatch):
     """Steering runs often generate the same continuation: the judge model scores each distinct
     (prompt, continuation) once a session, with the loss it gives that row judged alone."""
     lm = load_model("tiny-llama")
-    judge = judges.JudgeModel("tiny-llama", lm)
+    judge = coherence.FluencyModel("tiny-llama", lm)
     judged, real = [], steer.judge_losses
     monkeypatch.setattr(steer, "judge_losses", lambda model, ps, ts: judged.extend(zip(ps, ts)) or real(model, ps, ts))
     prompts, texts = ["a b", "c d", "a b", "e"], ["x y z", "w", "x y z", ""]

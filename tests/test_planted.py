@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from massive_checks.engine import stats
-from massive_checks.spec import interventions
+from massive_checks.language import interventions
+from massive_checks.engine import readings
 from massive_checks.measures import massive as M
 from massive_checks.measures import profile as P
 from massive_checks.engine.synthetic import PLANT
@@ -23,7 +24,7 @@ def test_planted_dim_layer_and_token_are_found_exactly(session_for):
     assert M.MassivePositions().compute(view, layers[: PLANT["layer"]]).value == 0
     assert M.MassiveDims().compute(view, layers).shares == {PLANT["dim"]: 1.0}
     for layer in layers:
-        cells = M.massive_examples(view, layer)[0]
+        cells = readings.massive_examples(view, layer)[0]
         if layer < PLANT["layer"]:
             assert cells == []
         else:
@@ -35,14 +36,14 @@ def test_massive_threshold_parameters_are_respected(session_for):
     session = session_for("planted-llama")
     layer = PLANT["layer"]
     value = P.top_cells(session.view(SMALL_DATA), layer, 1)[0].value
-    assert M.massive_examples(session.view(SMALL_DATA, massive=(value * 1.01, 1.0)), layer)[0] == []  # above every |a|
-    assert M.massive_examples(session.view(SMALL_DATA, massive=(value * 0.99, 1.0)), layer)[0] != []
+    assert readings.massive_examples(session.view(SMALL_DATA, massive=(value * 1.01, 1.0)), layer)[0] == []  # above every |a|
+    assert readings.massive_examples(session.view(SMALL_DATA, massive=(value * 0.99, 1.0)), layer)[0] != []
     stats = session.view(SMALL_DATA).block(layer)  # the ratio is per sequence: its own median
     ratios = stats.top()[0] / stats.median()
     highest = float(ratios.max())
-    assert M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer)[0] == []
-    assert M.massive_dims(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer) == set()
-    hits = M.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 0.99)), layer)[0]
+    assert readings.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer)[0] == []
+    assert readings.massive_dims(session.view(SMALL_DATA, massive=(1.0, highest * 1.01)), layer) == set()
+    hits = readings.massive_examples(session.view(SMALL_DATA, massive=(1.0, highest * 0.99)), layer)[0]
     assert {c.sequence for c in hits} == {int(ratios.argmax())} | {
         s for s, r in enumerate(ratios.tolist()) if r >= highest * 0.99
     }
@@ -63,7 +64,7 @@ def _ablated(session, text):
 def test_ablating_the_planted_mlp_removes_the_massive_activation(session_for):
     session = session_for("planted-llama")
     view = _ablated(session, f"mlp:{PLANT['layer']}")
-    assert all(M.massive_examples(view, layer)[0] == [] for layer in range(view.lm.n_layers))
+    assert all(readings.massive_examples(view, layer)[0] == [] for layer in range(view.lm.n_layers))
     assert float(view.block(PLANT["layer"]).cell_max[:, PLANT["dim"]].max()) < 5
 
 
@@ -87,7 +88,7 @@ def test_float16_overflow_is_a_clear_error(load_model):
     import torch
 
     from massive_checks.engine import models
-    from massive_checks.errors import ActivationOverflow
+    from massive_checks.base.errors import ActivationOverflow
     from massive_checks.engine.session import ModelSession
 
     lm = models.load("planted-llama", dtype="float16")

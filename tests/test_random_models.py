@@ -12,7 +12,7 @@ import torch
 
 from massive_checks import cli
 from massive_checks.engine import models
-from massive_checks.errors import ModelUnavailable
+from massive_checks.base.errors import ModelUnavailable
 
 SHAPE_FIELDS = (
     "hidden_size",

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from massive_checks.language import tolerance
 from massive_checks.output import golden
-from massive_checks.errors import GoldenError, SpecError
-from massive_checks.evaluate import Evaluator
-from massive_checks.spec import load_file
+from massive_checks.base.errors import GoldenError, SpecError
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.language import load_file
 
 from conftest import SMALL_DATA
 
@@ -303,18 +304,18 @@ def snapshot(values=None):
 def test_malformed_goldens_are_golden_errors_and_the_update_flag_repairs_them(tmp_path, document):
     path = tmp_path / "g.json"
     path.write_text(json.dumps(document))
-    result = golden.check(path, snapshot(), golden.GoldenConfig(), update=None)
+    result = golden.check(path, snapshot(), tolerance.GoldenConfig(), update=None)
     assert result.status == "corrupt" and str(path) in result.message
     assert json.loads(path.read_text()) == document  # never overwritten without the flag
-    assert golden.check(path, snapshot(), golden.GoldenConfig(), update="all").status == "updated"
-    assert golden.check(path, snapshot(), golden.GoldenConfig(), update=None).status == "match"
+    assert golden.check(path, snapshot(), tolerance.GoldenConfig(), update="all").status == "updated"
+    assert golden.check(path, snapshot(), tolerance.GoldenConfig(), update=None).status == "match"
 
 
 def test_a_golden_path_that_is_a_directory_is_a_golden_error(tmp_path):
     (tmp_path / "g.json").mkdir()
     for update in (None, "all"):
         with pytest.raises(GoldenError, match="is a directory"):
-            golden.check(tmp_path / "g.json", snapshot(), golden.GoldenConfig(), update=update)
+            golden.check(tmp_path / "g.json", snapshot(), tolerance.GoldenConfig(), update=update)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
@@ -324,7 +325,7 @@ def test_a_read_only_golden_directory_is_a_golden_error(tmp_path):
     folder.chmod(0o500)
     try:
         with pytest.raises(GoldenError, match="cannot write golden"):
-            golden.check(folder / "g.json", snapshot(), golden.GoldenConfig(), update=None)
+            golden.check(folder / "g.json", snapshot(), tolerance.GoldenConfig(), update=None)
     finally:
         folder.chmod(0o700)
 
@@ -335,7 +336,7 @@ def test_a_write_failure_is_a_golden_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(golden, "atomic_write", refuse)
     with pytest.raises(GoldenError, match="cannot write golden .*Permission denied"):
-        golden.check(tmp_path / "g.json", snapshot(), golden.GoldenConfig(), update=None)
+        golden.check(tmp_path / "g.json", snapshot(), tolerance.GoldenConfig(), update=None)
 
 
 def test_the_overflow_message_names_the_real_dtype(session_for):
@@ -362,7 +363,7 @@ def test_corrupt_weights_are_one_clear_error(tmp_path, saved_model):
     import shutil
 
     from massive_checks.engine import models
-    from massive_checks.errors import ModelUnavailable
+    from massive_checks.base.errors import ModelUnavailable
 
     broken = tmp_path / "broken"
     shutil.copytree(saved_model, broken)
@@ -377,7 +378,7 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
     import torch
 
     from massive_checks.engine import models
-    from massive_checks.errors import ModelUnavailable
+    from massive_checks.base.errors import ModelUnavailable
 
     pickled = tmp_path / "pickled"
     shutil.copytree(saved_model, pickled)
@@ -391,7 +392,7 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
 @pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing/dir", "a/b/c"])
 def test_path_like_missing_names_say_so_at_once(name):
     from massive_checks.engine import models
-    from massive_checks.errors import ModelUnavailable
+    from massive_checks.base.errors import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="no such directory"):
         models.load(name)

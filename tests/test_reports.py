@@ -269,7 +269,7 @@ def test_the_reference_table_puts_the_sources_value_beside_each_models():
 
 
 def test_a_spec_check_carries_its_reference(tmp_path):
-    from massive_checks.spec import load_file
+    from massive_checks.language import load_file
 
     (tmp_path / "s.yaml").write_text('claim: c\nchecks:\n  - {measure: loss, at_most: 4, reference: "3.1 nats (GPT-2)"}\n')
     assert load_file(tmp_path / "s.yaml")[0].checks[0].reference == "3.1 nats (GPT-2)"
@@ -309,7 +309,9 @@ def test_every_panel_a_spec_returns_is_drawn_and_one_kind_merges(tmp_path):
     drawn like the built-in ones: a new figure is one class."""
     from dataclasses import dataclass
 
-    from massive_checks.output import figures, panels
+    from massive_checks.output import figures
+
+    from massive_checks.measures import panels
     from massive_checks.output.records import Verdict
 
     drawn = []

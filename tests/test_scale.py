@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks, models
-from massive_checks.engine.capture import Needs
-from massive_checks.engine.data import DataConfig
-from massive_checks.errors import ModelUnavailable
+from massive_checks.engine.needs import Needs
+from massive_checks.language.data import DataConfig
+from massive_checks.base.errors import ModelUnavailable
 from massive_checks.engine.session import ModelSession
 
 DATA = DataConfig(samples=4, seq_len=24)
@@ -241,7 +241,7 @@ def test_a_model_spread_by_accelerate_gives_the_same_statistics(name, tmp_path):
     call, beside ours, and outside a call they are meta tensors. Every statistic equals the plain
     model's, at the offloaded block too, also under a bias-mode ablation of the offloaded block
     (its output projection's bias) and for neuron contributions (its down projection's weight)."""
-    from massive_checks.spec.interventions import Ablation
+    from massive_checks.language.interventions import Ablation
 
     plain, spread = models.load(name), models.load(name)
     offloaded = (f"{plain.adapter.blocks}.1.", plain.model.get_input_embeddings())

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from massive_checks.errors import SpecError
-from massive_checks.evaluate import Evaluator
-from massive_checks.spec import load_file
+from massive_checks.base.errors import SpecError
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.language import load_file
 
 from conftest import SMALL_DATA
 
@@ -57,10 +57,10 @@ interventions:
 def test_what_a_spec_writes_is_parsed_once_into_the_runtime_objects(tmp_path):
     """The schema's models are the objects the engine reads: no hand-converted twin in between,
     YAML lists held as (hashable) tuples, `clean: massive` and `golden.keys` in their runtime form."""
-    from massive_checks.engine.data import DataConfig
-    from massive_checks.output.golden import GoldenConfig, Tolerance
-    from massive_checks.spec.definitions import SteeringDef, Sweep, Trait
-    from massive_checks.steering.vectors import Cleaning, VectorDef
+    from massive_checks.language.data import DataConfig
+    from massive_checks.language.tolerance import GoldenConfig, Tolerance
+    from massive_checks.language.definitions import SteeringDef, Sweep, Trait
+    from massive_checks.language.vector_defs import Cleaning, VectorDef
 
     (spec,) = load_file(write(tmp_path, TYPED))
     assert spec.data == DataConfig(samples=3, seq_len=20, whole=True)
@@ -214,7 +214,7 @@ def test_every_committed_spec_loads_without_torch():
     root = Path(__file__).parent.parent
     specs = [str(p) for p in sorted(root.glob("specs/**/*.yaml")) if p.name != "_defaults.yaml"]
     script = (
-        "import sys\nfrom massive_checks.spec import load_file, json_schema\n"
+        "import sys\nfrom massive_checks.language import load_file, json_schema\n"
         "n = sum(len(load_file(path)) for path in sys.argv[1:])\njson_schema()\n"
         "print(n, sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
     )
@@ -225,7 +225,7 @@ def test_every_committed_spec_loads_without_torch():
 def test_a_layer_range_is_parsed_once_and_resolved_against_the_model(tmp_path):
     """A check's `layers` becomes a LayerSet at loading (syntax, order, at most MAX_LAYERS); the
     model's depth resolves it later, and its text as written keys the check."""
-    from massive_checks.spec.interventions import LayerSet
+    from massive_checks.language.interventions import LayerSet
 
     (spec,) = load_file(write(tmp_path, VALID.replace("layers: 1-2", "layers: '4-5,1'")))
     quantity = spec.checks[0].quantity

@@ -11,15 +11,19 @@ import math
 import pytest
 import torch
 
-from massive_checks.steering import contrast, judges, steer
+from massive_checks.steering import coherence
+from massive_checks.language import contrast, judges
+
+from massive_checks.steering import steer
 from massive_checks.output import report
-from massive_checks.errors import SpecError
-from massive_checks.evaluate import Evaluator, plan
+from massive_checks.base.errors import SpecError
+from massive_checks.pipeline.evaluate import Evaluator, plan
 from massive_checks.measures.steering import activation_norm, vector_of
 from massive_checks.measures.sweeps import SweepOutcome, sweep_of
-from massive_checks.spec import load_file
-from massive_checks.spec.intervals import Bootstrap
-from massive_checks.steering.steer import SteeringResult, Sweep, Texts
+from massive_checks.language import load_file
+from massive_checks.language.intervals import Bootstrap
+from massive_checks.language.definitions import Sweep
+from massive_checks.steering.steer import SteeringResult, Texts
 
 
 def _prompts(lm, n=3):
@@ -29,7 +33,7 @@ def _prompts(lm, n=3):
 
 
 def _judging(session):
-    return steer.Judging("refusal", judges.refusal, session.judge_model())
+    return steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
 
 
 def _trait(lm):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks
-from massive_checks.evaluate import Evaluator
-from massive_checks.spec import load_file
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.language import load_file
 
 from conftest import SMALL_DATA
 

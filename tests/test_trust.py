@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks
-from massive_checks.spec import interventions
-from massive_checks.measures import massive as M
-from massive_checks.engine.data import DataConfig
-from massive_checks.errors import SpecError
-from massive_checks.evaluate import Evaluator
-from massive_checks.spec import load_file
+from massive_checks.language import interventions
+from massive_checks.engine import readings
+from massive_checks.language.data import DataConfig
+from massive_checks.base.errors import SpecError
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.language import load_file
 from massive_checks.engine.synthetic import PLANT
 
 from conftest import SMALL_DATA
@@ -161,7 +161,7 @@ def test_compare_on_the_same_layers_is_row_by_row_and_can_fail(tmp_path, session
 
 
 def test_an_empty_layer_range_cannot_pass(tmp_path, session_for, monkeypatch):
-    from massive_checks.spec.objects import Quantity
+    from massive_checks.language.objects import Quantity
 
     spec = one_spec(tmp_path, HEAD + "checks:\n  - {measure: top1, layers: '1', at_least: 1.0e-6}\n")
     evaluator = Evaluator(spec, session_for("tiny-llama"), SMALL_DATA)
@@ -217,7 +217,7 @@ def dim_after_block(session, data, texts):
 def test_massive_tokens_are_found_per_sequence_not_assumed(session_for, second_start_token):
     session, data = session_for("planted-llama"), second_start_token
     baseline = session.view(data)
-    rows, _ = M.massive_cells(baseline, [PLANT["layer"]], [PLANT["dim"]])[(PLANT["layer"], PLANT["dim"])]
+    rows, _ = readings.massive_cells(baseline, [PLANT["layer"]], [PLANT["dim"]])[(PLANT["layer"], PLANT["dim"])]
     assert rows[2] == (0, 5) and all(r == (0,) for i, r in enumerate(rows) if i != 2)
     first_only = dim_after_block(session, data, [f"dims:{PLANT['dim']}@{PLANT['layer']}#0"])
     assert float(first_only[5]) > 500  # #0 misses the second massive token

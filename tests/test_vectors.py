@@ -10,16 +10,18 @@ import pytest
 import torch
 
 from conftest import reference_block_outputs
+from massive_checks.language import vector_defs
 from massive_checks import cli
-from massive_checks.steering import contrast, vectors
-from massive_checks.engine.capture import Window
-from massive_checks.engine.data import DataConfig, read_passages
-from massive_checks.errors import DataError, SpecError
-from massive_checks.evaluate import Evaluator
+from massive_checks.language import contrast
+from massive_checks.steering import vectors
+from massive_checks.language.definitions import Window
+from massive_checks.language.data import DataConfig, read_passages
+from massive_checks.base.errors import DataError, SpecError
+from massive_checks.pipeline.evaluate import Evaluator
 from massive_checks.measures.steering import vector_of
-from massive_checks.spec import load_file
+from massive_checks.language import load_file
 from massive_checks.engine.synthetic import PLANT
-from massive_checks.steering.vectors import Cleaning, VectorDef
+from massive_checks.language.vector_defs import Cleaning, VectorDef
 
 
 def _unit(generator, width: int) -> torch.Tensor:
@@ -208,9 +210,9 @@ def test_mean_diff_and_probe_recover_a_direction_planted_in_a_model(session_for,
         with torch.no_grad():
             embed[ids[0]] += 10 * u
             embed[ids[1]] -= 10 * u
-        defs = {m: VectorDef(pairs=str(path), layer=0, window="last:4", method=m) for m in vectors.METHODS}
+        defs = {m: VectorDef(pairs=str(path), layer=0, window="last:4", method=m) for m in vector_defs.METHODS}
         view = session.view(DataConfig(), vectors=defs)
-        for method in vectors.METHODS:
+        for method in vector_defs.METHODS:
             found = vector_of(view, method)
             assert vectors.cosine(found.values, u) > 0.99, method
             assert found.heldout_accuracy == 1.0

@@ -19,11 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from massive_checks.language import tolerance
 from massive_checks.output import golden  # noqa: E402
-from massive_checks.spec import load_file  # noqa: E402
+from massive_checks.language import load_file  # noqa: E402
 
 
-def golden_configs(spec_root: Path) -> dict[str, golden.GoldenConfig]:
+def golden_configs(spec_root: Path) -> dict[str, tolerance.GoldenConfig]:
     """spec id -> its golden tolerances."""
     return {
         spec.id: spec.golden
@@ -54,7 +55,7 @@ def compare_goldens(reference: Path, other: Path, configs: dict) -> int:
             differing += 1
             continue
         expected, observed = golden.read(path)["values"], golden.read(twin)["values"]
-        config = configs.get(path.stem, golden.GoldenConfig())
+        config = configs.get(path.stem, tolerance.GoldenConfig())
         outside = golden.compare(expected, observed, config)
         rel, key = worst_relative(expected, observed)
         differing += bool(outside)

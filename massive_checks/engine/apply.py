@@ -16,13 +16,14 @@ from typing import Iterator
 
 import torch
 
-from ..spec import interventions
-from .capture import Needs, SiteStats, finish_all, stat_pairs
-from .data import DataConfig
-from .edits import edit_pairs
-from .hooks import attach, last_layer
-from .models import LoadedModel
-from .session import ModelSession
+from massive_checks.language import interventions
+from massive_checks.engine.needs import Needs
+from massive_checks.engine.capture import SiteStats, finish_all, stat_pairs
+from massive_checks.language.data import DataConfig
+from massive_checks.engine.edits import edit_pairs
+from massive_checks.engine.hooks import attach, last_layer
+from massive_checks.engine.models import LoadedModel
+from massive_checks.engine.session import ModelSession
 
 
 @contextmanager

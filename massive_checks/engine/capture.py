@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..spec.definitions import Needs, Window  # noqa: F401  (re-exported: what a pass captures, a pooled window)
-from .hooks import HookContext, HookFn
-from .models import free_bytes
+from massive_checks.engine.needs import Needs
+from massive_checks.language.definitions import Window
+from massive_checks.engine.hooks import HookContext, HookFn
+from massive_checks.engine.models import free_bytes
 
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these

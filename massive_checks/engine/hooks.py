@@ -32,7 +32,7 @@ from typing import Callable, Hashable, Iterator, Mapping, TypeVar
 
 import torch
 
-from .models import LoadedModel
+from massive_checks.engine.models import LoadedModel
 
 T = TypeVar("T")
 

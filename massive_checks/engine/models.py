@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..constants import BUNDLED_MODELS, DEVICE_MAPS  # noqa: F401  (read by the plugin's options)
-from ..errors import ModelUnavailable, UnsupportedArchitecture
+from massive_checks.base.constants import BUNDLED_MODELS, DEVICE_MAPS  # noqa: F401  (read by the plugin's options)
+from massive_checks.base.errors import ModelUnavailable, UnsupportedArchitecture
 
 # --------------------------------------------------------------------------- adapters
 
@@ -179,7 +179,7 @@ class LoadedModel:
     def describe(self) -> dict:
         import transformers
 
-        from .. import __version__
+        from massive_checks import __version__
 
         return {
             "model": self.name,
@@ -217,7 +217,7 @@ def load(
         )
     from transformers.utils import logging as hf_logging
 
-    from . import synthetic
+    from massive_checks.engine import synthetic
 
     hf_logging.disable_progress_bar()  # per-tensor progress bars would flood test output
     if name in synthetic.BUILDERS:
@@ -374,7 +374,7 @@ def _advice(name: str, reason: str) -> str:
 
 
 def _synthetic_names() -> tuple[str, ...]:
-    from .synthetic import BUILDERS
+    from massive_checks.engine.synthetic import BUILDERS
 
     return BUILDERS
 
@@ -512,7 +512,7 @@ def _random_tokenizer(shape: str, base: str) -> tuple[Any, str]:
     try:
         gguf, key = BUNDLED_GGUF[base]()
     except ModelUnavailable as exc:
-        from .synthetic import byte_tokenizer
+        from massive_checks.engine.synthetic import byte_tokenizer
 
         notice(f"{RANDOM + shape}: a byte-level tokenizer, since {base}'s is not installed ({_first_line(exc)})")
         return byte_tokenizer(add_bos=True), "-byte-tokenizer"

@@ -9,21 +9,20 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..steering import contrast
-from . import hooks, models
-from ..spec import interventions
-from .capture import Needs, SiteStats, finish_all, pooled_pairs, stat_pairs
-from .data import Batch, DataConfig, tokenize
-from .edits import edit_pairs
-from ..constants import MASSIVE_RULE
-from ..errors import ActivationOverflow
-from ..spec.intervals import Bootstrap, Estimate, Units
-from ..steering.judges import JudgeModel
-from ..spec.interventions import BASELINE
-from ..measures.heads import head_score_table
-from ..measures.massive import massive_cells
-from .models import LoadedModel
-from .stats import rank_heads
+from massive_checks.language import contrast
+from massive_checks.engine import readings, hooks, models
+from massive_checks.language import interventions
+from massive_checks.engine.needs import Needs
+from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
+from massive_checks.language.data import DataConfig
+from massive_checks.engine.batches import Batch, tokenize
+from massive_checks.engine.edits import edit_pairs
+from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.base.errors import ActivationOverflow
+from massive_checks.language.intervals import Bootstrap, Estimate, Units
+from massive_checks.language.interventions import BASELINE
+from massive_checks.engine.models import LoadedModel
+from massive_checks.engine.stats import rank_heads
 
 
 class PassResult:
@@ -83,13 +82,10 @@ class ModelSession:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def judge_model(self, name: str | None = None) -> JudgeModel:
-        """The model that judges steered text's fluency: `name` (a spec's judge_model), else the
-        session's default (--judge-model), else another model than this one (models.default_judge).
-        It is this session's own model only when named so."""
-        name = name or self.judge_default or models.default_judge(self.lm.name)
-        load = (lambda: self.lm) if name == self.lm.name else (lambda: self._judge_loader(name))
-        return self.memo(("judge model", name), lambda: JudgeModel(name, load()))
+    def load_other(self, name: str) -> LoadedModel:
+        """Another model by name (steering's fluency judge), loaded once by the suite where there is
+        one; this session's own model when named so."""
+        return self.lm if name == self.lm.name else self._judge_loader(name)
 
     def batch(self, data: DataConfig) -> Batch:
         if data not in self._batches:
@@ -170,8 +166,8 @@ class ModelSession:
         baseline = self.view(data, BASELINE, massive)
         ranking = None
         if any(r.target == "heads" and r.selection.startswith(("top", "bottom")) for r in requests):
-            ranking = rank_heads(head_score_table(baseline, "first"))
-        cells = lambda layers, dims: massive_cells(baseline, layers, dims)
+            ranking = rank_heads(readings.head_score_table(baseline, "first"))
+        cells = lambda layers, dims: readings.massive_cells(baseline, layers, dims)
         return interventions.resolve(requests, self.lm.n_layers, self.lm.n_heads, ranking, cells)
 
     def view(
@@ -232,7 +228,7 @@ class ConfigView:
         self.min_value, self.min_ratio = massive
         self.lm = session.lm
         self._sibling = sibling
-        self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vectors.VectorDef
+        self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vector_defs.VectorDef
         self.steering = dict(steering or {})  # the spec's steering configurations: name -> steer.SteeringDef
 
     @property

@@ -10,34 +10,20 @@ import math
 import numpy as np
 from pydantic import field_validator
 
-from ..spec.definitions import Needs
-from ..spec.intervals import Estimate
-from ..lazy import LazyModule
-from ..output.panels import HeadScoresPanel
-from .base import Measure, register
-from .massive import peak_layer
+from massive_checks.engine.needs import Needs
+from massive_checks.language.intervals import Estimate
+from massive_checks.base.lazy import LazyModule
+from massive_checks.measures.panels import HeadScoresPanel
+from massive_checks.measures.base import Measure, register
 
 if TYPE_CHECKING:
     import torch
-    from ..engine import hooks, stats
+    from massive_checks.engine import hooks, readings, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
+    readings = LazyModule("massive_checks.engine.readings")
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")
-
-
-def head_scores_per_sequence(view, to: str = "first") -> torch.Tensor:
-    """[S, L, H] per sequence, the attention each head pays to position 0 ("first") or to the
-    token of the sequence's largest activation at the peak layer ("massive")."""
-    names = [hooks.site(layer, "attn.probs") for layer in range(view.lm.n_layers)]
-    captured = view.captures(names)
-    tokens = view.block(peak_layer(view)).top()[2] if to == "massive" else None
-    return torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)
-
-
-def head_score_table(view, to: str = "first") -> torch.Tensor:
-    """[L, H] mean over sequences of head_scores_per_sequence."""
-    return head_scores_per_sequence(view, to).mean(dim=0)
 
 
 class _Head(Measure):
@@ -68,7 +54,7 @@ class _Head(Measure):
             raise ValueError(f"head {self.head}: {lm.name} has {lm.n_layers} layers x {lm.n_heads} heads")
 
     def figure(self, view, layers):
-        return [HeadScoresPanel(np.asarray(head_score_table(view)))]
+        return [HeadScoresPanel(np.asarray(readings.head_score_table(view)))]
 
 
 @register
@@ -79,7 +65,7 @@ class HeadScore(_Head):
 
     def compute(self, view, layers):
         layer, head = self.layer_head
-        return view.mean(head_scores_per_sequence(view, self.to)[:, layer, head])
+        return view.mean(readings.head_scores_per_sequence(view, self.to)[:, layer, head])
 
 
 @register
@@ -91,7 +77,7 @@ class HeadRank(_Head):
     value_range: ClassVar = (1.0, math.inf)
 
     def compute(self, view, layers):
-        per_sequence = head_scores_per_sequence(view, self.to)  # [S, L, H]
+        per_sequence = readings.head_scores_per_sequence(view, self.to)  # [S, L, H]
         S, L, H = per_sequence.shape
         layer, head = self.layer_head
         flat = per_sequence.reshape(S, L * H).double().numpy()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
-from ..spec.definitions import Needs
-from .base import Measure, register
+from massive_checks.engine.needs import Needs
+from massive_checks.measures.base import Measure, register
 
 
 @register

@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
-from ..spec import interventions
-from ..spec.intervals import Estimate, SharedSet, value_of
-from ..output.records import STATISTIC_TEXT
-from ..lazy import LazyModule
-from .base import Measure, PerLayer, Statistic, register
-from .massive import cells_panel, massive_dims, massive_examples, massive_tokens
+from massive_checks.language import interventions
+from massive_checks.language.intervals import Estimate, SharedSet, value_of
+from massive_checks.language.measure import STATISTIC_TEXT
+from massive_checks.base.lazy import LazyModule
+from massive_checks.measures.base import Measure, PerLayer, Statistic, register
+from massive_checks.measures.massive import cells_panel
 
 if TYPE_CHECKING:
-    from ..engine import stats
+    from massive_checks.engine import readings, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     stats = LazyModule("massive_checks.engine.stats")
+    readings = LazyModule("massive_checks.engine.readings")
 
 
 EXTREME = (
@@ -180,7 +181,7 @@ def profile_document(view) -> dict:
                 "paper": paper,
             }
         )
-    examples = [massive_examples(view, layer) for layer in range(n)]
+    examples = [readings.massive_examples(view, layer) for layer in range(n)]
     massive = [{"layer": layer, **cell.as_dict()} for layer, (cells, _) in enumerate(examples) for cell in cells]
     return {
         "model": view.lm.name,
@@ -189,6 +190,6 @@ def profile_document(view) -> dict:
         "layers": layers,
         "massive": massive,
         "massive_truncated_layers": [layer for layer, (_, more) in enumerate(examples) if more],
-        "massive_dims_per_layer": {layer: sorted(massive_dims(view, layer)) for layer in range(n)},
-        "massive_tokens_per_layer": {layer: sorted(massive_tokens(view, layer)) for layer in range(n)},
+        "massive_dims_per_layer": {layer: sorted(readings.massive_dims(view, layer)) for layer in range(n)},
+        "massive_tokens_per_layer": {layer: sorted(readings.massive_tokens(view, layer)) for layer in range(n)},
     }

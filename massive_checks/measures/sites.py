@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ..spec.definitions import Needs
-from ..lazy import LazyModule
-from .base import PerLayer, register
+from massive_checks.engine.needs import Needs
+from massive_checks.base.lazy import LazyModule
+from massive_checks.measures.base import PerLayer, register
 
 if TYPE_CHECKING:
-    from ..engine import hooks, stats
+    from massive_checks.engine import hooks, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")

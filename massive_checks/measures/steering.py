@@ -1,7 +1,7 @@
 """Steering vectors as measures: cosine between vectors, energy share in a set of dims, dominant
 dims, accuracy as a classifier, and the activation norm with and without the massive dims that
 calibrates a steering coefficient (claims C14-C16). Vectors are the spec's named `vectors:`
-(vectors.VectorDef), built once per session from pooled captures of their contrast set's pass."""
+(vector_defs.VectorDef), built once per session from pooled captures of their contrast set's pass."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ from pydantic import Field, StringConstraints
 import math
 
 
-from ..steering import contrast, vectors
-from ..spec import intervals
-from ..spec.intervals import Estimate, Units
-from ..steering.vectors import Vector, VectorDef
-from ..spec.definitions import Name as VectorName, WindowText
-from ..constants import MASSIVE_RULE
-from ..lazy import LazyModule
-from ..output.panels import CosinePanel, EnergyPanel, NormsPanel
-from .base import Measure, PerLayer, register
-from .massive import massive_dims
+from massive_checks.language import vector_defs
+from massive_checks.language import contrast
+
+
+from massive_checks.steering import vectors
+from massive_checks.language import intervals
+from massive_checks.language.intervals import Estimate, Units
+from massive_checks.steering.vectors import Vector
+from massive_checks.language.vector_defs import VectorDef
+from massive_checks.language.definitions import Name as VectorName, WindowText
+from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.base.lazy import LazyModule
+from massive_checks.measures.panels import CosinePanel, EnergyPanel, NormsPanel
+from massive_checks.measures.base import Measure, PerLayer, register
 
 if TYPE_CHECKING:
+    from massive_checks.engine import readings
     import torch
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
+    readings = LazyModule("massive_checks.engine.readings")
 
 DimSet = Union[
     Literal["massive"],
@@ -109,15 +115,15 @@ def vector_estimate(view, names: tuple[str, ...], fn_values, fn_rows) -> Estimat
 
 
 def dims_of(pairs_view, window: str, layer: int, which) -> tuple[int, ...]:
-    """A dim set at one layer of a contrast set: a vectors.Cleaning, or a measure's `dims` /
+    """A dim set at one layer of a contrast set: a vector_defs.Cleaning, or a measure's `dims` /
     `without` (massive | top:K | a list). massive: the paper's rule on the contrast texts' block
     output (every real token); top: the K dims of largest mean |activation| in the window."""
-    dim_set = vectors.Cleaning.of(which)
+    dim_set = vector_defs.Cleaning.of(which)
     if dim_set.top is not None:
         return vectors.top_dims(pairs_view.pooled(window, layer), dim_set.top)
     if dim_set.dims is not None:
         return dim_set.dims
-    return tuple(sorted(massive_dims(pairs_view, layer)))
+    return tuple(sorted(readings.massive_dims(pairs_view, layer)))
 
 
 def check_dim_set(which, lm, key: str) -> None:
@@ -125,7 +131,7 @@ def check_dim_set(which, lm, key: str) -> None:
     for more dims than the model has."""
     if which is None:
         return
-    top = vectors.Cleaning.of(which).top
+    top = vector_defs.Cleaning.of(which).top
     if top is not None and top > lm.width:
         raise ValueError(f"{key} top:{top}: {lm.name}'s residual stream has {lm.width} dims")
 
@@ -348,7 +354,7 @@ CLI_VECTORS = ("mean_diff", "probe", "mean_diff_cleaned", "probe_cleaned")
 
 def named_definition(name: str, pairs: str, layer: int, window: str) -> VectorDef:
     """A command-line vector name (a method, `_cleaned`: its massive dims zeroed) -> its definition."""
-    clean = vectors.Cleaning.massive() if name.endswith("_cleaned") else None
+    clean = vector_defs.Cleaning.massive() if name.endswith("_cleaned") else None
     return VectorDef.model_validate(
         {"pairs": pairs, "layer": layer, "window": window, "method": name.removesuffix("_cleaned"), "clean": clean}
     )
@@ -358,14 +364,14 @@ def vectors_document(session, pairs: str, layer: int, window: str, massive=MASSI
     """`massive-checks vectors`: mean_diff and probe at one layer and window, cleaned of the
     massive dims, their geometry, the norm with and without the massive dims, and calibration.
     Vectors unnormalised, cleaned ones unit norm; energy and norm share over the massive dims."""
-    from ..engine.data import DataConfig
-    from ..spec.interventions import BASELINE
+    from massive_checks.language.data import DataConfig
+    from massive_checks.language.interventions import BASELINE
 
     definitions = {name: named_definition(name, pairs, layer, window) for name in CLI_VECTORS}
     view = session.view(DataConfig(), BASELINE, massive, vectors=definitions)
     pairs_view = view.contrast(pairs)
     built = {name: vector_of(view, name) for name in CLI_VECTORS}
-    dims = sorted(massive_dims(pairs_view, layer))
+    dims = sorted(readings.massive_dims(pairs_view, layer))
     norm_with, norm_without = (activation_norm(pairs_view, window, layer, w).value for w in (None, "massive"))
     return {
         "model": session.lm.name,

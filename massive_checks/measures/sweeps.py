@@ -22,18 +22,19 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field
 
-from ..steering import contrast, judges
-from ..spec.definitions import CALIBRATED, Calibrated, SteeringDef
-from ..spec.definitions import Name as SteeringName
-from ..spec.intervals import Estimate, Units
-from ..lazy import LazyModule
-from ..output.panels import SteeringPanel
-from .base import Measure, register
-from .steering import activation_norm, vector_of
+from massive_checks.language import contrast, judges
+from massive_checks.steering import coherence
+from massive_checks.language.definitions import CALIBRATED, Calibrated, SteeringDef
+from massive_checks.language.definitions import Name as SteeringName
+from massive_checks.language.intervals import Estimate, Units
+from massive_checks.base.lazy import LazyModule
+from massive_checks.measures.panels import SteeringPanel
+from massive_checks.measures.base import Measure, register
+from massive_checks.measures.steering import activation_norm, vector_of
 
 if TYPE_CHECKING:
-    from ..steering import steer
-    from ..steering.steer import SteeringResult
+    from massive_checks.steering import steer
+    from massive_checks.steering.steer import SteeringResult
 else:  # imported at first use: the spec schema reads the measure classes without torch
     steer = LazyModule("massive_checks.steering.steer")
 
@@ -83,7 +84,7 @@ class SweepOutcome:
 
     def resampled(self, bootstrap, score: str = "trait") -> tuple[np.ndarray, np.ndarray]:
         """(trait [B, C], coherence [B, C]) of every coefficient (coef 0 first) on each resample of
-        the prompts: the means over prompts and coherence (judges.coherence_scores, its L_0 the
+        the prompts: the means over prompts and coherence (coherence.coherence_scores, its L_0 the
         resample's mean unsteered loss) redone. score: "trait" (judged) or "logit"."""
         weights = bootstrap.weights(self.units())  # [B, P]
         field = "traits" if score == "trait" else "logits"
@@ -93,7 +94,7 @@ class SweepOutcome:
         losses = np.array([r.judged.losses for r in self.results], dtype=np.float64)  # [C, P]
         distinct = np.array([r.judged.distinct for r in self.results])  # [C, P]
         trait = weights @ traits.T / weights.shape[1]
-        return trait, judges.run_coherence(weights, losses, distinct, losses[0], distinct[0], self.chance)
+        return trait, coherence.run_coherence(weights, losses, distinct, losses[0], distinct[0], self.chance)
 
     def estimate(self, bootstrap, value: float, pick, score: str = "trait") -> Estimate:
         """An Estimate of `value` whose replicates are pick(trait [B, C], coherence [B, C], coefs
@@ -162,7 +163,7 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
     trait = steer.encode_trait(lm.tokenizer, words)
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
-    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), view.session.judge_model(definition.judge_model))
+    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model))
     vector = vector_of(view, definition.vector).values
     unsteered_key = (
         "unsteered",

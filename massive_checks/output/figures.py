@@ -11,8 +11,8 @@ import textwrap
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from ..files import atomic_write
-from .panels import AblationPanel, Panel, ProfilePanel, merged
+from massive_checks.base.files import atomic_write
+from massive_checks.measures.panels import AblationPanel, Panel, ProfilePanel, merged
 
 METADATA = {"Software": "massive_checks", "Creation Time": None}  # deterministic PNG bytes
 

@@ -8,52 +8,23 @@ error and is only overwritten with the flag."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeGuard
+from typing import TypeGuard
 
-from pydantic import BeforeValidator, ConfigDict, Field
 
-from ..errors import GoldenError
-from ..files import atomic_write, jsonable
-from ..spec.definitions import Frozen, Number
-from .records import format_value
+from massive_checks.base.errors import GoldenError
+from massive_checks.base.files import atomic_write, jsonable
+from massive_checks.language.tolerance import GoldenConfig, Tolerance
+from massive_checks.output.records import format_value
 
 FORMAT = 1
 IDENTITY = ("model", "revision", "dtype", "data", "intervals")  # differences here make values incomparable
 
 
-NonNegative = Annotated[Number, Field(ge=0)]
-
-
-class Tolerance(Frozen):
-    rtol: NonNegative = 1e-3  # relative: massive values are 1e2-1e5, fp16/bf16 runs need more (set per spec)
-    atol: NonNegative = 1e-6
-
-
-def _pairs(value: Any) -> Any:
-    return tuple(value.items()) if isinstance(value, dict) else value
-
-
-def _keys_default_as_written(schema: dict[str, Any]) -> None:
-    schema["properties"]["keys"]["default"] = {}
-
-
-class GoldenConfig(Tolerance):
-    """A spec's `golden:` tolerances: rtol/atol for every key, `keys` per glob on the flat key."""
-
-    model_config = ConfigDict(json_schema_extra=_keys_default_as_written)  # the YAML form's default
-
-    # {glob: tolerance} in YAML, held as ((glob, tolerance), ...): the first match wins
-    keys: Annotated[tuple[tuple[str, Tolerance], ...], BeforeValidator(_pairs, json_schema_input_type=dict[str, Tolerance])] = ()
-
-    def tolerance(self, key: str) -> Tolerance:
-        """The first matching glob's tolerance, else this config's own rtol and atol (it is one)."""
-        return next((tol for pattern, tol in self.keys if fnmatch.fnmatchcase(key, pattern)), self)
 
 
 @dataclass

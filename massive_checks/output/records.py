@@ -6,14 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..spec.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet, worst
 
-STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
-    "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
-    "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
-    "max_over_sequences": "top-k cells of the per-(token, dim) maximum of |a| over sequences",
-}
-
+from massive_checks.language.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet, worst
 
 @dataclass
 class ObservedCheck:
@@ -122,6 +116,27 @@ class Verdict:
         inconclusive (its `inconclusive:` key)."""
         expected = CONTRADICTED if self.xfail_reason else INCONCLUSIVE if self.inconclusive_reason else HOLDS
         return self.outcome == expected
+
+
+# A spec's status on a model: decided by `status_of` and nowhere else; the plugin (pytest's
+# outcomes), `massive-checks check` and the reports read it.
+PASSED = "passed"  # holds, as the spec says
+XFAILED = "xfailed"  # contradicted, as the spec says (a known-false claim: an expected failure confirmed)
+UNDECIDED = "undecided"  # inconclusive, as the spec says (undecidable at this size)
+XPASSED = "xpassed"  # a known-false claim holds
+FAILED = "failed"  # any other outcome than the declared one, or a golden that does not match
+ERROR = "error"  # not evaluated (numerics, model or data error): never a verdict
+AS_EXPECTED = (PASSED, XFAILED, UNDECIDED)
+
+
+def status_of(verdict: Verdict, golden_ok: bool = True) -> str:
+    """The one decision of pass or fail: the verdict against the outcome the spec declares for this
+    model, then the golden snapshot (a verdict as expected on numbers that moved fails)."""
+    if not verdict.as_expected:
+        return XPASSED if verdict.xfail_reason and verdict.passed else FAILED
+    if not golden_ok:
+        return FAILED
+    return XFAILED if verdict.xfail_reason else UNDECIDED if verdict.inconclusive_reason else PASSED
 
 
 def format_value(value, confidence: float = CONFIDENCE) -> str:

@@ -8,10 +8,11 @@ import math
 import re
 from pathlib import Path
 
-from ..files import atomic_write, jsonable
-from ..spec.interventions import ranges
-from ..spec.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
-from .records import STATISTIC_TEXT, CheckVerdict, Observation, Row, Verdict, format_value
+from massive_checks.base.files import atomic_write, jsonable
+from massive_checks.language.interventions import ranges
+from massive_checks.language.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
+from massive_checks.language.measure import STATISTIC_TEXT
+from massive_checks.output.records import ERROR, CheckVerdict, Observation, Row, Verdict, format_value, status_of
 
 
 def check_table(check: CheckVerdict, confidence: float = CONFIDENCE, only_failures: bool = False) -> list[str]:
@@ -74,7 +75,7 @@ def outcome_record(observation: Observation, verdict: Verdict) -> dict:
     """The entry of one spec on one model in results.json."""
     return {
         **_header(observation, verdict),
-        "status": "passed" if verdict.passed else "failed",
+        "status": status_of(verdict),
         "configs": observation.configs,
         "verdict": verdict.outcome,
         "confidence": observation.confidence,
@@ -98,7 +99,7 @@ def outcome_record(observation: Observation, verdict: Verdict) -> dict:
 
 def error_record(observation: Observation, verdict: Verdict, error: Exception) -> dict:
     """A spec that could not be evaluated (numerics error, ...): in the report, never a verdict."""
-    return {**_header(observation, verdict), "status": "error", "error": str(error), "configs": {}, "checks": [], "observed": {}}
+    return {**_header(observation, verdict), "status": ERROR, "error": str(error), "configs": {}, "checks": [], "observed": {}}
 
 
 def _header(observation: Observation, verdict: Verdict) -> dict:

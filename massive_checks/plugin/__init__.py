@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ..constants import BUNDLED_MODELS, DEFAULTS_FILE
-from ..options import add_suite_options
+from massive_checks.base.constants import BUNDLED_MODELS, DEFAULTS_FILE
+from massive_checks.base.options import add_suite_options
 
 STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
 WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
@@ -86,7 +86,7 @@ def ablate():
             model(...)
 
     Mean-mode ablations take their means from `data` (default: the built-in text)."""
-    from ..engine.apply import ablate as apply
+    from massive_checks.engine.apply import ablate as apply
 
     return apply
 
@@ -94,7 +94,7 @@ def ablate():
 @pytest.fixture
 def capture_stats():
     """capture_stats(lm, sites, median_sites=(), stop_early=False) -> context yielding {site: SiteStats} (see apply.py)."""
-    from ..engine.apply import capture_stats as capture
+    from massive_checks.engine.apply import capture_stats as capture
 
     return capture
 

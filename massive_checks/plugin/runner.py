@@ -9,14 +9,14 @@ from typing import Callable
 
 import pytest
 
-from ..output import golden, report
-from ..engine import models
-from ..errors import MassiveChecksError, SpecError
-from ..files import jsonable
-from ..spec.loading import load_file
-from ..spec.objects import Spec
-from ..suite import Suite, options_from
-from . import WORKER_KEY
+from massive_checks.output import golden, records, report
+from massive_checks.engine import models
+from massive_checks.base.errors import MassiveChecksError, SpecError
+from massive_checks.base.files import jsonable
+from massive_checks.language.loading import load_file
+from massive_checks.language.objects import Spec
+from massive_checks.pipeline.suite import Suite, options_from
+from massive_checks.plugin import WORKER_KEY
 
 
 def build(config) -> "MassiveChecks":
@@ -35,7 +35,7 @@ def build(config) -> "MassiveChecks":
 
 
 def _plugin(config) -> "MassiveChecks":
-    from . import active
+    from massive_checks.plugin import active
 
     return active(config)
 
@@ -122,27 +122,17 @@ class SpecItem(pytest.Item):
             suite.cores.rebalance()
         result = suite.run(self.spec, self.model)
         self.record = result.record
-        verdict = result.verdict
-        expected = verdict.xfail_reason or verdict.inconclusive_reason
-        if (
-            verdict.as_expected and result.golden is not None and not result.golden.ok
-        ):  # the numbers its claim or reason rests on moved
-            lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
-            raise GoldenMismatch(
-                "\n".join(
-                    [
-                        f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, "
-                        f"but its golden snapshot does not match:",
-                        *lines,
-                    ]
-                )
-            )
-        if expected and verdict.as_expected:
+        verdict, status = result.verdict, result.record["status"]
+        if status in (records.PASSED, records.XPASSED):  # (XPASSED: the strict xfail mark fails it)
+            return
+        if status in (records.XFAILED, records.UNDECIDED):
             raise ExpectedOutcome(report.failure_text(result.observation, verdict))
-        if expected and not (verdict.xfail_reason and verdict.passed):  # (a known-false claim that holds: XPASS)
-            raise UnexpectedOutcome(report.failure_text(result.observation, verdict))
-        if not expected and not verdict.passed:
-            raise SpecFailed(report.failure_text(result.observation, verdict))
+        if verdict.as_expected:  # failed on its golden: the numbers its claim or reason rests on moved
+            lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
+            head = f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, but its golden snapshot does not match:"
+            raise GoldenMismatch("\n".join([head, *lines]))
+        expected = verdict.xfail_reason or verdict.inconclusive_reason
+        raise (UnexpectedOutcome if expected else SpecFailed)(report.failure_text(result.observation, verdict))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (SpecFailed, GoldenMismatch, ExpectedOutcome)):
@@ -194,7 +184,7 @@ class MassiveChecks:
         import torch
         import transformers
 
-        from .. import __version__
+        from massive_checks import __version__
 
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         o = self.suite.options
@@ -210,13 +200,6 @@ class MassiveChecks:
         yield
         if nextitem is None and self.suite.cores is not None:  # nothing queued: let busy workers take the cores
             self.suite.cores.idle()
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        result = yield
-        test_report = result.get_result()
-        if isinstance(item, SpecItem) and test_report.when == "call" and item.record is not None:
-            item.record["status"] = _status(test_report)
 
     def pytest_sessionfinish(self, session):
         worker = getattr(self.config, "workeroutput", None)
@@ -261,13 +244,3 @@ class MassiveChecks:
             terminalreporter.section("massive_checks: golden snapshots with no spec or model")
             for path in orphans:
                 terminalreporter.line(f"{suite.relative(str(path))}  (delete it, or restore its spec)", yellow=True)
-
-
-def _status(test_report) -> str:
-    """passed, failed, xfailed (contradicted as expected), undecided (inconclusive as expected),
-    xpassed (a known-false claim holds)."""
-    if hasattr(test_report, "wasxfail"):
-        if not test_report.skipped:
-            return "xpassed"
-        return "undecided" if test_report.wasxfail.startswith("inconclusive as expected") else "xfailed"
-    return test_report.outcome

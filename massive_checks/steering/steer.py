@@ -35,20 +35,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..engine import hooks
-from . import judges
-from ..engine.hooks import HookContext, HookFn
-from ..spec.definitions import (  # noqa: F401  (re-exported: the steering definitions a spec is parsed into)
-    CALIBRATED,
-    MAX_NEW_TOKENS,
-    POSITIONS,
-    PROMPTS,
-    Calibrated,
-    Position,
-    SteeringDef,
-    Sweep,
-)
-from ..engine.models import LoadedModel
+from massive_checks.steering import coherence
+from massive_checks.engine import hooks
+from massive_checks.language import judges
+from massive_checks.engine.hooks import HookContext, HookFn
+from massive_checks.engine.models import LoadedModel
 
 GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
 JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)
@@ -384,7 +375,7 @@ def judge_losses(judge: LoadedModel, prompts: list[str], texts: list[str], batch
     return restored.double().numpy()
 
 
-def judged_losses(judge: judges.JudgeModel, prompts: list[str], texts: list[str]) -> np.ndarray:
+def judged_losses(judge: coherence.FluencyModel, prompts: list[str], texts: list[str]) -> np.ndarray:
     """judge_losses through the judge's memo: each distinct (prompt, continuation) is judged once
     a session (in batches of the distinct ones), so a text two runs share costs one judge row."""
     rows = list(zip(prompts, texts))
@@ -401,7 +392,7 @@ class Judging:
 
     trait_name: str
     trait: judges.TraitJudge
-    model: judges.JudgeModel
+    model: coherence.FluencyModel
 
 
 @dataclass(frozen=True)
@@ -414,7 +405,7 @@ class Texts:
     traits: tuple[float, ...]  # the trait judge's score x 100
     logits: tuple[float, ...] | None  # 100 x sigmoid(trait log-odds at the response start): trait_logit; None: not asked
     losses: tuple[float, ...]  # per-token loss under the judge model (nan: empty continuation)
-    distinct: tuple[float, ...]  # judges.distinct_2: coherence's repetition penalty reads it
+    distinct: tuple[float, ...]  # coherence.distinct_2: coherence's repetition penalty reads it
 
     def rows(self, start: int, count: int) -> Texts:
         """The prompts start .. start + count - 1 of every field."""
@@ -485,7 +476,7 @@ def _judged(
         tuple(traits.tolist()),
         None if log_odds is None else _logit_scores(log_odds),
         tuple(losses.tolist()),
-        tuple(judges.distinct_2s(texts).tolist()),
+        tuple(coherence.distinct_2s(texts).tolist()),
     )
 
 
@@ -496,11 +487,11 @@ def _logit_scores(log_odds: list[float]) -> tuple[float, ...]:
 
 def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> SteeringResult:
     """Means over prompts; coherence against the unsteered texts (judges.py)."""
-    coherence = judges.mean_coherence(
+    coherent = coherence.mean_coherence(
         np.array(judged.losses), np.array(judged.distinct), np.array(baseline.losses), np.array(baseline.distinct), chance
     )
     trait_logit = math.nan if judged.logits is None else float(np.mean(judged.logits))
-    return SteeringResult(float(coef), float(np.mean(judged.traits)), trait_logit, coherence, judged)
+    return SteeringResult(float(coef), float(np.mean(judged.traits)), trait_logit, coherent, judged)
 
 
 def sweep(

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Protocol, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..constants import CONFIDENCE, RESAMPLES  # noqa: F401  (one definition, read by the plugin's options)
+from massive_checks.base.constants import CONFIDENCE, RESAMPLES  # noqa: F401  (one definition, read by the plugin's options)
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
 Operand = Union["Estimate", float]  # what estimate arithmetic takes: an estimate or a plain number

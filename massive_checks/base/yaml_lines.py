@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SpecError
+from massive_checks.base.errors import SpecError
 
 
 class _Map(dict):

@@ -10,21 +10,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .output import figures, golden
-from .spec import interventions
-from .engine import stats
-from .engine.data import DataConfig
-from .evaluate import Evaluator
-from .files import atomic_write
-from .spec.intervals import value_of
-from .measures.heads import head_score_table
-from .measures.massive import cells_panel
-from .measures.mlp import mlp_flow, mlp_stat
-from .output.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
-from .measures.profile import profile_document, top_cells
-from .output.report import escape
-from .engine.session import ModelSession
-from .spec.loading import load_file
+from massive_checks.output import figures, golden
+from massive_checks.language import interventions
+from massive_checks.engine import readings, stats
+from massive_checks.language.data import DataConfig
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.base.files import atomic_write
+from massive_checks.language.intervals import value_of
+from massive_checks.measures.massive import cells_panel
+from massive_checks.measures.mlp import mlp_flow, mlp_stat
+from massive_checks.measures.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
+from massive_checks.measures.profile import profile_document, top_cells
+from massive_checks.output.report import escape
+from massive_checks.engine.session import ModelSession
+from massive_checks.language.loading import load_file
 
 
 def profile_summary(session: ModelSession, data: DataConfig) -> dict:
@@ -45,7 +44,7 @@ def scan(model_name: str, lm, data: DataConfig, out: Path, progress: bool = True
     summary = profile_summary(session, data)
     steps.update()
     base = session.view(data)
-    table = head_score_table(base, "first")
+    table = readings.head_score_table(base, "first")
     ranking = stats.rank_heads(table)
     summary["heads"] = {"top": [_head(table, lh) for lh in ranking[:5]], "bottom": [_head(table, lh) for lh in ranking[-5:]]}
     steps.update()

@@ -1,5 +1,5 @@
 """Typed values a spec is parsed into, shared by the spec language and the engine, without torch:
-what a pass captures, token windows and steering definitions.
+token windows and steering definitions.
 
 The values a spec writes are frozen pydantic models (`Frozen`): the schema validates YAML into
 them once, and the engine computes with the same objects (no schema twin to convert by hand).
@@ -8,12 +8,12 @@ Their JSON Schema is what a spec file may write; capture.py and steer.py re-expo
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from ..lazy import LazyModule
+from massive_checks.base.lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch
@@ -44,34 +44,6 @@ ModelName = Annotated[
 ]  # as given to --model (hub ids have a /)
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 Index = Annotated[int, Field(ge=0)]
-
-
-@dataclass
-class Needs:
-    """What a forward pass must capture. Block outputs (with medians) are always captured."""
-
-    sites: set[str] = field(default_factory=set)
-    medians: set[str] = field(default_factory=set)
-    loss: bool = False
-    slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
-    pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
-
-    def covers(self, other: "Needs") -> bool:
-        return (
-            other.sites <= self.sites
-            and other.medians <= self.medians
-            and other.slices <= self.slices
-            and other.pooled <= self.pooled
-            and (self.loss or not other.loss)
-        )
-
-    def merge(self, other: "Needs") -> "Needs":
-        self.sites |= other.sites
-        self.medians |= other.medians
-        self.slices |= other.slices
-        self.pooled |= other.pooled
-        self.loss = self.loss or other.loss
-        return self
 
 
 WINDOW_PATTERN = r"^((last|first):[1-9][0-9]*|all)$"  # last:K | first:K | all

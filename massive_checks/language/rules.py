@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, NoReturn
 
-from ..errors import MassiveChecksError, SpecError
-from ..measures import REGISTRY, Measure
-from ..steering import contrast, judges
-from . import definitions
-from .objects import Bound, Check, Quantity, Spec
+from massive_checks.base.errors import MassiveChecksError, SpecError
+from massive_checks.language.measure import MeasureDef, registry
+from massive_checks.language import contrast, judges
+from massive_checks.language import definitions
+from massive_checks.language.objects import Bound, Check, Quantity, Spec
 
 
 class Where:
@@ -54,7 +54,7 @@ def spec_rules(spec: Spec, model: Any, doc: Any, merged: Any, where: Where) -> N
             doc,
             "massive",
             "no check or intervention of this spec applies the massive rule "
-            f"({', '.join(sorted(n for n, c in REGISTRY.items() if c.uses_massive_rule))}, dims:...#massive)",
+            f"({', '.join(sorted(n for n, c in registry().items() if c.uses_massive_rule))}, dims:...#massive)",
         )
 
 
@@ -115,7 +115,7 @@ def steering_rules(s: definitions.SteeringDef, node: Any, at: Where, prefix: str
 
 
 def quantity_rules(
-    raw: Any, measure: Measure, prefix: str, where: Where, vectors: Mapping[str, Any], sweeps: Mapping[str, Any]
+    raw: Any, measure: MeasureDef, prefix: str, where: Where, vectors: Mapping[str, Any], sweeps: Mapping[str, Any]
 ) -> None:
     """The vectors and steering configurations a measure names exist (and its coef is run)."""
     _steering_reference(raw, measure, prefix, where, sweeps)
@@ -137,7 +137,7 @@ def readable_pairs(where: Where, mapping: Any, pairs: str, prefix: str) -> None:
         where.fail(mapping, "pairs", str(exc), prefix)
 
 
-def _steering_reference(raw: Any, measure: Measure, prefix: str, where: Where, sweeps: Mapping[str, Any]) -> None:
+def _steering_reference(raw: Any, measure: MeasureDef, prefix: str, where: Where, sweeps: Mapping[str, Any]) -> None:
     """A steering measure names a defined configuration, and a numeric coef is one it runs."""
     for name in measure.steering_refs():
         if name not in sweeps:

@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any, Callable
 
-from .constants import BUNDLED_MODELS, CONFIDENCE, DEVICE_MAPS, DTYPE_NAMES, RESAMPLES
+from massive_checks.base.constants import BUNDLED_MODELS, CONFIDENCE, DEVICE_MAPS, DTYPE_NAMES, RESAMPLES
 
 SUITE_OPTIONS = (  # their dests, the suite.Options fields they fill (suite.options_from)
     "model",

@@ -10,17 +10,17 @@ import math
 
 import numpy as np
 
-from .steering import contrast
-from .spec import interventions, intervals
-from .engine.capture import Needs
-from .errors import SpecError
-from .spec.interventions import BASELINE
-from .spec.intervals import CONTRADICTED, HOLDS, Estimate
-from .measures.profile import profile_of
-from .measures.steering import check_dim_set
-from .output.records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
-from .engine.session import ConfigView, ModelSession
-from .spec.objects import Check, Quantity, Spec
+from massive_checks.language import contrast
+from massive_checks.language import interventions, intervals
+from massive_checks.engine.needs import Needs
+from massive_checks.base.errors import SpecError
+from massive_checks.language.interventions import BASELINE
+from massive_checks.language.intervals import CONTRADICTED, HOLDS, Estimate
+from massive_checks.measures.profile import profile_of
+from massive_checks.measures.steering import check_dim_set
+from massive_checks.output.records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
+from massive_checks.engine.session import ConfigView, ModelSession
+from massive_checks.language.objects import Check, Quantity, Spec
 
 
 def plan_key(requests: list) -> tuple:

@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..engine.data import DataConfig
-from ..errors import SpecError
-from ..measures import REGISTRY
-from ..output.golden import GoldenConfig
-from ..steering.vectors import Cleaning, VectorDef
-from .definitions import SteeringDef, Sweep, Trait
-from .schema import BOUNDS, MassiveModel, for_registry
+from massive_checks.language.data import DataConfig
+from massive_checks.base.errors import SpecError
+from massive_checks.language.measure import registry
+from massive_checks.language.tolerance import GoldenConfig
+from massive_checks.language.vector_defs import Cleaning, VectorDef
+from massive_checks.language.definitions import SteeringDef, Sweep, Trait
+from massive_checks.language.schema import BOUNDS, MassiveModel, for_registry
 
 
 def validate(model: type[BaseModel], doc: Any, path: str, origins: dict[str, Any]) -> Any:
@@ -91,7 +91,7 @@ def _message(error: dict[str, Any], holder: Any, key: Any, value: Any, loc: list
     if kind == "extra_forbidden":
         if key == "by" and isinstance(holder, dict) and "compare" in holder:
             return "by goes inside compare: compare: {a: ..., b: ..., by: ratio | difference}"
-        if measure in REGISTRY:
+        if measure in registry():
             fields = (for_registry().sides if "compare" in loc else for_registry().checks)[measure].model_fields
             if key in BOUNDS:
                 return f"{key} does not apply to {measure}; its bounds: {', '.join(b for b in BOUNDS if b in fields)}"
@@ -111,14 +111,14 @@ def _message(error: dict[str, Any], holder: Any, key: Any, value: Any, loc: list
         )
         return f"unknown key; allowed: {', '.join(sorted(model.model_fields))}" if model else "unknown key"
     if kind.startswith("union_tag"):
-        names = ", ".join(sorted(REGISTRY))
+        names = ", ".join(sorted(registry()))
         if not (isinstance(value, dict) and "measure" in value):
             return f"a check needs measure: (one of {names}) or compare:"
         return f"unknown measure {value['measure']!r}; allowed: {names}"
     if kind == "missing":
         parent = value if isinstance(value, dict) else holder
         needer = parent.get("measure") if isinstance(parent, dict) else None
-        return f"{needer} needs {loc[-1]}" if needer in REGISTRY else "required key is missing"
+        return f"{needer} needs {loc[-1]}" if needer in registry() else "required key is missing"
     if key == "head" and kind == "string_type":  # YAML reads 5.10 as the float 5.1: head 1, not 10
         return "must be a quoted 'layer.head', e.g. \"5.10\""
     if kind in ("int_type", "float_type") and isinstance(value, bool):

@@ -24,9 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..engine.data import DataConfig, jsonl_lines, read_passages
-from ..errors import DataError
-from ..lazy import LazyModule
+from massive_checks.language.data import DataConfig, jsonl_lines, read_passages
+from massive_checks.base.errors import DataError
+from massive_checks.base.lazy import LazyModule
 
 if TYPE_CHECKING:
     import torch

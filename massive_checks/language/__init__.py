@@ -2,7 +2,7 @@
 definitions.py), how a file becomes Spec objects (loading.py, objects.py), the rules a schema
 cannot say (rules.py) and the errors in the user's words (messages.py); the intervention grammar
 (interventions.py) and the statistics a verdict reads (intervals.py).
-`massive_checks.spec.load_file` is the public loader.
+`massive_checks.language.load_file` is the public loader.
 
 The schema is built from the measures, which import definitions from this package, so a name is
 imported at first use: `spec.definitions` loads without the rest (and nothing here loads torch)."""
@@ -13,9 +13,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .loading import load_file  # noqa: F401
-    from .objects import Bound, Check, Quantity, Spec  # noqa: F401
-    from .schema import json_schema  # noqa: F401
+    from massive_checks.language.loading import load_file  # noqa: F401
+    from massive_checks.language.objects import Bound, Check, Quantity, Spec  # noqa: F401
+    from massive_checks.language.schema import json_schema  # noqa: F401
 
 SUBMODULES = ("definitions", "interventions", "intervals", "schema", "objects", "loading", "rules", "messages")
 PUBLIC = {  # name -> the module defining it

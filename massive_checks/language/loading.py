@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..constants import DEFAULTS_FILE
-from ..errors import SpecError
-from ..measures import REGISTRY, Measure
-from ..output.golden import GoldenConfig
-from ..yaml_lines import read_documents
-from . import interventions, rules
-from .messages import validate
-from .objects import Bound, Check, Quantity, Spec
-from .rules import Where
-from .schema import BOUNDS, DEFAULT_KEYS, STEP_KINDS, DefaultsModel, Step, for_registry
+from massive_checks.base.constants import DEFAULTS_FILE
+from massive_checks.base.errors import SpecError
+from massive_checks.language.measure import MeasureDef, registry
+from massive_checks.language.tolerance import GoldenConfig
+from massive_checks.base.yaml_lines import read_documents
+from massive_checks.language import interventions, rules
+from massive_checks.language.messages import validate
+from massive_checks.language.objects import Bound, Check, Quantity, Spec
+from massive_checks.language.rules import Where
+from massive_checks.language.schema import BOUNDS, DEFAULT_KEYS, STEP_KINDS, DefaultsModel, Step, for_registry
 
 
 def load_file(path: str | Path) -> list[Spec]:
@@ -171,8 +171,8 @@ def _check(raw: Any, parsed: Any, prefix: str, defined: _Defined, where: Where) 
     return Check(_quantity(raw, parsed, prefix, defined, where), bound, raw.line, id=parsed.id, reference=parsed.reference)
 
 
-def _measure_of(parsed: Any) -> Measure:
-    cls = REGISTRY[parsed.measure]
+def _measure_of(parsed: Any) -> MeasureDef:
+    cls = registry()[parsed.measure]
     return cls(**{name: getattr(parsed, name) for name in cls.model_fields})
 
 
@@ -224,7 +224,7 @@ def _steps(raw: Any, parsed: Any, prefix: str, where: Where) -> tuple[Step, ...]
     kinds = [s.kind for s in steps]
     if sum(k != "over_layers" for k in kinds) > 1 or kinds.count("over_layers") > 1:
         where.fail(raw, "steps", "at most one change (or difference) and one over_layers", prefix)
-    per_layer = REGISTRY[parsed.measure].shape == "layers"
+    per_layer = registry()[parsed.measure].shape == "layers"
     if "over_layers" in kinds and not per_layer:
         where.fail(
             raw, "steps", f"has no effect here: over_layers reduces a number per layer; {parsed.measure} is not one", prefix

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .output import figures, golden, report
-from .spec import intervals
-from .engine import models
-from .engine.cores import CoreShare
-from .engine.data import DataConfig
-from .errors import MassiveChecksError, ModelUnavailable
-from .options import SUITE_OPTIONS
-from .evaluate import Evaluator, plan
-from .output.records import Observation, Verdict
-from .engine.session import ModelSession
-from .spec.objects import Spec
+from massive_checks.output import figures, golden, report
+from massive_checks.language import intervals
+from massive_checks.engine import models
+from massive_checks.engine.cores import CoreShare
+from massive_checks.language.data import DataConfig
+from massive_checks.base.errors import MassiveChecksError, ModelUnavailable
+from massive_checks.base.options import SUITE_OPTIONS
+from massive_checks.pipeline.evaluate import Evaluator, plan
+from massive_checks.output.records import Observation, Verdict, status_of
+from massive_checks.engine.session import ModelSession
+from massive_checks.language.objects import Spec
 
 
 @dataclass
@@ -63,10 +63,6 @@ class SpecRun:
     verdict: Verdict
     golden: golden.GoldenResult | None
     record: dict  # its entry in results.json
-
-    @property
-    def golden_failed(self) -> bool:
-        return self.golden is not None and not self.golden.ok
 
 
 class Suite:
@@ -158,6 +154,7 @@ class Suite:
         record["figure"] = self._figure(observation, verdict)
         if golden_result is not None:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
+        record["status"] = status_of(verdict, golden_result is None or golden_result.ok)
         self.records.append(record)
         return SpecRun(observation, verdict, golden_result, record)
 

@@ -8,19 +8,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import MASSIVE_RULE
-from ..engine.data import DataConfig
-from ..measures import Measure
-from ..output.golden import GoldenConfig
-from .interventions import EVERY_LAYER, LayerSet
-from .schema import Step
+from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.language.data import DataConfig
+from massive_checks.language.measure import MeasureDef
+from massive_checks.language.tolerance import GoldenConfig
+from massive_checks.language.interventions import EVERY_LAYER, LayerSet
+from massive_checks.language.schema import Step
 
 
 @dataclass(frozen=True)
 class Quantity:
     """What is observed: a measure on a configuration, then its steps in order."""
 
-    measure: Measure
+    measure: MeasureDef
     config: str = "baseline"
     layers: LayerSet | None = None  # None: every layer
     steps: tuple[Step, ...] = ()

@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, create_model
 
-from ..constants import MASSIVE_RULE
-from ..engine.data import DataConfig
-from ..measures import REGISTRY, Measure
-from ..measures.base import NUMERIC_SHAPES
-from ..output.golden import GoldenConfig
-from ..steering.vectors import VectorDef
-from .definitions import AS_TUPLE, Frozen, ModelName, Name, Number, SteeringDef
+from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.language.data import DataConfig
+from massive_checks.language.measure import MeasureDef, registry
+from massive_checks.language.measure import NUMERIC_SHAPES
+from massive_checks.language.tolerance import GoldenConfig
+from massive_checks.language.vector_defs import VectorDef
+from massive_checks.language.definitions import AS_TUPLE, Frozen, ModelName, Name, Number, SteeringDef
 
 DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors", "steering")
 STEP_KINDS = ("change", "difference", "over_layers")
@@ -65,7 +65,7 @@ class Step(Frozen):
         return f"{kind} {self.value[0]}->{self.value[1]}"
 
 
-def _quantity_fields(cls: type[Measure]) -> dict[str, Any]:
+def _quantity_fields(cls: type[MeasureDef]) -> dict[str, Any]:
     fields: dict[str, Any] = {"config": (Name, "baseline")}
     if cls.layered:
         fields["layers"] = (Optional[Layers], None)
@@ -88,7 +88,7 @@ NUMBER_BOUND_FIELDS: dict[str, Any] = {
 }
 
 
-def _bound_fields(cls: type[Measure]) -> dict[str, Any]:
+def _bound_fields(cls: type[MeasureDef]) -> dict[str, Any]:
     ints = list[Annotated[int, Field(ge=0)]]
     if cls.shape in NUMERIC_SHAPES:
         return {**NUMBER_BOUND_FIELDS, "equals": (Optional[Number], None)}
@@ -108,13 +108,13 @@ class Schema:
     spec: type[BaseModel]
 
 
-_SCHEMAS: dict[tuple[tuple[str, type[Measure]], ...], Schema] = {}
+_SCHEMAS: dict[tuple[tuple[str, type[MeasureDef]], ...], Schema] = {}
 
 
 def for_registry() -> Schema:
-    """Built from REGISTRY once per set of registered measures (a measure registered later, e.g.
+    """Built from registry() once per set of registered measures (a measure registered later, e.g.
     by a plugin or a test, is in the next schema)."""
-    key = tuple(REGISTRY.items())
+    key = tuple(registry().items())
     if key not in _SCHEMAS:
         _SCHEMAS.clear()
         _SCHEMAS[key] = _build_schema()
@@ -128,7 +128,7 @@ REFERENCE_FIELD: Any = (Optional[Annotated[str, StringConstraints(min_length=1, 
 
 def _build_schema() -> Schema:
     checks, sides = {}, {}
-    for name, cls in REGISTRY.items():
+    for name, cls in registry().items():
         base = _quantity_fields(cls)
         sides[name] = create_model(f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, **base)
         checks[name] = create_model(

@@ -1,0 +1,34 @@
+"""What a forward pass must capture: measures declare it, the session merges it per
+(data, intervention) and runs one pass that covers every spec's needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Needs:
+    """What a forward pass must capture. Block outputs (with medians) are always captured."""
+
+    sites: set[str] = field(default_factory=set)
+    medians: set[str] = field(default_factory=set)
+    loss: bool = False
+    slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
+    pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
+
+    def covers(self, other: "Needs") -> bool:
+        return (
+            other.sites <= self.sites
+            and other.medians <= self.medians
+            and other.slices <= self.slices
+            and other.pooled <= self.pooled
+            and (self.loss or not other.loss)
+        )
+
+    def merge(self, other: "Needs") -> "Needs":
+        self.sites |= other.sites
+        self.medians |= other.medians
+        self.slices |= other.slices
+        self.pooled |= other.pooled
+        self.loss = self.loss or other.loss
+        return self

@@ -1,0 +1,123 @@
+"""A measure as a spec writes it: its name, its parameters (pydantic fields, validated at
+collection), its shape and range (which keys and bounds mean something on it) and its words. The
+spec language, the JSON Schema, goldens and reports read measures through REGISTRY; nothing else
+lists them. How a measure computes its value from captures is measures/base.py's `Measure`, a
+subclass; the language never runs one.
+
+Shapes (what a measure yields; they decide the keys and bounds that mean something on it):
+  layers           a number per layer          label_per_layer  a dim/token set per layer
+  value            one number                  set              one set of dims/tokens/units
+  label            one name
+
+Measures join the registry by `register`: the built-in ones (massive_checks.measures) and a user's
+own, from conftest.py or through an entry point of group `massive_checks.measures`, which
+`registry()` loads at first use, as pytest loads its plugins.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+from typing import ClassVar, Literal, Mapping, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+ENTRY_POINTS = "massive_checks.measures"
+Statistic = Literal["paper", "max_over_sequences"]
+STATISTICS = get_args(Statistic)
+STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
+    "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
+    "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
+    "max_over_sequences": "top-k cells of the per-(token, dim) maximum of |a| over sequences",
+}
+NUMERIC_SHAPES = ("layers", "value")
+PER_LAYER_SHAPES = ("layers", "label_per_layer")
+REGISTRY: dict[str, type["MeasureDef"]] = {}
+_PARAM_ORDER = ("statistic", "dim", "head", "to", "checkpoint", "layer", "k", "versus", "site")  # golden keys: stable order
+_loaded: list[str] = []  # the entry points loaded
+
+
+class MeasureDef(BaseModel):
+    """A measure's part in the spec language. Subclasses (through measures.base.Measure) declare
+    `measure: Literal["name"] = "name"`, their parameters as fields, and `shape`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    shape: ClassVar[str]
+    layered: ClassVar[bool] = False  # takes `layers` (per layer, or a set / value over a range)
+    uses_massive_rule: ClassVar[bool] = False  # reads the spec's `massive:` parameters
+    dims_in_bound: ClassVar[bool] = False  # its values are residual dims (checked against the width)
+    labels: ClassVar[tuple[str, ...]] = ()  # label measures: the names it can take
+    # The values it can take: a bound admitting all of them cannot fail (a collection error).
+    value_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    # Numeric measures return intervals.Estimate (a value with bootstrap replicates over its
+    # sampling units) unless this says why they have none: then the value is exact.
+    fixed: ClassVar[str] = ""
+
+    @property
+    def name(self) -> str:
+        return self.measure  # type: ignore[attr-defined]
+
+    @property
+    def numeric(self) -> bool:
+        return self.shape in NUMERIC_SHAPES
+
+    @property
+    def per_layer(self) -> bool:
+        return self.shape in PER_LAYER_SHAPES
+
+    def text(self) -> str:
+        """Its words in tables and failure messages."""
+        params = self.params()
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
+
+    def params(self) -> dict:
+        """Parameters that differ from their defaults (golden keys and descriptions)."""
+        values = self.model_dump(exclude_defaults=True, exclude={"measure"})
+        return dict(sorted(values.items(), key=lambda kv: (_PARAM_ORDER.index(kv[0]) if kv[0] in _PARAM_ORDER else 99, kv[0])))
+
+    def vector_refs(self) -> set[str]:
+        """Names of the spec's vectors it reads (checked against `vectors:` at collection)."""
+        return set()
+
+    def steering_refs(self) -> set[str]:
+        """Names of the spec's steering configurations it reads (checked against `steering:`)."""
+        return set()
+
+    def contrast_needs(self, defined: Mapping) -> set[tuple[str, str]]:
+        """(contrast set, window) pooled captures it reads, given the spec's vector definitions."""
+        return {(defined[name].pairs, defined[name].window) for name in self.vector_refs() if name in defined}
+
+    def configs(self) -> set[str]:
+        """Configurations it reads besides the one it is measured on."""
+        return set()
+
+    def named_dims(self) -> set[int]:
+        dim = getattr(self, "dim", None)
+        return set() if dim is None else {dim}
+
+    def no_interval(self) -> str:
+        """Why this measure's numbers have no interval (\"\": they have one)."""
+        return self.fixed
+
+
+def register(cls: type[MeasureDef]) -> type[MeasureDef]:
+    """Class decorator: adds a measure to the spec language."""
+    name = cls.model_fields["measure"].default
+    if name in REGISTRY:
+        raise ValueError(f"measure {name!r} registered twice")
+    REGISTRY[name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[MeasureDef]]:
+    """Every measure by name: the built-in ones and those of installed entry points (loaded once),
+    with any registered since."""
+    for entry_point in metadata.entry_points(group=ENTRY_POINTS):
+        if entry_point.value not in _loaded:
+            _loaded.append(entry_point.value)
+            try:
+                entry_point.load()
+            except Exception as exc:  # a broken plugin names itself, never a traceback from here
+                raise ImportError(f"measure plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}") from exc
+    return REGISTRY
