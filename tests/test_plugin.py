@@ -109,10 +109,34 @@ def test_malformed_spec_is_a_failing_item_with_file_and_line(pytester):
     result.stdout.fnmatch_lines(["*specs/bad.yaml:4: checks[[]0[]].measure: unknown measure 'top9'*"])
 
 
-def test_yaml_outside_a_specs_directory_is_not_collected(pytester):
-    (pytester.path / "config.yaml").write_text("anything: 1\n")
-    result = pytester.runpytest(".")
-    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+OPENAPI = "openapi: 3.0.0\ninfo: {title: shop, version: '1'}\npaths: {}\n"
+A_SPEC = "id: planted\nclaim: c\nchecks:\n  - {measure: emergence_layer, equals: 1}\n"
+
+
+def test_other_yaml_in_a_users_project_is_not_collected(pytester):
+    """A project with an OpenAPI file at specs/api.yaml and one ordinary test: 1 passed, whether
+    pytest runs with no arguments, on `.`, or with testpaths."""
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "api.yaml").write_text(OPENAPI)
+    pytester.makepyfile(test_shop="def test_ok():\n    assert 1 + 1 == 2\n")
+    for args in ((), (".",)):
+        result = pytester.runpytest(*args, "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\ntestpaths = specs test_shop.py\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_spec_files_are_those_the_user_names(pytester):
+    """Named on the command line (a folder or a file), or under a folder of the ini option
+    massive_checks_specs: collected; the same file elsewhere is not."""
+    pytester.mkdir("claims")
+    (pytester.path / "claims" / "planted.yaml").write_text(A_SPEC)
+    run = lambda *args: pytester.runpytest(*args, "--model", "planted-llama", "-p", "no:cacheprovider")
+    run().assert_outcomes()  # not asked for: nothing collected
+    run("claims").assert_outcomes(passed=1)
+    run("claims/planted.yaml").assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\nmassive_checks_specs = claims\ntestpaths = claims\n")
+    run().assert_outcomes(passed=1)
 
 
 def test_runs_without_pytest_xdist(planted_suite):
@@ -210,3 +234,32 @@ def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
     assert heard[-1].startswith("gemma3-270m: dequantized and cached in")
     time.sleep(0.15)
     assert not heard[-1].startswith("gemma3-270m: dequantizing")  # the ticker stopped with the step
+
+
+NOTICE_CONFTEST = """
+from massive_checks.engine import models
+
+_load = models.load
+
+
+def load(name, *args, **kwargs):  # a first use, as a GGUF's dequantizing announces it
+    models.notice(f"{name}: dequantizing into the cache (first use, about 17 s)")
+    return _load(name, *args, **kwargs)
+
+
+models.load = load
+"""
+
+
+@pytest.mark.parametrize("args", [(), ("-s",), ("-n", "2")], ids=["captured", "-s", "xdist"])
+def test_the_first_use_notice_reaches_pytests_output(pytester, args):
+    """The notice a first load writes (dequantizing, its progress) is in pytest's output: on the
+    terminal past output capturing, and from xdist workers in the controller's warnings summary."""
+    if args[:1] == ("-n",):
+        pytest.importorskip("xdist")
+    pytester.makeconftest(NOTICE_CONFTEST)
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "planted.yaml").write_text(A_SPEC)
+    result = pytester.runpytest_subprocess("specs", "--model", "planted-llama", "-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*massive_checks: planted-llama: dequantizing into the cache (first use, about 17 s)*"])

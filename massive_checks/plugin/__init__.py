@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from massive_checks.base.constants import BUNDLED_MODELS, DEFAULTS_FILE
-from massive_checks.base.options import add_suite_options
+from massive_checks.base.options import add_options
 
 STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
 WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
@@ -23,7 +23,16 @@ WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, se
 OPTION_DEFAULTS: dict[str, object] = {}  # dest -> default of each option below: one given differently wakes the plugin
 
 
+SPEC_FOLDERS = "massive_checks_specs"  # the ini option naming a project's spec folders
+
+
 def pytest_addoption(parser):
+    parser.addini(
+        SPEC_FOLDERS,
+        type="paths",
+        default=[],
+        help="folders whose YAML files are massive_checks spec files (files and folders named on the command line are too)",
+    )
     plain = parser.getgroup("massive_checks", "massive activation claim specs")
 
     class Group:  # records each option's default as it is added
@@ -32,7 +41,7 @@ def pytest_addoption(parser):
             plain.addoption(*names, **kw)
             OPTION_DEFAULTS[names[0].lstrip("-").replace("-", "_")] = kw.get("default", False)
 
-    add_suite_options(Group.addoption)
+    add_options(Group.addoption)
 
 
 def pytest_configure(config):
@@ -62,11 +71,28 @@ def _runner():
 
 
 def pytest_collect_file(file_path: Path, parent):
-    # Spec files are YAML files inside a directory called `specs` (not any YAML in the tree).
-    if file_path.suffix in (".yaml", ".yml") and "specs" in file_path.parts[:-1] and file_path.name != DEFAULTS_FILE:
+    if file_path.suffix in (".yaml", ".yml") and file_path.name != DEFAULTS_FILE and _asked_for(file_path, parent.config):
         active(parent.config)
         return _runner().SpecFile.from_parent(parent, path=file_path)
     return None
+
+
+def _asked_for(path: Path, config) -> bool:
+    """A YAML file is a spec file only where the user said so: under a folder of the ini option
+    massive_checks_specs, or at or under a file or folder named on the command line (`pytest specs/`,
+    `pytest specs/a.yaml`). The project's root, named as `.` or found as testpaths, names every
+    file, so it says nothing: other YAML in someone's project is never collected."""
+    return any(path == root or root in path.parents for root in _spec_roots(config))
+
+
+def _spec_roots(config) -> list[Path]:
+    roots = [Path(p).resolve() for p in config.getini(SPEC_FOLDERS)]
+    if config.args_source == pytest.Config.ArgsSource.ARGS:  # paths the user typed, not testpaths
+        here, root = config.invocation_params.dir.resolve(), config.rootpath.resolve()
+        for arg in config.args:
+            named = (here / arg.split("::")[0]).resolve()
+            roots += [named] if named not in (here, root) else []
+    return roots
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -4,6 +4,9 @@ suite.Suite, and the xdist parts that need it."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import json
 from typing import Callable
 
@@ -27,11 +30,30 @@ def build(config) -> "MassiveChecks":
     if workerinput is not None:  # an xdist worker: its share of the cores
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
     plugin = MassiveChecks(config, suite)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # a first load's dequantization is announced, not minutes of silence
-        plugin.notice = lambda message: reporter.write_line(f"massive_checks: {message}", yellow=True)
-        models.NOTICES.append(plugin.notice)
+    plugin.notice = notice_writer(config)  # a first load's dequantization is announced, not minutes of silence
+    models.NOTICES.append(plugin.notice)
     return plugin
+
+
+class Notice(UserWarning):
+    """A first use's notice (dequantizing, its progress) from an xdist worker, which has no terminal:
+    xdist carries warnings to the controller, which lists them in its warnings summary."""
+
+
+def notice_writer(config) -> Callable[[str], None]:
+    """Where notices go: pytest's terminal, past output capturing (with or without -s), or, on an
+    xdist worker, a warning the controller shows."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if getattr(config, "workerinput", None) is not None or reporter is None:
+        return lambda message: warnings.warn(Notice(f"massive_checks: {message}"), stacklevel=2)
+
+    def write(message: str) -> None:
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(f"massive_checks: {message}", yellow=True)
+
+    return write
 
 
 def _plugin(config) -> "MassiveChecks":

@@ -1,0 +1,7 @@
+"""python -m massive_checks.cli"""
+
+import sys
+
+from massive_checks.cli import main
+
+sys.exit(main())
