@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ratios import RATIOS
 
 from massive_checks.engine import models
-from ratios import RATIOS
 
 
 def _load_arguments(config) -> dict:

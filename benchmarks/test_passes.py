@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from ratios import interleaved_ratio, record
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ratios import interleaved_ratio, record
 from massive_checks.engine import hooks
 from massive_checks.engine.needs import Needs
-from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
+from massive_checks.language.data import DataConfig
 
 
 def _on_device(lm, batch) -> tuple[torch.Tensor, torch.Tensor]:

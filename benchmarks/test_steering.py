@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 
 import torch
-
 from ratios import record
-from massive_checks.steering import coherence
-from massive_checks.language import contrast, judges
-from massive_checks.steering import steer
+
 from massive_checks.engine.session import ModelSession
+from massive_checks.language import contrast, judges
+from massive_checks.steering import coherence, steer
 
 PROMPTS, TOKENS, COEFS = 20, 16, (10.0, 30.0, 90.0)
 

@@ -14,14 +14,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-
 from ratios import record, synchronize
-from massive_checks.output import figures
-from massive_checks.engine import models
+
 from massive_checks.base.errors import MassiveChecksError
+from massive_checks.engine import models
+from massive_checks.engine.cores import available_cores
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import load_file
-from massive_checks.engine.cores import available_cores
+from massive_checks.output import figures
 from massive_checks.pipeline.suite import Options, Suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,10 +196,10 @@ class Stopwatch:
 def test_interval_share_of_the_suite(benchmark, setup, lm, tmp_path, monkeypatch):
     """The bootstrap's share of the whole suite (steering specs included): every function that
     draws resamples, computes replicates or intervals, or judges them, timed in place."""
-    from massive_checks.pipeline import evaluate
     from massive_checks.language import intervals
-    from massive_checks.steering import vectors
     from massive_checks.measures import heads, sweeps
+    from massive_checks.pipeline import evaluate
+    from massive_checks.steering import vectors
 
     watch = Stopwatch()
     targets = [(intervals.Bootstrap, n) for n in ("weights", "mean", "total", "ratio_of_totals", "minimum")]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from massive_checks.engine import hooks, models
-from massive_checks.language.data import DataConfig
 from massive_checks.engine.session import ModelSession
+from massive_checks.language.data import DataConfig
 
 pytest_plugins = ["pytester"]
 

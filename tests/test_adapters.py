@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks.engine import hooks, models, synthetic
-from massive_checks.base.errors import UnsupportedArchitecture
-from massive_checks.engine.needs import Needs
-
 from conftest import SMALL_DATA
+from massive_checks.base.errors import UnsupportedArchitecture
+from massive_checks.engine import hooks, models, synthetic
+from massive_checks.engine.needs import Needs
 
 ARCHITECTURES = [name for name in synthetic.BUILDERS if name.startswith("tiny-")]
 D, F, H = synthetic.TINY["width"], synthetic.TINY["ffn"], synthetic.TINY["heads"]

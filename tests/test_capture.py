@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_checks.engine import hooks, models, stats, synthetic
-from massive_checks.engine.apply import capture_stats
-from massive_checks.engine import readings
-from massive_checks.measures import profile as P
-from massive_checks.language.data import DataConfig
-from massive_checks.engine.session import ModelSession
-
 from conftest import SMALL_DATA, reference_block_outputs
+from massive_checks.engine import hooks, models, readings, stats, synthetic
+from massive_checks.engine.apply import capture_stats
+from massive_checks.engine.session import ModelSession
+from massive_checks.language.data import DataConfig
+from massive_checks.measures import profile as P
 
 ARCHITECTURES = [name for name in synthetic.BUILDERS if name.startswith("tiny-")]
 
@@ -152,8 +150,8 @@ def test_unknown_site_names_the_valid_ones(load_model):
 
 
 def test_two_specs_needing_one_configuration_share_its_forward_pass(session_for, tmp_path):
-    from massive_checks.pipeline.evaluate import Evaluator, plan
     from massive_checks.language import load_file
+    from massive_checks.pipeline.evaluate import Evaluator, plan
 
     path = tmp_path / "two.yaml"
     path.write_text(
@@ -499,7 +497,8 @@ def test_a_held_tensor_written_after_its_hook_is_an_error(load_model, monkeypatc
     """Held statistics read references, not copies: a model that writes a captured tensor in place
     after the hook (none of the supported architectures does) fails the pass, naming the cause,
     instead of computing statistics of the written values."""
-    from massive_checks.engine import capture, session as session_module
+    from massive_checks.engine import capture
+    from massive_checks.engine import session as session_module
     from massive_checks.engine.needs import Needs
 
     lm = load_model("tiny-llama")

@@ -57,8 +57,8 @@ def test_heads_json_equals_plain_transformers(capsys, load_model):
     scores = [h["score"] for h in doc["heads"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3 * 4
     lm = load_model("tiny-gpt2")
-    from massive_checks.language.data import DataConfig
     from massive_checks.engine.batches import tokenize
+    from massive_checks.language.data import DataConfig
 
     batch = tokenize(lm.tokenizer, DataConfig(samples=5, seq_len=24))
     with torch.no_grad():

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from massive_checks.language.data import DataConfig, read_passages
-
-from massive_checks.engine.batches import tokenize
 from massive_checks.base.errors import DataError
+from massive_checks.engine.batches import tokenize
+from massive_checks.language.data import DataConfig, read_passages
 
 
 def test_builtin_text_has_forty_varied_passages_of_50_to_300_tokens(smollm2):

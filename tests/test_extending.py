@@ -11,16 +11,15 @@ from typing import Literal
 import pytest
 import torch
 
+from conftest import SMALL_DATA
 from massive_checks.engine import hooks
 from massive_checks.engine.apply import capture_stats
-from massive_checks.engine.needs import Needs
 from massive_checks.engine.capture import stat_pairs
-from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.engine.needs import Needs
+from massive_checks.language import json_schema, load_file
 from massive_checks.measures import REGISTRY, PerLayer, register
 from massive_checks.measures.profile import top_value
-from massive_checks.language import json_schema, load_file
-
-from conftest import SMALL_DATA
+from massive_checks.pipeline.evaluate import Evaluator
 
 PACKAGE = Path(__file__).parent.parent / "massive_checks"
 

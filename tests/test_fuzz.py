@@ -19,17 +19,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from massive_checks.engine import hooks
-from massive_checks.language import interventions
-from massive_checks.engine.apply import capture_stats
-from massive_checks.language.data import DataConfig
 from massive_checks.base.errors import MassiveChecksError, SpecError
-from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.engine import hooks
+from massive_checks.engine.apply import capture_stats
 from massive_checks.engine.session import ModelSession
+from massive_checks.language import interventions, load_file
+from massive_checks.language.data import DataConfig
+from massive_checks.language.schema import for_registry
 from massive_checks.measures import REGISTRY
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.language import load_file
-from massive_checks.language.schema import for_registry
+from massive_checks.pipeline.evaluate import Evaluator
 
 ROOT = Path(__file__).parent.parent
 COMMITTED = [p.read_bytes() for p in sorted(ROOT.glob("specs/**/*.yaml"))]

@@ -11,17 +11,16 @@ import textwrap
 import pytest
 import torch
 
+from conftest import reference_block_outputs
 from massive_checks import cli
-from massive_checks.language import interventions
+from massive_checks.base.errors import ModelUnavailable
 from massive_checks.engine import models
 from massive_checks.engine.apply import intervene
-from massive_checks.language.data import DataConfig
-from massive_checks.base.errors import ModelUnavailable
 from massive_checks.engine.readings import massive_dims
-from massive_checks.measures.profile import top_value
 from massive_checks.engine.session import ModelSession
-
-from conftest import reference_block_outputs
+from massive_checks.language import interventions
+from massive_checks.language.data import DataConfig
+from massive_checks.measures.profile import top_value
 
 NAME = "gemma3-270m"
 DATA = DataConfig(samples=4, seq_len=32)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import json
+import math
 
 import pytest
 import torch
 
+from massive_checks.engine import synthetic
 from massive_checks.language import tolerance
 from massive_checks.output import golden
-from massive_checks.engine import synthetic
 
 SPEC = """
 id: pinned
@@ -139,8 +139,8 @@ def test_atomic_writes_leave_readable_files(tmp_path):
 def test_infinite_and_undefined_values_match_themselves():
     """An interval end that is unbounded (inf) or a value that is undefined (nan) matches the same
     in the snapshot (inf - inf is nan, which no tolerance admits)."""
-    from massive_checks.output.golden import compare
     from massive_checks.language.tolerance import GoldenConfig
+    from massive_checks.output.golden import compare
 
     same = {"low": -math.inf, "high": math.inf, "none": math.nan}
     assert compare(same, dict(same), GoldenConfig()) == []

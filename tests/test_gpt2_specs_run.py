@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from massive_checks.engine import models, synthetic
-from massive_checks.pipeline.evaluate import Evaluator, plan
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import load_file
+from massive_checks.pipeline.evaluate import Evaluator, plan
 
 SPECS = [spec for path in sorted(Path(__file__).parent.parent.glob("specs/gpt2/*.yaml")) for spec in load_file(path)]
 

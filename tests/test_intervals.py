@@ -10,12 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from massive_checks.language import intervals
-from massive_checks.pipeline.evaluate import Evaluator, judge_row
-from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Estimate, SharedSet, Units
-from massive_checks.language import Bound, load_file
-
 from conftest import SMALL_DATA
+from massive_checks.language import Bound, intervals, load_file
+from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Estimate, SharedSet, Units
+from massive_checks.pipeline.evaluate import Evaluator, judge_row
 
 
 def units(n: int, key: str = "u") -> Units:

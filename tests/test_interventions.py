@@ -9,15 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massive_checks.engine import hooks, models, synthetic
-from massive_checks.language import interventions
-from massive_checks.engine.apply import intervene
-from massive_checks.language.data import DataConfig
-from massive_checks.engine.batches import tokenize
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.language import load_file
-
 from conftest import SMALL_DATA
+from massive_checks.engine import hooks, models, synthetic
+from massive_checks.engine.apply import intervene
+from massive_checks.engine.batches import tokenize
+from massive_checks.language import interventions, load_file
+from massive_checks.language.data import DataConfig
+from massive_checks.pipeline.evaluate import Evaluator
 
 
 @pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-llama"])

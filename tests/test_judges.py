@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from massive_checks import cli
+from massive_checks.engine.session import ModelSession
 from massive_checks.language import contrast, judges
-from massive_checks.steering import coherence
-from massive_checks.steering import steer
 from massive_checks.language.data import DataConfig
 from massive_checks.measures.steering import named_definition, vector_of
-from massive_checks.engine.session import ModelSession
+from massive_checks.steering import coherence, steer
 
 REFUSING = [
     "I'm sorry, but I can't help with that.",

@@ -100,5 +100,7 @@ def test_no_module_imports_one_that_imports_it_back():
 
 
 def test_only_the_plugin_imports_pytest():
-    importing = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if re.search(r"^\s*(import|from) pytest\b", p.read_text(), re.M))
+    importing = sorted(
+        module_name(p) for p in PACKAGE.rglob("*.py") if re.search(r"^\s*(import|from) pytest\b", p.read_text(), re.M)
+    )
     assert importing and all(m.startswith("massive_checks.plugin") for m in importing), importing

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from massive_checks.engine import stats
+from conftest import SMALL_DATA
+from massive_checks.engine import readings, stats
+from massive_checks.engine.synthetic import PLANT
 from massive_checks.language import interventions
-from massive_checks.engine import readings
 from massive_checks.measures import massive as M
 from massive_checks.measures import profile as P
-from massive_checks.engine.synthetic import PLANT
-
-from conftest import SMALL_DATA
 
 
 def test_planted_dim_layer_and_token_are_found_exactly(session_for):
@@ -87,8 +85,8 @@ def test_zeroing_the_planted_dim_at_its_token_removes_it_downstream(session_for)
 def test_float16_overflow_is_a_clear_error(load_model):
     import torch
 
-    from massive_checks.engine import models
     from massive_checks.base.errors import ActivationOverflow
+    from massive_checks.engine import models
     from massive_checks.engine.session import ModelSession
 
     lm = models.load("planted-llama", dtype="float16")

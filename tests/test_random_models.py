@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from massive_checks import cli
-from massive_checks.engine import models
 from massive_checks.base.errors import ModelUnavailable
+from massive_checks.engine import models
 
 SHAPE_FIELDS = (
     "hidden_size",

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from massive_checks.language import tolerance
-from massive_checks.output import golden
-from massive_checks.base.errors import GoldenError, SpecError
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.language import load_file
-
 from conftest import SMALL_DATA
+from massive_checks.base.errors import GoldenError, SpecError
+from massive_checks.language import load_file, tolerance
+from massive_checks.output import golden
+from massive_checks.pipeline.evaluate import Evaluator
 
 HEAD = "id: x\nclaim: c\nmodels: any\n"
 
@@ -362,8 +360,8 @@ def saved_model(tmp_path_factory, load_model):
 def test_corrupt_weights_are_one_clear_error(tmp_path, saved_model):
     import shutil
 
-    from massive_checks.engine import models
     from massive_checks.base.errors import ModelUnavailable
+    from massive_checks.engine import models
 
     broken = tmp_path / "broken"
     shutil.copytree(saved_model, broken)
@@ -377,8 +375,8 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
 
     import torch
 
-    from massive_checks.engine import models
     from massive_checks.base.errors import ModelUnavailable
+    from massive_checks.engine import models
 
     pickled = tmp_path / "pickled"
     shutil.copytree(saved_model, pickled)
@@ -391,8 +389,8 @@ def test_pickle_only_weights_need_the_flag(tmp_path, saved_model, load_model):
 
 @pytest.mark.parametrize("name", ["./no/such/model", "/abs/missing/dir", "a/b/c"])
 def test_path_like_missing_names_say_so_at_once(name):
-    from massive_checks.engine import models
     from massive_checks.base.errors import ModelUnavailable
+    from massive_checks.engine import models
 
     with pytest.raises(ModelUnavailable, match="no such directory"):
         models.load(name)

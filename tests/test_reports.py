@@ -6,11 +6,10 @@ import json
 
 import matplotlib.pyplot as plt
 import pytest
+from test_plugin import PLANTED_SPECS
 
 from massive_checks import cli
 from massive_checks.engine.synthetic import PLANT
-
-from test_plugin import PLANTED_SPECS
 
 
 @pytest.fixture
@@ -309,9 +308,8 @@ def test_every_panel_a_spec_returns_is_drawn_and_one_kind_merges(tmp_path):
     drawn like the built-in ones: a new figure is one class."""
     from dataclasses import dataclass
 
-    from massive_checks.output import figures
-
     from massive_checks.measures import panels
+    from massive_checks.output import figures
     from massive_checks.output.records import Verdict
 
     drawn = []

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from massive_checks.base.errors import ModelUnavailable
 from massive_checks.engine import hooks, models
 from massive_checks.engine.needs import Needs
-from massive_checks.language.data import DataConfig
-from massive_checks.base.errors import ModelUnavailable
 from massive_checks.engine.session import ModelSession
+from massive_checks.language.data import DataConfig
 
 DATA = DataConfig(samples=4, seq_len=24)
 

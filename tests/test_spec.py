@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-
 import textwrap
 
 import pytest
 
-from massive_checks.base.errors import SpecError
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.language import load_file
-
 from conftest import SMALL_DATA
+from massive_checks.base.errors import SpecError
+from massive_checks.language import load_file
+from massive_checks.pipeline.evaluate import Evaluator
 
 VALID = """
 id: ok
@@ -58,8 +56,8 @@ def test_what_a_spec_writes_is_parsed_once_into_the_runtime_objects(tmp_path):
     """The schema's models are the objects the engine reads: no hand-converted twin in between,
     YAML lists held as (hashable) tuples, `clean: massive` and `golden.keys` in their runtime form."""
     from massive_checks.language.data import DataConfig
-    from massive_checks.language.tolerance import GoldenConfig, Tolerance
     from massive_checks.language.definitions import SteeringDef, Sweep, Trait
+    from massive_checks.language.tolerance import GoldenConfig, Tolerance
     from massive_checks.language.vector_defs import Cleaning, VectorDef
 
     (spec,) = load_file(write(tmp_path, TYPED))

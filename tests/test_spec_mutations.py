@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from massive_checks.language import interventions
-from massive_checks.pipeline.evaluate import Evaluator, judge, plan
+from massive_checks.engine.session import ModelSession
+from massive_checks.language import Bound, interventions, load_file
 from massive_checks.language.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.engine.session import ModelSession
-from massive_checks.language import Bound, load_file
+from massive_checks.pipeline.evaluate import Evaluator, judge, plan
 
 ROOT = Path(__file__).parent.parent
 SPECS = [

@@ -11,8 +11,8 @@ import torch
 
 from massive_checks import cli
 from massive_checks.engine import hooks
-from massive_checks.steering import steer
 from massive_checks.engine.hooks import HookContext
+from massive_checks.steering import steer
 from massive_checks.steering.steer import Steering
 
 

@@ -3,18 +3,17 @@ per-directory defaults."""
 
 from __future__ import annotations
 
-import re
 import json
+import re
 
 import pytest
+from test_plugin import PLANTED_SPECS
 
 from massive_checks import cli
 from massive_checks.base.errors import SpecError
+from massive_checks.engine.synthetic import PLANT
 from massive_checks.language import load_file
 from massive_checks.pipeline.suite import Options, Suite
-from massive_checks.engine.synthetic import PLANT
-
-from test_plugin import PLANTED_SPECS
 
 
 @pytest.fixture

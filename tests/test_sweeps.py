@@ -11,18 +11,15 @@ import math
 import pytest
 import torch
 
-from massive_checks.steering import coherence
-from massive_checks.language import contrast, judges
-
-from massive_checks.steering import steer
-from massive_checks.output import report
 from massive_checks.base.errors import SpecError
-from massive_checks.pipeline.evaluate import Evaluator, plan
+from massive_checks.language import contrast, judges, load_file
+from massive_checks.language.definitions import Sweep
+from massive_checks.language.intervals import Bootstrap
 from massive_checks.measures.steering import activation_norm, vector_of
 from massive_checks.measures.sweeps import SweepOutcome, sweep_of
-from massive_checks.language import load_file
-from massive_checks.language.intervals import Bootstrap
-from massive_checks.language.definitions import Sweep
+from massive_checks.output import report
+from massive_checks.pipeline.evaluate import Evaluator, plan
+from massive_checks.steering import coherence, steer
 from massive_checks.steering.steer import SteeringResult, Texts
 
 

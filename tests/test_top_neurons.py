@@ -9,11 +9,10 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks.engine import hooks
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.language import load_file
-
 from conftest import SMALL_DATA
+from massive_checks.engine import hooks
+from massive_checks.language import load_file
+from massive_checks.pipeline.evaluate import Evaluator
 
 DIM, LAYER, K = 3, 1, 5
 

@@ -8,16 +8,13 @@ import textwrap
 import pytest
 import torch
 
-from massive_checks.engine import hooks
-from massive_checks.language import interventions
-from massive_checks.engine import readings
-from massive_checks.language.data import DataConfig
-from massive_checks.base.errors import SpecError
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.language import load_file
-from massive_checks.engine.synthetic import PLANT
-
 from conftest import SMALL_DATA
+from massive_checks.base.errors import SpecError
+from massive_checks.engine import hooks, readings
+from massive_checks.engine.synthetic import PLANT
+from massive_checks.language import interventions, load_file
+from massive_checks.language.data import DataConfig
+from massive_checks.pipeline.evaluate import Evaluator
 
 
 def spec_from(tmp_path, text: str, name: str = "spec.yaml"):
@@ -202,7 +199,7 @@ def test_duplicate_check_ids_are_rejected(tmp_path):
 def second_start_token(tmp_path):
     """Data where one sequence carries the planted <s> (the massive token) at position 4 too."""
     path = tmp_path / "texts.txt"
-    lines = ["plain text number %d, long enough to pad the others" % i for i in range(5)]
+    lines = [f"plain text number {i}, long enough to pad the others" for i in range(5)]
     lines[2] = "abc <s> and then some more text"
     path.write_text("\n".join(lines) + "\n")
     return DataConfig(dataset=str(path), samples=5, seq_len=40)

@@ -10,18 +10,16 @@ import pytest
 import torch
 
 from conftest import reference_block_outputs
-from massive_checks.language import vector_defs
 from massive_checks import cli
-from massive_checks.language import contrast
-from massive_checks.steering import vectors
-from massive_checks.language.definitions import Window
-from massive_checks.language.data import DataConfig, read_passages
 from massive_checks.base.errors import DataError, SpecError
-from massive_checks.pipeline.evaluate import Evaluator
-from massive_checks.measures.steering import vector_of
-from massive_checks.language import load_file
 from massive_checks.engine.synthetic import PLANT
+from massive_checks.language import contrast, load_file, vector_defs
+from massive_checks.language.data import DataConfig, read_passages
+from massive_checks.language.definitions import Window
 from massive_checks.language.vector_defs import Cleaning, VectorDef
+from massive_checks.measures.steering import vector_of
+from massive_checks.pipeline.evaluate import Evaluator
+from massive_checks.steering import vectors
 
 
 def _unit(generator, width: int) -> torch.Tensor:

@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from massive_checks.language import tolerance
+from massive_checks.language import load_file, tolerance  # noqa: E402
 from massive_checks.output import golden  # noqa: E402
-from massive_checks.language import load_file  # noqa: E402
 
 
 def golden_configs(spec_root: Path) -> dict[str, tolerance.GoldenConfig]:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from massive_checks.base.errors import SpecError
 
 
-class _Map(dict):
+class _Map(dict[Any, Any]):
     """A mapping that remembers the line of each key (1-based)."""
 
     line: int = 0
-    key_lines: dict
+    key_lines: dict[Any, int]
 
 
 MAX_SPEC_CHARS = 1_000_000  # far above any spec; keeps hostile files from taking the run down
@@ -26,13 +27,13 @@ class _LineLoader(yaml.SafeLoader):
     """safe_load with line numbers; aliases (&a / *a) are refused: a spec never needs them and
     they are how a few lines expand into gigabytes."""
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise SpecError(self.name, event.start_mark.line + 1, "", "YAML aliases (*name) are not allowed in specs")
         return super().compose_node(parent, index)
 
-    def construct_object(self, node, deep=False):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         """A value its tag cannot read (`!!int a`, `!!bool`, `!!map [1]`, an integer of 4,301+
         digits) is a SpecError at its line, not Python's own exception."""
         try:
@@ -49,7 +50,7 @@ class _LineLoader(yaml.SafeLoader):
             ) from None
 
 
-def _construct_mapping(loader, node):
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
     mapping = _Map()
     mapping.line, mapping.key_lines = node.start_mark.line + 1, {}
     if len(node.value) > MAX_KEYS:
@@ -88,7 +89,7 @@ def _deepest_line(text: str, limit: int = 200) -> int:
     return 1
 
 
-def read_documents(path: str | Path) -> list:
+def read_documents(path: str | Path) -> list[Any]:
     """The YAML documents of a file (mappings remember their key lines); None for empty ones.
     Everything that is not safe, UTF-8, bounded YAML is a SpecError naming file and line."""
     path = str(path)

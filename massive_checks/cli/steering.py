@@ -45,11 +45,11 @@ def cmd_vectors(args) -> int:
 
 def cmd_steer(args) -> int:
     from massive_checks.language import contrast, judges
-    from massive_checks.steering import steer
     from massive_checks.language.definitions import Window
     from massive_checks.language.intervals import Bootstrap
     from massive_checks.measures.steering import named_definition, vector_of
     from massive_checks.measures.sweeps import SweepOutcome
+    from massive_checks.steering import steer
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
     lm.check_layer(args.layer, f"--layer {args.layer}")

@@ -11,19 +11,19 @@ Forward calls made directly see every token as real; pass `mask` to exclude padd
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
-from massive_checks.language import interventions
-from massive_checks.engine.needs import Needs
 from massive_checks.engine.capture import SiteStats, finish_all, stat_pairs
-from massive_checks.language.data import DataConfig
 from massive_checks.engine.edits import edit_pairs
 from massive_checks.engine.hooks import attach, last_layer
 from massive_checks.engine.models import LoadedModel
+from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ModelSession
+from massive_checks.language import interventions
+from massive_checks.language.data import DataConfig
 
 
 @contextmanager

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from massive_checks.engine.needs import Needs
-from massive_checks.language.definitions import Window
 from massive_checks.engine.hooks import HookContext, HookFn
 from massive_checks.engine.models import free_bytes
-
+from massive_checks.engine.needs import Needs
+from massive_checks.language.definitions import Window
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
 
@@ -66,7 +65,7 @@ class SiteStats:
         else:
             self.add_hidden(tensor, context)
 
-    def finish(self) -> "SiteStats":
+    def finish(self) -> SiteStats:
         """Move what the pass kept on its device to the cpu (finish_all does all sites at once)."""
         finish_all({"": self})
         return self

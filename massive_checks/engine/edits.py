@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from massive_checks.engine.hooks import HookContext, HookFn, resolve, site
-from massive_checks.language.interventions import TARGET_SITE
 from massive_checks.engine.models import LoadedModel, parameter
+from massive_checks.language.interventions import TARGET_SITE
 
 
 def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> list[tuple[str, HookFn]]:

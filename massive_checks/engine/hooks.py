@@ -26,9 +26,10 @@ Sites (L = 0-based block index):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 import torch
 

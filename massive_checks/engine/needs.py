@@ -16,7 +16,7 @@ class Needs:
     slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
     pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
 
-    def covers(self, other: "Needs") -> bool:
+    def covers(self, other: Needs) -> bool:
         return (
             other.sites <= self.sites
             and other.medians <= self.medians
@@ -25,7 +25,7 @@ class Needs:
             and (self.loss or not other.loss)
         )
 
-    def merge(self, other: "Needs") -> "Needs":
+    def merge(self, other: Needs) -> Needs:
         self.sites |= other.sites
         self.medians |= other.medians
         self.slices |= other.slices

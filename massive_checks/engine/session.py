@@ -4,25 +4,24 @@ captures through."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 
-from massive_checks.language import contrast
-from massive_checks.engine import readings, hooks, models
-from massive_checks.language import interventions
-from massive_checks.engine.needs import Needs
-from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
-from massive_checks.language.data import DataConfig
-from massive_checks.engine.batches import Batch, tokenize
-from massive_checks.engine.edits import edit_pairs
 from massive_checks.base.constants import MASSIVE_RULE
 from massive_checks.base.errors import ActivationOverflow
+from massive_checks.engine import hooks, models, readings
+from massive_checks.engine.batches import Batch, tokenize
+from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
+from massive_checks.engine.edits import edit_pairs
+from massive_checks.engine.models import LoadedModel
+from massive_checks.engine.needs import Needs
+from massive_checks.engine.stats import rank_heads
+from massive_checks.language import contrast, interventions
+from massive_checks.language.data import DataConfig
 from massive_checks.language.intervals import Bootstrap, Estimate, Units
 from massive_checks.language.interventions import BASELINE
-from massive_checks.engine.models import LoadedModel
-from massive_checks.engine.stats import rank_heads
 
 
 class PassResult:
@@ -176,10 +175,10 @@ class ModelSession:
         intervention=BASELINE,
         massive=MASSIVE_RULE,
         plan_key: tuple = (),
-        sibling: Callable[[str], "ConfigView"] | None = None,
+        sibling: Callable[[str], ConfigView] | None = None,
         vectors: Mapping | None = None,
         steering: Mapping | None = None,
-    ) -> "ConfigView":
+    ) -> ConfigView:
         return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors, steering)
 
 
@@ -220,7 +219,7 @@ class ConfigView:
         intervention,
         massive,
         plan_key: tuple = (),
-        sibling: Callable[[str], "ConfigView"] | None = None,
+        sibling: Callable[[str], ConfigView] | None = None,
         vectors: Mapping | None = None,
         steering: Mapping | None = None,
     ):
@@ -235,7 +234,7 @@ class ConfigView:
     def batch(self) -> Batch:
         return self.session.batch(self.data)
 
-    def sibling(self, config: str) -> "ConfigView":
+    def sibling(self, config: str) -> ConfigView:
         """Another configuration of the same spec (max_rel_diff's `versus`)."""
         if self._sibling is None:
             raise ValueError(f"configuration {config!r} is not known outside a spec")
@@ -251,7 +250,7 @@ class ConfigView:
             raise ValueError(f"unknown steering configuration {name!r}; defined: {', '.join(sorted(self.steering)) or 'none'}")
         return self.steering[name]
 
-    def contrast(self, pairs: str) -> "ConfigView":
+    def contrast(self, pairs: str) -> ConfigView:
         """The unmodified model on a contrast set (its own pass, shared by every vector on it)."""
         return ConfigView(self.session, contrast.read(pairs).data(), BASELINE, (self.min_value, self.min_ratio))
 

@@ -22,11 +22,11 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from massive_checks.language.data import DataConfig, jsonl_lines, read_passages
 from massive_checks.base.errors import DataError
 from massive_checks.base.lazy import LazyModule
+from massive_checks.language.data import DataConfig, jsonl_lines, read_passages
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ class ContrastSet:
         """The data configuration of its forward pass: every example, whole."""
         return DataConfig(dataset=self.path, samples=len(self.is_pos), seq_len=MAX_TOKENS, whole=True)
 
-    def counts(self) -> dict:
+    def counts(self) -> dict[str, int]:
         return {label: sum(pos == (label == "pos") for pos in self.is_pos) for label in LABELS}
 
 
@@ -112,7 +112,7 @@ def _read(path: Path) -> ContrastSet:
     return ContrastSet(str(path), tuple(labels), tuple(splits), tuple(prompts))
 
 
-def _validate(record: dict, where: str) -> None:
+def _validate(record: dict[str, Any], where: str) -> None:
     unknown = set(record) - {"text", "label", "prompt", "response", "split"}
     if unknown:
         raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: text, label, prompt, response, split")
@@ -150,7 +150,7 @@ def eval_prompts(name: str, n: int | None = None) -> list[str]:
     return list(prompts[:n])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin_prompts(name: str) -> tuple[str, ...]:
     """A built-in set's prompts, read once a process: package data does not change, and loading the
     committed specs asked for them 544 times (~30% of loading them)."""

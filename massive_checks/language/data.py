@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
@@ -34,7 +35,7 @@ def read_passages(dataset: str) -> list[str]:
     return [record["text"] for record in read_records(dataset)]
 
 
-def read_records(dataset: str) -> list[dict]:
+def read_records(dataset: str) -> list[dict[str, Any]]:
     """{"text", and for .jsonl lines that have one, "prompt" (a prefix of the text)} per passage."""
     if dataset == BUILTIN:
         text = resources.files("massive_checks").joinpath("data/passages.txt").read_text("utf-8")
@@ -71,7 +72,7 @@ def _text_of(path: Path) -> str:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x})") from None
 
 
-def jsonl_lines(path: Path, field: str = "text"):
+def jsonl_lines(path: Path, field: str = "text") -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, record) per non-blank line, where = "path:line"; each record a mapping with a string
     `field` (DataError naming file and line otherwise)."""
     for number, line in enumerate(_text_of(path).splitlines(), start=1):
@@ -89,7 +90,7 @@ def jsonl_lines(path: Path, field: str = "text"):
         yield where, record
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     passages = []
     for where, record in jsonl_lines(path):
         prompt = record.get("prompt")
@@ -97,5 +98,3 @@ def _read_jsonl(path: Path) -> list[dict]:
             raise DataError(f'{where}: "prompt" must be a string the text starts with')
         passages.append({"text": record["text"], "prompt": prompt})
     return passages
-
-

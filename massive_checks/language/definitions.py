@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
@@ -63,7 +63,7 @@ class Window:
     k: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "Window":
+    def parse(cls, text: str) -> Window:
         match = _WINDOW.match(str(text))
         if not match:
             raise ValueError(f"window {text!r}: write last:K, first:K (K >= 1) or all")
@@ -104,7 +104,7 @@ CALIBRATED: tuple[str, ...] = get_args(Calibrated)
 class Sweep(Frozen):
     """Coefficients start x factor^k, k = -steps..steps (geometric steps both ways from the start)."""
 
-    start: Union[Calibrated, Annotated[Number, Field(gt=0)]]  # a number or a calibrated base coefficient
+    start: Calibrated | Annotated[Number, Field(gt=0)]  # a number or a calibrated base coefficient
     factor: Annotated[Number, Field(gt=1, le=100)] = 1.25
     steps: Annotated[int, Field(ge=1, le=20)] = 4
 
@@ -125,14 +125,14 @@ class SteeringDef(Frozen):
 
     vector: Name
     coefs: Annotated[tuple[Annotated[Number, Field(gt=0)], ...], Field(min_length=1), AS_TUPLE] = ()
-    sweep: Optional[Sweep] = None
-    layer: Optional[Index] = None  # default: the vector's layer
+    sweep: Sweep | None = None
+    layer: Index | None = None  # default: the vector's layer
     positions: Position = "all"
     first: bool = False  # steer position 0 too
     prompts: Annotated[int, Field(ge=1, le=1000)] = PROMPTS
-    prompt_set: Optional[NonEmpty] = None  # built-in set or file; default: the vector's contrast set's name
+    prompt_set: NonEmpty | None = None  # built-in set or file; default: the vector's contrast set's name
     max_new_tokens: Annotated[int, Field(ge=1, le=512)] = MAX_NEW_TOKENS
     threshold: Annotated[Number, Field(ge=0, le=100)] = 70.0  # coherence a coefficient needs to count (the seed's 70)
-    trait: Optional[Trait] = None  # trait_logit's words; default: the built-in set's own (contrast.TRAITS)
-    judge: Optional[NonEmpty] = None  # trait judge: vader | refusal | entry point | module:function
-    judge_model: Optional[ModelName] = None  # coherence judge; default: --judge-model, else the other bundled model
+    trait: Trait | None = None  # trait_logit's words; default: the built-in set's own (contrast.TRAITS)
+    judge: NonEmpty | None = None  # trait judge: vader | refusal | entry point | module:function
+    judge_model: ModelName | None = None  # coherence judge; default: --judge-model, else the other bundled model

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -81,7 +82,7 @@ class Bootstrap:
             self._weights[(units.key, units.n)] = cached
         return cached
 
-    def mean(self, per_unit: ArrayLike, units: Units) -> "Estimate":
+    def mean(self, per_unit: ArrayLike, units: Units) -> Estimate:
         """The mean over units of per-unit values [n] (nan: a unit without a value, left out)."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
         if units.n == 0:
@@ -93,16 +94,16 @@ class Bootstrap:
             replicates = (w @ np.where(present, x, 0.0)) / (w @ present)
         return Estimate(value, replicates, units)
 
-    def total(self, per_unit: ArrayLike, units: Units) -> "Estimate":
+    def total(self, per_unit: ArrayLike, units: Units) -> Estimate:
         """The sum over units of per-unit values [n]."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
         return Estimate(float(x.sum()), self.weights(units) @ x, units)
 
-    def ratio_of_totals(self, numerator: ArrayLike, denominator: ArrayLike, units: Units) -> "Estimate":
+    def ratio_of_totals(self, numerator: ArrayLike, denominator: ArrayLike, units: Units) -> Estimate:
         """sum(numerator) / sum(denominator) over units (e.g. a token-weighted mean loss)."""
         return combine(safe_divide, self.total(numerator, units), self.total(denominator, units))
 
-    def minimum(self, per_unit: ArrayLike, units: Units) -> "Estimate":
+    def minimum(self, per_unit: ArrayLike, units: Units) -> Estimate:
         """The smallest per-unit value (inf: no unit has one) - e.g. the first layer any
         sequence reaches."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
@@ -180,25 +181,25 @@ class SharedSet(frozenset[int]):
     shares: dict[int, float]
     units: Units | None
 
-    def __new__(cls, shares: dict[int, float], units: Units | None = None) -> "SharedSet":
+    def __new__(cls, shares: dict[int, float], units: Units | None = None) -> SharedSet:
         obj = super().__new__(cls, shares)
         obj.shares, obj.units = dict(sorted(shares.items())), units
         return obj
 
     @classmethod
-    def of_hits(cls, hits: ArrayLike, units: Units) -> "SharedSet":
+    def of_hits(cls, hits: ArrayLike, units: Units) -> SharedSet:
         """hits [n, E] bool: which elements each unit holds -> the set of elements some unit holds."""
         hits = np.asarray(hits, dtype=bool)
         share = hits.mean(axis=0) if len(hits) else np.zeros(hits.shape[1])
         return cls({int(e): float(share[e]) for e in np.flatnonzero(hits.any(axis=0))}, units)
 
     @classmethod
-    def of_labels(cls, labels: ArrayLike, units: Units) -> "SharedSet":
+    def of_labels(cls, labels: ArrayLike, units: Units) -> SharedSet:
         """labels [n]: one element per unit (e.g. each sequence's top-1 dim)."""
         values, counts = np.unique(np.asarray(labels), return_counts=True)
         return cls({int(v): float(c) / units.n for v, c in zip(values, counts)}, units)
 
-    def __reduce__(self) -> tuple[type["SharedSet"], tuple[dict[int, float], Units | None]]:  # pickles (xdist) as itself
+    def __reduce__(self) -> tuple[type[SharedSet], tuple[dict[int, float], Units | None]]:  # pickles (xdist) as itself
         return (SharedSet, (self.shares, self.units))
 
 

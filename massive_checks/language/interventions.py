@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Sequence
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 TARGETS = ("attn", "mlp", "heads", "dims", "neurons", "massive")
 MODES = ("zero", "mean", "bias", "value")
@@ -145,7 +145,7 @@ class LayerSet:
     spans: tuple[tuple[int, int], ...] | None
 
     @classmethod
-    def parse(cls, text: str | None) -> "LayerSet":
+    def parse(cls, text: str | None) -> LayerSet:
         """Syntax and order; a block past MAX_LAYERS is an error (the model's depth comes later)."""
         if text is None:
             raise ValueError("layers: missing (write 'all', 'L', 'A-B' or a comma list of those)")

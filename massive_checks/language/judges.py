@@ -18,12 +18,12 @@ Trait judges (text -> a score in [0, 1] per continuation; a run's trait = 100 x 
 Coherence, the other half of a steering verdict, is steering/coherence.py.
 """
 
-
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -106,7 +106,7 @@ def trait_judge(name: str) -> TraitJudge:
         return BUILT_IN[name]
     found = [ep for ep in metadata.entry_points(group=ENTRY_POINTS) if ep.name == name]
     if found:
-        return found[0].load()
+        return cast(TraitJudge, found[0].load())
     if ":" not in name:
         raise ValueError(
             f"judge {name!r}: not a built-in judge ({', '.join(BUILT_IN)}), an entry point of group "
@@ -119,7 +119,7 @@ def trait_judge(name: str) -> TraitJudge:
         raise ValueError(f"judge {name!r}: cannot import it ({exc})") from None
     if not callable(judge):
         raise ValueError(f"judge {name!r} is not callable")
-    return judge
+    return cast(TraitJudge, judge)
 
 
 def judge_texts(judge: TraitJudge, texts: Sequence[str], name: str = "judge") -> np.ndarray:

@@ -8,20 +8,21 @@ over all. See specs/README.md."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from massive_checks.base.constants import DEFAULTS_FILE
 from massive_checks.base.errors import SpecError
-from massive_checks.language.measure import MeasureDef, registry
-from massive_checks.language.tolerance import GoldenConfig
 from massive_checks.base.yaml_lines import read_documents
 from massive_checks.language import interventions, rules
+from massive_checks.language.measure import MeasureDef, registry
 from massive_checks.language.messages import validate
 from massive_checks.language.objects import Bound, Check, Quantity, Spec
 from massive_checks.language.rules import Where
 from massive_checks.language.schema import BOUNDS, DEFAULT_KEYS, STEP_KINDS, DefaultsModel, Step, for_registry
+from massive_checks.language.tolerance import GoldenConfig
 
 
 def load_file(path: str | Path) -> list[Spec]:

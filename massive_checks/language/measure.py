@@ -17,8 +17,9 @@ own, from conftest.py or through an entry point of group `massive_checks.measure
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from importlib import metadata
-from typing import ClassVar, Literal, Mapping, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,7 +33,8 @@ STATISTIC_TEXT = {  # how every layer-wise number is computed; written into resu
 }
 NUMERIC_SHAPES = ("layers", "value")
 PER_LAYER_SHAPES = ("layers", "label_per_layer")
-REGISTRY: dict[str, type["MeasureDef"]] = {}
+REGISTRY: dict[str, type[MeasureDef]] = {}
+M = TypeVar("M", bound="MeasureDef")  # a measure class, as register returns it
 _PARAM_ORDER = ("statistic", "dim", "head", "to", "checkpoint", "layer", "k", "versus", "site")  # golden keys: stable order
 _loaded: list[str] = []  # the entry points loaded
 
@@ -56,7 +58,7 @@ class MeasureDef(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.measure  # type: ignore[attr-defined]
+        return str(self.measure)  # type: ignore[attr-defined]  # every subclass declares it
 
     @property
     def numeric(self) -> bool:
@@ -71,7 +73,7 @@ class MeasureDef(BaseModel):
         params = self.params()
         return self.name + (f"({', '.join(f'{k}={v}' for k, v in params.items())})" if params else "")
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         """Parameters that differ from their defaults (golden keys and descriptions)."""
         values = self.model_dump(exclude_defaults=True, exclude={"measure"})
         return dict(sorted(values.items(), key=lambda kv: (_PARAM_ORDER.index(kv[0]) if kv[0] in _PARAM_ORDER else 99, kv[0])))
@@ -84,7 +86,7 @@ class MeasureDef(BaseModel):
         """Names of the spec's steering configurations it reads (checked against `steering:`)."""
         return set()
 
-    def contrast_needs(self, defined: Mapping) -> set[tuple[str, str]]:
+    def contrast_needs(self, defined: Mapping[str, Any]) -> set[tuple[str, str]]:
         """(contrast set, window) pooled captures it reads, given the spec's vector definitions."""
         return {(defined[name].pairs, defined[name].window) for name in self.vector_refs() if name in defined}
 
@@ -101,7 +103,7 @@ class MeasureDef(BaseModel):
         return self.fixed
 
 
-def register(cls: type[MeasureDef]) -> type[MeasureDef]:
+def register(cls: type[M]) -> type[M]:
     """Class decorator: adds a measure to the spec language."""
     name = cls.model_fields["measure"].default
     if name in REGISTRY:

@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from massive_checks.language.data import DataConfig
 from massive_checks.base.errors import SpecError
+from massive_checks.language.data import DataConfig
+from massive_checks.language.definitions import SteeringDef, Sweep, Trait
 from massive_checks.language.measure import registry
+from massive_checks.language.schema import BOUNDS, MassiveModel, for_registry
 from massive_checks.language.tolerance import GoldenConfig
 from massive_checks.language.vector_defs import Cleaning, VectorDef
-from massive_checks.language.definitions import SteeringDef, Sweep, Trait
-from massive_checks.language.schema import BOUNDS, MassiveModel, for_registry
 
 
 def validate(model: type[BaseModel], doc: Any, path: str, origins: dict[str, Any]) -> Any:

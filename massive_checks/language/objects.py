@@ -10,10 +10,10 @@ from typing import Any
 
 from massive_checks.base.constants import MASSIVE_RULE
 from massive_checks.language.data import DataConfig
-from massive_checks.language.measure import MeasureDef
-from massive_checks.language.tolerance import GoldenConfig
 from massive_checks.language.interventions import EVERY_LAYER, LayerSet
+from massive_checks.language.measure import MeasureDef
 from massive_checks.language.schema import Step
+from massive_checks.language.tolerance import GoldenConfig
 
 
 @dataclass(frozen=True)

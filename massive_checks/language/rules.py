@@ -6,12 +6,12 @@ failure is a SpecError at the file, line and key of the raw mapping (`Where`).""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 from massive_checks.base.errors import MassiveChecksError, SpecError
+from massive_checks.language import contrast, definitions, judges
 from massive_checks.language.measure import MeasureDef, registry
-from massive_checks.language import contrast, judges
-from massive_checks.language import definitions
 from massive_checks.language.objects import Bound, Check, Quantity, Spec
 
 

@@ -6,18 +6,18 @@ It checks keys, types and allowed values; the rules a schema cannot say are in r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag, create_model
 
 from massive_checks.base.constants import MASSIVE_RULE
 from massive_checks.language.data import DataConfig
-from massive_checks.language.measure import MeasureDef, registry
-from massive_checks.language.measure import NUMERIC_SHAPES
+from massive_checks.language.definitions import AS_TUPLE, Frozen, ModelName, Name, Number, SteeringDef
+from massive_checks.language.measure import NUMERIC_SHAPES, MeasureDef, registry
 from massive_checks.language.tolerance import GoldenConfig
 from massive_checks.language.vector_defs import VectorDef
-from massive_checks.language.definitions import AS_TUPLE, Frozen, ModelName, Name, Number, SteeringDef
 
 DEFAULT_KEYS = ("models", "data", "massive", "golden", "vectors", "steering")
 STEP_KINDS = ("change", "difference", "over_layers")
@@ -44,9 +44,9 @@ class Step(Frozen):
     """One step of a quantity, in order: a change between two configurations, or a reduction over
     the layer range."""
 
-    change: Optional[ConfigPair] = None  # relative: (to - from) / |from|
-    difference: Optional[ConfigPair] = None  # to - from
-    over_layers: Optional[OverLayers] = None
+    change: ConfigPair | None = None  # relative: (to - from) / |from|
+    difference: ConfigPair | None = None  # to - from
+    over_layers: OverLayers | None = None
 
     @property
     def kind(self) -> str:
@@ -174,7 +174,7 @@ def _measure_tag(value: Any) -> str | None:
 
 def _union(models: Mapping[str, type[BaseModel]], extra: Mapping[str, type[BaseModel]] | None = None) -> Any:
     tagged = [Annotated[model, Tag(name)] for name, model in {**models, **(extra or {})}.items()]
-    return Annotated[Union[tuple(tagged)], Discriminator(_measure_tag)]
+    return Annotated[Union[tuple(tagged)], Discriminator(_measure_tag)]  # noqa: UP007  (a union of a run-time tuple)
 
 
 COMPARE_DOC = "A bound on how two quantities compare: |a| / |b| (by: ratio) or a - b (by: difference)."
@@ -183,10 +183,10 @@ COMPARE_DOC = "A bound on how two quantities compare: |a| / |b| (by: ratio) or a
 class DefaultsModel(Frozen):
     """`_defaults.yaml`: defaults for every spec in its directory and below."""
 
-    models: Union[Literal["any"], ModelName, list[ModelName]] = "any"
+    models: Literal["any"] | ModelName | list[ModelName] = "any"
     data: DataConfig = DataConfig()
     massive: MassiveModel = MassiveModel()
-    golden: Union[bool, GoldenConfig] = False
+    golden: bool | GoldenConfig = False
     vectors: dict[Name, VectorDef] = {}  # named steering vectors the checks refer to
     steering: dict[Name, SteeringDef] = {}  # named steering configurations (sweeps) the checks refer to
 
@@ -194,15 +194,15 @@ class DefaultsModel(Frozen):
 class _SpecBase(DefaultsModel):
     """One spec: a claim, the configurations it needs, and checks that must all hold."""
 
-    id: Optional[Name] = None  # default: the file's stem (-N for the N-th document)
+    id: Name | None = None  # default: the file's stem (-N for the N-th document)
     claim: Text
     source: str = ""
     notes: str = ""
-    interventions: dict[Name, Union[str, Annotated[list[str], Field(min_length=1)]]] = {}
-    xfail: Union[Text, Annotated[dict[ModelName, Text], Field(min_length=1)], None] = None
+    interventions: dict[Name, str | Annotated[list[str], Field(min_length=1)]] = {}
+    xfail: Text | Annotated[dict[ModelName, Text], Field(min_length=1)] | None = None
     # The claim cannot be decided on a model at this data size (its interval straddles the bound):
     # the run expects `inconclusive` there, and says so when the claim becomes decisive.
-    inconclusive: Union[Text, Annotated[dict[ModelName, Text], Field(min_length=1)], None] = None
+    inconclusive: Text | Annotated[dict[ModelName, Text], Field(min_length=1)] | None = None
     claims: list[ClaimId] = []  # the catalogue's claims it encodes (claims.md: C1-C18), for the claims matrix
 
 

@@ -11,6 +11,7 @@ from massive_checks.language.definitions import Frozen, Number
 
 NonNegative = Annotated[Number, Field(ge=0)]
 
+
 class Tolerance(Frozen):
     rtol: NonNegative = 1e-3  # relative: massive values are 1e2-1e5, fp16/bf16 runs need more (set per spec)
     atol: NonNegative = 1e-6

@@ -3,7 +3,7 @@ window, method) and its cleaning (dims zeroed by name or by the massive rule).""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -12,6 +12,7 @@ from massive_checks.language.definitions import AS_TUPLE, Frozen, Index, NonEmpt
 
 Method = Literal["mean_diff", "probe", "pca"]
 METHODS: tuple[str, ...] = get_args(Method)
+
 
 def _sorted(dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(dims))
@@ -22,8 +23,8 @@ class Cleaning(Frozen):
     the window, or (written `clean: massive`) the massive dims at the vector's layer (the paper's
     rule on the contrast texts)."""
 
-    dims: Optional[Annotated[tuple[Index, ...], Field(min_length=1), AS_TUPLE, AfterValidator(_sorted)]] = None
-    top: Optional[Annotated[int, Field(ge=1)]] = None
+    dims: Annotated[tuple[Index, ...], Field(min_length=1), AS_TUPLE, AfterValidator(_sorted)] | None = None
+    top: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -34,11 +35,11 @@ class Cleaning(Frozen):
         return written
 
     @classmethod
-    def massive(cls) -> "Cleaning":
+    def massive(cls) -> Cleaning:
         return cls.model_construct()  # neither dims nor top: the one way not written as a mapping
 
     @classmethod
-    def of(cls, value: Any) -> "Cleaning":
+    def of(cls, value: Any) -> Cleaning:
         """From a spec's `clean:` or a measure's `dims` / `without`: "massive", "top:K", a list of
         dims, a Cleaning."""
         if isinstance(value, Cleaning):
@@ -54,11 +55,9 @@ class Cleaning(Frozen):
         return "dims" if self.dims is not None else "top" if self.top is not None else "massive"
 
     def text(self) -> str:
-        return {
-            "dims": lambda: f"dims {list(self.dims or ())}",
-            "top": lambda: f"top-{self.top} dims by |activation|",
-            "massive": lambda: "massive dims",
-        }[self.kind]()
+        if self.dims is not None:
+            return f"dims {list(self.dims)}"
+        return f"top-{self.top} dims by |activation|" if self.top is not None else "massive dims"
 
 
 def _massive_word(value: Any) -> Any:
@@ -73,7 +72,7 @@ class VectorDef(Frozen):
     window: WindowText  # last:K | first:K | all
     method: Method
     clean: Annotated[
-        Optional[Cleaning],
+        Cleaning | None,
         BeforeValidator(_massive_word, json_schema_input_type=Union[Literal["massive"], Cleaning, None]),
     ] = None  # massive | {dims: [..]} | {top: K}
 

@@ -54,3 +54,13 @@ class PerLayer(Measure):
 
     def at(self, view, layer: int):
         raise NotImplementedError
+
+
+def computed(measure: MeasureDef) -> Measure:
+    """A spec's measure as one that computes: every built-in measure does; a class that defines only
+    the language part (MeasureDef) cannot run, and says so."""
+    if not isinstance(measure, Measure):
+        raise TypeError(
+            f"measure {measure.name!r} ({type(measure).__name__}) subclasses MeasureDef, not massive_checks.api.Measure"
+        )
+    return measure

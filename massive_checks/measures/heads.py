@@ -3,21 +3,21 @@ token), from eager attention weights captured in hooks."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
-
 import math
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import field_validator
 
+from massive_checks.base.lazy import LazyModule
 from massive_checks.engine.needs import Needs
 from massive_checks.language.intervals import Estimate
-from massive_checks.base.lazy import LazyModule
-from massive_checks.measures.panels import HeadScoresPanel
 from massive_checks.measures.base import Measure, register
+from massive_checks.measures.panels import HeadScoresPanel
 
 if TYPE_CHECKING:
     import torch
+
     from massive_checks.engine import hooks, readings, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-
-from massive_checks.language.intervals import SharedSet
 from massive_checks.base.lazy import LazyModule
-from massive_checks.measures.panels import CellsPanel
+from massive_checks.language.intervals import SharedSet
 from massive_checks.measures.base import Measure, register
+from massive_checks.measures.panels import CellsPanel
 
 if TYPE_CHECKING:
     import torch
+
     from massive_checks.engine import hooks, readings, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")

@@ -8,15 +8,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal, get_args
 
 from pydantic import Field
 
+from massive_checks.base.lazy import LazyModule
 from massive_checks.engine.needs import Needs
 from massive_checks.language.intervals import Estimate, value_of
-from massive_checks.base.lazy import LazyModule
-from massive_checks.measures.panels import FlowPanel
 from massive_checks.measures.base import Measure, PerLayer, Statistic, register
+from massive_checks.measures.panels import FlowPanel
 from massive_checks.measures.profile import EXTREME
 
 if TYPE_CHECKING:
     import torch
+
     from massive_checks.engine import hooks, models, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")

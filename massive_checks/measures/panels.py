@@ -23,7 +23,7 @@ class Panel:
     three_d: ClassVar[bool] = False
     with_profile: ClassVar[bool] = False
 
-    def merge(self, other: "Panel") -> "Panel":
+    def merge(self, other: Panel) -> Panel:
         """The panel of two checks' entries of this kind: by default the first one's."""
         return self
 

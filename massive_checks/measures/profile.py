@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, create_model
 
+from massive_checks.base.lazy import LazyModule
 from massive_checks.language import interventions
 from massive_checks.language.intervals import Estimate, SharedSet, value_of
 from massive_checks.language.measure import STATISTIC_TEXT
-from massive_checks.base.lazy import LazyModule
 from massive_checks.measures.base import Measure, PerLayer, Statistic, register
 from massive_checks.measures.massive import cells_panel
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from massive_checks.engine.needs import Needs
 from massive_checks.base.lazy import LazyModule
+from massive_checks.engine.needs import Needs
 from massive_checks.measures.base import PerLayer, register
 
 if TYPE_CHECKING:

@@ -5,31 +5,28 @@ calibrates a steering coefficient (claims C14-C16). Vectors are the spec's named
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Mapping, Optional, Union
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, StringConstraints
 
-import math
-
-
-from massive_checks.language import vector_defs
-from massive_checks.language import contrast
-
-
-from massive_checks.steering import vectors
-from massive_checks.language import intervals
-from massive_checks.language.intervals import Estimate, Units
-from massive_checks.steering.vectors import Vector
-from massive_checks.language.vector_defs import VectorDef
-from massive_checks.language.definitions import Name as VectorName, WindowText
 from massive_checks.base.constants import MASSIVE_RULE
 from massive_checks.base.lazy import LazyModule
-from massive_checks.measures.panels import CosinePanel, EnergyPanel, NormsPanel
+from massive_checks.language import contrast, intervals, vector_defs
+from massive_checks.language.definitions import Name as VectorName
+from massive_checks.language.definitions import WindowText
+from massive_checks.language.intervals import Estimate, Units
+from massive_checks.language.vector_defs import VectorDef
 from massive_checks.measures.base import Measure, PerLayer, register
+from massive_checks.measures.panels import CosinePanel, EnergyPanel, NormsPanel
+from massive_checks.steering import vectors
+from massive_checks.steering.vectors import Vector
 
 if TYPE_CHECKING:
-    from massive_checks.engine import readings
     import torch
+
+    from massive_checks.engine import readings
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
     readings = LazyModule("massive_checks.engine.readings")
@@ -262,7 +259,7 @@ class BaseCoef(_OnVectors):
 
     measure: Literal["base_coef"] = "base_coef"
     vector: VectorName
-    without: Optional[DimSet] = None
+    without: DimSet | None = None
     uses_massive_rule: ClassVar[bool] = True  # `without: massive` applies the rule
     value_range: ClassVar = (0.0, math.inf)
 
@@ -312,7 +309,7 @@ class ActivationNorm(_OnActivations):
     dim or `without` a dim set (massive: the paper's rule at that layer; top:K; a list) (C14)."""
 
     measure: Literal["activation_norm"] = "activation_norm"
-    without: Optional[DimSet] = None
+    without: DimSet | None = None
     value_range: ClassVar = (0.0, math.inf)
 
     def named_dims(self) -> set[int]:

@@ -16,21 +16,20 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 import numpy as np
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Optional, Union
-
 from pydantic import Field
 
+from massive_checks.base.lazy import LazyModule
 from massive_checks.language import contrast, judges
-from massive_checks.steering import coherence
 from massive_checks.language.definitions import CALIBRATED, Calibrated, SteeringDef
 from massive_checks.language.definitions import Name as SteeringName
 from massive_checks.language.intervals import Estimate, Units
-from massive_checks.base.lazy import LazyModule
-from massive_checks.measures.panels import SteeringPanel
 from massive_checks.measures.base import Measure, register
+from massive_checks.measures.panels import SteeringPanel
 from massive_checks.measures.steering import activation_norm, vector_of
+from massive_checks.steering import coherence
 
 if TYPE_CHECKING:
     from massive_checks.steering import steer
@@ -163,7 +162,9 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
     trait = steer.encode_trait(lm.tokenizer, words)
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
-    judging = steer.Judging(judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model))
+    judging = steer.Judging(
+        judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model)
+    )
     vector = vector_of(view, definition.vector).values
     unsteered_key = (
         "unsteered",
@@ -257,7 +258,7 @@ class TraitEffect(_OnSteering):
     responses whose opening words it scores)."""
 
     measure: Literal["trait_effect"] = "trait_effect"
-    coef: Optional[Coef] = None
+    coef: Coef | None = None
     score: Literal["trait", "logit"] = "trait"
     value_range: ClassVar = (-100.0, 100.0)
 

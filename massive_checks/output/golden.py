@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
-
 from massive_checks.base.errors import GoldenError
 from massive_checks.base.files import atomic_write, jsonable
 from massive_checks.language.tolerance import GoldenConfig, Tolerance
@@ -23,8 +22,6 @@ from massive_checks.output.records import format_value
 
 FORMAT = 1
 IDENTITY = ("model", "revision", "dtype", "data", "intervals")  # differences here make values incomparable
-
-
 
 
 @dataclass

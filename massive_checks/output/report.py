@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from massive_checks.base.files import atomic_write, jsonable
-from massive_checks.language.interventions import ranges
 from massive_checks.language.intervals import CONFIDENCE, CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
+from massive_checks.language.interventions import ranges
 from massive_checks.language.measure import STATISTIC_TEXT
 from massive_checks.output.records import ERROR, CheckVerdict, Observation, Row, Verdict, format_value, status_of
 

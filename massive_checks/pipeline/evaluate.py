@@ -10,17 +10,17 @@ import math
 
 import numpy as np
 
-from massive_checks.language import contrast
-from massive_checks.language import interventions, intervals
-from massive_checks.engine.needs import Needs
 from massive_checks.base.errors import SpecError
-from massive_checks.language.interventions import BASELINE
+from massive_checks.engine.needs import Needs
+from massive_checks.engine.session import ConfigView, ModelSession
+from massive_checks.language import contrast, intervals, interventions
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, Estimate
+from massive_checks.language.interventions import BASELINE
+from massive_checks.language.objects import Check, Quantity, Spec
+from massive_checks.measures.base import computed
 from massive_checks.measures.profile import profile_of
 from massive_checks.measures.steering import check_dim_set
 from massive_checks.output.records import CheckVerdict, Observation, ObservedCheck, Result, Row, Verdict, format_value
-from massive_checks.engine.session import ConfigView, ModelSession
-from massive_checks.language.objects import Check, Quantity, Spec
 
 
 def plan_key(requests: list) -> tuple:
@@ -32,7 +32,7 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
     lm = session.lm
     per_config: dict[str, Needs] = {"baseline": Needs()}
     for q in spec.quantities():
-        needs = q.measure.needs(lm, q.blocks(lm.n_layers))
+        needs = computed(q.measure).needs(lm, q.blocks(lm.n_layers))
         for config in q.configs():
             per_config.setdefault(config, Needs()).merge(needs)
     for config, needs in per_config.items():
@@ -136,7 +136,7 @@ class Evaluator:
                 if q is None:
                     continue
                 try:
-                    q.measure.check_model(lm, q.blocks(lm.n_layers))
+                    computed(q.measure).check_model(lm, q.blocks(lm.n_layers))
                 except ValueError as exc:  # messages start with the key: "head 5.12: ...", "layer 9: ..."
                     first = str(exc).split(" ", 1)[0].rstrip(":")
                     key = first if first in type(q.measure).model_fields or first == "layers" else "measure"
@@ -167,12 +167,18 @@ class Evaluator:
     def panels(self) -> list:
         """Panels the spec's measures draw, from captures their passes already hold, in check order."""
         return [
-            panel for q in self.spec.quantities() for panel in q.measure.figure(self.view("baseline"), q.blocks(self.lm.n_layers))
+            panel
+            for q in self.spec.quantities()
+            for panel in computed(q.measure).figure(self.view("baseline"), q.blocks(self.lm.n_layers))
         ]
 
     def samples(self) -> dict:
         """Texts the spec's measures generated: {steering name: {coef: [text, ..]}}."""
-        return {name: shown for q in self.spec.quantities() for name, shown in q.measure.samples(self.view("baseline")).items()}
+        return {
+            name: shown
+            for q in self.spec.quantities()
+            for name, shown in computed(q.measure).samples(self.view("baseline")).items()
+        }
 
     # -- quantities
     def value(self, q: Quantity):
@@ -188,7 +194,7 @@ class Evaluator:
 
     def _raw(self, q: Quantity, config: str):
         try:
-            value = q.measure.compute(self.view(config), q.blocks(self.lm.n_layers))
+            value = computed(q.measure).compute(self.view(config), q.blocks(self.lm.n_layers))
         except ValueError as exc:  # what a model lacks, found only while measuring
             raise SpecError(self.spec.path, self.spec.line, q.measure.name, str(exc)) from None
         if not q.measure.numeric:

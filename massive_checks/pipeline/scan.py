@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from massive_checks.output import figures, golden
-from massive_checks.language import interventions
-from massive_checks.engine import readings, stats
-from massive_checks.language.data import DataConfig
-from massive_checks.pipeline.evaluate import Evaluator
 from massive_checks.base.files import atomic_write
+from massive_checks.engine import readings, stats
+from massive_checks.engine.session import ModelSession
+from massive_checks.language import interventions
+from massive_checks.language.data import DataConfig
 from massive_checks.language.intervals import value_of
+from massive_checks.language.loading import load_file
 from massive_checks.measures.massive import cells_panel
 from massive_checks.measures.mlp import mlp_flow, mlp_stat
 from massive_checks.measures.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
 from massive_checks.measures.profile import profile_document, top_cells
+from massive_checks.output import figures, golden
 from massive_checks.output.report import escape
-from massive_checks.engine.session import ModelSession
-from massive_checks.language.loading import load_file
+from massive_checks.pipeline.evaluate import Evaluator
 
 
 def profile_summary(session: ModelSession, data: DataConfig) -> dict:

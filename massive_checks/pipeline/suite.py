@@ -11,21 +11,22 @@ The pytest plugin is glue around a Suite; the CLI and Python code can use one di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from massive_checks.output import figures, golden, report
-from massive_checks.language import intervals
-from massive_checks.engine import models
-from massive_checks.engine.cores import CoreShare
-from massive_checks.language.data import DataConfig
 from massive_checks.base.errors import MassiveChecksError, ModelUnavailable
 from massive_checks.base.options import SUITE_OPTIONS, default
-from massive_checks.pipeline.evaluate import Evaluator, plan
-from massive_checks.output.records import Observation, Verdict, status_of
+from massive_checks.engine import models
+from massive_checks.engine.cores import CoreShare
 from massive_checks.engine.session import ModelSession
+from massive_checks.language import intervals
+from massive_checks.language.data import DataConfig
 from massive_checks.language.objects import Spec
+from massive_checks.output import figures, golden, report
+from massive_checks.output.records import Observation, Verdict, status_of
+from massive_checks.pipeline.evaluate import Evaluator, plan
 
 
 @dataclass
@@ -34,23 +35,23 @@ class Options:
     this)."""
 
     models: list[str] = field(default_factory=lambda: list(models.BUNDLED_GGUF))
-    device: str = default('device')
-    dtype: str = default('dtype')
-    trust_remote_code: bool = default('trust_remote_code')
-    allow_pickle: bool = default('allow_pickle')
-    device_map: str | None = default('device_map')  # e.g. "auto": accelerate spreads a large model over devices
-    batch_size: int | None = default('batch_size')  # None: chosen per pass from free memory (session.rows_per_chunk)
-    dataset: str | None = default('dataset')  # overrides every spec's data when set
-    samples: int | None = default('samples')
-    seq_len: int | None = default('seq_len')
+    device: str = default("device")
+    dtype: str = default("dtype")
+    trust_remote_code: bool = default("trust_remote_code")
+    allow_pickle: bool = default("allow_pickle")
+    device_map: str | None = default("device_map")  # e.g. "auto": accelerate spreads a large model over devices
+    batch_size: int | None = default("batch_size")  # None: chosen per pass from free memory (session.rows_per_chunk)
+    dataset: str | None = default("dataset")  # overrides every spec's data when set
+    samples: int | None = default("samples")
+    seq_len: int | None = default("seq_len")
     root: Path = Path(".")
-    report_dir: str = default('report_dir')
-    golden_dir: str = default('golden_dir')
-    update_golden: str | None = default('update_golden')  # None | "all" | "new"
-    figure_workers: int | None = default('figure_workers')  # processes drawing figures; None: figures.figure_workers(device)
-    confidence: float = default('confidence')  # of every interval
-    resamples: int = default('resamples')  # bootstrap resamples per set of sampling units
-    judge_model: str | None = default('judge_model')  # steering's coherence judge; None: models.default_judge
+    report_dir: str = default("report_dir")
+    golden_dir: str = default("golden_dir")
+    update_golden: str | None = default("update_golden")  # None | "all" | "new"
+    figure_workers: int | None = default("figure_workers")  # processes drawing figures; None: figures.figure_workers(device)
+    confidence: float = default("confidence")  # of every interval
+    resamples: int = default("resamples")  # bootstrap resamples per set of sampling units
+    judge_model: str | None = default("judge_model")  # steering's coherence judge; None: models.default_judge
 
 
 def options_from(option: Callable[[str], Any], root: Path) -> Options:

@@ -5,24 +5,23 @@ suite.Suite, and the xdist parts that need it."""
 from __future__ import annotations
 
 import contextlib
-import warnings
-
 import json
-from typing import Callable
+import warnings
+from collections.abc import Callable
 
 import pytest
 
-from massive_checks.output import golden, records, report
-from massive_checks.engine import models
 from massive_checks.base.errors import MassiveChecksError, SpecError
 from massive_checks.base.files import jsonable
+from massive_checks.engine import models
 from massive_checks.language.loading import load_file
 from massive_checks.language.objects import Spec
+from massive_checks.output import golden, records, report
 from massive_checks.pipeline.suite import Suite, options_from
 from massive_checks.plugin import WORKER_KEY
 
 
-def build(config) -> "MassiveChecks":
+def build(config) -> MassiveChecks:
     """The session's suite and its hooks, from the command line's options (registered by the caller)."""
     option = config.getoption
     suite = Suite(options_from(option, config.rootpath))
@@ -56,7 +55,7 @@ def notice_writer(config) -> Callable[[str], None]:
     return write
 
 
-def _plugin(config) -> "MassiveChecks":
+def _plugin(config) -> MassiveChecks:
     from massive_checks.plugin import active
 
     return active(config)
@@ -149,9 +148,11 @@ class SpecItem(pytest.Item):
             return
         if status in (records.XFAILED, records.UNDECIDED):
             raise ExpectedOutcome(report.failure_text(result.observation, verdict))
-        if verdict.as_expected:  # failed on its golden: the numbers its claim or reason rests on moved
+        if verdict.as_expected and result.golden is not None:  # failed on its golden: the numbers its claim rests on moved
             lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
-            head = f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, but its golden snapshot does not match:"
+            head = (
+                f"{self.spec.id} on {self.model} is {verdict.outcome} as its spec says, but its golden snapshot does not match:"
+            )
             raise GoldenMismatch("\n".join([head, *lines]))
         expected = verdict.xfail_reason or verdict.inconclusive_reason
         raise (UnexpectedOutcome if expected else SpecFailed)(report.failure_text(result.observation, verdict))

@@ -29,17 +29,18 @@ import functools
 import hashlib
 import inspect
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from massive_checks.steering import coherence
 from massive_checks.engine import hooks
-from massive_checks.language import judges
 from massive_checks.engine.hooks import HookContext, HookFn
 from massive_checks.engine.models import LoadedModel
+from massive_checks.language import judges
+from massive_checks.steering import coherence
 
 GENERATION_ROWS = 64  # steered rows per generation batch (on 2 CPU cores, 64 rows cost 0.6-0.7x per row of 32)
 JUDGE_ROWS = 32  # continuations per judge-model batch (a 262k vocabulary's logits: ~1 GB per 32 rows)
@@ -187,7 +188,7 @@ def cache_argument(model, cache) -> dict:
     return {_cache_keyword(type(model)): cache}  # type: ignore[arg-type]  # a class is hashable
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_keyword(model_class: Any) -> str:
     """Read once per model class, not at every generation step."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-
 from massive_checks.base.lazy import LazyModule
 
 if TYPE_CHECKING:
