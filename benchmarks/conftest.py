@@ -13,13 +13,14 @@ import pytest
 import torch
 from ratios import RATIOS
 
+from massive_checks.base.constants import SMOLLM2
 from massive_checks.engine import models
 
 
 def _load_arguments(config) -> dict:
     """What the benchmarks load: models.load's keyword arguments, from the plugin's options."""
     return {
-        "name": (config.getoption("--model") or [models.BUNDLED])[0],
+        "name": (config.getoption("--model") or [SMOLLM2])[0],
         "device": config.getoption("--device"),
         "dtype": config.getoption("--dtype"),
     }

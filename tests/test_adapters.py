@@ -7,7 +7,7 @@ import torch
 
 from conftest import SMALL_DATA
 from massive_checks.base.errors import UnsupportedArchitecture
-from massive_checks.engine import hooks, models, synthetic
+from massive_checks.engine import adapters, hooks, synthetic
 from massive_checks.engine.needs import Needs
 
 ARCHITECTURES = [name for name in synthetic.BUILDERS if name.startswith("tiny-")]
@@ -57,4 +57,4 @@ def test_unsupported_architecture_lists_the_supported_ones():
     config = transformers.BloomConfig(n_layer=1, hidden_size=16, n_head=2, vocab_size=50)
     model = transformers.AutoModelForCausalLM.from_config(config)
     with pytest.raises(UnsupportedArchitecture, match="'bloom' is not supported; supported: gemma, gemma2"):
-        models.adapter_for(model)
+        adapters.adapter_for(model)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from massive_checks.engine import models, synthetic
+from massive_checks.engine import adapters, models, synthetic
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import load_file
 from massive_checks.pipeline.evaluate import Evaluator, plan
@@ -28,7 +28,7 @@ def gpt2_shaped():
         "gpt2-shaped-random",
         model,
         synthetic.byte_tokenizer(add_bos=False),
-        models.adapter_for(model),
+        adapters.adapter_for(model),
         "random",
         torch.float32,
         "cpu",

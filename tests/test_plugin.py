@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from massive_checks.engine import gguf, notices
 from massive_checks.engine.synthetic import PLANT
 
 PLANTED_SPECS = f"""
@@ -198,14 +199,12 @@ def test_a_massive_checks_option_wakes_the_plugin(pytester):
 def test_a_first_load_announces_its_dequantization(tmp_path, monkeypatch):
     """Which model, that it happens once, and about how long: through the writers in NOTICES (the
     plugin's writes through pytest's terminal reporter, the CLI's to stderr)."""
-    from massive_checks.engine import models
-
     heard = []
-    monkeypatch.setattr(models, "NOTICES", [heard.append])
-    monkeypatch.setattr(models, "_dequantize", lambda name, gguf, target: None)
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"\0" * 2**20)
-    models._write_dequantized_cache("gemma3-270m", gguf, tmp_path / "cache" / "x")
+    monkeypatch.setattr(notices, "NOTICES", [heard.append])
+    monkeypatch.setattr(gguf, "_dequantize", lambda name, gguf, target: None)
+    file = tmp_path / "m.gguf"
+    file.write_bytes(b"\0" * 2**20)
+    gguf._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
     assert "gemma3-270m: first use on this machine" in heard[0] and "about 35 s" in heard[0] and "1 MiB" in heard[0]
     assert heard[1].startswith("gemma3-270m: dequantized and cached in") and len(heard) == 2  # quick: no progress line
 
@@ -215,16 +214,14 @@ def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
     the expected, which model and what it does; none after it ends."""
     import time
 
-    from massive_checks.engine import models
-
     heard = []
-    monkeypatch.setattr(models, "NOTICES", [heard.append])
-    monkeypatch.setattr(models, "PROGRESS_EVERY", 0.05)
-    monkeypatch.setattr(models, "DEQUANTIZE_SECONDS", {"gemma3-270m": 0.4})
-    monkeypatch.setattr(models, "_dequantize", lambda name, gguf, target: time.sleep(0.3))
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"\0" * 1024)
-    models._write_dequantized_cache("gemma3-270m", gguf, tmp_path / "cache" / "x")
+    monkeypatch.setattr(notices, "NOTICES", [heard.append])
+    monkeypatch.setattr(notices, "PROGRESS_EVERY", 0.05)
+    monkeypatch.setattr(notices, "DEQUANTIZE_SECONDS", {"gemma3-270m": 0.4})
+    monkeypatch.setattr(gguf, "_dequantize", lambda name, gguf, target: time.sleep(0.3))
+    file = tmp_path / "m.gguf"
+    file.write_bytes(b"\0" * 1024)
+    gguf._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
     bars = [line for line in heard if "[" in line]
     assert 2 <= len(bars) <= 7 and all(line.startswith("gemma3-270m: dequantizing [") for line in bars)
     filled = [line.split("[")[1].split("]")[0].count("#") for line in bars]
@@ -243,7 +240,7 @@ _load = models.load
 
 
 def load(name, *args, **kwargs):  # a first use, as a GGUF's dequantizing announces it
-    models.notice(f"{name}: dequantizing into the cache (first use, about 17 s)")
+    notices.notice(f"{name}: dequantizing into the cache (first use, about 17 s)")
     return _load(name, *args, **kwargs)
 
 

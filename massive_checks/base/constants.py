@@ -2,7 +2,7 @@
 plugin is loaded by every pytest run in an environment where massive_checks is installed, so this
 module imports nothing: no torch, numpy or matplotlib)."""
 
-BUNDLED_MODELS = ("smollm2-135m", "gemma3-270m")  # models.BUNDLED_GGUF's names, in that order
+SMOLLM2, GEMMA3 = BUNDLED_MODELS = ("smollm2-135m", "gemma3-270m")  # gguf.BUNDLED_GGUF's names, in that order
 DTYPE_NAMES = ("bfloat16", "float16", "float32")  # models.DTYPES's keys
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 RESAMPLES = 2000  # bootstrap resamples per set of sampling units (intervals.py)

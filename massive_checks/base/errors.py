@@ -34,3 +34,8 @@ class GoldenError(MassiveChecksError):
 
 class ActivationOverflow(MassiveChecksError):
     """An activation was inf/nan, e.g. a massive value past float16's 65504."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for messages that quote a library's error in a sentence."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -10,7 +10,7 @@ from massive_checks.base.errors import MassiveChecksError
 from massive_checks.base.options import add_options
 from massive_checks.cli import activations, specs, steering
 from massive_checks.cli.arguments import data_options, massive_options, vector_options
-from massive_checks.engine import models
+from massive_checks.engine import notices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,14 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     notice = lambda message: print(f"massive-checks: {message}", file=sys.stderr)  # noqa: E731
-    models.NOTICES.append(notice)
+    notices.NOTICES.append(notice)
     try:
         return COMMANDS[args.command](args)
     except (MassiveChecksError, ValueError) as exc:
         print(f"massive-checks: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        models.NOTICES.remove(notice)
+        notices.NOTICES.remove(notice)
 
 
 COMMANDS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.base.constants import BUNDLED_MODELS, MASSIVE_RULE
 from massive_checks.base.options import MODEL_OPTIONS, add_options
 from massive_checks.engine import models
 from massive_checks.engine.session import ModelSession
@@ -14,7 +14,8 @@ from massive_checks.language.data import BUILTIN, DataConfig
 
 def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", help=f"hub id (NAME@REVISION), local directory or .gguf file, {models.BUNDLED}, or a synthetic model"
+        "model",
+        help=f"hub id (NAME@REVISION), local directory or .gguf file, a bundled model ({', '.join(BUNDLED_MODELS)}), or a synthetic model",
     )
     add_options(parser.add_argument, MODEL_OPTIONS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -13,7 +13,7 @@ import pytest
 
 from massive_checks.base.errors import MassiveChecksError, SpecError
 from massive_checks.base.files import jsonable
-from massive_checks.engine import models
+from massive_checks.engine import notices
 from massive_checks.language.loading import load_file
 from massive_checks.language.objects import Spec
 from massive_checks.output import golden, records, report
@@ -30,7 +30,7 @@ def build(config) -> MassiveChecks:
         suite.share_cores(workerinput.get("testrunuid", "run"), workerinput["workerid"], int(workerinput.get("workercount", 1)))
     plugin = MassiveChecks(config, suite)
     plugin.notice = notice_writer(config)  # a first load's dequantization is announced, not minutes of silence
-    models.NOTICES.append(plugin.notice)
+    notices.NOTICES.append(plugin.notice)
     return plugin
 
 
@@ -175,11 +175,11 @@ class MassiveChecks:
         self.config, self.suite = config, suite
         self.deselected: dict[str, int] = {}
         self.collected_specs: dict[int, Spec] = {}  # id -> every collected spec, deselected ones too
-        self.notice: Callable[[str], None] | None = None  # its writer in models.NOTICES, removed when the session ends
+        self.notice: Callable[[str], None] | None = None  # its writer in notices.NOTICES, removed when the session ends
 
     def pytest_unconfigure(self, config):
-        if self.notice in models.NOTICES:
-            models.NOTICES.remove(self.notice)
+        if self.notice in notices.NOTICES:
+            notices.NOTICES.remove(self.notice)
 
     def pytest_deselected(self, items):
         """Specs deselected (-k, -m, or not for this model) exist: their snapshots are no orphans."""
