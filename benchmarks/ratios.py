@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from massive_checks.engine.capture import wait_for_device as synchronize
+from massive_checks.engine.transfer import wait_for_device as synchronize
 
 RATIOS: list[tuple[str, float, str]] = []  # (what, ratio, target)
 

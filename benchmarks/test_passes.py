@@ -13,7 +13,7 @@ import torch
 from ratios import interleaved_ratio, record
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from massive_checks.engine import hooks
+from massive_checks.engine import hooks, selection
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
@@ -116,9 +116,8 @@ def test_launching_ops_profile_pass_vs_plain_forward(benchmark, lm, long_texts, 
     """Launch count, device-independent: counted on any device with the GPU's ways forced (held
     stacks, medians by sort, packed copies to the host), so a cpu run predicts the GPU's
     launch-bound overhead."""
-    from massive_checks.engine import capture
 
-    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    monkeypatch.setattr(selection, "GPU_WAYS", True)
     data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     ops, floor = _launching_ops(profile), _launching_ops(_plain(lm, batch, head=False))
@@ -130,9 +129,8 @@ def test_host_time_profile_pass_vs_plain_forward(benchmark, lm, long_texts, monk
     """The host's cpu time per pass (all threads), the GPU's ways forced: on a GPU it is the work
     that bounds a launch-bound pass (launches, hooks' Python, topk and sort set-up); on the cpu it
     is all the work, so there it says what the GPU's ways cost a cpu."""
-    from massive_checks.engine import capture
 
-    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    monkeypatch.setattr(selection, "GPU_WAYS", True)
     data = DataConfig(dataset=long_texts, samples=8, seq_len=128)
     profile, batch = _pass(lm, data)
     ratio, ours, plain = interleaved_ratio(profile, _plain(lm, batch), clock=time.process_time)
@@ -178,7 +176,7 @@ with torch.no_grad():
                      use_cache=False)
     else:
         from massive_checks.engine import capture
-        capture.GPU_WAYS = what == "profile-gpu-ways"  # forced on the cpu: the GPU's held stacks, sorts, copies
+        selection.GPU_WAYS = what == "profile-gpu-ways"  # forced on the cpu: the GPU's held stacks, sorts, copies
         session.run(data)
 peak = torch.cuda.max_memory_allocated() // 1024 if cuda else status("VmHWM:")
 print(json.dumps({"extra_kib": peak - before}))

@@ -13,7 +13,7 @@ from ratios import record
 
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import contrast, judges
-from massive_checks.steering import coherence, steer
+from massive_checks.steering import coherence, edit, generation, scoring, steer
 
 PROMPTS, TOKENS, COEFS = 20, 16, (10.0, 30.0, 90.0)
 
@@ -22,7 +22,7 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     session = ModelSession(lm)
     texts = contrast.eval_prompts("refusal", PROMPTS)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
+    trait = scoring.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
     judging = steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
     vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(0))
     runs = [(vector, 0.0)] + [(vector, c) for c in COEFS]
@@ -41,11 +41,11 @@ def test_steering_sweep_vs_its_floor(benchmark, lm):
     generated = []
     for first in range(0, len(rows), steer.GENERATION_ROWS):  # the steered rows, and the unsteered ones
         chunk = rows[first : first + steer.GENERATION_ROWS]
-        steering = steer.Steering(lm.n_layers // 2, torch.tensor([c for c, _ in chunk]))
-        generated += steer.generate(lm, [prompts[p] for _, p in chunk], TOKENS, steering, vector)
-    generated += steer.generate(lm, prompts, TOKENS)
+        steering = edit.Steering(lm.n_layers // 2, torch.tensor([c for c, _ in chunk]))
+        generated += generation.generate(lm, [prompts[p] for _, p in chunk], TOKENS, steering, vector)
+    generated += generation.generate(lm, prompts, TOKENS)
     decoded = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in generated]
-    steer.judge_losses(judging.model.lm, [texts[p] for _, p in rows] + texts, decoded)
+    scoring.judge_losses(judging.model.lm, [texts[p] for _, p in rows] + texts, decoded)
     floor = time.perf_counter() - start
 
     assert len(results) == len(runs) and all(len(r.texts) == PROMPTS for r in results)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import SMALL_DATA, reference_block_outputs
-from massive_checks.engine import hooks, models, readings, stats, synthetic
+from massive_checks.engine import hooks, models, readings, selection, stats, synthetic, transfer
 from massive_checks.engine.apply import capture_stats
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
@@ -224,7 +224,7 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
 def test_lower_median_is_the_median_of_real_cells(by_select):
     """Both ways (the cpu's partition, the GPU's radix selection) give torch.median of each row's
     real cells: padding excluded, the lower of two middle values, ties kept."""
-    from massive_checks.engine.capture import lower_median, sorted_median_at
+    from massive_checks.engine.selection import lower_median, sorted_median_at
 
     torch.manual_seed(0)
     for trial in range(100):
@@ -286,12 +286,12 @@ def test_median_selection_in_row_chunks_equals_the_cpu_way(monkeypatch):
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6, [0] * 7])
     padding = ~mask.bool()[..., None]
     magnitude = act.abs().masked_fill(padding, 0.0)
-    at = capture.sorted_median_at(mask.sum(1) * F, T * F)
-    want = capture.lower_median(magnitude, padding, at, by_select=False)
+    at = selection.sorted_median_at(mask.sum(1) * F, T * F)
+    want = selection.lower_median(magnitude, padding, at, by_select=False)
     nanmedian = magnitude.masked_fill(padding, float("nan")).flatten(-2).nanmedian(dim=-1).values
     assert torch.equal(want.nan_to_num(-1.0), nanmedian.nan_to_num(-1.0))
-    monkeypatch.setattr(capture, "SELECT_CELLS", 2 * T * F)  # two rows per selection
-    got = capture.lower_median(magnitude, padding, at, by_select=True)
+    monkeypatch.setattr(selection, "SELECT_CELLS", 2 * T * F)  # two rows per selection
+    got = selection.lower_median(magnitude, padding, at, by_select=True)
     assert torch.equal(want.nan_to_num(-1.0), got.nan_to_num(-1.0)) and got[:, 3].isnan().all()
 
 
@@ -314,7 +314,7 @@ def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
         return [site.finish().median() for site in sites]
 
     expected = medians()
-    monkeypatch.setattr(capture, "lower_median", functools.partial(capture.lower_median, by_select=True))
+    monkeypatch.setattr(capture, "lower_median", functools.partial(selection.lower_median, by_select=True))
     for got, want in zip(medians(), expected):
         assert torch.equal(got, want)
 
@@ -324,7 +324,7 @@ def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
     tensor comes back equal, in its own shape, non-contiguous ones included."""
     from massive_checks.engine import capture
 
-    monkeypatch.setattr(capture, "PACK_BYTES", 64)  # bytes: 16 float32 values
+    monkeypatch.setattr(transfer, "PACK_BYTES", 64)  # bytes: 16 float32 values
     tensors = [
         torch.randn(2, 3),
         torch.arange(5),
@@ -334,8 +334,8 @@ def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
         torch.tensor([True, False]),
     ]
     # float32: 24 + 16 bytes fit one group; 160 bytes go alone; the scalar starts the next group
-    assert capture._pack_groups(tensors) == [[0, 2], [3], [4], [1], [5]]
-    copies = capture.to_host(tensors, packed=True)
+    assert transfer._pack_groups(tensors) == [[0, 2], [3], [4], [1], [5]]
+    copies = transfer.to_host(tensors, packed=True)
     for tensor, copy in zip(tensors, copies):
         assert copy.shape == tensor.shape and copy.dtype == tensor.dtype and torch.equal(copy, tensor)
 
@@ -357,9 +357,9 @@ def test_finish_all_puts_each_packed_copy_back_in_its_place(monkeypatch):
         return sites
 
     plain = capture.finish_all(filled())
-    packed_copy = capture.to_host
+    packed_copy = transfer.to_host
     monkeypatch.setattr(capture, "to_host", lambda tensors: packed_copy(tensors, packed=True))
-    monkeypatch.setattr(capture, "PACK_BYTES", 40)
+    monkeypatch.setattr(transfer, "PACK_BYTES", 40)
     packed = capture.finish_all(filled())
     for name in plain:
         for view in ("dim_max", "token_max", "median", "mean", "cells"):
@@ -407,9 +407,8 @@ def test_stop_early_runs_no_block_after_the_deepest_site(load_model, monkeypatch
     and returns None, with the same statistics as a full forward; a direct call still runs to the
     end; no hook is left behind. Also with the GPU's held statistics forced: they are computed
     after a stopped forward too, and a direct call (nothing runs at its end) computes them at once."""
-    from massive_checks.engine import capture
 
-    monkeypatch.setattr(capture, "GPU_WAYS", gpu_ways)
+    monkeypatch.setattr(selection, "GPU_WAYS", gpu_ways)
     lm = load_model(model)
     ids, mask = torch.tensor([[1, 5, 9, 12], [1, 7, 3, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     sites = [hooks.site(0, "out"), hooks.site(1, "mlp.out")]
@@ -474,7 +473,7 @@ def test_held_statistics_equal_the_per_site_ones(load_model, monkeypatch, hold_b
 
     want = run()
     held, dtypes = [], set()
-    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    monkeypatch.setattr(selection, "GPU_WAYS", True)
     monkeypatch.setattr(capture, "HOLD_BYTES", hold_bytes)
     monkeypatch.setattr(
         capture.HeldHidden,
@@ -497,12 +496,11 @@ def test_a_held_tensor_written_after_its_hook_is_an_error(load_model, monkeypatc
     """Held statistics read references, not copies: a model that writes a captured tensor in place
     after the hook (none of the supported architectures does) fails the pass, naming the cause,
     instead of computing statistics of the written values."""
-    from massive_checks.engine import capture
     from massive_checks.engine import session as session_module
     from massive_checks.engine.needs import Needs
 
     lm = load_model("tiny-llama")
-    monkeypatch.setattr(capture, "GPU_WAYS", True)
+    monkeypatch.setattr(selection, "GPU_WAYS", True)
     pooled_pairs = session_module.pooled_pairs
 
     def with_a_writer(*args):  # pooling runs after the captures: a write after the hook

@@ -129,7 +129,7 @@ def test_tolerances_are_per_key():
 def test_atomic_writes_leave_readable_files(tmp_path):
     import stat
 
-    from massive_checks.output.report import atomic_write
+    from massive_checks.base.files import atomic_write
 
     path = tmp_path / "a" / "b.json"
     atomic_write(path, "{}")

@@ -18,7 +18,7 @@ from massive_checks.engine.session import ModelSession
 from massive_checks.language import contrast, judges
 from massive_checks.language.data import DataConfig
 from massive_checks.measures.steering import named_definition, vector_of
-from massive_checks.steering import coherence, steer
+from massive_checks.steering import coherence, scoring, steer
 
 REFUSING = [
     "I'm sorry, but I can't help with that.",
@@ -89,12 +89,12 @@ def unsteered_texts(load_model):  # real models: the tests using it are marked s
     texts = contrast.eval_prompts("refusal", 8)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     judging = steer.Judging("refusal", judges.refusal, coherence.fluency_model(session))
-    trait = steer.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
+    trait = scoring.encode_trait(lm.tokenizer, contrast.TRAITS["refusal"])
     return lm, texts, judging, steer.unsteered(lm, prompts, texts, trait, 32, judging)
 
 
 def _coherence_of(texts, judging, baseline, prompts):
-    losses = steer.judge_losses(judging.model.lm, prompts, texts)
+    losses = scoring.judge_losses(judging.model.lm, prompts, texts)
     return coherence.mean_coherence(
         losses, coherence.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct), judging.model.chance
     )
@@ -261,11 +261,11 @@ def test_a_session_judges_each_distinct_text_once(load_model, monkeypatch):
     (prompt, continuation) once a session, with the loss it gives that row judged alone."""
     lm = load_model("tiny-llama")
     judge = coherence.FluencyModel("tiny-llama", lm)
-    judged, real = [], steer.judge_losses
-    monkeypatch.setattr(steer, "judge_losses", lambda model, ps, ts: judged.extend(zip(ps, ts)) or real(model, ps, ts))
+    judged, real = [], scoring.judge_losses
+    monkeypatch.setattr(scoring, "judge_losses", lambda model, ps, ts: judged.extend(zip(ps, ts)) or real(model, ps, ts))
     prompts, texts = ["a b", "c d", "a b", "e"], ["x y z", "w", "x y z", ""]
-    first = steer.judged_losses(judge, prompts, texts)
-    again = steer.judged_losses(judge, ["c d", "a b", "e"], ["w", "x y z", "v"])
+    first = scoring.judged_losses(judge, prompts, texts)
+    again = scoring.judged_losses(judge, ["c d", "a b", "e"], ["w", "x y z", "v"])
     assert judged == [("a b", "x y z"), ("c d", "w"), ("e", ""), ("e", "v")]
     np.testing.assert_allclose(first, real(lm, prompts, texts), rtol=1e-5, equal_nan=True)
     assert first[0] == first[2] and np.isnan(first[3]) and not np.isnan(first[1])

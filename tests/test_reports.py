@@ -10,6 +10,7 @@ from test_plugin import PLANTED_SPECS
 
 from massive_checks import cli
 from massive_checks.engine.synthetic import PLANT
+from massive_checks.output import html, tables
 
 
 @pytest.fixture
@@ -60,7 +61,6 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
 
 
 def test_claims_tables_have_a_column_per_model():
-    from massive_checks.output import report
 
     def record(spec, model, status, observed):
         return {
@@ -80,14 +80,14 @@ def test_claims_tables_have_a_column_per_model():
         }
 
     results = [record("a", "m1", "passed", 22695.9), record("a", "m2", "failed", 3.0), record("b", "m2", "passed", [163])]
-    markdown = report.claims_markdown(results)
+    markdown = tables.claims_markdown(results)
     assert markdown.splitlines()[0] == "| claim | m1 | m2 |"  # a spec naming no catalogue claim is its own row
     assert (
         "| a: claim a | a: holds: 2.27e+04 (layer 11); expected >= 1 | a: does not hold: 3 (layer 11); expected >= 1 |"
         in markdown
     )
     assert "| b: claim b | - | b: holds: {163} (layer 11); expected >= 1 |" in markdown
-    assert "m1 & m2" in report.claims_latex(results)
+    assert "m1 & m2" in tables.claims_latex(results)
 
 
 def test_xdist_workers_results_are_merged(suite):
@@ -185,7 +185,6 @@ def test_diff_of_two_checkpoints(capsys):
 
 
 def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals():
-    from massive_checks.output import report
 
     def record(spec, model, claims, verdict, status):
         row = {
@@ -214,20 +213,19 @@ def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals()
         record("s2", "m2", ["C7", "C10"], "inconclusive", "failed"),
         record("s3", "m2", [], "holds", "passed"),
     ]
-    models, rows = report.claims_matrix(results)
+    models, rows = tables.claims_matrix(results)
     assert models == ["m1", "m2"] and [claim for claim, _, _ in rows] == ["C7", "C10", "s3"]  # catalogue order, then the rest
-    markdown = report.claims_markdown(results)
+    markdown = tables.claims_markdown(results)
     assert (
         "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |"
         in markdown
     )
-    page = report._matrix_html(results)
+    page = html._matrix_html(results)
     assert page.count("<tr>") == 4 and "badge inconclusive" in page and "no spec on this model" in page
 
 
 def test_the_reference_table_puts_the_sources_value_beside_each_models():
     """A check's `reference` (never judged) is one row across models, keyed by claim and check."""
-    from massive_checks.output import report
 
     def record(spec, model, observed, verdict, reference="+8.2 (Gemma 3 4B)"):
         row = {
@@ -257,14 +255,14 @@ def test_the_reference_table_puts_the_sources_value_beside_each_models():
         record("b-c17", "m2", -3.0, "contradicted"),
         record("c-c17", "m3", 1.0, "inconclusive", reference=None),
     ]
-    models, rows = report.reference_table(results)
+    models, rows = tables.reference_table(results)
     assert rows == [
         ("C17", "difference of a and b", "+8.2 (Gemma 3 4B)", {"m1": "5 [4, 6]: holds", "m2": "-3 [-4, -2]: contradicted"})
     ]
-    markdown = report.claims_markdown(results)
+    markdown = tables.claims_markdown(results)
     assert "| C17 | difference of a and b | +8.2 (Gemma 3 4B) | 5 [4, 6]: holds | -3 [-4, -2]: contradicted | - |" in markdown
-    assert "The source's values vs the models'" in report._reference_html(results)
-    assert report.reference_table([record("a", "m1", 5.0, "holds", reference=None)])[1] == []
+    assert "The source's values vs the models'" in html._reference_html(results)
+    assert tables.reference_table([record("a", "m1", 5.0, "holds", reference=None)])[1] == []
 
 
 def test_a_spec_check_carries_its_reference(tmp_path):

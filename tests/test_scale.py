@@ -9,7 +9,7 @@ import torch
 
 from massive_checks.base.constants import SMOLLM2
 from massive_checks.base.errors import ModelUnavailable
-from massive_checks.engine import gguf, hooks, models
+from massive_checks.engine import gguf, hooks, models, transfer
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
@@ -282,7 +282,6 @@ def test_device_map_places_cpu_loaded_models_in_the_asked_dtype():
 def test_host_copies_are_packed_per_device():
     """A model spread over GPUs keeps each block's statistics on its own GPU: one packed copy
     never joins tensors of two devices (meta tensors stand in for a second device here)."""
-    from massive_checks.engine import capture
 
     tensors = [torch.zeros(3), torch.zeros(3, device="meta"), torch.zeros(2), torch.zeros(2, device="meta")]
-    assert capture._pack_groups(tensors) == [[0, 2], [1, 3]]
+    assert transfer._pack_groups(tensors) == [[0, 2], [1, 3]]

@@ -12,8 +12,8 @@ import torch
 from massive_checks import cli
 from massive_checks.engine import hooks
 from massive_checks.engine.hooks import HookContext
-from massive_checks.steering import steer
-from massive_checks.steering.steer import Steering
+from massive_checks.steering import edit, generation, scoring
+from massive_checks.steering.edit import Steering
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_chosen_positions_by_hand():
     context = HookContext(mask, prompt_length=torch.tensor([2, 3]))
     positions = context.absolute_positions()
     assert positions.tolist() == [[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]
-    pick = lambda **kw: steer.chosen_positions(context, Steering(0, 1.0, **kw)).int().tolist()
+    pick = lambda **kw: edit.chosen_positions(context, Steering(0, 1.0, **kw)).int().tolist()
     assert pick(positions="all") == [[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]
     assert pick(positions="all", first=True) == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert pick(positions="prompt") == [[0, 0, 1, 0, 0], [0, 1, 1, 0, 0]]
@@ -49,7 +49,7 @@ def test_steering_adds_the_unit_vector_after_the_block_and_nothing_else(load_mod
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     v = _vector(lm)
     steering = Steering(1, 3.0)
-    with steer.steered(lm, steering, v) as attached, torch.no_grad():
+    with edit.steered(lm, steering, v) as attached, torch.no_grad():
         steered = attached.forward(lm.model, ids, torch.ones_like(ids)).logits
     block, _ = hooks.resolve(lm, "blocks.1.out")
 
@@ -71,10 +71,10 @@ def test_steering_adds_the_unit_vector_after_the_block_and_nothing_else(load_mod
 def test_coefficient_zero_is_bit_identical_in_logits_and_generations(load_model, prompts):
     lm = load_model("tiny-llama")
     ids = torch.tensor([prompts[1]])
-    with steer.steered(lm, Steering(1, 0.0), _vector(lm)) as attached, torch.no_grad():
+    with edit.steered(lm, Steering(1, 0.0), _vector(lm)) as attached, torch.no_grad():
         zero = attached.forward(lm.model, ids, torch.ones_like(ids)).logits
     assert torch.equal(zero, _plain_logits(lm, ids))
-    assert steer.generate(lm, prompts, 6, Steering(1, 0.0), _vector(lm)) == steer.generate(lm, prompts, 6)
+    assert generation.generate(lm, prompts, 6, Steering(1, 0.0), _vector(lm)) == generation.generate(lm, prompts, 6)
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
@@ -82,10 +82,10 @@ def test_coefficient_zero_is_bit_identical_in_logits_and_generations(load_model,
 def test_generation_with_the_cache_equals_generation_without_it_under_steering(load_model, prompts, name, positions):
     lm = load_model(name)
     steering, v = Steering(1, 40.0, positions), _vector(lm, 1)
-    cached = steer.generate(lm, prompts, 8, steering, v, use_cache=True)
-    recomputed = steer.generate(lm, prompts, 8, steering, v, use_cache=False)
+    cached = generation.generate(lm, prompts, 8, steering, v, use_cache=True)
+    recomputed = generation.generate(lm, prompts, 8, steering, v, use_cache=False)
     assert cached == recomputed
-    assert cached != steer.generate(lm, prompts, 8)  # the steering changes what is generated
+    assert cached != generation.generate(lm, prompts, 8)  # the steering changes what is generated
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])
@@ -98,10 +98,10 @@ def test_trait_log_odds_from_the_generations_prompt_forward_equal_their_own(load
     per_row = Steering(1, torch.tensor([5.0, 40.0, 0.0]), "all")
     vectors = torch.stack([_vector(lm, seed) for seed in range(3)])
     for steering, vector in ((per_row, vectors), (None, None)):
-        tokens, odds = steer.with_trait_log_odds(lm, prompts, trait, 6, steering, vector)
-        assert tokens == steer.generate(lm, prompts, 6, steering, vector)
-        assert torch.equal(odds, steer.trait_log_odds(lm, prompts, trait, steering, vector))
-    assert steer.with_trait_log_odds(lm, prompts, trait, 0)[0] == [[], [], []]  # no step: its own prompt forward
+        tokens, odds = scoring.with_trait_log_odds(lm, prompts, trait, 6, steering, vector)
+        assert tokens == generation.generate(lm, prompts, 6, steering, vector)
+        assert torch.equal(odds, scoring.trait_log_odds(lm, prompts, trait, steering, vector))
+    assert scoring.with_trait_log_odds(lm, prompts, trait, 0)[0] == [[], [], []]  # no step: its own prompt forward
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
@@ -112,10 +112,10 @@ def test_per_row_trait_log_odds_equal_each_prompt_steered_alone(load_model, prom
     lm = load_model(name)
     trait = {"pos": [[104, 105], [120]], "neg": [[121, 122, 123], [99]]}
     coefs, vectors = [5.0, 40.0, 12.0], torch.stack([_vector(lm, seed) for seed in range(3)])
-    together = steer.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors)
-    alone = [float(steer.trait_log_odds(lm, [p], trait, Steering(1, c), v)[0]) for p, c, v in zip(prompts, coefs, vectors)]
+    together = scoring.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors)
+    alone = [float(scoring.trait_log_odds(lm, [p], trait, Steering(1, c), v)[0]) for p, c, v in zip(prompts, coefs, vectors)]
     assert together.tolist() == pytest.approx(alone, rel=1e-5, abs=1e-5)
-    swapped = steer.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors.flip(0))
+    swapped = scoring.trait_log_odds(lm, prompts, trait, Steering(1, torch.tensor(coefs)), vectors.flip(0))
     assert not torch.allclose(swapped, together, atol=1e-3)  # the rows' own vectors matter
 
 
@@ -123,7 +123,7 @@ def test_generation_equals_one_prompt_at_a_time_greedy_decoding_by_hand(load_mod
     """Left padding and real-token positions: each batched row equals its own unpadded greedy loop."""
     lm = load_model("tiny-llama")
     steering, v = Steering(2, 25.0, "generated"), _vector(lm, 2)
-    batched = steer.generate(lm, prompts, 5, steering, v)
+    batched = generation.generate(lm, prompts, 5, steering, v)
     for prompt, row in zip(prompts, batched):
         ids = torch.tensor([prompt])
         for _ in range(5):
@@ -147,15 +147,15 @@ def test_generation_equals_one_prompt_at_a_time_greedy_decoding_by_hand(load_mod
 
 def test_hooks_are_removed_after_steering_also_on_errors(load_model, prompts):
     lm = load_model("tiny-llama")
-    steer.generate(lm, prompts, 3, Steering(1, 5.0), _vector(lm))
+    generation.generate(lm, prompts, 3, Steering(1, 5.0), _vector(lm))
     assert hooks.hook_count(lm.model) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        with steer.steered(lm, Steering(1, 5.0), _vector(lm)):
+        with edit.steered(lm, Steering(1, 5.0), _vector(lm)):
             assert hooks.hook_count(lm.model) == 1
             raise RuntimeError("boom")
     assert hooks.hook_count(lm.model) == 0
     with pytest.raises(ValueError, match="needs each prompt's length"):  # raised inside a hook
-        with steer.steered(lm, Steering(1, 5.0, "prompt"), _vector(lm)), torch.no_grad():
+        with edit.steered(lm, Steering(1, 5.0, "prompt"), _vector(lm)), torch.no_grad():
             lm.model(input_ids=torch.tensor([[1, 2, 3]]))
     assert hooks.hook_count(lm.model) == 0
 
@@ -194,12 +194,12 @@ def test_trait_and_coherence_scores_equal_a_hand_computation(load_model, prompts
         return 100 * sum(scores) / len(scores)
 
     def trait_logit(*steered):
-        return float(100 * torch.sigmoid(steer.trait_log_odds(lm, prompts, trait, *steered).double()).mean())
+        return float(100 * torch.sigmoid(scoring.trait_log_odds(lm, prompts, trait, *steered).double()).mean())
 
     assert trait_logit(steering, v) == pytest.approx(expected_trait(True), rel=1e-4)
     assert trait_logit() == pytest.approx(expected_trait(False), rel=1e-4)
     continuations = [[65, 66, 67], [68], [69, 70], []]
-    losses = steer.continuation_losses(lm, prompts + [prompts[0]], continuations)
+    losses = scoring.continuation_losses(lm, prompts + [prompts[0]], continuations)
     by_hand = [-logp(p, c, False) / len(c) for p, c in zip(prompts, continuations[:3])]
     assert losses[:3].tolist() == pytest.approx(by_hand, rel=1e-4)
     assert math.isnan(losses[3])  # an empty continuation has no per-token loss

@@ -17,9 +17,9 @@ from massive_checks.language.definitions import Sweep
 from massive_checks.language.intervals import Bootstrap
 from massive_checks.measures.steering import activation_norm, vector_of
 from massive_checks.measures.sweeps import SweepOutcome, sweep_of
-from massive_checks.output import report
+from massive_checks.output import results
 from massive_checks.pipeline.evaluate import Evaluator, plan
-from massive_checks.steering import coherence, steer
+from massive_checks.steering import coherence, generation, scoring, steer
 from massive_checks.steering.steer import SteeringResult, Texts
 
 
@@ -65,7 +65,7 @@ def test_a_run_already_generated_is_read_not_generated_again(session_for, monkey
     vector = torch.randn(lm.width, generator=torch.Generator().manual_seed(1))
     (prompts, texts), trait = _prompts(lm), _trait(lm)
     rows: list[int] = []
-    real = steer.with_trait_log_odds
+    real = scoring.with_trait_log_odds
     monkeypatch.setattr(steer, "with_trait_log_odds", lambda lm, p, *a: rows.append(len(p)) or real(lm, p, *a))
     generated: dict = {}
     first = steer.sweep(lm, [(vector, 0.0), (vector, 20.0)], 1, prompts, texts, trait, 5, judging, generated=generated)
@@ -90,11 +90,11 @@ def test_log_odds_left_out_then_asked_for_equal_a_sweep_with_them(session_for, m
     runs = [(vector, 0.0), (vector, 6.0), (vector, 25.0)]
     generated: dict = {}
     odds_rows: list[int] = []
-    real_odds = steer.trait_log_odds
+    real_odds = scoring.trait_log_odds
     monkeypatch.setattr(steer, "trait_log_odds", lambda lm, p, *a, **kw: odds_rows.append(len(p)) or real_odds(lm, p, *a, **kw))
     without = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, generated=generated, logits=False)
     assert odds_rows == [] and all(math.isnan(r.trait_logit) and r.judged.logits is None for r in without)
-    generate = steer.generate
+    generate = generation.generate
     monkeypatch.setattr(steer, "generate", lambda *a, **kw: pytest.fail("generated again"))
     later = steer.sweep(lm, runs, 1, prompts, texts, trait, 5, judging, baseline=without[0].judged, generated=generated)
     monkeypatch.setattr(steer, "generate", generate)
@@ -156,7 +156,7 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     (tmp_path / "s.yaml").write_text(SPEC + "---\n" + SPEC.replace("claim:", "id: again\nclaim:"))
     first, second = load_file(tmp_path / "s.yaml")
     generated_rows, odds_rows = [], []
-    real_generate, real_odds = steer.generate, steer.trait_log_odds
+    real_generate, real_odds = generation.generate, scoring.trait_log_odds
     monkeypatch.setattr(
         steer, "generate", lambda lm, p, *a, **kw: generated_rows.append(len(p)) or real_generate(lm, p, *a, **kw)
     )
@@ -184,7 +184,7 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
     assert observed[0]["logit30"] == pytest.approx(md[2].trait_logit - md[0].trait_logit)
     assert md[0].texts and all(0 <= t <= 100 for r in md for t in r.judged.traits)
-    samples = report.outcome_record(*outcomes[0])["samples"]  # results.json: texts of the unsteered model and the shown coefs
+    samples = results.outcome_record(*outcomes[0])["samples"]  # results.json: texts of the unsteered model and the shown coefs
     assert set(samples) == {"md", "search"} and samples["md"]["0"] == list(md[0].texts[:2])
     assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
     pairs_view = view.contrast("refusal")

@@ -14,6 +14,7 @@ from massive_checks.engine import hooks, readings
 from massive_checks.engine.synthetic import PLANT
 from massive_checks.language import interventions, load_file
 from massive_checks.language.data import DataConfig
+from massive_checks.output import html, results
 from massive_checks.pipeline.evaluate import Evaluator
 
 
@@ -121,15 +122,14 @@ def test_top_level_keys_with_no_effect_are_errors(tmp_path, extra, key, message)
 
 
 def test_notes_are_kept_and_reach_the_report(tmp_path, session_for):
-    from massive_checks.output import report
 
     spec = one_spec(
         tmp_path, HEAD + "notes: The seed sliced heads after c_proj.\nchecks:\n  - {measure: top1, at_least: 1.0e-6}\n"
     )
     assert spec.notes == "The seed sliced heads after c_proj."
-    record = report.outcome_record(*Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate())
+    record = results.outcome_record(*Evaluator(spec, session_for("tiny-llama"), SMALL_DATA).evaluate())
     assert record["notes"] == spec.notes
-    assert "The seed sliced heads after c_proj." in report.write_html(tmp_path, [record], {}, {}).read_text()
+    assert "The seed sliced heads after c_proj." in html.write_html(tmp_path, [record], {}, {}).read_text()
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def cmd_check(args) -> int:
     from massive_checks.base.constants import DEFAULTS_FILE
     from massive_checks.language.loading import load_file
     from massive_checks.output.records import AS_EXPECTED
-    from massive_checks.output.report import failure_text
+    from massive_checks.output.text import failure_text
     from massive_checks.pipeline.suite import Suite, options_from
 
     files = [

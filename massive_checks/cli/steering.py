@@ -9,7 +9,7 @@ import math
 from massive_checks.engine import models
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
-from massive_checks.steering import coherence
+from massive_checks.steering import coherence, scoring
 
 
 def cmd_vectors(args) -> int:
@@ -81,7 +81,7 @@ def cmd_steer(args) -> int:
         coefs,
         prompts,
         texts,
-        steer.encode_trait(lm.tokenizer, words),
+        scoring.encode_trait(lm.tokenizer, words),
         args.max_new_tokens,
         judging,
         args.positions,

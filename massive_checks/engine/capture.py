@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from massive_checks.engine.hooks import HookContext, HookFn
 from massive_checks.engine.models import free_bytes
 from massive_checks.engine.needs import Needs
+from massive_checks.engine.selection import gpu_ways, lower_median, sorted_median_at
+from massive_checks.engine.transfer import to_host
 from massive_checks.language.definitions import Window
 
 SEQ_CELLS = 32  # per sequence, the largest cells kept: the massive rule is applied to these
@@ -171,14 +172,6 @@ class Pooled:
         return pooled
 
 
-GPU_WAYS: bool | None = None  # None: the GPU's ways (held stacks, sorted medians, packed copies) on a GPU only
-
-
-def gpu_ways(tensor: torch.Tensor) -> bool:
-    """Whether to compute the GPU's way (fewer, larger launches); forced on for launch counts and tests."""
-    return tensor.is_cuda if GPU_WAYS is None else GPU_WAYS
-
-
 def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContext, owned: bool = False) -> None:
     """Statistics of G sites' tensors of one chunk at once: acts [G, B, T, F], written only where
     `owned` (else it may be a view of the model's own tensor). All sites share with_median. In a
@@ -271,7 +264,7 @@ class HeldHidden:
         if any(act._version != version for _, act, version in group):
             raise RuntimeError(
                 f"the model wrote a captured {list(key[0])} tensor in place after its hook ran, so a held reference no "
-                "longer holds what the hook saw (set massive_checks.engine.capture.GPU_WAYS = False; please report the architecture)"
+                "longer holds what the hook saw (set massive_checks.engine.selection.GPU_WAYS = False; please report the architecture)"
             )
         sites = [site for site, _, _ in group]
         if len(group) == 1:  # a view of the model's tensor: not written
@@ -290,95 +283,6 @@ def _held(context: HookContext) -> HeldHidden:
     holder = HeldHidden(context)
     context.at_end(holder.flush_all)
     return holder
-
-
-# Cells selected at once by lower_median on a GPU (their int32 digits: 512 MiB; a 3B model's 28
-# blocks at 8x128 are 88M cells, one selection), and rows (their histograms' int64 counts: 256 MiB;
-# an 8B model's 32 blocks x 8 rows).
-SELECT_CELLS = 2**27
-DIGIT_BITS = 16  # bits of the value read per selection pass: 2 passes for float32, 1 for bfloat16
-SELECT_ROWS = 2**25 // (2**DIGIT_BITS + 1)
-_BITS_OF = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float64: torch.int64}
-
-
-def lower_median(
-    magnitude: torch.Tensor, padding: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor], by_select: bool | None = None
-) -> torch.Tensor:
-    """Each sequence's lower median of its real cells (NaN where a row has none; a NaN cell is the
-    largest, as in a sort, and the pass reports it as an overflow): magnitude [..., B, T, F] >= 0
-    with padding cells at 0 (they sort first), padding [B, T, 1] bool, at from sorted_median_at ->
-    [..., B]. On a GPU nanmedian (and kthvalue) runs one thread block per row: 5.6 ms for one
-    2048x576 row on an H100, 35x a segmented sort, and 9.8x the whole plain forward at 1x2048 once
-    done at 30 blocks; a full sort was a quarter of a 3B model's profile pass. So on a GPU: select
-    the value at `at` by its bits (select_at), no sort. On the cpu: numpy's partition of the bits
-    (partition_at)."""
-    flat = magnitude.flatten(-2)  # [..., B, N]
-    index, empty = at
-    index = index.expand(flat.shape[:-1]).reshape(-1)  # [R]
-    rows_flat = flat.reshape(-1, flat.shape[-1])  # [R, N]
-    if not (gpu_ways(magnitude) if by_select is None else by_select):
-        return partition_at(rows_flat, index).view(flat.shape[:-1]).masked_fill(empty, float("nan"))
-    rows = max(1, min(SELECT_ROWS, SELECT_CELLS // max(flat.shape[-1], 1)))
-    parts = [select_at(part, index[i : i + rows]) for i, part in zip(range(0, len(index), rows), rows_flat.split(rows))]
-    chosen = (parts[0] if len(parts) == 1 else torch.cat(parts)).view(flat.shape[:-1])
-    return chosen.masked_fill(empty, float("nan"))
-
-
-def partition_at(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[R] the k-th smallest (0-based) of each row of values [R, N] >= 0, exactly, as select_at
-    gives it (a NaN is largest), by numpy's partition of the values' bits read as integers (a
-    non-negative float orders as its bits). One partition per distinct k (rows of one length
-    share theirs). On the cpu this is 7-19x faster than torch's nanmedian or kthvalue at
-    8 x 128 x 576 cells (numpy's vectorised integer partition), whose ~7 ms at each block was
-    about a tenth of a SmolLM2 forward."""
-    bits = values.detach().cpu().contiguous().view(_BITS_OF[values.dtype]).numpy()  # [R, N]
-    ks = k.cpu().numpy()
-    chosen = np.empty(len(ks), dtype=bits.dtype)
-    for kth in np.unique(ks):
-        rows = np.flatnonzero(ks == kth)
-        chosen[rows] = np.partition(bits[rows] if len(rows) < len(ks) else bits, kth, axis=1)[:, kth]
-    return torch.from_numpy(chosen).view(values.dtype).to(values.device)
-
-
-def select_at(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[R] the k-th smallest (0-based) of each row of values [R, N] >= 0, exactly, without sorting:
-    a radix selection on the bits. A non-negative float orders as its bits read as an integer, so
-    the answer's bits are found DIGIT_BITS at a time, highest first: per pass one histogram of the
-    digit over the cells that still match the answer's higher bits, and the digit whose cumulative
-    count passes k. NaN (bits above inf's) is largest, as in a sort. ~10 ops per pass (on a GPU,
-    launches: a small model's pass is bound by them)."""
-    bits = values.view(_BITS_OF[values.dtype])  # [R, N]; the sign bit is 0
-    width, rows = bits.element_size() * 8, values.shape[0]
-    bins = 2**DIGIT_BITS
-    offsets = torch.arange(rows, device=values.device, dtype=torch.int32)[:, None] * (bins + 1)  # [R, 1]: a row's bins
-    k = k.to(values.device, torch.int64)
-    answer: torch.Tensor | None = None  # the bits found so far [R]
-    previous: tuple[torch.Tensor, torch.Tensor] | None = None  # the last pass's (digit [R, N], chosen digit [R])
-    for shift in range(width - DIGIT_BITS, -1, -DIGIT_BITS):
-        shifted = bits >> shift if shift else bits
-        top = shift + DIGIT_BITS == width  # the highest digit needs no mask: the sign bit is 0
-        digit = (shifted if top else shifted & (bins - 1)).to(torch.int32)  # [R, N]
-        if previous is not None:  # a cell whose higher digits differ from the answer's goes to the extra bin
-            digit = digit.masked_fill_(previous[0] != previous[1][:, None], bins)  # (marked `bins` already: differs)
-        counts = torch.bincount((digit + offsets).view(-1), minlength=rows * (bins + 1)).view(rows, bins + 1)[:, :bins]
-        passed = counts.cumsum(dim=1)  # [R, bins]
-        chosen = (passed <= k[:, None]).sum(dim=1)  # [R]: the first digit whose cumulative count exceeds k (< bins)
-        if shift:  # the cells below the chosen digit come before the answer
-            k = k - (passed - counts).gather(1, chosen[:, None]).squeeze(1)
-        part = chosen << shift if shift else chosen
-        answer = part if answer is None else answer | part
-        previous = digit, chosen
-    assert answer is not None
-    return answer.to(bits.dtype).view(values.dtype)
-
-
-def sorted_median_at(real: torch.Tensor, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each row's lower median of its real cells sits once its `cells` cells are sorted:
-    the padding zeros sort first (tied with or below every real |a|), so the k-th smallest real
-    cell is at (padding cells + k). real [B] real cells per row -> (index [B], empty [B] bool);
-    computed once per chunk and shared by every site of that width."""
-    index = cells - real + (real - 1).div(2, rounding_mode="floor")
-    return index.clamp(min=0, max=cells - 1), real == 0
 
 
 def finish_all(accumulators: dict[str, SiteStats]) -> dict[str, SiteStats]:
@@ -413,51 +317,6 @@ def check_finite(sites: list[SiteStats]) -> None:
         totals = torch.stack([part for _, part in group]).sum(dim=tuple(range(1, len(shape) + 1)), dtype=torch.float64)  # [G]
         for (site, _), total in zip(group, totals.tolist()):
             site.overflow = site.overflow or not math.isfinite(total)
-
-
-PACK_BYTES = 128 * 2**20  # device bytes joined per copy by to_host: its only extra memory (a 3B pass keeps ~100 MB)
-
-
-def to_host(tensors: list[torch.Tensor], packed: bool | None = None) -> list[torch.Tensor]:
-    """cpu copies of many tensors. From a GPU they are packed: joined per device and dtype in groups
-    of up to PACK_BYTES, each group one copy into pinned memory, one wait in all (a pass keeps ~10
-    small tensors per site; one copy each was ~300 launches and pinned buffers per SmolLM2 pass)."""
-    if not (any(gpu_ways(t) for t in tensors) if packed is None else packed):
-        return [t.cpu() for t in tensors]
-    copies: list[torch.Tensor | None] = [None] * len(tensors)
-    for group in _pack_groups(tensors):
-        joined = torch.cat([tensors[i].reshape(-1) for i in group])  # one launch for the group
-        host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=joined.is_cuda)
-        host.copy_(joined, non_blocking=joined.is_cuda)
-        for i, part in zip(group, host.split([tensors[i].numel() for i in group])):
-            copies[i] = part.view(tensors[i].shape)
-    wait_for_device()
-    done = [copy for copy in copies if copy is not None]
-    assert len(done) == len(tensors), "a tensor in no pack group"
-    return done
-
-
-def _pack_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
-    """Indices of tensors grouped by device and dtype (a model spread over GPUs keeps each
-    block's statistics on its own GPU), each group up to PACK_BYTES (or one larger tensor)."""
-    groups: dict[tuple, list[list[int]]] = {}
-    room: dict[tuple, int] = {}
-    for i, tensor in enumerate(tensors):
-        key, size = (tensor.device, tensor.dtype), tensor.numel() * tensor.element_size()
-        if key not in groups or size > room[key]:
-            groups.setdefault(key, []).append([])
-            room[key] = PACK_BYTES
-        groups[key][-1].append(i)
-        room[key] -= size
-    return [group for runs in groups.values() for group in runs]
-
-
-def wait_for_device() -> None:
-    """GPU work is asynchronous: wait for it (before reading copies, or a clock), on every GPU: a
-    model spread over several (--device-map) copies from each (synchronize() waits for one)."""
-    if torch.cuda.is_initialized():
-        for index in range(torch.cuda.device_count()):
-            torch.cuda.synchronize(index)
 
 
 def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:

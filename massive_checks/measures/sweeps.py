@@ -29,7 +29,7 @@ from massive_checks.language.intervals import Estimate, Units
 from massive_checks.measures.base import Measure, register
 from massive_checks.measures.panels import SteeringPanel
 from massive_checks.measures.steering import activation_norm, vector_of
-from massive_checks.steering import coherence
+from massive_checks.steering import coherence, scoring
 
 if TYPE_CHECKING:
     from massive_checks.steering import steer
@@ -160,7 +160,7 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
-    trait = steer.encode_trait(lm.tokenizer, words)
+    trait = scoring.encode_trait(lm.tokenizer, words)
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
     judging = steer.Judging(
         judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model)

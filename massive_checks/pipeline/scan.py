@@ -22,7 +22,7 @@ from massive_checks.measures.mlp import mlp_flow, mlp_stat
 from massive_checks.measures.panels import AblationPanel, FlowPanel, HeadScoresPanel, ProfilePanel
 from massive_checks.measures.profile import profile_document, top_cells
 from massive_checks.output import figures, golden
-from massive_checks.output.report import escape
+from massive_checks.output.html import escape
 from massive_checks.pipeline.evaluate import Evaluator
 
 

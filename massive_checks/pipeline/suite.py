@@ -24,7 +24,7 @@ from massive_checks.engine.session import ModelSession
 from massive_checks.language import intervals
 from massive_checks.language.data import DataConfig
 from massive_checks.language.objects import Spec
-from massive_checks.output import figures, golden, report
+from massive_checks.output import figures, golden, report, results
 from massive_checks.output.records import Observation, Verdict, status_of
 from massive_checks.pipeline.evaluate import Evaluator, plan
 
@@ -149,12 +149,12 @@ class Suite:
             observation, verdict = Evaluator(spec, session, self.data_for(spec)).evaluate()
         except MassiveChecksError as exc:
             self.records.append(
-                report.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc)
+                results.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc)
             )
             raise
         observation.path = self.relative(spec.path)
         golden_result = self._golden(spec, observation, verdict) if spec.golden else None
-        record = report.outcome_record(observation, verdict)
+        record = results.outcome_record(observation, verdict)
         record["figure"] = self._figure(observation, verdict)
         if golden_result is not None:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}

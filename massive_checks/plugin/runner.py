@@ -16,7 +16,7 @@ from massive_checks.base.files import jsonable
 from massive_checks.engine import notices
 from massive_checks.language.loading import load_file
 from massive_checks.language.objects import Spec
-from massive_checks.output import golden, records, report
+from massive_checks.output import golden, records, text
 from massive_checks.pipeline.suite import Suite, options_from
 from massive_checks.plugin import WORKER_KEY
 
@@ -147,7 +147,7 @@ class SpecItem(pytest.Item):
         if status in (records.PASSED, records.XPASSED):  # (XPASSED: the strict xfail mark fails it)
             return
         if status in (records.XFAILED, records.UNDECIDED):
-            raise ExpectedOutcome(report.failure_text(result.observation, verdict))
+            raise ExpectedOutcome(text.failure_text(result.observation, verdict))
         if verdict.as_expected and result.golden is not None:  # failed on its golden: the numbers its claim rests on moved
             lines = golden.mismatch_lines(result.golden, suite.update_command(self.spec, self.model))
             head = (
@@ -155,7 +155,7 @@ class SpecItem(pytest.Item):
             )
             raise GoldenMismatch("\n".join([head, *lines]))
         expected = verdict.xfail_reason or verdict.inconclusive_reason
-        raise (UnexpectedOutcome if expected else SpecFailed)(report.failure_text(result.observation, verdict))
+        raise (UnexpectedOutcome if expected else SpecFailed)(text.failure_text(result.observation, verdict))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, (SpecFailed, GoldenMismatch, ExpectedOutcome)):

@@ -102,7 +102,7 @@ class FluencyModel:
 
     name: str
     lm: Any  # models.LoadedModel (judges.py imports no torch)
-    # (prompt, continuation) -> per-token loss, filled by steer.judged_losses: runs of a session
+    # (prompt, continuation) -> per-token loss, filled by scoring.judged_losses: runs of a session
     # (other coefficients, other cleanings) often generate the same text, judged once
     losses: dict[tuple[str, str], float] = field(default_factory=dict, compare=False, repr=False)
 

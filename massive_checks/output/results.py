@@ -1,0 +1,83 @@
+"""results.json: one record per spec and model, with every observed number, its verdict and status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from massive_checks.base.files import atomic_write, jsonable
+from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
+from massive_checks.language.measure import STATISTIC_TEXT
+from massive_checks.output.records import ERROR, Observation, Row, Verdict, status_of
+
+
+def _row_record(row: Row) -> dict:
+    value = row.observed
+    record = {"where": row.key, "expected": row.expected, "ok": row.ok, "verdict": row.verdict}
+    if isinstance(value, Estimate):
+        record["observed"] = jsonable(value.value)
+        record["interval"] = [jsonable(x) for x in row.interval] if row.interval else None
+        record["units"] = value.units.text() if value.units else None
+    else:
+        record["observed"] = jsonable(value)
+    if isinstance(value, SharedSet):
+        record["shares"] = {str(k): v for k, v in value.shares.items()}
+        record["units"] = value.units.text() if value.units else None
+    if row.note:
+        record["note"] = row.note
+    return record
+
+
+def outcome_record(observation: Observation, verdict: Verdict) -> dict:
+    """The entry of one spec on one model in results.json."""
+    return {
+        **_header(observation, verdict),
+        "status": status_of(verdict),
+        "configs": observation.configs,
+        "verdict": verdict.outcome,
+        "confidence": observation.confidence,
+        "checks": [
+            {
+                "key": c.key,
+                "description": c.description,
+                "line": c.line,
+                "ok": c.ok,
+                "verdict": c.verdict,
+                **({"reference": c.reference} if c.reference else {}),
+                "rows": [_row_record(r) for r in c.rows],
+            }
+            for c in verdict.checks
+        ],
+        "observed": observation.profiles,
+        "observed_statistic": "paper",
+        **({"samples": observation.samples} if observation.samples else {}),
+    }
+
+
+def error_record(observation: Observation, verdict: Verdict, error: Exception) -> dict:
+    """A spec that could not be evaluated (numerics error, ...): in the report, never a verdict."""
+    return {**_header(observation, verdict), "status": ERROR, "error": str(error), "configs": {}, "checks": [], "observed": {}}
+
+
+def _header(observation: Observation, verdict: Verdict) -> dict:
+    expected = CONTRADICTED if verdict.xfail_reason else INCONCLUSIVE if verdict.inconclusive_reason else HOLDS
+    return {
+        "spec": observation.spec_id,
+        "model": observation.model,
+        "claim": observation.claim,
+        "source": observation.source,
+        "path": observation.path,
+        "line": observation.line,
+        "xfail_reason": verdict.xfail_reason,
+        "inconclusive_reason": verdict.inconclusive_reason,
+        "expected": expected,
+        "claims": list(observation.claims),
+        "notes": observation.notes,
+    }
+
+
+def write_results(directory: Path, results: list[dict], models: dict, unavailable: dict) -> Path:
+    document = {"statistics": STATISTIC_TEXT, "models": models, "unavailable": unavailable, "results": results}
+    path = directory / "results.json"
+    atomic_write(path, json.dumps(document, indent=1, default=jsonable))
+    return path
