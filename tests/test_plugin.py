@@ -234,7 +234,7 @@ def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
 
 
 NOTICE_CONFTEST = """
-from massive_checks.engine import models
+from massive_checks.engine import models, notices
 
 _load = models.load
 

@@ -296,7 +296,16 @@ def _observation(panels, profiles=None, changes=False):
 
     profile = {"top1": [1.0, 50.0, 40.0], "top2": [1.0, 20.0, 10.0], "top3": [1.0, 5.0, 4.0], "median": [0.5, 0.6, 0.7]}
     return Observation(
-        "s", "a claim", "m", "p", 1, "", "", {}, [], profiles or {"baseline": profile}, changes=changes, panels=panels
+        spec_id="s",
+        claim="a claim",
+        model="m",
+        path="p",
+        line=1,
+        source="",
+        notes="",
+        profiles=profiles or {"baseline": profile},
+        changes=changes,
+        panels=panels,
     )
 
 

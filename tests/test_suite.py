@@ -169,7 +169,9 @@ def test_a_figure_a_worker_cannot_take_is_an_error_of_that_figure(tmp_path):
     from massive_checks.output.figures import FigureQueue
     from massive_checks.output.records import Observation, Verdict
 
-    observation = Observation("s", "c", "m", "p", 1, "", "", {}, [], {"baseline": {}}, panels=[lambda: 0])
+    observation = Observation(
+        spec_id="s", claim="c", model="m", path="p", line=1, source="", notes="", profiles={"baseline": {}}, panels=[lambda: 0]
+    )
     queue = FigureQueue(workers=1)
     queue.submit(observation, Verdict([]), tmp_path / "s.png")
     errors = queue.wait()

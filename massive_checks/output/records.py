@@ -18,9 +18,9 @@ class ObservedCheck:
     sides: dict | None = None  # compare checks: {"a": {row: value}, "b": {row: value}}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Observation:
-    """Everything one spec observed on one model: the numbers, never a judgement."""
+    """Everything one spec observed on one model: the numbers, never a judgement. Built by name."""
 
     spec_id: str
     claim: str
@@ -29,9 +29,11 @@ class Observation:
     line: int
     source: str
     notes: str
-    configs: dict[str, str]  # configuration name -> canonical description of its intervention
-    checks: list[ObservedCheck]
-    profiles: dict  # configuration -> {"top1": [per layer], "top2", "top3", "median"} (paper statistic)
+    configs: dict[str, str] = field(default_factory=dict)  # configuration name -> canonical description of its intervention
+    checks: list[ObservedCheck] = field(default_factory=list)
+    profiles: dict = field(
+        default_factory=dict
+    )  # configuration -> {"top1": [per layer], "top2", "top3", "median"} (paper statistic)
     setup: dict = field(default_factory=dict)  # model description, dtype, device, versions, data (goldens' meta)
     changes: bool = False  # some check compares configurations
     panels: list = field(default_factory=list)  # panels.Panel its measures draw (figures only; not serialized)

@@ -164,16 +164,13 @@ class Suite:
 
     def _header(self, spec: Spec, model: str) -> Observation:
         return Observation(
-            spec.id,
-            spec.claim,
-            model,
-            self.relative(spec.path),
-            spec.line,
-            spec.source,
-            spec.notes,
-            {},
-            [],
-            {},
+            spec_id=spec.id,
+            claim=spec.claim,
+            model=model,
+            path=self.relative(spec.path),
+            line=spec.line,
+            source=spec.source,
+            notes=spec.notes,
             confidence=self.options.confidence,
             claims=spec.claims,
         )
