@@ -278,7 +278,6 @@ def test_selection_equals_the_sorted_rows_value(dtype, way):
 def test_median_selection_in_row_chunks_equals_the_cpu_way(monkeypatch):
     """Rows selected a few at a time (SELECT_CELLS), with padding, a row without real cells and a
     leading [G] dimension of sites: equal to the cpu's way, and to torch's nanmedian."""
-    from massive_checks.engine import capture
 
     torch.manual_seed(1)
     G, B, T, F = 3, 4, 7, 5
@@ -322,7 +321,6 @@ def test_medians_by_selection_at_sites_of_two_widths_in_one_chunk(monkeypatch):
 def test_packed_host_copies_equal_the_tensors_in_groups_per_dtype(monkeypatch):
     """to_host's GPU way (forced here): per dtype, groups of up to PACK_BYTES, one copy each; every
     tensor comes back equal, in its own shape, non-contiguous ones included."""
-    from massive_checks.engine import capture
 
     monkeypatch.setattr(transfer, "PACK_BYTES", 64)  # bytes: 16 float32 values
     tensors = [

@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL_DATA
 from massive_checks.language import Bound, intervals, load_file
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Estimate, SharedSet, Units
-from massive_checks.pipeline.evaluate import Evaluator, judge_row
+from massive_checks.pipeline.evaluate import Evaluator, decide_row
 
 
 def units(n: int, key: str = "u") -> Units:
@@ -142,12 +142,12 @@ def test_an_inconclusive_row_says_how_many_units_would_decide_it():
     est = boot.mean(rng.normal(1.0, 1.0, size=16), units(16))
     low, high = est.interval(0.95)
     bound = Bound("at_least", est.value - 0.4 * (est.value - low))  # inside the interval, below the value
-    row = judge_row(bound, "value", bound.text(), est, 0.95)
+    row = decide_row(bound, "value", bound.text(), est, 0.95)
     assert row.verdict == INCONCLUSIVE and row.interval == (low, high)
     needed = intervals.units_to_decide(bound, est.value, (low, high), 16)
     assert needed == pytest.approx(16 / 0.4**2, rel=0.01)  # the half width shrinks as 1/sqrt(n)
     assert f"about {needed:.0f} sequences would decide it (now 16)" == row.note
-    on_bound = judge_row(Bound("at_least", est.value), "value", "", est, 0.95)
+    on_bound = decide_row(Bound("at_least", est.value), "value", "", est, 0.95)
     assert "no number of units decides it" in on_bound.note
 
 

@@ -24,7 +24,7 @@ from massive_checks.engine.session import ModelSession
 from massive_checks.language import Bound, interventions, load_file
 from massive_checks.language.intervals import CONTRADICTED, INCONCLUSIVE, Estimate, value_of
 from massive_checks.measures.mlp import MLP_FLOW
-from massive_checks.pipeline.evaluate import Evaluator, judge, plan
+from massive_checks.pipeline.evaluate import Evaluator, decide, plan
 
 ROOT = Path(__file__).parent.parent
 SPECS = [
@@ -206,7 +206,7 @@ def test_every_check_fails_from_each_side_its_bound_constrains(massive_session, 
         for index, check in enumerate(observation.checks):
             moved = dataclasses.replace(check, values={k: nudged(v, sign) for k, v in check.values.items()})
             checks = observation.checks[:index] + [moved] + observation.checks[index + 1 :]
-            nudge = judge(spec, dataclasses.replace(observation, checks=checks), spec.xfail_for(model))
+            nudge = decide(spec, dataclasses.replace(observation, checks=checks), spec.xfail_for(model))
             if nudge.checks[index].verdict != verdict.checks[index].verdict and on_the_bound(
                 verdict.checks[index], spec.checks[index].bound
             ):

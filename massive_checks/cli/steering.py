@@ -44,11 +44,9 @@ def cmd_vectors(args) -> int:
 
 
 def cmd_steer(args) -> int:
-    from massive_checks.language import contrast, judges
+    from massive_checks.language import judges
     from massive_checks.language.definitions import Window
-    from massive_checks.language.intervals import Bootstrap
     from massive_checks.measures.steering import named_definition, vector_of
-    from massive_checks.measures.sweeps import SweepOutcome
     from massive_checks.steering import steer
 
     lm = models.load(args.model, args.device, args.dtype, device_map=args.device_map)
@@ -56,44 +54,56 @@ def cmd_steer(args) -> int:
     definition = named_definition(args.method, args.pairs, args.layer, Window.parse(args.window).text())
     session = ModelSession(lm, judge_model=args.judge_model)
     vector = vector_of(session.view(DataConfig(), vectors={"v": definition}), "v").values
-    prompt_set = args.prompts or args.pairs
-    texts = contrast.eval_prompts(prompt_set, args.n_prompts)
-    if args.chat:
-        texts = [
-            lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            for t in texts
-        ]
-    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
-    words = {"pos": args.trait_pos, "neg": args.trait_neg}
-    if not all(words.values()):
-        if args.pairs not in contrast.TRAITS:
-            raise ValueError(f"{args.pairs}: give the trait_logit's continuations with --trait-pos and --trait-neg")
-        words = contrast.TRAITS[args.pairs]
+    texts = _prompt_texts(lm, args)
     judge_name = args.judge or judges.DEFAULT_FOR_SET.get(args.pairs)
     if judge_name is None:
         raise ValueError(f"{args.pairs}: no default trait judge; give --judge (vader, refusal, or module:function)")
     judging = steer.Judging(judge_name, judges.trait_judge(judge_name), coherence.fluency_model(session))
     coefs = [0.0] + [c for c in args.coef if c != 0]
-    results = steer.run(
-        lm,
-        vector,
-        args.layer,
-        coefs,
-        prompts,
-        texts,
-        scoring.encode_trait(lm.tokenizer, words),
-        args.max_new_tokens,
-        judging,
-        args.positions,
-    )
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
+    trait = scoring.encode_trait(lm.tokenizer, _trait_words(args))
+    results = steer.run(lm, vector, args.layer, coefs, prompts, texts, trait, args.max_new_tokens, judging, args.positions)
+    return _print_steering(args, lm.name, judging, len(texts), results)
+
+
+def _prompt_texts(lm, args) -> list[str]:
+    """The evaluation prompts, in the tokenizer's chat template with --chat."""
+    from massive_checks.language import contrast
+
+    texts = contrast.eval_prompts(args.prompts or args.pairs, args.n_prompts)
+    if not args.chat:
+        return texts
+    return [
+        lm.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        for t in texts
+    ]
+
+
+def _trait_words(args) -> dict:
+    """trait_logit's continuations: --trait-pos and --trait-neg, else the contrast set's own."""
+    from massive_checks.language import contrast
+
+    words = {"pos": args.trait_pos, "neg": args.trait_neg}
+    if all(words.values()):
+        return words
+    if args.pairs not in contrast.TRAITS:
+        raise ValueError(f"{args.pairs}: give the trait_logit's continuations with --trait-pos and --trait-neg")
+    return contrast.TRAITS[args.pairs]
+
+
+def _print_steering(args, model: str, judging, prompts: int, results: list) -> int:
+    """steer's output: JSON, or a line per coefficient."""
+    from massive_checks.language.intervals import Bootstrap
+    from massive_checks.measures.sweeps import SweepOutcome
+
     outcome = SweepOutcome(tuple(results), 70.0, {}, "cli", chance=judging.model.chance)
     document = {
-        "model": lm.name,
+        "model": model,
         "layer": args.layer,
         "method": args.method,
-        "judge": judge_name,
+        "judge": judging.trait_name,
         "judge_model": judging.model.name,
-        "prompts": len(texts),
+        "prompts": prompts,
         "results": [steering_record(r, ci) for r, ci in zip(results, outcome.intervals(Bootstrap()))],
     }
     if args.json:

@@ -34,15 +34,8 @@ def _configs():
 
     L, D, H, F = TINY["layers"], TINY["width"], TINY["heads"], TINY["ffn"]
     common: dict[str, Any] = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    llama_like: dict[str, Any] = dict(
-        num_hidden_layers=L,
-        hidden_size=D,
-        num_attention_heads=H,
-        num_key_value_heads=2,
-        intermediate_size=F,
-        max_position_embeddings=512,
-        **common,
-    )
+    shape: dict[str, Any] = dict(num_hidden_layers=L, hidden_size=D, num_attention_heads=H, max_position_embeddings=512, **common)
+    llama_like: dict[str, Any] = dict(num_key_value_heads=2, intermediate_size=F, **shape)
     return {
         "tiny-gpt2": (T.GPT2Config(n_layer=L, n_embd=D, n_head=H, n_inner=F, n_positions=512, **common), False),
         "tiny-llama": (T.LlamaConfig(**llama_like), True),
@@ -51,29 +44,8 @@ def _configs():
         "tiny-gemma": (T.GemmaConfig(head_dim=D // H, **llama_like), True),
         "tiny-gemma2": (T.Gemma2Config(head_dim=D // H, **llama_like), True),
         "tiny-gemma3": (T.Gemma3TextConfig(head_dim=D // H, **llama_like), True),
-        "tiny-neox": (
-            T.GPTNeoXConfig(
-                num_hidden_layers=L,
-                hidden_size=D,
-                num_attention_heads=H,
-                intermediate_size=F,
-                max_position_embeddings=512,
-                **common,
-            ),
-            True,
-        ),
-        "tiny-opt": (
-            T.OPTConfig(
-                num_hidden_layers=L,
-                hidden_size=D,
-                num_attention_heads=H,
-                ffn_dim=F,
-                word_embed_proj_dim=D,
-                max_position_embeddings=512,
-                **common,
-            ),
-            True,
-        ),
+        "tiny-neox": (T.GPTNeoXConfig(intermediate_size=F, **shape), True),
+        "tiny-opt": (T.OPTConfig(ffn_dim=F, word_embed_proj_dim=D, **shape), True),
         "tiny-gemma3-mm": (
             T.Gemma3Config(
                 text_config=T.Gemma3TextConfig(head_dim=D // H, **llama_like).to_dict(),

@@ -107,28 +107,41 @@ def parse(text: str) -> Request:
         )
     if target in ("dims", "neurons"):
         _ints(match["sel"], text)
-    if target == "heads" and match["sel"] != "all" and not re.fullmatch(r"(top|bottom)\d+", match["sel"]):
-        for item in match["sel"].split(","):
-            layer_text, dot, head_text = item.partition(".")
-            if not dot:
-                raise ValueError(f"intervention {text!r}: {item!r} is not LAYER.HEAD (e.g. heads:5.1,6.*)")
-            LayerSet.parse(layer_text)  # syntax and order; the model's depth comes later
-            if head_text != "*":
-                _ints(head_text, text)
+    if target == "heads":
+        _check_heads(match["sel"], text)
     if match["tokens"] not in (None, "all", "massive"):
         _ints(match["tokens"], text)
+    number = _value(value, text) if mode == "value" else 0.0
+    written = match["sel"] if target in ("attn", "mlp") else match["layers"]
+    blocks = None if target == "heads" else LayerSet.parse(written)  # syntax and order; the model's depth comes later
+    return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number, blocks)
+
+
+def _check_heads(selection: str, text: str) -> None:
+    """heads:all, heads:topN / bottomN (N >= 1), or LAYER.HEAD items (HEAD a number or *)."""
+    ranked = re.fullmatch(r"(top|bottom)(\d+)", selection)
+    if ranked and int(ranked[2]) < 1:
+        raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
+    if selection == "all" or ranked:
+        return
+    for item in selection.split(","):
+        layer_text, dot, head_text = item.partition(".")
+        if not dot:
+            raise ValueError(f"intervention {text!r}: {item!r} is not LAYER.HEAD (e.g. heads:5.1,6.*)")
+        LayerSet.parse(layer_text)  # syntax and order; the model's depth comes later
+        if head_text != "*":
+            _ints(head_text, text)
+
+
+def _value(value: str, text: str) -> float:
+    """=value:X's X: a finite float32 number."""
     try:
-        number = float(value) if mode == "value" else 0.0
+        number = float(value)
     except ValueError:
         raise ValueError(f"intervention {text!r}: value {value!r} is not a number") from None
     if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
         raise ValueError(f"intervention {text!r}: value {value!r} is not a finite float32 number (|x| <= {FLOAT32_MAX:.4g})")
-    ranked = re.fullmatch(r"(top|bottom)(\d+)", match["sel"])
-    if target == "heads" and ranked and int(ranked[2]) < 1:
-        raise ValueError(f"intervention {text!r}: {ranked[1]}{ranked[2]} selects no head (at least 1)")
-    written = match["sel"] if target in ("attn", "mlp") else match["layers"]
-    blocks = None if target == "heads" else LayerSet.parse(written)  # syntax and order; the model's depth comes later
-    return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number, blocks)
+    return number
 
 
 MAX_LAYERS = 10_000  # no model has more blocks; bounds a hostile range before it is built

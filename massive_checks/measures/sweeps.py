@@ -144,19 +144,11 @@ def sweep_of(view, name: str, logits: bool = False) -> SweepOutcome:
 def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     lm, vector_def = view.lm, view.vector_def(definition.vector)
     layer = vector_def.layer if definition.layer is None else definition.layer
-    pairs_view = view.contrast(vector_def.pairs)
     calibrated = {
-        name: activation_norm(pairs_view, vector_def.window, layer, without).value
+        name: activation_norm(view.contrast(vector_def.pairs), vector_def.window, layer, without).value
         for name, without in zip(CALIBRATED, (None, "massive"))
     }
-    chosen: set[float] = set(definition.coefs)
-    start = math.nan
-    if definition.sweep is not None:
-        start = calibrated[definition.sweep.start] if isinstance(definition.sweep.start, str) else definition.sweep.start
-        chosen |= set(definition.sweep.coefs(start))
-        if isinstance(definition.sweep.start, str):  # a search from a calibrated start also runs the other one (C15)
-            chosen |= set(calibrated.values())
-    coefs = [0.0] + sorted(chosen)
+    coefs, start = _coefs(definition, calibrated)
     texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
@@ -165,23 +157,8 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     judging = steer.Judging(
         judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model)
     )
+    baseline = _unsteered(view, definition, prompts, texts, trait, judging, logits)
     vector = vector_of(view, definition.vector).values
-    unsteered_key = (
-        "unsteered",
-        tuple(texts),
-        tuple(map(tuple, trait["pos"] + trait["neg"])),
-        len(trait["pos"]),
-        definition.max_new_tokens,
-        judge_name,
-        judging.model.name,
-    )
-    baseline = view.session.memo(
-        unsteered_key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging, logits=False)
-    )
-    if logits:
-        baseline = view.session.memo(
-            (*unsteered_key, "logits"), lambda: steer.unsteered_with_logits(lm, baseline, prompts, trait)
-        )
     results = steer.sweep(
         lm,
         [(vector, c) for c in coefs],
@@ -207,6 +184,40 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
         judging.model.chance,
         (judge_name, judging.model.name),
     )
+
+
+def _coefs(definition: SteeringDef, calibrated: dict[str, float]) -> tuple[list[float], float]:
+    """0 (the unsteered model) and the configuration's coefficients: its `coefs` and its sweep's,
+    from a number or a calibrated start; a search from a calibrated start also runs the other one (C15)."""
+    chosen: set[float] = set(definition.coefs)
+    start = math.nan
+    if definition.sweep is not None:
+        start = calibrated[definition.sweep.start] if isinstance(definition.sweep.start, str) else definition.sweep.start
+        chosen |= set(definition.sweep.coefs(start))
+        if isinstance(definition.sweep.start, str):
+            chosen |= set(calibrated.values())
+    return [0.0] + sorted(chosen), start
+
+
+def _unsteered(view, definition: SteeringDef, prompts, texts, trait, judging, logits: bool):
+    """The unsteered texts and scores, shared by every sweep of the session on the same prompts,
+    trait words, length and judges (with the trait log-odds where a check reads them)."""
+    lm = view.lm
+    key = (
+        "unsteered",
+        tuple(texts),
+        tuple(map(tuple, trait["pos"] + trait["neg"])),
+        len(trait["pos"]),
+        definition.max_new_tokens,
+        judging.trait_name,
+        judging.model.name,
+    )
+    baseline = view.session.memo(
+        key, lambda: steer.unsteered(lm, prompts, texts, trait, definition.max_new_tokens, judging, logits=False)
+    )
+    if logits:
+        baseline = view.session.memo((*key, "logits"), lambda: steer.unsteered_with_logits(lm, baseline, prompts, trait))
+    return baseline
 
 
 class _OnSteering(Measure):

@@ -2,7 +2,7 @@
 
 `plan(spec, session, data)` announces every configuration's captures before any pass runs, so
 each (model, data, intervention) is one forward pass however many specs read it. `observe`
-computes every quantity; `judge` applies the bounds. Neither writes anything."""
+computes every quantity; `decide` applies the bounds. Neither writes anything."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class Evaluator:
         observation = self.observe()
         return Result(
             observation,
-            judge(
+            decide(
                 self.spec,
                 observation,
                 self.spec.xfail_for(self.lm.name),
@@ -236,7 +236,7 @@ def as_estimate(value, measure) -> Estimate:
     return Estimate(math.nan if value is None else float(value), None, None, measure.no_interval())
 
 
-def judge(
+def decide(
     spec: Spec,
     observation: Observation,
     xfail_reason: str | None = None,
@@ -267,7 +267,7 @@ def judge(
                         )
                     )
                     continue
-            rows.append(judge_row(check.bound, key, text, value, confidence))
+            rows.append(decide_row(check.bound, key, text, value, confidence))
         if not rows:  # an empty layer range must not pass a check with nothing in it
             rows = [Row("no layers", expected, None, intervals.INCONCLUSIVE)]
         verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference))
@@ -288,7 +288,7 @@ def same_numbers(a: Estimate, b: Estimate) -> bool:
     return a.units == b.units and bool(np.array_equal(a.replicates, b.replicates, equal_nan=True))
 
 
-def judge_row(bound, key: str, expected: str, value, confidence: float) -> Row:
+def decide_row(bound, key: str, expected: str, value, confidence: float) -> Row:
     if not isinstance(value, Estimate):  # a set or a label: exact
         return Row(key, expected, value, HOLDS if bound.holds(value) else CONTRADICTED)
     interval = value.interval(confidence)

@@ -97,41 +97,53 @@ def _write_figures(summary: dict, base, table, out: Path) -> None:
 
 
 def write_draft_spec(summary: dict, model_name: str, data: DataConfig, out: Path) -> Path:
-    """A spec pinning the scan's findings, with slack where values vary (top-1 at half)."""
+    """A spec pinning the scan's findings, with slack where values vary (top-1 at half): built as
+    data and written as YAML, so any model name or dataset path is quoted as YAML needs."""
+    import yaml
+
     spec_id = "scan-" + "".join(ch if ch.isalnum() else "-" for ch in model_name).strip("-")
-    header = [
-        f"# Drafted by `massive-checks scan {model_name}` on {datetime.date.today()}: review before",
-        "# committing. Bounds pin what the scan found; top-1 gets 50% slack.",
-        f"id: {spec_id}",
-        f"models: [{json.dumps(model_name)}]",
-        f"data: {{dataset: {json.dumps(data.dataset)}, samples: {data.samples}, seq_len: {data.seq_len}}}",
-        "golden: true",
-    ]
+    claim, checks = _draft_claim(summary, model_name)
+    spec = {
+        "id": spec_id,
+        "models": [model_name],
+        "data": {"dataset": data.dataset, "samples": data.samples, "seq_len": data.seq_len},
+        "golden": True,
+        "claim": claim,
+        "checks": checks,
+    }
+    header = (
+        f"# Drafted by `massive-checks scan {model_name}` on {datetime.date.today()}: review before\n"
+        "# committing. Bounds pin what the scan found; top-1 gets 50% slack.\n"
+    )
+    path = out / "specs" / f"{spec_id}.yaml"
+    atomic_write(path, header + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=200))
+    return path
+
+
+def _draft_claim(summary: dict, model_name: str) -> tuple[str, list[dict]]:
+    """The draft's claim and checks: where the massive activations are, when they emerge, how large."""
     first, last, dims = summary["emergence_layer"], summary["last_massive_layer"], summary["massive_dims"]
     if first is None:
-        claim = f"{model_name} has no massive activations (|a| > 100 and >= 1000x the median) on this data."
-        checks = ["  - {measure: massive_dims, equals: []}"]
-    else:
-        span = f"{first}-{last}"
-        floor = 0.5 * min(summary["layers"][L]["top"][0]["value"] for L in range(first, last + 1))
-        dominant = summary["layers"][first]["top"][0]["dim"]
-        claim = (
-            f"{model_name} has massive activations in dims {dims} at tokens {summary['massive_tokens']}, "
-            f"emerging at block {first} and lasting to block {last}."
-        )
-        checks = [
-            f"  - {{measure: emergence_layer, equals: {first}}}",
-            f"  - {{measure: massive_dims, subset_of: {dims}}}",
-            f"  - {{measure: massive_dims, layers: {first}, contains: [{dominant}]}}",
-            f"  - {{measure: massive_tokens, subset_of: {summary['massive_tokens']}}}",
-            f"  - {{measure: top1, layers: {span}, at_least: {floor:.6g}}}",
+        return f"{model_name} has no massive activations (|a| > 100 and >= 1000x the median) on this data.", [
+            {"measure": "massive_dims", "equals": []}
         ]
-        if all(summary["layers"][L]["top"][0]["dim"] == dominant for L in range(first, last + 1)):
-            checks.append(f"  - {{measure: top1_dim, layers: {span}, equals: {dominant}}}")
-    text = "\n".join(header + [f"claim: {json.dumps(claim)}", "checks:"] + checks) + "\n"
-    path = out / "specs" / f"{spec_id}.yaml"
-    atomic_write(path, text)
-    return path
+    span = f"{first}-{last}"
+    floor = float(f"{0.5 * min(summary['layers'][L]['top'][0]['value'] for L in range(first, last + 1)):.6g}")
+    dominant = summary["layers"][first]["top"][0]["dim"]
+    claim = (
+        f"{model_name} has massive activations in dims {dims} at tokens {summary['massive_tokens']}, "
+        f"emerging at block {first} and lasting to block {last}."
+    )
+    checks: list[dict] = [
+        {"measure": "emergence_layer", "equals": first},
+        {"measure": "massive_dims", "subset_of": list(dims)},
+        {"measure": "massive_dims", "layers": first, "contains": [dominant]},
+        {"measure": "massive_tokens", "subset_of": list(summary["massive_tokens"])},
+        {"measure": "top1", "layers": span, "at_least": floor},
+    ]
+    if all(summary["layers"][L]["top"][0]["dim"] == dominant for L in range(first, last + 1)):
+        checks.append({"measure": "top1_dim", "layers": span, "equals": dominant})
+    return claim, checks
 
 
 def _write_golden(spec_path: Path, session: ModelSession, data: DataConfig, out: Path) -> None:

@@ -182,34 +182,57 @@ def sweep(
     generated = {} if generated is None else generated
     setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
     keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
-    fresh = _distinct_runs(keys, runs, lambda key: key not in generated)
-    for chunk, chunk_prompts, steering, vectors in _row_batches(runs, fresh, prompts, layer, positions, first, batch_size):
+    batches = lambda which: _row_batches(runs, which, prompts, layer, positions, first, batch_size)
+    _generate_runs(
+        lm,
+        batches(_distinct_runs(keys, runs, lambda key: key not in generated)),
+        keys,
+        len(prompts),
+        generated,
+        trait,
+        max_new_tokens,
+        logits,
+    )
+    if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
+        for chunk, chunk_prompts, steering, vectors in batches(_distinct_runs(keys, runs, lambda key: None in generated[key][1])):
+            for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
+                generated[keys[i]][1][j] = odds
+    return _results(lm, runs, [generated[key] for key in keys], prompt_texts, baseline, judging, logits)
+
+
+def _generate_runs(lm, batches, keys: list, n_prompts: int, generated: dict, trait, max_new_tokens: int, logits: bool) -> None:
+    """Generate the batches' rows (with their trait log-odds when asked) into `generated`:
+    {run key: ([tokens per prompt], [log-odds per prompt])}."""
+    for chunk, chunk_prompts, steering, vectors in batches:
         if logits:
             chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
         else:
             chunk_tokens, chunk_odds = generate(lm, chunk_prompts, max_new_tokens, steering, vectors), None
         for n, (i, j) in enumerate(chunk):
-            generated.setdefault(keys[i], ([None] * len(prompts), [None] * len(prompts)))
+            generated.setdefault(keys[i], ([None] * n_prompts, [None] * n_prompts))
             generated[keys[i]][0][j] = chunk_tokens[n]
             generated[keys[i]][1][j] = None if chunk_odds is None else float(chunk_odds[n])
-    if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
-        lacking = _distinct_runs(keys, runs, lambda key: None in generated[key][1])
-        for chunk, chunk_prompts, steering, vectors in _row_batches(runs, lacking, prompts, layer, positions, first, batch_size):
-            for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
-                generated[keys[i]][1][j] = odds
+
+
+def _results(
+    lm, runs: list, made: list, prompt_texts: list[str], baseline: Texts, judging: Judging, logits: bool
+) -> list[SteeringResult]:
+    """Each run's result, in run order, judging every steered run's rows in shared batches; made:
+    each run's (tokens, log-odds) per prompt."""
+    n_prompts = len(prompt_texts)
     steered_runs = [i for i, (_, coef) in enumerate(runs) if coef != 0]
-    rows = [(i, j) for i in steered_runs for j in range(len(prompts))]  # every steered run's rows, in run order
-    tokens = [generated[keys[i]][0][j] for i, j in rows]
-    log_odds = [generated[keys[i]][1][j] for i, j in rows] if logits else None
+    rows = [(i, j) for i in steered_runs for j in range(n_prompts)]  # every steered run's rows, in run order
+    tokens = [made[i][0][j] for i, j in rows]
+    log_odds = [made[i][1][j] for i, j in rows] if logits else None
     judged_rows = _judged(lm, tokens, log_odds, [prompt_texts[j] for _, j in rows], judging) if rows else None
     results, chance = [], judging.model.chance
     for i, (_, coef) in enumerate(runs):
         if coef == 0:
             results.append(result_of(0.0, baseline, baseline, chance))
             continue
-        start = steered_runs.index(i) * len(prompts)  # this run's rows, in prompt order
+        start = steered_runs.index(i) * n_prompts  # this run's rows, in prompt order
         assert judged_rows is not None  # a steered run has rows
-        results.append(result_of(coef, judged_rows.rows(start, len(prompts)), baseline, chance))
+        results.append(result_of(coef, judged_rows.rows(start, n_prompts), baseline, chance))
     return results
 
 
