@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from massive_checks.base.constants import SMOLLM2
-from massive_checks.engine import gguf, hooks, models
+from massive_checks.engine import gguf_cache, hooks, models
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
 
@@ -16,7 +16,7 @@ pytest_plugins = ["pytester"]
 
 # pytester points HOME at each test's own folder, so runs inside it would dequantize the bundled
 # models again into ~/.cache there (1.3 GB for Gemma 3). Pin the cache to the real one first.
-os.environ.setdefault("MASSIVE_CHECKS_CACHE", str(gguf.cache_root().parent))
+os.environ.setdefault("MASSIVE_CHECKS_CACHE", str(gguf_cache.cache_root().parent))
 
 SMALL_DATA = DataConfig(samples=6, seq_len=40)  # tiny models: short, several padded rows
 

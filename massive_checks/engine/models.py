@@ -16,7 +16,7 @@ import torch
 from massive_checks.base.constants import DEVICE_MAPS, GEMMA3, SMOLLM2  # noqa: F401  (DEVICE_MAPS: the CLI's help)
 from massive_checks.base.errors import ModelUnavailable, first_line
 from massive_checks.engine.adapters import Adapter, adapter_for
-from massive_checks.engine.gguf import BUNDLED_GGUF, load_gguf, load_gguf_file
+from massive_checks.engine.gguf_cache import BUNDLED_GGUF, load_gguf, load_gguf_file
 from massive_checks.engine.shapes import RANDOM, load_random
 
 # --------------------------------------------------------------------------- adapters

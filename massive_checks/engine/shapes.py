@@ -11,7 +11,7 @@ import torch
 
 from massive_checks.base.constants import GEMMA3, SMOLLM2
 from massive_checks.base.errors import ModelUnavailable, first_line
-from massive_checks.engine.gguf import BUNDLED_GGUF, dequantized_cache
+from massive_checks.engine.gguf_cache import BUNDLED_GGUF, dequantized_cache
 from massive_checks.engine.notices import notice
 
 RANDOM = "random:"

@@ -29,13 +29,14 @@ from massive_checks.language.intervals import Estimate, Units
 from massive_checks.measures.base import Measure, register
 from massive_checks.measures.panels import SteeringPanel
 from massive_checks.measures.steering import activation_norm, vector_of
-from massive_checks.steering import coherence, scoring
+from massive_checks.steering import coherence
 
 if TYPE_CHECKING:
-    from massive_checks.steering import steer
+    from massive_checks.steering import scoring, steer
     from massive_checks.steering.steer import SteeringResult
 else:  # imported at first use: the spec schema reads the measure classes without torch
     steer = LazyModule("massive_checks.steering.steer")
+    scoring = LazyModule("massive_checks.steering.scoring")
 
 Coef = Union[Annotated[float, Field(gt=0)], Calibrated]
 SAMPLES = 2  # generated texts per shown coefficient in reports

@@ -18,7 +18,7 @@ from typing import Any
 
 from massive_checks.base.errors import MassiveChecksError, ModelUnavailable
 from massive_checks.base.options import SUITE_OPTIONS, default
-from massive_checks.engine import gguf, models
+from massive_checks.engine import gguf_cache, models
 from massive_checks.engine.cores import CoreShare
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import intervals
@@ -34,7 +34,7 @@ class Options:
     """The suite's options; their defaults are base/options.py's (one declaration for pytest, the CLI and
     this)."""
 
-    models: list[str] = field(default_factory=lambda: list(gguf.BUNDLED_GGUF))
+    models: list[str] = field(default_factory=lambda: list(gguf_cache.BUNDLED_GGUF))
     device: str = default("device")
     dtype: str = default("dtype")
     trust_remote_code: bool = default("trust_remote_code")
@@ -58,7 +58,7 @@ def options_from(option: Callable[[str], Any], root: Path) -> Options:
     """Options from the values of options.SUITE_OPTIONS, read by dest (the plugin's getoption, the
     CLI's parsed arguments): one list of options for both ways to run specs."""
     values = {dest: option(dest) for dest in SUITE_OPTIONS}
-    return Options(models=values.pop("model") or list(gguf.BUNDLED_GGUF), root=root, **values)
+    return Options(models=values.pop("model") or list(gguf_cache.BUNDLED_GGUF), root=root, **values)
 
 
 @dataclass
