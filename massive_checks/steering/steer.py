@@ -197,7 +197,8 @@ def sweep(
         for chunk, chunk_prompts, steering, vectors in batches(_distinct_runs(keys, runs, lambda key: None in generated[key][1])):
             for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
                 generated[keys[i]][1][j] = odds
-    return _results(lm, runs, [generated[key] for key in keys], prompt_texts, baseline, judging, logits)
+    made = [generated.get(key) for key in keys]  # None for coef 0: the unsteered baseline
+    return _results(lm, runs, made, prompt_texts, baseline, judging, logits)
 
 
 def _generate_runs(lm, batches, keys: list, n_prompts: int, generated: dict, trait, max_new_tokens: int, logits: bool) -> None:
