@@ -113,13 +113,15 @@ def register(cls: type[M]) -> type[M]:
 
 
 def registry() -> dict[str, type[MeasureDef]]:
-    """Every measure by name: the built-in ones and those of installed entry points (loaded once),
-    with any registered since."""
-    for entry_point in metadata.entry_points(group=ENTRY_POINTS):
-        if entry_point.value not in _loaded:
+    """Every measure by name: the built-in ones and those of installed entry points (read once a
+    process: scanning the installed packages costs ~5 ms, and specs ask for every check), with any
+    registered since."""
+    if not _loaded:
+        for entry_point in metadata.entry_points(group=ENTRY_POINTS):
             _loaded.append(entry_point.value)
             try:
                 entry_point.load()
             except Exception as exc:  # a broken plugin names itself, never a traceback from here
+                _loaded.clear()  # and says so again at the next call, never a registry without it
                 raise ImportError(f"measure plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}") from exc
     return REGISTRY
