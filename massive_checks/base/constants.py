@@ -7,5 +7,5 @@ DTYPE_NAMES = ("bfloat16", "float16", "float32")  # models.DTYPES's keys
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 RESAMPLES = 2000  # bootstrap resamples per set of sampling units (intervals.py)
 CONFIDENCE = 0.95  # of every interval
-DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (spec/loading.py)
+DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (language/loading.py)
 MASSIVE_RULE = (100.0, 1000.0)  # the paper's rule: |a| > 100 and |a| >= 1000 x its sequence's median

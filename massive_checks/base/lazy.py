@@ -1,4 +1,4 @@
-"""Modules imported at their first use, so that the spec language (spec/schema.py and the measure
+"""Modules imported at their first use, so that the spec language (language/schema.py and the measure
 classes it reads) loads without torch: `load_file`, the JSON Schema and the pytest plugin's
 collection start in a fraction of a second, and the engine is imported only when a pass runs.
 

@@ -1,5 +1,5 @@
 """What a spec file may write: the schema, built from the measure registry and the typed values
-of spec/definitions.py (and the data, golden and vector definitions, which are their own runtime
+of language/definitions.py (and the data, golden and vector definitions, which are their own runtime
 objects). The same schema is exported as JSON Schema for editors (`massive-checks schema`).
 
 It checks keys, types and allowed values; the rules a schema cannot say are in rules.py."""
