@@ -8,10 +8,10 @@ site), at chosen positions of each sequence: `all` real tokens, the `prompt` onl
 A sweep generates greedy continuations (32 new tokens by default) on held-out evaluation prompts
 (contrast.eval_prompts: other topics and templates than the vectors' training texts) and scores
 each continuation, per prompt, so every score has a bootstrap interval over prompts:
-  trait        the trait judge on the decoded continuation (judges.py: VADER for sentiment, a
+  trait        the trait judge on the decoded continuation (language/judges.py: VADER for sentiment, a
                refusal-phrase detector for refusal, or a user judge), x 100, mean over prompts.
   coherence    fluency under a judge model other than the steered one, times a penalty for
-               degenerate repetition (judges.py defines it), 0-100, mean over prompts.
+               degenerate repetition (coherence.py defines it), 0-100, mean over prompts.
   trait_logit  the fast score: 100 x the mean over prompts of sigmoid(log-odds), log-odds =
                logsumexp_c log P(c | prompt) over the trait continuations (e.g. " I'm sorry")
                - the same over the anti-trait ones, P under the steered model (teacher forcing).
@@ -78,7 +78,7 @@ class SteeringResult:
     coef: float
     trait: float  # the judged trait score (0-100)
     trait_logit: float  # the log-odds trait score (0-100); nan: the sweep ran without log-odds
-    coherence: float  # 0-100 (judges.py), against the unsteered model's texts
+    coherence: float  # 0-100 (coherence.py), against the unsteered model's texts
     judged: Texts
 
     @property
