@@ -16,6 +16,7 @@ own, from conftest.py or through an entry point of group `massive_checks.measure
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from importlib import metadata
@@ -36,7 +37,6 @@ PER_LAYER_SHAPES = ("layers", "label_per_layer")
 REGISTRY: dict[str, type[MeasureDef]] = {}
 M = TypeVar("M", bound="MeasureDef")  # a measure class, as register returns it
 _PARAM_ORDER = ("statistic", "dim", "head", "to", "checkpoint", "layer", "k", "versus", "site")  # golden keys: stable order
-_loaded: list[str] = []  # the entry points loaded
 
 
 class MeasureDef(BaseModel):
@@ -113,15 +113,18 @@ def register(cls: type[M]) -> type[M]:
 
 
 def registry() -> dict[str, type[MeasureDef]]:
-    """Every measure by name: the built-in ones and those of installed entry points (read once a
-    process: scanning the installed packages costs ~5 ms, and specs ask for every check), with any
+    """Every measure by name: the built-in ones and those of installed entry points, with any
     registered since."""
-    if not _loaded:
-        for entry_point in metadata.entry_points(group=ENTRY_POINTS):
-            _loaded.append(entry_point.value)
-            try:
-                entry_point.load()
-            except Exception as exc:  # a broken plugin names itself, never a traceback from here
-                _loaded.clear()  # and says so again at the next call, never a registry without it
-                raise ImportError(f"measure plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}") from exc
+    _load_entry_points()
     return REGISTRY
+
+
+@functools.cache  # once a process (scanning the installed packages costs ~5 ms; specs ask at every check)
+def _load_entry_points() -> None:
+    """Import every entry point of the group; a broken one raises, naming itself, at every call
+    (a raising call is not cached), never leaving a registry without it."""
+    for entry_point in metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            entry_point.load()
+        except Exception as exc:
+            raise ImportError(f"measure plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}") from exc

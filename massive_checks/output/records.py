@@ -31,9 +31,8 @@ class Observation:
     notes: str
     configs: dict[str, str] = field(default_factory=dict)  # configuration name -> canonical description of its intervention
     checks: list[ObservedCheck] = field(default_factory=list)
-    profiles: dict = field(
-        default_factory=dict
-    )  # configuration -> {"top1": [per layer], "top2", "top3", "median"} (paper statistic)
+    # configuration -> {"top1": [per layer], "top2", "top3", "median"} (paper statistic)
+    profiles: dict = field(default_factory=dict)
     setup: dict = field(default_factory=dict)  # model description, dtype, device, versions, data (goldens' meta)
     changes: bool = False  # some check compares configurations
     panels: list = field(default_factory=list)  # panels.Panel its measures draw (figures only; not serialized)

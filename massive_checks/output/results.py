@@ -28,11 +28,12 @@ def _row_record(row: Row) -> dict:
     return record
 
 
-def outcome_record(observation: Observation, verdict: Verdict) -> dict:
-    """The entry of one spec on one model in results.json."""
+def outcome_record(observation: Observation, verdict: Verdict, golden_ok: bool = True) -> dict:
+    """The entry of one spec on one model in results.json (golden_ok: its golden snapshot matched,
+    or it keeps none)."""
     return {
         **_header(observation, verdict),
-        "status": status_of(verdict),
+        "status": status_of(verdict, golden_ok),
         "configs": observation.configs,
         "verdict": verdict.outcome,
         "confidence": observation.confidence,

@@ -25,7 +25,7 @@ from massive_checks.language import intervals
 from massive_checks.language.data import DataConfig
 from massive_checks.language.objects import Spec
 from massive_checks.output import figures, golden, report, results
-from massive_checks.output.records import Observation, Verdict, status_of
+from massive_checks.output.records import Observation, Verdict
 from massive_checks.pipeline.evaluate import Evaluator, plan
 
 
@@ -154,11 +154,10 @@ class Suite:
             raise
         observation.path = self.relative(spec.path)
         golden_result = self._golden(spec, observation, verdict) if spec.golden else None
-        record = results.outcome_record(observation, verdict)
+        record = results.outcome_record(observation, verdict, golden_result is None or golden_result.ok)
         record["figure"] = self._figure(observation, verdict)
         if golden_result is not None:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
-        record["status"] = status_of(verdict, golden_result is None or golden_result.ok)
         self.records.append(record)
         return SpecRun(observation, verdict, golden_result, record)
 

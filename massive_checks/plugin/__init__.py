@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 
 from massive_checks.base.constants import BUNDLED_MODELS, DEFAULTS_FILE
-from massive_checks.base.options import add_options
+from massive_checks.base.options import SUITE_OPTIONS, add_options, default
 
 STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
 WORKER_KEY = "massive_checks"  # in xdist's workeroutput: a worker's records, sent to the controller
-
-
-OPTION_DEFAULTS: dict[str, object] = {}  # dest -> default of each option below: one given differently wakes the plugin
 
 
 SPEC_FOLDERS = "massive_checks_specs"  # the ini option naming a project's spec folders
@@ -33,15 +30,7 @@ def pytest_addoption(parser):
         default=[],
         help="folders whose YAML files are massive_checks spec files (files and folders named on the command line are too)",
     )
-    plain = parser.getgroup("massive_checks", "massive activation claim specs")
-
-    class Group:  # records each option's default as it is added
-        @staticmethod
-        def addoption(*names, **kw):
-            plain.addoption(*names, **kw)
-            OPTION_DEFAULTS[names[0].lstrip("-").replace("-", "_")] = kw.get("default", False)
-
-    add_options(Group.addoption)
+    add_options(parser.getgroup("massive_checks", "massive activation claim specs").addoption)
 
 
 def pytest_configure(config):
@@ -50,7 +39,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup group")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled
         config.pluginmanager.register(XdistHooks(), "massive_checks_xdist")
-    if any(config.getoption(dest) != default for dest, default in OPTION_DEFAULTS.items()):
+    if any(config.getoption(dest) != default(dest) for dest in SUITE_OPTIONS):  # an option given wakes the plugin
         active(config)
 
 
