@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import torch
 
 from massive_checks.engine.capture import SiteStats, finish_all, stat_pairs
-from massive_checks.engine.edits import edit_pairs
-from massive_checks.engine.hooks import attach, last_layer
+from massive_checks.engine.edits import applied
+from massive_checks.engine.hooks import last_layer
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ModelSession
@@ -30,7 +30,7 @@ from massive_checks.language.data import DataConfig
 def intervene(lm: LoadedModel, intervention, means: dict | None = None) -> Iterator:
     """Attach a canonical intervention's edits (means: site -> [T, F] for =mean ablations);
     yields the hooks.Attachment (its `forward` runs a chunk with its padding mask)."""
-    with attach(lm, edit_pairs(lm, intervention, means)) as attached:
+    with applied(lm, intervention, means) as attached:
         yield attached
 
 
@@ -60,7 +60,7 @@ def capture_stats(
     needs = Needs(set(sites), set(median_sites), False, {(s, d) for s, dims in (slices or {}).items() for d in dims})
     pairs, accumulators = stat_pairs(needs)
     stop = last_layer(needs.sites) if stop_early and needs.sites else None
-    with attach(lm, edit_pairs(lm, intervention) + pairs, stop_after=stop) as attached:
+    with applied(lm, intervention, pairs=pairs, stop_after=stop) as attached:
         yield _Captured(accumulators, attached)
     finish_all(accumulators)
 

@@ -4,11 +4,29 @@ too, and may read named vectors from HookContext.vectors: tests/test_extending.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
 
-from massive_checks.engine.hooks import HookContext, HookFn, resolve, site
+from massive_checks.engine import weights
+from massive_checks.engine.hooks import Attachment, HookContext, HookFn, attach, resolve, site
 from massive_checks.engine.models import LoadedModel, parameter
 from massive_checks.language.interventions import TARGET_SITE
+
+
+@contextmanager
+def applied(
+    lm: LoadedModel, intervention, means: dict | None = None, pairs: Sequence = (), stop_after: int | None = None
+) -> Iterator[Attachment]:
+    """A canonical intervention in force for the body: its weight edits written (and restored on
+    exit), its tensor edits attached before the other (site, function) `pairs` (captures see
+    edited tensors)."""
+    with (
+        weights.edited(lm, [a for a in intervention if a.target == "weight"]),
+        attach(lm, edit_pairs(lm, intervention, means) + list(pairs), stop_after=stop_after) as attached,
+    ):
+        yield attached
 
 
 def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> list[tuple[str, HookFn]]:
@@ -17,6 +35,8 @@ def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | N
     means: site -> [T, F] position-wise baseline mean, required by `mean`-mode ablations."""
     pairs = []
     for ablation in intervention:
+        if ablation.target == "weight":  # a parameter, not a tensor of the pass: weights.edited
+            continue
         name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
         mean = None
         if ablation.mode == "mean" and ablation.rows is None:  # #massive carries its own mean value

@@ -14,7 +14,7 @@ from massive_checks.base.errors import ActivationOverflow
 from massive_checks.engine import hooks, models, readings
 from massive_checks.engine.batches import Batch, tokenize
 from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
-from massive_checks.engine.edits import edit_pairs
+from massive_checks.engine.edits import applied
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.stats import rank_heads
@@ -127,7 +127,7 @@ class ModelSession:
         with (
             torch.no_grad(),
             lm.attention(weights_needed),
-            hooks.attach(lm, edit_pairs(lm, intervention, means) + captures + pooling) as attached,
+            applied(lm, intervention, means, captures + pooling) as attached,
         ):
             for start in range(0, batch.input_ids.shape[0], rows):
                 mask = batch.attention_mask[start : start + rows]

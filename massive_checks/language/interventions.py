@@ -14,8 +14,12 @@ Grammar: TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]
   neurons:11,12@1              MLP intermediate units (down projection input) of layers @LAYERS
   massive:all@2-5              every massive cell the baseline has after blocks @LAYERS, whatever its
                                dim (found per sequence by the rule; =mean: each dim's massive mean)
+  weight:mlp.down@2[507,1204]  one entry of a block's parameter, indexed [OUT, IN] as in the math
+  weight:norm.mlp@3[507]       (or [DIM] for a norm's scale); * selects a whole row or column:
+  weight:attn.o@all[*,12]      PARAM is one of WEIGHT_PARAMS; only zero (default) and value:X;
+                               restored exactly when the pass ends (engine/weights.py)
   MODE: zero (default) | mean (position-wise dataset mean) | bias (attn only: output = o_proj bias)
-        | value:X (dims only)
+        | value:X (dims and weights only)
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TARGETS = ("attn", "mlp", "heads", "dims", "neurons", "massive")
+TARGETS = ("attn", "mlp", "heads", "dims", "neurons", "massive", "weight")
+WEIGHT_PARAMS = (
+    *("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.gate", "mlp.down"),
+    *("norm.attn", "norm.mlp", "norm.attn_post", "norm.mlp_post"),  # the last two: Gemma 2/3's norms of the outputs
+)
+EVERY = -1  # a weight index written `*`: every entry along that axis
 MODES = ("zero", "mean", "bias", "value")
+_WEIGHT = re.compile(r"^weight:(?P<param>[\w.]+)@(?P<layers>[^\[]+)\[(?P<index>[^\]]*)\](=(?P<mode>.+))?$")
 _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
 
 
@@ -35,7 +45,8 @@ _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(
 class Ablation:
     """One canonical intervention on one layer. `units` are heads, dims or neurons (empty for
     attn/mlp). `tokens` None means every position. `rows`, for `#massive`, gives the positions per
-    dataset sequence instead (then `value` is what `mean` mode writes there)."""
+    dataset sequence instead (then `value` is what `mean` mode writes there). Weight edits name
+    their `param` and `index` ([OUT, IN] or [DIM], EVERY for `*`)."""
 
     target: str
     layer: int
@@ -44,8 +55,14 @@ class Ablation:
     mode: str = "zero"
     value: float = 0.0
     rows: tuple[tuple[int, ...], ...] | None = None
+    param: str = ""
+    index: tuple[int, ...] = ()
 
     def label(self) -> str:
+        if self.target == "weight":
+            return f"weight:{self.param}@{self.layer}{_index_text(self.index)}" + _where_and_mode(
+                None, None, self.mode, self.value
+            )
         units = ",".join(map(str, self.units))
         text = f"{self.target}:{self.layer}" + (f"[{units}]" if units else "")
         return text + _where_and_mode(self.tokens, self.rows, self.mode, self.value)
@@ -70,6 +87,7 @@ class Request:
     mode: str
     value: float
     blocks: LayerSet | None = None  # the blocks it edits, parsed once: @LAYERS, or attn/mlp's selection (None: heads)
+    index: tuple[int, ...] = ()  # weights: [OUT, IN] or [DIM], EVERY for `*`
 
     @property
     def at_massive_cells(self) -> bool:
@@ -78,6 +96,8 @@ class Request:
 
 
 def parse(text: str) -> Request:
+    if text.strip().startswith("weight:"):
+        return _parse_weight(text)
     match = _PATTERN.match(text.strip().replace(" ", ""))
     if not match:
         raise ValueError(f"cannot parse intervention {text!r}: expected TARGET:SELECTION[@LAYERS][#TOKENS][=MODE]")
@@ -115,6 +135,32 @@ def parse(text: str) -> Request:
     written = match["sel"] if target in ("attn", "mlp") else match["layers"]
     blocks = None if target == "heads" else LayerSet.parse(written)  # syntax and order; the model's depth comes later
     return Request(text, target, match["sel"], match["layers"], match["tokens"], mode, number, blocks)
+
+
+def _parse_weight(text: str) -> Request:
+    """weight:PARAM@LAYERS[OUT,IN] or [DIM], with =value:X or zero."""
+    match = _WEIGHT.match(text.strip().replace(" ", ""))
+    if not match:
+        raise ValueError(f"cannot parse intervention {text!r}: expected weight:PARAM@LAYERS[OUT,IN] or weight:PARAM@LAYERS[DIM]")
+    if match["param"] not in WEIGHT_PARAMS:
+        raise ValueError(f"intervention {text!r}: parameter {match['param']!r} is not one of {', '.join(WEIGHT_PARAMS)}")
+    parts = match["index"].split(",")
+    if len(parts) not in (1, 2) or not all(p == "*" or (p.isdigit() and p.isascii()) for p in parts):
+        raise ValueError(f"intervention {text!r}: [{match['index']}] is not [OUT,IN] or [DIM] (integers >= 0, or *)")
+    if match["param"].startswith("norm.") != (len(parts) == 1):
+        raise ValueError(
+            f"intervention {text!r}: {match['param']} is a {'vector: [DIM]' if len(parts) == 2 else 'matrix: [OUT,IN]'}"
+        )
+    mode, _, value = (match["mode"] or "zero").partition(":")
+    if mode not in ("zero", "value"):
+        raise ValueError(f"intervention {text!r}: a weight takes =zero (the default) or =value:X, not ={mode}")
+    number = _value(value, text) if mode == "value" else 0.0
+    index = tuple(EVERY if p == "*" else int(p) for p in parts)
+    return Request(text, "weight", match["param"], match["layers"], None, mode, number, LayerSet.parse(match["layers"]), index)
+
+
+def _index_text(index: Sequence[int]) -> str:
+    return "[" + ",".join("*" if i == EVERY else str(i) for i in index) + "]"
 
 
 def _check_heads(selection: str, text: str) -> None:
@@ -220,6 +266,11 @@ def _resolve_one(
     def make(layer: int, units: Sequence[int] = ()) -> Ablation:
         return Ablation(request.target, layer, tuple(units), tokens, request.mode, request.value)
 
+    if request.target == "weight":
+        return [
+            Ablation("weight", layer, mode=request.mode, value=request.value, param=request.selection, index=request.index)
+            for layer in _blocks(request, n_layers)
+        ]
     if request.target in ("attn", "mlp"):
         return [make(layer) for layer in _blocks(request, n_layers)]
     if request.target == "heads":
@@ -295,14 +346,15 @@ def canonical(ablations: list[Ablation]) -> Intervention:
     merged: dict[tuple[Any, ...], set[int]] = {}
     for a in ablations:
         own_units = a.units if a.rows is not None else None  # #massive: one dim per ablation, never merged
-        merged.setdefault((a.target, a.layer, a.tokens, a.mode, a.value, a.rows, own_units), set()).update(a.units)
+        key = (a.target, a.layer, a.tokens, a.mode, a.value, a.rows, own_units, a.param, a.index)
+        merged.setdefault(key, set()).update(a.units)
     return tuple(
         sorted(
             (
-                Ablation(target, layer, tuple(sorted(units)), tokens, mode, value, rows)
-                for (target, layer, tokens, mode, value, rows, _), units in merged.items()
+                Ablation(target, layer, tuple(sorted(units)), tokens, mode, value, rows, param, index)
+                for (target, layer, tokens, mode, value, rows, _, param, index), units in merged.items()
             ),
-            key=lambda a: (a.target, a.layer, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
+            key=lambda a: (a.target, a.layer, a.param, a.index, a.units, a.mode, a.value, a.tokens or (), a.rows or ()),
         )
     )
 
@@ -315,9 +367,12 @@ def describe(intervention: Intervention) -> str:
     for a in intervention:  # #massive cells differ per layer: grouped by "massive", not by position
         where = a.tokens if a.rows is None else "massive"
         value = a.value if a.rows is None or a.mode != "mean" else None
-        groups.setdefault((a.target, a.units, where, a.mode, value), []).append(a.layer)
+        groups.setdefault((a.target, a.units, where, a.mode, value, a.param, a.index), []).append(a.layer)
     parts = []
-    for (target, units, where, mode, value), layers in groups.items():
+    for (target, units, where, mode, value, param, index), layers in groups.items():
+        if target == "weight":
+            parts.append(f"weight:{param}@{ranges(layers)}{_index_text(index)}" + _where_and_mode(None, None, mode, value or 0.0))
+            continue
         text = f"{target}@{ranges(layers)}" + (f"[{','.join(map(str, units))}]" if units else "")
         rows = () if where == "massive" else None
         parts.append(text + _where_and_mode(None if where == "massive" else where, rows, mode, value or 0.0))
@@ -351,7 +406,7 @@ TARGET_SITE = {
     "dims": "out",
     "neurons": "mlp.down_in",
     "massive": "out",
-}
+}  # weight edits change parameters, not a tensor of the pass (engine/weights.py)
 
 
 def mean_sites(intervention: Intervention) -> set[str]:

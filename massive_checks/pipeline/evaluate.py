@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from massive_checks.base.errors import SpecError
+from massive_checks.engine import weights
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ConfigView, ModelSession
 from massive_checks.language import contrast, intervals, interventions
@@ -156,6 +157,7 @@ class Evaluator:
         for name, requests in spec.interventions.items():
             try:
                 interventions.check_against_model(requests, lm.n_layers, lm.n_heads, lm.mlp_width)
+                weights.check(lm, requests)
             except ValueError as exc:
                 raise SpecError(spec.path, spec.line, f"interventions.{name}", str(exc)) from None
 
