@@ -30,7 +30,9 @@ def tokenize(tokenizer, config: DataConfig) -> Batch:
     if len(records) < config.samples:
         raise DataError(f"dataset {config.dataset!r} has {len(records)} passages, {config.samples} requested")
     records = records[: config.samples]
-    rows = [tokenizer(record["text"])["input_ids"] for record in records]
+    plain = [tokenizer(record["text"])["input_ids"] for record in records]
+    rows = [with_bos(tokenizer, row, config.bos) for row in plain]
+    shift = [len(row) - len(ids) for row, ids in zip(rows, plain)]  # bos added (+1), dropped (-1) or not (0)
     for number, row in enumerate(rows, start=1):
         if config.whole and len(row) > config.seq_len:
             raise DataError(
@@ -47,8 +49,29 @@ def tokenize(tokenizer, config: DataConfig) -> Batch:
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
         digest.update(json.dumps(row).encode())
-    starts = torch.tensor([response_start(tokenizer, r["text"], r.get("prompt"), len(row)) for r, row in zip(records, rows)])
+    starts = torch.tensor(
+        [
+            max(1, response_start(tokenizer, r["text"], r.get("prompt"), len(row) - s) + s)
+            for r, row, s in zip(records, rows, shift)
+        ]
+    )
     return Batch(ids, mask, digest.hexdigest()[:16], starts)
+
+
+def with_bos(tokenizer, ids: list[int], bos: bool | None) -> list[int]:
+    """The token ids starting with the tokenizer's bos_token (bos true) or not (false); as they
+    are (None)."""
+    bos_id = tokenizer.bos_token_id
+    if bos is None:
+        return ids
+    if bos_id is None:
+        if bos:
+            raise DataError("data: bos: true, but this model's tokenizer has no bos_token (write bos: false or leave it out)")
+        return ids
+    starts = bool(ids) and ids[0] == bos_id
+    if bos and not starts:
+        return [bos_id, *ids]
+    return ids[1:] if not bos and starts else ids
 
 
 def response_start(tokenizer, text: str, prompt: str | None, length: int) -> int:

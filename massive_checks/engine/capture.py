@@ -36,6 +36,10 @@ class SiteStats:
                  flat indices token * F + feature, signed values), largest first
       seq_median [S]    per sequence median of the flattened |a| of its real tokens (only where
                         requested)
+      seq_token_norm [S, T] where asked: per token, the mean over its groups of norm_width features
+                 of the groups' L2 norms (norm_width 0: the whole vector's norm; 0 at padding)
+      seq_exceed [S, n, F] where asked: per sequence, threshold and feature, the real tokens with
+                 |a| >= that threshold
     Attention probability sites ([B, H, T, T]):
       key_attn [S, H, T]  per sequence, mean attention paid to key k by queries q > k
     (S: every sequence of the dataset, in order.)
@@ -50,11 +54,15 @@ class SiteStats:
     seq_cells: list = field(default_factory=list)  # [(values, flat indices, signed) each [B, K]]
     seq_median: list = field(default_factory=list)
     key_attn: list = field(default_factory=list)
+    seq_token_norm: list = field(default_factory=list)
+    seq_exceed: list = field(default_factory=list)
     overflow: bool = False  # an inf/nan was seen in a real cell (fp16 tops out at 65504); set by finish()
     width: int = 0  # F, to split flat cell indices into (token, feature)
 
     with_median: bool = False  # keep per-sequence medians (one batched call per chunk: lower_median)
     slice_dims: tuple = ()  # features kept at every token
+    norm_width: int | None = None  # keep seq_token_norm, per group of this many features (0: all)
+    thresholds: tuple = ()  # keep seq_exceed for these thresholds (> 0)
     pass_sites: int = 1  # sites captured in its pass: the most a held stack of its shape needs (HeldHidden)
 
     def add(self, tensor: torch.Tensor | None, context: HookContext) -> None:
@@ -76,7 +84,7 @@ class SiteStats:
         for name in ("cell_max", "total", "count"):
             if getattr(self, name) is not None:
                 setattr(self, name, fn(getattr(self, name)))
-        for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn"):
+        for name in ("seq_dim_max", "seq_token_max", "seq_median", "key_attn", "seq_token_norm", "seq_exceed"):
             setattr(self, name, [fn(part) for part in getattr(self, name)])
         self.seq_slices = [(dims, fn(part)) for dims, part in self.seq_slices]
         self.seq_cells = [tuple(fn(t) for t in cells) for cells in self.seq_cells]
@@ -103,6 +111,13 @@ class SiteStats:
             self.seq_slices.append((self.slice_dims, stats["signed"][..., list(self.slice_dims)].float()))
         if self.with_median:
             self.seq_median.append(stats["median"])
+        signed = stats["signed"]  # [B, T, F], 0 at padding
+        if self.norm_width is not None:
+            groups = signed.float().unflatten(-1, (-1, self.norm_width or signed.shape[-1]))  # [B, T, G, w]
+            self.seq_token_norm.append(groups.norm(dim=-1).mean(dim=-1))  # [B, T]
+        if self.thresholds:
+            magnitude = signed.abs()
+            self.seq_exceed.append(torch.stack([(magnitude >= t).sum(dim=1) for t in self.thresholds], dim=1).float())
         self.width = stats["signed"].shape[-1]
 
     def add_probs(self, probs: torch.Tensor, mask: torch.Tensor) -> None:
@@ -145,6 +160,12 @@ class SiteStats:
 
     def median(self) -> torch.Tensor:  # [S]
         return torch.cat(self.seq_median)
+
+    def token_norms(self) -> torch.Tensor:  # [S, T] (0 at padding)
+        return _cat_padded(self.seq_token_norm)
+
+    def exceeding(self, threshold: float) -> torch.Tensor:  # [S, F] real tokens with |a| >= threshold
+        return torch.cat(self.seq_exceed)[:, self.thresholds.index(threshold)]
 
     def attention_to_keys(self) -> torch.Tensor:  # [S, H, T]
         width = max(part.shape[-1] for part in self.key_attn)
@@ -346,9 +367,22 @@ def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteSt
     slices: dict[str, tuple[int, ...]] = {}
     for name, dim in sorted(needs.slices):
         slices[name] = (*slices.get(name, ()), dim)
+    norm_widths = dict(sorted(needs.norms))
+    if len(norm_widths) < len(needs.norms):
+        raise ValueError(f"token norms asked with two group widths at one site: {sorted(needs.norms)}")
+    thresholds: dict[str, tuple[float, ...]] = {}
+    for name, threshold in sorted(needs.exceed):
+        thresholds[name] = (*thresholds.get(name, ()), threshold)
+    names = sorted(needs.sites | set(norm_widths) | set(thresholds))
     accumulators = {
-        name: SiteStats(with_median=name in needs.medians, slice_dims=slices.get(name, ()), pass_sites=len(needs.sites))
-        for name in sorted(needs.sites)
+        name: SiteStats(
+            with_median=name in needs.medians,
+            slice_dims=slices.get(name, ()),
+            norm_width=norm_widths.get(name),
+            thresholds=thresholds.get(name, ()),
+            pass_sites=len(names),
+        )
+        for name in names
     }
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
 

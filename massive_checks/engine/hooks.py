@@ -13,6 +13,9 @@ Sites (L = 0-based block index):
                          Gemma 2/3 its post_attention_layernorm (RMSNorm(attn.out) x weight)
   blocks.L.attn.o_in     input of the attention output projection  [B, T, H*hd] (heads side by side)
   blocks.L.attn.probs    attention weights (eager attention)       [B, H, T, T]
+  blocks.L.attn.in       attention input (after the pre-attention norm: what q, k, v read) [B, T, D]
+  blocks.L.attn.v        value vectors, heads side by side         [B, T, Hkv*hd] (split from a
+                         fused q/k/v output; read-only there)
   blocks.L.mlp.in        MLP input (after the pre-MLP norm)        [B, T, D]
   blocks.L.mlp.up        up / fc projection output                 [B, T, F]
   blocks.L.mlp.gate      gate projection output (gated MLPs only)  [B, T, F]
@@ -38,7 +41,7 @@ from massive_checks.engine.models import LoadedModel
 T = TypeVar("T")
 
 SITE_PATTERN = re.compile(
-    r"^blocks\.(\d+)\.(out|attn\.out|attn\.resid|attn\.o_in|attn\.probs|mlp\.in|mlp\.up|mlp\.gate|mlp\.act|mlp\.down_in"
+    r"^blocks\.(\d+)\.(out|attn\.out|attn\.resid|attn\.o_in|attn\.probs|attn\.in|attn\.v|mlp\.in|mlp\.up|mlp\.gate|mlp\.act|mlp\.down_in"
     r"|mlp\.out|mlp\.resid)$"
 )
 # site suffix -> (adapter field, which tensor of the hook call: "out", "out0", "out1" or "in")
@@ -47,6 +50,8 @@ _WHERE = {
     "attn.out": ("attn", "out0"),
     "attn.probs": ("attn", "out1"),
     "attn.o_in": ("o_proj", "in"),
+    "attn.in": ("q", "in"),
+    "attn.v": ("v", "out"),
     "mlp.in": ("up", "in"),
     "mlp.up": ("up", "out"),
     "mlp.gate": ("gate", "out"),
@@ -57,6 +62,17 @@ _WHERE = {
     "mlp.resid": ("mlp_resid", "out"),
 }
 _RESID_FALLBACK = {"attn_resid": ("attn", "out0"), "mlp_resid": ("down", "out")}  # no post-norm: the output itself
+
+
+def value_part(lm: LoadedModel, site_name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For attn.v on a fused q/k/v projection: the function taking its output [B, T, 3*H*hd] to
+    the value vectors [B, T, H*hd] (the architecture's own split); None where nothing is split."""
+    if not site_name.endswith(".attn.v") or lm.adapter.qkv == "separate":
+        return None
+    if lm.adapter.qkv == "stacked":  # GPT-2: q, k, v = c_attn(x).split(D)
+        return lambda y: y.chunk(3, dim=-1)[2]
+    hd = lm.head_dim  # GPT-NeoX: per head [q_h | k_h | v_h]
+    return lambda y: y.unflatten(-1, (-1, 3 * hd))[..., 2 * hd :].flatten(-2)
 
 
 def site(layer: int, name: str) -> str:
@@ -201,7 +217,10 @@ def attach(
     try:
         for name, fn in pairs:
             module, which = resolve(lm, name)
-            handles.append(_register(module, which, _with_context(attachment, fn)))
+            part = value_part(lm, name)
+            handles.append(
+                _register(module, which, _with_context(attachment, fn if part is None else _read_only(fn, part, name)))
+            )
         if stop_after is not None:  # registered last: the block's own captures run before it
             lm.check_layer(stop_after, "stop_after")
             handles.append(_register_stop(lm.module(f"{lm.adapter.blocks}.{stop_after}"), attachment))
@@ -221,6 +240,16 @@ def _with_context(attachment: Attachment, fn: HookFn) -> Callable[[torch.Tensor]
             new = fn(tensor.view(*context.mask.shape, tensor.shape[-1]), context)
             return None if new is None else new.reshape(tensor.shape)
         return fn(tensor, context)
+
+    return call
+
+
+def _read_only(fn: HookFn, part: Callable[[torch.Tensor], torch.Tensor], site_name: str) -> HookFn:
+    """A capture of a part split from a module's tensor: it may read it, never replace it."""
+
+    def call(tensor: torch.Tensor, context: HookContext) -> None:
+        if fn(part(tensor), context) is not None:
+            raise ValueError(f"site {site_name!r} is split from a fused projection: it can be captured, not edited")
 
     return call
 

@@ -15,6 +15,10 @@ class Needs:
     loss: bool = False
     slices: set[tuple[str, int]] = field(default_factory=set)  # (site, feature) kept at every token
     pooled: set[str] = field(default_factory=set)  # windows pooled per example at every block output
+    # (site, group width): per token, the mean L2 norm of its groups of that many features (0:
+    # the whole vector; a head's width: per head). Each site is captured too.
+    norms: set[tuple[str, int]] = field(default_factory=set)
+    exceed: set[tuple[str, float]] = field(default_factory=set)  # (site, t): per sequence and feature, tokens with |a| >= t
 
     def covers(self, other: Needs) -> bool:
         return (
@@ -22,6 +26,8 @@ class Needs:
             and other.medians <= self.medians
             and other.slices <= self.slices
             and other.pooled <= self.pooled
+            and other.norms <= self.norms
+            and other.exceed <= self.exceed
             and (self.loss or not other.loss)
         )
 
@@ -30,5 +36,7 @@ class Needs:
         self.medians |= other.medians
         self.slices |= other.slices
         self.pooled |= other.pooled
+        self.norms |= other.norms
+        self.exceed |= other.exceed
         self.loss = self.loss or other.loss
         return self

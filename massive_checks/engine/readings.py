@@ -67,15 +67,33 @@ def peak_layer(view) -> int:
     return max(range(view.lm.n_layers), key=lambda L: float(view.block(L).cell_max.max()))
 
 
-def head_scores_per_sequence(view, to: str = "first") -> torch.Tensor:
-    """[S, L, H] per sequence, the attention each head pays to position 0 ("first") or to the
-    token of the sequence's largest activation at the peak layer ("massive")."""
-    names = [hooks.site(layer, "attn.probs") for layer in range(view.lm.n_layers)]
+def key_tokens(view, to: str) -> torch.Tensor | None:
+    """[S] the key position each sequence is asked about: None for position 0 ("first"), the
+    token of its largest activation at the peak block ("massive"), or its first delimiter
+    ("delimiter"; -1 where it has none)."""
+    if to == "first":
+        return None
+    if to == "massive":
+        return view.block(peak_layer(view)).top()[2]
+    if to == "delimiter":
+        return first_delimiters(view)
+    raise ValueError(f"unknown key {to!r}: first, massive or delimiter")
+
+
+def head_scores_per_sequence(view, to: str = "first", layers=None) -> torch.Tensor:
+    """[S, L, H] per sequence, the attention each head of each block (of `layers`; None: every
+    block) pays to key_tokens(view, to), mean over the queries after it; nan for a sequence
+    without such a token."""
+    names = [hooks.site(layer, "attn.probs") for layer in (range(view.lm.n_layers) if layers is None else layers)]
     captured = view.captures(names)
-    tokens = view.block(peak_layer(view)).top()[2] if to == "massive" else None
-    return torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)
+    tokens = key_tokens(view, to)
+    missing = None if tokens is None else tokens < 0
+    if missing is not None:
+        tokens = tokens.clamp(min=0)
+    scores = torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)
+    return scores if missing is None else scores.masked_fill(missing[:, None, None], float("nan"))
 
 
-def head_score_table(view, to: str = "first") -> torch.Tensor:
-    """[L, H] mean over sequences of head_scores_per_sequence."""
-    return head_scores_per_sequence(view, to).mean(dim=0)
+def head_score_table(view, to: str = "first", layers=None) -> torch.Tensor:
+    """[L, H] mean over sequences (those with such a token) of head_scores_per_sequence."""
+    return head_scores_per_sequence(view, to, layers).nanmean(dim=0)

@@ -115,7 +115,7 @@ class ModelSession:
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
-        needs = Needs(planned.sites | blocks, planned.medians | blocks, planned.loss, set(planned.slices), set(planned.pooled))
+        needs = Needs().merge(planned).merge(Needs(sites=blocks, medians=blocks))
         captures, accumulators = stat_pairs(needs)
         pooling, pools = pooled_pairs(needs, batch.attention_mask, batch.response_start)
         # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's 262k
@@ -269,6 +269,22 @@ class ConfigView:
     def block(self, layer: int) -> SiteStats:
         return self.stats(hooks.site(layer, "out"), median=True)
 
+    def token_norms(self, name: str, width: int = 0) -> torch.Tensor:
+        """[S, T] per token at a site, the mean over its groups of `width` features of their L2
+        norms (0: the whole vector's norm); 0 at padding."""
+        return self._with(Needs(norms={(name, width)})).stats[name].token_norms()
+
+    def exceeding(self, name: str, threshold: float) -> torch.Tensor:
+        """[S, F] per sequence and feature at a site: the real tokens with |a| >= threshold."""
+        return self._with(Needs(exceed={(name, threshold)})).stats[name].exceeding(threshold)
+
+    def _with(self, needs: Needs) -> PassResult:
+        result = self.session.run(self.data, self.intervention, needs, self.plan_key)
+        for name in {n for n, _ in needs.norms | needs.exceed}:
+            if result.stats[name].overflow:
+                raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
+        return result
+
     def captured(self, name: str) -> bool:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""
         return self.session.holds(self.data, self.intervention, name)
@@ -296,6 +312,14 @@ class ConfigView:
         """The mean over this view's sequences of a per-sequence value [S], with its replicates."""
         values = per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence
         return self.bootstrap.mean(values, self.units())
+
+    def over_sequences(self, per_sequence, statistic: str = "paper") -> Estimate:
+        """A per-sequence value [S] summed up by a measure's statistic: its mean ("paper") or its
+        coefficient of variation ("cv_over_sequences"), each with its replicates."""
+        if statistic == "cv_over_sequences":
+            values = per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence
+            return self.bootstrap.cv(values, self.units())
+        return self.mean(per_sequence)
 
     def pooled(self, window: str, layer: int | None = None) -> torch.Tensor:
         """Per example, the mean block output over the window's tokens: [S, D] at `layer`, or

@@ -29,6 +29,10 @@ class DataConfig(Frozen):
     samples: Annotated[int, Field(ge=1, le=100_000)] = 16  # taken in file order (deterministic)
     seq_len: Annotated[int, Field(ge=1, le=100_000)] = 128  # longer passages are truncated; shorter ones padded
     whole: bool = False  # a longer passage is an error, never truncated (contrast sets: windows count from the end)
+    # Start every passage with the tokenizer's bos_token (true) or without it (false), whatever the
+    # tokenizer does by default (null). Known only once a model is loaded: true on a tokenizer
+    # without a bos_token is that model's error.
+    bos: bool | None = None
 
 
 def read_passages(dataset: str) -> list[str]:

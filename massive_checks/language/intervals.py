@@ -94,6 +94,23 @@ class Bootstrap:
             replicates = (w @ np.where(present, x, 0.0)) / (w @ present)
         return Estimate(value, replicates, units)
 
+    def cv(self, per_unit: ArrayLike, units: Units) -> Estimate:
+        """The coefficient of variation over units of per-unit values [n]: sample standard deviation
+        (n - 1) / mean, recomputed in every resample (nan: a unit without a value, left out)."""
+        x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)
+        present = ~np.isnan(x)
+        if present.sum() < 2:
+            return Estimate(math.nan, None, units)
+        w = self.weights(units) * present  # [B, n]
+        x0 = np.where(present, x, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = w.sum(axis=1)
+            mean = (w @ x0) / n
+            variance = ((w @ x0**2) / n - mean**2) * n / (n - 1)
+            replicates = np.sqrt(np.maximum(variance, 0.0)) / mean
+        value = float(np.std(x[present], ddof=1) / np.mean(x[present]))
+        return Estimate(value, replicates, units)
+
     def total(self, per_unit: ArrayLike, units: Units) -> Estimate:
         """The sum over units of per-unit values [n]."""
         x = np.asarray(per_unit, dtype=np.float64).reshape(units.n)

@@ -21,7 +21,16 @@ from massive_checks.language.measure import MeasureDef, registry
 from massive_checks.language.messages import validate
 from massive_checks.language.objects import Bound, Check, Quantity, Spec
 from massive_checks.language.rules import Where
-from massive_checks.language.schema import BOUNDS, DEFAULT_KEYS, STEP_KINDS, DefaultsModel, Step, for_registry
+from massive_checks.language.schema import (
+    BOUNDS,
+    DEFAULT_KEYS,
+    NUMBER_BOUNDS,
+    SET_BOUNDS,
+    STEP_KINDS,
+    DefaultsModel,
+    Step,
+    for_registry,
+)
 from massive_checks.language.tolerance import GoldenConfig
 
 
@@ -225,7 +234,7 @@ def _steps(raw: Any, parsed: Any, prefix: str, where: Where) -> tuple[Step, ...]
     kinds = [s.kind for s in steps]
     if sum(k != "over_layers" for k in kinds) > 1 or kinds.count("over_layers") > 1:
         where.fail(raw, "steps", "at most one change (or difference) and one over_layers", prefix)
-    per_layer = registry()[parsed.measure].shape == "layers"
+    per_layer = registry()[parsed.measure].shape == "layers" or (getattr(parsed, "count", False) and parsed.per_layer)
     if "over_layers" in kinds and not per_layer:
         where.fail(
             raw, "steps", f"has no effect here: over_layers reduces a number per layer; {parsed.measure} is not one", prefix
@@ -242,6 +251,16 @@ def _bound(raw: Any, parsed: Any, prefix: str, where: Where) -> Bound:
         where.fail(raw, key, f"needs exactly one bound: {', '.join(k for k in BOUNDS if hasattr(parsed, k))}", prefix)
     kind = present[0]
     value = getattr(parsed, kind)
+    set_bound = kind in SET_BOUNDS or (kind == "equals" and isinstance(value, list))
+    if hasattr(parsed, "count") and (set_bound if parsed.count else kind in NUMBER_BOUNDS):
+        where.fail(
+            raw,
+            kind,
+            "bounds a number: write count: true to bound the set's size"
+            if not parsed.count
+            else "bounds a set, but count: true makes it a number (its size): use at_least, at_most, between or approx",
+            prefix,
+        )
     if getattr(parsed, "rel", None) is not None and kind != "approx":
         where.fail(raw, "rel", "has no effect here: rel only applies to approx", prefix)
     if kind == "between":

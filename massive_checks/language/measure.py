@@ -22,17 +22,22 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 ENTRY_POINTS = "massive_checks.measures"
-Statistic = Literal["paper", "max_over_sequences"]
+Statistic = Literal["paper", "max_over_sequences", "cv_over_sequences"]
+PerSequence = Literal["paper", "cv_over_sequences"]  # measures with a value per sequence and no extreme
 STATISTICS = get_args(Statistic)
 STATISTIC_TEXT = {  # how every layer-wise number is computed; written into results, goldens, figures
     "paper": "per sequence: top-k (and median) of its flattened |block output| over real tokens; "
     "then the mean over sequences (Sun et al. 2024); ratio = mean top-1 / mean median",
     "max_over_sequences": "top-k cells of the per-(token, dim) maximum of |a| over sequences",
+    "cv_over_sequences": "the coefficient of variation (sample std / mean) of the per-sequence values "
+    "over sequences: how constant the value is across inputs",
 }
 NUMERIC_SHAPES = ("layers", "value")
+SET_SHAPES = ("set", "label_per_layer")  # set-valued: they take `count: true` (then a number, its size)
+COUNTED = "the size of a set found on these sequences: exact on this data (a set's elements are decided by counterexamples)"
 PER_LAYER_SHAPES = ("layers", "label_per_layer")
 REGISTRY: dict[str, type[MeasureDef]] = {}
 M = TypeVar("M", bound="MeasureDef")  # a measure class, as register returns it
@@ -55,6 +60,20 @@ class MeasureDef(BaseModel):
     # Numeric measures return intervals.Estimate (a value with bootstrap replicates over its
     # sampling units) unless this says why they have none: then the value is exact.
     fixed: ClassVar[str] = ""
+
+    def model_post_init(self, context: Any) -> None:
+        """`count: true` (a field the schema adds to set-valued measures) makes the measure its
+        set's size: a number, per layer or one, that numeric bounds apply to."""
+        if getattr(self, "count", False):
+            counted = {"shape": "value" if self.shape == "set" else "layers", "value_range": (0.0, math.inf)}
+            for name, value in counted.items():
+                object.__setattr__(self, name, value)  # an instance's own, shadowing the class's
+
+    def counted(self, value: Any) -> Any:
+        """The set value (or {layer: set}) as its size, where `count: true`; else as it is."""
+        if not getattr(self, "count", False):
+            return value
+        return {k: len(v) for k, v in value.items()} if isinstance(value, dict) else len(value)
 
     @property
     def name(self) -> str:
@@ -100,14 +119,17 @@ class MeasureDef(BaseModel):
 
     def no_interval(self) -> str:
         """Why this measure's numbers have no interval (\"\": they have one)."""
-        return self.fixed
+        return COUNTED if getattr(self, "count", False) and not self.fixed else self.fixed
 
 
 def register(cls: type[M]) -> type[M]:
-    """Class decorator: adds a measure to the spec language."""
+    """Class decorator: adds a measure to the spec language. A set-valued measure (SET_SHAPES)
+    gains `count: bool = False` (its size as a number), as the class registered and returned."""
     name = cls.model_fields["measure"].default
     if name in REGISTRY:
         raise ValueError(f"measure {name!r} registered twice")
+    if cls.shape in SET_SHAPES and "count" not in cls.model_fields:
+        cls = create_model(cls.__name__, __base__=cls, __doc__=cls.__doc__, __module__=cls.__module__, count=(bool, False))
     REGISTRY[name] = cls
     return cls
 

@@ -95,7 +95,8 @@ def _bound_fields(cls: type[MeasureDef]) -> dict[str, Any]:
     if cls.shape == "label":
         return {"equals": (Optional[Literal[cls.labels]] if cls.labels else Optional[str], None)}
     equals = ints if cls.shape == "set" else Union[Annotated[int, Field(ge=0)], ints]
-    return {"equals": (Optional[equals], None), **{kind: (Optional[ints], None) for kind in SET_BOUNDS}}
+    number_bounds = {k: v for k, v in NUMBER_BOUND_FIELDS.items()}  # on its size, with count: true
+    return {"equals": (Optional[equals], None), **{kind: (Optional[ints], None) for kind in SET_BOUNDS}, **number_bounds}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ else:  # imported at first use: the spec schema reads the measure classes withou
     readings = LazyModule("massive_checks.engine.readings")
 
 
+TwoStatistics = Literal["paper", "max_over_sequences"]  # a ratio of means, a location: no coefficient of variation
 EXTREME = (
     "max_over_sequences is an extreme over sequences: the bootstrap does not estimate an "
     "extreme's sampling spread (use the paper statistic for an interval)"
@@ -32,9 +33,10 @@ EXTREME = (
 
 
 def top_value(view, layer: int, k: int, statistic: str = "paper") -> Estimate | float:
-    """paper: each sequence's k-th largest |a|, averaged over sequences (with its interval)."""
-    if statistic == "paper":
-        return view.mean(view.block(layer).cells()[0][:, k - 1])
+    """paper: each sequence's k-th largest |a|, averaged over sequences (with its interval);
+    cv_over_sequences: their coefficient of variation over sequences."""
+    if statistic != "max_over_sequences":
+        return view.over_sequences(view.block(layer).cells()[0][:, k - 1], statistic)
     return top_cells(view, layer, k)[k - 1].value
 
 
@@ -79,9 +81,9 @@ class _BlockMeasure(PerLayer):
         return EXTREME if getattr(self, "statistic", "paper") == "max_over_sequences" else ""
 
 
-def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: bool = True) -> type[Measure]:
-    """Register a per-layer measure of the block output (with `statistic` if it has two)."""
-    fields: dict[str, Any] = {"measure": (Literal[name], name), **({"statistic": (Statistic, "paper")} if statistic else {})}
+def _block_measure(class_name: str, name: str, doc: str, compute_at, statistic: Any = Statistic) -> type[Measure]:
+    """Register a per-layer measure of the block output (with `statistic`, of these values, unless None)."""
+    fields: dict[str, Any] = {"measure": (Literal[name], name), **({"statistic": (statistic, "paper")} if statistic else {})}
     cls = create_model(class_name, __base__=_BlockMeasure, __doc__=doc, **fields)
     cls.compute_at = staticmethod(compute_at)
     return register(cls)
@@ -91,9 +93,9 @@ Top1 = _block_measure("Top1", "top1", "The largest |a| of the block output.", la
 Top2 = _block_measure("Top2", "top2", "The second largest |a| of the block output.", lambda v, L, st: top_value(v, L, 2, st))
 Top3 = _block_measure("Top3", "top3", "The third largest |a| of the block output.", lambda v, L, st: top_value(v, L, 3, st))
 Median = _block_measure(
-    "Median", "median", "Median |a| of the block output (per sequence, averaged).", lambda v, L, st: median(v, L), statistic=False
+    "Median", "median", "Median |a| of the block output (per sequence, averaged).", lambda v, L, st: median(v, L), statistic=None
 )
-Ratio = _block_measure("Ratio", "ratio", "top-1 / median of the block output.", ratio)
+Ratio = _block_measure("Ratio", "ratio", "top-1 / median of the block output.", ratio, statistic=TwoStatistics)
 
 
 class _TopWhere(Measure):
@@ -102,7 +104,7 @@ class _TopWhere(Measure):
 
     shape: ClassVar[str] = "label_per_layer"
     layered: ClassVar[bool] = True
-    statistic: Statistic = "paper"
+    statistic: TwoStatistics = "paper"
     axis: ClassVar[str]
 
     def compute(self, view, layers):
@@ -147,8 +149,8 @@ class DimPeak(PerLayer):
 
     def at(self, view, layer):
         block = view.block(layer)
-        if self.statistic == "paper":
-            return view.mean(block.dim_max()[:, self.dim])
+        if self.statistic != "max_over_sequences":
+            return view.over_sequences(block.dim_max()[:, self.dim], self.statistic)
         return float(block.cell_max[:, self.dim].max())
 
     def no_interval(self) -> str:

@@ -196,7 +196,7 @@ class Evaluator:
 
     def _raw(self, q: Quantity, config: str):
         try:
-            value = computed(q.measure).compute(self.view(config), q.blocks(self.lm.n_layers))
+            value = q.measure.counted(computed(q.measure).compute(self.view(config), q.blocks(self.lm.n_layers)))
         except ValueError as exc:  # what a model lacks, found only while measuring
             raise SpecError(self.spec.path, self.spec.line, q.measure.name, str(exc)) from None
         if not q.measure.numeric:
