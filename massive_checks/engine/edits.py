@@ -4,7 +4,7 @@ too, and may read named vectors from HookContext.vectors: tests/test_extending.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -12,7 +12,10 @@ import torch
 from massive_checks.engine import weights
 from massive_checks.engine.hooks import Attachment, HookContext, HookFn, attach, resolve, site
 from massive_checks.engine.models import LoadedModel, parameter
-from massive_checks.language.interventions import TARGET_SITE
+from massive_checks.language.interventions import TARGET_SITE, Ablation
+
+# A user's own targets (massive_checks.api.register_intervention): name -> make(lm, ablation) -> HookFn
+USER_EDITS: dict[str, Callable[[LoadedModel, Ablation], HookFn]] = {}
 
 
 @contextmanager
@@ -38,6 +41,9 @@ def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | N
         if ablation.target == "weight":  # a parameter, not a tensor of the pass: weights.edited
             continue
         name = site(ablation.layer, TARGET_SITE[ablation.target])  # the tensor it edits
+        if ablation.target in USER_EDITS:
+            pairs.append((name, USER_EDITS[ablation.target](lm, ablation)))
+            continue
         mean = None
         if ablation.mode == "mean" and ablation.rows is None:  # #massive carries its own mean value
             if not means or name not in means:

@@ -36,6 +36,19 @@ WEIGHT_PARAMS = (
     *("norm.attn", "norm.mlp", "norm.attn_post", "norm.mlp_post"),  # the last two: Gemma 2/3's norms of the outputs
 )
 EVERY = -1  # a weight index written `*`: every entry along that axis
+USER_TARGETS: dict[str, str] = {}  # a user's own targets (register_target): name -> the site suffix it edits
+
+
+def register_target(name: str, site: str) -> None:
+    """Add a target to the grammar: `NAME:UNITS@LAYERS[#TOKENS][=value:X]` edits the units (a comma
+    list of indices, or `all`) of `site` (e.g. "out", "mlp.down_in") in those blocks; the engine's
+    edit for it is registered beside it (massive_checks.api.register_intervention)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in TARGETS:
+        raise ValueError(f"intervention target {name!r}: a lowercase name that is not built in ({', '.join(TARGETS)})")
+    if name in USER_TARGETS and USER_TARGETS[name] != site:
+        raise ValueError(f"intervention target {name!r} registered twice, at {USER_TARGETS[name]!r} and {site!r}")
+    USER_TARGETS[name] = site
+    TARGET_SITE[name] = site
 MODES = ("zero", "mean", "bias", "value")
 _WEIGHT = re.compile(r"^weight:(?P<param>[\w.]+)@(?P<layers>[^\[]+)\[(?P<index>[^\]]*)\](=(?P<mode>.+))?$")
 _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
@@ -106,14 +119,15 @@ def parse(text: str) -> Request:
         raise ValueError(f"intervention {text!r}: #massive applies to dims only")
     if target == "massive" and (match["sel"] != "all" or match["tokens"]):
         raise ValueError(f"intervention {text!r}: expected massive:all@LAYERS[=MODE]")
-    if target not in TARGETS:
-        raise ValueError(f"intervention {text!r}: target {target!r} is not one of {', '.join(TARGETS)}")
+    user = target in USER_TARGETS
+    if target not in TARGETS and not user:
+        raise ValueError(f"intervention {text!r}: target {target!r} is not one of {', '.join((*TARGETS, *USER_TARGETS))}")
     mode, _, value = mode_text.partition(":")
     if mode not in MODES:
         raise ValueError(f"intervention {text!r}: mode {mode!r} is not one of {', '.join(MODES)}")
-    if (mode == "bias" and target != "attn") or (mode == "value" and target not in ("dims", "massive")):
+    if (mode == "bias" and target != "attn") or (mode == "value" and target not in ("dims", "massive") and not user):
         raise ValueError(f"intervention {text!r}: mode {mode!r} does not apply to {target}")
-    if target in ("dims", "neurons", "massive") and not match["layers"]:
+    if (target in ("dims", "neurons", "massive") or user) and not match["layers"]:
         raise ValueError(f"intervention {text!r}: {target} need @LAYERS, e.g. {target}:{match['sel']}@all")
     if target in ("attn", "mlp", "heads") and match["layers"]:
         raise ValueError(
@@ -125,7 +139,7 @@ def parse(text: str) -> Request:
             f"intervention {text!r}: #{match['tokens']} does not apply to {target} (its whole output is "
             f"replaced); heads, dims and neurons take #TOKENS"
         )
-    if target in ("dims", "neurons"):
+    if target in ("dims", "neurons") or (user and match["sel"] != "all"):
         _ints(match["sel"], text)
     if target == "heads":
         _check_heads(match["sel"], text)
@@ -275,7 +289,8 @@ def _resolve_one(
         return [make(layer) for layer in _blocks(request, n_layers)]
     if request.target == "heads":
         return [make(layer, [head]) for layer, head in _heads(request, n_layers, n_heads, head_ranking)]
-    return [make(layer, _ints(request.selection, request.text)) for layer in _blocks(request, n_layers)]
+    units = () if request.selection == "all" else _ints(request.selection, request.text)  # a user target's all: every unit
+    return [make(layer, units) for layer in _blocks(request, n_layers)]
 
 
 def _at_massive_cells(request: Request, n_layers: int, massive_cells: MassiveCells | None) -> list[Ablation]:

@@ -1,0 +1,45 @@
+"""examples/user_project, a user's project that extends the spec language through
+massive_checks.api only, passes as its README says: under pytest and under pytest -n 2."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).parent.parent / "examples" / "user_project"
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_example_project_passes(tmp_path, workers):
+    project = tmp_path / "user_project"
+    shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("reports", "__pycache__", ".benchmarks"))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "3 passed" in run.stdout  # two specs (the user measure, the user intervention) and the judge's test
+
+
+def test_a_user_intervention_edits_only_what_it_names(load_model):
+    sys.path.insert(0, str(PROJECT))
+    try:
+        import user_extensions  # noqa: F401  (registers `scale`)
+    finally:
+        sys.path.remove(str(PROJECT))
+    from massive_checks.language import interventions
+
+    request = interventions.parse("scale:3,4@1#0=value:0.5")
+    (ablation,) = interventions.resolve([request], 3, 4)
+    assert (ablation.target, ablation.layer, ablation.units, ablation.tokens, ablation.value) == ("scale", 1, (3, 4), (0,), 0.5)
+    with pytest.raises(ValueError, match="not one of"):
+        interventions.parse("scal:3@1")
+    with pytest.raises(ValueError, match="need @LAYERS"):
+        interventions.parse("scale:3")
