@@ -83,11 +83,11 @@ def key_tokens(view, to: str) -> torch.Tensor | None:
 def head_scores_per_sequence(view, to: str = "first", layers=None) -> torch.Tensor:
     """[S, L, H] per sequence, the attention each head of each block (of `layers`; None: every
     block) pays to key_tokens(view, to), mean over the queries after it; nan for a sequence
-    without such a token."""
+    without such a token, or with it last (no query after it)."""
     names = [hooks.site(layer, "attn.probs") for layer in (range(view.lm.n_layers) if layers is None else layers)]
     captured = view.captures(names)
     tokens = key_tokens(view, to)
-    missing = None if tokens is None else tokens < 0
+    missing = None if tokens is None else (tokens < 0) | (tokens >= view.batch.lengths - 1)
     if missing is not None:
         tokens = tokens.clamp(min=0)
     scores = torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)

@@ -77,6 +77,10 @@ BUILDERS = (
 # Ground truth of planted-llama: block `layer`'s MLP writes ~1e3 into residual `dim` at the
 # first token (<s>, position 0). `trigger` is a residual dim that only <s> carries.
 PLANT = dict(layer=1, dim=37, token=0, trigger=5, neuron=11)
+# A sink head: head `head` of block `layer` puts ~all its attention on <s>. Its query reads dim
+# `constant` (0.5 on every token), its key the trigger (only <s>), in the last rotary pair (the
+# slowest rotation: the score barely depends on distance).
+SINK = dict(layer=1, head=0, constant=6)
 
 
 def build(name: str, seed: int = 0):
@@ -87,7 +91,31 @@ def build(name: str, seed: int = 0):
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
     if name.startswith("planted"):
         plant_massive_activation(model, **PLANT)
+        plant_sink_head(model, trigger=PLANT["trigger"], **SINK)
     return model.eval(), byte_tokenizer(add_bos)
+
+
+@torch.no_grad()
+def plant_sink_head(model, layer: int, head: int, constant: int, trigger: int) -> None:
+    """Wire one attention head of `layer` to attend to <s> (position 0) from every query."""
+    embed = model.model.embed_tokens.weight  # [V, D]
+    embed[:, constant] = 0.5  # small: <s>'s norm, and so its planted value, barely changes
+    for block in model.model.layers:  # nothing else may write the constant dim
+        block.self_attn.o_proj.weight[constant, :] = 0.0
+        block.mlp.down_proj.weight[constant, :] = 0.0
+    attention = model.model.layers[layer].self_attn
+    hd = attention.head_dim
+    group = model.config.num_attention_heads // model.config.num_key_value_heads
+    slow = hd // 2 - 1  # the last rotary pair rotates slowest: (slow, slow + hd/2)
+    q, k = attention.q_proj.weight, attention.k_proj.weight  # [out, in]
+    kv = head // group
+    for h in range(kv * group, (kv + 1) * group):  # the query heads sharing its key: only `head` reads it
+        q[h * hd + slow, :] = 0.0
+        q[h * hd + slow + hd // 2, :] = 0.0
+    k[kv * hd + slow, :] = 0.0
+    k[kv * hd + slow + hd // 2, :] = 0.0
+    q[head * hd + slow, constant] = 16.0  # q . k ~ 8 x 8 x 8 / sqrt(hd) on <s>, ~0 elsewhere
+    k[kv * hd + slow, trigger] = 8.0
 
 
 @torch.no_grad()

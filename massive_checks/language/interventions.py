@@ -49,6 +49,8 @@ def register_target(name: str, site: str) -> None:
         raise ValueError(f"intervention target {name!r} registered twice, at {USER_TARGETS[name]!r} and {site!r}")
     USER_TARGETS[name] = site
     TARGET_SITE[name] = site
+
+
 MODES = ("zero", "mean", "bias", "value")
 _WEIGHT = re.compile(r"^weight:(?P<param>[\w.]+)@(?P<layers>[^\[]+)\[(?P<index>[^\]]*)\](=(?P<mode>.+))?$")
 _PATTERN = re.compile(r"^(?P<target>\w+):(?P<sel>[^@#=]+)(@(?P<layers>[^#=]+))?(#(?P<tokens>[^=]+))?(=(?P<mode>.+))?$")
