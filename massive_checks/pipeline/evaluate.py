@@ -90,6 +90,7 @@ class Evaluator:
                 "dataset": self.data.dataset,
                 "samples": self.data.samples,
                 "seq_len": self.data.seq_len,
+                **({} if self.data.bos is None else {"bos": self.data.bos}),
                 "ids_hash": batch.ids_hash,
             },
             "intervals": {

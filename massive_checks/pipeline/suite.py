@@ -88,11 +88,13 @@ class Suite:
     def data_for(self, spec: Spec) -> DataConfig:
         o = self.options
         data = spec.data
-        return DataConfig(
-            dataset=o.dataset or data.dataset,
-            samples=o.samples or data.samples,
-            seq_len=o.seq_len or data.seq_len,
-            whole=data.whole,
+        # Every key the spec writes is kept (model_copy); the command line's options win.
+        return data.model_copy(
+            update={
+                "dataset": o.dataset or data.dataset,
+                "samples": o.samples or data.samples,
+                "seq_len": o.seq_len or data.seq_len,
+            }
         )
 
     def plan(self, spec: Spec, model: str) -> None:
