@@ -87,8 +87,9 @@ def head_scores_per_sequence(view, to: str = "first", layers=None) -> torch.Tens
     names = [hooks.site(layer, "attn.probs") for layer in (range(view.lm.n_layers) if layers is None else layers)]
     captured = view.captures(names)
     tokens = key_tokens(view, to)
-    missing = None if tokens is None else (tokens < 0) | (tokens >= view.batch.lengths - 1)
-    if missing is not None:
+    missing = None
+    if tokens is not None:
+        missing = (tokens < 0) | (tokens >= view.batch.lengths - 1)
         tokens = tokens.clamp(min=0)
     scores = torch.stack([stats.key_attention(captured[n].attention_to_keys(), tokens) for n in names], dim=1)
     return scores if missing is None else scores.masked_fill(missing[:, None, None], float("nan"))

@@ -60,7 +60,7 @@ def located(lm: LoadedModel, param: str, layer: int, index: Sequence[int | None]
     fused = part is not None and lm.adapter.qkv != "separate"
     out_size = rows // 3 if fused else rows
     out = _axis(index[0], out_size, f"weight {param}@{layer} OUT")
-    if fused:
+    if part is not None and fused:
         out = _fused_rows(lm, part, out, out_size)
     col = _axis(index[1], cols, f"weight {param}@{layer} IN")
     return weight, ((col, out) if lm.adapter.conv1d else (out, col))
