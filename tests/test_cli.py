@@ -28,7 +28,7 @@ def test_profile_json_schema_and_planted_truth(capsys):
         assert set(paper) == {"top", "median", "ratio"} and len(paper["top"]) == 3
         assert paper["top"][0] >= paper["top"][1] >= paper["top"][2] and paper["top"][0] <= row["top"][0]["value"]
         assert paper["median"] == row["median"] and paper["ratio"] == pytest.approx(paper["top"][0] / paper["median"])
-    assert set(doc["statistics"]) == {"paper", "max_over_sequences"}
+    assert set(doc["statistics"]) == {"paper", "max_over_sequences", "cv_over_sequences"}
     assert {(m["layer"], m["dim"], m["token"]) for m in doc["massive"]} == {
         (layer, PLANT["dim"], PLANT["token"]) for layer in range(PLANT["layer"], 4)
     }

@@ -28,13 +28,14 @@ def test_the_example_project_passes(tmp_path, workers):
     assert "3 passed" in run.stdout  # two specs (the user measure, the user intervention) and the judge's test
 
 
-def test_a_user_intervention_edits_only_what_it_names(load_model):
-    sys.path.insert(0, str(PROJECT))
-    try:
-        import user_extensions  # noqa: F401  (registers `scale`)
-    finally:
-        sys.path.remove(str(PROJECT))
+def test_a_user_intervention_target_parses_like_a_built_in_one():
     from massive_checks.language import interventions
+
+    interventions.register_target("scale", "out")  # what the example's api.register_intervention does
+    with pytest.raises(ValueError, match="registered twice"):
+        interventions.register_target("scale", "mlp.out")
+    with pytest.raises(ValueError, match="not built in"):
+        interventions.register_target("dims", "out")
 
     request = interventions.parse("scale:3,4@1#0=value:0.5")
     (ablation,) = interventions.resolve([request], 3, 4)

@@ -159,15 +159,20 @@ GOOD_VALUES = {
     "layers": st.sampled_from(["all", "0", "1-2", "0,2", 2, "9"]),  # 9: past tiny-llama's 3 blocks
     "change": st.sampled_from([["baseline", "a"], ["a", "b"], ["b", "baseline"]]),
     "over_layers": st.sampled_from(["mean", "max", "min", "max_abs"]),
-    "statistic": st.sampled_from(["paper", "max_over_sequences"]),
+    "statistic": st.sampled_from(["paper", "max_over_sequences", "cv_over_sequences"]),
+    "min_value": st.sampled_from([6.0, 100.0, 1e5]),
+    "min_layer_share": st.sampled_from([0.25, 0.5, 1.0]),
+    "min_token_share": st.sampled_from([0.01, 0.06, 0.5]),
+    "tokens": st.sampled_from(["rest", "first", "every"]),
+    "token": st.sampled_from(["first", "massive"]),
     "dim": st.integers(0, 70),
     "head": st.sampled_from(["0.0", "1.1", "2.3", "2.9"]),
-    "to": st.sampled_from(["first", "massive"]),
+    "to": st.sampled_from(["first", "massive", "delimiter"]),
     "checkpoint": st.sampled_from(MLP_FLOW),
     "layer": st.integers(0, 3),
     "k": st.integers(1, 4),
     "versus": st.sampled_from(["a", "b"]),
-    "site": st.sampled_from(["out", "attn.resid", "mlp.out"]),
+    "site": st.sampled_from(["out", "attn.resid", "mlp.out", "attn.in", "mlp.in"]),
     # bounds inside every measure's range (a bound admitting the whole range is a collection error)
     "between": st.sampled_from([[0.1, 1e9], [-0.5, 0.5], [5, 6]]),
     "at_least": st.floats(0.01, 1e4),
@@ -212,7 +217,7 @@ def plausible_check(draw) -> dict:
     check = {"measure": measure, **{k: draw(GOOD_VALUES[k]) for k in params if cls.model_fields[k].is_required()}}
     optional = [
         k
-        for k in ("layers", "statistic", "to", "checkpoint", "k", "site", "without", "dims", "split", "coef")
+        for k in ("layers", "statistic", "to", "checkpoint", "k", "site", "without", "dims", "split", "coef", "tokens", "token")
         if k in fields and k not in check
     ]
     for key in draw(st.lists(st.sampled_from(optional), unique=True, max_size=2)) if optional else []:
