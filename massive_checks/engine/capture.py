@@ -364,15 +364,11 @@ def _pad_to_same(a, b):  # chunks may differ in length T (dim 0)
 
 def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteStats]]:
     """(site, hook function) pairs capturing what `needs` asks for, and the accumulators they fill."""
-    slices: dict[str, tuple[int, ...]] = {}
-    for name, dim in sorted(needs.slices):
-        slices[name] = (*slices.get(name, ()), dim)
+    slices = _by_site(needs.slices)
     norm_widths = dict(sorted(needs.norms))
     if len(norm_widths) < len(needs.norms):
         raise ValueError(f"token norms asked with two group widths at one site: {sorted(needs.norms)}")
-    thresholds: dict[str, tuple[float, ...]] = {}
-    for name, threshold in sorted(needs.exceed):
-        thresholds[name] = (*thresholds.get(name, ()), threshold)
+    thresholds = _by_site(needs.exceed)
     names = sorted(needs.sites | set(norm_widths) | set(thresholds))
     accumulators = {
         name: SiteStats(
@@ -385,6 +381,14 @@ def stat_pairs(needs: Needs) -> tuple[list[tuple[str, HookFn]], dict[str, SiteSt
         for name in names
     }
     return [(name, _adder(acc)) for name, acc in accumulators.items()], accumulators
+
+
+def _by_site(pairs) -> dict[str, tuple]:
+    """{(site, x), ...} -> {site: (x, ...)}, each sorted."""
+    grouped: dict[str, tuple] = {}
+    for name, value in sorted(pairs):
+        grouped[name] = (*grouped.get(name, ()), value)
+    return grouped
 
 
 def pooled_pairs(

@@ -255,13 +255,7 @@ class ConfigView:
         return ConfigView(self.session, contrast.read(pairs).data(), BASELINE, (self.min_value, self.min_ratio))
 
     def captures(self, sites=(), medians=(), slices=()) -> dict[str, SiteStats]:
-        result = self.session.run(
-            self.data, self.intervention, Needs(set(sites), set(medians), False, set(slices)), self.plan_key
-        )
-        for name in sites:
-            if result.stats[name].overflow:  # a numerics error, never a verdict on the claim
-                raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
-        return result.stats
+        return self._checked(Needs(set(sites), set(medians), False, set(slices)), sites)
 
     def stats(self, name: str, median: bool = False) -> SiteStats:
         return self.captures([name], [name] if median else [])[name]
@@ -272,18 +266,20 @@ class ConfigView:
     def token_norms(self, name: str, width: int = 0) -> torch.Tensor:
         """[S, T] per token at a site, the mean over its groups of `width` features of their L2
         norms (0: the whole vector's norm); 0 at padding."""
-        return self._with(Needs(norms={(name, width)})).stats[name].token_norms()
+        return self._checked(Needs(norms={(name, width)}), [name])[name].token_norms()
 
     def exceeding(self, name: str, threshold: float) -> torch.Tensor:
         """[S, F] per sequence and feature at a site: the real tokens with |a| >= threshold."""
-        return self._with(Needs(exceed={(name, threshold)})).stats[name].exceeding(threshold)
+        return self._checked(Needs(exceed={(name, threshold)}), [name])[name].exceeding(threshold)
 
-    def _with(self, needs: Needs) -> PassResult:
+    def _checked(self, needs: Needs, sites) -> dict[str, SiteStats]:
+        """The pass's captures, covering `needs`; an inf/nan at one of `sites` is a numerics error,
+        never a verdict on the claim."""
         result = self.session.run(self.data, self.intervention, needs, self.plan_key)
-        for name in {n for n, _ in needs.norms | needs.exceed}:
+        for name in sites:
             if result.stats[name].overflow:
                 raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
-        return result
+        return result.stats
 
     def captured(self, name: str) -> bool:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""
@@ -310,15 +306,13 @@ class ConfigView:
 
     def mean(self, per_sequence) -> Estimate:
         """The mean over this view's sequences of a per-sequence value [S], with its replicates."""
-        values = per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence
-        return self.bootstrap.mean(values, self.units())
+        return self.bootstrap.mean(_host(per_sequence), self.units())
 
     def over_sequences(self, per_sequence, statistic: str = "paper") -> Estimate:
         """A per-sequence value [S] summed up by a measure's statistic: its mean ("paper") or its
         coefficient of variation ("cv_over_sequences"), each with its replicates."""
         if statistic == "cv_over_sequences":
-            values = per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence
-            return self.bootstrap.cv(values, self.units())
+            return self.bootstrap.cv(_host(per_sequence), self.units())
         return self.mean(per_sequence)
 
     def pooled(self, window: str, layer: int | None = None) -> torch.Tensor:
@@ -328,3 +322,8 @@ class ConfigView:
         if layer is not None:
             return result.pooled[(hooks.site(layer, "out"), window)]
         return torch.stack([result.pooled[(hooks.site(L, "out"), window)] for L in range(self.lm.n_layers)], dim=1)
+
+
+def _host(per_sequence):
+    """A per-sequence value [S] as float64 numbers on the host (a tensor, or numbers as they are)."""
+    return per_sequence.double().cpu().numpy() if isinstance(per_sequence, torch.Tensor) else per_sequence

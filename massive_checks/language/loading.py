@@ -234,7 +234,7 @@ def _steps(raw: Any, parsed: Any, prefix: str, where: Where) -> tuple[Step, ...]
     kinds = [s.kind for s in steps]
     if sum(k != "over_layers" for k in kinds) > 1 or kinds.count("over_layers") > 1:
         where.fail(raw, "steps", "at most one change (or difference) and one over_layers", prefix)
-    per_layer = registry()[parsed.measure].shape == "layers" or (getattr(parsed, "count", False) and parsed.per_layer)
+    per_layer = parsed.shape == "layers"  # the check's own: count: true makes a per-layer set a number per layer
     if "over_layers" in kinds and not per_layer:
         where.fail(
             raw, "steps", f"has no effect here: over_layers reduces a number per layer; {parsed.measure} is not one", prefix

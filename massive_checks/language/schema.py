@@ -95,8 +95,8 @@ def _bound_fields(cls: type[MeasureDef]) -> dict[str, Any]:
     if cls.shape == "label":
         return {"equals": (Optional[Literal[cls.labels]] if cls.labels else Optional[str], None)}
     equals = ints if cls.shape == "set" else Union[Annotated[int, Field(ge=0)], ints]
-    number_bounds = {k: v for k, v in NUMBER_BOUND_FIELDS.items()}  # on its size, with count: true
-    return {"equals": (Optional[equals], None), **{kind: (Optional[ints], None) for kind in SET_BOUNDS}, **number_bounds}
+    set_bounds = {kind: (Optional[ints], None) for kind in SET_BOUNDS}
+    return {"equals": (Optional[equals], None), **set_bounds, **NUMBER_BOUND_FIELDS}  # numbers: its size, with count: true
 
 
 @dataclass(frozen=True)

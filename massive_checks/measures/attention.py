@@ -68,10 +68,10 @@ class ValueNorm(PerLayer):
     def at(self, view, layer):
         norms = view.token_norms(hooks.site(layer, "attn.v"), view.lm.head_dim)  # [S, T], 0 at padding
         real = view.batch.attention_mask[:, : norms.shape[1]].bool()
-        tokens = readings.key_tokens(view, self.token)
-        at = torch.zeros_like(real) if tokens is None else torch.nn.functional.one_hot(tokens, real.shape[1]).bool()
+        tokens = readings.key_tokens(view, self.token)  # None: position 0
         if tokens is None:
-            at[:, 0] = True
+            tokens = torch.zeros(real.shape[0], dtype=torch.long)
+        at = torch.nn.functional.one_hot(tokens, real.shape[1]).bool()  # [S, T]
         others = real & ~at
         there = (norms * at).sum(dim=1)
         elsewhere = (norms * others).sum(dim=1) / others.sum(dim=1).clamp(min=1)
