@@ -30,7 +30,9 @@ ROOT = Path(__file__).parent.parent
 SPECS = [
     (model, spec)
     for model, folder in (("smollm2-135m", "smollm2"), ("gemma3-270m", "gemma3"))
-    for path in sorted(ROOT.glob(f"specs/{folder}/**/*.yaml")) + sorted(ROOT.glob("specs/any/*.yaml"))
+    for path in sorted(ROOT.glob(f"specs/{folder}/**/*.yaml"))
+    + sorted(ROOT.glob(f"specs/literature/{folder}/*.yaml"))
+    + sorted(ROOT.glob("specs/any/*.yaml"))
     for spec in load_file(path)
     if spec.applies_to(model)
 ]
