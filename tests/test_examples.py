@@ -44,3 +44,35 @@ def test_a_user_intervention_target_parses_like_a_built_in_one():
         interventions.parse("scal:3@1")
     with pytest.raises(ValueError, match="need @LAYERS"):
         interventions.parse("scale:3")
+
+
+ENTRY_POINT_RUN = """
+import sys
+from importlib import metadata
+
+class EntryPoint:  # what an installed package's `massive_checks.measures` entry point is
+    name, value = "user_extensions", "user_extensions"
+
+    def load(self):
+        import user_extensions
+        return user_extensions
+
+real = metadata.entry_points
+metadata.entry_points = lambda group=None, **kw: [EntryPoint()] if group == "massive_checks.measures" else real(group=group, **kw)
+from massive_checks.cli import main
+sys.exit(main(["schema"]))
+"""
+
+
+def test_an_entry_point_measure_is_in_the_schema():
+    """A measure a package declares as an entry point (group massive_checks.measures) is in
+    `massive-checks schema`, which editors validate specs with; without it, it is not."""
+    import json
+
+    def schema(code: str) -> str:
+        run = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.dumps(json.loads(run.stdout))
+
+    assert '"top1_share"' in schema(ENTRY_POINT_RUN)
+    assert '"top1_share"' not in schema("import sys; from massive_checks.cli import main; sys.exit(main(['schema']))")

@@ -9,3 +9,7 @@ RESAMPLES = 2000  # bootstrap resamples per set of sampling units (intervals.py)
 CONFIDENCE = 0.95  # of every interval
 DEFAULTS_FILE = "_defaults.yaml"  # a directory's spec defaults (language/loading.py)
 MASSIVE_RULE = (100.0, 1000.0)  # the paper's rule: |a| > 100 and |a| >= 1000 x its sequence's median
+
+# Joins the models of a spec across models (a compare whose sides name `model:`): its one item is
+# `<id>[smollm2-135m+gemma3-270m]`, its goldens and figures are filed under that label.
+ACROSS = "+"

@@ -19,6 +19,7 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T] long, 1 = real token, 0 = padding (right-padded)
     ids_hash: str  # sha256 of the real token ids: keys caches and goldens
     response_start: torch.Tensor | None = None  # [B] first token of the response (1 without a prompt)
+    passages_hash: str = ""  # sha256 of the passages' text, whatever the tokenizer: pairs models by passage
 
     @property
     def lengths(self) -> torch.Tensor:  # [B]
@@ -55,7 +56,8 @@ def tokenize(tokenizer, config: DataConfig) -> Batch:
             for r, row, s in zip(records, rows, shift)
         ]
     )
-    return Batch(ids, mask, digest.hexdigest()[:16], starts)
+    passages = hashlib.sha256(json.dumps([[r.get("prompt"), r["text"]] for r in records]).encode()).hexdigest()[:16]
+    return Batch(ids, mask, digest.hexdigest()[:16], starts, passages)
 
 
 def with_bos(tokenizer, ids: list[int], bos: bool | None) -> list[int]:

@@ -135,9 +135,13 @@ def load(
     from massive_checks.engine import synthetic
 
     hf_logging.disable_progress_bar()  # per-tensor progress bars would flood test output
-    if name in synthetic.BUILDERS:
-        model, tokenizer = synthetic.build(name)
-        revision = "synthetic-" + _weights_hash(model)
+    base, _, checkpoint = name.partition("@")
+    if base in synthetic.BUILDERS:
+        try:
+            model, tokenizer = synthetic.build(base, revision=checkpoint or "main")
+        except ValueError as exc:
+            raise ModelUnavailable(f"model {name!r}: {exc}") from None
+        revision = f"synthetic-{checkpoint or 'main'}-" + _weights_hash(model)
     elif name in BUNDLED_GGUF:
         model, tokenizer, revision = load_gguf(name, *BUNDLED_GGUF[name]())
     elif name.startswith(RANDOM):

@@ -229,6 +229,7 @@ class ConfigView:
         self._sibling = sibling
         self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vector_defs.VectorDef
         self.steering = dict(steering or {})  # the spec's steering configurations: name -> steer.SteeringDef
+        self.by_passage = False  # units keyed by the passages, not the token ids (a spec across models)
 
     @property
     def batch(self) -> Batch:
@@ -301,8 +302,10 @@ class ConfigView:
         kind = "contrast examples" if self.data.whole else "sequences"
         # The key seeds the resamples: the token ids' hash and the file's name, never its path (a
         # checkout elsewhere must draw the same resamples and reproduce the goldens' intervals).
+        # Across models the key is the passages' text: the same resamples on both sides (paired).
         name = Path(self.data.dataset).name
-        return Units(f"{name}|{self.batch.ids_hash}", int(self.batch.input_ids.shape[0]), kind)
+        key = f"passages {self.batch.passages_hash}" if self.by_passage else self.batch.ids_hash
+        return Units(f"{name}|{key}", int(self.batch.input_ids.shape[0]), kind)
 
     def mean(self, per_sequence) -> Estimate:
         """The mean over this view's sequences of a per-sequence value [S], with its replicates."""

@@ -83,13 +83,20 @@ PLANT = dict(layer=1, dim=37, token=0, trigger=5, neuron=11)
 SINK = dict(layer=1, head=0, constant=6)
 
 
-def build(name: str, seed: int = 0):
+# Checkpoints of the synthetic models, as `NAME@REVISION` names them (a test's two training steps):
+# `init` is the random initialisation (planted-llama without its plant), `main` the default.
+REVISIONS = ("main", "init")
+
+
+def build(name: str, seed: int = 0, revision: str = "main"):
     from transformers import AutoModelForCausalLM
 
+    if revision not in REVISIONS:
+        raise ValueError(f"{name} has revisions {', '.join(REVISIONS)}, not {revision!r}")
     config, add_bos = _configs()[name]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    if name.startswith("planted"):
+    if name.startswith("planted") and revision == "main":
         plant_massive_activation(model, **PLANT)
         plant_sink_head(model, trigger=PLANT["trigger"], **SINK)
     return model.eval(), byte_tokenizer(add_bos)

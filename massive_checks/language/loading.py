@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from massive_checks.base.constants import DEFAULTS_FILE
+from massive_checks.base.constants import ACROSS, DEFAULTS_FILE
 from massive_checks.base.errors import SpecError
 from massive_checks.base.yaml_lines import read_documents
 from massive_checks.language import interventions, rules
@@ -99,12 +99,17 @@ def _spec(path: str, doc: Any, index: int, defaults: dict[str, Any]) -> Spec:
         for i, (raw, parsed) in enumerate(zip(doc["checks"], model.checks))
     )
     used, used_sweeps = rules.used_definitions(checks, model.steering)
+    across = rules.across_models(checks, doc, merged, where)
     spec = Spec(
         id=model.id or Path(path).stem + (f"-{index}" if index else ""),
         claim=model.claim,
         path=path,
         line=doc.line,
-        models=None if model.models == "any" else tuple([model.models] if isinstance(model.models, str) else model.models),
+        models=(ACROSS.join(across),)
+        if across
+        else None
+        if model.models == "any"
+        else tuple([model.models] if isinstance(model.models, str) else model.models),
         data=model.data,
         checks=checks,
         interventions=configs,
@@ -209,7 +214,8 @@ def _quantity(raw: Any, parsed: Any, prefix: str, defined: _Defined, where: Wher
             layers = interventions.LayerSet.parse(str(written))  # syntax and order; the model's depth is checked later
         except ValueError as exc:
             where.fail(raw, "layers", str(exc), prefix)
-    return Quantity(measure, parsed.config, None if layers is None or layers.spans is None else layers, steps)
+    span = None if layers is None or layers.spans is None else layers
+    return Quantity(measure, parsed.config, span, steps, getattr(parsed, "model", None))
 
 
 def _steps(raw: Any, parsed: Any, prefix: str, where: Where) -> tuple[Step, ...]:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from massive_checks.base.constants import MASSIVE_RULE
+from massive_checks.base.constants import ACROSS, MASSIVE_RULE
 from massive_checks.language.data import DataConfig
 from massive_checks.language.interventions import EVERY_LAYER, LayerSet
 from massive_checks.language.measure import MeasureDef
@@ -24,6 +24,7 @@ class Quantity:
     config: str = "baseline"
     layers: LayerSet | None = None  # None: every layer
     steps: tuple[Step, ...] = ()
+    model: str | None = None  # a compare side's own model (a --model value); None: the item's model
 
     @property
     def layers_text(self) -> str:
@@ -61,10 +62,10 @@ class Quantity:
         parts.append(between.text() if between else f"[{self.config}]")
         if self.measure.layered:
             parts.append(f"layers {self.layers_text}")
-        return " ".join(parts + [s.text() for s in self.steps[at + 1 :]])
+        return " ".join(parts + [s.text() for s in self.steps[at + 1 :]] + ([f"@ {self.model}"] if self.model else []))
 
     def describe(self) -> str:
-        text = self.measure.text()
+        text = (f"{self.model}: " if self.model else "") + self.measure.text()
         text += f" [{self.config}]" if not self.between_configs else ""
         text += f", layers {self.layers_text}" if self.measure.layered else ""
         return text + "".join(f", then {s.text()}" for s in self.steps)
@@ -171,13 +172,26 @@ class Spec:
         return self.inconclusive.get(model) if isinstance(self.inconclusive, dict) else self.inconclusive
 
     def applies_to(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        return self.models is None or model in self.models  # a spec across models: (its label,)
 
-    def configs(self) -> set[str]:
-        return set().union(*(q.configs() for q in self.quantities()))
+    @property
+    def across(self) -> tuple[str, ...]:
+        """The models a check across models reads (its compare sides' `model:`), in order of
+        appearance; () for a spec that runs on each model by itself."""
+        return tuple(dict.fromkeys(q.model for q in self.quantities() if q.model))
 
-    def quantities(self) -> list[Quantity]:
-        return [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
+    @property
+    def label(self) -> str:
+        """What a spec across models is run and recorded as: its models joined by "+"."""
+        return ACROSS.join(self.across)
+
+    def configs(self, model: str | None = None) -> set[str]:
+        return set().union(*(q.configs() for q in self.quantities(model)))
+
+    def quantities(self, model: str | None = None) -> list[Quantity]:
+        """Every quantity its checks read; with `model`, of a spec across models, those on that model."""
+        every = [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
+        return [q for q in every if q.model == model] if model is not None and self.across else every
 
     def named_dims(self) -> set[int]:
         """Residual dims the spec names (parameters, bounds on dim-valued measures, dim

@@ -26,6 +26,33 @@ class Where:
         raise SpecError(self.path, line, prefix + str(key), message)
 
 
+def across_models(checks: tuple[Check, ...], doc: Any, merged: Any, where: Where) -> tuple[str, ...]:
+    """The models a spec across models reads (its compare sides' `model:`), checked: every check of
+    such a spec compares two quantities that each name their model, and `models:` is not written
+    (the spec runs once, on the models it names, when they are all among --model)."""
+    named = tuple(dict.fromkeys(q.model for c in checks for q in (c.quantity, c.versus) if q is not None and q.model))
+    if not named:
+        return ()
+    for i, (raw, check) in enumerate(zip(doc["checks"], checks)):
+        if check.versus is None:
+            where.fail(raw, "measure", "a spec whose compares name models holds only compares across models", f"checks[{i}].")
+        for side, q in (("a", check.quantity), ("b", check.versus)):
+            if q.model is None:
+                where.fail(
+                    raw["compare"][side],
+                    "model",
+                    f"names no model, while this spec's other compare sides do: write model: <name> (e.g. {named[0]})",
+                    f"checks[{i}].compare.{side}.",
+                )
+    if "models" in merged and merged["models"] != "any":
+        where.fail(
+            merged,
+            "models",
+            f"has no effect: a spec across models runs once, on the models its compare sides name ({', '.join(named)})",
+        )
+    return named
+
+
 def spec_rules(spec: Spec, model: Any, doc: Any, merged: Any, where: Where) -> None:
     """The rules on a whole spec, after its checks are parsed."""
     _read_definitions(spec, doc, where)
@@ -230,6 +257,7 @@ class _Identity:
             self.config(q.config) if not q.between_configs else None,
             q.layers_text,
             steps,
+            q.model,
         )
 
 

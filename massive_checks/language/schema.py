@@ -131,7 +131,11 @@ def _build_schema() -> Schema:
     checks, sides = {}, {}
     for name, cls in registry().items():
         base = _quantity_fields(cls)
-        sides[name] = create_model(f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, **base)
+        # A compare side may read another model (a --model value, NAME@REVISION included): a check
+        # across models or checkpoints (objects.Spec.across).
+        sides[name] = create_model(
+            f"{cls.__name__}Quantity", __base__=cls, __doc__=cls.__doc__, model=(Optional[ModelName], None), **base
+        )
         checks[name] = create_model(
             f"{cls.__name__}Check",
             __base__=cls,

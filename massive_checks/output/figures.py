@@ -37,6 +37,8 @@ def layout(observation) -> list[Panel]:
     when the spec compares some, else the baseline's."""
     drawn = merged(observation.panels)
     profiles = observation.profiles
+    if observation.across:  # models of different depths: a profile each
+        return [*(ProfilePanel(profiles[model], model) for model in observation.across), *drawn]
     if observation.changes or len(profiles) > 1:
         return [AblationPanel(profiles), *drawn]
     if not drawn or any(panel.with_profile for panel in drawn):

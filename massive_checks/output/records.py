@@ -39,6 +39,7 @@ class Observation:
     samples: dict = field(default_factory=dict)  # steering name -> {coef: [generated text, ..]} (reports)
     confidence: float = CONFIDENCE  # of the intervals
     claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
+    across: tuple[str, ...] = ()  # a spec across models: the models, whose baseline profiles `profiles` holds
 
     def values(self) -> dict:
         """Flat {key: value} of everything observed: what a golden snapshot stores. A value with

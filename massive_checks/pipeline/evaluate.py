@@ -29,10 +29,12 @@ def plan_key(requests: list) -> tuple:
 
 
 def plan(spec: Spec, session: ModelSession, data) -> None:
-    """Tell the session what each of the spec's configurations will capture."""
+    """Tell the session what each of the spec's configurations will capture (of a spec across
+    models, what its quantities on this session's model read)."""
     lm = session.lm
+    quantities = spec.quantities(lm.name)
     per_config: dict[str, Needs] = {"baseline": Needs()}
-    for q in spec.quantities():
+    for q in quantities:
         needs = computed(q.measure).needs(lm, q.blocks(lm.n_layers))
         for config in q.configs():
             per_config.setdefault(config, Needs()).merge(needs)
@@ -43,9 +45,9 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
         slices = interventions.massive_slices_of_requests(requests, lm.n_layers)
         if mean or slices:  # read from the baseline pass before this configuration's own
             session.plan(data, (), Needs(sites=mean, slices=slices))
-    steered = {spec.steering[name].vector for q in spec.quantities() for name in q.measure.steering_refs()}
+    steered = {spec.steering[name].vector for q in quantities for name in q.measure.steering_refs()}
     contrast_needs = {(spec.vectors[name].pairs, spec.vectors[name].window) for name in steered}
-    for pairs, window in contrast_needs.union(*(q.measure.contrast_needs(spec.vectors) for q in spec.quantities())):
+    for pairs, window in contrast_needs.union(*(q.measure.contrast_needs(spec.vectors) for q in quantities)):
         session.plan(contrast.read(pairs).data(), (), Needs(pooled={window}))  # one pass per contrast set
 
 
@@ -55,6 +57,10 @@ class Evaluator:
     def __init__(self, spec: Spec, session: ModelSession, data):
         self.spec, self.session, self.data, self.lm = spec, session, data, session.lm
         self._views: dict[str, ConfigView] = {}
+        self.quantities = spec.quantities(self.lm.name)  # of a spec across models: those on this model
+        # Across models, sequences are paired by passage (their token ids differ by tokenizer).
+        self.by_passage = bool(spec.across)
+        self.peers: dict[str, Evaluator] = {}  # of a spec across models: the other models' evaluators
 
     def view(self, config: str) -> ConfigView:
         if config not in self._views:
@@ -63,6 +69,7 @@ class Evaluator:
             self._views[config] = self.session.view(
                 self.data, intervention, self.spec.massive, plan_key(requests), self.view, self.spec.vectors, self.spec.steering
             )
+            self._views[config].by_passage = self.by_passage
         return self._views[config]
 
     def evaluate(self) -> Result:
@@ -81,10 +88,34 @@ class Evaluator:
     def observe(self) -> Observation:
         self.validate_against_model()
         checks = [self.observe_check(c) for c in self.spec.checks]
-        configs = {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs())}
-        spec, batch = self.spec, self.session.batch(self.data)
-        bootstrap = self.session.bootstrap
-        setup = {
+        spec, bootstrap = self.spec, self.session.bootstrap
+        return Observation(
+            spec_id=spec.id,
+            claim=spec.claim,
+            model=self.lm.name,
+            path=spec.path,
+            line=spec.line,
+            source=spec.source,
+            notes=spec.notes,
+            configs=self.configs(),
+            checks=checks,
+            profiles=self.profiles(),
+            setup=self.setup(),
+            changes=any(q.between_configs for q in self.quantities),
+            panels=self.panels(),
+            samples=self.samples(),
+            confidence=bootstrap.confidence,
+            claims=spec.claims,
+        )
+
+    def configs(self) -> dict[str, str]:
+        """Each configuration the spec reads here, described by its interventions."""
+        return {name: interventions.describe(self.view(name).intervention) for name in sorted(self.spec.configs(self.lm.name))}
+
+    def setup(self) -> dict:
+        """What the numbers were measured on: the model, the data (its token ids' hash), the intervals."""
+        batch, bootstrap = self.session.batch(self.data), self.session.bootstrap
+        return {
             **self.lm.describe(),
             "data": {
                 "dataset": self.data.dataset,
@@ -100,24 +131,6 @@ class Evaluator:
                 "seed": bootstrap.seed,
             },
         }
-        return Observation(
-            spec_id=spec.id,
-            claim=spec.claim,
-            model=self.lm.name,
-            path=spec.path,
-            line=spec.line,
-            source=spec.source,
-            notes=spec.notes,
-            configs=configs,
-            checks=checks,
-            profiles=self.profiles(),
-            setup=setup,
-            changes=any(q.between_configs for q in spec.quantities()),
-            panels=self.panels(),
-            samples=self.samples(),
-            confidence=bootstrap.confidence,
-            claims=spec.claims,
-        )
 
     def validate_against_model(self) -> None:
         """Reject what the model does not have, before any pass: layers past its depth, dims past
@@ -135,7 +148,7 @@ class Evaluator:
             )
         for index, check in enumerate(spec.checks):
             for q in (check.quantity, check.versus):
-                if q is None:
+                if q is None or q not in self.quantities:
                     continue
                 try:
                     computed(q.measure).check_model(lm, q.blocks(lm.n_layers))
@@ -165,22 +178,20 @@ class Evaluator:
     def profiles(self) -> dict:
         """Per configuration (the baseline always: figures compare with it), the per-layer profile
         every spec carries in results.json, in the paper's statistic."""
-        return {name: profile_of(self.view(name)) for name in sorted(self.spec.configs() | {"baseline"})}
+        return {name: profile_of(self.view(name)) for name in sorted(self.spec.configs(self.lm.name) | {"baseline"})}
 
     def panels(self) -> list:
         """Panels the spec's measures draw, from captures their passes already hold, in check order."""
         return [
             panel
-            for q in self.spec.quantities()
+            for q in self.quantities
             for panel in computed(q.measure).figure(self.view("baseline"), q.blocks(self.lm.n_layers))
         ]
 
     def samples(self) -> dict:
         """Texts the spec's measures generated: {steering name: {coef: [text, ..]}}."""
         return {
-            name: shown
-            for q in self.spec.quantities()
-            for name, shown in computed(q.measure).samples(self.view("baseline")).items()
+            name: shown for q in self.quantities for name, shown in computed(q.measure).samples(self.view("baseline")).items()
         }
 
     # -- quantities
@@ -212,18 +223,79 @@ class Evaluator:
             value = intervals.reduce(step.value, list(value.values()))
         return value
 
+    def value_of(self, q: Quantity):
+        """The quantity's value on its own model (a spec across models reads several)."""
+        return self.peers[q.model].value(q) if q.model in self.peers else self.value(q)
+
     def observe_check(self, check: Check) -> ObservedCheck:
-        observed = self.value(check.quantity)
+        observed = self.value_of(check.quantity)
         description = check.quantity.describe()
         rows = observed if isinstance(observed, dict) else {"value": observed}
         rows = {_row_key(k): v for k, v in rows.items()}
         if check.versus is None:
             return ObservedCheck(check.key(), check.line, description, rows)
-        other = self.value(check.versus)
+        other = self.value_of(check.versus)
         others = {_row_key(k): v for k, v in (other.items() if isinstance(other, dict) else [("value", other)])}
+        if set(rows) != set(others):  # across models of different depths
+            raise SpecError(
+                self.spec.path,
+                check.line,
+                "compare",
+                f"its sides read different blocks ({len(rows)} and {len(others)} rows): compare one value each "
+                "(over_layers) or name layers both models have",
+            )
         compared = {k: compare(check.by, v, others[k]) for k, v in rows.items()}  # same rows: checked at collection
         description = f"{check.by} of {description}  vs  {check.versus.describe()}"
         return ObservedCheck(check.key(), check.line, description, compared, {"a": rows, "b": others})
+
+
+class AcrossEvaluator(Evaluator):
+    """A spec across models (objects.Spec.across): one evaluator per model, each reading the
+    quantities on its model, with sequences paired by passage so that a compare resamples the
+    same passages on both sides. Its observation is recorded under the spec's label (a+b)."""
+
+    def __init__(self, spec: Spec, sessions: dict[str, ModelSession], data):
+        first, *_ = spec.across
+        super().__init__(spec, sessions[first], data)
+        self.peers = {name: Evaluator(spec, session, data) for name, session in sessions.items()}
+        for peer in self.peers.values():
+            peer.peers = self.peers
+
+    def evaluate(self) -> Result:
+        observation = self.observe()
+        label = self.spec.label
+        confidence = self.session.bootstrap.confidence
+        return Result(
+            observation,
+            decide(self.spec, observation, self.spec.xfail_for(label), confidence, self.spec.inconclusive_for(label)),
+        )
+
+    def observe(self) -> Observation:
+        observation = super().observe()
+        observation.model = self.spec.label
+        observation.across = self.spec.across
+        return observation
+
+    def validate_against_model(self) -> None:
+        for peer in self.peers.values():
+            peer.validate_against_model()
+
+    def configs(self) -> dict[str, str]:
+        return {f"{name} @ {model}": text for model, peer in self.peers.items() for name, text in peer.configs().items()}
+
+    def setup(self) -> dict:
+        setups = {model: peer.setup() for model, peer in self.peers.items()}
+        return {"model": self.spec.label, "models": setups, "intervals": setups[self.spec.across[0]]["intervals"]}
+
+    def profiles(self) -> dict:
+        """Each model's baseline profile, under its name."""
+        return {model: profile_of(peer.view("baseline")) for model, peer in self.peers.items()}
+
+    def panels(self) -> list:
+        return [panel for peer in self.peers.values() for panel in peer.panels()]
+
+    def samples(self) -> dict:
+        return {name: shown for peer in self.peers.values() for name, shown in peer.samples().items()}
 
 
 def as_estimate(value, measure) -> Estimate:

@@ -26,7 +26,7 @@ from massive_checks.language.data import DataConfig
 from massive_checks.language.objects import Spec
 from massive_checks.output import figures, golden, report, results
 from massive_checks.output.records import Observation, Verdict
-from massive_checks.pipeline.evaluate import Evaluator, plan
+from massive_checks.pipeline.evaluate import AcrossEvaluator, Evaluator, plan
 
 
 @dataclass
@@ -98,10 +98,12 @@ class Suite:
         )
 
     def plan(self, spec: Spec, model: str) -> None:
-        """Announce a spec before its model's passes run (all specs, before the first)."""
-        self.planned.setdefault(model, []).append(spec)
-        if model in self.sessions:
-            self._plan_one(self.sessions[model], spec)
+        """Announce a spec before its model's passes run (all specs, before the first); a spec
+        across models (model: its label) on each of its models."""
+        for name in spec.across or (model,):
+            self.planned.setdefault(name, []).append(spec)
+            if name in self.sessions:
+                self._plan_one(self.sessions[name], spec)
 
     def session(self, name: str, judge: bool = False) -> ModelSession:
         """The session of a model, loaded once; `judge`: loaded to judge another model's steered
@@ -147,8 +149,7 @@ class Suite:
         spec) are recorded as such, never as a verdict, and raised."""
         xfail = spec.xfail_for(model)
         try:
-            session = self.session(model)
-            observation, verdict = Evaluator(spec, session, self.data_for(spec)).evaluate()
+            observation, verdict = self._evaluator(spec, model).evaluate()
         except MassiveChecksError as exc:
             self.records.append(
                 results.error_record(self._header(spec, model), Verdict([], xfail, spec.inconclusive_for(model)), exc)
@@ -162,6 +163,13 @@ class Suite:
             record["golden"] = {"status": golden_result.status, "path": str(golden_result.path)}
         self.records.append(record)
         return SpecRun(observation, verdict, golden_result, record)
+
+    def _evaluator(self, spec: Spec, model: str) -> Evaluator:
+        """One model's, or for a spec across models (model: its label) one that loads each of them
+        in this process (an xdist worker loads both)."""
+        if spec.across:
+            return AcrossEvaluator(spec, {name: self.session(name) for name in spec.across}, self.data_for(spec))
+        return Evaluator(spec, self.session(model), self.data_for(spec))
 
     def _header(self, spec: Spec, model: str) -> Observation:
         return Observation(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from massive_checks.base.constants import BUNDLED_MODELS, DEFAULTS_FILE
+from massive_checks.base.constants import ACROSS, BUNDLED_MODELS, DEFAULTS_FILE
 from massive_checks.base.options import SUITE_OPTIONS, add_options, default
 
 STATE = "massive_checks_state"  # the registered runner.MassiveChecks, once active
@@ -151,8 +151,9 @@ def model_of_test(nodeid: str, names: tuple[str, ...]) -> str | None:
 
 
 def model_of_nodeid(nodeid: str) -> str | None:
-    """`specs/x.yaml::<spec id>[<model>]` -> the model; None for other items."""
+    """`specs/x.yaml::<spec id>[<model>]` -> the model; None for other items. A spec across models
+    (`[<a>+<b>]`) joins its first model's group: that worker loads the other model too."""
     path, _, name = nodeid.partition("::")
     if not path.endswith((".yaml", ".yml")) or "[" not in name or not name.endswith("]"):
         return None
-    return name[name.index("[") + 1 : -1]
+    return name[name.index("[") + 1 : -1].split(ACROSS)[0]

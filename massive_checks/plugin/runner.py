@@ -93,10 +93,11 @@ class SpecFile(pytest.File):
             yield UnloadableSpecFile.from_parent(self, name=self.path.name, error=exc)
             return
         for spec in specs:
-            for model in _plugin(self.config).suite.options.models:
+            for model in [spec.label] if spec.across else _plugin(self.config).suite.options.models:
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
-                item.add_marker(pytest.mark.xdist_group(model))  # --dist loadgroup (see XdistHooks): one worker per model
+                # --dist loadgroup (see XdistHooks): one worker per model; across models, the first's
+                item.add_marker(pytest.mark.xdist_group((spec.across or (model,))[0]))
                 reason = spec.xfail_for(model)
                 undecided = spec.inconclusive_for(model)
                 if reason:  # a known-false claim must be contradicted; passing is reported as XPASS(strict)
@@ -174,6 +175,7 @@ class MassiveChecks:
     def __init__(self, config, suite: Suite):
         self.config, self.suite = config, suite
         self.deselected: dict[str, int] = {}
+        self.across_deselected: list[str] = []  # specs across models deselected, with the reason
         self.collected_specs: dict[int, Spec] = {}  # id -> every collected spec, deselected ones too
         self.notice: Callable[[str], None] | None = None  # its writer in notices.NOTICES, removed when the session ends
 
@@ -189,10 +191,16 @@ class MassiveChecks:
     def pytest_collection_modifyitems(self, session, config, items):
         selected, deselected = [], []
         self.collected_specs.update({id(i.spec): i.spec for i in items if isinstance(i, SpecItem)})
+        models = self.suite.options.models
         for item in items:
             if isinstance(item, SpecItem) and not item.spec.applies_to(item.model):
                 deselected.append(item)
                 self.deselected[item.model] = self.deselected.get(item.model, 0) + 1
+                continue
+            missing = [m for m in item.spec.across if m not in models] if isinstance(item, SpecItem) else []
+            if missing:  # a spec across models runs when every model it names is a --model
+                deselected.append(item)
+                self.across_deselected.append(f"{item.spec.id}: reads {', '.join(missing)}, not among --model")
                 continue
             selected.append(item)
             if isinstance(item, SpecItem):
@@ -258,6 +266,10 @@ class MassiveChecks:
                 terminalreporter.line("a model loaded in several xdist workers: run with --dist loadgroup to load each once")
             for name, message in suite.unavailable.items():
                 terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
+        if self.across_deselected:
+            terminalreporter.section("massive_checks: specs across models, deselected")
+            for line in self.across_deselected:
+                terminalreporter.line(line, yellow=True)
         if suite.figure_errors:
             terminalreporter.section("massive_checks: figures that failed (verdicts unaffected)")
             for record in suite.figure_errors:
