@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Iterator
 from importlib import resources
@@ -25,7 +27,7 @@ BUILTIN = "builtin"
 class DataConfig(Frozen):
     """The texts a pass reads: the first `samples` passages of a dataset, tokenized to `seq_len`."""
 
-    dataset: NonEmpty = BUILTIN  # "builtin" or a path to .txt (one passage per line) / .jsonl ("text")
+    dataset: NonEmpty = BUILTIN  # "builtin", a path to .txt (one passage per line) / .jsonl ("text"), or hf:... (HUB)
     samples: Annotated[int, Field(ge=1, le=100_000)] = 16  # taken in file order (deterministic)
     seq_len: Annotated[int, Field(ge=1, le=100_000)] = 128  # longer passages are truncated; shorter ones padded
     whole: bool = False  # a longer passage is an error, never truncated (contrast sets: windows count from the end)
@@ -39,11 +41,16 @@ def read_passages(dataset: str) -> list[str]:
     return [record["text"] for record in read_records(dataset)]
 
 
+BUILTIN_FILE = "data/passages.jsonl"  # one {"text", "register"} per line; the first 49 are the original set
+
+
 def read_records(dataset: str) -> list[dict[str, Any]]:
     """{"text", and for .jsonl lines that have one, "prompt" (a prefix of the text)} per passage."""
-    if dataset == BUILTIN:
-        text = resources.files("massive_checks").joinpath("data/passages.txt").read_text("utf-8")
-        return [{"text": line.strip()} for line in text.splitlines() if line.strip()]
+    if dataset.startswith(HUB):
+        return [{"text": text} for text in _hub_dataset(dataset)[0]]
+    if dataset == BUILTIN:  # 259 passages of the project's own writing: prose, dialogue, code, lists, numbers
+        text = resources.files("massive_checks").joinpath(BUILTIN_FILE).read_text("utf-8")
+        return [{"text": json.loads(line)["text"]} for line in text.splitlines() if line.strip()]
     path = Path(dataset)
     try:
         exists = path.is_file()
@@ -56,6 +63,70 @@ def read_records(dataset: str) -> list[dict[str, Any]]:
     if path.suffix == ".txt":
         return [{"text": line.strip()} for line in _text_of(path).splitlines() if line.strip()]
     raise DataError(f"dataset {dataset!r}: expected a .txt (one passage per line) or .jsonl file")
+
+
+# A dataset of the `datasets` library (the `hf` extra): hf:PATH[@REVISION][:SPLIT], PATH being
+# NAME/CONFIG (wikitext/wikitext-2-raw-v1), ORG/NAME/CONFIG (CONFIG `default` where there is none),
+# or a local folder of data files. Its passages are the rows of the split's `text` column with at
+# least HUB_MIN_WORDS words, in the split's order: deterministic, and no heading or blank line.
+HUB = "hf:"
+HUB_MIN_WORDS = 20
+
+
+def dataset_revision(dataset: str) -> str | None:
+    """What a hub dataset's passages were read from (recorded in goldens and results): the commit
+    it resolved to on the hub, else the revision asked for, else a hash of a local folder's text."""
+    return _hub_dataset(dataset)[1] if dataset.startswith(HUB) else None
+
+
+def _hub_address(dataset: str) -> tuple[str, str | None, str | None, str]:
+    """hf:PATH[@REVISION][:SPLIT] -> (name or folder, config, revision, split)."""
+    body = dataset.removeprefix(HUB)
+    path, _, split = body.rpartition(":") if ":" in body else (body, "", "test")
+    path, _, revision = path.partition("@")
+    if Path(path).is_dir():
+        return path, None, revision or None, split or "test"
+    parts = path.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise DataError(
+            f"dataset {dataset!r}: write hf:NAME/CONFIG[:SPLIT] or hf:ORG/NAME/CONFIG[:SPLIT] (CONFIG `default` "
+            "for a dataset without configurations), e.g. hf:wikitext/wikitext-2-raw-v1:test, or hf:FOLDER:SPLIT"
+        )
+    return "/".join(parts[:-1]), parts[-1], revision or None, split or "test"
+
+
+@functools.cache  # one read per process, however many specs and models read it
+def _hub_dataset(dataset: str) -> tuple[tuple[str, ...], str]:
+    name, config, revision, split = _hub_address(dataset)
+    try:
+        import datasets  # type: ignore[import-untyped]  # an optional extra without type hints
+    except ImportError:
+        raise DataError(f"dataset {dataset!r} needs the `datasets` library: pip install 'massive_checks[hf]'") from None
+    try:
+        rows = datasets.load_dataset(name, None if config == "default" else config, split=split, revision=revision)
+    except Exception as exc:  # the library raises many kinds (no hub, no such config or split, a bad file)
+        raise DataError(
+            f"dataset {dataset!r} could not be loaded ({type(exc).__name__}: {str(exc)[:300]}); a hub dataset needs "
+            "the hub or its local cache (HF_DATASETS_OFFLINE=1 reads the cache only)"
+        ) from None
+    if "text" not in rows.column_names:
+        raise DataError(f"dataset {dataset!r} has no `text` column (columns: {', '.join(rows.column_names)})")
+    texts = tuple(t.strip() for t in rows["text"] if isinstance(t, str) and len(t.split()) >= HUB_MIN_WORDS)
+    if Path(name).is_dir():
+        resolved = "local-" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    else:
+        resolved = _hub_commit(name, revision) or revision or "unresolved"
+    return texts, resolved
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a dataset revision (a branch, tag or commit; None: main) resolves to on the hub."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(name, revision=revision).sha
+    except Exception:  # offline, or a cached dataset: the revision asked for is recorded instead
+        return None
 
 
 MAX_DATA_BYTES = 1 << 30  # a data or contrast file over 1 GiB is refused before it is read

@@ -34,6 +34,7 @@ def outcome_record(observation: Observation, verdict: Verdict, golden_ok: bool =
     return {
         **_header(observation, verdict),
         "status": status_of(verdict, golden_ok),
+        "data": _data_of(observation.setup),
         "configs": observation.configs,
         "verdict": verdict.outcome,
         "confidence": observation.confidence,
@@ -53,6 +54,14 @@ def outcome_record(observation: Observation, verdict: Verdict, golden_ok: bool =
         "observed_statistic": "paper",
         **({"samples": observation.samples} if observation.samples else {}),
     }
+
+
+def _data_of(setup: dict) -> dict:
+    """What the numbers were read from (dataset, samples, token ids' hash, a hub dataset's
+    revision); of a spec across models, per model."""
+    if "models" in setup:
+        return {model: its.get("data", {}) for model, its in setup["models"].items()}
+    return setup.get("data", {})
 
 
 def error_record(observation: Observation, verdict: Verdict, error: Exception) -> dict:

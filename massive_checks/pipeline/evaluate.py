@@ -15,6 +15,7 @@ from massive_checks.engine import weights
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.session import ConfigView, ModelSession
 from massive_checks.language import contrast, intervals, interventions
+from massive_checks.language.data import dataset_revision
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, Estimate
 from massive_checks.language.interventions import BASELINE
 from massive_checks.language.objects import Check, Quantity, Spec
@@ -122,6 +123,7 @@ class Evaluator:
                 "samples": self.data.samples,
                 "seq_len": self.data.seq_len,
                 **({} if self.data.bos is None else {"bos": self.data.bos}),
+                **({"revision": revision} if (revision := dataset_revision(self.data.dataset)) else {}),
                 "ids_hash": batch.ids_hash,
             },
             "intervals": {
