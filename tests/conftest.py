@@ -88,11 +88,11 @@ def _decoder(base):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The spec mutation and fuzz tests' totals (each of their tests asserts on its own examples)."""
+    """The spec mutation, fuzz and fault tests' totals (each of their tests asserts on its own examples)."""
     import sys
 
-    for name in ("test_spec_mutations", "test_fuzz"):
+    for name, counts in (("test_spec_mutations", "COUNTS"), ("test_fuzz", "COUNTS"), ("test_faults", "FAULTS")):
         module = sys.modules.get(name) or sys.modules.get(f"tests.{name}")
-        if module is not None and any(module.COUNTS.values()):
+        if module is not None and any(getattr(module, counts).values()):
             terminalreporter.section(f"{name} counts")
-            terminalreporter.line(str(dict(module.COUNTS)))
+            terminalreporter.line(str(dict(getattr(module, counts))))

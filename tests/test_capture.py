@@ -507,3 +507,38 @@ def test_a_held_tensor_written_after_its_hook_is_an_error(load_model, monkeypatc
     needs = Needs(sites={"blocks.0.out", "blocks.1.out"}, medians={"blocks.0.out", "blocks.1.out"})
     with pytest.raises(RuntimeError, match="in place after its hook"):
         ModelSession(lm).run(DataConfig(samples=2, seq_len=12), (), needs)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_eager_attention_only_in_the_blocks_asked(name, load_model):
+    """A pass that reads block 1's attention weights runs block 1 eager and every other block on
+    SDPA (where the model has it): the same block outputs as all-SDPA (to float32 rounding), block
+    1's weights as all-eager's, and every block's config restored afterwards."""
+    lm = load_model(name)
+    batch = tokenize_small(lm)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    modules = [lm.module(lm.adapter.attn.format(L=layer)) for layer in range(lm.n_layers)]
+    configs = [m.config for m in modules]
+    with torch.no_grad():
+        with lm.attention():
+            plain = lm.model.base_model(**kwargs).last_hidden_state
+        with lm.attention({1}):
+            inside = [m.config._attn_implementation for m in modules]
+            mixed = lm.model.base_model(**kwargs, output_attentions=True)
+        with lm.attention(set(range(lm.n_layers))):
+            eager = lm.model.base_model(**kwargs, output_attentions=True)
+    real = batch.attention_mask.bool()
+    assert torch.allclose(mixed.last_hidden_state[real], plain[real], atol=1e-5)
+    assert inside[1] == "eager"
+    if name != "tiny-gemma2":  # soft-capping: Gemma 2 has no SDPA, every block stays eager
+        assert inside[0] == inside[2] == "sdpa"
+        assert len(mixed.attentions) == 1
+    weights = mixed.attentions[0] if len(mixed.attentions) == 1 else mixed.attentions[1]
+    assert torch.allclose(weights, eager.attentions[1], atol=1e-6)
+    assert [m.config for m in modules] == configs and all(a is b for a, b in zip((m.config for m in modules), configs))
+
+
+def tokenize_small(lm):
+    from massive_checks.engine.batches import tokenize
+
+    return tokenize(lm.tokenizer, SMALL_DATA)

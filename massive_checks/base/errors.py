@@ -36,6 +36,15 @@ class ActivationOverflow(MassiveChecksError):
     """An activation was inf/nan, e.g. a massive value past float16's 65504."""
 
 
+class ReportError(MassiveChecksError):
+    """The report folder cannot be written (full disk, permissions)."""
+
+
+class OutOfMemory(MassiveChecksError):
+    """A load or pass ran out of memory (CPU MemoryError, CUDA out of memory): what was asked and
+    what to lower, never a traceback."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line, for messages that quote a library's error in a sentence."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

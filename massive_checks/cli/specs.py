@@ -57,8 +57,10 @@ def cmd_check(args) -> int:
     suite.finish()
     for record in suite.figure_errors:
         print(f"FIGURE FAILED  {record['spec']} [{record['model']}]: {record['figure_error']}")
+    if suite.report_error:
+        print(f"REPORT NOT WRITTEN  {suite.report_error}")
     print(f"{len(pairs) - false_claims}/{len(pairs)} as expected; reports in {suite.report_dir()}")
-    return 1 if false_claims or suite.figure_errors else 0
+    return 1 if false_claims or suite.figure_errors or suite.report_error else 0
 
 
 def cmd_schema(args) -> int:

