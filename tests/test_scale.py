@@ -108,17 +108,24 @@ def test_a_sound_gguf_tokenizer_passes(tokenizer, facts):
 def test_the_bundled_gguf_facts_and_a_cache_without_them_is_rebuilt(smollm2, tmp_path, monkeypatch):
     import json
 
+    from safetensors.torch import save_file
+
+    from massive_checks.engine import cache_guard
+
     path, key = gguf_cache.BUNDLED_GGUF[SMOLLM2]()
     assert gguf_cache._gguf_tokenizer_facts(path) == _facts(False, bos=1, eos=2, unk=0, pad=2)
     monkeypatch.setenv("MASSIVE_CHECKS_CACHE", str(tmp_path))
     cache = gguf_cache.cache_dir(SMOLLM2, key)
     smollm2.tokenizer.save_pretrained(cache)
-    (cache / "model.safetensors").write_bytes(b"")
-    assert not gguf_cache._cache_is_complete(cache)  # from before the check: rebuilt, never trusted
+    save_file({"w": torch.zeros(4)}, cache / "model.safetensors")
+    cache_guard.write_manifest(cache)
+    assert "unreadable" in gguf_cache._cache_problem(cache)  # no facts: from before the check: rebuilt, never trusted
     (cache / gguf_cache.GGUF_FACTS).write_text(json.dumps({"add_bos_token": False}))
-    assert not gguf_cache._cache_is_complete(cache)  # facts from before the special-token check
+    cache_guard.write_manifest(cache)
+    assert "out of date" in gguf_cache._cache_problem(cache)  # facts from before the special-token check
     (cache / gguf_cache.GGUF_FACTS).write_text(json.dumps(_facts(True, bos=1, eos=2)))
-    assert gguf_cache._cache_is_complete(cache)
+    cache_guard.write_manifest(cache)
+    assert gguf_cache._cache_problem(cache) is None
     with pytest.raises(ModelUnavailable, match=f"BOS .*delete the cache {cache}"):
         models.load(SMOLLM2)  # a cached tokenizer is checked at every load, before the weights
 
