@@ -199,12 +199,11 @@ def test_out_of_memory_in_a_pass_retries_with_half_the_rows(session_for, monkeyp
 
     session = session_for("planted-llama", batch_size=4)
     real = ModelSession._forward
-    tried: list[int | None] = []
+    tried: list[int] = []
 
-    def forward(self, data, intervention, planned, rows=None):
+    def forward(self, data, intervention, planned, rows):
         tried.append(rows)
-        if rows is None:
-            self._rows = 4
+        if rows == 4:
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 4096 bytes"
             )
@@ -212,7 +211,7 @@ def test_out_of_memory_in_a_pass_retries_with_half_the_rows(session_for, monkeyp
 
     monkeypatch.setattr(ModelSession, "_forward", forward)
     result = session.run(SMALL_DATA)
-    assert tried == [None, 2] and result.stats  # the retry's pass, complete
+    assert tried == [4, 2] and result.stats  # the retry's pass, complete
     assert session.forward_passes == 1
     FAULTS["out-of-memory passes retried"] += 1
 
@@ -223,14 +222,17 @@ def test_out_of_memory_twice_is_one_message_naming_what_to_lower(session_for, mo
 
     session = session_for("planted-llama", batch_size=4)
 
-    def forward(self, data, intervention, planned, rows=None):
-        self._rows = rows or 4
+    tried: list[int] = []
+
+    def forward(self, data, intervention, planned, rows):
+        tried.append(rows)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(ModelSession, "_forward", forward)
     with pytest.raises(OutOfMemory) as error:
         session.run(SMALL_DATA)
     message = str(error.value)
+    assert tried == [4, 2]  # one retry, then the message
     for part in ("'planted-llama'", "float32 on cpu", "2 sequences x", "asked for 2.00 GiB", "--samples", "--seq-len", "--dtype"):
         assert part in message, (part, message)
     FAULTS["out-of-memory passes failed with the message"] += 1

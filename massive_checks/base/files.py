@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,22 @@ def _step(name: str, path: Path) -> None:
 
 
 @contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold `folder`'s lock file (waiting for another process that holds it): two runs writing
-    one report folder write their files one run after the other, never interleaved."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("a") as lock:
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if missing), waiting while another process
+    (or another open of it in this one) holds it; released on exit, also on errors."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def folder_lock(folder: Path) -> AbstractContextManager[None]:
+    """`folder`'s lock: two runs writing one report folder write their files one run after the
+    other, never interleaved."""
+    return locked(folder / ".lock")
 
 
 def _umask() -> int:

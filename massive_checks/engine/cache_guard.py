@@ -4,7 +4,6 @@ caches through it; docs/reliability.md lists the faults it is tested against."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +12,8 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from massive_checks.base.files import locked
 
 MANIFEST = "manifest.json"  # {"files": {name: {"size": bytes, "sha256": hex}}}, written last
 HASHED_AT_LOAD = 64 << 20  # files up to this size are hashed at every load (~0.1 s); larger ones by size and header
@@ -82,15 +83,10 @@ def building(folder: Path) -> Iterator[None]:
     """Hold the folder's build lock (waiting for another process's build to finish): concurrent
     first uses build once. Stale staging folders of this cache are removed under the lock: only
     the lock's holder writes them, so none is in use."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with (folder.parent / f"{folder.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            for stale in folder.parent.glob(f"{STAGING}{folder.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locked(folder.parent / f"{folder.name}.lock"):
+        for stale in folder.parent.glob(f"{STAGING}{folder.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        yield
 
 
 def staging_for(folder: Path) -> Path:

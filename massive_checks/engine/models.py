@@ -8,7 +8,7 @@ import hashlib
 import importlib.util
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class LoadedModel:
     revision: str  # hub revision or a hash of the weights: keys caches and goldens
     dtype: torch.dtype
     device: str
+    _sdpa: bool | None = field(default=None, init=False, repr=False)  # whether it can run SDPA (tried once)
 
     def check_layer(self, layer: int, what: str) -> None:
         """ValueError "<what>: <model> has N blocks (0-N-1)" when block `layer` does not exist."""
@@ -91,11 +92,16 @@ class LoadedModel:
             with self._implementation("sdpa"):
                 yield
             return
-        with self._implementation("sdpa") as sdpa_possible:  # (e.g. Gemma 2's soft-capping is eager only)
-            pass
-        others = set(range(self.n_layers)) - set(eager_blocks) if sdpa_possible else set()
+        others = set(range(self.n_layers)) - set(eager_blocks) if self._sdpa_possible() else set()
         with self._implementation("eager") as switched, self._blocks_on("sdpa", others if switched else set()):
             yield
+
+    def _sdpa_possible(self) -> bool:
+        """Whether the model can switch to SDPA (Gemma 2's soft-capping cannot), tried once."""
+        if self._sdpa is None:
+            with self._implementation("sdpa") as possible:
+                self._sdpa = possible
+        return self._sdpa
 
     @contextmanager
     def _implementation(self, wanted: str):

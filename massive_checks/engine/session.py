@@ -71,7 +71,6 @@ class ModelSession:
         self.judge_default = judge_model  # --judge-model; None: models.default_judge
         self.bootstrap = bootstrap or Bootstrap()  # resamples of the sampling units, drawn once per set
         self.forward_passes = 0  # full passes over a dataset: tests assert on sharing
-        self._rows = 0  # sequences per chunk of the latest pass
         self._passes: dict[tuple, PassResult] = {}
         self._planned: dict[tuple[DataConfig, tuple], Needs] = {}  # (data, plan key) -> needs
         self._batches: dict[DataConfig, Batch] = {}
@@ -112,21 +111,20 @@ class ModelSession:
     def _forward_in_memory(self, data: DataConfig, intervention, planned: Needs) -> PassResult:
         """The pass; out of memory, once more in chunks of half the rows (from scratch: the
         statistics of a failed pass are dropped), then an OutOfMemory error saying what to lower."""
-        rows = None
-        for attempt in (1, 2):
+        seq_len = self.batch(data).input_ids.shape[1]
+        rows = self.chunk_rows(seq_len, planned.loss, any(name.endswith(".attn.probs") for name in planned.sites))
+        tries = [rows, rows // 2] if rows > 1 else [rows]
+        for attempt, rows in enumerate(tries):
+            if attempt:
+                notices.notice(f"{self.lm.name}: out of memory with {tries[0]} sequences a chunk; retrying with {rows}")
             try:
                 return self._forward(data, intervention, planned, rows)
             except Exception as exc:
                 if not out_of_memory(exc):
                     raise
-                error, failed = exc, self._rows
+                error = exc
             release_memory(self.lm.device)
-            if failed <= 1 or attempt == 2:
-                break
-            rows = max(1, failed // 2)
-            notices.notice(f"{self.lm.name}: out of memory with {failed} sequences a chunk; retrying with {rows}")
-        batch = self.batch(data)
-        shape = f"{self._rows} sequences x {batch.input_ids.shape[1]} tokens a chunk"
+        shape = f"{tries[-1]} sequences x {seq_len} tokens a chunk"
         raise OutOfMemory(
             memory_message(self.lm.name, self.lm.dtype, self.lm.device, f"a forward pass ({shape})", error)
         ) from None
@@ -135,7 +133,8 @@ class ModelSession:
         cached = self._passes.get((data, intervention))
         return cached is not None and site_name in cached.stats
 
-    def _forward(self, data: DataConfig, intervention, planned: Needs, rows: int | None = None) -> PassResult:
+    def _forward(self, data: DataConfig, intervention, planned: Needs, rows: int) -> PassResult:
+        """One pass over the data in chunks of `rows` sequences, capturing what `planned` asks."""
         means = self.means(data, intervention)  # may run the baseline pass first
         lm, batch = self.lm, self.batch(data)
         blocks = {hooks.site(layer, "out") for layer in range(lm.n_layers)}
@@ -147,8 +146,6 @@ class ModelSession:
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
         eager_blocks = {hooks.layer_of(name) for name in needs.sites if name.endswith(".attn.probs")}
-        rows = rows or self.chunk_rows(batch.input_ids.shape[1], needs.loss, bool(eager_blocks))
-        self._rows = rows  # what an out-of-memory message and its retry read
         with (
             torch.no_grad(),
             lm.attention(eager_blocks),
@@ -203,8 +200,9 @@ class ModelSession:
         sibling: Callable[[str], ConfigView] | None = None,
         vectors: Mapping | None = None,
         steering: Mapping | None = None,
+        by_passage: bool = False,
     ) -> ConfigView:
-        return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors, steering)
+        return ConfigView(self, data, intervention, massive, plan_key, sibling, vectors, steering, by_passage)
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -247,6 +245,7 @@ class ConfigView:
         sibling: Callable[[str], ConfigView] | None = None,
         vectors: Mapping | None = None,
         steering: Mapping | None = None,
+        by_passage: bool = False,
     ):
         self.session, self.data, self.intervention, self.plan_key = session, data, intervention, plan_key
         self.min_value, self.min_ratio = massive
@@ -254,7 +253,7 @@ class ConfigView:
         self._sibling = sibling
         self.vectors = dict(vectors or {})  # the spec's named vectors: name -> vector_defs.VectorDef
         self.steering = dict(steering or {})  # the spec's steering configurations: name -> steer.SteeringDef
-        self.by_passage = False  # units keyed by the passages, not the token ids (a spec across models)
+        self.by_passage = by_passage  # units keyed by the passages, not the token ids (a spec across models)
 
     @property
     def batch(self) -> Batch:

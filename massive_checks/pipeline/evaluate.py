@@ -59,8 +59,6 @@ class Evaluator:
         self.spec, self.session, self.data, self.lm = spec, session, data, session.lm
         self._views: dict[str, ConfigView] = {}
         self.quantities = spec.quantities(self.lm.name)  # of a spec across models: those on this model
-        # Across models, sequences are paired by passage (their token ids differ by tokenizer).
-        self.by_passage = bool(spec.across)
         self.peers: dict[str, Evaluator] = {}  # of a spec across models: the other models' evaluators
 
     def view(self, config: str) -> ConfigView:
@@ -68,10 +66,21 @@ class Evaluator:
             requests = self.spec.interventions.get(config, [])
             intervention = self.session.resolve(self.data, requests, self.spec.massive) if requests else BASELINE
             self._views[config] = self.session.view(
-                self.data, intervention, self.spec.massive, plan_key(requests), self.view, self.spec.vectors, self.spec.steering
+                self.data,
+                intervention,
+                self.spec.massive,
+                plan_key(requests),
+                self.view,
+                self.spec.vectors,
+                self.spec.steering,
+                by_passage=bool(self.spec.across),  # across models: sequences paired by passage
             )
-            self._views[config].by_passage = self.by_passage
         return self._views[config]
+
+    @property
+    def label(self) -> str:
+        """What the result is recorded as: the model's name (a spec across models: its label)."""
+        return self.lm.name
 
     def evaluate(self) -> Result:
         observation = self.observe()
@@ -80,9 +89,9 @@ class Evaluator:
             decide(
                 self.spec,
                 observation,
-                self.spec.xfail_for(self.lm.name),
+                self.spec.xfail_for(self.label),
                 self.session.bootstrap.confidence,
-                self.spec.inconclusive_for(self.lm.name),
+                self.spec.inconclusive_for(self.label),
             ),
         )
 
@@ -263,18 +272,13 @@ class AcrossEvaluator(Evaluator):
         for peer in self.peers.values():
             peer.peers = self.peers
 
-    def evaluate(self) -> Result:
-        observation = self.observe()
-        label = self.spec.label
-        confidence = self.session.bootstrap.confidence
-        return Result(
-            observation,
-            decide(self.spec, observation, self.spec.xfail_for(label), confidence, self.spec.inconclusive_for(label)),
-        )
+    @property
+    def label(self) -> str:
+        return self.spec.label
 
     def observe(self) -> Observation:
         observation = super().observe()
-        observation.model = self.spec.label
+        observation.model = self.label
         observation.across = self.spec.across
         return observation
 

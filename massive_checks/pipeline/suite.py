@@ -80,6 +80,7 @@ class Suite:
         self.headers: dict[str, dict] = {}
         self.loads: dict[str, int] = {}  # model -> loads (summed over xdist workers: 1 each with --dist loadgroup)
         self.judge_loads: dict[str, int] = {}  # model -> loads first made to judge another model's text
+        self.across_loads: dict[str, int] = {}  # model -> loads first made for a check across models
         self.threads: dict[str, str] = {}  # xdist worker -> how many torch threads it runs (share_cores)
         self.cores: CoreShare | None = None  # in an xdist worker: its share of the cores
         self.report_error: str | None = None  # why the report folder could not be written
@@ -107,9 +108,10 @@ class Suite:
             if name in self.sessions:
                 self._plan_one(self.sessions[name], spec)
 
-    def session(self, name: str, judge: bool = False) -> ModelSession:
+    def session(self, name: str, judge: bool = False, across: bool = False) -> ModelSession:
         """The session of a model, loaded once; `judge`: loaded to judge another model's steered
-        text (counted apart: each xdist worker loads its own judge)."""
+        text, `across`: for a check across models on another model's worker (each counted apart:
+        with --dist loadgroup these are the only second loads)."""
         if name in self.unavailable:
             raise ModelUnavailable(f"model {name!r} is unavailable (see 'massive_checks: models' in the summary)")
         if name not in self.sessions:
@@ -130,7 +132,7 @@ class Suite:
                 self._plan_one(session, spec)
             self.sessions[name] = session
             self.headers[name] = lm.describe()
-            counts = self.judge_loads if judge else self.loads
+            counts = self.judge_loads if judge else self.across_loads if across else self.loads
             counts[name] = counts.get(name, 0) + 1
         return self.sessions[name]
 
@@ -170,7 +172,9 @@ class Suite:
         """One model's, or for a spec across models (model: its label) one that loads each of them
         in this process (an xdist worker loads both)."""
         if spec.across:
-            return AcrossEvaluator(spec, {name: self.session(name) for name in spec.across}, self.data_for(spec))
+            first = spec.across[0]  # its xdist group's model: the worker's own
+            sessions = {name: self.session(name, across=name != first) for name in spec.across}
+            return AcrossEvaluator(spec, sessions, self.data_for(spec))
         return Evaluator(spec, self.session(model), self.data_for(spec))
 
     def _header(self, spec: Spec, model: str) -> Observation:
@@ -246,6 +250,7 @@ class Suite:
             "unavailable": self.unavailable,
             "loads": self.loads,
             "judge_loads": self.judge_loads,
+            "across_loads": self.across_loads,
             "threads": self.threads,
         }
 
@@ -253,7 +258,7 @@ class Suite:
         self.records += exported.get("results", [])
         self.headers.update(exported.get("models", {}))
         self.unavailable.update(exported.get("unavailable", {}))
-        for key in ("loads", "judge_loads"):
+        for key in ("loads", "judge_loads", "across_loads"):
             counts = getattr(self, key)
             for name, count in exported.get(key, {}).items():
                 counts[name] = counts.get(name, 0) + count

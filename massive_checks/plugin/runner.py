@@ -254,7 +254,9 @@ class MassiveChecks:
                 session = suite.sessions.get(name)  # None on an xdist controller: its workers ran the passes
                 passes = f"; {session.forward_passes} forward passes" if session else ""
                 loads, judging = suite.loads.get(name, 0), suite.judge_loads.get(name, 0)
+                across = suite.across_loads.get(name, 0)
                 judged = f" (and {judging} as a judge of steered text)" if judging else ""
+                judged += f" (and {across} for a check across models)" if across else ""
                 terminalreporter.line(
                     f"{name}: {d['architecture']}, revision {d['revision']}, {d['dtype']} on "
                     f"{d['device']}; loaded {loads} time{'s' * (loads != 1)}{judged}{passes}",
