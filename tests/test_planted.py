@@ -18,7 +18,7 @@ def test_planted_dim_layer_and_token_are_found_exactly(session_for):
     emergence = M.EmergenceLayer().compute(view, layers)
     assert emergence.value == PLANT["layer"] and emergence.interval(0.95) == (PLANT["layer"], PLANT["layer"])
     positions = M.MassivePositions().compute(view, layers)  # the planted token in each sequence, nowhere else
-    assert positions.value == SMALL_DATA.samples and positions.interval(0.95) == (SMALL_DATA.samples, SMALL_DATA.samples)
+    assert positions.value == SMALL_DATA.samples and positions.interval(0.95) is None  # a count of cases: exact
     assert M.MassivePositions().compute(view, layers[: PLANT["layer"]]).value == 0
     assert M.MassiveDims().compute(view, layers).shares == {PLANT["dim"]: 1.0}
     for layer in layers:

@@ -121,6 +121,25 @@ def test_a_cleaning_names_one_way(tmp_path, clean, message):
         ("id: x\nchecks:\n  - {measure: top1, at_least: 1}\n", 1, "claim", "required key is missing"),
         ("id: x\nclaim: c\nchecks:\n  - {measure: dim_peak, at_least: 1}\n", 4, "checks[0].dim", "dim_peak needs dim"),
         ("id: x\nclaim: [unclosed\n", 3, "", "invalid YAML"),
+        (  # found by fuzzing: a configuration against itself is 0 whatever the model does
+            'id: x\nclaim: c\ninterventions:\n  a: ["mlp:all"]\n  b: ["mlp:all"]\nchecks:\n'
+            "  - {measure: max_rel_diff, config: a, versus: b, at_most: 0.1}\n",
+            7,
+            "checks[0].versus",
+            "against itself is 0, so the check cannot fail",
+        ),
+        (
+            "id: x\nclaim: c\nchecks:\n  - {measure: massive_dims, contains: []}\n",
+            4,
+            "checks[0].contains",
+            "true of every set",
+        ),
+        (
+            "id: x\nclaim: c\nchecks:\n  - {measure: massive_dims, excludes: []}\n",
+            4,
+            "checks[0].excludes",
+            "true of every set",
+        ),
     ],
 )
 def test_malformed_specs_name_file_line_and_key(tmp_path, text, line, key, message):

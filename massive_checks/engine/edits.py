@@ -18,24 +18,65 @@ from massive_checks.language.interventions import TARGET_SITE, Ablation
 USER_EDITS: dict[str, Callable[[LoadedModel, Ablation], HookFn]] = {}
 
 
+IDENTITY_TOLERANCE = 1e-6  # relative: an edit within float32 rounding of the value it replaces changes nothing
+
+
+class EditLog:
+    """Whether an intervention's edits changed anything during a pass: a flag per edit, kept on
+    the device (no synchronisation per hook call) and read once the pass is over."""
+
+    def __init__(self) -> None:
+        self._changed: list[torch.Tensor | bool] = []
+
+    def record(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        self._changed.append(((after - before).abs() > IDENTITY_TOLERANCE * before.abs()).any())
+
+    @property
+    def identity(self) -> bool:
+        """Every edit left every value it touched unchanged (and there was at least one edit)."""
+        return bool(self._changed) and not any(bool(c) for c in self._changed)
+
+
 @contextmanager
 def applied(
-    lm: LoadedModel, intervention, means: dict | None = None, pairs: Sequence = (), stop_after: int | None = None
+    lm: LoadedModel,
+    intervention,
+    means: dict | None = None,
+    pairs: Sequence = (),
+    stop_after: int | None = None,
+    log: EditLog | None = None,
 ) -> Iterator[Attachment]:
     """A canonical intervention in force for the body: its weight edits written (and restored on
     exit), its tensor edits attached before the other (site, function) `pairs` (captures see
-    edited tensors)."""
+    edited tensors). `log` records whether the edits changed anything."""
     with (
-        weights.edited(lm, [a for a in intervention if a.target == "weight"]),
-        attach(lm, edit_pairs(lm, intervention, means) + list(pairs), stop_after=stop_after) as attached,
+        weights.edited(lm, [a for a in intervention if a.target == "weight"], log),
+        attach(lm, edit_pairs(lm, intervention, means, log) + list(pairs), stop_after=stop_after) as attached,
     ):
         yield attached
 
 
-def edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None) -> list[tuple[str, HookFn]]:
+def edit_pairs(
+    lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None = None, log: EditLog | None = None
+) -> list[tuple[str, HookFn]]:
     """A canonical intervention (tuple of Ablation) -> (site, edit) pairs.
 
     means: site -> [T, F] position-wise baseline mean, required by `mean`-mode ablations."""
+    pairs = _edit_pairs(lm, intervention, means)
+    return pairs if log is None else [(name, _logged(fn, log)) for name, fn in pairs]
+
+
+def _logged(fn: HookFn, log: EditLog) -> HookFn:
+    def call(x: torch.Tensor, context: HookContext) -> torch.Tensor | None:
+        new = fn(x, context)
+        if new is not None:
+            log.record(x, new)
+        return new
+
+    return call
+
+
+def _edit_pairs(lm: LoadedModel, intervention, means: dict[str, torch.Tensor] | None) -> list[tuple[str, HookFn]]:
     pairs = []
     for ablation in intervention:
         if ablation.target == "weight":  # a parameter, not a tensor of the pass: weights.edited

@@ -14,7 +14,7 @@ from massive_checks.base.errors import ActivationOverflow, OutOfMemory
 from massive_checks.engine import hooks, models, notices, readings
 from massive_checks.engine.batches import Batch, tokenize
 from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
-from massive_checks.engine.edits import applied
+from massive_checks.engine.edits import EditLog, applied
 from massive_checks.engine.memory import memory_message, out_of_memory, release_memory
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
@@ -30,6 +30,7 @@ class PassResult:
         self.stats, self.needs = stats, needs
         self.token_loss = token_loss  # [S, 2] per sequence: next-token loss summed over its real targets, their count
         self.pooled = pooled or {}  # (block site, window) -> [S, D] per-example means over the window
+        self.identity = False  # the intervention's edits changed no value they touched (edits.EditLog)
 
     @property
     def loss(self) -> float | None:
@@ -146,10 +147,11 @@ class ModelSession:
         network = lm.model if needs.loss else lm.model.base_model
         losses: list[torch.Tensor] = []
         eager_blocks = {hooks.layer_of(name) for name in needs.sites if name.endswith(".attn.probs")}
+        log = EditLog()
         with (
             torch.no_grad(),
             lm.attention(eager_blocks),
-            applied(lm, intervention, means, captures + pooling) as attached,
+            applied(lm, intervention, means, captures + pooling, log=log) as attached,
         ):
             for start in range(0, batch.input_ids.shape[0], rows):
                 mask = batch.attention_mask[start : start + rows]
@@ -165,7 +167,9 @@ class ModelSession:
         for (name, window), pool in pools.items():
             if pool.overflow:
                 raise ActivationOverflow(numerics_message(lm, name, f"window {window}"))
-        return PassResult(finish_all(accumulators), needs, loss, pooled)
+        result = PassResult(finish_all(accumulators), needs, loss, pooled)
+        result.identity = log.identity
+        return result
 
     def chunk_rows(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
         if self.batch_size is not None:
@@ -305,6 +309,14 @@ class ConfigView:
             if result.stats[name].overflow:
                 raise ActivationOverflow(numerics_message(self.lm, name, interventions.describe(self.intervention)))
         return result.stats
+
+    @property
+    def identity(self) -> bool:
+        """Whether this configuration's intervention changed no value it edited (within float32
+        rounding): every number read from it is the baseline's, whatever the claim."""
+        if not self.intervention:
+            return False
+        return self.session.run(self.data, self.intervention, Needs(), self.plan_key).identity
 
     def captured(self, name: str) -> bool:
         """Whether this configuration's pass already holds a site (asking never recomputes)."""

@@ -94,10 +94,10 @@ def check(lm: LoadedModel, requests: Sequence) -> None:
 
 
 @contextmanager
-def edited(lm: LoadedModel, edits: Sequence) -> Iterator[None]:
+def edited(lm: LoadedModel, edits: Sequence, log=None) -> Iterator[None]:
     """Write every weight edit (interventions.Ablation with target "weight") for the body; the
     originals are saved first and copied back on exit, in reverse order (overlapping edits
-    restore the first original)."""
+    restore the first original). `log` (edits.EditLog) notes whether each write changed a value."""
     saved: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []
     try:
         with torch.no_grad():
@@ -105,6 +105,8 @@ def edited(lm: LoadedModel, edits: Sequence) -> Iterator[None]:
                 weight, where = located(lm, edit.param, edit.layer, edit.index)
                 saved.append((weight, where, weight[where].clone()))
                 weight[where] = edit.value
+                if log is not None:
+                    log.record(saved[-1][2], weight[where])
         yield
     finally:
         with torch.no_grad():

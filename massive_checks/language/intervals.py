@@ -16,7 +16,18 @@ no replicates; its measure says why (`Measure.fixed`), and its verdict is exact.
 
 Verdicts (`decide`): a bound *holds* when the whole interval satisfies it, is *contradicted* when
 the whole interval violates it, and is *inconclusive* otherwise (and when the value, or any
-replicate, is undefined)."""
+replicate, is undefined).
+
+Three refinements keep a check's stated confidence its real one:
+- a check with several rows (blocks, heads) is decided on a *simultaneous* band (`simultaneous`):
+  every row's interval at one per-row level, calibrated so that all rows are covered together in
+  the stated share of resamples (the max-statistic of the rows' tail ranks);
+- `mean_abs` and `max_abs` over rows are never resampled folded (|x| of a resample pushes noise
+  away from 0): their interval is the projection of the signed rows' simultaneous band
+  (`Estimate.fold`), conservative and without folding bias; a compare of such numbers combines
+  the two sides' intervals, each at half the error rate;
+- a count of cases (counterexamples of "every", examples of "some") is exact on the data: it
+  has no interval, and names its cases (`Estimate.witnesses`)."""
 
 from __future__ import annotations
 
@@ -137,17 +148,27 @@ class Estimate:
     replicates: np.ndarray | None = None  # [B]
     units: Units | None = None
     reason: str = ""  # why there are no replicates (an exact value, or what is not resampled)
+    witnesses: tuple[str, ...] = ()  # a count of cases: the cases (sequence, block, token), first ones
+    # Derived from other estimates' intervals, not from its replicates: "mean_abs"/"max_abs" of
+    # signed rows (`parts`: the rows), or "ratio"/"difference" of two such sides (`parts`: a, b).
+    derived: str = ""
+    parts: tuple[Estimate, ...] = ()
 
     def interval(self, confidence: float) -> tuple[float, float] | None:
         """The percentile interval; (nan, nan) when the value is undefined. A resample where the
         number is undefined (nan: e.g. no coefficient coherent) counts against both ends: it sits
         below the lower end and above the upper one, so more than a tail's share of them makes
         the interval unbounded."""
+        if self.derived:
+            return None if math.isnan(self.value) and not self.parts else derived_interval(self, confidence)
+        return self.interval_at((1.0 - confidence) / 2.0)
+
+    def interval_at(self, tail: float) -> tuple[float, float] | None:
+        """The interval between the `tail` and 1 - `tail` quantiles of the replicates."""
         if self.replicates is None:
             return None
         if math.isnan(self.value):
             return (math.nan, math.nan)
-        tail = (1.0 - confidence) / 2.0
         undefined = np.isnan(self.replicates)
         if not undefined.any():
             low, high = np.quantile(self.replicates, [tail, 1.0 - tail])
@@ -230,6 +251,8 @@ def combine(fn: Callable[..., Any], *args: Operand) -> Estimate:
     arguments share units; a plain number is the same in every replicate; an estimate without
     replicates leaves the result without them)."""
     estimates = [a for a in args if isinstance(a, Estimate)]
+    if any(e.derived for e in estimates):  # its interval is not its replicates': only compares read it
+        raise TypeError("an estimate derived from intervals (a folded mean over rows) combines only in a compare")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         value = float(fn(*(np.float64(value_of(a)) for a in args)))
         resampled = [e for e in estimates if e.replicates is not None and e.units is not None]
@@ -275,7 +298,13 @@ def ratio(a: Operand, b: Operand) -> Estimate:
 
 
 def reduce(how: str, values: list[Operand]) -> Estimate:
-    """mean, max, min, mean_abs or max_abs over a list (a quantity's layers), per replicate."""
+    """mean, max, min, mean_abs or max_abs over a list (a quantity's layers), per replicate; the
+    folded ones (mean_abs, max_abs) of resampled rows take their interval from the signed rows'
+    simultaneous band (`derived_interval`), not from folded replicates."""
+    if how in FOLDS and values and all(isinstance(v, Estimate) and v.replicates is not None for v in values):
+        rows = tuple(v for v in values if isinstance(v, Estimate))
+        folded = FOLDS[how](np.abs([r.value for r in rows]))
+        return Estimate(float(folded), None, rows[0].units, derived=how, parts=rows)
     fn = {
         "mean": lambda *v: np.mean(np.stack(v), axis=0),
         "max": lambda *v: np.max(np.stack(v), axis=0),
@@ -284,6 +313,66 @@ def reduce(how: str, values: list[Operand]) -> Estimate:
         "max_abs": lambda *v: np.max(np.abs(np.stack(v)), axis=0),
     }[how]
     return combine(fn, *values)
+
+
+FOLDS = {"mean_abs": np.mean, "max_abs": np.max}
+
+
+def simultaneous(estimates: list[Estimate], confidence: float) -> list[tuple[float, float] | None]:
+    """Each row's interval such that all rows are covered together at `confidence`: one per-row
+    tail level, the (1 - confidence) quantile over resamples of the smallest two-sided tail rank
+    any row takes in that resample (the max-statistic band of e.g. Davison & Hinkley 1997, 4.2.6).
+    Rows without replicates keep their own (exact) value: None. One row: its usual interval."""
+    resampled = [i for i, e in enumerate(estimates) if e.replicates is not None and not math.isnan(e.value)]
+    intervals: list[tuple[float, float] | None] = [e.interval(confidence) for e in estimates]
+    if len(resampled) < 2:
+        return intervals
+    tail = band_tail([estimates[i].replicates for i in resampled], confidence)  # type: ignore[misc]
+    for i in resampled:
+        intervals[i] = estimates[i].interval_at(tail)
+    return intervals
+
+
+def band_tail(replicates: list[np.ndarray], confidence: float) -> float:
+    """The per-row tail level of a simultaneous band over rows' replicates ([B] each). An
+    undefined replicate is the most extreme (it counts against both ends, as in `interval_at`)."""
+    reps = np.stack(replicates)  # [R, B]
+    size = reps.shape[1]
+    filled = np.where(np.isnan(reps), np.inf, reps)
+    ordered = np.sort(filled, axis=1)
+    below = np.stack([np.searchsorted(row, values, side="left") for row, values in zip(ordered, filled)])
+    above = size - np.stack([np.searchsorted(row, values, side="right") for row, values in zip(ordered, filled)])
+    tails = (np.minimum(below, above) + 1) / size  # [R, B] two-sided tail share of each replicate
+    tails[np.isnan(reps)] = 0.0
+    smallest = tails.min(axis=0)  # [B]
+    return float(min(np.quantile(smallest, 1.0 - confidence, method="inverted_cdf"), (1.0 - confidence) / 2.0))
+
+
+def derived_interval(e: Estimate, confidence: float) -> tuple[float, float]:
+    """The interval of an estimate derived from others' intervals (Estimate.derived)."""
+    if e.derived in FOLDS:  # |x| folded over rows: the band of the signed rows, projected
+        band = [b if b is not None else (r.value, r.value) for b, r in zip(simultaneous(list(e.parts), confidence), e.parts)]
+        if any(math.isnan(lo) or math.isnan(hi) for lo, hi in band):
+            return (math.nan, math.nan)
+        nearest = [0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)) for lo, hi in band]
+        farthest = [max(abs(lo), abs(hi)) for lo, hi in band]
+        return float(FOLDS[e.derived](nearest)), float(FOLDS[e.derived](farthest))
+    half = 1.0 - (1.0 - confidence) / 2.0  # two sides: each at half the error rate (Bonferroni)
+    (a_lo, a_hi), (b_lo, b_hi) = (p.interval(half) or (p.value, p.value) for p in e.parts)
+    if e.derived == "difference":  # b - a
+        return (b_lo - a_hi, b_hi - a_lo)
+    a_abs = (0.0 if a_lo <= 0 <= a_hi else min(abs(a_lo), abs(a_hi)), max(abs(a_lo), abs(a_hi)))
+    b_abs = (0.0 if b_lo <= 0 <= b_hi else min(abs(b_lo), abs(b_hi)), max(abs(b_lo), abs(b_hi)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (float(safe_divide(a_abs[0], b_abs[1])), float(safe_divide(a_abs[1], b_abs[0])))
+
+
+def derived_compare(by: str, a: Estimate, b: Estimate) -> Estimate:
+    """A compare of two numbers of which one takes its interval from others (a folded mean):
+    their intervals combined, each at half the error rate."""
+    value = float(b.value - a.value) if by == "difference" else float(safe_divide(abs(a.value), abs(b.value)))
+    units = [p.units for p in (a, b) if p.units is not None]
+    return Estimate(value, None, joint_units(units) if units else None, derived=by, parts=(a, b))
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -289,6 +289,22 @@ def _can_fail(raw: Any, check: Check, prefix: str, where: Where, identity: _Iden
                 f"{q.measure.name} is fixed, so the check cannot fail",
                 side_prefix,
             )
+        versus = getattr(q.measure, "versus", None)
+        if isinstance(versus, str) and not step and identity.config(versus) == identity.config(q.config):
+            where.fail(
+                side_raw,
+                "versus",
+                f"{versus!r} resolves to the configuration it is measured on ({q.config!r}): "
+                f"{q.measure.name} of a configuration against itself is 0, so the check cannot fail",
+                side_prefix,
+            )
+    if check.bound.kind in ("contains", "excludes") and not check.bound.value:
+        where.fail(
+            raw,
+            check.bound.kind,
+            f"{check.bound.kind}: [] is true of every set: the check cannot fail (name the elements)",
+            prefix,
+        )
     if check.versus is not None and identity.of(check.quantity) == identity.of(check.versus):
         where.fail(
             raw,

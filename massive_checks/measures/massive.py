@@ -7,7 +7,8 @@ import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from massive_checks.base.lazy import LazyModule
-from massive_checks.language.intervals import SharedSet
+from massive_checks.language.intervals import Estimate, SharedSet
+from massive_checks.language.interventions import ranges
 from massive_checks.measures.base import Measure, register
 from massive_checks.measures.panels import CellsPanel
 
@@ -66,18 +67,72 @@ class MassiveTokens(_WhereOver):
     axis: ClassVar[str] = "token"
 
 
-@register
-class MassivePositions(_Where):
-    """How many (sequence, token) positions of the data set hold a massive activation after some
-    block of the range: an existence claim is `at_least: 1`."""
+WITNESSES = 5  # cases a count names in its verdict
 
-    measure: Literal["massive_positions"] = "massive_positions"
+
+class _Cases(Measure):
+    """A count of cases on this data - (sequence, token) positions that are a case after some
+    block of the range - exact, with no interval. A claim of "every" is a count of
+    its counterexamples with `at_most: 0` (one case contradicts it); a claim of "some" is a
+    count of its examples with `at_least: 1` (one case shows it). The verdict names the first
+    cases (sequence, block, token)."""
+
     shape: ClassVar[str] = "value"
+    layered: ClassVar[bool] = True
+    uses_massive_rule: ClassVar[bool] = True
     value_range: ClassVar = (0.0, math.inf)
+    fixed: ClassVar[str] = "a count of cases on this data: exact"
+
+    def figure(self, view, layers):
+        return cells_panel(view)
 
     def compute(self, view, layers):
-        hits = torch.stack([readings.massive_hits(view, L, "token") for L in layers]).any(dim=0)  # [S, T]
-        return view.bootstrap.total(hits.sum(dim=1).double().numpy(), view.units())
+        hits = torch.stack([self.cases(view, L) for L in layers])  # [L, S, T]
+        blocks: dict[tuple[int, int], list[int]] = {}  # (sequence, token) -> the blocks where it is a case
+        for i, sequence, token in hits.nonzero().tolist():
+            blocks.setdefault((sequence, token), []).append(layers[i])
+        count = len(blocks)
+        named = tuple(
+            f"sequence {s} token {t} ({token_text(view, s, t)!r}) in blocks {ranges(blocks[s, t])}"
+            for s, t in sorted(blocks)[:WITNESSES]
+        )
+        plural = "" if count == 1 else "s"
+        where = f"{view.units().n} sequences, blocks {layers[0]}-{layers[-1]}" if layers else "no blocks"
+        return Estimate(float(count), None, view.units(), f"exact: {count} position{plural} counted over {where}", named)
+
+    def cases(self, view, layer: int):
+        """[S, T] bool: the (sequence, token) positions of this block that are cases."""
+        raise NotImplementedError
+
+
+def token_text(view, sequence: int, token: int) -> str:
+    return view.lm.tokenizer.decode([int(view.batch.input_ids[sequence, token])])
+
+
+@register
+class MassivePositions(_Cases):
+    """How many (sequence, token) positions hold a massive activation after some block of the
+    range: an existence claim is `at_least: 1`, decided by one example."""
+
+    measure: Literal["massive_positions"] = "massive_positions"
+
+    def cases(self, view, layer):
+        return readings.massive_hits(view, layer, "token")
+
+
+@register
+class MassiveElsewhere(_Cases):
+    """How many (sequence, token) positions massive after some block sit on neither the sequence's first
+    token nor its first delimiter ("." or a newline): "every massive activation sits there" is
+    `at_most: 0`, contradicted by one counterexample."""
+
+    measure: Literal["massive_elsewhere"] = "massive_elsewhere"
+
+    def cases(self, view, layer):
+        hits = readings.massive_hits(view, layer, "token")  # [S, T]
+        positions = torch.arange(hits.shape[1])[None, :]
+        allowed = (positions == 0) | (positions == readings.first_delimiters(view)[:, None])
+        return hits & ~allowed
 
 
 @register
@@ -99,12 +154,12 @@ class EmergenceLayer(Measure):
 
 
 @register
-class MassiveElsewhere(Measure):
+class MassiveElsewhereShare(Measure):
     """Share of massive positions (sequence, token), over blocks, on neither the sequence's first
     token nor its first delimiter ("." or a newline); nan when nothing is massive. A ratio of
-    per-sequence counts, resampled by sequence."""
+    per-sequence counts, resampled by sequence (how common they are; "every" is massive_elsewhere)."""
 
-    measure: Literal["massive_elsewhere"] = "massive_elsewhere"
+    measure: Literal["massive_elsewhere_share"] = "massive_elsewhere_share"
     shape: ClassVar[str] = "value"
     layered: ClassVar[bool] = True
     uses_massive_rule: ClassVar[bool] = True

@@ -39,6 +39,7 @@ class Observation:
     samples: dict = field(default_factory=dict)  # steering name -> {coef: [generated text, ..]} (reports)
     confidence: float = CONFIDENCE  # of the intervals
     claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
+    identities: dict = field(default_factory=dict)  # configuration -> why it is an identity on this model
     across: tuple[str, ...] = ()  # a spec across models: the models, whose baseline profiles `profiles` holds
 
     def values(self) -> dict:
@@ -87,6 +88,7 @@ class CheckVerdict:
     line: int
     rows: list[Row]
     reference: str | None = None  # the source's value (spec key `reference`), for reports
+    band: int = 0  # rows decided on one simultaneous band (0: each row's own interval)
 
     @property
     def verdict(self) -> str:

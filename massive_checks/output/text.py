@@ -3,17 +3,26 @@ where, expected bound and observed value with its interval."""
 
 from __future__ import annotations
 
-from massive_checks.language.intervals import CONFIDENCE, CONTRADICTED, INCONCLUSIVE
-from massive_checks.output.records import CheckVerdict, Observation, Verdict, format_value
+from massive_checks.language.intervals import CONFIDENCE, CONTRADICTED, INCONCLUSIVE, Estimate
+from massive_checks.output.records import CheckVerdict, Observation, Row, Verdict, format_value
 
 
 def check_table(check: CheckVerdict, confidence: float = CONFIDENCE, only_failures: bool = False) -> list[str]:
     rows = [r for r in check.rows if not (only_failures and r.ok)]
-    cells = [("", "where", "expected", f"observed [{confidence:.0%} interval]", "")] + [
-        (r.verdict, r.key, r.expected, format_value(r.observed, confidence), r.note) for r in rows
+    level = f"{confidence:.0%} simultaneous over {check.band} rows" if check.band else f"{confidence:.0%} interval"
+    cells = [("", "where", "expected", f"observed [{level}]", "")] + [
+        (r.verdict, r.key, r.expected, format_row(r, confidence), r.note) for r in rows
     ]
     widths = [max(len(str(row[i])) for row in cells) for i in range(5)]
     return ["  " + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+
+
+def format_row(row: Row, confidence: float) -> str:
+    """A row's value with the interval it was decided on (a band's share, where it has one)."""
+    if row.interval is None or not isinstance(row.observed, Estimate):
+        return format_value(row.observed, confidence)
+    low, high = row.interval
+    return f"{format_value(row.observed.value)} [{format_value(low)}, {format_value(high)}]"
 
 
 HEADLINES = {
@@ -25,7 +34,10 @@ HEADLINES = {
 
 def failure_text(observation: Observation, verdict: Verdict) -> str:
     outcome = verdict.outcome
-    lines = [HEADLINES[outcome].format(model=observation.model) + f": {observation.claim}"]
+    headline = HEADLINES[outcome].format(model=observation.model)
+    if outcome == INCONCLUSIVE and observation.identities:
+        headline = f"claim inconclusive on {observation.model}: " + "; ".join(observation.identities.values())
+    lines = [headline + f": {observation.claim}"]
     if verdict.xfail_reason and outcome != CONTRADICTED:
         lines.append(f"expected failure not confirmed: the spec says it is contradicted ({verdict.xfail_reason})")
     if verdict.inconclusive_reason and outcome != INCONCLUSIVE:

@@ -116,7 +116,17 @@ class Evaluator:
             samples=self.samples(),
             confidence=bootstrap.confidence,
             claims=spec.claims,
+            identities=self.identities(),
         )
+
+    def identities(self) -> dict[str, str]:
+        """Configurations whose intervention changed nothing on this model: {name: why}."""
+        return {
+            name: f"the intervention is an identity on {self.lm.name}: {name} ({interventions.describe(self.view(name).intervention)}) "
+            "changed no value it edits (within a relative 1e-6)"
+            for name in sorted(self.spec.configs(self.lm.name) - {"baseline"})
+            if self.view(name).identity
+        }
 
     def configs(self) -> dict[str, str]:
         """Each configuration the spec reads here, described by its interventions."""
@@ -289,6 +299,9 @@ class AcrossEvaluator(Evaluator):
     def configs(self) -> dict[str, str]:
         return {f"{name} @ {model}": text for model, peer in self.peers.items() for name, text in peer.configs().items()}
 
+    def identities(self) -> dict[str, str]:
+        return {f"{name} @ {model}": why for model, peer in self.peers.items() for name, why in peer.identities().items()}
+
     def setup(self) -> dict:
         setups = {model: peer.setup() for model, peer in self.peers.items()}
         return {"model": self.spec.label, "models": setups, "intervals": setups[self.spec.across[0]]["intervals"]}
@@ -330,7 +343,16 @@ def decide(
     verdicts = []
     for check, observed in zip(spec.checks, observation.checks):
         expected = check.bound.text()
+        identity = [why for config, why in observation.identities.items() if config.split(" @ ")[0] in check_configs(check)]
+        if identity:  # the check reads a configuration that changed nothing: vacuous here
+            rows = [
+                Row(key, expected, value, intervals.INCONCLUSIVE, None, identity[0]) for key, value in observed.values.items()
+            ]
+            verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference))
+            continue
         rows = []
+        values = list(observed.values.values())
+        bands = dict(zip(observed.values, intervals.simultaneous(values, confidence) if is_numeric(values) else []))
         for key, value in observed.values.items():
             text = expected
             if observed.sides is not None:
@@ -348,11 +370,20 @@ def decide(
                         )
                     )
                     continue
-            rows.append(decide_row(check.bound, key, text, value, confidence))
+            rows.append(decide_row(check.bound, key, text, value, confidence, bands.get(key)))
         if not rows:  # an empty layer range must not pass a check with nothing in it
             rows = [Row("no layers", expected, None, intervals.INCONCLUSIVE)]
-        verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference))
+        band = sum(1 for v in values if isinstance(v, Estimate) and v.replicates is not None) if len(values) > 1 else 0
+        verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference, band))
     return Verdict(verdicts, xfail_reason, inconclusive_reason)
+
+
+def check_configs(check: Check) -> set[str]:
+    return set().union(*(q.configs() for q in (check.quantity, check.versus) if q is not None))
+
+
+def is_numeric(values: list) -> bool:
+    return all(isinstance(v, Estimate) for v in values)
 
 
 def reads_named_runs(check: Check) -> bool:
@@ -369,13 +400,14 @@ def same_numbers(a: Estimate, b: Estimate) -> bool:
     return a.units == b.units and bool(np.array_equal(a.replicates, b.replicates, equal_nan=True))
 
 
-def decide_row(bound, key: str, expected: str, value, confidence: float) -> Row:
+def decide_row(bound, key: str, expected: str, value, confidence: float, band: tuple | None = None) -> Row:
+    """A row's verdict on its interval (`band`: its part of the check's simultaneous band)."""
     if not isinstance(value, Estimate):  # a set or a label: exact
         return Row(key, expected, value, HOLDS if bound.holds(value) else CONTRADICTED)
-    interval = value.interval(confidence)
+    interval = band if band is not None else value.interval(confidence)
     low, high = interval if interval is not None else (value.value, value.value)
     verdict = intervals.decide(bound, low, high)
-    note = value.reason if interval is None else ""
+    note = (value.reason if interval is None else "") + counterexamples(value)
     if verdict == intervals.INCONCLUSIVE and interval is not None:
         share = value.undefined_share()
         if math.isnan(value.value):
@@ -392,11 +424,21 @@ def decide_row(bound, key: str, expected: str, value, confidence: float) -> Row:
     return Row(key, expected, value, verdict, interval, note)
 
 
+def counterexamples(value: Estimate) -> str:
+    """A count's first cases, named (a counterexample decides a claim of "every" or "none")."""
+    if not value.witnesses:
+        return ""
+    return "; first cases: " + ", ".join(value.witnesses)
+
+
 def compare(by: str, a, b) -> Estimate:
     """|a| / |b| (by ratio) or a - b (by difference), resampled together (paired when a and b
-    share units); nan when either value is not a finite number."""
+    share units); nan when either value is not a finite number. A side whose interval is derived
+    (a folded mean over rows) is compared by intervals, each at half the error rate."""
     if not all(math.isfinite(intervals.value_of(v)) for v in (a, b)):
         return Estimate(math.nan, None, None, "a side is not a finite number")
+    if any(isinstance(v, Estimate) and v.derived for v in (a, b)):
+        return intervals.derived_compare(by, a, b)
     return intervals.difference(b, a) if by == "difference" else intervals.ratio(a, b)
 
 

@@ -1,0 +1,169 @@
+"""Verdicts whose stated confidence is their real one (issue 39): a check over many rows decided on
+one simultaneous band, folded reductions without folding bias, claims of "every" and "some"
+decided exactly by their cases, and interventions that change nothing reported as such."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from massive_checks.engine.synthetic import PLANT
+from massive_checks.language import intervals, load_file
+from massive_checks.language.data import DataConfig
+from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Bootstrap, Units
+from massive_checks.measures import massive as M
+from massive_checks.pipeline.evaluate import Evaluator
+
+ROWS, UNITS, DATASETS = 30, 40, 200
+
+
+def _rows_at_bound(rng, draw: int, boot: Bootstrap) -> list[intervals.Estimate]:
+    """30 per-block means on the same 40 sequences (correlated within a sequence), each with a
+    true mean of exactly 0: the claim 'every block's mean is >= 0' is true, at its bound."""
+    shared = rng.normal(0.0, 1.0, size=(UNITS, 1))  # a sequence's effect, common to its blocks
+    x = 0.5 * shared + rng.normal(0.0, 1.0, size=(UNITS, ROWS))  # [n, rows]
+    units = Units(f"draw {draw}", UNITS, "sequences")
+    return [boot.mean(x[:, r], units) for r in range(ROWS)]
+
+
+def test_a_true_claim_at_its_bound_over_30_rows_is_falsely_contradicted_at_most_at_the_stated_level():
+    """Simulation: 200 data sets, 30 rows each of a true claim at its bound. Decided on the
+    simultaneous band, the check is contradicted in at most ~5% of them (the stated level, plus
+    Monte Carlo error); decided row by row on pointwise intervals, in far more."""
+    rng, boot = np.random.default_rng(3), Bootstrap(resamples=1000)
+    band_false = pointwise_false = 0
+    for draw in range(DATASETS):
+        rows = _rows_at_bound(rng, draw, boot)
+        band = intervals.simultaneous(rows, 0.95)
+        band_false += any(high < 0.0 for _, high in band)
+        pointwise_false += any(r.interval(0.95)[1] < 0.0 for r in rows)
+    assert band_false / DATASETS <= 0.08, band_false
+    assert pointwise_false / DATASETS >= 0.2, pointwise_false  # what the per-row intervals did before
+
+
+def test_the_band_widens_with_rows_and_is_the_pointwise_interval_for_one_row():
+    rng, boot = np.random.default_rng(5), Bootstrap(resamples=1000)
+    rows = _rows_at_bound(rng, 0, boot)
+    (one,) = intervals.simultaneous(rows[:1], 0.95)
+    assert one == pytest.approx(rows[0].interval(0.95))
+    band = intervals.simultaneous(rows, 0.95)
+    for (low, high), row in zip(band, rows):
+        pointwise = row.interval(0.95)
+        assert low < pointwise[0] and high > pointwise[1]
+
+
+def test_folded_means_over_rows_carry_no_folding_bias():
+    """30 rows whose true signed change is 0 everywhere: mean_abs's interval starts at 0, so
+    'mean |change| >= 0.05' is never decided to hold; folding every resample (the old way) pushed
+    the noise up and held it in most data sets."""
+    rng, boot = np.random.default_rng(7), Bootstrap(resamples=1000)
+    new_held = old_held = 0
+    bound = 0.05
+    for draw in range(60):
+        rows = _rows_at_bound(rng, draw, boot)
+        folded = intervals.reduce("mean_abs", rows)
+        assert folded.derived == "mean_abs"
+        new_held += folded.interval(0.95)[0] >= bound
+        old = intervals.combine(lambda *v: np.mean(np.abs(np.stack(v)), axis=0), *rows)
+        old_held += old.interval(0.95)[0] >= bound
+    assert new_held == 0 and old_held >= 30, (new_held, old_held)
+
+
+def test_a_folded_maximum_decides_from_both_sides():
+    """max_abs of rows far from 0 is contradicted by `at_most` below them and holds `at_most`
+    above their band; a compare of two folded means combines their intervals."""
+    boot, units = Bootstrap(resamples=500), Units("u", 20, "sequences")
+    rng = np.random.default_rng(1)
+    rows = [boot.mean(rng.normal(mu, 0.1, size=20), units) for mu in (1.0, -2.0, 0.5)]
+    folded = intervals.reduce("max_abs", rows)
+    low, high = folded.interval(0.95)
+    assert folded.value == pytest.approx(abs(rows[1].value)) and 1.8 < low < 2.0 < high < 2.2
+    assert intervals.decide(_bound("at_most", 1.5), low, high) == CONTRADICTED
+    assert intervals.decide(_bound("at_most", 2.5), low, high) == HOLDS
+    small = intervals.reduce("mean_abs", rows[2:])
+    ratio = intervals.derived_compare("ratio", folded, small)
+    r_low, r_high = ratio.interval(0.95)
+    assert r_low < ratio.value < r_high and r_low > 3.0
+    with pytest.raises(TypeError, match="combines only in a compare"):
+        intervals.ratio(folded, small)
+
+
+def _bound(kind, value):
+    from massive_checks.language import Bound
+
+    return Bound(kind, value)
+
+
+# --------------------------------------------------------------------------- cases, exactly
+
+
+def _spec(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    (spec,) = load_file(path)
+    return spec
+
+
+def test_every_is_contradicted_by_one_counterexample_named_by_sequence_block_and_token(tmp_path, session_for):
+    """planted-llama's MLP fires on <s>: a passage with <s> in its middle holds a massive
+    activation there, neither its first token nor its first delimiter. That one case contradicts
+    'every massive activation sits on the first token or a delimiter', named exactly."""
+    passages = tmp_path / "p.txt"
+    passages.write_text("plain words without any stop\nwords then <s> again and more words\nanother plain line here\n")
+    data = DataConfig(dataset=str(passages), samples=3, seq_len=40)
+    session = session_for("planted-llama")
+    spec = _spec(tmp_path, "id: x\nclaim: c\nchecks:\n  - {measure: massive_elsewhere, at_most: 0}\n")
+    result = Evaluator(spec, session, data).evaluate()
+    row = result.checks[0].rows[0]
+    assert result.verdict.outcome == CONTRADICTED and row.interval is None
+    token = session.batch(data).input_ids[1].tolist().index(256, 1)  # the mid-sequence <s>
+    layers = f"{PLANT['layer']}-3"
+    assert f"sequence 1 token {token} ('<s>') in blocks {layers}" in row.note, row.note
+    assert "exact: 1 position counted over 3 sequences" in row.note
+
+
+def test_none_found_holds_on_this_data_and_says_over_how_many(tmp_path, session_for):
+    from conftest import SMALL_DATA
+
+    session = session_for("planted-llama")
+    spec = _spec(tmp_path, "id: x\nclaim: c\nchecks:\n  - {measure: massive_elsewhere, at_most: 0}\n")
+    row = Evaluator(spec, session, SMALL_DATA).evaluate().checks[0].rows[0]
+    assert row.verdict == HOLDS and row.observed.value == 0
+    assert "exact: 0 positions counted over 6 sequences, blocks 0-3" in row.note
+
+
+def test_some_is_shown_by_one_example_and_a_count_has_no_interval(session_for):
+    from conftest import SMALL_DATA
+
+    view = session_for("planted-llama").view(SMALL_DATA)
+    found = M.MassivePositions().compute(view, list(range(4)))
+    assert found.value == 6 and found.replicates is None  # <s> of each sequence, in blocks 1-3
+    assert len(found.witnesses) == M.WITNESSES and found.witnesses[0].startswith("sequence 0 token 0")
+    assert intervals.decide(_bound("at_least", 1), found.value, found.value) == HOLDS
+    none = M.MassivePositions().compute(view, [0])
+    assert none.value == 0 and intervals.decide(_bound("at_least", 1), 0, 0) == CONTRADICTED
+
+
+# --------------------------------------------------------------------------- vacuous interventions
+
+
+def test_an_intervention_that_changes_nothing_makes_its_checks_inconclusive(tmp_path, session_for):
+    """planted-llama's massive cell has the same value in every sequence (it keys on <s>), so
+    'set it to its mean' is an identity: the check reading it is inconclusive and says why, while
+    zeroing it (a real change) is decided."""
+    from conftest import SMALL_DATA
+
+    session = session_for("planted-llama")
+    dims = f"dims:{PLANT['dim']}@{PLANT['layer']}#massive"
+    spec = _spec(
+        tmp_path,
+        f'id: x\nclaim: c\ninterventions:\n  zeroed: ["{dims}"]\n  mean_set: ["{dims}=mean"]\n'
+        "checks:\n  - {measure: top1, layers: 1, change: [baseline, zeroed], at_most: -0.5}\n"
+        "  - {measure: loss, change: [baseline, mean_set], between: [-0.01, 0.01]}\n",
+    )
+    result = Evaluator(spec, session, SMALL_DATA).evaluate()
+    zeroed, mean_set = result.checks
+    assert zeroed.verdict == HOLDS
+    assert mean_set.verdict == INCONCLUSIVE
+    assert "the intervention is an identity on planted-llama: mean_set" in mean_set.rows[0].note
+    assert list(result.observation.identities) == ["mean_set"]
