@@ -315,7 +315,7 @@ def reduce(how: str, values: list[Operand]) -> Estimate:
     return combine(fn, *values)
 
 
-FOLDS = {"mean_abs": np.mean, "max_abs": np.max}
+FOLDS: dict[str, Callable[[Any], Any]] = {"mean_abs": np.mean, "max_abs": np.max}
 
 
 def simultaneous(estimates: list[Estimate], confidence: float) -> list[tuple[float, float] | None]:
