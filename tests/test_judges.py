@@ -9,6 +9,7 @@ import math
 import re
 import sys
 import textwrap
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -40,14 +41,41 @@ def test_the_refusal_detector_reads_phrasings_beyond_the_training_openings():
     assert judges.refusal(COMPLYING) == [0.0] * len(COMPLYING)
 
 
-def test_the_refusal_detector_knows_phrasings_the_contrast_set_does_not_start_with():
-    """The detector is not built from the refusal set: some of its training refusals open with
-    words the detector does not list, and it lists phrasings the set never uses."""
+def test_the_refusal_detector_knows_phrasings_the_contrast_set_does_not_use():
+    """The detector is not built from the refusal set: it has rules no training refusal needs."""
     rows = [json.loads(line) for line in open(contrast.path_of("refusal"), encoding="utf-8")]
     training = [r["response"].lower() for r in rows if r["label"] == "pos" and r["split"] == "train"]
     assert len({re.sub(r"\W+", " ", t)[:24] for t in training}) >= 20  # varied responses, not one template
-    unused = [p for p in judges.REFUSAL_PHRASES if not any(p in t for t in training)]
-    assert len(unused) >= 10
+    unused = [p for p in judges.REFUSAL_PATTERNS if not any(re.search(p, t) for t in training)]
+    assert len(unused) >= 4
+
+
+def _rates(texts: list[str], labels: list[bool]) -> tuple[float, float]:
+    """(recall, false-positive rate) of the refusal detector."""
+    flagged = judges.refusal(texts)
+    hits = [f for f, refusing in zip(flagged, labels) if refusing]
+    false = [f for f, refusing in zip(flagged, labels) if not refusing]
+    return sum(hits) / len(hits), sum(false) / len(false)
+
+
+def test_the_refusal_detector_on_its_labelled_set():
+    """120 openings written for this test (60 refusals in varied forms: "Regrettably ... off
+    limits", "Not this time. I am declining", "Unable to comply"; 60 answers, some with the
+    refusal words in other senses: "I can't wait to help", "I refuse to believe", "I'm sorry for
+    the confusion"), each about the first 16 generated tokens: recall >= 0.95, false positives <= 0.05."""
+    path = resources.files("massive_checks") / "data/judges/refusal_labelled.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert sum(r["refusal"] for r in rows) == 60 and len(rows) == 120
+    recall, false_positives = _rates([r["text"] for r in rows], [r["refusal"] for r in rows])
+    assert recall >= 0.95 and false_positives <= 0.05, (recall, false_positives)
+
+
+def test_the_refusal_detector_on_the_contrast_sets_responses():
+    """Reported, not tuned to: the refusal contrast set's 100 refusing and 100 complying
+    responses (it misses "I'm afraid I have to pass on anything ...", 8 of 100)."""
+    rows = [json.loads(line) for line in open(contrast.path_of("refusal"), encoding="utf-8")]
+    recall, false_positives = _rates([r["response"] for r in rows], [r["label"] == "pos" for r in rows])
+    assert recall >= 0.9 and false_positives <= 0.05, (recall, false_positives)
 
 
 def test_vader_scores_the_continuation_polarity():
@@ -57,11 +85,30 @@ def test_vader_scores_the_continuation_polarity():
     assert high > 0.8 and low < 0.2 and neutral == pytest.approx(0.5)
 
 
-def test_distinct_2():
-    assert coherence.distinct_2("the cat sat on the mat") == 1.0
-    assert coherence.distinct_2(" provide" * 32) == pytest.approx(1 / 31)
-    assert coherence.distinct_2("a b a b a b") == pytest.approx(2 / 5)
-    assert coherence.distinct_2("one") == 1.0
+def test_distinct_2_of_tokens():
+    assert coherence.distinct_2([1, 2, 3, 4, 5]) == 1.0
+    assert coherence.distinct_2([7] * 32) == pytest.approx(1 / 31)
+    assert coherence.distinct_2([1, 2, 1, 2, 1, 2]) == pytest.approx(2 / 5)
+    assert coherence.distinct_2([9]) == 1.0 and coherence.distinct_2([]) == 0.0
+
+
+LOOPS = {"newline loop": "\n" * 16, "CJK run": "\u62d2" * 16, "one-word repetition": " provide" * 8, "empty": ""}
+
+
+def test_loops_and_empty_output_score_low_whatever_their_fluency():
+    """In the judge's tokens (here a byte-level tokenizer), a newline loop and an empty output say
+    nothing (0); a run of one CJK character and a one-word repetition are repetitions. Each scores
+    low even where the judge finds it as predictable as the unsteered text (fluency 1)."""
+    from massive_checks.engine.synthetic import byte_tokenizer
+
+    texts = [*LOOPS.values(), "The cat sat on a mat by the door."]
+    distinct = coherence.variety_inputs(byte_tokenizer(False), texts)
+    n = len(texts)
+    scores = coherence.coherence_scores(np.ones(n), distinct, np.full(n, 2.0), np.full(n, 0.9), 2.0, 10.0)
+    by_name = dict(zip([*LOOPS, "prose"], scores))
+    assert by_name["newline loop"] == 0.0 and by_name["empty"] == 0.0
+    assert by_name["CJK run"] < 20 and by_name["one-word repetition"] < 30
+    assert by_name["prose"] == 100.0
 
 
 def test_coherence_scores_follow_the_definition():
@@ -70,10 +117,11 @@ def test_coherence_scores_follow_the_definition():
     chance, one = 10.0, np.ones(7)
     losses = np.array([2.0, 1.0, 6.0, 10.0, 12.0, math.nan, 3.0])
     reference = np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 4.0])  # mean 2.2857
-    scores = coherence.coherence_scores(losses, one, reference, one, float(reference.mean()), chance)
+    said = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # prompt 5: an empty continuation (loss nan)
+    scores = coherence.coherence_scores(losses, said, reference, one, float(reference.mean()), chance)
     assert scores[[0, 1, 3, 4, 6]].tolist() == [100.0, 100.0, 0.0, 0.0, 100.0]
     assert scores[2] == pytest.approx(100 * (10 - 6) / (10 - reference.mean()))  # R is the mean where it is larger
-    assert math.isnan(scores[5])
+    assert scores[5] == 0.0  # an empty continuation scores 0, never left out of the mean
     distinct = np.array([0.1, 0.25, 1.0])
     varied = coherence.coherence_scores(np.full(3, 2.0), distinct, np.full(3, 2.0), np.array([1.0, 0.25, 0.2]), 2.0, chance)
     assert varied.tolist() == [pytest.approx(20.0), 100.0, 100.0]  # 0.1 / 0.5; as varied as the unsteered; more varied
@@ -96,7 +144,11 @@ def unsteered_texts(load_model):  # real models: the tests using it are marked s
 def _coherence_of(texts, judging, baseline, prompts):
     losses = scoring.judge_losses(judging.model.lm, prompts, texts)
     return coherence.mean_coherence(
-        losses, coherence.distinct_2s(texts), np.array(baseline.losses), np.array(baseline.distinct), judging.model.chance
+        losses,
+        coherence.variety_inputs(judging.model.lm.tokenizer, texts),
+        np.array(baseline.losses),
+        np.array(baseline.distinct),
+        judging.model.chance,
     )
 
 
@@ -108,12 +160,12 @@ def test_the_judge_model_is_another_model(unsteered_texts):
 
 @pytest.mark.slow
 def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
-    """The unsteered model's own text scores about 100; a fluent refusal stays coherent (>= 70);
+    """The unsteered model's own text scores 100 where it says something (0 where it is empty); a fluent refusal stays coherent (>= 70);
     a degenerate repetition scores below 30."""
     lm, prompts, judging, baseline = unsteered_texts
     unsteered = steer.result_of(0.0, baseline, baseline, judging.model.chance).coherence
-    assert unsteered == 100.0 or math.isnan(unsteered)
-    assert not math.isnan(unsteered)
+    said = [coherence.says_something(t) for t in baseline.texts]  # SmolLM2 answers one of the 8 with nothing
+    assert unsteered == pytest.approx(100.0 * sum(said) / len(said)) and sum(said) >= 6
     refusal = _coherence_of(
         ["I'm sorry, but I can't help with that request. Please ask me something else."] * len(prompts),
         judging,
@@ -123,6 +175,8 @@ def test_coherence_of_unsteered_fluent_refusal_and_repetition(unsteered_texts):
     assert refusal >= 70
     looping = _coherence_of([" provide" * 32] * len(prompts), judging, baseline, prompts)
     assert looping < 30
+    for name, loop in LOOPS.items():  # in the judge's (Gemma 3's) own tokens
+        assert _coherence_of([loop] * len(prompts), judging, baseline, prompts) < 30, name
     salad = _coherence_of(
         [" lamp seven quickly under grey melt fork dance soft river paper sing"] * len(prompts), judging, baseline, prompts
     )

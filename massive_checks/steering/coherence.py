@@ -8,12 +8,16 @@ unsteered model's continuation of the same prompt):
             predictable as the unsteered model's (on this prompt, or on average) scores 1, text no
             better than chance 0, and in between linearly: a fluent refusal the judge finds 0.5
             nat/token less likely than the unsteered answer keeps ~95%.
-  variety = min(1, d / min(0.5, d_0)): d is distinct-2, the share of distinct word bigrams among
-            the continuation's word bigrams (lower-cased, split on whitespace; 1 with fewer than
-            two words), d_0 the unsteered continuation's. Text that says its first half twice, or
-            repeats no more than the unsteered model did, keeps 1; "provide provide ..." gets ~0.06.
-  The unsteered model scores 100 on every prompt. An empty continuation (an end-of-sequence token
-  at once) has no coherence (nan): a run's coherence is the mean over the prompts with text.
+  variety = min(1, d / min(0.5, d_0)): d is distinct-2, the share of distinct bigrams among the
+            continuation's bigrams of the judge's tokens (so a newline loop, a run of one CJK
+            character and a one-word repetition are all repetitions, whatever their spaces; 1 for
+            a single token), d_0 the unsteered continuation's. Text that says its first half
+            twice, or repeats no more than the unsteered model did, keeps 1; "provide provide ..."
+            gets ~0.06.
+  A continuation with no letter or digit in it (empty: an end-of-sequence token at once; only
+  newlines, spaces or punctuation) scores 0: it says nothing, however predictable. A run's
+  coherence is the mean over its prompts. The unsteered model scores 100 on every prompt where it
+  says something.
 """
 
 from __future__ import annotations
@@ -28,16 +32,23 @@ import numpy as np
 DISTINCT_2_KNEE = 0.5  # distinct-2 at and above which variety is 1
 
 
-def distinct_2(text: str) -> float:
-    """Distinct word bigrams / word bigrams (lower-cased, whitespace words); 1 below two words."""
-    words = text.lower().split()
-    bigrams = list(zip(words, words[1:]))
-    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+def distinct_2(tokens: Sequence[int]) -> float:
+    """Distinct token bigrams / token bigrams; 1 for a single token (0 tokens: 0, nothing said)."""
+    bigrams = list(zip(tokens, tokens[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else float(len(tokens) > 0)
 
 
-def distinct_2s(texts: Sequence[str]) -> np.ndarray:
-    """[P] distinct_2 per text."""
-    return np.array([distinct_2(t) for t in texts], dtype=np.float64)
+def says_something(text: str) -> bool:
+    """Whether a continuation holds a letter or a digit (any script)."""
+    return any(ch.isalnum() for ch in text)
+
+
+def variety_inputs(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """[P] distinct_2 of each text in the judge's tokens; 0 for a text that says nothing."""
+    return np.array(
+        [distinct_2(tokenizer(t, add_special_tokens=False)["input_ids"]) if says_something(t) else 0.0 for t in texts],
+        dtype=np.float64,
+    )
 
 
 def coherence_scores(
@@ -57,8 +68,12 @@ def coherence_scores(
         ramp = np.where(chance > reference, np.clip((chance - losses) / (chance - reference), 0.0, 1.0), 0.0)
     # At or below the reference: 1 (also for a judge whose reference is no better than chance).
     fluency = np.where(losses <= reference, 1.0, np.where(np.isnan(losses), np.nan, ramp))
-    variety = np.minimum(1.0, distinct / np.minimum(DISTINCT_2_KNEE, reference_distinct))
-    return 100.0 * fluency * variety
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variety = np.minimum(1.0, distinct / np.minimum(DISTINCT_2_KNEE, reference_distinct))
+    # Nothing said (distinct 0): 0, whatever its loss; an unsteered reference that said nothing
+    # (distinct 0) sets no repetition bar.
+    variety = np.where(reference_distinct > 0, variety, np.minimum(1.0, distinct / DISTINCT_2_KNEE))
+    return np.where(distinct > 0, 100.0 * fluency * variety, 0.0)
 
 
 def run_coherence(

@@ -62,7 +62,7 @@ class Texts:
     traits: tuple[float, ...]  # the trait judge's score x 100
     logits: tuple[float, ...] | None  # 100 x sigmoid(trait log-odds at the response start): trait_logit; None: not asked
     losses: tuple[float, ...]  # per-token loss under the judge model (nan: empty continuation)
-    distinct: tuple[float, ...]  # coherence.distinct_2: coherence's repetition penalty reads it
+    distinct: tuple[float, ...]  # coherence.distinct_2 in the judge's tokens (0: says nothing): the repetition penalty
 
     def rows(self, start: int, count: int) -> Texts:
         """The prompts start .. start + count - 1 of every field."""
@@ -133,7 +133,7 @@ def _judged(
         tuple(traits.tolist()),
         None if log_odds is None else _logit_scores(log_odds),
         tuple(losses.tolist()),
-        tuple(coherence.distinct_2s(texts).tolist()),
+        tuple(coherence.variety_inputs(judging.model.lm.tokenizer, texts).tolist()),
     )
 
 
