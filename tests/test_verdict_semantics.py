@@ -167,3 +167,77 @@ def test_an_intervention_that_changes_nothing_makes_its_checks_inconclusive(tmp_
     assert mean_set.verdict == INCONCLUSIVE
     assert "the intervention is an identity on planted-llama: mean_set" in mean_set.rows[0].note
     assert list(result.observation.identities) == ["mean_set"]
+
+
+# --------------------------------------------------------------------------- the units of contrast sets
+
+
+def _crossed_data(rng, prompts: int = 80, forms: int = 16) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
+    """One value per (prompt, pos or neg response): prompt effects, response-form effects (each
+    form written into 5 prompts per label, as in the built-in sets) and noise; true mean 0."""
+    prompt_effect = rng.normal(0.0, 0.5, size=prompts)
+    form_effect = rng.normal(0.0, 1.0, size=2 * forms)  # pos forms 0-15, neg forms 16-31
+    rows, groups, form_ids = [], [], []
+    for p in range(prompts):
+        for label in (0, 1):
+            form = label * forms + (p * 3 + label) % forms
+            rows.append(prompt_effect[p] + form_effect[form] + rng.normal(0.0, 0.3))
+            groups.append(p)
+            form_ids.append(form)
+    return np.array(rows), (tuple(groups), tuple(form_ids))
+
+
+def test_clustered_contrast_intervals_cover_at_the_stated_level_and_per_example_ones_did_not():
+    """Simulation with a known cluster structure (prompts crossed with response forms): the
+    two-way bootstrap (groups x forms) covers the true mean in >= 90% of 300 data sets at 95%;
+    resampling example by example, as before, covers it in far fewer."""
+    rng, boot = np.random.default_rng(17), Bootstrap(resamples=500)
+    two_way = per_example = 0
+    sets = 300
+    for draw in range(sets):
+        x, factors = _crossed_data(rng)
+        low, high = boot.mean(x, Units(f"c{draw}", len(x), "contrast examples", factors)).interval(0.95)
+        two_way += low <= 0.0 <= high
+        low, high = boot.mean(x, Units(f"e{draw}", len(x), "contrast examples")).interval(0.95)
+        per_example += low <= 0.0 <= high
+    assert two_way / sets >= 0.90, two_way
+    assert per_example / sets <= 0.70, per_example
+
+
+def test_a_prompts_pos_and_neg_are_resampled_together():
+    boot = Bootstrap(resamples=200)
+    units = Units("pairs", 6, "contrast examples", ((0, 0, 1, 1, 2, 2),))
+    w = boot.weights(units)
+    assert np.array_equal(w[:, 0], w[:, 1]) and np.array_equal(w[:, 4], w[:, 5])
+    assert np.all(w.sum(axis=1) == 6)
+
+
+def test_built_in_contrast_sets_name_their_units_and_hold_out_unseen_forms():
+    from massive_checks.language import contrast
+
+    for name in contrast.BUILTIN_SETS:
+        labels = contrast.read(name)
+        groups, forms = labels.factors()
+        assert len(set(groups)) == 100 and len(set(forms)) == 40
+        train_forms = {f for f, held in zip(labels.forms, labels.is_heldout) if not held}
+        held_forms = {f for f, held in zip(labels.forms, labels.is_heldout) if held}
+        assert not train_forms & held_forms and len(held_forms) == 8
+        assert labels.units_text(labels.train.tolist()) == "80 groups x 32 forms"
+
+
+def test_user_files_name_their_unit_with_group(tmp_path):
+    import json
+
+    from massive_checks.base.errors import DataError
+    from massive_checks.language import contrast
+
+    rows = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg", "group": i // 4} for i in range(16)]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (groups,) = contrast.read(str(path)).factors()
+    assert len(set(groups)) == 4 and groups[:4] == (0, 0, 0, 0)
+    rows[0]["form"] = "a"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match='"form" is given on some examples'):
+        contrast.read(str(bad))

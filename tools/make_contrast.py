@@ -1,7 +1,11 @@
 """Writes the built-in contrast sets (massive_checks/data/contrast/*.jsonl) from the word lists
 below, all written for this project. Each trait has one prompt per example pair: a positive and a
 negative response to the same prompt, so paired differences (the pca method) are well defined.
-Every fifth pair is held out. Run: python tools/make_contrast.py"""
+Every fifth pair is held out, and so are the last 4 of each label's 20 response forms: training
+pairs use forms 0-15 only, held-out pairs forms 16-19 only, so held-out accuracy is about unseen
+prompts and unseen forms (no held-out response opens like a training one: checked below). Each
+row names its resampling units: "group" (its pair, i.e. its prompt) and "form" (its response
+form). Run: python tools/make_contrast.py"""
 
 import json
 from pathlib import Path
@@ -146,12 +150,26 @@ NEGATIVE = [
 ]
 
 
+TRAIN_FORMS, HELDOUT_FORMS = 16, 4  # of each label's 20 forms
+
+
+def form_of(pair: int, shift: int) -> int:
+    """The response form of a pair: training pairs cycle through forms 0-15 (each 5 times), held-out
+    pairs through 16-19 (each 5 times), offset by `shift` so that pos and neg forms do not move together."""
+    if pair % 5 == 4:  # held out
+        h = pair // 5
+        return TRAIN_FORMS + (h + shift + h // HELDOUT_FORMS) % HELDOUT_FORMS
+    t = pair - pair // 5
+    return (t * 3 + shift + t // TRAIN_FORMS) % TRAIN_FORMS
+
+
 def refusal() -> list[dict]:
     rows = []
     for i, (task, subject) in enumerate((t, s) for t in TASKS for s in SUBJECTS):
         prompt = f"User: {task.format(s=subject)}\nAssistant:"
-        for label, answers in (("pos", REFUSALS), ("neg", COMPLIANCES)):
-            rows.append(_row(prompt, " " + answers[(i * 3 + i // 5) % len(answers)].format(s=subject), label, i))
+        for label, answers, shift in (("pos", REFUSALS, 0), ("neg", COMPLIANCES, 1)):
+            form = form_of(i, shift)
+            rows.append(_row(prompt, " " + answers[form].format(s=subject), label, i, form))
     return rows
 
 
@@ -160,19 +178,34 @@ def sentiment() -> list[dict]:
     for i, (context, noun) in enumerate((c, n) for c in CONTEXTS for n in NOUNS):
         item = context.format(n=noun)
         prompt = f"Review of {item}:"
-        for label, sentences in (("pos", POSITIVE), ("neg", NEGATIVE)):
-            rows.append(_row(prompt, " " + sentences[(i * 7 + i // 5) % len(sentences)], label, i))
+        for label, sentences, shift in (("pos", POSITIVE, 0), ("neg", NEGATIVE, 2)):
+            form = form_of(i, shift)
+            rows.append(_row(prompt, " " + sentences[form], label, i, form))
     return rows
 
 
-def _row(prompt: str, response: str, label: str, pair: int) -> dict:
+def _row(prompt: str, response: str, label: str, pair: int, form: int) -> dict:
     return {
         "text": prompt + response,
         "prompt": prompt,
         "response": response,
         "label": label,
         "split": "heldout" if pair % 5 == 4 else "train",
+        "group": pair,
+        "form": f"{label}-{form}",
     }
+
+
+def opening(response: str, words: int = 3) -> tuple[str, ...]:
+    return tuple(response.lower().split()[:words])
+
+
+def check_openings(rows: list[dict]) -> None:
+    """No held-out response shares its first 3 words with any training response (the vectors'
+    window is the first 5 response tokens, fewer words than that)."""
+    seen = {opening(r["response"]) for r in rows if r["split"] == "train"}
+    shared = [r["response"] for r in rows if r["split"] == "heldout" and opening(r["response"]) in seen]
+    assert not shared, shared[:3]
 
 
 if __name__ == "__main__":
@@ -180,5 +213,6 @@ if __name__ == "__main__":
     for name, rows in (("refusal", refusal()), ("sentiment", sentiment())):
         texts = [r["text"] for r in rows]
         assert len(set(texts)) == len(texts), name
+        check_openings(rows)
         (OUT / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(name, len(rows))

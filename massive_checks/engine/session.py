@@ -341,6 +341,10 @@ class ConfigView:
         # Across models the key is the passages' text: the same resamples on both sides (paired).
         name = Path(self.data.dataset).name
         key = f"passages {self.batch.passages_hash}" if self.by_passage else self.batch.ids_hash
+        if self.data.whole:  # a contrast set: its examples are resampled by its groups and forms
+            labels = contrast.read(self.data.dataset)
+            kind = f"contrast examples (resampled by {labels.units_text()})"
+            return Units(f"{name}|{key}", int(self.batch.input_ids.shape[0]), kind, labels.factors())
         return Units(f"{name}|{key}", int(self.batch.input_ids.shape[0]), kind)
 
     def mean(self, per_sequence) -> Estimate:

@@ -1,13 +1,20 @@
 """Contrast sets for steering vectors: JSONL, one example per line,
 `{"text": ..., "label": "pos" | "neg"}`, optionally `"prompt"` / `"response"` (text = prompt +
-response, so a window can count from the response's first token) and `"split"` ("train" |
-"heldout"; without it, every fifth example of each label is held out).
+response, so a window can count from the response's first token), `"split"` ("train" |
+"heldout"; without it, every fifth example of each label is held out), and the units the examples
+are resampled by (intervals.Units factors), because examples are not independent:
+  "group"  the unit an example belongs to (default: its prompt, so a prompt's pos and neg
+           responses are resampled together; an example without a prompt is its own unit);
+  "form"   a second unit crossed with the first (e.g. the response template it was written from;
+           default: none). With forms, resamples draw groups and forms independently (two-way).
 
 Built-in sets (massive_checks/data/contrast/, written for this project by tools/make_contrast.py):
   refusal    100 prompts, each with a refusing (pos) and a complying (neg) response; 20 response
-             forms per label, every one of them in the training split
+             forms per label: 16 in the 80 training prompts, the other 4 only in the 20 held-out
+             ones (held-out accuracy is about unseen prompts and unseen forms, with no opening
+             shared with training)
   sentiment  100 review openings, each with a positive (pos) and a negative (neg) verdict; 20
-             verdict forms per label
+             verdict forms per label, split the same way
 
 Evaluation prompts (massive_checks/data/prompts/, tools/make_prompts.py) are what steering is
 scored on: other topics and templates than the contrast sets' training texts.
@@ -19,6 +26,7 @@ A user's set is a .txt file (one prompt per line, used as given) or a .jsonl fil
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -42,6 +50,7 @@ TRAITS = {
     "refusal": {"pos": [" I'm sorry", " I can't"], "neg": [" Sure", " Here"]},
     "sentiment": {"pos": [" I loved", " Wonderful"], "neg": [" I hated", " Awful"]},
 }
+FIELDS = ("text", "label", "prompt", "response", "split", "group", "form")
 MAX_TOKENS = 512  # contrast texts are whole: longer ones are an error (windows count from the end)
 
 
@@ -51,6 +60,21 @@ class ContrastSet:
     is_pos: tuple[bool, ...]  # [S] per example: labelled pos (else neg)
     is_heldout: tuple[bool, ...]  # [S] per example: in the held-out split
     prompts: tuple[str | None, ...] = ()  # [S] each example's prompt (None: a text without one)
+    groups: tuple[str, ...] = ()  # [S] each example's resampling unit (its "group", else its prompt, else itself)
+    forms: tuple[str, ...] = ()  # [S] each example's crossed unit ("form"); () when the file has none
+
+    def factors(self, members: Sequence[bool] | None = None) -> tuple[tuple[int, ...], ...]:
+        """The resampling factors (intervals.Units) of the examples `members` (None: all): groups,
+        then forms where the file has them."""
+        keep = [i for i in range(len(self.is_pos)) if members is None or members[i]]
+        columns = [self.groups] + ([self.forms] if self.forms else [])
+        return tuple(_level_ids([column[i] for i in keep]) for column in columns)
+
+    def units_text(self, members: Sequence[bool] | None = None) -> str:
+        """How its examples are resampled, in words."""
+        factors = self.factors(members)
+        names = ["groups", "forms"][: len(factors)]
+        return " x ".join(f"{len(set(levels))} {name}" for levels, name in zip(factors, names))
 
     @property
     def labels(self) -> torch.Tensor:  # [S] 1 = pos, 0 = neg
@@ -95,9 +119,14 @@ def read(pairs: str) -> ContrastSet:
     return _CACHE[path]
 
 
+def _level_ids(values: list) -> tuple[int, ...]:
+    order = {v: i for i, v in enumerate(dict.fromkeys(values))}
+    return tuple(order[v] for v in values)
+
+
 def _read(path: Path) -> ContrastSet:
-    labels, splits, prompts, seen = [], [], [], {"pos": 0, "neg": 0}
-    for where, record in jsonl_lines(path):
+    labels, splits, prompts, groups, forms, seen = [], [], [], [], [], {"pos": 0, "neg": 0}
+    for line, (where, record) in enumerate(jsonl_lines(path)):
         _validate(record, where)
         label = record["label"]
         split = record.get("split") or ("heldout" if seen[label] % 5 == 4 else "train")
@@ -105,17 +134,27 @@ def _read(path: Path) -> ContrastSet:
         labels.append(label == "pos")
         splits.append(split == "heldout")
         prompts.append(record.get("prompt"))
+        groups.append(str(record.get("group", record.get("prompt") or f"example {line}")))
+        forms.append(record.get("form"))
+    if any(f is not None for f in forms) and not all(f is not None for f in forms):
+        raise DataError(f'{path}: "form" is given on some examples and not on others: give it on every one or none')
     for label in LABELS:
         n = sum(pos == (label == "pos") and not held for pos, held in zip(labels, splits))
         if n < 2:
             raise DataError(f"{path}: {n} training examples labelled {label!r}; a vector needs at least 2 of each")
-    return ContrastSet(str(path), tuple(labels), tuple(splits), tuple(prompts))
+    has_forms = forms and forms[0] is not None
+    return ContrastSet(
+        str(path), tuple(labels), tuple(splits), tuple(prompts), tuple(groups), tuple(map(str, forms)) if has_forms else ()
+    )
 
 
 def _validate(record: dict[str, Any], where: str) -> None:
-    unknown = set(record) - {"text", "label", "prompt", "response", "split"}
+    unknown = set(record) - set(FIELDS)
     if unknown:
-        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: text, label, prompt, response, split")
+        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(FIELDS)}")
+    for field in ("group", "form"):
+        if field in record and not isinstance(record[field], (str, int)):
+            raise DataError(f'{where}: "{field}" must be a string or an integer, not {type(record[field]).__name__}')
     if record.get("label") not in LABELS:
         raise DataError(f'{where}: "label" must be "pos" or "neg", not {record.get("label")!r}')
     if record.get("split") is not None and record["split"] not in SPLITS:

@@ -56,14 +56,26 @@ class NumericBound(Protocol):
 
 @dataclass(frozen=True)
 class Units:
-    """n sampling units; estimates on the same key are resampled together (paired)."""
+    """n sampling units; estimates on the same key are resampled together (paired).
+
+    `factors`: where the n rows are not independent, the units they are resampled by - per
+    factor, each row's level (e.g. its prompt, and its response form). Each factor's levels are
+    drawn with replacement, independently, and a row's weight is the product of its levels'
+    counts: one factor resamples clusters (a prompt's pos and neg rows together); two crossed
+    factors make the two-way ("pigeonhole") bootstrap of Owen 2007, which is conservative."""
 
     key: str  # identifies the units: e.g. the data set's token-ids hash, a steering run's prompts
     n: int
     kind: str  # "sequences", "prompts", "contrast examples"
+    factors: tuple[tuple[int, ...], ...] = ()  # [F][n] each row's level of each factor
 
     def text(self) -> str:
         return f"{self.n} {self.kind}"
+
+    @property
+    def independent(self) -> int:
+        """The number of independent units: the fewest levels of a factor (rows, without factors)."""
+        return min((len(set(levels)) for levels in self.factors), default=self.n)
 
 
 @dataclass
@@ -82,16 +94,29 @@ class Bootstrap:
             raise ValueError(f"resamples {self.resamples}: at least 100 (the default is {RESAMPLES})")
 
     def weights(self, units: Units) -> np.ndarray:
-        """[B, n] how often each unit is drawn in each resample (each row sums to n)."""
+        """[B, n] how often each unit is drawn in each resample (each row sums to n); with factors,
+        the product of each row's levels' counts (Units)."""
         cached = self._weights.get((units.key, units.n))
         if cached is None:
-            digest = hashlib.sha256(f"{self.seed}|{units.key}|{units.n}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            drawn = rng.integers(0, units.n, size=(self.resamples, units.n))  # [B, n] unit indices
-            cached = np.zeros((self.resamples, units.n))
-            np.add.at(cached, (np.arange(self.resamples)[:, None], drawn), 1.0)
+            if units.factors:
+                cached = np.ones((self.resamples, units.n))
+                for f, levels in enumerate(units.factors):
+                    index = np.unique(np.asarray(levels), return_inverse=True)[1]
+                    counts = self._counts(f"{units.key}|factor {f}", int(index.max()) + 1)  # [B, levels]
+                    cached = cached * counts[:, index]
+            else:
+                cached = self._counts(units.key, units.n)
             self._weights[(units.key, units.n)] = cached
         return cached
+
+    def _counts(self, key: str, n: int) -> np.ndarray:
+        """[B, n] multinomial counts of n things drawn with replacement, seeded by the key."""
+        digest = hashlib.sha256(f"{self.seed}|{key}|{n}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        drawn = rng.integers(0, n, size=(self.resamples, n))  # [B, n] unit indices
+        counts = np.zeros((self.resamples, n))
+        np.add.at(counts, (np.arange(self.resamples)[:, None], drawn), 1.0)
+        return counts
 
     def mean(self, per_unit: ArrayLike, units: Units) -> Estimate:
         """The mean over units of per-unit values [n] (nan: a unit without a value, left out)."""

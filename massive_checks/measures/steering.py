@@ -93,9 +93,13 @@ def build(pairs_view, definition: VectorDef) -> Vector:
 
 
 def split_units(pairs_view, members: torch.Tensor, split: str) -> Units:
-    """The examples of one split of a contrast set as sampling units."""
+    """The examples of one split of a contrast set as sampling units, resampled by the set's
+    groups (a prompt's pos and neg together) and forms (contrast.ContrastSet.factors)."""
     whole = pairs_view.units()
-    return Units(f"{whole.key}|{split}", int(members.sum()), f"{split} contrast examples")
+    labels = contrast.read(pairs_view.data.dataset)
+    chosen = members.tolist()
+    kind = f"{split} contrast examples (resampled by {labels.units_text(chosen)})"
+    return Units(f"{whole.key}|{split}", int(members.sum()), kind, labels.factors(chosen))
 
 
 def vector_estimate(view, names: tuple[str, ...], fn_values, fn_rows) -> Estimate:
