@@ -119,7 +119,7 @@ def read(pairs: str) -> ContrastSet:
     return _CACHE[path]
 
 
-def _level_ids(values: list) -> tuple[int, ...]:
+def _level_ids(values: list[Any]) -> tuple[int, ...]:
     order = {v: i for i, v in enumerate(dict.fromkeys(values))}
     return tuple(order[v] for v in values)
 
