@@ -52,8 +52,8 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
     assert page.count("data:image/png;base64,") == 5 and "show only failures" in page
     assert "planted-wrong-bound" in page and "class='spec failing'" in page and "Claims x models" in page
     markdown = (out / "claims.md").read_text()
-    assert markdown.startswith("| claim | planted-llama |")  # a column per model
-    assert "contradicted" in markdown and "contradicted, as expected" in markdown
+    assert "\n| claim | planted-llama |\n" in markdown  # a column per model
+    assert "contradicted (planted-wrong-bound: " in markdown  # the claim verdict, then its specs
     assert "holds: {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
     assert "-99.9% [-99.9%, -99.9%] to -99.9% [-99.9%, -99.9%] (layers 1-3)" in markdown  # percent, with intervals
     latex = (out / "claims.tex").read_text()
@@ -81,12 +81,15 @@ def test_claims_tables_have_a_column_per_model():
 
     results = [record("a", "m1", "passed", 22695.9), record("a", "m2", "failed", 3.0), record("b", "m2", "passed", [163])]
     markdown = tables.claims_markdown(results)
-    assert markdown.splitlines()[0] == "| claim | m1 | m2 |"  # a spec naming no catalogue claim is its own row
+    assert "| claim | m1 | m2 |" in markdown  # a spec naming no catalogue claim is its own row
     assert (
-        "| a: claim a | a: holds: 2.27e+04 (layer 11); expected >= 1 | a: does not hold: 3 (layer 11); expected >= 1 |"
+        "| a: claim a | undecided (a: 2.27e+04 (layer 11); expected >= 1) | undecided (a: 3 (layer 11); expected >= 1) |"
         in markdown
     )
-    assert "| b: claim b | - | b: holds: {163} (layer 11); expected >= 1 |" in markdown
+    assert (
+        "| b: claim b | not testable: no spec states it for this model | undecided (b: {163} (layer 11); expected >= 1) |"
+        in markdown
+    )
     assert "m1 & m2" in tables.claims_latex(results)
 
 
@@ -216,12 +219,50 @@ def test_claims_matrix_has_a_row_per_catalogue_claim_with_values_and_intervals()
     models, rows = tables.claims_matrix(results)
     assert models == ["m1", "m2"] and [claim for claim, _, _ in rows] == ["C7", "C10", "s3"]  # catalogue order, then the rest
     markdown = tables.claims_markdown(results)
+    text = tables.catalogue()["C7"]
     assert (
-        "| C7 | s1: holds: 0.61 [0.55, 0.68]; expected >= 0.5 | s2: inconclusive: 0.61 [0.55, 0.68]; expected >= 0.5 |"
+        f"| C7: {text} | holds (s1: 0.61 [0.55, 0.68]; expected >= 0.5) | undecided (s2: 0.61 [0.55, 0.68]; expected >= 0.5) |"
         in markdown
     )
     page = html._matrix_html(results)
     assert page.count("<tr>") == 4 and "badge inconclusive" in page and "no spec on this model" in page
+
+
+def test_claim_rows_have_one_verdict_per_model_and_measured_specs_are_listed_apart():
+    """A claim's verdict on a model combines its claim specs there (one contradicted: contradicted);
+    a model that could not be loaded is not testable, with the reason; a measured spec (bounds from
+    the model's own numbers) is a regression guard, never a cell of a claim's row."""
+
+    def record(spec, model, verdict, kind="claim", status="passed"):
+        row = {"where": "value", "expected": ">= 1", "observed": 2.0, "interval": [1.5, 2.5], "ok": True, "verdict": verdict}
+        return {
+            "spec": spec,
+            "model": model,
+            "claim": f"claim {spec}",
+            "claims": ["C13"],
+            "kind": kind,
+            "status": status,
+            "verdict": verdict,
+            "checks": [{"description": "loss", "ok": True, "verdict": verdict, "rows": [row]}],
+        }
+
+    results = [
+        record("zero", "m1", "holds"),
+        record("mean", "m1", "contradicted", status="xfailed"),
+        record("zero", "m2", "holds"),
+        record("guard", "m2", "contradicted", kind="measured"),
+    ]
+    unavailable = {"gpt2": "the hub is not reachable"}
+    models, rows = tables.claims_matrix(results, unavailable)
+    assert models == ["gpt2", "m1", "m2"] and [r[0] for r in rows] == ["C13"]
+    _, _, by_model = rows[0]
+    assert tables.claim_verdict(by_model.get("m1")) == "contradicted"
+    assert tables.claim_verdict(by_model.get("m2")) == "holds"  # the measured guard is not part of it
+    assert tables.claim_verdict(None, unavailable["gpt2"]) == "not testable: the hub is not reachable"
+    markdown = tables.claims_markdown(results, unavailable)
+    assert "## Regression guards" in markdown and "| guard | m2 |" in markdown
+    latex = tables.claims_latex(results, unavailable)
+    assert r"\begin{longtable}" in latex and r"\endhead" in latex and "not testable: the hub is not reachable" in latex
 
 
 def test_the_reference_table_puts_the_sources_value_beside_each_models():

@@ -119,6 +119,7 @@ def _spec(path: str, doc: Any, index: int, defaults: dict[str, Any]) -> Spec:
         xfail=dict(model.xfail) if isinstance(model.xfail, dict) else model.xfail,
         inconclusive=dict(model.inconclusive) if isinstance(model.inconclusive, dict) else model.inconclusive,
         claims=tuple(model.claims),
+        kind=model.kind,
         golden=_golden(model.golden),
         source=model.source,
         notes=model.notes.strip(),

@@ -159,6 +159,7 @@ class Spec:
     xfail: str | dict[str, str] | None = None  # reason (every model), or {model: reason}
     inconclusive: str | dict[str, str] | None = None  # reason (every model), or {model: reason}
     claims: tuple[str, ...] = ()
+    kind: str = "claim"  # claim (tests a source's claim) | measured (bounds from this model's numbers)
     golden: GoldenConfig | None = None  # when the spec compares against a snapshot
     source: str = ""
     notes: str = ""

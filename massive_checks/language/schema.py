@@ -209,6 +209,9 @@ class _SpecBase(DefaultsModel):
     # the run expects `inconclusive` there, and says so when the claim becomes decisive.
     inconclusive: Text | Annotated[dict[ModelName, Text], Field(min_length=1)] | None = None
     claims: list[ClaimId] = []  # the catalogue's claims it encodes (claims.md: C1-C18), for the claims matrix
+    # claim: it tests a source's claim (a cell of that claim's row in the claims matrix); measured:
+    # its bounds were set from this model's own observations (a regression guard, listed apart).
+    kind: Literal["claim", "measured"] = "claim"
 
 
 def json_schema(defaults: bool = False) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class Observation:
     samples: dict = field(default_factory=dict)  # steering name -> {coef: [generated text, ..]} (reports)
     confidence: float = CONFIDENCE  # of the intervals
     claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
+    kind: str = "claim"  # claim | measured (objects.Spec.kind)
     identities: dict = field(default_factory=dict)  # configuration -> why it is an identity on this model
     across: tuple[str, ...] = ()  # a spec across models: the models, whose baseline profiles `profiles` holds
 

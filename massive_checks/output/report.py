@@ -21,8 +21,8 @@ def write_all(directory: Path, results: list[dict], models: dict, unavailable: d
         with folder_lock(directory):
             write_results(directory, results, models, unavailable)
             atomic_write(directory / "observations.csv", observations_table(results).to_csv(index=False))
-            atomic_write(directory / "claims.md", claims_markdown(results))
-            atomic_write(directory / "claims.tex", claims_latex(results))
+            atomic_write(directory / "claims.md", claims_markdown(results, unavailable))
+            atomic_write(directory / "claims.tex", claims_latex(results, unavailable))
             write_html(directory, results, models, unavailable)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""

@@ -82,6 +82,7 @@ def _header(observation: Observation, verdict: Verdict) -> dict:
         "inconclusive_reason": verdict.inconclusive_reason,
         "expected": expected,
         "claims": list(observation.claims),
+        "kind": observation.kind,
         "notes": observation.notes,
     }
 

@@ -3,8 +3,11 @@ the outcome of a record in words, and observations.csv."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
+from importlib import resources
 
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE
 from massive_checks.language.interventions import ranges
@@ -79,33 +82,91 @@ def _paper_value(value, percent: bool = False) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def claims_matrix(results: list[dict]) -> tuple[list[str], list[tuple[str, str, dict]]]:
-    """Models (columns) and one row per catalogue claim (a spec's `claims:`; a spec naming none is
-    its own row): (claim id, text, {model: [records]}). Claims in catalogue order (C1, C2, ...,
-    C10), then the rest."""
-    models = sorted({r["model"] for r in results})
+NOT_TESTABLE = "not testable"
+
+
+@functools.cache
+def catalogue() -> dict[str, str]:
+    """The claims' texts by id (C1-C18, the forms, L1-L12): massive_checks/data/claims.json."""
+    return json.loads((resources.files("massive_checks") / "data/claims.json").read_text(encoding="utf-8"))
+
+
+def claims_matrix(results: list[dict], unavailable: dict | None = None) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """Models (columns) and one row per claim that specs of kind `claim` test (a spec naming no
+    catalogue claim is its own row): (claim id, its text, {model: [records]}). Claims in catalogue
+    order (C1, C2, ..., C10), then the rest. Measured specs are never in it (measured_rows)."""
+    models = sorted({r["model"] for r in results} | set(unavailable or {}))
     rows: dict[str, dict] = {}
     texts: dict[str, str] = {}
     for r in results:
+        if r.get("kind", "claim") != "claim":
+            continue
         for claim in r.get("claims") or [r["spec"]]:
             rows.setdefault(claim, {}).setdefault(r["model"], []).append(r)
-            texts.setdefault(claim, r["claim"] if not r.get("claims") else "")
+            texts.setdefault(claim, catalogue().get(claim, "") if r.get("claims") else r["claim"])
     order = lambda c: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", c)]
-    return models, [(c, texts[c], rows[c]) for c in sorted(rows, key=lambda c: (not re.match(r"^C\d", c), order(c)))]
+    return models, [(c, texts[c], rows[c]) for c in sorted(rows, key=lambda c: (not re.match(r"^[CL]\d", c), order(c)))]
 
 
-def _cell(records: list[dict] | None) -> str:
-    if not records:
-        return "-"
-    return "; ".join(f"{r['spec']}: {verdict(r)}: {summary_value(r)}" for r in records)
+def claim_verdict(records: list[dict] | None, unavailable: str | None = None) -> str:
+    """One claim's verdict on one model from its specs there: contradicted when one is
+    (an expected failure included), holds when all hold, undecided otherwise, and not testable
+    (with the reason) when none was evaluated."""
+    evaluated = [r for r in records or [] if r.get("status") != "error"]
+    if not evaluated:
+        if unavailable:
+            return f"{NOT_TESTABLE}: {unavailable}"
+        if records:
+            return f"{NOT_TESTABLE}: " + records[0].get("error", "not evaluated").split(";")[0]
+        return f"{NOT_TESTABLE}: no spec states it for this model"
+    outcomes = {r.get("verdict") for r in evaluated}
+    if CONTRADICTED in outcomes:
+        return CONTRADICTED
+    return HOLDS if outcomes == {HOLDS} else "undecided"
 
 
-def claims_markdown(results: list[dict]) -> str:
-    models, rows = claims_matrix(results)
-    lines = ["| claim | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+def _cell(records: list[dict] | None, unavailable: str | None = None) -> str:
+    verdict_text = claim_verdict(records, unavailable)
+    if not records or verdict_text.startswith(NOT_TESTABLE):
+        return verdict_text
+    return f"{verdict_text} ({'; '.join(_spec_summary(r) for r in records)})"
+
+
+def _spec_summary(record: dict) -> str:
+    return f"{record['spec']}: {summary_value(record)}"
+
+
+def measured_rows(results: list[dict]) -> list[tuple[str, str, str, str]]:
+    """Specs of kind `measured` (regression guards on a model's own numbers): (spec, model,
+    outcome in words, value)."""
+    return [(r["spec"], r["model"], verdict(r), summary_value(r)) for r in results if r.get("kind") == "measured"]
+
+
+def claims_markdown(results: list[dict], unavailable: dict | None = None) -> str:
+    unavailable = unavailable or {}
+    models, rows = claims_matrix(results, unavailable)
+    lines = [
+        "# Claims matrix",
+        "",
+        "One row per claim that specs test (`kind: claim`), one verdict per model: holds, contradicted "
+        "(an interval, or a counterexample, lies outside its bound), undecided, or not testable (why).",
+        "",
+        "| claim | " + " | ".join(models) + " |",
+        "|---" * (len(models) + 1) + "|",
+    ]
     for claim, text, by_model in rows:
-        cells = [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models]
+        cells = [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m), unavailable.get(m)) for m in models]
         lines.append(_markdown_row(cells))
+    guards = measured_rows(results)
+    if guards:
+        lines += [
+            "",
+            "## Regression guards (`kind: measured`: bounds set from each model's own numbers, not a source's claim)",
+            "",
+            "| spec | model | outcome | value |",
+            "|---|---|---|---|",
+        ]
+        lines += [_markdown_row(list(row)) for row in guards]
     table_models, references = reference_table(results)
     if references:
         lines += [
@@ -156,17 +217,36 @@ def _latex_escape(text: str) -> str:
     return text.replace("\n", " ")
 
 
-def claims_latex(results: list[dict]) -> str:
-    models, rows = claims_matrix(results)
+def claims_latex(results: list[dict], unavailable: dict | None = None) -> str:
+    """The claims matrix as a longtable (it breaks across pages; its header repeats)."""
+    unavailable = unavailable or {}
+    models, rows = claims_matrix(results, unavailable)
     body = [
-        " & ".join(_latex_escape(c) for c in [f"{claim}{': ' + text if text else ''}"] + [_cell(by_model.get(m)) for m in models])
+        " & ".join(
+            _latex_escape(c)
+            for c in [f"{claim}{': ' + text if text else ''}"]
+            + [claim_verdict(by_model.get(m), unavailable.get(m)) for m in models]
+        )
         + r" \\"
         for claim, text, by_model in rows
     ]
-    columns = "p{6cm}" + "p{4.5cm}" * len(models)
+    columns = "p{7cm}" + "p{3cm}" * len(models)
     header = " & ".join(["Claim"] + [_latex_escape(m) for m in models]) + r" \\"
     return (
-        "\n".join([rf"\begin{{tabular}}{{{columns}}}", r"\hline", header, r"\hline", *body, r"\hline", r"\end{tabular}"]) + "\n"
+        "\n".join(
+            [
+                "% needs \\usepackage{longtable}",
+                rf"\begin{{longtable}}{{{columns}}}",
+                r"\hline",
+                header,
+                r"\hline",
+                r"\endhead",
+                *body,
+                r"\hline",
+                r"\end{longtable}",
+            ]
+        )
+        + "\n"
     )
 
 

@@ -116,6 +116,7 @@ class Evaluator:
             samples=self.samples(),
             confidence=bootstrap.confidence,
             claims=spec.claims,
+            kind=spec.kind,
             identities=self.identities(),
         )
 
