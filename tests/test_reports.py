@@ -54,7 +54,7 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
     markdown = (out / "claims.md").read_text()
     assert "\n| claim | planted-llama |\n" in markdown  # a column per model
     assert "contradicted (planted-wrong-bound: " in markdown  # the claim verdict, then its specs
-    assert "holds: {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
+    assert ": {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
     assert "-99.9% [-99.9%, -99.9%] to -99.9% [-99.9%, -99.9%] (layers 1-3)" in markdown  # percent, with intervals
     latex = (out / "claims.tex").read_text()
     assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex
