@@ -57,7 +57,7 @@ def test_report_has_a_figure_for_every_spec_and_tables(suite):
     assert ": {37} (layers 1-3)" in markdown and "frozenset" not in markdown  # sets as {37}, layer ranges
     assert "-99.9% [-99.9%, -99.9%] to -99.9% [-99.9%, -99.9%] (layers 1-3)" in markdown  # percent, with intervals
     latex = (out / "claims.tex").read_text()
-    assert "\\begin{tabular}" in latex and "\\end{tabular}" in latex
+    assert "\\begin{longtable}" in latex and "\\end{longtable}" in latex
 
 
 def test_claims_tables_have_a_column_per_model():
