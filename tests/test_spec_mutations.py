@@ -195,8 +195,25 @@ def killed(spec, check, session, evaluator) -> bool:
     return not evaluator(single).evaluate().passed
 
 
+# Verdicts a hair from their bound, listed with the numbers until a larger run decides them (each
+# still fails the nudge: strict).
+FRAGILE = {
+    "gemma3-270m:gemma3-c18-window": "contradicted with upper ends 1.71 and 1.67 against >= 2, half-widths ~5.9: "
+    "a 5% nudge makes it inconclusive (60 prompts, two coefficients; issue 39's sweeps re-measure it)",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model, spec", SPECS, ids=[f"{m}:{s.id}" for m, s in SPECS])
+@pytest.mark.parametrize(
+    "model, spec",
+    [
+        pytest.param(m, s, marks=pytest.mark.xfail(reason=FRAGILE[f"{m}:{s.id}"], strict=True))
+        if f"{m}:{s.id}" in FRAGILE
+        else (m, s)
+        for m, s in SPECS
+    ],
+    ids=[f"{m}:{s.id}" for m, s in SPECS],
+)
 def test_every_check_fails_from_each_side_its_bound_constrains(massive_session, model, spec):
     session = session_of(massive_session, model)
     plain = lambda s: Evaluator(s, session, spec.data)

@@ -53,7 +53,8 @@ def test_a_batched_sweep_equals_each_run_alone(session_for, name):
         assert batched.trait == pytest.approx(alone.trait, rel=1e-4, abs=1e-6)
         assert batched.trait_logit == pytest.approx(alone.trait_logit, rel=1e-4, abs=1e-6)
         assert batched.coherence == pytest.approx(alone.coherence, rel=1e-4, nan_ok=True)
-    assert together[0].coherence == 100.0
+    said = [coherence.says_something(t) for t in together[0].texts]  # a random model may say nothing: 0
+    assert together[0].coherence == pytest.approx(100.0 * sum(said) / len(said))
     assert together[2].texts != together[0].texts  # a strong coefficient changes what is generated
 
 
