@@ -72,11 +72,6 @@ class Units:
     def text(self) -> str:
         return f"{self.n} {self.kind}"
 
-    @property
-    def independent(self) -> int:
-        """The number of independent units: the fewest levels of a factor (rows, without factors)."""
-        return min((len(set(levels)) for levels in self.factors), default=self.n)
-
 
 @dataclass
 class Bootstrap:
@@ -185,7 +180,7 @@ class Estimate:
         below the lower end and above the upper one, so more than a tail's share of them makes
         the interval unbounded."""
         if self.derived:
-            return None if math.isnan(self.value) and not self.parts else derived_interval(self, confidence)
+            return derived_interval(self, confidence)
         return self.interval_at((1.0 - confidence) / 2.0)
 
     def interval_at(self, tail: float) -> tuple[float, float] | None:
@@ -379,17 +374,20 @@ def derived_interval(e: Estimate, confidence: float) -> tuple[float, float]:
         band = [b if b is not None else (r.value, r.value) for b, r in zip(simultaneous(list(e.parts), confidence), e.parts)]
         if any(math.isnan(lo) or math.isnan(hi) for lo, hi in band):
             return (math.nan, math.nan)
-        nearest = [0.0 if lo <= 0.0 <= hi else min(abs(lo), abs(hi)) for lo, hi in band]
-        farthest = [max(abs(lo), abs(hi)) for lo, hi in band]
+        nearest, farthest = zip(*(absolute(lo, hi) for lo, hi in band))
         return float(FOLDS[e.derived](nearest)), float(FOLDS[e.derived](farthest))
     half = 1.0 - (1.0 - confidence) / 2.0  # two sides: each at half the error rate (Bonferroni)
     (a_lo, a_hi), (b_lo, b_hi) = (p.interval(half) or (p.value, p.value) for p in e.parts)
     if e.derived == "difference":  # b - a
         return (b_lo - a_hi, b_hi - a_lo)
-    a_abs = (0.0 if a_lo <= 0 <= a_hi else min(abs(a_lo), abs(a_hi)), max(abs(a_lo), abs(a_hi)))
-    b_abs = (0.0 if b_lo <= 0 <= b_hi else min(abs(b_lo), abs(b_hi)), max(abs(b_lo), abs(b_hi)))
+    a_abs, b_abs = absolute(a_lo, a_hi), absolute(b_lo, b_hi)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (float(safe_divide(a_abs[0], b_abs[1])), float(safe_divide(a_abs[1], b_abs[0])))
+
+
+def absolute(low: float, high: float) -> tuple[float, float]:
+    """The interval of |x| for x in [low, high]."""
+    return (0.0 if low <= 0.0 <= high else min(abs(low), abs(high))), max(abs(low), abs(high))
 
 
 def derived_compare(by: str, a: Estimate, b: Estimate) -> Estimate:

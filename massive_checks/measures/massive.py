@@ -87,7 +87,7 @@ class _Cases(Measure):
         return cells_panel(view)
 
     def compute(self, view, layers):
-        hits = torch.stack([self.cases(view, L) for L in layers])  # [L, S, T]
+        hits = self.cases(view, layers)  # [L, S, T]
         blocks: dict[tuple[int, int], list[int]] = {}  # (sequence, token) -> the blocks where it is a case
         for i, sequence, token in hits.nonzero().tolist():
             blocks.setdefault((sequence, token), []).append(layers[i])
@@ -100,8 +100,8 @@ class _Cases(Measure):
         where = f"{view.units().n} sequences, blocks {layers[0]}-{layers[-1]}" if layers else "no blocks"
         return Estimate(float(count), None, view.units(), f"exact: {count} position{plural} counted over {where}", named)
 
-    def cases(self, view, layer: int):
-        """[S, T] bool: the (sequence, token) positions of this block that are cases."""
+    def cases(self, view, layers: list[int]):
+        """[L, S, T] bool: the (sequence, token) positions of each block of `layers` that are cases."""
         raise NotImplementedError
 
 
@@ -116,8 +116,8 @@ class MassivePositions(_Cases):
 
     measure: Literal["massive_positions"] = "massive_positions"
 
-    def cases(self, view, layer):
-        return readings.massive_hits(view, layer, "token")
+    def cases(self, view, layers):
+        return token_hits(view, layers)
 
 
 @register
@@ -128,11 +128,8 @@ class MassiveElsewhere(_Cases):
 
     measure: Literal["massive_elsewhere"] = "massive_elsewhere"
 
-    def cases(self, view, layer):
-        hits = readings.massive_hits(view, layer, "token")  # [S, T]
-        positions = torch.arange(hits.shape[1])[None, :]
-        allowed = (positions == 0) | (positions == readings.first_delimiters(view)[:, None])
-        return hits & ~allowed
+    def cases(self, view, layers):
+        return massive_elsewhere(view, layers)
 
 
 @register
@@ -166,12 +163,25 @@ class MassiveElsewhereShare(Measure):
     value_range: ClassVar = (0.0, 1.0)
 
     def compute(self, view, layers):
-        delimiters = readings.first_delimiters(view)  # [S]
-        total = elsewhere = torch.zeros(view.units().n, dtype=torch.float64)
+        total = torch.zeros(view.units().n, dtype=torch.float64)
         for layer in layers:
-            hits = readings.massive_hits(view, layer, "token")  # [S, T]
-            positions = torch.arange(hits.shape[1])[None, :]
-            allowed = (positions == 0) | (positions == delimiters[:, None])
-            total = total + hits.sum(dim=1)
-            elsewhere = elsewhere + (hits & ~allowed).sum(dim=1)
+            total = total + readings.massive_hits(view, layer, "token").sum(dim=1)
+        elsewhere = massive_elsewhere(view, layers).sum(dim=(0, 2)).double()  # [S]
         return view.bootstrap.ratio_of_totals(elsewhere.numpy(), total.numpy(), view.units())
+
+
+def token_hits(view, layers: list[int]):
+    """[L, S, T] bool: readings.massive_hits per block (an empty range: no hits)."""
+    if not layers:
+        return torch.zeros((0, *view.batch.input_ids.shape), dtype=torch.bool)
+    return torch.stack([readings.massive_hits(view, L, "token") for L in layers])
+
+
+def massive_elsewhere(view, layers: list[int]):
+    """[L, S, T] bool: massive positions of each block on neither the sequence's first token nor
+    its first delimiter (the delimiters found once)."""
+    delimiters = readings.first_delimiters(view)  # [S]
+    hits = token_hits(view, layers)  # [L, S, T]
+    positions = torch.arange(hits.shape[2])[None, :]
+    allowed = (positions == 0) | (positions == delimiters[:, None])  # [S, T]
+    return hits & ~allowed[None]
