@@ -185,8 +185,10 @@ def test_spec_measures_equal_a_direct_sweep_and_each_sweep_runs_once(session_for
     assert observed[0]["at30"] == pytest.approx(md[2].trait - md[0].trait)
     assert observed[0]["logit30"] == pytest.approx(md[2].trait_logit - md[0].trait_logit)
     assert md[0].texts and all(0 <= t <= 100 for r in md for t in r.judged.traits)
-    samples = results.outcome_record(*outcomes[0])["samples"]  # results.json: texts of the unsteered model and the shown coefs
-    assert set(samples) == {"md", "search"} and samples["md"]["0"] == list(md[0].texts[:2])
+    record = results.outcome_record(*outcomes[0])  # results.json: 3 texts per coef; "texts": all (report.py files them)
+    assert set(record["samples"]) == {"md (3 prompts)", "search (3 prompts)"}
+    assert record["samples"]["md (3 prompts)"]["0"] == list(md[0].texts[:3])
+    assert record["texts"]["md (3 prompts)"]["30"] == list(md[2].texts) and record["texts"]["md (3 prompts)"]["prompts"] == texts
     assert observed[0]["coherence"] == pytest.approx(md[3].coherence)
     pairs_view = view.contrast("refusal")
     start = activation_norm(pairs_view, "first:5", 1, "massive").value
@@ -248,7 +250,7 @@ BAD = [
         BASE + "steering:\n  s: {vector: v}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
         5,
         "steering.s.vector",
-        "give coefs",
+        "give search: {..}, coefs",
     ),
     (
         BASE + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: best_coef, steering: t, at_least: 1.0e-6}\n",
@@ -268,7 +270,7 @@ BAD = [
         + "steering:\n  s: {vector: v, coefs: [1]}\nchecks:\n  - {measure: coherence, steering: s, coef: calibrated, at_least: 1.0e-6}\n",
         7,
         "checks[0].coef",
-        "run only by a sweep from a calibrated start",
+        "run only by a configuration that lists it",
     ),
     (
         BASE + "steering:\n  s: {vector: v, coefs: [1]}\n  t: {vector: v, coefs: [1]}\nchecks:\n"
@@ -311,6 +313,27 @@ BAD = [
         5,
         "steering.s.sweep.factor",
         "greater than 1",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, search: {factor: 2}}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.search.factor",
+        "less than or equal to 1.5",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, search: {prompts: 12}, prompts: 12}\nchecks:\n  - {measure: best_coef, steering: s, at_least: 1.0e-6}\n",
+        5,
+        "steering.s.search",
+        "leaves no prompt to score",
+    ),
+    (
+        BASE
+        + "steering:\n  s: {vector: v, search: {}}\nchecks:\n  - {measure: trait_effect, steering: s, coef: 2, at_least: 1.0e-6}\n",
+        7,
+        "checks[0].coef",
+        "scored on its search prompts only",
     ),
     (
         BASE + "steering:\n  s: {vector: v, coefs: [1], positions: middle}\nchecks:\n"
@@ -361,3 +384,82 @@ def test_a_contrast_file_without_trait_words_needs_them(tmp_path):
     (tmp_path / "d.yaml").write_text(with_prompts.replace("prompts: 2,", "prompts: 2, judge: vader,"))
     loaded = load_file(tmp_path / "d.yaml")[0].steering["s"]
     assert (loaded.trait.pos, loaded.trait.neg, loaded.judge) == ((" yes",), (" no",), "vader")
+
+
+SEARCH = """\
+claim: a search to the cliff on a tiny model
+vectors:
+  md: {pairs: refusal, layer: 1, window: "first:5", method: mean_diff}
+  pr: {pairs: refusal, layer: 1, window: "first:5", method: probe}
+steering:
+  md: {vector: md, search: {prompts: 3, start: START, limit: LIMIT}, prompts: 5, max_new_tokens: 4, threshold: THRESHOLD}
+  pr: {vector: pr, search: {prompts: 3, start: START, limit: LIMIT}, prompts: 5, max_new_tokens: 4, threshold: THRESHOLD}
+checks:
+  - {id: effect, measure: trait_effect, steering: md, at_least: -99}
+  - {id: where_pr_peaks, measure: trait_effect, steering: md, coef: {of: pr}, at_least: -99}
+  - {id: best, measure: best_coef, steering: md, at_least: 1.0e-6}
+  - {id: cliff, measure: coherence_cliff, steering: md, at_least: 1.0e-6}
+"""
+
+
+def _searched(session_for, tmp_path, start, limit, threshold):
+    session = session_for("tiny-llama")
+    body = SEARCH.replace("START", str(start)).replace("LIMIT", str(limit)).replace("THRESHOLD", str(threshold))
+    (tmp_path / "s.yaml").write_text(body)
+    spec = load_file(tmp_path / "s.yaml")[0]
+    observation = Evaluator(spec, session, spec.data).evaluate().observation
+    view = session.view(spec.data, vectors=spec.vectors, steering=spec.steering)
+    values = {c.key: next(iter(c.values.values())) for c in observation.checks}
+    return session, view, values, observation
+
+
+def test_a_search_climbs_by_the_factor_to_its_first_incoherent_coefficient_and_scores_its_pick_elsewhere(session_for, tmp_path):
+    """Coherence 99 on a random model: nearly every steered text breaks it, so the cliff comes
+    early; the search stops there, and its pick is scored on the 2 prompts it did not see."""
+    session, view, values, observation = _searched(session_for, tmp_path, 0.01, 8, 99)
+    outcome = sweep_of(view, "md")
+    search = outcome.search
+    coefs = [r.coef for r in search.results[1:]]
+    assert all(b / a == pytest.approx(1.5) for a, b in zip(coefs, coefs[1:]))  # x1.5 a step, from below any effect
+    incoherent = [r.coef for r in search.results[1:] if r.coherence < 99]
+    assert incoherent == [coefs[-1]] and search.stop.startswith(f"cliff at {coefs[-1]:.4g}")  # stops at the first
+    assert values["cliff"].value == coefs[-1]
+    assert len(search.baseline.texts) == 3 and len(outcome.baseline.texts) == 2  # searched on 3, scored on the other 2
+    assert outcome.prompts == tuple(contrast.eval_prompts("refusal", 5)[3:])
+    best = search.best()
+    if best is None:
+        assert math.isnan(values["effect"].value)
+    else:
+        scored = outcome.at(best.coef)
+        assert values["best"].value == best.coef
+        assert values["effect"].value == pytest.approx(scored.trait - outcome.baseline.trait)
+    peak = sweep_of(view, "pr").best()
+    if peak is not None:  # mean_diff where the probe peaks: a run at the probe's pick, on the same scored prompts
+        lm, (prompts, texts), trait = session.lm, _prompts(session.lm, 5), _trait(session.lm)
+        at_peak = steer.sweep(
+            lm,
+            [(vector_of(view, "md").values, c) for c in (0.0, peak.coef)],
+            1,
+            prompts[3:],
+            texts[3:],
+            trait,
+            4,
+            _judging(session),
+        )
+        assert values["where_pr_peaks"].value == pytest.approx(at_peak[1].trait - at_peak[0].trait)
+    labels = set(observation.samples)
+    assert labels == {"md search (3 prompts)", "md (2 prompts)", "pr search (3 prompts)", "pr (2 prompts)"} | (
+        {"md at pr's best (2 prompts)"} if peak is not None else set()
+    )
+    flat = observation.values()
+    assert flat["texts: md search (3 prompts) | coef 0 | sample 1"] == search.baseline.texts[0]
+    assert len(flat["texts: md search (3 prompts) | coef 0 | digest"]) == 16
+
+
+def test_a_search_without_a_cliff_stops_at_its_limit_and_says_so(session_for, tmp_path):
+    _, view, values, _ = _searched(session_for, tmp_path, 0.01, 0.5, 0)  # threshold 0: nothing is incoherent
+    outcome = sweep_of(view, "md")
+    scale = outcome.calibrated["calibrated_without_massive"]
+    coefs = [r.coef for r in outcome.search.results[1:]]
+    assert coefs[-1] <= 0.5 * scale < coefs[-1] * 1.5  # up to limit x the calibrated coefficient, no further
+    assert "no cliff up to" in outcome.search.stop and math.isnan(values["cliff"].value)

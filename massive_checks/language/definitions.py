@@ -112,6 +112,23 @@ class Sweep(Frozen):
         return tuple(start * self.factor**k for k in range(-self.steps, self.steps + 1))
 
 
+class Search(Frozen):
+    """A search for the strongest coherent coefficient (claims C15-C18, the seed's "best delta at
+    coherence >= 70"), on the first `prompts` evaluation prompts: coefficients start x factor^k,
+    k = 0, 1, .., up to and including the first whose coherence falls below the configuration's
+    threshold (the coherence cliff), or, without a cliff, up to `limit` x the calibrated
+    coefficient without the massive dims (the search says it found none). Before climbing it
+    steps down from the start (at most `down` steps) while the start already moves the trait
+    score by more than one prompt's worth (100 / prompts), so the sweep starts below any effect.
+    The best coherent coefficient it finds, and any `coefs`, are then scored on the other prompts."""
+
+    start: Annotated[Number, Field(gt=0)] | None = None  # default: 1/8 of calibrated_without_massive
+    factor: Annotated[Number, Field(gt=1, le=1.5)] = 1.5
+    prompts: Annotated[int, Field(ge=2, le=500)] = 12
+    limit: Annotated[Number, Field(gt=0)] = 8.0
+    down: Annotated[int, Field(ge=0, le=20)] = 4
+
+
 class Trait(Frozen):
     """Trait (pos) and anti-trait (neg) continuations whose log-odds at the response start score it."""
 
@@ -124,8 +141,9 @@ class SteeringDef(Frozen):
     coefficients, its generated text judged for trait and coherence on held-out evaluation prompts."""
 
     vector: Name
-    coefs: Annotated[tuple[Annotated[Number, Field(gt=0)], ...], Field(min_length=1), AS_TUPLE] = ()
+    coefs: Annotated[tuple[Annotated[Number, Field(gt=0)] | Calibrated, ...], Field(min_length=1), AS_TUPLE] = ()
     sweep: Sweep | None = None
+    search: Search | None = None
     layer: Index | None = None  # default: the vector's layer
     positions: Position = "all"
     first: bool = False  # steer position 0 too

@@ -112,8 +112,16 @@ def steering_rules(s: definitions.SteeringDef, node: Any, at: Where, prefix: str
             f"unknown vector {s.vector!r}; defined under vectors: {', '.join(sorted(vectors)) or 'none'}",
             prefix,
         )
-    if not s.coefs and s.sweep is None:
-        at.fail(node, "vector", "give coefs: [..] or sweep: {start: .., factor: .., steps: ..}", prefix)
+    if not s.coefs and s.sweep is None and s.search is None:
+        at.fail(node, "vector", "give search: {..}, coefs: [..] or sweep: {start: .., factor: .., steps: ..}", prefix)
+    if s.search is not None and s.search.prompts >= s.prompts:
+        at.fail(
+            node,
+            "search",
+            f"search.prompts {s.search.prompts} leaves no prompt to score the best coefficient on "
+            f"(prompts: {s.prompts}); the search runs on the first search.prompts, the scores on the rest",
+            prefix,
+        )
     pairs = vectors[s.vector].pairs
     if s.trait is None and pairs not in contrast.TRAITS:
         at.fail(
@@ -175,21 +183,25 @@ def _steering_reference(raw: Any, measure: MeasureDef, prefix: str, where: Where
                 prefix,
             )
         coef = getattr(measure, "coef", None)
-        sweep = sweeps[name].sweep
-        if coef in definitions.CALIBRATED and (sweep is None or sweep.start not in definitions.CALIBRATED):
+        if coef is not None and not isinstance(coef, (str, float)):  # coef: {of: <steering>}
+            continue
+        config = sweeps[name]
+        from_calibrated = config.sweep is not None and config.sweep.start in definitions.CALIBRATED
+        if coef in definitions.CALIBRATED and not from_calibrated and coef not in config.coefs:
             where.fail(
                 raw,
                 "coef",
-                f"{coef} is run only by a sweep from a calibrated start "
-                f"(steering {name!r}: sweep: {{start: calibrated_without_massive, ...}})",
+                f"{coef} is run only by a configuration that lists it (steering {name!r}: coefs: [{coef}, ..]) "
+                f"or by a sweep from a calibrated start (sweep: {{start: calibrated_without_massive, ...}})",
                 prefix,
             )
-        if isinstance(coef, float) and sweeps[name].sweep is None and coef not in sweeps[name].coefs:
+        if isinstance(coef, float) and config.sweep is None and coef not in config.coefs:
+            searched = " (a search's coefficients are scored on its search prompts only)" if config.search else ""
             where.fail(
                 raw,
                 "coef",
-                f"{coef:g} is not among steering {name!r}'s coefs {list(sweeps[name].coefs)} "
-                f"(or use calibrated / calibrated_without_massive)",
+                f"{coef:g} is not among steering {name!r}'s coefs {list(config.coefs)}{searched} "
+                f"(or use calibrated / calibrated_without_massive, or {{of: <steering>}})",
                 prefix,
             )
 

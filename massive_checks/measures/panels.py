@@ -148,7 +148,8 @@ class EnergyPanel(Panel):
 @dataclass(frozen=True)
 class SteeringPanel(Panel):
     """sweeps: configuration -> {"coefs", "trait", "coherence" (0-100 per coef), "baseline_trait",
-    "threshold", "calibrated": {name: coef}}."""
+    "threshold", "calibrated": {name: coef}, "cliff", "prompts"; a search's "stop" and "scored":
+    its scored coefficients on the other prompts, {"coefs", "trait", "coherence", "prompts"}}."""
 
     sweeps: dict = field(default_factory=dict)
     axes: ClassVar[int] = 2
@@ -313,14 +314,35 @@ def plot_norms(ax, norms: dict) -> None:
     )
 
 
+def _scored_and_cliff(ax_trait, ax_coherence, name: str, sweep: dict, color: str) -> None:
+    """A search's scored coefficients (stars, on the other prompts) and its cliff (a vertical line)."""
+    scored = sweep.get("scored")
+    if scored:
+        label = f"{name} scored ({scored['prompts']} other prompts)"
+        ax_trait.plot(scored["coefs"], scored["trait"], "*", color=color, markersize=9, label=label)
+        ax_coherence.plot(scored["coefs"], scored["coherence"], "*", color=color, markersize=9, label=label)
+    cliff = sweep.get("cliff")
+    if cliff is not None and np.isfinite(cliff):
+        for ax in (ax_trait, ax_coherence):
+            ax.axvline(
+                cliff,
+                color=color,
+                linestyle="--",
+                linewidth=1.2,
+                label=f"{name} cliff {cliff:.4g}" if ax is ax_coherence else None,
+            )
+
+
 def plot_steering(ax_trait, ax_coherence, sweeps: dict) -> None:
     """sweeps: configuration -> {"coefs", "trait", "coherence" (0-100 per coef), "baseline_trait",
     "threshold", "calibrated": {name: coef}}; log x, the threshold and the calibrated starts drawn."""
     for i, (name, sweep) in enumerate(sweeps.items()):
         color = f"C{i % 10}"
-        ax_trait.plot(sweep["coefs"], sweep["trait"], "o-", color=color, markersize=3, label=name)
+        label = f"{name} ({sweep['prompts']} prompts)" if "prompts" in sweep else name
+        ax_trait.plot(sweep["coefs"], sweep["trait"], "o-", color=color, markersize=3, label=label)
         ax_trait.axhline(sweep["baseline_trait"], color=color, linestyle=":", linewidth=0.8)
-        ax_coherence.plot(sweep["coefs"], sweep["coherence"], "o-", color=color, markersize=3, label=name)
+        ax_coherence.plot(sweep["coefs"], sweep["coherence"], "o-", color=color, markersize=3, label=label)
+        _scored_and_cliff(ax_trait, ax_coherence, name, sweep, color)
     thresholds = {s["threshold"] for s in sweeps.values()}
     for threshold in thresholds:
         ax_coherence.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")

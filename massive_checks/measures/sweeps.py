@@ -13,17 +13,18 @@ or without the massive dims; a unit vector has norm 1) runs both calibrated coef
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 from pydantic import Field
 
 from massive_checks.base.lazy import LazyModule
 from massive_checks.language import contrast, judges
-from massive_checks.language.definitions import CALIBRATED, Calibrated, SteeringDef
+from massive_checks.language.definitions import CALIBRATED, Calibrated, Frozen, SteeringDef
 from massive_checks.language.definitions import Name as SteeringName
 from massive_checks.language.intervals import Estimate, Units
 from massive_checks.measures.base import Measure, register
@@ -39,7 +40,7 @@ else:  # imported at first use: the spec schema reads the measure classes withou
     scoring = LazyModule("massive_checks.steering.scoring")
 
 Coef = Union[Annotated[float, Field(gt=0)], Calibrated]
-SAMPLES = 2  # generated texts per shown coefficient in reports
+PROMPTS = "prompts"  # texts_of's key of the prompts (the others are coefficients)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class SweepOutcome:
     start: float = math.nan  # a geometric sweep's start coefficient (nan: no sweep)
     chance: float = math.nan  # log V of the judge model (coherence's zero); nan: no judge model given
     judged_by: tuple[str, str] = ("", "")  # (trait judge, judge model), for reports
+    search: SweepOutcome | None = None  # the configuration's search, on its search prompts (the others: these results)
+    stop: str = ""  # a search's own: where and why it stopped, and where it started
+    prompts: tuple[str, ...] = ()  # the evaluation prompts' texts, in order
 
     @property
     def baseline(self) -> SteeringResult:
@@ -70,13 +74,25 @@ class SweepOutcome:
         raise ValueError(f"coef {coef}: not a coefficient of this sweep ({', '.join(f'{r.coef:.4g}' for r in self.results)})")
 
     def best(self, score: str = "trait") -> SteeringResult | None:
-        """The largest trait effect among coefficients > 0 whose coherence is >= the threshold."""
+        """The largest trait effect among coefficients > 0 whose coherence is >= the threshold;
+        with a search, the one the search chose, as scored on the other prompts."""
+        if self.search is not None:
+            chosen = self.search.best(score)
+            return None if chosen is None else self.at(chosen.coef)
         coherent = [r for r in self.results[1:] if r.coherence >= self.threshold]
         return max(coherent, key=lambda r: _score(r, score), default=None)
 
     def cliff(self) -> float:
-        """The smallest coefficient > 0 whose coherence is below the threshold (nan: none swept)."""
+        """The smallest coefficient > 0 whose coherence is below the threshold (nan: none swept);
+        with a search, the search's."""
+        if self.search is not None:
+            return self.search.cliff()
         return next((r.coef for r in self.results[1:] if r.coherence < self.threshold), math.nan)
+
+    @property
+    def searched(self) -> SweepOutcome:
+        """Where the best coefficient and the cliff are chosen: the search, or this sweep."""
+        return self if self.search is None else self.search
 
     # -- resampled over prompts (paired: every coefficient ran on the same prompts)
     def units(self) -> Units:
@@ -142,55 +158,141 @@ def sweep_of(view, name: str, logits: bool = False) -> SweepOutcome:
     return view.session.memo(key, lambda: _sweep(view, definition, logits))
 
 
-def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
+def coef_run(view, name: str, coef: float, logits: bool = False) -> SweepOutcome:
+    """Configuration `name` at one more coefficient (chosen elsewhere, e.g. where another method
+    peaks), on the prompts its scores use: coef 0 and `coef`."""
+    definition = view.steering_def(name)
+    key = ("coef run", definition, view.vector_def(definition.vector), view.min_value, view.min_ratio, logits, coef)
+    return view.session.memo(key, lambda: _run(view, _setup(view, definition), [0.0, coef], logits, scored=True))
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every run of one configuration shares: its vector, layer, prompts, trait words, judges."""
+
+    definition: SteeringDef
+    vector: Any  # torch.Tensor [D]
+    layer: int
+    calibrated: dict  # "calibrated" / "calibrated_without_massive" -> coefficient
+    texts: list[str]  # every evaluation prompt: a search's first, then the scored ones
+    prompts: list[list[int]]
+    trait: dict
+    judging: Any  # steer.Judging
+
+    @property
+    def searched(self) -> int:
+        """How many prompts the search runs on (0: no search): the first ones; the rest are scored."""
+        return 0 if self.definition.search is None else self.definition.search.prompts
+
+
+def _setup(view, definition: SteeringDef) -> _Setup:
     lm, vector_def = view.lm, view.vector_def(definition.vector)
     layer = vector_def.layer if definition.layer is None else definition.layer
     calibrated = {
         name: activation_norm(view.contrast(vector_def.pairs), vector_def.window, layer, without).value
         for name, without in zip(CALIBRATED, (None, "massive"))
     }
-    coefs, start = _coefs(definition, calibrated)
     texts = contrast.eval_prompts(definition.prompt_set or vector_def.pairs, definition.prompts)
-    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     words = definition.trait.model_dump() if definition.trait else contrast.TRAITS[vector_def.pairs]
-    trait = scoring.encode_trait(lm.tokenizer, words)
     judge_name = definition.judge or judges.DEFAULT_FOR_SET[vector_def.pairs]
     judging = steer.Judging(
         judge_name, judges.trait_judge(judge_name), coherence.fluency_model(view.session, definition.judge_model)
     )
-    baseline = _unsteered(view, definition, prompts, texts, trait, judging, logits)
-    vector = vector_of(view, definition.vector).values
-    results = steer.sweep(
-        lm,
-        [(vector, c) for c in coefs],
+    return _Setup(
+        definition,
+        vector_of(view, definition.vector).values,
         layer,
+        calibrated,
+        list(texts),
+        [lm.tokenizer(t)["input_ids"] for t in texts],
+        scoring.encode_trait(lm.tokenizer, words),
+        judging,
+    )
+
+
+def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
+    setup = _setup(view, definition)
+    search = _search(view, setup) if definition.search is not None else None
+    coefs, start = _coefs(definition, setup.calibrated)
+    if search is not None and search.best() is not None:
+        coefs = sorted({*coefs, search.best().coef})  # type: ignore[union-attr]
+    outcome = _run(view, setup, coefs, logits, scored=True)
+    return dataclasses.replace(outcome, start=float(start), search=search)
+
+
+def _run(view, setup: _Setup, coefs: list[float], logits: bool, scored: bool) -> SweepOutcome:
+    """Coefficients `coefs` (0 first) on the scored prompts (scored) or on the search prompts."""
+    cut = slice(setup.searched, None) if scored else slice(0, setup.searched)
+    prompts, texts = setup.prompts[cut], setup.texts[cut]
+    baseline = _unsteered(view, setup.definition, prompts, texts, setup.trait, setup.judging, logits)
+    results = steer.sweep(
+        view.lm,
+        [(setup.vector, c) for c in coefs],
+        setup.layer,
         prompts,
         texts,
-        trait,
-        definition.max_new_tokens,
-        judging,
-        definition.positions,
-        definition.first,
+        setup.trait,
+        setup.definition.max_new_tokens,
+        setup.judging,
+        setup.definition.positions,
+        setup.definition.first,
         baseline=baseline,
         generated=view.session.memo(("steered runs",), dict),  # runs other sweeps made: not generated again
         logits=logits,
     )
-    prompts_key = hashlib.sha256(repr(texts).encode()).hexdigest()[:16]
     return SweepOutcome(
         tuple(results),
-        definition.threshold,
-        calibrated,
-        prompts_key,
-        float(start),
-        judging.model.chance,
-        (judge_name, judging.model.name),
+        setup.definition.threshold,
+        setup.calibrated,
+        hashlib.sha256(repr(texts).encode()).hexdigest()[:16],
+        chance=setup.judging.model.chance,
+        judged_by=(setup.judging.trait_name, setup.judging.model.name),
+        prompts=tuple(texts),
     )
 
 
+def _search(view, setup: _Setup) -> SweepOutcome:
+    """Search.__doc__ (language/definitions.py), on the search prompts: a few coefficients per
+    generation batch (they fill GENERATION_ROWS rows), the results kept only up to the first
+    incoherent one, so they do not depend on the batch size."""
+    search = setup.definition.search
+    assert search is not None
+    scale = setup.calibrated["calibrated_without_massive"]
+    start = search.start if search.start is not None else scale / 8
+    per_batch = max(1, steer.GENERATION_ROWS // search.prompts)  # a batch's fixed cost is most of it
+    grid = [start * search.factor**k for k in range(200) if start * search.factor**k <= search.limit * scale]
+    first = _run(view, setup, [0.0, *grid[:per_batch]], False, scored=False)
+    run = lambda coefs: {r.coef: r for r in _run(view, setup, [0.0, *coefs], False, scored=False).results}
+    done, grid = {r.coef: r for r in first.results}, grid[per_batch:]
+    baseline, noise = done[0.0], 100.0 / search.prompts
+    lowest, steps_down = start, 0
+    while abs(done[lowest].trait - baseline.trait) > noise and steps_down < search.down:
+        lowest, steps_down = lowest / search.factor, steps_down + 1
+        done |= run([lowest])
+    while grid and all(r.coherence >= setup.definition.threshold for c, r in done.items() if c > 0):
+        done |= run(grid[:per_batch])
+        grid = grid[per_batch:]
+    kept = sorted(done)
+    cliff = next((c for c in kept[1:] if done[c].coherence < setup.definition.threshold), None)
+    kept = [c for c in kept if cliff is None or c <= cliff]
+    outcome = dataclasses.replace(first, results=tuple(done[c] for c in kept))  # one baseline: the same coherence reference
+    effect_free = abs(done[lowest].trait - baseline.trait) <= noise
+    stop = (
+        f"cliff at {cliff:.4g}"
+        if cliff is not None
+        else f"no cliff up to {kept[-1]:.4g} ({search.limit:g} x the calibrated coefficient without the massive dims, {scale:.4g})"
+    )
+    start_text = (
+        "below any effect" if effect_free else f"still moving the trait by more than {noise:.3g} after {steps_down} steps down"
+    )
+    return dataclasses.replace(outcome, stop=f"{stop}; from {lowest:.4g}, {start_text}")
+
+
 def _coefs(definition: SteeringDef, calibrated: dict[str, float]) -> tuple[list[float], float]:
-    """0 (the unsteered model) and the configuration's coefficients: its `coefs` and its sweep's,
-    from a number or a calibrated start; a search from a calibrated start also runs the other one (C15)."""
-    chosen: set[float] = set(definition.coefs)
+    """0 (the unsteered model) and the configuration's coefficients: its `coefs` (a calibrated
+    name: that coefficient) and its sweep's, from a number or a calibrated start; a sweep from a
+    calibrated start also runs the other one (C15)."""
+    chosen: set[float] = {calibrated[c] if isinstance(c, str) else c for c in definition.coefs}
     start = math.nan
     if definition.sweep is not None:
         start = calibrated[definition.sweep.start] if isinstance(definition.sweep.start, str) else definition.sweep.start
@@ -221,6 +323,13 @@ def _unsteered(view, definition: SteeringDef, prompts, texts, trait, judging, lo
     return baseline
 
 
+class OfSteering(Frozen):
+    """`coef: {of: <steering>}`: the coefficient where configuration <steering>'s trait effect
+    peaks (its best coherent coefficient), e.g. to test "mean_diff ~0" where the probe works."""
+
+    of: SteeringName
+
+
 class _OnSteering(Measure):
     """A measure of one named steering configuration's sweep."""
 
@@ -234,68 +343,121 @@ class _OnSteering(Measure):
         return [steering_panel(view, self.steering)]
 
     def samples(self, view):
-        """Generated samples: unsteered, at the best coherent coefficient, and at the cliff."""
-        outcome = sweep_of(view, self.steering)
-        shown = [outcome.baseline] + [r for r in (outcome.best(),) if r is not None]
-        if not math.isnan(outcome.cliff()):
-            shown.append(outcome.at(outcome.cliff()))
-        return {self.steering: {f"{r.coef:.4g}": list(r.texts[:SAMPLES]) for r in shown}}
+        """Every generated text of the configuration (texts_of), the search's (on its prompts) and
+        the scored coefficients' (on the others)."""
+        return texts_of(self.steering, sweep_of(view, self.steering))
+
+
+def texts_of(name: str, outcome: SweepOutcome) -> dict:
+    """{label: {"prompts": [prompt], coef: [text per prompt]}} of a sweep and of its search."""
+    runs = {f"{name} ({len(outcome.baseline.texts)} prompts)": outcome}
+    if outcome.search is not None:
+        runs = {f"{name} search ({len(outcome.search.baseline.texts)} prompts)": outcome.search, **runs}
+    return {label: {PROMPTS: list(o.prompts), **{f"{r.coef:.4g}": list(r.texts) for r in o.results}} for label, o in runs.items()}
 
 
 def steering_panel(view, name: str) -> SteeringPanel:
-    """Trait and coherence per coefficient of one configuration, its threshold and calibrated
-    coefficients."""
+    """Trait and coherence per coefficient of one configuration (a search's curve, and its scored
+    coefficients on the other prompts), its threshold, calibrated coefficients and cliff."""
     outcome = sweep_of(view, name)
-    return SteeringPanel(
-        {
-            name: {
-                "coefs": [r.coef for r in outcome.results[1:]],
-                "trait": [r.trait for r in outcome.results[1:]],
-                "coherence": [r.coherence for r in outcome.results[1:]],
-                "baseline_trait": outcome.baseline.trait,
-                "threshold": outcome.threshold,
-                "calibrated": dict(outcome.calibrated),
-                "judged_by": list(outcome.judged_by),
-            }
+    searched = outcome.searched
+    curve = {
+        "coefs": [r.coef for r in searched.results[1:]],
+        "trait": [r.trait for r in searched.results[1:]],
+        "coherence": [r.coherence for r in searched.results[1:]],
+        "baseline_trait": searched.baseline.trait,
+        "threshold": outcome.threshold,
+        "calibrated": dict(outcome.calibrated),
+        "judged_by": list(outcome.judged_by),
+        "cliff": outcome.cliff(),
+        "prompts": len(searched.baseline.texts),
+    }
+    if outcome.search is not None:
+        curve["stop"] = outcome.search.stop
+        curve["scored"] = {
+            "coefs": [r.coef for r in outcome.results[1:]],
+            "trait": [r.trait for r in outcome.results[1:]],
+            "coherence": [r.coherence for r in outcome.results[1:]],
+            "prompts": len(outcome.baseline.texts),
         }
-    )
+    return SteeringPanel({name: curve})
 
 
 @register
 class TraitEffect(_OnSteering):
-    """Change of the trait score (0-100) from the unsteered model: at `coef`, or (without one) the
-    largest over the coefficients whose coherence is at or above the configuration's threshold
-    (nan when none is: the claim cannot be checked). `score: trait` is the judged score of the
-    generated text; `score: logit` the fast log-odds score (circular for vectors built from the
-    responses whose opening words it scores)."""
+    """Change of the trait score (0-100) from the unsteered model: at `coef` (a coefficient the
+    configuration runs, a calibrated one, or `{of: <steering>}`: where that configuration peaks),
+    or (without one) at the best coherent coefficient: the largest effect over the coefficients
+    whose coherence is at or above the configuration's threshold (nan when none is: the claim
+    cannot be checked). With a search, the search picks that coefficient on its prompts and the
+    effect is measured on the others, so the pick does not inflate it. `score: trait` is the
+    judged score of the generated text; `score: logit` the fast log-odds score (circular for
+    vectors built from the responses whose opening words it scores)."""
 
     measure: Literal["trait_effect"] = "trait_effect"
-    coef: Coef | None = None
+    coef: Coef | OfSteering | None = None
     score: Literal["trait", "logit"] = "trait"
     value_range: ClassVar = (-100.0, 100.0)
 
+    def steering_refs(self) -> set[str]:
+        return {self.steering} | ({self.coef.of} if isinstance(self.coef, OfSteering) else set())
+
+    def figure(self, view, layers):
+        return [steering_panel(view, name) for name in sorted(self.steering_refs())]
+
+    def samples(self, view):
+        """texts_of the configuration; with `coef: {of: X}`, X's and the run at X's pick too."""
+        shown = super().samples(view)
+        if isinstance(self.coef, OfSteering):
+            other = sweep_of(view, self.coef.of)
+            shown |= texts_of(self.coef.of, other)
+            peak = other.best()
+            if peak is not None:
+                shown |= texts_of(f"{self.steering} at {self.coef.of}'s best", coef_run(view, self.steering, peak.coef))
+        return shown
+
     def compute(self, view, layers):
-        """Resampled over prompts: the best coherent coefficient is chosen again in each resample."""
-        outcome = sweep_of(view, self.steering, logits=self.score == "logit")
-        result = outcome.best(self.score) if self.coef is None else outcome.at(self.coef)
-        value = math.nan if result is None else outcome.effect(result, self.score)
+        """Resampled over prompts: without a search, the best coherent coefficient is chosen again
+        in each resample; with one, it is held at the search's pick."""
+        logits = self.score == "logit"
+        if isinstance(self.coef, OfSteering):
+            peak = sweep_of(view, self.coef.of).best()
+            if peak is None:
+                return Estimate(math.nan, None, None, reason=f"{self.coef.of} has no coherent coefficient")
+            return self._at(view, coef_run(view, self.steering, peak.coef, logits), peak.coef)
+        outcome = sweep_of(view, self.steering, logits=logits)
         if self.coef is not None:
-            column = outcome.results.index(result)
-            return outcome.estimate(
-                view.bootstrap, value, lambda trait, coherence, coefs: trait[:, column] - trait[:, 0], self.score
-            )
+            return self._at(view, outcome, self.coef)
+        if outcome.search is not None:
+            best = outcome.best(self.score)
+            if best is None:
+                return Estimate(math.nan, None, None, reason=f"no coherent coefficient: the search's {outcome.search.stop}")
+            return self._at(view, outcome, best.coef)
 
         def best_effect(trait, coherence, coefs):
             best = outcome.best_index(trait, coherence)
             picked = np.take_along_axis(trait, np.maximum(best, 0)[:, None], axis=1)[:, 0]
             return np.where(best >= 0, picked - trait[:, 0], np.nan)
 
+        best = outcome.best(self.score)
+        value = math.nan if best is None else outcome.effect(best, self.score)
         return outcome.estimate(view.bootstrap, value, best_effect, self.score)
+
+    def _at(self, view, outcome: SweepOutcome, coef) -> Estimate:
+        result = outcome.at(coef)
+        column = outcome.results.index(result)
+        return outcome.estimate(
+            view.bootstrap,
+            outcome.effect(result, self.score),
+            lambda trait, coherence, coefs: trait[:, column] - trait[:, 0],
+            self.score,
+        )
 
 
 @register
 class Coherence(_OnSteering):
-    """Coherence (0-100) of the model steered at `coef` (a swept coefficient, or a calibrated one)."""
+    """Coherence (0-100) of the model steered at `coef` (a coefficient the configuration runs, or
+    a calibrated one), on the prompts its scores use."""
 
     measure: Literal["coherence"] = "coherence"
     coef: Coef
@@ -310,13 +472,14 @@ class Coherence(_OnSteering):
 
 @register
 class BestCoef(_OnSteering):
-    """The coefficient with the largest trait effect at or above the coherence threshold (nan: none)."""
+    """The coefficient with the largest trait effect at or above the coherence threshold (nan:
+    none); with a search, the search's pick, resampled over its prompts."""
 
     measure: Literal["best_coef"] = "best_coef"
     value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        outcome = sweep_of(view, self.steering)
+        outcome = sweep_of(view, self.steering).searched
         best = outcome.best()
 
         def best_coef(trait, coherence, coefs):
@@ -328,17 +491,19 @@ class BestCoef(_OnSteering):
 
 @register
 class CoherenceCliff(_OnSteering):
-    """The smallest swept coefficient whose coherence falls below the threshold (nan: none does);
-    `per_start: true`: as a multiple of the geometric sweep's start coefficient (1 / factor^steps:
-    its lowest coefficient already breaks coherence)."""
+    """The smallest swept coefficient whose coherence falls below the threshold (nan: none does;
+    with a search, the search's, resampled over its prompts); `per_start: true`: as a multiple of
+    the geometric sweep's start coefficient (1 / factor^steps: its lowest coefficient already
+    breaks coherence)."""
 
     measure: Literal["coherence_cliff"] = "coherence_cliff"
     per_start: bool = False
     value_range: ClassVar = (0.0, math.inf)
 
     def compute(self, view, layers):
-        outcome = sweep_of(view, self.steering)
-        unit = outcome.start if self.per_start else 1.0
+        swept = sweep_of(view, self.steering)
+        outcome = swept.searched
+        unit = swept.start if self.per_start else 1.0
         if math.isnan(unit):
             raise ValueError(f"per_start: steering {self.steering!r} has no geometric sweep (sweep: {{start: ...}})")
 

@@ -175,8 +175,8 @@ def mismatch_lines(result: GoldenResult, update_command: str, limit: int = 30) -
         rows = [header] + [
             (
                 m.key,
-                format_value(m.expected),
-                format_value(m.observed),
+                _cell(m.expected),
+                _cell(m.observed),
                 format_value(m.abs_error),
                 format_value(m.rel_error),
                 f"rtol {m.tolerance.rtol:g}, atol {m.tolerance.atol:g}" if m.tolerance else "exact",
@@ -192,6 +192,14 @@ def mismatch_lines(result: GoldenResult, update_command: str, limit: int = 30) -
     if not result.ok:
         lines.append(f"to accept the new values: {update_command}")
     return lines
+
+
+def _cell(value) -> str:
+    """A value in one table cell: a text (a generated sample) quoted, its line breaks escaped, cut at 60 characters."""
+    if isinstance(value, str):
+        shown = json.dumps(value, ensure_ascii=False)
+        return shown if len(shown) <= 60 else shown[:57] + '..."'
+    return format_value(value)
 
 
 def orphans(root: Path, collected_files: set[str], live: set[tuple[str, str]], applies, base: Path) -> list[Path]:

@@ -3,6 +3,8 @@ bounds made of it (Verdict). Golden, figure and report writers read only these."
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -36,7 +38,7 @@ class Observation:
     setup: dict = field(default_factory=dict)  # model description, dtype, device, versions, data (goldens' meta)
     changes: bool = False  # some check compares configurations
     panels: list = field(default_factory=list)  # panels.Panel its measures draw (figures only; not serialized)
-    samples: dict = field(default_factory=dict)  # steering name -> {coef: [generated text, ..]} (reports)
+    samples: dict = field(default_factory=dict)  # steering label -> {"prompts": [..], coef: [generated text per prompt]}
     confidence: float = CONFIDENCE  # of the intervals
     claims: tuple[str, ...] = ()  # the catalogue's claims the spec encodes (C1-C18, ...)
     kind: str = "claim"  # claim | measured (objects.Spec.kind)
@@ -53,7 +55,24 @@ class Observation:
         for config, by_name in self.profiles.items():
             for name, per_layer in by_name.items():
                 flat.update({f"{config} {name} (paper statistic) | layer {L}": v for L, v in enumerate(per_layer)})
+        for label, by_coef in self.samples.items():
+            for coef, texts in shown_texts(by_coef).items():
+                flat[f"texts: {label} | coef {coef} | digest"] = texts_digest(texts)
+                flat.update({f"texts: {label} | coef {coef} | sample {i + 1}": t for i, t in enumerate(texts[:GOLDEN_SAMPLES])})
         return flat
+
+
+GOLDEN_SAMPLES = 3  # generated texts per coefficient a golden (and the report page) shows; the digest covers all
+
+
+def shown_texts(by_coef: dict) -> dict:
+    """A configuration's generated texts by coefficient, without its prompts (measures/sweeps.texts_of)."""
+    return {coef: texts for coef, texts in by_coef.items() if coef != "prompts"}
+
+
+def texts_digest(texts: list[str]) -> str:
+    """A short fingerprint of every text of one coefficient, in prompt order."""
+    return hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
 
 
 def flat_value(key: str, value, confidence: float) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from massive_checks.base.files import atomic_write, jsonable
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, INCONCLUSIVE, Estimate, SharedSet
 from massive_checks.language.measure import STATISTIC_TEXT
-from massive_checks.output.records import ERROR, Observation, Row, Verdict, status_of
+from massive_checks.output.records import ERROR, GOLDEN_SAMPLES, Observation, Row, Verdict, shown_texts, status_of
 
 
 def _row_record(row: Row) -> dict:
@@ -52,8 +52,14 @@ def outcome_record(observation: Observation, verdict: Verdict, golden_ok: bool =
         ],
         "observed": observation.profiles,
         "observed_statistic": "paper",
-        **({"samples": observation.samples} if observation.samples else {}),
+        **({"samples": _samples(observation.samples), "texts": observation.samples} if observation.samples else {}),
     }
+
+
+def _samples(samples: dict) -> dict:
+    """The first few texts per coefficient (the page's); "texts" holds all, written by report.py
+    to a compressed file per model and not kept in results.json."""
+    return {label: {coef: t[:GOLDEN_SAMPLES] for coef, t in shown_texts(by_coef).items()} for label, by_coef in samples.items()}
 
 
 def _data_of(setup: dict) -> dict:
