@@ -48,7 +48,8 @@ def vector_of(view, name: str) -> Vector:
 
 def build(pairs_view, definition: VectorDef) -> Vector:
     """Extract (train examples only), clean if asked, and score the vector as a classifier; and
-    refit it on resamples of the training examples (vectors.*_replicates) for intervals."""
+    refit it on resamples of the training examples (vectors.mean_diff_replicates, probe_refits,
+    pca_replicates) for intervals."""
     acts = pairs_view.pooled(definition.window, definition.layer)  # [S, D]
     labels = contrast.read(definition.pairs)
     train, heldout, y = labels.train, labels.heldout, labels.labels
@@ -63,10 +64,10 @@ def build(pairs_view, definition: VectorDef) -> Vector:
     elif definition.method == "probe":
         theta = vectors.logistic_optimum(acts[train], y[train])
         values, intercept = theta[:-1].float(), float(theta[-1])
-        replicates = vectors.probe_replicates(acts[train], y[train], theta, weights)
-    else:
+        replicates = vectors.probe_refits(acts[train], y[train], theta, weights)
+    else:  # refit on each resample (a batched eigh of the pairs' Gram matrix)
         values = vectors.pca(pos, neg)
-        why = "pca vectors are not refit on resamples (an SVD per resample): measures of them have no interval"
+        replicates = vectors.pca_replicates(pos, neg, weights[:, y[train] == 1])
     zeroed: tuple[int, ...] = ()
     if definition.clean is not None:
         zeroed = dims_of(pairs_view, definition.window, definition.layer, definition.clean)

@@ -114,17 +114,49 @@ def probe_replicates(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, weig
     """The probe on each resample, to first order: one Newton step from the full-sample optimum
     theta [D+1] with its Hessian H, theta_b = theta - H^-1 sum_i (w_bi - 1) g_i, g_i the gradient
     of example i's loss at theta (the full gradient is 0 there; the penalty is not resampled).
-    An exact refit per resample would cost ~20 solves of a (D+1)^2 system each: 2,000 resamples
-    took minutes, this takes one solve. x [N, D], y [N], weights [B, N] -> weight rows [B, D]."""
+    One solve for all resamples; probe_refits starts from it. x [N, D], y [N], weights [B, N] ->
+    weight rows [B, D]."""
     features = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)  # [N, D+1]
-    sign = y.double() * 2 - 1
+    return _first_order(features, y.double() * 2 - 1, theta, weights.double())[:, :-1]
+
+
+def probe_refits(
+    x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, weights: torch.Tensor, steps: int = 1, chunk: int = 64
+) -> torch.Tensor:
+    """The probe refit on each resample: Newton's method on the resample's own (count-weighted)
+    objective, started from the first-order replicate (probe_replicates), which is already close.
+    On SmolLM2's refusal set at block 13 (D = 576 > N = 160), against refits from scratch on 40
+    resamples: first-order replicates alone had cos >= 0.935 to them and gave cos(mean_diff, probe)
+    a spread (sd) 0.0080 against the refits' 0.0105; one step more reaches cos >= 0.9999 (two:
+    >= 0.999998) at ~20 ms per resample. tests/test_vectors.py checks them against refits from
+    scratch. x [N, D], y [N], weights [B, N] -> [B, D]."""
+    features = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)  # [N, D+1]
+    sign = y.double() * 2 - 1  # [N]
+    penalised = torch.ones(features.shape[1], dtype=torch.float64)
+    penalised[-1] = 0.0
+    start = _first_order(features, sign, theta, weights.double())  # [B, D+1]
+    rows = []
+    for i in range(0, len(weights), chunk):
+        w, t = weights[i : i + chunk].double(), start[i : i + chunk]  # [b, N], [b, D+1]
+        for _ in range(steps):
+            wrong = torch.sigmoid(-sign * (t @ features.T))  # [b, N]
+            gradient = penalised * t - PROBE_C * (w * sign * wrong) @ features  # [b, D+1]
+            curvature = PROBE_C * w * wrong * (1 - wrong)  # [b, N]
+            hessian = torch.diag(penalised) + torch.einsum("nd,bn,ne->bde", features, curvature, features)
+            t = t - torch.linalg.solve(hessian, gradient)
+        rows.append(t[:, :-1])
+    return torch.cat(rows)
+
+
+def _first_order(features: torch.Tensor, sign: torch.Tensor, theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """probe_replicates' step with the intercept kept: [B, D+1]."""
     wrong = torch.sigmoid(-sign * (features @ theta))  # [N]
     gradients = -PROBE_C * (sign * wrong)[:, None] * features  # [N, D+1]
     penalised = torch.ones(features.shape[1], dtype=torch.float64)
     penalised[-1] = 0.0
     hessian = torch.diag(penalised) + PROBE_C * (features.T * (wrong * (1 - wrong))) @ features
     influence = torch.linalg.solve(hessian, gradients.T).T  # [N, D+1]: H^-1 g_i
-    return (theta[None, :] - (weights.double() - 1.0) @ influence)[:, :-1]
+    return theta[None, :] - (weights - 1.0) @ influence
 
 
 def clean_rows(vectors: torch.Tensor, dims) -> torch.Tensor:
@@ -152,6 +184,23 @@ def pca(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     component = torch.linalg.svd(diffs, full_matrices=False).Vh[0]
     sign = 1.0 if float(diffs.mean(dim=0) @ component) >= 0 else -1.0
     return (sign * component).float()
+
+
+def pca_replicates(pos: torch.Tensor, neg: torch.Tensor, w_pairs: torch.Tensor) -> torch.Tensor:
+    """Exact: pca on each resample, a refit per resample. pos [N, D], neg [M, D], w_pairs [B, n]
+    (n = min(N, M): each paired difference's resampling weight, its pos example's) -> [B, D] unit
+    rows. The weighted first right singular vector of the differences is the top eigenvector of
+    their [n, n] Gram matrix under the weights: one batched eigh of n x n, not an SVD of n x D."""
+    n = min(len(pos), len(neg))
+    diffs = (pos[:n] - neg[:n]).double()  # [n, D]
+    root = w_pairs[:, :n].double().sqrt()  # [B, n]
+    gram = root[:, :, None] * (diffs @ diffs.T)[None] * root[:, None, :]  # [B, n, n]
+    top = torch.linalg.eigh(gram).eigenvectors[:, :, -1]  # [B, n]: the largest eigenvalue's
+    components = (top * root) @ diffs  # [B, D]
+    components = components / components.norm(dim=1, keepdim=True)
+    mean = (w_pairs[:, :n].double() @ diffs) / w_pairs[:, :n].double().sum(dim=1, keepdim=True)  # [B, D]
+    sign = torch.where((mean * components).sum(dim=1, keepdim=True) >= 0, 1.0, -1.0)
+    return sign * components
 
 
 def clean(vector: torch.Tensor, dims) -> torch.Tensor:
