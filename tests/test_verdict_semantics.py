@@ -241,3 +241,41 @@ def test_user_files_name_their_unit_with_group(tmp_path):
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match='"form" is given on some examples'):
         contrast.read(str(bad))
+
+
+# --------------------------------------------------------------------------- checks that cannot fail here
+
+
+def _activation_compare(tmp_path, bound: str):
+    return _spec(
+        tmp_path,
+        "id: x\nclaim: c\nchecks:\n  - compare:\n"
+        "      a: {measure: mlp_max, checkpoint: act, layers: 1, over_layers: max}\n"
+        "      b: {measure: mlp_max, checkpoint: gate, layers: 1, over_layers: max}\n"
+        f"    {bound}\n",
+    )
+
+
+def test_a_compare_the_activation_function_confines_is_inconclusive_not_holds(tmp_path, session_for):
+    """|silu(x)| <= |x|, so max |act| / max |gate| is at most 1 on any Llama: a bound that admits
+    every ratio in [silu(M) / M, 1] (M the largest-|gate| cell) cannot fail, and says so; a bound
+    inside that range is decided on the data as usual."""
+    from conftest import SMALL_DATA
+
+    session = session_for("tiny-llama")
+    wide = Evaluator(_activation_compare(tmp_path, "between: [0.0, 1.01]"), session, SMALL_DATA)
+    observed = wide.observe().checks[0]
+    low, high, why = observed.forced["value"]
+    ratio = observed.values["value"].value
+    assert 0.0 < low <= ratio <= high <= 1.0 + 1e-12  # the observed ratio lies in its forced range
+    assert "SiLU" in why
+    (check,) = wide.evaluate().checks
+    assert check.verdict == INCONCLUSIVE and "cannot leave its bound on tiny-llama" in check.rows[0].note
+    # A bound the construction does not settle: decided (the ratio is < 1 on a random model's
+    # small gate values, so >= 0.999999 is contradicted, and >= 0 would be vacuous again).
+    assert low < 0.999999
+    (tight,) = Evaluator(_activation_compare(tmp_path, "at_least: 0.999999"), session, SMALL_DATA).evaluate().checks
+    assert tight.verdict == CONTRADICTED and "cannot leave" not in (tight.rows[0].note or "")
+    # The other side of the construction: a ratio above 1 is impossible, so at_most: 1.01 cannot fail.
+    (upper,) = Evaluator(_activation_compare(tmp_path, "at_most: 1.01"), session, SMALL_DATA).evaluate().checks
+    assert upper.verdict == INCONCLUSIVE and "cannot leave its bound" in upper.rows[0].note

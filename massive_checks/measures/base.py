@@ -42,6 +42,14 @@ class Measure(MeasureDef):
     def check_model(self, lm, layers: list[int]) -> None:
         """Raise ValueError for what the model does not have (heads, dims, layers past its size)."""
 
+    def forced_by(self, other: MeasureDef, view, layers: list[int]) -> dict[int, tuple[float, float, str]]:
+        """Per layer, the range [low, high] this measure's value cannot leave on this model once
+        `other`'s value (same configuration and layer) is known, and why: e.g. an activation's
+        maximum given its input's, which |f(x)| <= |x| confines. {} where nothing confines it. A
+        compare of the two whose bound holds over that whole range cannot fail here
+        (pipeline/evaluate.py: inconclusive, "cannot leave its bound")."""
+        return {}
+
 
 class PerLayer(Measure):
     """A number per layer; subclasses define `at(view, layer)`."""

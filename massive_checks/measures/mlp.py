@@ -43,6 +43,33 @@ def mlp_stat(view, layer: int, checkpoint: str, what: str, statistic: str = "pap
     return view.mean(site_stats.dim_max().amax(dim=1)) if statistic == "paper" else float(site_stats.cell_max.max())
 
 
+def activation_input(lm) -> str:
+    """The checkpoint the activation function reads: the gate of a gated MLP, else up."""
+    return "gate" if lm.adapter.gate is not None else "up"
+
+
+def activation_range(view, layer: int, statistic: str) -> tuple[float, float, str]:
+    """[low, high] that max |act| cannot leave given its input x's largest-|x| cell M of each
+    sequence (signed): at least |f(M)| (that cell's own output), at most the largest |f(x)| over
+    |x| <= |M| (no other input is larger), whatever the other values are. Per sequence, then
+    averaged (the paper statistic), or of the sequence holding the largest cell (max over sequences).
+    f is the model's own activation module, evaluated in float64 (a grid of 4097 points in [-|M|, |M|])."""
+    source = activation_input(view.lm)
+    extremes = view.stats(hooks.site(layer, f"mlp.{source}")).cells()[3][:, 0].double()  # [S] signed
+    if statistic != "paper":
+        extremes = extremes[extremes.abs().argmax()][None]
+    act = hooks.resolve(view.lm, hooks.site(layer, "mlp.act"))[0]
+    reach = extremes.abs()[:, None] * torch.linspace(-1.0, 1.0, 4097, dtype=torch.float64)  # [S, 4097]
+    with torch.no_grad():
+        low, high = act(extremes).abs().mean(), act(reach).abs().amax(dim=1).mean()
+    positive = int((extremes > 0).sum())
+    why = (
+        f"{type(act).__name__} confines max |act| to [{float(low):.6g}, {float(high):.6g}] given max |{source}| "
+        f"(its largest cell is positive in {positive} of {len(extremes)} sequences)"
+    )
+    return float(low), float(high), why
+
+
 def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
     """[F] contribution of each unit to output `dim` at the token where that output peaks."""
     token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
@@ -96,6 +123,13 @@ class MlpMax(_Checkpoint):
 
     def no_interval(self) -> str:
         return EXTREME if self.statistic == "max_over_sequences" else ""
+
+    def forced_by(self, other, view, layers):
+        """The activation's max given its input's (activation_range), at the same statistic."""
+        reads_input = isinstance(other, MlpMax) and other.checkpoint == activation_input(view.lm)
+        if self.checkpoint != "act" or not reads_input or other.statistic != self.statistic:
+            return {}
+        return {layer: activation_range(view, layer, self.statistic) for layer in layers}
 
 
 @register

@@ -18,6 +18,8 @@ class ObservedCheck:
     description: str  # the quantity in words
     values: dict  # row ("layer 5", "value") -> the value the bound is applied to
     sides: dict | None = None  # compare checks: {"a": {row: value}, "b": {row: value}}
+    # rows whose value the model's construction confines: {row: (low, high, why)} (Measure.forced_by)
+    forced: dict = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

@@ -268,7 +268,38 @@ class Evaluator:
             )
         compared = {k: compare(check.by, v, others[k]) for k, v in rows.items()}  # same rows: checked at collection
         description = f"{check.by} of {description}  vs  {check.versus.describe()}"
-        return ObservedCheck(check.key(), check.line, description, compared, {"a": rows, "b": others})
+        sides = {"a": rows, "b": others}
+        return ObservedCheck(check.key(), check.line, description, compared, sides, self.forced(check, sides))
+
+    def forced(self, check: Check, sides: dict) -> dict[str, tuple[float, float, str]]:
+        """A compare's rows whose value the model's construction confines, {row: (low, high, why)}:
+        one side's range given the other's value (Measure.forced_by), as the compared value. Only
+        for two measures on the same model, configuration and layers, each one row per layer or one
+        layer reduced."""
+        a, b = check.quantity, check.versus
+        assert b is not None
+        n_layers = self.lm.n_layers
+        same = a.model == b.model and a.config == b.config and a.blocks(n_layers) == b.blocks(n_layers)
+        layers = a.blocks(n_layers)
+        if not same or a.between_configs or b.between_configs or (a.steps and len(layers) != 1):
+            return {}
+        evaluator = self.peers.get(a.model, self) if a.model else self
+        view = evaluator.view(a.config)
+        given_b, given_a = (computed(x.measure).forced_by(y.measure, view, layers) for x, y in ((a, b), (b, a)))
+        forced = {}
+        for layer in layers:
+            row = "value" if a.steps else _row_key(layer)
+            exact_a, exact_b = (intervals.value_of(sides[side][row]) for side in ("a", "b"))
+            if layer in given_b:  # a's range, b exact
+                low, high, why = given_b[layer]
+                ends = [compare_values(check.by, x, exact_b) for x in (low, high)]
+            elif layer in given_a:
+                low, high, why = given_a[layer]
+                ends = [compare_values(check.by, exact_a, x) for x in (low, high)]
+            else:
+                continue
+            forced[row] = (min(ends), max(ends), why)
+        return forced
 
 
 class AcrossEvaluator(Evaluator):
@@ -371,12 +402,26 @@ def decide(
                         )
                     )
                     continue
+            if key in observed.forced and vacuous(check.bound, observed.forced[key]):
+                rows.append(confined_row(key, text, value, observed.forced[key], observation.model, confidence))
+                continue
             rows.append(decide_row(check.bound, key, text, value, confidence, bands.get(key)))
         if not rows:  # an empty layer range must not pass a check with nothing in it
             rows = [Row("no layers", expected, None, intervals.INCONCLUSIVE)]
         band = sum(1 for v in values if isinstance(v, Estimate) and v.replicates is not None) if len(values) > 1 else 0
         verdicts.append(CheckVerdict(observed.key, observed.description, observed.line, rows, check.reference, band))
     return Verdict(verdicts, xfail_reason, inconclusive_reason)
+
+
+def confined_row(key: str, expected: str, value: Estimate, forced: tuple, model: str, confidence: float) -> Row:
+    low, high, why = forced
+    note = f"cannot leave its bound on {model}: {why}, so the compared value lies in [{low:.6g}, {high:.6g}]"
+    return Row(key, expected, value, intervals.INCONCLUSIVE, value.interval(confidence), note)
+
+
+def vacuous(bound, forced: tuple[float, float, str]) -> bool:
+    """The (numeric) bound holds over the whole range the model's construction confines the value to."""
+    return intervals.decide(bound, forced[0], forced[1]) == HOLDS
 
 
 def check_configs(check: Check) -> set[str]:
@@ -441,6 +486,11 @@ def compare(by: str, a, b) -> Estimate:
     if any(isinstance(v, Estimate) and v.derived for v in (a, b)):
         return intervals.derived_compare(by, a, b)
     return intervals.difference(b, a) if by == "difference" else intervals.ratio(a, b)
+
+
+def compare_values(by: str, a: float, b: float) -> float:
+    """compare() of two plain numbers."""
+    return a - b if by == "difference" else abs(a) / abs(b) if b else math.inf
 
 
 def _row_key(k) -> str:
