@@ -18,12 +18,25 @@ DIM, LAYER, K = 3, 1, 5
 
 
 def by_hand(lm, session, column: bool) -> torch.Tensor:
-    """activation x weight per unit, at the token where the MLP output's `DIM` peaks."""
-    view = session.view(SMALL_DATA)
-    token = int(view.stats(hooks.site(LAYER, "mlp.out")).cell_max[:, DIM].argmax())
-    activation = view.stats(hooks.site(LAYER, "mlp.down_in")).mean()[token]  # [F] mean over sequences
-    weight = hooks.resolve(lm, hooks.site(LAYER, "mlp.out"))[0].weight.detach()
-    return activation * (weight[:, DIM] if column else weight[DIM, :])
+    """[S, F] per sequence, activation x weight per unit at its real token where the MLP output's
+    `DIM` (less bias) peaks: the down projection's input captured by a hook of its own, one
+    unpadded sequence at a time."""
+    batch = session.batch(SMALL_DATA)
+    down = hooks.resolve(lm, hooks.site(LAYER, "mlp.out"))[0]
+    weight = down.weight.detach()
+    w = weight[:, DIM] if column else weight[DIM, :]  # Conv1D [in, out]; Linear [out, in]
+    rows = []
+    for ids, mask in zip(batch.input_ids, batch.attention_mask):
+        seen = []
+        handle = down.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()[0]))
+        try:
+            with torch.no_grad():
+                lm.model(input_ids=ids[mask.bool()][None])
+        finally:
+            handle.remove()
+        act = seen[0]  # [T, F]
+        rows.append(act[(act @ w).abs().argmax()] * w)
+    return torch.stack(rows)
 
 
 def observed(tmp_path, session, measure: str, k: int = K):
@@ -45,11 +58,20 @@ def test_top_neurons_use_the_weights_that_produce_the_dim(tmp_path, session_for,
     session = session_for(name)
     lm = session.lm
     assert lm.adapter.conv1d == column
-    right = by_hand(lm, session, column)
+    per_sequence = by_hand(lm, session, column)  # [S, F]
+    right = per_sequence.mean(dim=0)
     units = observed(tmp_path, session, "top_neurons")
     assert units == right.abs().argsort(descending=True)[:K].tolist()
     share = observed(tmp_path, session, "top_neurons_share")
-    assert share.value == pytest.approx(float(right[units].sum() / right.sum()), rel=1e-5)
+    assert share.value == pytest.approx(float(right[units].sum() / right.sum()), rel=1e-4)
+    # Resampled by sequence, each resample with its own top K: resample 0 by hand.
+    view = session.view(SMALL_DATA)
+    counts = torch.from_numpy(view.bootstrap.weights(view.units())[0]).float()  # [S]
+    resampled = counts @ per_sequence / len(counts)  # [F]
+    top = resampled.abs().argsort(descending=True)[:K]
+    assert share.replicates[0] == pytest.approx(float(resampled[top].sum() / resampled.sum()), rel=1e-4)
+    low, high = share.interval(0.95)
+    assert low <= share.value <= high and high > low
 
 
 def test_the_seeds_row_reading_gives_another_answer_on_conv1d(tmp_path, session_for):

@@ -3,7 +3,8 @@ forward pass must capture. An accumulator keeps statistics, never whole activati
 
 Accumulators (each a class with `add(tensor, ctx)` and `finish()`):
   SiteStats   statistics of |a| at one site (hidden-like [B, T, F] or attention [B, H, T, T])
-  Pooled      per example, the mean activation over a token window (steering vectors)"""
+  Pooled      per example, the mean activation over a token window (steering vectors)
+  UnitContributions  per sequence, MLP units' contributions to one output dim at its peak token"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from massive_checks.engine import hooks
 from massive_checks.engine.hooks import HookContext, HookFn
 from massive_checks.engine.models import free_bytes
 from massive_checks.engine.needs import Needs
@@ -191,6 +193,37 @@ class Pooled:
         pooled = torch.cat(self.parts).cpu()
         self.overflow = not bool(torch.isfinite(pooled).all())
         return pooled
+
+
+@dataclass
+class UnitContributions:
+    """Per sequence, each intermediate unit's contribution a_f x w_f to one output dim of the down
+    projection (w [F]: the weights producing that dim; the bias is no unit's), at the sequence's
+    real token where that output less bias is largest in |.|. Hooked at the projection's input
+    [B, T, F] -> [S, F] float32: the output is a @ w, so its peak is known before the projection
+    runs."""
+
+    column: torch.Tensor  # [F]
+    parts: list = field(default_factory=list)
+
+    def add(self, tensor: torch.Tensor, context: HookContext) -> None:
+        act = tensor.detach().float()  # [B, T, F]
+        column = self.column.to(act.device, torch.float32)
+        output = (act @ column).abs().masked_fill(context.mask.to(act.device) == 0, -1.0)  # [B, T]; padding never peaks
+        peak = output.argmax(dim=1)  # [B]
+        self.parts.append(act[torch.arange(act.shape[0], device=act.device), peak] * column)  # [B, F]
+
+    def finish(self) -> torch.Tensor:  # [S, F], on the cpu
+        return torch.cat(self.parts).cpu()
+
+
+def contribution_pairs(
+    needs: Needs, columns: dict[tuple[int, int], torch.Tensor]
+) -> tuple[list[tuple[str, HookFn]], dict[tuple[int, int], UnitContributions]]:
+    """(site, hook function) pairs at each asked layer's down projection input; the accumulators
+    keyed by (layer, dim). columns: (layer, dim) -> the weights [F] producing that dim."""
+    accumulators = {key: UnitContributions(columns[key]) for key in sorted(needs.contributions)}
+    return [(hooks.site(layer, "mlp.down_in"), _adder(acc)) for (layer, _), acc in accumulators.items()], accumulators
 
 
 def hidden_stats(sites: list[SiteStats], acts: torch.Tensor, context: HookContext, owned: bool = False) -> None:

@@ -19,6 +19,9 @@ class Needs:
     # the whole vector; a head's width: per head). Each site is captured too.
     norms: set[tuple[str, int]] = field(default_factory=set)
     exceed: set[tuple[str, float]] = field(default_factory=set)  # (site, t): per sequence and feature, tokens with |a| >= t
+    # (layer, dim): per sequence, each MLP unit's contribution to residual dim `dim` of the down
+    # projection's output, at the sequence's token where that output peaks (capture.UnitContributions)
+    contributions: set[tuple[int, int]] = field(default_factory=set)
 
     def covers(self, other: Needs) -> bool:
         return (
@@ -28,6 +31,7 @@ class Needs:
             and other.pooled <= self.pooled
             and other.norms <= self.norms
             and other.exceed <= self.exceed
+            and other.contributions <= self.contributions
             and (self.loss or not other.loss)
         )
 
@@ -38,5 +42,6 @@ class Needs:
         self.pooled |= other.pooled
         self.norms |= other.norms
         self.exceed |= other.exceed
+        self.contributions |= other.contributions
         self.loss = self.loss or other.loss
         return self

@@ -13,12 +13,12 @@ from massive_checks.base.constants import MASSIVE_RULE
 from massive_checks.base.errors import ActivationOverflow, OutOfMemory
 from massive_checks.engine import hooks, models, notices, readings
 from massive_checks.engine.batches import Batch, tokenize
-from massive_checks.engine.capture import SiteStats, finish_all, pooled_pairs, stat_pairs
+from massive_checks.engine.capture import SiteStats, contribution_pairs, finish_all, pooled_pairs, stat_pairs
 from massive_checks.engine.edits import EditLog, applied
 from massive_checks.engine.memory import memory_message, out_of_memory, release_memory
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
-from massive_checks.engine.stats import rank_heads
+from massive_checks.engine.stats import output_column, rank_heads
 from massive_checks.language import contrast, interventions
 from massive_checks.language.data import DataConfig
 from massive_checks.language.intervals import Bootstrap, Estimate, Units
@@ -31,6 +31,7 @@ class PassResult:
         self.token_loss = token_loss  # [S, 2] per sequence: next-token loss summed over its real targets, their count
         self.pooled = pooled or {}  # (block site, window) -> [S, D] per-example means over the window
         self.identity = False  # the intervention's edits changed no value they touched (edits.EditLog)
+        self.contributions: dict = {}  # (layer, dim) -> [S, F] units' contributions at each sequence's peak
 
     @property
     def loss(self) -> float | None:
@@ -142,6 +143,7 @@ class ModelSession:
         needs = Needs().merge(planned).merge(Needs(sites=blocks, medians=blocks))
         captures, accumulators = stat_pairs(needs)
         pooling, pools = pooled_pairs(needs, batch.attention_mask, batch.response_start)
+        contributing, contributions = contribution_pairs(needs, {key: down_column(lm, *key) for key in needs.contributions})
         # Without a loss to measure, the decoder alone: no [B, T, vocab] logits (for Gemma 3's 262k
         # vocabulary, most of a pass's time and memory).
         network = lm.model if needs.loss else lm.model.base_model
@@ -151,7 +153,7 @@ class ModelSession:
         with (
             torch.no_grad(),
             lm.attention(eager_blocks),
-            applied(lm, intervention, means, captures + pooling, log=log) as attached,
+            applied(lm, intervention, means, captures + pooling + contributing, log=log) as attached,
         ):
             for start in range(0, batch.input_ids.shape[0], rows):
                 mask = batch.attention_mask[start : start + rows]
@@ -169,6 +171,7 @@ class ModelSession:
                 raise ActivationOverflow(numerics_message(lm, name, f"window {window}"))
         result = PassResult(finish_all(accumulators), needs, loss, pooled)
         result.identity = log.identity
+        result.contributions = {key: acc.finish() for key, acc in contributions.items()}
         return result
 
     def chunk_rows(self, seq_len: int, logits: bool, attention_weights: bool) -> int:
@@ -358,6 +361,12 @@ class ConfigView:
             return self.bootstrap.cv(_host(per_sequence), self.units())
         return self.mean(per_sequence)
 
+    def contributions(self, layer: int, dim: int) -> torch.Tensor:
+        """[S, F] per sequence, each MLP unit's contribution to residual dim `dim` of block
+        `layer`'s down projection, at the sequence's token where that output peaks."""
+        result = self.session.run(self.data, self.intervention, Needs(contributions={(layer, dim)}), self.plan_key)
+        return result.contributions[(layer, dim)]
+
     def pooled(self, window: str, layer: int | None = None) -> torch.Tensor:
         """Per example, the mean block output over the window's tokens: [S, D] at `layer`, or
         [S, L, D] at every layer."""
@@ -365,6 +374,14 @@ class ConfigView:
         if layer is not None:
             return result.pooled[(hooks.site(layer, "out"), window)]
         return torch.stack([result.pooled[(hooks.site(L, "out"), window)] for L in range(self.lm.n_layers)], dim=1)
+
+
+def down_column(lm, layer: int, dim: int) -> torch.Tensor:
+    """[F] the weights of block `layer`'s down projection that produce residual dim `dim`."""
+    down = hooks.resolve(lm, hooks.site(layer, "mlp.out"))[0]
+    weight = models.parameter(down, "weight")
+    assert weight is not None, "a down projection has a weight"
+    return output_column(weight, dim, lm.adapter.conv1d)
 
 
 def _host(per_sequence):

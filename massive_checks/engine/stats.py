@@ -88,23 +88,19 @@ def explosion_point(maxima: dict[str, float]) -> str:
     return max(growth, key=lambda name: growth[name])
 
 
-def neuron_contributions(down_in_mean: torch.Tensor, weight: torch.Tensor, dim: int, conv1d: bool) -> torch.Tensor:
-    """Signed contribution of each intermediate unit to output `dim` of the down projection.
-
-    down_in_mean: [F] mean activation of the units (at the token of interest).
-    weight: the down projection weight; Linear stores [D_out, F_in], GPT-2's Conv1D [F_in, D_out],
-    so the weights producing output `dim` are weight[dim, :] or weight[:, dim] respectively.
-    Returns [F]: activation x weight (the bias is not a unit's contribution)."""
-    column = weight[:, dim] if conv1d else weight[dim, :]
-    return down_in_mean.float() * column.detach().float().cpu()
+def output_column(weight: torch.Tensor, dim: int, conv1d: bool) -> torch.Tensor:
+    """[F_in] the weights producing output `dim`: weight[dim, :] of a Linear ([out, in]),
+    weight[:, dim] of GPT-2's Conv1D ([in, out])."""
+    return (weight[:, dim] if conv1d else weight[dim, :]).detach().float()
 
 
-def top_share(contributions: torch.Tensor, k: int) -> float:
-    """What the k largest |contributions| add up to, as a share of all contributions' sum (the
-    down projection's output in that dim, less its bias): 1.0 = they write it all."""
-    total = float(contributions.sum())
-    top = sum(value for _, value in top_contributors(contributions, k))
-    return top / total if total else float("inf")
+def top_shares(contributions: torch.Tensor, k: int) -> torch.Tensor:
+    """What the k largest |contributions| of each row [B, F] (e.g. one per bootstrap resample, its
+    own k) add up to, as a share of the row's sum (the down projection's output in that dim, less
+    its bias): 1.0 = they write it all -> [B] (inf where a row's sum is 0)."""
+    top = contributions.gather(1, contributions.abs().topk(min(k, contributions.shape[1]), dim=1).indices).sum(dim=1)
+    total = contributions.sum(dim=1)
+    return torch.where(total != 0, top / total, torch.inf)
 
 
 def top_contributors(contributions: torch.Tensor, k: int) -> list[tuple[int, float]]:

@@ -18,12 +18,11 @@ from massive_checks.measures.profile import EXTREME
 if TYPE_CHECKING:
     import torch
 
-    from massive_checks.engine import hooks, models, stats
+    from massive_checks.engine import hooks, stats
 else:  # imported at first use: the spec schema reads the measure classes without torch
     torch = LazyModule("torch")
     hooks = LazyModule("massive_checks.engine.hooks")
     stats = LazyModule("massive_checks.engine.stats")
-    models = LazyModule("massive_checks.engine.models")
 
 Checkpoint = Literal["in", "up", "gate", "act", "down_in", "out", "resid"]
 MLP_FLOW = get_args(Checkpoint)  # checkpoint order inside an MLP
@@ -71,13 +70,9 @@ def activation_range(view, layer: int, statistic: str) -> tuple[float, float, st
 
 
 def neuron_contributions(view, layer: int, dim: int) -> torch.Tensor:
-    """[F] contribution of each unit to output `dim` at the token where that output peaks."""
-    token = int(view.stats(hooks.site(layer, "mlp.out")).cell_max[:, dim].argmax())
-    down_in = view.stats(hooks.site(layer, "mlp.down_in")).mean()[token]
-    down = hooks.resolve(view.lm, hooks.site(layer, "mlp.out"))[0]
-    weight = models.parameter(down, "weight")
-    assert weight is not None, "a down projection has a weight"
-    return stats.neuron_contributions(down_in, weight, dim, view.lm.adapter.conv1d)
+    """[F] each unit's contribution to output `dim`, at each sequence's token where it peaks,
+    averaged over sequences (view.contributions: [S, F])."""
+    return view.contributions(layer, dim).double().mean(dim=0)
 
 
 def flow_panel(view, layers: list[int]) -> list[FlowPanel]:
@@ -174,7 +169,8 @@ class _Units(Measure):
     k: int = Field(5, ge=1, lt=10**9)
 
     def needs(self, lm, layers):
-        return Needs(sites={hooks.site(self.layer, "mlp.out"), hooks.site(self.layer, "mlp.down_in")})
+        sites = {hooks.site(self.layer, "mlp.out"), hooks.site(self.layer, "mlp.down_in")}  # the figure's
+        return Needs(sites=sites, contributions={(self.layer, self.dim)})
 
     def check_model(self, lm, layers):
         _layer_exists(lm, self.layer)
@@ -187,8 +183,8 @@ class _Units(Measure):
 
 @register
 class TopNeurons(_Units):
-    """The k intermediate units contributing most (|activation x weight|) to output `dim` at the
-    token where it peaks."""
+    """The k intermediate units contributing most (|activation x weight|) to output `dim`, at each
+    sequence's token where it peaks, averaged over sequences."""
 
     measure: Literal["top_neurons"] = "top_neurons"
     shape: ClassVar[str] = "set"
@@ -199,17 +195,18 @@ class TopNeurons(_Units):
 
 @register
 class TopNeuronsShare(_Units):
-    """What those k units' contributions add up to, as a share of the dim's output (less bias)."""
+    """What those k units' contributions add up to, as a share of the dim's output (less bias).
+    Resampled by sequence, with each resample's own top k."""
 
     measure: Literal["top_neurons_share"] = "top_neurons_share"
     shape: ClassVar[str] = "value"
-    fixed: ClassVar[str] = (
-        "read at one fixed token (where the dim peaks) from position-wise means over sequences; "
-        "per-sequence unit activations are not kept, so it has no interval"
-    )
 
     def compute(self, view, layers):
-        return stats.top_share(neuron_contributions(view, self.layer, self.dim), self.k)
+        per_sequence = view.contributions(self.layer, self.dim).double()  # [S, F]
+        value = float(stats.top_shares(per_sequence.mean(dim=0)[None], self.k)[0])
+        weights = torch.from_numpy(view.bootstrap.weights(view.units()))  # [B, S], each row sums to S
+        replicates = stats.top_shares(weights @ per_sequence / per_sequence.shape[0], self.k)  # [B]
+        return Estimate(value, replicates.numpy(), view.units())
 
 
 def _layer_exists(lm, layer: int) -> None:
