@@ -465,3 +465,24 @@ def test_probe_refits_equal_refits_from_scratch_and_first_order_replicates_do_no
     cos = lambda a: torch.nn.functional.cosine_similarity(a, exact, dim=1)
     assert float(cos(refits).min()) > 0.998 and float(cos(refits).min()) > float(cos(first).min())
     assert float((refits - exact).norm(dim=1).max()) < 0.5 * float((first - exact).norm(dim=1).max())
+
+
+def test_the_probe_refits_low_rank_newton_step_is_the_dense_one():
+    """_newton_step solves the Hessian blockwise through N x N systems (D > N); it must be the
+    plain Newton step of the count-weighted objective, solved densely in D + 1 dims."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    sign = torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    w = torch.stack([torch.bincount(torch.randint(0, 12, (12,), generator=g), minlength=12) for _ in range(3)]).double()
+    t = 0.1 * torch.randn(3, 31, generator=g, dtype=torch.float64)
+    features = torch.cat([x, torch.ones(12, 1, dtype=torch.float64)], dim=1)  # [N, D+1]
+    penalised = torch.ones(31, dtype=torch.float64)
+    penalised[-1] = 0.0
+    dense = []
+    for wb, tb in zip(w, t):
+        wrong = torch.sigmoid(-sign * (features @ tb))
+        gradient = penalised * tb - vectors.PROBE_C * features.T @ (wb * sign * wrong)
+        hessian = torch.diag(penalised) + vectors.PROBE_C * (features.T * (wb * wrong * (1 - wrong))) @ features
+        dense.append(tb - torch.linalg.solve(hessian, gradient))
+    low_rank = vectors._newton_step(x, x @ x.T, sign, w, t)
+    assert torch.allclose(low_rank, torch.stack(dense), rtol=1e-9, atol=1e-10)

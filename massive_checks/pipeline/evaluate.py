@@ -286,18 +286,16 @@ class Evaluator:
         evaluator = self.peers.get(a.model, self) if a.model else self
         view = evaluator.view(a.config)
         given_b, given_a = (computed(x.measure).forced_by(y.measure, view, layers) for x, y in ((a, b), (b, a)))
-        forced = {}
-        for layer in layers:
+        forced: dict[str, tuple[float, float, str]] = {}
+        for layer in set(given_b) | set(given_a):
             row = "value" if a.steps else _row_key(layer)
             exact_a, exact_b = (intervals.value_of(sides[side][row]) for side in ("a", "b"))
             if layer in given_b:  # a's range, b exact
                 low, high, why = given_b[layer]
                 ends = [compare_values(check.by, x, exact_b) for x in (low, high)]
-            elif layer in given_a:
+            else:  # b's range, a exact
                 low, high, why = given_a[layer]
                 ends = [compare_values(check.by, exact_a, x) for x in (low, high)]
-            else:
-                continue
             forced[row] = (min(ends), max(ends), why)
         return forced
 
