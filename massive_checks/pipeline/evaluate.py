@@ -278,9 +278,8 @@ class Evaluator:
         layer reduced."""
         a, b = check.quantity, check.versus
         assert b is not None
-        n_layers = self.lm.n_layers
-        same = a.model == b.model and a.config == b.config and a.blocks(n_layers) == b.blocks(n_layers)
-        layers = a.blocks(n_layers)
+        layers = a.blocks(self.lm.n_layers)
+        same = a.model == b.model and a.config == b.config and layers == b.blocks(self.lm.n_layers)
         if not same or a.between_configs or b.between_configs or (a.steps and len(layers) != 1):
             return {}
         evaluator = self.peers.get(a.model, self) if a.model else self
@@ -292,10 +291,10 @@ class Evaluator:
             exact_a, exact_b = (intervals.value_of(sides[side][row]) for side in ("a", "b"))
             if layer in given_b:  # a's range, b exact
                 low, high, why = given_b[layer]
-                ends = [compare_values(check.by, x, exact_b) for x in (low, high)]
+                ends = [compare(check.by, x, exact_b).value for x in (low, high)]
             else:  # b's range, a exact
                 low, high, why = given_a[layer]
-                ends = [compare_values(check.by, exact_a, x) for x in (low, high)]
+                ends = [compare(check.by, exact_a, x).value for x in (low, high)]
             forced[row] = (min(ends), max(ends), why)
         return forced
 
@@ -484,11 +483,6 @@ def compare(by: str, a, b) -> Estimate:
     if any(isinstance(v, Estimate) and v.derived for v in (a, b)):
         return intervals.derived_compare(by, a, b)
     return intervals.difference(b, a) if by == "difference" else intervals.ratio(a, b)
-
-
-def compare_values(by: str, a: float, b: float) -> float:
-    """compare() of two plain numbers."""
-    return a - b if by == "difference" else abs(a) / abs(b) if b else math.inf
 
 
 def _row_key(k) -> str:
