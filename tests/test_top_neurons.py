@@ -83,3 +83,28 @@ def test_the_seeds_row_reading_gives_another_answer_on_conv1d(tmp_path, session_
     units = observed(tmp_path, session, "top_neurons")
     assert weight.shape[1] == session.lm.width and weight.shape[0] > session.lm.width  # [F, D]
     assert units != seed_reading
+
+
+def test_the_planted_neuron_is_the_top_unit_and_writes_the_planted_dim(tmp_path, session_for):
+    """planted-llama wires unit PLANT['neuron'] of block PLANT['layer'] to fire on <s> and write
+    only into PLANT['dim'] (down_proj.weight[dim, neuron] = 1): exact ground truth for the
+    per-sequence contributions at each sequence's peak token."""
+    from massive_checks.engine.synthetic import PLANT
+
+    session = session_for("planted-llama")
+    view = session.view(SMALL_DATA)
+    per_sequence = view.contributions(PLANT["layer"], PLANT["dim"])  # [S, F]
+    assert per_sequence.abs().argmax(dim=1).tolist() == [PLANT["neuron"]] * len(per_sequence)
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"id: planted\nclaim: c\nchecks:\n"
+        f"  - {{measure: top_neurons, layer: {PLANT['layer']}, dim: {PLANT['dim']}, k: 1, equals: [{PLANT['neuron']}]}}\n"
+        f"  - {{measure: top_neurons_share, layer: {PLANT['layer']}, dim: {PLANT['dim']}, k: 1, at_least: 0.99}}\n"
+    )
+    (spec,) = load_file(path)
+    units, share = Evaluator(spec, session, SMALL_DATA).evaluate().checks
+    assert units.verdict == "holds" and share.verdict == "holds"
+    # From the other side: the planted unit writes more than half of the dim, so at_most 0.5 fails.
+    path.write_text(path.read_text().replace("at_least: 0.99", "at_most: 0.5"))
+    (spec,) = load_file(path)
+    assert Evaluator(spec, session, SMALL_DATA).evaluate().checks[1].verdict == "contradicted"
