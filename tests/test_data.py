@@ -96,9 +96,14 @@ def test_a_local_dataset_folder_reads_through_datasets(tmp_path, load_model):
     ],
 )
 def test_a_hub_dataset_that_cannot_be_read_is_an_error_naming_it(monkeypatch, name, message):
-    pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no waiting on a hub that is not reachable
+    datasets = pytest.importorskip("datasets")
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    # No waiting on a hub that is not reachable (~20 s of retries): the libraries read these
+    # variables once, at import, so a process that imported them already needs the flags set.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match=message) as error:
         read_passages(name)
     assert name in str(error.value)

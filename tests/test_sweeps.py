@@ -463,3 +463,32 @@ def test_a_search_without_a_cliff_stops_at_its_limit_and_says_so(session_for, tm
     coefs = [r.coef for r in outcome.search.results[1:]]
     assert coefs[-1] <= 0.5 * scale < coefs[-1] * 1.5  # up to limit x the calibrated coefficient, no further
     assert "no cliff up to" in outcome.search.stop and math.isnan(values["cliff"].value)
+
+
+def test_planned_searches_run_in_step_and_each_equals_its_search_alone(session_for, tmp_path, monkeypatch):
+    """Searches planned together advance one coefficient a round in shared generation batches: each
+    keeps the coefficients, texts and stop of the same search run alone in a fresh session, no
+    coefficient past a cliff is generated, and the rounds they share are fewer generation calls."""
+    (tmp_path / "s.yaml").write_text(SEARCH.replace("START", "0.01").replace("LIMIT", "8").replace("THRESHOLD", "99"))
+    spec = load_file(tmp_path / "s.yaml")[0]
+    calls = []
+    real_generate = steer.generate
+    monkeypatch.setattr(steer, "generate", lambda lm, prompts, *a, **k: calls.append(len(prompts)) or real_generate(lm, prompts, *a, **k))
+    outcomes = {}
+    for together in (True, False):
+        calls.clear()
+        session = session_for("tiny-llama")
+        if together:
+            plan(spec, session, spec.data)
+        Evaluator(spec, session, spec.data).evaluate()
+        view = session.view(spec.data, vectors=spec.vectors, steering=spec.steering)
+        outcomes[together] = ({name: sweep_of(view, name).search for name in ("md", "pr")}, len(calls), session)
+    (in_step, in_step_calls, session), (alone, alone_calls, _) = outcomes[True], outcomes[False]
+    for name in ("md", "pr"):
+        assert [r.coef for r in in_step[name].results] == [r.coef for r in alone[name].results]
+        assert [r.texts for r in in_step[name].results] == [r.texts for r in alone[name].results]
+        assert in_step[name].stop == alone[name].stop and "below any effect" in in_step[name].stop
+    searched_runs = [key for key, (tokens, _) in session.memo(("steered runs",), dict).items() if len(tokens) == 3]
+    assert len(searched_runs) == sum(len(s.results) - 1 for s in in_step.values())  # none past a cliff
+    rounds = [len(s.results) - 1 for s in in_step.values()]  # one coefficient a round (no steps down)
+    assert alone_calls - in_step_calls == min(rounds)

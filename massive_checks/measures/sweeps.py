@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 import numpy as np
 from pydantic import Field
 
+from massive_checks.base.errors import MassiveChecksError
 from massive_checks.base.lazy import LazyModule
 from massive_checks.language import contrast, judges
 from massive_checks.language.definitions import CALIBRATED, Calibrated, Frozen, SteeringDef
@@ -222,70 +223,161 @@ def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
 
 def _run(view, setup: _Setup, coefs: list[float], logits: bool, scored: bool) -> SweepOutcome:
     """Coefficients `coefs` (0 first) on the scored prompts (scored) or on the search prompts."""
-    cut = slice(setup.searched, None) if scored else slice(0, setup.searched)
-    prompts, texts = setup.prompts[cut], setup.texts[cut]
-    baseline = _unsteered(view, setup.definition, prompts, texts, setup.trait, setup.judging, logits)
+    r = _request(setup, coefs, scored)
+    baseline = _unsteered(view, setup.definition, r.prompts, r.prompt_texts, setup.trait, setup.judging, logits)
     results = steer.sweep(
         view.lm,
-        [(setup.vector, c) for c in coefs],
-        setup.layer,
-        prompts,
-        texts,
-        setup.trait,
-        setup.definition.max_new_tokens,
-        setup.judging,
-        setup.definition.positions,
-        setup.definition.first,
+        r.runs,
+        r.layer,
+        r.prompts,
+        r.prompt_texts,
+        r.trait,
+        r.max_new_tokens,
+        r.judging,
+        r.positions,
+        r.first,
         baseline=baseline,
-        generated=view.session.memo(("steered runs",), dict),  # runs other sweeps made: not generated again
+        generated=_generated(view),
         logits=logits,
     )
     return SweepOutcome(
         tuple(results),
         setup.definition.threshold,
         setup.calibrated,
-        hashlib.sha256(repr(texts).encode()).hexdigest()[:16],
+        hashlib.sha256(repr(r.prompt_texts).encode()).hexdigest()[:16],
         chance=setup.judging.model.chance,
         judged_by=(setup.judging.trait_name, setup.judging.model.name),
-        prompts=tuple(texts),
+        prompts=tuple(r.prompt_texts),
     )
+
+
+def _request(setup: _Setup, coefs: list[float], scored: bool):
+    """steer.Request of coefficients `coefs` on the scored prompts (scored) or the search prompts."""
+    cut = slice(setup.searched, None) if scored else slice(0, setup.searched)
+    d = setup.definition
+    runs = [(setup.vector, c) for c in coefs]
+    return steer.Request(
+        runs,
+        setup.layer,
+        setup.prompts[cut],
+        setup.texts[cut],
+        setup.trait,
+        d.max_new_tokens,
+        setup.judging,
+        d.positions,
+        d.first,
+    )
+
+
+def _generated(view) -> dict:
+    """The session's steered runs (steer.sweep's `generated`): a run another sweep made is not made again."""
+    return view.session.memo(("steered runs",), dict)
+
+
+def plan_searches(view, names: set[str]) -> None:
+    """Announce the searches a session will run (the configurations `names` of a spec, at
+    planning), so that the first search runs all of them in step (_search)."""
+    planned = view.session.memo(("planned searches",), dict)
+    for name in sorted(names):
+        definition = view.steering_def(name)
+        if definition.search is not None:
+            planned.setdefault(_search_key(view, definition), (view, name))
+
+
+def _search_key(view, definition: SteeringDef) -> tuple:
+    return ("search", definition, view.vector_def(definition.vector), view.min_value, view.min_ratio)
 
 
 def _search(view, setup: _Setup) -> SweepOutcome:
-    """Search.__doc__ (language/definitions.py), on the search prompts: a few coefficients per
-    generation batch (they fill GENERATION_ROWS rows), the results kept only up to the first
-    incoherent one, so they do not depend on the batch size."""
-    search = setup.definition.search
-    assert search is not None
-    scale = setup.calibrated["calibrated_without_massive"]
-    start = search.start if search.start is not None else scale / 8
-    per_batch = max(1, steer.GENERATION_ROWS // search.prompts)  # a batch's fixed cost is most of it
-    grid = [start * search.factor**k for k in range(200) if start * search.factor**k <= search.limit * scale]
-    first = _run(view, setup, [0.0, *grid[:per_batch]], False, scored=False)
-    run = lambda coefs: {r.coef: r for r in _run(view, setup, [0.0, *coefs], False, scored=False).results}
-    done, grid = {r.coef: r for r in first.results}, grid[per_batch:]
-    baseline, noise = done[0.0], 100.0 / search.prompts
-    lowest, steps_down = start, 0
-    while abs(done[lowest].trait - baseline.trait) > noise and steps_down < search.down:
-        lowest, steps_down = lowest / search.factor, steps_down + 1
-        done |= run([lowest])
-    while grid and all(r.coherence >= setup.definition.threshold for c, r in done.items() if c > 0):
-        done |= run(grid[:per_batch])
-        grid = grid[per_batch:]
-    kept = sorted(done)
-    cliff = next((c for c in kept[1:] if done[c].coherence < setup.definition.threshold), None)
-    kept = [c for c in kept if cliff is None or c <= cliff]
-    outcome = dataclasses.replace(first, results=tuple(done[c] for c in kept))  # one baseline: the same coherence reference
-    effect_free = abs(done[lowest].trait - baseline.trait) <= noise
-    stop = (
-        f"cliff at {cliff:.4g}"
-        if cliff is not None
-        else f"no cliff up to {kept[-1]:.4g} ({search.limit:g} x the calibrated coefficient without the massive dims, {scale:.4g})"
-    )
-    start_text = (
-        "below any effect" if effect_free else f"still moving the trait by more than {noise:.3g} after {steps_down} steps down"
-    )
-    return dataclasses.replace(outcome, stop=f"{stop}; from {lowest:.4g}, {start_text}")
+    """Search.__doc__ (language/definitions.py), on the search prompts. The first search a session
+    runs takes every planned one along (plan_searches): each round generates every unfinished
+    search's next coefficients in shared batches and judges them together, so no search runs a
+    coefficient past its cliff and no batch is part-filled for want of rows."""
+    done = view.session.memo(("searches",), dict)
+    key = _search_key(view, setup.definition)
+    if key not in done:
+        todo = {key: setup}
+        for other, (other_view, name) in view.session.memo(("planned searches",), dict).items():
+            if other not in done and other != key:
+                try:
+                    todo[other] = _setup(other_view, other_view.steering_def(name))
+                except (MassiveChecksError, ValueError):
+                    pass  # that configuration's own spec reports it
+        done.update(_searches_in_step(view, todo))
+    return done[key]
+
+
+def _searches_in_step(view, setups: dict) -> dict:
+    """{key: the search's SweepOutcome} of searches advanced one coefficient per round together."""
+    climbs = {key: _Climb(setup) for key, setup in setups.items()}
+    while asked := {key: coefs for key, climb in climbs.items() if (coefs := climb.next())}:
+        requests = [_request(climbs[key].setup, [0.0, *coefs], scored=False) for key, coefs in asked.items()]
+        steer.prepare(view.lm, requests, _generated(view))
+        for key, coefs in asked.items():
+            climbs[key].take(_run(view, climbs[key].setup, [0.0, *coefs], False, scored=False))
+    return {key: climb.outcome() for key, climb in climbs.items()}
+
+
+class _Climb:
+    """One configuration's search under way: from its start it steps down (one coefficient a
+    round) while the lowest coefficient still moves the trait by more than one prompt's worth,
+    and up (one a round) until a coefficient is incoherent or the limit is reached. The results
+    kept are those up to the first incoherent coefficient."""
+
+    def __init__(self, setup: _Setup):
+        search = setup.definition.search
+        assert search is not None
+        self.setup, self.search = setup, search
+        self.scale = setup.calibrated["calibrated_without_massive"]
+        self.lowest = search.start if search.start is not None else self.scale / 8
+        limit = search.limit * self.scale
+        self.above = [self.lowest * search.factor**k for k in range(1, 200) if self.lowest * search.factor**k <= limit]
+        self.steps_down = 0
+        self.done: dict[float, SteeringResult] = {}  # coef -> result, coef 0 (the unsteered model) included
+        self.first: SweepOutcome | None = None
+        self.noise = 100.0 / search.prompts  # one prompt's worth of trait score
+
+    def next(self) -> list[float]:
+        """The coefficients of the next round (none: the search is over)."""
+        if not self.done:
+            return [self.lowest]
+        coefs = []
+        if self._moves(self.lowest) and self.steps_down < self.search.down:
+            self.lowest, self.steps_down = self.lowest / self.search.factor, self.steps_down + 1
+            coefs.append(self.lowest)
+        if self.above and self._cliff() is None:
+            coefs.append(self.above.pop(0))
+        return coefs
+
+    def take(self, outcome: SweepOutcome) -> None:
+        self.first = self.first or outcome
+        self.done |= {r.coef: r for r in outcome.results}
+
+    def _moves(self, coef: float) -> bool:
+        return abs(self.done[coef].trait - self.done[0.0].trait) > self.noise
+
+    def _cliff(self) -> float | None:
+        """The smallest incoherent coefficient run so far."""
+        threshold = self.setup.definition.threshold
+        return next((c for c in sorted(self.done) if c > 0 and self.done[c].coherence < threshold), None)
+
+    def outcome(self) -> SweepOutcome:
+        """The results up to the cliff (one baseline: the same coherence reference), and where and
+        why the search stopped and started."""
+        assert self.first is not None
+        cliff = self._cliff()
+        kept = [c for c in sorted(self.done) if cliff is None or c <= cliff]
+        outcome = dataclasses.replace(self.first, results=tuple(self.done[c] for c in kept))
+        if cliff is not None:
+            stop = f"cliff at {cliff:.4g}"
+        else:
+            stop = f"no cliff up to {kept[-1]:.4g} ({self.search.limit:g} x the calibrated coefficient without the massive dims, {self.scale:.4g})"
+        start = (
+            "below any effect"
+            if not self._moves(self.lowest)
+            else f"still moving the trait by more than {self.noise:.3g} after {self.steps_down} steps down"
+        )
+        return dataclasses.replace(outcome, stop=f"{stop}; from {self.lowest:.4g}, {start}")
 
 
 def _coefs(definition: SteeringDef, calibrated: dict[str, float]) -> tuple[list[float], float]:

@@ -19,6 +19,7 @@ from massive_checks.language.data import dataset_revision
 from massive_checks.language.intervals import CONTRADICTED, HOLDS, Estimate
 from massive_checks.language.interventions import BASELINE
 from massive_checks.language.objects import Check, Quantity, Spec
+from massive_checks.measures import sweeps
 from massive_checks.measures.base import computed
 from massive_checks.measures.profile import profile_of
 from massive_checks.measures.steering import check_dim_set
@@ -46,7 +47,12 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
         slices = interventions.massive_slices_of_requests(requests, lm.n_layers)
         if mean or slices:  # read from the baseline pass before this configuration's own
             session.plan(data, (), Needs(sites=mean, slices=slices))
-    steered = {spec.steering[name].vector for q in quantities for name in q.measure.steering_refs()}
+    configurations = {name for q in quantities for name in q.measure.steering_refs()}
+    if configurations:  # the session's first search runs every planned one in step
+        sweeps.plan_searches(
+            session.view(data, BASELINE, spec.massive, vectors=spec.vectors, steering=spec.steering), configurations
+        )
+    steered = {spec.steering[name].vector for name in configurations}
     contrast_needs = {(spec.vectors[name].pairs, spec.vectors[name].window) for name in steered}
     for pairs, window in contrast_needs.union(*(q.measure.contrast_needs(spec.vectors) for q in quantities)):
         session.plan(contrast.read(pairs).data(), (), Needs(pooled={window}))  # one pass per contrast set

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +150,32 @@ def result_of(coef: float, judged: Texts, baseline: Texts, chance: float) -> Ste
     return SteeringResult(float(coef), float(np.mean(judged.traits)), trait_logit, coherent, judged)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One sweep's steered runs (vector [D], coef) on its prompts: what `prepare` generates and
+    judges, several sweeps' rows in shared batches."""
+
+    runs: list[tuple[torch.Tensor, float]]
+    layer: int
+    prompts: list[list[int]]
+    prompt_texts: list[str]
+    trait: dict[str, list[list[int]]]
+    max_new_tokens: int
+    judging: Judging
+    positions: str = "all"
+    first: bool = False
+
+    def keys(self) -> list[tuple]:
+        """Each run's key in `generated`: what determines its tokens and log-odds."""
+        setting = (self.layer, self.positions, self.first, self.max_new_tokens, _digest(self.prompts), _digest(self.trait))
+        return [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in self.runs]
+
+    def batching(self, logits: bool) -> tuple:
+        """What rows of one generation batch share: the steered block, positions and length (and,
+        with log-odds, the trait words)."""
+        return (self.layer, self.positions, self.first, self.max_new_tokens, _digest(self.trait) if logits else None)
+
+
 def sweep(
     lm: LoadedModel,
     runs: list[tuple[torch.Tensor, float]],
@@ -173,46 +198,74 @@ def sweep(
     one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
     several sweeps on the same prompts. `generated` (a session's dict, filled here) keeps each
     run's tokens and log-odds by what determines them, so a run another sweep already made (two
-    cleanings that zero the same dims give the same vector) is not generated again. Without
-    `logits` no trait log-odds are computed (their teacher-forced forwards cost about a quarter of
-    a sweep) and trait_logit is nan; a later sweep that asks for them computes only those."""
+    cleanings that zero the same dims give the same vector, or `prepare` for several sweeps at
+    once) is not generated again. Without `logits` no trait log-odds are computed (their
+    teacher-forced forwards cost about a quarter of a sweep) and trait_logit is nan; a later sweep
+    that asks for them computes only those."""
     baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size, logits)
     if logits:
         baseline = unsteered_with_logits(lm, baseline, prompts, trait, batch_size)
     generated = {} if generated is None else generated
-    setting = (layer, positions, first, max_new_tokens, _digest(prompts), _digest(trait))
-    keys = [(setting, _digest(vector.float().cpu().numpy().tobytes()), float(coef)) for vector, coef in runs]
-    batches = lambda which: _row_batches(runs, which, prompts, layer, positions, first, batch_size)
-    _generate_runs(
-        lm,
-        batches(_distinct_runs(keys, runs, lambda key: key not in generated)),
-        keys,
-        len(prompts),
-        generated,
-        trait,
-        max_new_tokens,
-        logits,
-    )
-    if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
-        for chunk, chunk_prompts, steering, vectors in batches(_distinct_runs(keys, runs, lambda key: None in generated[key][1])):
-            for (i, j), odds in zip(chunk, trait_log_odds(lm, chunk_prompts, trait, steering, vectors).tolist()):
-                generated[keys[i]][1][j] = odds
-    made = [generated.get(key) for key in keys]  # None for coef 0: the unsteered baseline
+    request = Request(runs, layer, prompts, prompt_texts, trait, max_new_tokens, judging, positions, first)
+    prepare(lm, [request], generated, batch_size, logits)
+    made = [generated.get(key) for key in request.keys()]  # None for coef 0: the unsteered baseline
     return _results(lm, runs, made, prompt_texts, baseline, judging, logits)
 
 
-def _generate_runs(lm, batches, keys: list, n_prompts: int, generated: dict, trait, max_new_tokens: int, logits: bool) -> None:
-    """Generate the batches' rows (with their trait log-odds when asked) into `generated`:
-    {run key: ([tokens per prompt], [log-odds per prompt])}."""
-    for chunk, chunk_prompts, steering, vectors in batches:
+def prepare(
+    lm: LoadedModel, requests: list[Request], generated: dict, batch_size: int = GENERATION_ROWS, logits: bool = False
+) -> None:
+    """Generate every steered run of the requests that `generated` lacks (with their trait log-odds
+    when asked), the rows of all requests that share a batching in shared batches, and judge all
+    their texts' fluency at once per judge model (its memo keeps them): several sweeps advanced
+    together (a search's next coefficients for each configuration) cost full batches."""
+    todo: dict[tuple, tuple[Request, int]] = {}  # run key -> (request, run index): a run listed twice is made once
+    for request in requests:
+        for i, key in enumerate(request.keys()):
+            if request.runs[i][1] != 0:
+                todo.setdefault(key, (request, i))
+    _generate_runs(lm, [(k, *todo[k]) for k in todo if k not in generated], generated, batch_size, logits)
+    if logits:  # runs generated without log-odds (by a sweep that did not ask): only those now
+        _add_log_odds(lm, [(k, *todo[k]) for k in todo if None in generated[k][1]], generated, batch_size)
+    _judge_fluency(lm, [(generated[k], *todo[k]) for k in todo])
+
+
+def _generate_runs(lm, runs: list[tuple], generated: dict, batch_size: int, logits: bool) -> None:
+    """Generate the rows of runs [(key, request, run index)] (with their trait log-odds when asked)
+    into `generated`: {run key: ([tokens per prompt], [log-odds per prompt])}."""
+    for (batching, _), (chunk, chunk_prompts, steering, vectors) in _row_batches(runs, batch_size, logits):
         if logits:
-            chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, max_new_tokens, steering, vectors)
+            trait = chunk[0][1].trait  # one trait per batch (batching)
+            chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, batching[3], steering, vectors)
         else:
-            chunk_tokens, chunk_odds = generate(lm, chunk_prompts, max_new_tokens, steering, vectors), None
-        for n, (i, j) in enumerate(chunk):
-            generated.setdefault(keys[i], ([None] * n_prompts, [None] * n_prompts))
-            generated[keys[i]][0][j] = chunk_tokens[n]
-            generated[keys[i]][1][j] = None if chunk_odds is None else float(chunk_odds[n])
+            chunk_tokens, chunk_odds = generate(lm, chunk_prompts, batching[3], steering, vectors), None
+        for n, (key, request, _, j) in enumerate(chunk):
+            n_prompts = len(request.prompts)
+            generated.setdefault(key, ([None] * n_prompts, [None] * n_prompts))
+            generated[key][0][j] = chunk_tokens[n]
+            generated[key][1][j] = None if chunk_odds is None else float(chunk_odds[n])
+
+
+def _add_log_odds(lm, runs: list[tuple], generated: dict, batch_size: int) -> None:
+    """The trait log-odds of runs [(key, request, run index)] generated without them."""
+    for _, (chunk, chunk_prompts, steering, vectors) in _row_batches(runs, batch_size, True):
+        odds = trait_log_odds(lm, chunk_prompts, chunk[0][1].trait, steering, vectors).tolist()
+        for (key, _, _, j), value in zip(chunk, odds):
+            generated[key][1][j] = value
+
+
+def _judge_fluency(lm, runs: list[tuple]) -> None:
+    """Every row of runs [((tokens, log-odds), request, run index)] through its request's judge
+    model, all rows for one judge model in one call (scoring.judged_losses: batches of distinct
+    rows, kept in the judge's memo for _judged to read)."""
+    by_model: dict[int, tuple[Any, list[str], list[str]]] = {}
+    for (tokens, _), request, _ in runs:
+        model = request.judging.model
+        _, prompts, texts = by_model.setdefault(id(model), (model, [], []))
+        prompts += request.prompt_texts
+        texts += [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
+    for model, prompts, texts in by_model.values():
+        judged_losses(model, prompts, texts)
 
 
 def _results(
@@ -237,24 +290,21 @@ def _results(
     return results
 
 
-def _distinct_runs(keys: list, runs: list, wanted: Callable[[Any], bool]) -> list[int]:
-    """The first index of each steered run (coef != 0) whose key `wanted` picks, in run order: a run
-    a sweep lists twice is generated once."""
-    first = {key: i for i, key in reversed(list(enumerate(keys))) if runs[i][1] != 0 and wanted(key)}
-    return sorted(first.values())
-
-
-def _row_batches(
-    runs, run_indices: list[int], prompts: list[list[int]], layer: int, positions: str, first: bool, batch_size: int
-):
-    """Every (run, prompt) row of the given runs, in batches of `batch_size`: (rows [(i, j)], their
-    prompts, a per-row Steering (coef [B]), their vectors [B, D])."""
-    rows = [(i, j) for i in run_indices for j in range(len(prompts))]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        steering = Steering(layer, torch.tensor([runs[i][1] for i, _ in chunk]), positions, first)
-        vectors = torch.stack([runs[i][0].float().cpu() for i, _ in chunk])  # [B, D]
-        yield chunk, [prompts[j] for _, j in chunk], steering, vectors
+def _row_batches(runs: list[tuple], batch_size: int, logits: bool):
+    """Every (run, prompt) row of runs [(key, request, run index)], grouped by the requests'
+    batching, in batches of `batch_size`: ((batching, group), (rows [(key, request, run index,
+    prompt index)], their prompts, a per-row Steering (coef [B]), their vectors [B, D]))."""
+    groups: dict[tuple, list[tuple]] = {}
+    for key, request, i in runs:
+        rows = groups.setdefault(request.batching(logits), [])
+        rows += [(key, request, i, j) for j in range(len(request.prompts))]
+    for batching, rows in groups.items():
+        layer, positions, first = batching[:3]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            steering = Steering(layer, torch.tensor([r.runs[i][1] for _, r, i, _ in chunk]), positions, first)
+            vectors = torch.stack([r.runs[i][0].float().cpu() for _, r, i, _ in chunk])  # [B, D]
+            yield (batching, start), (chunk, [r.prompts[j] for _, r, _, j in chunk], steering, vectors)
 
 
 def _digest(value) -> str:
