@@ -473,7 +473,9 @@ def test_planned_searches_run_in_step_and_each_equals_its_search_alone(session_f
     spec = load_file(tmp_path / "s.yaml")[0]
     calls = []
     real_generate = steer.generate
-    monkeypatch.setattr(steer, "generate", lambda lm, prompts, *a, **k: calls.append(len(prompts)) or real_generate(lm, prompts, *a, **k))
+    monkeypatch.setattr(
+        steer, "generate", lambda lm, prompts, *a, **k: calls.append(len(prompts)) or real_generate(lm, prompts, *a, **k)
+    )
     outcomes = {}
     for together in (True, False):
         calls.clear()
