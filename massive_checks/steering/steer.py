@@ -123,7 +123,7 @@ def unsteered_with_logits(
 def _judged(
     lm: LoadedModel, tokens: list[list[int]], log_odds: list[float] | None, prompt_texts: list[str], judging: Judging
 ) -> Texts:
-    texts = [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
+    texts = _decoded(lm, tokens)
     traits = 100.0 * judges.judge_texts(judging.trait, texts, judging.trait_name)
     losses = judged_losses(judging.model, prompt_texts, texts)
     return Texts(
@@ -134,6 +134,11 @@ def _judged(
         tuple(losses.tolist()),
         tuple(coherence.variety_inputs(judging.model.lm.tokenizer, texts).tolist()),
     )
+
+
+def _decoded(lm: LoadedModel, tokens) -> list[str]:
+    """Each row of continuation token ids as text (special tokens dropped): what the judges read."""
+    return [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
 
 
 def _logit_scores(log_odds: list[float]) -> tuple[float, ...]:
@@ -233,12 +238,14 @@ def prepare(
 def _generate_runs(lm, runs: list[tuple], generated: dict, batch_size: int, logits: bool) -> None:
     """Generate the rows of runs [(key, request, run index)] (with their trait log-odds when asked)
     into `generated`: {run key: ([tokens per prompt], [log-odds per prompt])}."""
-    for (batching, _), (chunk, chunk_prompts, steering, vectors) in _row_batches(runs, batch_size, logits):
+    for chunk, chunk_prompts, steering, vectors in _row_batches(runs, batch_size, logits):
+        shared = chunk[0][1]  # the rows' length (and trait words, with log-odds) are one batching's
         if logits:
-            trait = chunk[0][1].trait  # one trait per batch (batching)
-            chunk_tokens, chunk_odds = with_trait_log_odds(lm, chunk_prompts, trait, batching[3], steering, vectors)
+            chunk_tokens, chunk_odds = with_trait_log_odds(
+                lm, chunk_prompts, shared.trait, shared.max_new_tokens, steering, vectors
+            )
         else:
-            chunk_tokens, chunk_odds = generate(lm, chunk_prompts, batching[3], steering, vectors), None
+            chunk_tokens, chunk_odds = generate(lm, chunk_prompts, shared.max_new_tokens, steering, vectors), None
         for n, (key, request, _, j) in enumerate(chunk):
             n_prompts = len(request.prompts)
             generated.setdefault(key, ([None] * n_prompts, [None] * n_prompts))
@@ -248,7 +255,7 @@ def _generate_runs(lm, runs: list[tuple], generated: dict, batch_size: int, logi
 
 def _add_log_odds(lm, runs: list[tuple], generated: dict, batch_size: int) -> None:
     """The trait log-odds of runs [(key, request, run index)] generated without them."""
-    for _, (chunk, chunk_prompts, steering, vectors) in _row_batches(runs, batch_size, True):
+    for chunk, chunk_prompts, steering, vectors in _row_batches(runs, batch_size, True):
         odds = trait_log_odds(lm, chunk_prompts, chunk[0][1].trait, steering, vectors).tolist()
         for (key, _, _, j), value in zip(chunk, odds):
             generated[key][1][j] = value
@@ -263,7 +270,7 @@ def _judge_fluency(lm, runs: list[tuple]) -> None:
         model = request.judging.model
         _, prompts, texts = by_model.setdefault(id(model), (model, [], []))
         prompts += request.prompt_texts
-        texts += [lm.tokenizer.decode(list(t), skip_special_tokens=True) for t in tokens]
+        texts += _decoded(lm, tokens)
     for model, prompts, texts in by_model.values():
         judged_losses(model, prompts, texts)
 
@@ -292,19 +299,20 @@ def _results(
 
 def _row_batches(runs: list[tuple], batch_size: int, logits: bool):
     """Every (run, prompt) row of runs [(key, request, run index)], grouped by the requests'
-    batching, in batches of `batch_size`: ((batching, group), (rows [(key, request, run index,
-    prompt index)], their prompts, a per-row Steering (coef [B]), their vectors [B, D]))."""
+    batching, in batches of `batch_size`: (rows [(key, request, run index, prompt index)], their
+    prompts, a per-row Steering (coef [B]), their vectors [B, D])."""
     groups: dict[tuple, list[tuple]] = {}
     for key, request, i in runs:
         rows = groups.setdefault(request.batching(logits), [])
         rows += [(key, request, i, j) for j in range(len(request.prompts))]
-    for batching, rows in groups.items():
-        layer, positions, first = batching[:3]
+    for rows in groups.values():
+        shared = rows[0][1]  # its block, positions and first are the group's
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            steering = Steering(layer, torch.tensor([r.runs[i][1] for _, r, i, _ in chunk]), positions, first)
+            coefs = torch.tensor([r.runs[i][1] for _, r, i, _ in chunk])
+            steering = Steering(shared.layer, coefs, shared.positions, shared.first)
             vectors = torch.stack([r.runs[i][0].float().cpu() for _, r, i, _ in chunk])  # [B, D]
-            yield (batching, start), (chunk, [r.prompts[j] for _, r, _, j in chunk], steering, vectors)
+            yield chunk, [r.prompts[j] for _, r, _, j in chunk], steering, vectors
 
 
 def _digest(value) -> str:
