@@ -18,7 +18,7 @@ from massive_checks.engine.edits import EditLog, applied
 from massive_checks.engine.memory import memory_message, out_of_memory, release_memory
 from massive_checks.engine.models import LoadedModel
 from massive_checks.engine.needs import Needs
-from massive_checks.engine.stats import output_column, rank_heads
+from massive_checks.engine.stats import output_column, rank_heads, target_log_probs
 from massive_checks.language import contrast, interventions
 from massive_checks.language.data import DataConfig
 from massive_checks.language.intervals import Bootstrap, Estimate, Units
@@ -214,9 +214,8 @@ class ModelSession:
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per sequence, next-token losses summed over its real targets, and their count: logits
-    [B, T, V] -> [B, 2], on the device (read once per pass)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    [B, T, V] -> [B, 2], on the device (read once per pass; the logits are overwritten)."""
+    nll = -target_log_probs(logits[:, :-1].float(), ids[:, 1:])  # [B, T-1]; the logits are consumed
     real = mask[:, 1:].bool()
     return torch.stack([nll.masked_fill(~real, 0.0).sum(dim=1), real.sum(dim=1).float()], dim=1)
 

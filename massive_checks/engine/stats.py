@@ -112,3 +112,13 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|: 0 when two captures agree."""
     scale = float(b.abs().max())
     return float((a - b).abs().max()) / scale if scale else float((a - b).abs().max())
+
+
+def target_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target]: logits [..., V] (float), targets [...] -> [...], as the
+    target's logit minus the logsumexp. It consumes `logits` (overwritten in place): a second
+    [..., V] tensor costs more than the exp itself at a 262k vocabulary (fresh pages for every
+    element), and the values are the same as torch.logsumexp's."""
+    picked = logits.gather(-1, targets[..., None]).squeeze(-1)
+    peak = logits.amax(dim=-1, keepdim=True)
+    return picked - (logits.sub_(peak).exp_().sum(dim=-1).log_() + peak.squeeze(-1))

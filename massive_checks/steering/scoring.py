@@ -13,6 +13,7 @@ import torch
 
 from massive_checks.engine import hooks
 from massive_checks.engine.models import LoadedModel
+from massive_checks.engine.stats import target_log_probs
 from massive_checks.steering import coherence
 from massive_checks.steering.edit import Steering, steered
 from massive_checks.steering.generation import cache_argument, cache_of, generate, left_padded, pad_id
@@ -163,9 +164,8 @@ def _continued(
             use_cache=True,
             **cache_argument(lm.model, past),
         )
-    logits = output.logits.float()  # [L, C-1, V]
-    # log_softmax at the fed tokens only: no [L, C-1, V] copy (2.4x faster at Gemma 3's 262k vocabulary)
-    logp = logits.gather(-1, cont[:, 1:, None]).squeeze(-1) - logits.logsumexp(dim=-1)  # [L, C-1]
+    # log_softmax at the fed tokens only, in place: no [L, C-1, V] copy (Gemma 3's 262k vocabulary)
+    logp = target_log_probs(output.logits.float(), cont[:, 1:])  # [L, C-1]
     return torch.where(fed_mask.bool(), logp, 0.0)
 
 
