@@ -220,6 +220,22 @@ def test_head_score_accumulation_equals_its_definition(dtype, tolerance):
     assert got[1, :, 4:].abs().max() == 0  # no real query after the last real key of a 5-token row
 
 
+def test_target_log_probs_equal_log_softmax_at_the_targets_and_consume_the_logits():
+    """The in-place form gives torch.logsumexp's numbers exactly, log_softmax's to rounding, at
+    logits spread wider than exp's range (a 262k vocabulary's tail), and overwrites its input."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 1000) * 30  # [B, T, V]
+    targets = torch.randint(0, 1000, (3, 5))
+    by_logsumexp = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
+    by_log_softmax = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    consumed = logits.clone()
+    got = stats.target_log_probs(consumed, targets)
+    assert torch.equal(got, by_logsumexp)
+    torch.testing.assert_close(got, by_log_softmax, rtol=1e-6, atol=1e-5)
+    assert not torch.equal(consumed, logits)  # the caller's logits are gone: no second [.., V] tensor was made
+    assert got.max() <= 0 and got.min() < -50  # log-probabilities, some far in the tail
+
+
 @pytest.mark.parametrize("by_select", [False, True], ids=["partition", "select"])
 def test_lower_median_is_the_median_of_real_cells(by_select):
     """Both ways (the cpu's partition, the GPU's radix selection) give torch.median of each row's
