@@ -202,8 +202,8 @@ def sweep(
     logits: bool = True,
 ) -> list[SteeringResult]:
     """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
-    order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows, each row
-    with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
+    order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows (at most
+    LOG_ODDS_ROWS with `logits`), each row with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
     one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
     several sweeps on the same prompts. `generated` (a session's dict, filled here) keeps each
     run's tokens and log-odds by what determines them, so a run another sweep already made (two
