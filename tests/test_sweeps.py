@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from massive_checks.base.errors import SpecError
 from massive_checks.language import contrast, judges, load_file
-from massive_checks.language.definitions import Sweep
+from massive_checks.language.definitions import Search, Sweep
 from massive_checks.language.intervals import Bootstrap
 from massive_checks.measures.steering import activation_norm, vector_of
-from massive_checks.measures.sweeps import SweepOutcome, sweep_of
+from massive_checks.measures.sweeps import SweepOutcome, _Climb, sweep_of
 from massive_checks.output import results
 from massive_checks.pipeline.evaluate import Evaluator, plan
 from massive_checks.steering import coherence, generation, scoring, steer
@@ -494,3 +495,56 @@ def test_planned_searches_run_in_step_and_each_equals_its_search_alone(session_f
     assert len(searched_runs) == sum(len(s.results) - 1 for s in in_step.values())  # none past a cliff
     rounds = [len(s.results) - 1 for s in in_step.values()]  # one coefficient a round (no steps down)
     assert alone_calls - in_step_calls == min(rounds)
+
+
+def _climbed(search: Search, trait, coherence, scale: float = 96.0) -> tuple[list[float], SweepOutcome]:
+    """A search climbed by its rounds on made-up scores: trait(coef) and coherence(coef) of each
+    coefficient (coef 0: the unsteered model). Returns the coefficients asked, round by round
+    flattened, and the outcome."""
+    definition = SimpleNamespace(search=search, threshold=70.0)
+    climb = _Climb(SimpleNamespace(definition=definition, calibrated={"calibrated_without_massive": scale}))
+    asked = []
+    while coefs := climb.next():
+        asked += coefs
+        results = tuple(SimpleNamespace(coef=c, trait=trait(c), coherence=coherence(c)) for c in [0.0, *coefs])
+        climb.take(SweepOutcome(results, 70.0, {}))  # type: ignore[arg-type]
+    return asked, climb.outcome()
+
+
+def test_the_default_search_grid_is_an_eighth_of_the_base_coefficient_and_starts_at_its_rung_below_half():
+    assert Search().grid(96.0) == (12.0, 3)  # 12 x 1.5^3 = 40.5 <= 48 < 60.75
+    assert Search(factor=1.2).grid(96.0) == (12.0, 7)  # 1.2^7 = 3.58 <= 4 < 1.2^8
+    assert Search(start=5).grid(96.0) == (5.0, 0)
+
+
+def test_a_search_steps_down_while_its_start_moves_the_trait_then_climbs_to_the_cliff():
+    """The trait moves from 18 up (12 prompts: one prompt's worth is 8.3) and coherence breaks at 136:
+    from rung 3 (40.5) it steps down to 12 (below any effect) while it climbs to 136.7."""
+    rung = lambda k: 12.0 * 1.5**k
+    asked, outcome = _climbed(Search(), lambda c: 0.0 if c < 15 else 50.0, lambda c: 100.0 if c < 130 else 10.0)
+    assert asked == [rung(3), rung(2), rung(4), rung(1), rung(5), rung(0), rung(6)]  # a step down and one up a round
+    assert [r.coef for r in outcome.results] == [0.0, *map(rung, range(7))]
+    assert outcome.stop == "cliff at 136.7; from 12, below any effect"
+    assert outcome.best().coef == rung(1)  # the first coefficient of the largest effect, below the cliff
+
+
+def test_a_search_without_an_effect_below_its_start_runs_no_rung_below_it():
+    asked, outcome = _climbed(Search(), lambda c: 0.0, lambda c: 100.0 if c < 90 else 10.0)
+    assert asked == [40.5, 60.75, 91.125]
+    assert outcome.stop == "cliff at 91.12; from 40.5, below any effect"
+
+
+def test_a_search_that_starts_past_its_cliff_steps_down_to_a_coherent_coefficient():
+    asked, outcome = _climbed(Search(), lambda c: 0.0, lambda c: 100.0 if c < 20 else 10.0)
+    assert asked == [40.5, 27.0, 18.0]  # no step up past an incoherent coefficient
+    assert [r.coef for r in outcome.results] == [0.0, 18.0, 27.0]  # up to and including the first incoherent one
+    assert outcome.cliff() == 27.0 and outcome.best().coef == 18.0
+    assert outcome.stop == "cliff at 27; from 18, below any effect"
+
+
+def test_a_search_says_so_when_its_last_step_down_still_moves_the_trait_or_is_incoherent():
+    _, moving = _climbed(Search(down=2), lambda c: 50.0 if c else 0.0, lambda c: 100.0, scale=8.0)  # no cliff up to 8 x 8
+    assert moving.stop.endswith("from 1.5, still moving the trait by more than 8.33 after 2 steps down")
+    assert moving.stop.startswith("no cliff up to 57.67 ")  # 1.5^10: the last rung <= 64
+    _, incoherent = _climbed(Search(down=1), lambda c: 0.0, lambda c: 10.0)
+    assert incoherent.stop == "cliff at 27; from 27, still incoherent after 1 steps down" and incoherent.best() is None

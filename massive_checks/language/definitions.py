@@ -7,6 +7,7 @@ Their JSON Schema is what a spec file may write; capture.py and steer.py re-expo
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
@@ -114,19 +115,33 @@ class Sweep(Frozen):
 
 class Search(Frozen):
     """A search for the strongest coherent coefficient (claims C15-C18, the seed's "best delta at
-    coherence >= 70"), on the first `prompts` evaluation prompts: coefficients start x factor^k,
-    k = 0, 1, .., up to and including the first whose coherence falls below the configuration's
-    threshold (the coherence cliff), or, without a cliff, up to `limit` x the calibrated
-    coefficient without the massive dims (the search says it found none). Before climbing it
-    steps down from the start (at most `down` steps) while the start already moves the trait
-    score by more than one prompt's worth (100 / prompts), so the sweep starts below any effect.
-    The best coherent coefficient it finds, and any `coefs`, are then scored on the other prompts."""
+    coherence >= 70"), on the first `prompts` evaluation prompts, over the grid base x factor^k:
+    from its first rung, k = k0, k0 + 1, .., up to and including the first coefficient whose
+    coherence falls below the configuration's threshold (the coherence cliff), or, without a
+    cliff, up to `limit` x the calibrated coefficient without the massive dims (the search says it
+    found none). Before climbing it steps down from the first rung (at most `down` steps) while the
+    lowest coefficient run still moves the trait score by more than one prompt's worth
+    (100 / prompts) or is incoherent (a start past the cliff), so the sweep starts below any effect
+    and below its cliff. The best coherent coefficient it finds, and any `coefs`, are then scored
+    on the other prompts.
 
-    start: Annotated[Number, Field(gt=0)] | None = None  # default: 1/8 of calibrated_without_massive
+    The grid: from `start` (base = start, k0 = 0), or by default base = 1/8 of the calibrated
+    coefficient without the massive dims and k0 its last rung at or below half that coefficient
+    (k0 = 3 at x1.5: 0.42x); the rungs below it are run only while needed, so a search pays for
+    no rung far below its effect."""
+
+    start: Annotated[Number, Field(gt=0)] | None = None  # default: the grid calibrated_without_massive/8 x factor^k at k0
     factor: Annotated[Number, Field(gt=1, le=1.5)] = 1.5
     prompts: Annotated[int, Field(ge=2, le=500)] = 12
     limit: Annotated[Number, Field(gt=0)] = 8.0
-    down: Annotated[int, Field(ge=0, le=20)] = 4
+    down: Annotated[int, Field(ge=0, le=20)] = 8
+
+    def grid(self, scale: float) -> tuple[float, int]:
+        """(base, k0): the search runs base x factor^k from rung k0; scale: the calibrated
+        coefficient without the massive dims."""
+        if self.start is not None:
+            return float(self.start), 0
+        return scale / 8, math.floor(math.log(4) / math.log(self.factor) + 1e-9)  # factor^k0 <= 4: at most scale/2
 
 
 class Trait(Frozen):

@@ -319,34 +319,42 @@ def _searches_in_step(view, setups: dict) -> dict:
 
 
 class _Climb:
-    """One configuration's search under way: from its start it steps down (one coefficient a
-    round) while the lowest coefficient still moves the trait by more than one prompt's worth,
-    and up (one a round) until a coefficient is incoherent or the limit is reached. The results
-    kept are those up to the first incoherent coefficient."""
+    """One configuration's search under way, on its grid (Search.grid): from its first rung it steps
+    down (one rung a round) while the lowest coefficient still moves the trait by more than one
+    prompt's worth or is incoherent (a start past the cliff), and up (one a round) until a
+    coefficient is incoherent or the limit is reached. The results kept are those up to the first
+    incoherent coefficient."""
 
     def __init__(self, setup: _Setup):
         search = setup.definition.search
         assert search is not None
         self.setup, self.search = setup, search
         self.scale = setup.calibrated["calibrated_without_massive"]
-        self.lowest = search.start if search.start is not None else self.scale / 8
+        self.base, self.low = search.grid(self.scale)  # self.low: the lowest rung run (or to run first)
         limit = search.limit * self.scale
-        self.above = [self.lowest * search.factor**k for k in range(1, 200) if self.lowest * search.factor**k <= limit]
+        self.above = [k for k in range(self.low + 1, self.low + 400) if self._coef(k) <= limit]
         self.steps_down = 0
         self.done: dict[float, SteeringResult] = {}  # coef -> result, coef 0 (the unsteered model) included
         self.first: SweepOutcome | None = None
         self.noise = 100.0 / search.prompts  # one prompt's worth of trait score
+
+    def _coef(self, rung: int) -> float:
+        return self.base * self.search.factor**rung
+
+    @property
+    def lowest(self) -> float:
+        return self._coef(self.low)
 
     def next(self) -> list[float]:
         """The coefficients of the next round (none: the search is over)."""
         if not self.done:
             return [self.lowest]
         coefs = []
-        if self._moves(self.lowest) and self.steps_down < self.search.down:
-            self.lowest, self.steps_down = self.lowest / self.search.factor, self.steps_down + 1
+        if self._above_floor(self.lowest) and self.steps_down < self.search.down:
+            self.low, self.steps_down = self.low - 1, self.steps_down + 1
             coefs.append(self.lowest)
         if self.above and self._cliff() is None:
-            coefs.append(self.above.pop(0))
+            coefs.append(self._coef(self.above.pop(0)))
         return coefs
 
     def take(self, outcome: SweepOutcome) -> None:
@@ -356,10 +364,16 @@ class _Climb:
     def _moves(self, coef: float) -> bool:
         return abs(self.done[coef].trait - self.done[0.0].trait) > self.noise
 
+    def _incoherent(self, coef: float) -> bool:
+        return self.done[coef].coherence < self.setup.definition.threshold
+
+    def _above_floor(self, coef: float) -> bool:
+        """Whether the search must step below `coef`: it moves the trait, or it is past the cliff."""
+        return self._moves(coef) or self._incoherent(coef)
+
     def _cliff(self) -> float | None:
         """The smallest incoherent coefficient run so far."""
-        threshold = self.setup.definition.threshold
-        return next((c for c in sorted(self.done) if c > 0 and self.done[c].coherence < threshold), None)
+        return next((c for c in sorted(self.done) if c > 0 and self._incoherent(c)), None)
 
     def outcome(self) -> SweepOutcome:
         """The results up to the cliff (one baseline: the same coherence reference), and where and
@@ -372,11 +386,12 @@ class _Climb:
             stop = f"cliff at {cliff:.4g}"
         else:
             stop = f"no cliff up to {kept[-1]:.4g} ({self.search.limit:g} x the calibrated coefficient without the massive dims, {self.scale:.4g})"
-        start = (
-            "below any effect"
-            if not self._moves(self.lowest)
-            else f"still moving the trait by more than {self.noise:.3g} after {self.steps_down} steps down"
-        )
+        if not self._above_floor(self.lowest):
+            start = "below any effect"
+        elif self._incoherent(self.lowest):
+            start = f"still incoherent after {self.steps_down} steps down"
+        else:
+            start = f"still moving the trait by more than {self.noise:.3g} after {self.steps_down} steps down"
         return dataclasses.replace(outcome, stop=f"{stop}; from {self.lowest:.4g}, {start}")
 
 
