@@ -517,34 +517,43 @@ def test_the_default_search_grid_is_an_eighth_of_the_base_coefficient_and_starts
     assert Search(start=5).grid(96.0) == (5.0, 0)
 
 
-def test_a_search_steps_down_while_its_start_moves_the_trait_then_climbs_to_the_cliff():
-    """The trait moves from 18 up (12 prompts: one prompt's worth is 8.3) and coherence breaks at 136:
-    from rung 3 (40.5) it steps down to 12 (below any effect) while it climbs to 136.7."""
+def test_a_search_steps_down_until_two_rungs_are_quiet_while_it_climbs_to_the_cliff():
+    """The trait moves from 15 up and coherence breaks at 130: from rung 3 (40.5) it steps down to
+    8 (8 and 12 quiet: below any effect), one rung a round beside each step up to 136.7."""
     rung = lambda k: 12.0 * 1.5**k
     asked, outcome = _climbed(Search(), lambda c: 0.0 if c < 15 else 50.0, lambda c: 100.0 if c < 130 else 10.0)
-    assert asked == [rung(3), rung(2), rung(4), rung(1), rung(5), rung(0), rung(6)]  # a step down and one up a round
-    assert [r.coef for r in outcome.results] == [0.0, *map(rung, range(7))]
-    assert outcome.stop == "cliff at 136.7; from 12, below any effect"
+    assert asked == [rung(3), rung(2), rung(4), rung(1), rung(5), rung(0), rung(6), rung(-1)]
+    assert [r.coef for r in outcome.results] == [0.0, *map(rung, range(-1, 7))]
+    assert outcome.stop == "cliff at 136.7; from 8, below any effect"
     assert outcome.best().coef == rung(1)  # the first coefficient of the largest effect, below the cliff
 
 
-def test_a_search_without_an_effect_below_its_start_runs_no_rung_below_it():
+def test_a_search_steps_below_a_quiet_rung_while_the_rung_above_it_moves_the_trait():
+    """Noise at the bottom of a search: +8, +4, +10, +2 from the start down (12 prompts: half a
+    prompt's worth is 4.17). It stops below two quiet rungs, so it finds the +10."""
+    effects = {40.5: 8.0, 27.0: 4.0, 18.0: 10.0, 12.0: 2.0, 8.0: 0.0}
+    asked, outcome = _climbed(Search(limit=0.5), lambda c: 70.0 + effects.get(c, 0.0), lambda c: 100.0)
+    assert asked == [40.5, 27.0, 18.0, 12.0, 8.0]  # no rung above 40.5 is within 0.5 x 96
+    assert outcome.best().coef == 18.0 and outcome.stop.endswith("from 8, below any effect")
+
+
+def test_a_search_without_an_effect_runs_one_rung_below_its_start():
     asked, outcome = _climbed(Search(), lambda c: 0.0, lambda c: 100.0 if c < 90 else 10.0)
-    assert asked == [40.5, 60.75, 91.125]
-    assert outcome.stop == "cliff at 91.12; from 40.5, below any effect"
+    assert asked == [40.5, 27.0, 60.75, 91.125]
+    assert outcome.stop == "cliff at 91.12; from 27, below any effect"
 
 
 def test_a_search_that_starts_past_its_cliff_steps_down_to_a_coherent_coefficient():
     asked, outcome = _climbed(Search(), lambda c: 0.0, lambda c: 100.0 if c < 20 else 10.0)
-    assert asked == [40.5, 27.0, 18.0]  # no step up past an incoherent coefficient
-    assert [r.coef for r in outcome.results] == [0.0, 18.0, 27.0]  # up to and including the first incoherent one
-    assert outcome.cliff() == 27.0 and outcome.best().coef == 18.0
-    assert outcome.stop == "cliff at 27; from 18, below any effect"
+    assert asked == [40.5, 27.0, 18.0, 12.0]  # no step up past an incoherent coefficient
+    assert [r.coef for r in outcome.results] == [0.0, 12.0, 18.0, 27.0]  # up to and including the first incoherent one
+    assert outcome.cliff() == 27.0 and outcome.best().coef == 12.0
+    assert outcome.stop == "cliff at 27; from 12, below any effect"
 
 
 def test_a_search_says_so_when_its_last_step_down_still_moves_the_trait_or_is_incoherent():
     _, moving = _climbed(Search(down=2), lambda c: 50.0 if c else 0.0, lambda c: 100.0, scale=8.0)  # no cliff up to 8 x 8
-    assert moving.stop.endswith("from 1.5, still moving the trait by more than 8.33 after 2 steps down")
+    assert moving.stop.endswith("from 1.5, still moving the trait by more than 4.17 after 2 steps down")
     assert moving.stop.startswith("no cliff up to 57.67 ")  # 1.5^10: the last rung <= 64
     _, incoherent = _climbed(Search(down=1), lambda c: 0.0, lambda c: 10.0)
     assert incoherent.stop == "cliff at 27; from 27, still incoherent after 1 steps down" and incoherent.best() is None

@@ -119,11 +119,10 @@ class Search(Frozen):
     from its first rung, k = k0, k0 + 1, .., up to and including the first coefficient whose
     coherence falls below the configuration's threshold (the coherence cliff), or, without a
     cliff, up to `limit` x the calibrated coefficient without the massive dims (the search says it
-    found none). Before climbing it steps down from the first rung (at most `down` steps) while the
-    lowest coefficient run still moves the trait score by more than one prompt's worth
-    (100 / prompts) or is incoherent (a start past the cliff), so the sweep starts below any effect
-    and below its cliff. The best coherent coefficient it finds, and any `coefs`, are then scored
-    on the other prompts.
+    found none). It also steps down from the first rung (at most `down` steps) until its two lowest
+    rungs are quiet: coherent, and neither moves the trait score by more than half a prompt's
+    worth (50 / prompts), so the sweep starts below any effect and below its cliff. The best
+    coherent coefficient it finds, and any `coefs`, are then scored on the other prompts.
 
     The grid: from `start` (base = start, k0 = 0), or by default base = 1/8 of the calibrated
     coefficient without the massive dims and k0 its last rung at or below half that coefficient

@@ -214,11 +214,17 @@ def _setup(view, definition: SteeringDef) -> _Setup:
 def _sweep(view, definition: SteeringDef, logits: bool) -> SweepOutcome:
     setup = _setup(view, definition)
     search = _search(view, setup) if definition.search is not None else None
-    coefs, start = _coefs(definition, setup.calibrated)
-    if search is not None and search.best() is not None:
-        coefs = sorted({*coefs, search.best().coef})  # type: ignore[union-attr]
+    coefs, start = _scored_coefs(setup, search)
     outcome = _run(view, setup, coefs, logits, scored=True)
     return dataclasses.replace(outcome, start=float(start), search=search)
+
+
+def _scored_coefs(setup: _Setup, search: SweepOutcome | None) -> tuple[list[float], float]:
+    """_coefs, and the search's pick: what a configuration scores on its scored prompts."""
+    coefs, start = _coefs(setup.definition, setup.calibrated)
+    if search is not None and (best := search.best()) is not None:
+        coefs = sorted({*coefs, best.coef})
+    return coefs, start
 
 
 def _run(view, setup: _Setup, coefs: list[float], logits: bool, scored: bool) -> SweepOutcome:
@@ -292,7 +298,8 @@ def _search(view, setup: _Setup) -> SweepOutcome:
     """Search.__doc__ (language/definitions.py), on the search prompts. The first search a session
     runs takes every planned one along (plan_searches): each round generates every unfinished
     search's next coefficients in shared batches and judges them together, so no search runs a
-    coefficient past its cliff and no batch is part-filled for want of rows."""
+    coefficient past its cliff and no batch is part-filled for want of rows. Their scored runs
+    (each pick and `coefs` on the other prompts) are then made together the same way."""
     done = view.session.memo(("searches",), dict)
     key = _search_key(view, setup.definition)
     if key not in done:
@@ -303,7 +310,11 @@ def _search(view, setup: _Setup) -> SweepOutcome:
                     todo[other] = _setup(other_view, other_view.steering_def(name))
                 except (MassiveChecksError, ValueError):
                     pass  # that configuration's own spec reports it
-        done.update(_searches_in_step(view, todo))
+        searched = _searches_in_step(view, todo)
+        done.update(searched)
+        # every finished search's scored runs in shared batches, for the sweeps that read them
+        requests = [_request(setup, _scored_coefs(setup, searched[k])[0], scored=True) for k, setup in todo.items()]
+        steer.prepare(view.lm, requests, _generated(view))
     return done[key]
 
 
@@ -320,10 +331,10 @@ def _searches_in_step(view, setups: dict) -> dict:
 
 class _Climb:
     """One configuration's search under way, on its grid (Search.grid): from its first rung it steps
-    down (one rung a round) while the lowest coefficient still moves the trait by more than one
-    prompt's worth or is incoherent (a start past the cliff), and up (one a round) until a
-    coefficient is incoherent or the limit is reached. The results kept are those up to the first
-    incoherent coefficient."""
+    down (one rung a round) until its two lowest rungs are quiet (neither moves the trait by more
+    than half a prompt's worth, both coherent), and up (one a round) until a coefficient is
+    incoherent or the limit is reached. The results kept are those up to the first incoherent
+    coefficient."""
 
     def __init__(self, setup: _Setup):
         search = setup.definition.search
@@ -331,12 +342,12 @@ class _Climb:
         self.setup, self.search = setup, search
         self.scale = setup.calibrated["calibrated_without_massive"]
         self.base, self.low = search.grid(self.scale)  # self.low: the lowest rung run (or to run first)
-        limit = search.limit * self.scale
-        self.above = [k for k in range(self.low + 1, self.low + 400) if self._coef(k) <= limit]
+        self.limit = search.limit * self.scale
+        self.above = [k for k in range(self.low + 1, self.low + 400) if self._coef(k) <= self.limit]
         self.steps_down = 0
         self.done: dict[float, SteeringResult] = {}  # coef -> result, coef 0 (the unsteered model) included
         self.first: SweepOutcome | None = None
-        self.noise = 100.0 / search.prompts  # one prompt's worth of trait score
+        self.noise = 50.0 / search.prompts  # half a prompt's worth: one prompt flipping a 0/1 judge moves it
 
     def _coef(self, rung: int) -> float:
         return self.base * self.search.factor**rung
@@ -350,7 +361,7 @@ class _Climb:
         if not self.done:
             return [self.lowest]
         coefs = []
-        if self._above_floor(self.lowest) and self.steps_down < self.search.down:
+        if not self._floor() and self.steps_down < self.search.down:
             self.low, self.steps_down = self.low - 1, self.steps_down + 1
             coefs.append(self.lowest)
         if self.above and self._cliff() is None:
@@ -367,9 +378,15 @@ class _Climb:
     def _incoherent(self, coef: float) -> bool:
         return self.done[coef].coherence < self.setup.definition.threshold
 
-    def _above_floor(self, coef: float) -> bool:
-        """Whether the search must step below `coef`: it moves the trait, or it is past the cliff."""
-        return self._moves(coef) or self._incoherent(coef)
+    def _quiet(self, rung: int) -> bool:
+        coef = self._coef(rung)
+        return coef in self.done and not (self._moves(coef) or self._incoherent(coef))
+
+    def _floor(self) -> bool:
+        """Whether the search is below any effect: its two lowest rungs are quiet. Two, since one
+        quiet rung between noisy ones is common (a sentiment probe's search: +8, +4, +10, +7 from
+        the start down)."""
+        return self._quiet(self.low) and (self._quiet(self.low + 1) or self._coef(self.low + 1) > self.limit)
 
     def _cliff(self) -> float | None:
         """The smallest incoherent coefficient run so far."""
@@ -386,7 +403,7 @@ class _Climb:
             stop = f"cliff at {cliff:.4g}"
         else:
             stop = f"no cliff up to {kept[-1]:.4g} ({self.search.limit:g} x the calibrated coefficient without the massive dims, {self.scale:.4g})"
-        if not self._above_floor(self.lowest):
+        if self._floor():
             start = "below any effect"
         elif self._incoherent(self.lowest):
             start = f"still incoherent after {self.steps_down} steps down"
