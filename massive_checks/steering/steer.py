@@ -203,14 +203,14 @@ def sweep(
 ) -> list[SteeringResult]:
     """Trait, trait_logit and coherence of the model steered by each (vector [D], coef) run, in its
     order. Every steered (run, prompt) row goes into shared batches of `batch_size` rows (at most
-    LOG_ODDS_ROWS with `logits`), each row with its own vector and coef: a sweep over methods and coefs costs a few batched passes, not
-    one generation per coef. coef 0 is the unsteered model; `baseline` is it, computed once for
-    several sweeps on the same prompts. `generated` (a session's dict, filled here) keeps each
-    run's tokens and log-odds by what determines them, so a run another sweep already made (two
-    cleanings that zero the same dims give the same vector, or `prepare` for several sweeps at
-    once) is not generated again. Without `logits` no trait log-odds are computed (their
-    teacher-forced forwards cost about a quarter of a sweep) and trait_logit is nan; a later sweep
-    that asks for them computes only those."""
+    LOG_ODDS_ROWS with `logits`), each row with its own vector and coef: a sweep over methods and
+    coefs costs a few batched passes, not one generation per coef. coef 0 is the unsteered model;
+    `baseline` is it, computed once for several sweeps on the same prompts. `generated` (a session's
+    dict, filled here) keeps each run's tokens and log-odds by what determines them, so a run
+    another sweep already made (two cleanings that zero the same dims give the same vector, or
+    `prepare` for several sweeps at once) is not generated again. Without `logits` no trait log-odds
+    are computed (their teacher-forced forwards cost about a quarter of a sweep) and trait_logit is
+    nan; a later sweep that asks for them computes only those."""
     baseline = baseline or unsteered(lm, prompts, prompt_texts, trait, max_new_tokens, judging, batch_size, logits)
     if logits:
         baseline = unsteered_with_logits(lm, baseline, prompts, trait, batch_size)
