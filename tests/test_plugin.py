@@ -260,3 +260,35 @@ def test_the_first_use_notice_reaches_pytests_output(pytester, args):
     result = pytester.runpytest_subprocess("specs", "--model", "planted-llama", "-p", "no:cacheprovider", *args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*massive_checks: planted-llama: dequantizing into the cache (first use, about 17 s)*"])
+
+
+STEERING_SPEC = """
+id: steered
+claim: steering a tiny model moves nothing much
+models: [tiny-llama]
+vectors:
+  md: {pairs: refusal, layer: 1, window: "first:5", method: mean_diff}
+steering:
+  md: {vector: md, coefs: [3, 30], prompts: 3, max_new_tokens: 4}
+checks:
+  - {measure: trait_effect, steering: md, at_least: -99}
+---
+id: vectors-only
+claim: the tiny model's refusal vector has a norm
+models: [tiny-llama]
+vectors:
+  md: {pairs: refusal, layer: 1, window: "first:5", method: mean_diff}
+checks:
+  - {measure: base_coef, vector: md, at_least: 1}
+"""
+
+
+def test_specs_that_generate_text_carry_a_mark_that_leaves_them_out(pytester):
+    """CI's test command runs `-m 'not massive_generates'`: the steered spec goes, the one that
+    only reads a vector stays."""
+    pytester.mkdir("specs")
+    (pytester.path / "specs" / "steering.yaml").write_text(STEERING_SPEC)
+    left_out = pytester.runpytest("specs", "--model", "tiny-llama", "--collect-only", "-q", "-m", "not massive_generates")
+    left_out.stdout.fnmatch_lines(["*vectors-only[[]tiny-llama[]]", "1/2 tests collected (1 deselected)*"])
+    only = pytester.runpytest("specs", "--model", "tiny-llama", "--collect-only", "-q", "-m", "massive_generates")
+    only.stdout.fnmatch_lines(["*steered[[]tiny-llama[]]", "1/2 tests collected (1 deselected)*"])

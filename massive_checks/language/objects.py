@@ -194,6 +194,11 @@ class Spec:
         every = [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
         return [q for q in every if q.model == model] if model is not None and self.across else every
 
+    def generates_text(self) -> bool:
+        """Whether it reads a steering configuration: text generated and judged, most of the
+        suite's time (the plugin marks its items `massive_generates`)."""
+        return any(q.measure.steering_refs() for q in self.quantities())
+
     def named_dims(self) -> set[int]:
         """Residual dims the spec names (parameters, bounds on dim-valued measures, dim
         interventions), to check against a model's width before running."""

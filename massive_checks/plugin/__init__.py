@@ -35,6 +35,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "massive_spec: an item generated from a YAML claim spec")
+    config.addinivalue_line(
+        "markers",
+        "massive_generates: a spec that generates and judges steered text, the slow part of a spec run "
+        "(-m 'not massive_generates' leaves those out)",
+    )
     # Items carry xdist_group (one worker per model); without xdist installed the mark is still known.
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup group")
     if config.pluginmanager.hasplugin("xdist"):  # its hooks exist only when it is installed and enabled

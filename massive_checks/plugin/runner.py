@@ -96,6 +96,8 @@ class SpecFile(pytest.File):
             for model in [spec.label] if spec.across else _plugin(self.config).suite.options.models:
                 item = SpecItem.from_parent(self, name=f"{spec.id}[{model}]", spec=spec, model=model)
                 item.add_marker(pytest.mark.massive_spec)
+                if spec.generates_text():
+                    item.add_marker(pytest.mark.massive_generates)
                 # --dist loadgroup (see XdistHooks): one worker per model; across models, the first's
                 item.add_marker(pytest.mark.xdist_group((spec.across or (model,))[0]))
                 reason = spec.xfail_for(model)
