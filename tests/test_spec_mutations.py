@@ -167,7 +167,7 @@ def shifted_layers(q, n_layers: int):
             yield dataclasses.replace(q, layers=interventions.LayerSet.parse(",".join(str(L + offset) for L in layers)))
 
 
-def session_of(massive_session, model: str, selected: list) -> ModelSession:
+def session_of(massive_session, model: str, items: list) -> ModelSession:
     """The plugin suite's session of a bundled model, every selected spec planned (passes are
     shared). Run in one pytest session with the spec suite (`pytest specs/ tests/`, the README's
     test command), it is the session the specs ran on: every pass and steering sweep is already
@@ -175,7 +175,7 @@ def session_of(massive_session, model: str, selected: list) -> ModelSession:
     session = massive_session(model)
     if model not in _PLANNED:
         _PLANNED.add(model)
-        for spec in selected_specs(selected, model):
+        for spec in selected_specs(items, model):
             for planned in (spec, *layer_shift_mutants(spec, session.lm.n_layers)):
                 plan(planned, session, spec.data)
     return session
