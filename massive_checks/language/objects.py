@@ -194,10 +194,14 @@ class Spec:
         every = [q for check in self.checks for q in (check.quantity, check.versus) if q is not None]
         return [q for q in every if q.model == model] if model is not None and self.across else every
 
+    def steering_refs(self, model: str | None = None) -> set[str]:
+        """The steering configurations its checks read (of a spec across models, on `model`)."""
+        return {name for q in self.quantities(model) for name in q.measure.steering_refs()}
+
     def generates_text(self) -> bool:
         """Whether it reads a steering configuration: text generated and judged, most of the
         suite's time (the plugin marks its items `massive_generates`)."""
-        return any(q.measure.steering_refs() for q in self.quantities())
+        return bool(self.steering_refs())
 
     def named_dims(self) -> set[int]:
         """Residual dims the spec names (parameters, bounds on dim-valued measures, dim

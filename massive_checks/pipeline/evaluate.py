@@ -47,7 +47,7 @@ def plan(spec: Spec, session: ModelSession, data) -> None:
         slices = interventions.massive_slices_of_requests(requests, lm.n_layers)
         if mean or slices:  # read from the baseline pass before this configuration's own
             session.plan(data, (), Needs(sites=mean, slices=slices))
-    configurations = {name for q in quantities for name in q.measure.steering_refs()}
+    configurations = spec.steering_refs(lm.name)
     if configurations:  # the session's first search runs every planned one in step
         sweeps.plan_searches(
             session.view(data, BASELINE, spec.massive, vectors=spec.vectors, steering=spec.steering), configurations
